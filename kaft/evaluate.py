@@ -1,0 +1,274 @@
+"""Stage 5 — evaluation: zero-shot multiple-choice accuracy through lm-evaluation-harness.
+
+The model under test stays in memory (a plain ``transformers`` model or a ``peft``-wrapped one); it is handed to
+lm-eval's :class:`~lm_eval.models.huggingface.HFLM` and never reloaded from disk. Each benchmark becomes one
+JSONL file of precomputed fields and one inline lm-eval task config, so lm-eval scores exactly the prompt that
+probing and training see (:func:`kaft.prompts.format_question`) followed by the continuation
+:func:`kaft.prompts.answer_text` (``" A"``, ``" B"``, ...): accuracy is the share of items whose gold letter has
+the highest log-likelihood (lm-eval's ``acc``, not length-normalised).
+
+lm-eval 0.4.13 notes (what this module relies on):
+
+* ``simple_evaluate(tasks=[dict, ...])`` accepts inline task configs; a dict needs a ``task`` key.
+* A ``TaskManager`` built with ``include_defaults=False`` skips indexing lm-eval's thousands of bundled YAML
+  tasks (seconds of start-up) — inline dicts do not need the index.
+* ``multiple_choice`` requests are ``(prompt, target_delimiter + choice)``; the default delimiter is ``" "``,
+  so choices are the bare letters ``"A"..`` and the delimiter stays ``" "``: the scored text is exactly
+  ``prompt + answer_text(i)``.
+* HFLM calls ``model.eval()``; this module restores the caller's train/eval mode afterwards, and restores the
+  global RNG states that ``simple_evaluate`` reseeds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import random
+import re
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+from kaft.data import MCItem
+from kaft.prompts import DEFAULT_INSTRUCTION, LETTERS, format_question
+
+log = logging.getLogger(__name__)
+
+TASK_PREFIX = "kaft_"
+_NOISY_LOGGERS = ("lm_eval", "lm-eval", "datasets", "fsspec", "filelock")
+
+
+class EvalError(ValueError):
+    """Benchmarks that cannot be evaluated; the message names the benchmark and what is wrong."""
+
+
+# ----------------------------------------------------------------------------------------------- task files
+def task_name(name: str, taken: set[str] | None = None) -> str:
+    """A valid, unique lm-eval task name for benchmark ``name`` (``"MedQA-test" -> "kaft_MedQA_test"``)."""
+    base = TASK_PREFIX + (re.sub(r"[^0-9A-Za-z_]+", "_", str(name)).strip("_") or "benchmark")
+    out, k = base, 2
+    while taken is not None and out in taken:
+        out, k = f"{base}_{k}", k + 1
+    return out
+
+
+def _doc(item: MCItem, domain: str, instruction: str) -> dict:
+    return {"id": str(item.id), "prompt": format_question(item.question, item.options, item.domain or domain, instruction),
+            "choices": list(LETTERS[:len(item.options)]), "answer": int(item.answer)}
+
+
+def write_task_file(items: Sequence[MCItem], work_dir: str | Path, name: str, domain: str,
+                    instruction: str | None = None) -> Path:
+    """Write the benchmark's docs (``id``, ``prompt``, ``choices``, ``answer``) to a JSONL under ``work_dir``.
+
+    The file name carries a hash of its contents, so a file once written is never rewritten under the same
+    name (the ``datasets`` json loader caches what it read from a path).
+    """
+    instruction = DEFAULT_INSTRUCTION if instruction is None else instruction
+    lines = "".join(json.dumps(_doc(it, domain, instruction), ensure_ascii=False) + "\n" for it in items)
+    digest = hashlib.sha256(lines.encode()).hexdigest()[:12]
+    work_dir = Path(work_dir).expanduser().resolve()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    path = work_dir / f"{task_name(name)}-{digest}.jsonl"
+    if not path.exists():
+        from kaft.cache import atomic_write_text
+
+        atomic_write_text(path, lines)
+    return path
+
+
+def task_config(task: str, data_file: str | Path) -> dict:
+    """The inline lm-eval task config scoring ``prompt + " " + letter`` for every choice of every doc."""
+    return {
+        "task": task,
+        "dataset_path": "json",
+        # the datasets json builder's arrow cache goes beside the data file, not into ~/.cache/huggingface
+        "dataset_kwargs": {"data_files": {"test": str(Path(data_file).resolve())},
+                           "cache_dir": str(Path(data_file).resolve().parent / "hf_datasets_cache")},
+        "test_split": "test",
+        "output_type": "multiple_choice",
+        "doc_to_text": "prompt",
+        "doc_to_choice": "choices",
+        "doc_to_target": "answer",
+        "target_delimiter": " ",  # + bare letter "A" == answer_text(0) == " A"
+        "fewshot_delimiter": "\n\n",
+        "num_fewshot": 0,
+        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+        "metadata": {"version": 1.0},
+    }
+
+
+# ----------------------------------------------------------------------------------------------- validation
+def _check(benchmarks: Mapping[str, Sequence[MCItem]], limit: int | None) -> dict[str, list[MCItem]]:
+    if not isinstance(benchmarks, Mapping) or not benchmarks:
+        raise EvalError("no benchmarks to evaluate (expected a mapping name -> items)")
+    if limit is not None and int(limit) < 1:
+        raise EvalError(f"limit must be a positive number of items, got {limit!r}")
+    out: dict[str, list[MCItem]] = {}
+    for name, items in benchmarks.items():
+        items = list(items or [])
+        if not items:
+            raise EvalError(f"benchmark {name!r} has no items")
+        for k, it in enumerate(items):
+            if not isinstance(it, MCItem):
+                raise EvalError(f"benchmark {name!r}: item {k} is a {type(it).__name__}, not an MCItem")
+            if not 2 <= len(it.options) <= len(LETTERS) or not 0 <= int(it.answer) < len(it.options):
+                raise EvalError(f"benchmark {name!r}: item {it.id!r} has answer {it.answer} "
+                                f"for {len(it.options)} options")
+        out[str(name)] = items[:int(limit)] if limit else items
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- quiet run
+@contextlib.contextmanager
+def _quiet(progress: bool) -> Iterator[None]:
+    """Keep lm-eval / datasets to warnings and no progress bars for the duration; restore afterwards."""
+    levels = {n: logging.getLogger(n).level for n in _NOISY_LOGGERS}
+    for n in _NOISY_LOGGERS:
+        logging.getLogger(n).setLevel(logging.WARNING if progress else logging.ERROR)
+    patched = None
+    if not progress:  # lm-eval's request-building loop has an unconditional progress bar per task
+        try:
+            import functools
+
+            import lm_eval.api.task as lm_task
+
+            patched = lm_task.tqdm
+            lm_task.tqdm = functools.partial(patched, disable=True)
+        except (ImportError, AttributeError):
+            patched = None
+    ds_bars = None
+    try:
+        import datasets
+
+        ds_bars = datasets.utils.logging.is_progress_bar_enabled()
+        if not progress:
+            datasets.disable_progress_bars()
+    except Exception:  # noqa: BLE001 - datasets' logging helpers are optional niceties
+        pass
+    try:
+        yield
+    finally:
+        for n, lvl in levels.items():
+            logging.getLogger(n).setLevel(lvl)
+        if patched is not None:
+            import lm_eval.api.task as lm_task
+
+            lm_task.tqdm = patched
+        if ds_bars:
+            import datasets
+
+            datasets.enable_progress_bars()
+
+
+@contextlib.contextmanager
+def _keep_rng() -> Iterator[None]:
+    """``simple_evaluate`` reseeds python/numpy/torch globally; give the caller its RNG streams back."""
+    import numpy as np
+    import torch
+
+    py, npy, th = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+        torch.random.set_rng_state(th)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def _make_lm(model, tokenizer, batch_size: int, max_length: int | None, progress: bool):
+    from lm_eval.models.huggingface import HFLM
+
+    class _KaftHFLM(HFLM):
+        """HFLM without the per-request progress bar unless asked for."""
+
+        def loglikelihood(self, requests, disable_tqdm: bool = False):
+            return super().loglikelihood(requests, disable_tqdm=disable_tqdm or not progress)
+
+    kw: dict[str, Any] = {}
+    if max_length:
+        kw["max_length"] = int(max_length)
+    return _KaftHFLM(pretrained=model, tokenizer=tokenizer, batch_size=int(batch_size), **kw)
+
+
+def _num(x) -> float | None:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):  # lm-eval writes "N/A" when it has no stderr
+        return None
+    return None if math.isnan(x) else x
+
+
+# ----------------------------------------------------------------------------------------------- evaluate
+def evaluate(model, tokenizer, benchmarks: Mapping[str, Sequence[MCItem]], work_dir: str | Path, domain: str,
+             instruction: str | None = None, batch_size: int = 16, limit: int | None = None, *,
+             per_item: bool = False, progress: bool = False, max_length: int | None = None) -> dict:
+    """Zero-shot accuracy of the in-memory ``model`` on each benchmark, through lm-eval.
+
+    Every item is formatted with its own ``domain`` (else the run's) and ``instruction`` (``None``: the default
+    instruction), as in probing and training. ``limit`` keeps the first ``limit`` items of each benchmark. Returns::
+
+        {"benchmarks": {name: {"acc": float, "acc_stderr": float | None, "n": int}}, "average": float}
+
+    where ``average`` is the unweighted mean of the benchmarks' accuracies (the paper's Avg.). With
+    ``per_item=True`` each benchmark also gets ``"items"``: ``[{"id", "answer", "pred", "logprobs"}]`` in input
+    order. ``model``'s train/eval mode and the global RNG states are restored afterwards.
+    """
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    sets = _check(benchmarks, limit)
+    if int(batch_size) < 1:
+        raise EvalError(f"batch_size must be >= 1, got {batch_size!r}")
+    work_dir = Path(work_dir).expanduser().resolve()
+
+    names: dict[str, str] = {}  # task -> benchmark
+    configs = []
+    for name, items in sets.items():
+        task = task_name(name, set(names))
+        names[task] = name
+        configs.append(task_config(task, write_task_file(items, work_dir, name, domain, instruction)))
+
+    was_training = bool(getattr(model, "training", False))
+    try:
+        with _quiet(progress), _keep_rng():
+            lm = _make_lm(model, tokenizer, batch_size, max_length, progress)
+            out = lm_eval.simple_evaluate(
+                model=lm, tasks=configs, num_fewshot=0, task_manager=TaskManager(include_defaults=False),
+                batch_size=int(batch_size), log_samples=per_item, bootstrap_iters=1000, cache_requests=False,
+                write_out=False, random_seed=0, numpy_random_seed=1234, torch_random_seed=1234,
+                fewshot_random_seed=1234)
+    finally:
+        if was_training:
+            model.train()
+    if out is None:  # only non-zero ranks of a distributed launch get None
+        raise RuntimeError("lm-eval returned no results (not rank 0?)")
+
+    res: dict[str, dict] = {}
+    for task, name in names.items():
+        r = out["results"][task]
+        n = out.get("n-samples", {}).get(task, {}).get("effective", len(sets[name]))
+        entry = {"acc": float(r["acc,none"]), "acc_stderr": _num(r.get("acc_stderr,none")), "n": int(n)}
+        if per_item:
+            entry["items"] = _items(out["samples"][task])
+        res[name] = entry
+    average = sum(v["acc"] for v in res.values()) / len(res)
+    log.info("evaluation: %s | average %.4f", ", ".join(f"{k} {v['acc']:.4f}" for k, v in res.items()), average)
+    return {"benchmarks": res, "average": average}
+
+
+def _items(samples: list[dict]) -> list[dict]:
+    rows = []
+    for s in sorted(samples, key=lambda s: s["doc_id"]):
+        lls = [float(r[0]) for r in s["filtered_resps"]]
+        rows.append({"id": s["doc"]["id"], "answer": int(s["doc"]["answer"]),
+                     "pred": max(range(len(lls)), key=lls.__getitem__), "logprobs": lls})
+    return rows
+
+
+__all__ = ["EvalError", "TASK_PREFIX", "evaluate", "task_config", "task_name", "write_task_file"]

@@ -1,0 +1,109 @@
+"""Loading the base model and tokenizer from a registry of sources, and naming them for the cache.
+
+``identity`` is the model part of every cache key: it changes whenever the weights or tokenizer could differ
+(hub id + revision, a local directory's file hashes, the testbed's config + code version).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from kaft.cache import make_key
+
+log = logging.getLogger(__name__)
+
+
+class ModelError(ValueError):
+    """A model config that cannot be loaded; the message says what to fix."""
+
+
+def _dtype(name: str | None):
+    import torch
+
+    if name in (None, "auto"):
+        return "auto"
+    try:
+        return getattr(torch, name)
+    except AttributeError:
+        raise ModelError(f"unknown model dtype {name!r} (use float32, bfloat16, float16 or auto)") from None
+
+
+def _dir_identity(path: Path) -> str:
+    """Hash of a local model directory's small files and the sizes of its weight files (cheap but sensitive)."""
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            h.update(p.name.encode())
+            if p.stat().st_size < 2_000_000:
+                h.update(p.read_bytes())
+            else:
+                h.update(str(p.stat().st_size).encode())
+    return h.hexdigest()[:16]
+
+
+def _resolve_testbed(cfg: Mapping, testbed: Mapping, cache_root: str) -> tuple[str, str]:
+    from kaft.testbed import model as tb_model
+
+    path = tb_model.build_model(testbed, cache_root)
+    return str(path), make_key("testbed", testbed, tb_model.VERSION)
+
+
+def _resolve_hub(cfg: Mapping, testbed: Mapping, cache_root: str) -> tuple[str, str]:
+    path = str(cfg["path"])
+    local = Path(path).expanduser()
+    if local.is_dir():
+        return str(local), make_key("local", _dir_identity(local))
+    return path, make_key("hub", path, cfg.get("revision"))
+
+
+def _resolve_local(cfg: Mapping, testbed: Mapping, cache_root: str) -> tuple[str, str]:
+    local = Path(str(cfg.get("path", ""))).expanduser()
+    if not (local / "config.json").exists():
+        raise ModelError(f"{local}: not a model directory (no config.json); set model.path to a saved model")
+    return str(local), make_key("local", _dir_identity(local))
+
+
+SOURCES: dict[str, Callable[[Mapping, Mapping, str], tuple[str, str]]] = {
+    "testbed": _resolve_testbed,
+    "hub": _resolve_hub,
+    "local": _resolve_local,
+}
+
+
+def check_model_cfg(cfg: Mapping) -> None:
+    """Config-time checks, before anything is loaded."""
+    src = cfg.get("source")
+    if src not in SOURCES:
+        raise ModelError(f"unknown model source {src!r}; choose one of {sorted(SOURCES)}")
+    if src in ("hub", "local") and not cfg.get("path"):
+        raise ModelError(f"model.path is required for a {src} model (a hub id or a local directory)")
+    _dtype(cfg.get("dtype"))
+
+
+def resolve(cfg: Mapping, testbed: Mapping, cache_root: str) -> tuple[str, str]:
+    """``(path_or_hub_id, identity)`` for a model config; builds the testbed model on first use."""
+    check_model_cfg(cfg)
+    return SOURCES[cfg["source"]](cfg, testbed, cache_root)
+
+
+def load(cfg: Mapping, path: str, device: str | None = None) -> tuple[Any, Any]:
+    """Load model + tokenizer from what :func:`resolve` returned. Left padding: probing generates."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    rev = cfg.get("revision")
+    tok = AutoTokenizer.from_pretrained(path, revision=rev, trust_remote_code=bool(cfg.get("trust_remote_code")))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(path, revision=rev, dtype=_dtype(cfg.get("dtype")),
+                                                 trust_remote_code=bool(cfg.get("trust_remote_code")))
+    model.to(device)
+    model.eval()
+    log.info("loaded model %s on %s (%.1fM parameters)", path, device,
+             sum(p.numel() for p in model.parameters()) / 1e6)
+    return model, tok

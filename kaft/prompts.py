@@ -1,0 +1,51 @@
+"""Prompt formats shared by probing, training, evaluation and the testbed's pretraining corpus.
+
+One module owns the text format so that the model is probed, trained and evaluated on exactly the same
+layout (KaFT paper, App. A.3). The testbed pretrains on this layout too, which is what lets a tiny model
+answer multiple-choice questions at all.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+DEFAULT_INSTRUCTION = "For the following {domain} question, select one correct answer from A to {last}."
+
+
+def letters(n: int) -> str:
+    """The first ``n`` option letters (``letters(4) == "ABCD"``)."""
+    if not 2 <= n <= len(LETTERS):
+        raise ValueError(f"a question needs between 2 and {len(LETTERS)} options, got {n}")
+    return LETTERS[:n]
+
+
+def format_question(question: str, options: Sequence[str], domain: str = "general",
+                    instruction: str = DEFAULT_INSTRUCTION) -> str:
+    """One question block ending in ``"Answer:"`` (no trailing space: the answer token carries it)."""
+    ls = letters(len(options))
+    head = instruction.format(domain=domain, last=ls[-1])
+    lines = [head, f"Question: {question}", "Options:"]
+    lines += [f"{l}. {o}" for l, o in zip(ls, options)]
+    lines.append("Answer:")
+    return "\n".join(lines)
+
+
+def answer_text(index: int) -> str:
+    """The training/scoring target for the option at ``index``: a space and its letter (``" A"``)."""
+    return " " + LETTERS[index]
+
+
+def format_example(question: str, options: Sequence[str], answer: int, domain: str = "general",
+                   instruction: str = DEFAULT_INSTRUCTION) -> str:
+    """A solved example (a few-shot demonstration): the question block followed by its answer."""
+    return format_question(question, options, domain, instruction) + answer_text(answer)
+
+
+def few_shot_prompt(shots: Sequence[tuple[str, Sequence[str], int]], question: str, options: Sequence[str],
+                    domain: str = "general", instruction: str = DEFAULT_INSTRUCTION) -> str:
+    """k solved examples, a blank line between each, then the open question (paper App. A.3)."""
+    parts = [format_example(q, o, a, domain, instruction) for q, o, a in shots]
+    parts.append(format_question(question, options, domain, instruction))
+    return "\n\n".join(parts)

@@ -1,0 +1,342 @@
+"""``python -m kaft.run`` — the main job: data → detect → partition → train → evaluate → track.
+
+Data flows one way through :func:`run`. Each stage's artifact is fetched from (or written to) the content-addressed
+cache under a key of everything that affects it, so the jobs of a sweep share detection, base evaluation and any
+identical training run. Every config and data check happens before a model is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from kaft import data as data_mod
+from kaft import detect as detect_mod
+from kaft import modeling
+from kaft import partition as partition_mod
+from kaft.cache import Cache, atomic_write_json, make_key
+
+log = logging.getLogger("kaft")
+
+# bumped when a stage's code changes in a way that changes its artifact
+STAGE_VERSIONS = {"data": 1, "detect": 1, "partition": 1, "train": 1, "evaluate": 1}
+
+
+class ConfigError(ValueError):
+    """An impossible combination of settings."""
+
+
+USER_ERRORS = (ConfigError, data_mod.DataError, modeling.ModelError, detect_mod.DetectionError,
+               partition_mod.PartitionError)
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+@dataclass
+class Timer:
+    seconds: dict = field(default_factory=dict)
+
+    @contextmanager
+    def __call__(self, stage: str):
+        t0 = time.time()
+        log.info("── %s", stage)
+        try:
+            yield
+        finally:
+            self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.time() - t0, 3)
+
+
+class LazyModel:
+    """Loads the base model only when a stage actually needs it (a fully cached re-run never does)."""
+
+    def __init__(self, cfg: Mapping, path: str, device: str | None):
+        self.cfg, self.path, self.device = cfg, path, device
+        self._pair = None
+
+    def get(self):
+        if self._pair is None:
+            self._pair = modeling.load(self.cfg, self.path, self.device)
+        return self._pair
+
+    @property
+    def loaded(self) -> bool:
+        return self._pair is not None
+
+
+def _plain(cfg: Any) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+
+def auroc(pos_scores: list[float], neg_scores: list[float]) -> float:
+    """P(score of a random negative > score of a random positive) with ties counted half: how well a LOW score
+    flags the positives (e.g. contradicting items)."""
+    if not pos_scores or not neg_scores:
+        return float("nan")
+    wins = sum((n > p) + 0.5 * (n == p) for p in pos_scores for n in neg_scores)
+    return wins / (len(pos_scores) * len(neg_scores))
+
+
+def score_stats(records: list[dict], items: list[data_mod.MCItem], subsets: list[int], names: list[str]) -> dict:
+    scores = [r["score"] for r in records]
+    hist = [0] * 10
+    for s in scores:
+        hist[min(int(s * 10), 9)] += 1
+    out = {"mean": statistics.fmean(scores), "std": statistics.pstdev(scores), "min": min(scores),
+           "max": max(scores), "histogram_10bins": hist,
+           "mean_by_subset": {names[k]: statistics.fmean([s for s, g in zip(scores, subsets) if g == k] or [math.nan])
+                              for k in range(len(names))}}
+    kinds = sorted({it.meta.get("kind") for it in items if it.meta.get("kind")})
+    if kinds:  # data sets that know the truth (the testbed) also report how well detection finds it
+        out["mean_by_kind"] = {k: statistics.fmean([s for s, it in zip(scores, items) if it.meta.get("kind") == k])
+                               for k in kinds}
+        if "contradict" in kinds:
+            pos = [s for s, it in zip(scores, items) if it.meta.get("kind") == "contradict"]
+            neg = [s for s, it in zip(scores, items) if it.meta.get("kind") != "contradict"]
+            out["auroc_contradict"] = auroc(pos, neg)
+            out["contradict_in_lowest_subset"] = (
+                sum(1 for it, g in zip(items, subsets) if it.meta.get("kind") == "contradict" and g == 0)
+                / max(1, len(pos)))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- stages
+def stage_data(cfg: DictConfig, cache: Cache) -> tuple[list, dict, dict]:
+    """Load + validate the training set and every benchmark; returns (train, {name: items}, fingerprints)."""
+    ds = cfg.dataset
+    ctx = {"testbed": _plain(cfg.testbed), "cache_dir": cfg.cache_dir}
+    if not ds.get("eval"):
+        raise ConfigError(f"dataset {ds.name!r} has no eval benchmarks (dataset.eval is empty)")
+    for spec in [ds.train, *ds.eval.values()]:
+        data_mod.check_spec(_plain(spec))
+    train = data_mod.load_items(_plain(ds.train), domain=ds.domain, **ctx)
+    evals = {}
+    for name, spec in ds.eval.items():
+        evals[name] = data_mod.load_items(_plain(spec), domain=spec.get("domain", ds.domain), **ctx)
+    fps = {"train": data_mod.fingerprint(train), **{n: data_mod.fingerprint(v) for n, v in evals.items()}}
+    return train, evals, fps
+
+
+def validate(cfg: DictConfig, n_train: int) -> None:
+    """Config checks that need only the data size: run before the model loads."""
+    from kaft import losses
+
+    detect_mod.validate(cfg.detection)
+    if int(cfg.detection.shots) + 1 > n_train:
+        raise ConfigError(f"detection.shots={cfg.detection.shots} needs at least {cfg.detection.shots + 1} "
+                          f"training items, the data set has {n_train}")
+    partition_mod.validate(int(cfg.partition.k), n_train)
+    try:
+        losses.validate_loss_cfg(_plain(cfg.loss), int(cfg.partition.k))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    for key in ("batch_size", "epochs"):
+        if not float(cfg.train[key]) > 0:
+            raise ConfigError(f"train.{key} must be > 0, got {cfg.train[key]}")
+    if not float(cfg.train.lr) > 0:
+        raise ConfigError(f"train.lr must be > 0, got {cfg.train.lr}")
+
+
+def stage_detect(cfg, cache, model, train, model_id, fps) -> tuple[list[dict], bool, str]:
+    key = make_key("detect", STAGE_VERSIONS["detect"], model_id, fps["train"], _plain(cfg.detection), cfg.seed,
+                   cfg.dataset.domain, cfg.dataset.get("instruction"))
+
+    def build(tmp: Path):
+        m, tok = model.get()
+        tok.padding_side = "left"
+        records = detect_mod.run_detection(m, tok, train, cfg.detection, int(cfg.seed), cfg.dataset.domain,
+                                           cfg.dataset.get("instruction"), progress=bool(cfg.progress))
+        detect_mod.write_records(records, tmp / "scores.jsonl")
+
+    hit = cache.get_or_create("detect", key, build, meta={"n_items": len(train)})
+    log.info("detection %s (%s)", "reused from cache" if hit.cached else "computed", hit.path)
+    return detect_mod.read_records(hit.path / "scores.jsonl"), hit.cached, key
+
+
+def stage_partition(cfg, cache, records, detect_key) -> tuple[list[int], list[str]]:
+    k = int(cfg.partition.k)
+    key = make_key("partition", STAGE_VERSIONS["partition"], detect_key, k, cfg.seed)
+
+    def build(tmp: Path):
+        subsets = partition_mod.partition([r["id"] for r in records], [r["score"] for r in records], k, int(cfg.seed))
+        atomic_write_json(tmp / "partition.json", {"k": k, "names": partition_mod.subset_names(k),
+                                                   "ids": [r["id"] for r in records], "subsets": subsets})
+
+    hit = cache.get_or_create("partition", key, build)
+    import json
+
+    saved = json.loads((hit.path / "partition.json").read_text())
+    return saved["subsets"], saved["names"]
+
+
+def stage_train(cfg, cache, model, train, weights, model_id, fps):
+    """Returns (tuned model in memory or None if only cached, adapter dir, cache hit?, key)."""
+    key = make_key("train", STAGE_VERSIONS["train"], model_id, fps["train"], [round(w, 8) for w in weights],
+                   _plain(cfg.loss), _plain(cfg.train), cfg.seed, cfg.dataset.domain, cfg.dataset.get("instruction"))
+    tuned = {}
+
+    def build(tmp: Path):
+        from kaft.train import train_lora
+
+        m, tok = model.get()
+        tuned["model"] = train_lora(m, tok, train, weights, _plain(cfg.loss), _plain(cfg.train), tmp, int(cfg.seed),
+                                    cfg.dataset.domain, cfg.dataset.get("instruction"))
+
+    hit = cache.get_or_create("train", key, build, meta={"n_items": len(train)})
+    return tuned.get("model"), hit.path, hit.cached, key
+
+
+def stage_evaluate(cfg, cache, get_model, evals, tag_key, fps, run_dir: Path) -> tuple[dict, bool]:
+    from kaft.evaluate import evaluate
+
+    ev = {k: v for k, v in _plain(cfg.evaluation).items() if k != "base"}
+    key = make_key("evaluate", STAGE_VERSIONS["evaluate"], tag_key, {n: fps[n] for n in evals}, ev,
+                   cfg.dataset.domain, cfg.dataset.get("instruction"))
+
+    def build(tmp: Path):
+        m, tok = get_model()
+        metrics = evaluate(m, tok, evals, work_dir=tmp / "tasks", domain=cfg.dataset.domain,
+                           instruction=cfg.dataset.get("instruction"), batch_size=int(cfg.evaluation.batch_size),
+                           limit=cfg.evaluation.get("limit"))
+        atomic_write_json(tmp / "metrics.json", metrics)
+
+    hit = cache.get_or_create("evaluate", key, build)
+    import json
+
+    return json.loads((hit.path / "metrics.json").read_text()), hit.cached
+
+
+# ----------------------------------------------------------------------------------------------- the job
+def _job_info() -> dict:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        multirun = hc.mode == RunMode.MULTIRUN
+        return {"run_dir": hc.runtime.output_dir, "override_dirname": hc.job.override_dirname,
+                "num": hc.job.get("num", 0), "overrides": list(hc.overrides.task),
+                "group": str(Path(hc.sweep.dir)).replace(os.sep, "-").strip("-") if multirun else None,
+                "name": hc.job.override_dirname or "default"}
+    except ValueError:  # called outside Hydra (tests): fall back to the cwd
+        return {"run_dir": os.getcwd(), "override_dirname": "", "num": 0, "overrides": [], "group": None,
+                "name": "default"}
+
+
+def run(cfg: DictConfig) -> dict:
+    """Execute one job and return its results (also written to results.json in the run directory)."""
+    from kaft import losses, track
+
+    job = _job_info()
+    run_dir = Path(job["run_dir"])
+    cache = Cache(cfg.cache_dir)
+    timer = Timer()
+    status = {}
+
+    with timer("data"):
+        train, evals, fps = stage_data(cfg, cache)
+        validate(cfg, len(train))
+    log.info("data: %d training items, benchmarks %s", len(train), {n: len(v) for n, v in evals.items()})
+
+    with timer("model"):
+        path, model_id = modeling.resolve(_plain(cfg.model), _plain(cfg.testbed), cfg.cache_dir)
+        model = LazyModel(_plain(cfg.model), path, cfg.device)
+
+    with timer("detect"):
+        records, status["detect"], detect_key = stage_detect(cfg, cache, model, train, model_id, fps)
+
+    with timer("partition"):
+        subsets, names = stage_partition(cfg, cache, records, detect_key)
+    k = int(cfg.partition.k)
+    sizes = partition_mod.subset_sizes(subsets, k)
+    log.info("partition: %s", sizes)
+
+    base_metrics = None
+    if cfg.evaluation.get("base", True):
+        with timer("evaluate_base"):
+            base_metrics, status["evaluate_base"] = stage_evaluate(
+                cfg, cache, model.get, evals, ("base", model_id), fps, run_dir)
+
+    with timer("train"):
+        weights = losses.sample_weights(_plain(cfg.loss), subsets, [r["score"] for r in records], k)
+        tuned, adapter_dir, status["train"], train_key = stage_train(cfg, cache, model, train, weights, model_id, fps)
+
+    def tuned_model():
+        nonlocal tuned
+        if tuned is None:
+            from peft import PeftModel
+
+            m, tok = model.get()
+            tuned = PeftModel.from_pretrained(m, str(adapter_dir))
+            tuned.eval()
+        return tuned, model.get()[1]
+
+    with timer("evaluate"):
+        metrics, status["evaluate"] = stage_evaluate(cfg, cache, tuned_model, evals, ("tuned", train_key), fps,
+                                                     run_dir)
+
+    results = {
+        "status": "done",
+        "job": {k: job[k] for k in ("name", "override_dirname", "num", "run_dir")},
+        "overrides": job["overrides"],
+        "data": {"n_train": len(train), "n_eval": {n: len(v) for n, v in evals.items()}, "fingerprints": fps},
+        "metrics": metrics,
+        "base_metrics": base_metrics,
+        "delta_vs_base": (metrics["average"] - base_metrics["average"]) if base_metrics else None,
+        "detection": score_stats(records, train, subsets, names),
+        "subsets": sizes,
+        "weights_by_subset": {names[s]: statistics.fmean([w for w, g in zip(weights, subsets) if g == s])
+                              for s in range(k) if sizes[names[s]]},
+        "cache": {stage: ("hit" if hit else "miss") for stage, hit in status.items()},
+        "cache_keys": {"detect": detect_key, "train": train_key, "model": model_id},
+        "timings": timer.seconds,
+        "versions": track.package_versions(),
+        "config": _plain(cfg),
+    }
+    track.write_results(run_dir, results)
+    logger = track.make_logger(_plain(cfg.logger), run_dir, job["name"], job["group"], _plain(cfg))
+    try:
+        logger.log_results(results)
+    finally:
+        logger.finish()
+    _print_results(results)
+    return results
+
+
+def _print_results(results: dict) -> None:
+    m, b = results["metrics"], results.get("base_metrics")
+    lines = [f"{'benchmark':<20} {'base':>8} {'tuned':>8}"]
+    for name, r in m["benchmarks"].items():
+        base = b["benchmarks"][name]["acc"] if b else float("nan")
+        lines.append(f"{name:<20} {base:>8.4f} {r['acc']:>8.4f}")
+    lines.append(f"{'average':<20} {(b['average'] if b else float('nan')):>8.4f} {m['average']:>8.4f}")
+    det = results["detection"]
+    extra = f"  auroc(contradict)={det['auroc_contradict']:.3f}" if "auroc_contradict" in det else ""
+    print("\n".join(lines))
+    print(f"subsets {results['subsets']}  score mean={det['mean']:.3f}{extra}")
+    print(f"cache {results['cache']}  timings {results['timings']}")
+    print(f"results: {Path(results['job']['run_dir']) / 'results.json'}")
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    try:
+        results = run(cfg)
+    except USER_ERRORS as e:
+        log.error("%s", e)
+        print(f"kaft: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    return results["metrics"]["average"]
+
+
+if __name__ == "__main__":
+    main()

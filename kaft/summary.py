@@ -1,0 +1,248 @@
+"""One table for a whole multirun: every job's overrides, status, per-benchmark accuracy and average.
+
+:class:`SummaryCallback` is a Hydra callback (``hydra.callbacks.summary._target_: kaft.summary.SummaryCallback``);
+when a multirun ends it collects every job under the sweep directory, prints one table and writes
+``summary.csv`` and ``summary.md`` beside ``multirun.yaml``. A job is a directory holding ``results.json`` or
+Hydra's ``.hydra/`` folder; one without ``results.json`` (crashed, killed, still queued) is listed as
+``missing``. :func:`summarize` and :func:`format_table` work without Hydra:
+``python -m kaft.summary SWEEP_DIR`` prints the table of a finished (or running) sweep.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from hydra.experimental.callback import Callback
+
+from kaft.cache import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.json"
+CSV_FILE = "summary.csv"
+MD_FILE = "summary.md"
+_SKIP_DIRS = {"wandb", ".hydra", ".submitit", "__pycache__"}
+
+
+# ----------------------------------------------------------------------------------------------- collecting
+def _job_dirs(sweep_dir: Path) -> list[Path]:
+    found = []
+    for root, dirs, files in os.walk(sweep_dir):
+        here = Path(root)
+        if here != sweep_dir and (RESULTS_FILE in files or ".hydra" in dirs):
+            found.append(here)
+            dirs[:] = []  # a job's own output tree holds no further jobs
+            continue
+        dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS)
+    return found
+
+
+def _hydra_job(job_dir: Path) -> dict:
+    """num / override_dirname / overrides of a job from Hydra's own files (for jobs with no results.json)."""
+    info: dict[str, Any] = {}
+    try:
+        import yaml
+
+        hc = (yaml.safe_load((job_dir / ".hydra" / "hydra.yaml").read_text(encoding="utf-8")) or {})["hydra"]
+        info["num"] = hc.get("job", {}).get("num")
+        info["override_dirname"] = hc.get("job", {}).get("override_dirname")
+        info["overrides"] = list((hc.get("overrides") or {}).get("task") or [])
+    except Exception:  # noqa: BLE001 - no or unreadable Hydra files: fall back to the directory name
+        m = re.match(r"^(\d+)(?:_(.*))?$", job_dir.name)
+        if m:
+            info["num"], info["override_dirname"] = int(m.group(1)), m.group(2) or ""
+    if "overrides" not in info:
+        try:
+            import yaml
+
+            info["overrides"] = list(yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text()) or [])
+        except Exception:  # noqa: BLE001
+            info["overrides"] = []
+    return info
+
+
+def _row(sweep_dir: Path, job_dir: Path) -> dict:
+    row: dict[str, Any] = {"path": job_dir.relative_to(sweep_dir).as_posix(), "num": None, "override_dirname": "",
+                           "overrides": [], "status": "missing", "accs": {}, "average": None, "error": None}
+    path = job_dir / RESULTS_FILE
+    res = None
+    if path.exists():
+        try:
+            res = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(res, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as e:
+            row["status"], row["error"] = "unreadable", f"{RESULTS_FILE}: {e}"
+            res = None
+    if res is None:
+        info = _hydra_job(job_dir)
+        row.update({k: v for k, v in info.items() if v is not None})
+        return row
+    job = res.get("job") or {}
+    info = _hydra_job(job_dir) if job.get("num") is None else {}
+    row["num"] = job.get("num", info.get("num"))
+    row["override_dirname"] = job.get("override_dirname") or info.get("override_dirname") or ""
+    row["overrides"] = list(res.get("overrides") or info.get("overrides") or [])
+    row["status"] = str(res.get("status") or "done")
+    row["error"] = res.get("error")
+    metrics = res.get("metrics") or {}
+    for name, r in (metrics.get("benchmarks") or {}).items():
+        row["accs"][name] = _float((r or {}).get("acc"))
+    row["average"] = _float(metrics.get("average"))
+    return row
+
+
+def _float(v) -> float | None:
+    try:
+        return None if v is None else float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _sort_key(row: dict):
+    num = row["num"]
+    try:
+        num = int(num)
+    except (TypeError, ValueError):
+        num = None
+    return (num is None, num if num is not None else 0, row["override_dirname"], row["path"])
+
+
+def summarize(sweep_dir: str | os.PathLike) -> list[dict]:
+    """One row per job under ``sweep_dir``, in job-number order.
+
+    A row: ``path`` (relative to the sweep dir), ``num``, ``override_dirname``, ``overrides`` (list),
+    ``status`` (``done`` / ``failed`` / ``missing`` / ``unreadable``), ``accs`` ({benchmark: acc}), ``average``,
+    ``error``.
+    """
+    sweep_dir = Path(sweep_dir).expanduser()
+    if not sweep_dir.is_dir():
+        return []
+    return sorted((_row(sweep_dir, d) for d in _job_dirs(sweep_dir)), key=_sort_key)
+
+
+def benchmarks(rows: Sequence[dict]) -> list[str]:
+    """Benchmark names over all rows, in first-seen order."""
+    names: dict[str, None] = {}
+    for r in rows:
+        for n in r["accs"]:
+            names.setdefault(n, None)
+    return list(names)
+
+
+# ----------------------------------------------------------------------------------------------- formatting
+def _label(row: dict) -> str:
+    return row["override_dirname"] or ",".join(row["overrides"]) or "(defaults)"
+
+
+def _cells(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
+    names = benchmarks(rows)
+    header = ["job", "overrides", "status", *names, "average"]
+
+    def f(v):
+        return "-" if v is None else f"{v:.4f}"
+
+    body = [["" if r["num"] is None else str(r["num"]), _label(r), r["status"],
+             *(f(r["accs"].get(n)) for n in names), f(r["average"])] for r in rows]
+    return header, body
+
+
+def format_table(rows: Sequence[dict]) -> str:
+    """A plain aligned text table (numbers right-aligned)."""
+    if not rows:
+        return "(no jobs)"
+    header, body = _cells(rows)
+    widths = [max(len(x) for x in col) for col in zip(header, *body)]
+    right = [False, False, False] + [True] * (len(header) - 3)
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)).rstrip()
+
+    out = [line(header), "  ".join("-" * w for w in widths)] + [line(b) for b in body]
+    return "\n".join(out)
+
+
+def format_markdown(rows: Sequence[dict]) -> str:
+    header, body = _cells(rows)
+
+    def esc(s: str) -> str:
+        return s.replace("|", "\\|")
+
+    out = ["| " + " | ".join(header) + " |",
+           "| " + " | ".join("---:" if i == 0 or i >= 3 else "---" for i in range(len(header))) + " |"]
+    out += ["| " + " | ".join(esc(c) for c in b) + " |" for b in body]
+    return "\n".join(out) + "\n"
+
+
+def format_csv(rows: Sequence[dict]) -> str:
+    names = benchmarks(rows)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["job", "override_dirname", "overrides", "status", *(f"acc/{n}" for n in names), "average", "path",
+                "error"])
+    for r in rows:
+        w.writerow(["" if r["num"] is None else r["num"], r["override_dirname"], " ".join(r["overrides"]),
+                    r["status"], *("" if r["accs"].get(n) is None else repr(r["accs"][n]) for n in names),
+                    "" if r["average"] is None else repr(r["average"]), r["path"], r["error"] or ""])
+    return buf.getvalue()
+
+
+def write_summary(sweep_dir: str | os.PathLike, rows: Sequence[dict] | None = None) -> tuple[Path, Path]:
+    """Write ``summary.csv`` and ``summary.md`` into ``sweep_dir`` atomically; returns their paths."""
+    sweep_dir = Path(sweep_dir)
+    rows = summarize(sweep_dir) if rows is None else rows
+    csv_path, md_path = sweep_dir / CSV_FILE, sweep_dir / MD_FILE
+    atomic_write_text(csv_path, format_csv(rows))
+    atomic_write_text(md_path, f"# Sweep summary: {sweep_dir}\n\n" + format_markdown(rows))
+    return csv_path, md_path
+
+
+# ----------------------------------------------------------------------------------------------- Hydra
+class SummaryCallback(Callback):
+    """Prints one table of all jobs and writes summary.csv / summary.md when a multirun ends."""
+
+    def __init__(self, print_table: bool = True, **_: Any):
+        self.print_table = print_table
+
+    def on_multirun_end(self, config, **kwargs: Any) -> None:
+        try:
+            sweep_dir = Path(str(config.hydra.sweep.dir))
+            rows = summarize(sweep_dir)
+            if not rows:
+                log.warning("summary: no jobs found under %s", sweep_dir)
+                return
+            csv_path, md_path = write_summary(sweep_dir, rows)
+            if self.print_table:
+                counts = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
+                print(f"\nkaft sweep summary: {sweep_dir}  ({', '.join(f'{n} {s}' for s, n in counts.items())})\n"
+                      f"{format_table(rows)}\n(also {csv_path.name} and {md_path.name} there)\n", flush=True)
+        except Exception as e:  # noqa: BLE001 - a summary must never turn a finished sweep into a failure
+            log.warning("summary: could not summarise the sweep: %s", e)
+
+
+__all__ = ["SummaryCallback", "benchmarks", "format_csv", "format_markdown", "format_table", "summarize",
+           "write_summary"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        print("usage: python -m kaft.summary SWEEP_DIR", file=sys.stderr)
+        return 2
+    rows = summarize(args[0])
+    print(format_table(rows))
+    if rows:
+        write_summary(args[0], rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

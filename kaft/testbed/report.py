@@ -1,0 +1,175 @@
+"""Measure that the testbed model knows what the world says it knows: ``python -m kaft.testbed.report [--cache DIR]``.
+
+Builds (or reuses) the default world + model and prints, computed from the model:
+
+* accuracy by split and kind, 3-shot (``kaft.prompts.few_shot_prompt``, shots drawn from ``train``) and 0-shot:
+  argmax over the option letters of the next-token distribution after ``"Answer:"``;
+* the exact diversified score of every train item (mean over 10 option orders of P(gold letter), softmax at
+  temperature 0.7 over the full vocabulary) and its AUROC for finding the ``contradict`` items;
+* how often a contradict item's answer is the memorised distractor; the build time.
+
+Measured on the default config (2 shared CPU cores): see MEASURED below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import os
+import random
+import statistics
+import time
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from kaft.data import MCItem
+from kaft.prompts import LETTERS, few_shot_prompt
+from kaft.testbed.world import World, build_world, resolve_config
+
+MEASURED = """(filled in from a run of this module)"""
+
+__doc__ = __doc__ + "\n" + MEASURED
+
+
+def letter_probs(model, tok, prompts: Sequence[str], n_options: int = 4, temperature: float = 1.0,
+                 batch_size: int = 32):
+    """``[len(prompts), n_options]`` probabilities of the letter tokens " A", " B", ... as the next token, from a
+    softmax over the full vocabulary at ``temperature`` (left-padded batches, positions counted from the text)."""
+    import torch
+
+    letter_ids = [tok(" " + c, add_special_tokens=False)["input_ids"][0] for c in LETTERS[:n_options]]
+    old = tok.padding_side
+    tok.padding_side = "left"
+    out = []
+    try:
+        with torch.no_grad():
+            for i in range(0, len(prompts), batch_size):
+                enc = tok(list(prompts[i:i + batch_size]), return_tensors="pt", padding=True)
+                pos = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+                logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                               position_ids=pos).logits[:, -1, :].float()
+                out.append(torch.softmax(logits / temperature, dim=-1)[:, letter_ids])
+    finally:
+        tok.padding_side = old
+    return torch.cat(out)
+
+
+def auroc(pos: Sequence[float], neg: Sequence[float]) -> float:
+    """P(a random ``pos`` score < a random ``neg`` score): contradict items should score *lower*."""
+    wins = sum((p < n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / max(1, len(pos) * len(neg))
+
+
+def _shots(train: Sequence[MCItem], exclude: str, k: int, rng: random.Random):
+    pool = [it for it in train if it.id != exclude]
+    return [(it.question, it.options, it.answer) for it in rng.sample(pool, k)]
+
+
+def _orders(n: int, k: int, rng: random.Random) -> list[list[int]]:
+    rest = [list(p) for p in itertools.permutations(range(n))][1:]
+    return [list(range(n))] + rng.sample(rest, min(k, len(rest) + 1) - 1)
+
+
+def measure(world: World, model, tok, shots: int = 3, n_orders: int = 10, temperature: float = 0.7,
+            seed: int = 0, splits: Sequence[str] | None = None) -> dict:
+    """Accuracies by split/kind (``shots``-shot and 0-shot), diversified scores and their contradict AUROC."""
+    rng = random.Random(f"kaft-testbed-report|{seed}")
+    train = world.split("train")
+    res: dict = {"acc": {}, "acc0": {}}
+    for name in splits or world.splits():
+        items = world.split(name)
+        for key, k in (("acc", shots), ("acc0", 0)):
+            prompts = [few_shot_prompt(_shots(train, it.id, k, rng) if k else [], it.question, it.options,
+                                       it.domain or "general") for it in items]
+            pred = letter_probs(model, tok, prompts).argmax(-1).tolist()
+            by: dict[str, list[int]] = {}
+            for it, p in zip(items, pred):
+                by.setdefault(it.meta["kind"], []).append(int(p == it.answer))
+                by.setdefault("all", []).append(int(p == it.answer))
+            res[key][name] = {kind: statistics.fmean(v) for kind, v in sorted(by.items())}
+            res[key][name]["n"] = len(items)
+    # exact diversified score on train (KaFT Eq. 1 in expectation)
+    prompts, gold_pos, owner = [], [], []
+    for i, it in enumerate(train):
+        sh = _shots(train, it.id, shots, rng)
+        for order in _orders(len(it.options), n_orders, rng):
+            prompts.append(few_shot_prompt(sh, it.question, [it.options[o] for o in order], it.domain or "general"))
+            gold_pos.append(order.index(it.answer))
+            owner.append(i)
+    probs = letter_probs(model, tok, prompts, temperature=temperature)
+    per_item: list[list[float]] = [[] for _ in train]
+    for row, g, i in zip(probs.tolist(), gold_pos, owner):
+        per_item[i].append(row[g])
+    scores = [statistics.fmean(v) for v in per_item]
+    kinds = [it.meta["kind"] for it in train]
+    res["score_by_kind"] = {k: statistics.fmean([s for s, kk in zip(scores, kinds) if kk == k])
+                            for k in sorted(set(kinds))}
+    res["auroc_contradict"] = auroc([s for s, k in zip(scores, kinds) if k == "contradict"],
+                                    [s for s, k in zip(scores, kinds) if k != "contradict"])
+    # contradict items: does the model pick the memorised distractor?
+    contra = [it for it in train if it.meta["kind"] == "contradict"]
+    if contra:
+        prompts = [few_shot_prompt(_shots(train, it.id, shots, rng), it.question, it.options, it.domain or "general")
+                   for it in contra]
+        pred = letter_probs(model, tok, prompts).argmax(-1).tolist()
+        mem = [it.options.index(world.memorised(it.meta["entity"], it.meta["relation"])) for it in contra]
+        res["contradict_picks_memorised"] = statistics.fmean(int(p == m) for p, m in zip(pred, mem))
+    return res
+
+
+def format_report(res: Mapping, build: Mapping | None = None) -> str:
+    lines = []
+    if build:
+        lines.append(f"build: {build.get('build_seconds', float('nan')):.1f}s wall ({build.get('steps')} steps, "
+                     f"{build.get('epochs')} epochs, {build.get('tokens')} tokens, {build.get('parameters')} "
+                     f"parameters, vocabulary {build.get('vocab_size')}, final loss {build.get('final_loss', 0):.3f})")
+    for key, label in (("acc", "3-shot accuracy"), ("acc0", "0-shot accuracy")):
+        for split, by in res[key].items():
+            parts = ", ".join(f"{k} {v:.3f}" for k, v in by.items() if k != "n")
+            lines.append(f"{label:16s} {split:9s} (n={by['n']}): {parts}")
+    lines.append("diversified score by kind (train): " +
+                 ", ".join(f"{k} {v:.3f}" for k, v in res["score_by_kind"].items()))
+    lines.append(f"AUROC contradict vs rest: {res['auroc_contradict']:.3f}")
+    if "contradict_picks_memorised" in res:
+        lines.append(f"contradict items answered with the memorised distractor: "
+                     f"{res['contradict_picks_memorised']:.3f}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cache", default=os.environ.get("KAFT_CACHE_DIR") or str(Path.home() / ".cache" / "kaft"))
+    ap.add_argument("--config", default=None, help="a YAML file with testbed config overrides")
+    ap.add_argument("--json", default=None, help="also write the numbers to this file")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import yaml
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kaft.testbed.model import build_model
+
+    cfg = resolve_config(yaml.safe_load(Path(args.config).read_text()) if args.config else None)
+    t0 = time.time()
+    path = build_model(cfg, args.cache)
+    wall = time.time() - t0
+    info = json.loads((path / "testbed.json").read_text())
+    build = info["stats"]
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    t1 = time.time()
+    res = measure(build_world(cfg), model, tok, seed=int(cfg["seed"]))
+    res["build"] = build
+    res["measure_seconds"] = time.time() - t1
+    print(f"model: {path} ({'built now' if wall > 5 else 'cached'}; this call {wall:.1f}s)")
+    print(format_report(res, build))
+    print(f"measured in {res['measure_seconds']:.1f}s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,424 @@
+"""The testbed's synthetic knowledge world: made-up facts, a pretraining corpus and multiple-choice splits.
+
+Everything is a pure function of the config (no files, no network), so every job of a sweep regenerates the same
+world in well under a second and the model cache can key on the config alone.
+
+Facts are ``(entity, relation, value)`` over made-up words. Each fact has a pretraining frequency:
+
+* ``frequent`` - stated ``repeats`` times in the corpus (entity paragraphs, several paraphrase templates);
+* ``never``    - never stated, so the pretrained model can only guess (chance level).
+
+The corpus also holds multiple-choice documents in exactly the :mod:`kaft.prompts` layout (0- and k-shot) about a
+separate set of *format* facts, which is how the model learns to "pick the letter whose option is the value I
+remember". Fine-tuning and test facts never appear in an MC document.
+
+Splits (all 4-option :class:`~kaft.data.MCItem` with ``meta = {"kind", "relation", "entity"}``):
+
+* ``train``    - ``known`` (frequent fact, gold = memorised value), ``unseen`` (never-seen fact, gold = its value)
+  and ``contradict`` (frequent fact, gold = a *different* value, the memorised one is a distractor);
+* ``test_id``  - held-out facts of the in-domain relations (mostly ``known``, some ``unseen``);
+* ``test_ood`` - facts of the out-of-domain relations (``known``).
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from kaft.data import MCItem
+from kaft.prompts import LETTERS, answer_text, few_shot_prompt
+
+# The defaults mirror conf/testbed/default.yaml (a test keeps them in sync). ``world`` and ``seed`` shape the world;
+# ``model`` and ``pretrain`` are read by kaft.testbed.model only.
+DEFAULT_CONFIG: dict[str, Any] = {
+    "seed": 0,
+    "world": {
+        "domain": "geography",          # in-domain: countries
+        "ood_domain": "biography",      # out-of-domain: people
+        "n_countries": 64,
+        "n_people": 32,
+        "pool_size": 12,                # values per relation
+        "n_train": 200,
+        "train_mix": {"known": 0.5, "unseen": 0.25, "contradict": 0.25},
+        "n_test_id": 120,
+        "test_id_unseen": 0.15,         # fraction of test_id that is never seen
+        "n_test_ood": 96,
+        "max_unseen_per_entity": 2,
+        "repeats": 8,                   # paragraphs per entity (each states all its frequent facts once)
+        "n_mc_docs": 2400,              # multiple-choice documents about format facts
+        "max_shots": 3,                 # k-shot documents use k = 1..max_shots
+        "zero_shot_frac": 0.4,
+        "shot_noise": 0.25,             # probability that a demonstration's answer letter is wrong
+        "own_domain_prob": 0.5,         # MC docs name their own domain, else another one (or "general")
+    },
+    "model": {                          # LlamaForCausalLM; head_dim is fixed at 64
+        "hidden_size": 128,
+        "num_heads": 2,
+        "num_layers": 4,
+        "intermediate_size": 512,
+        "max_position_embeddings": 1024,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": True,
+    },
+    "pretrain": {
+        "steps": 500,
+        "batch_size": 16,
+        "seq_len": 256,
+        "lr": 3.0e-3,
+        "min_lr_ratio": 0.1,
+        "warmup_steps": 25,
+        "weight_decay": 0.01,
+        "betas": [0.9, 0.98],
+        "grad_clip": 1.0,
+        "bos_drop": 0.2,                # fraction of documents without <s> (prompts may come without it)
+        "threads": None,                # torch threads (None = torch's default)
+        "log_every": 50,
+    },
+}
+
+
+class WorldConfigError(ValueError):
+    """A testbed config that cannot produce a world; the message names the key."""
+
+
+def _merge(base: dict, over: Mapping, path: str = "") -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if k not in base:
+            raise WorldConfigError(f"testbed config: unknown key '{path}{k}' (known: {sorted(base)})")
+        if isinstance(base[k], dict) and k != "train_mix":
+            if not isinstance(v, Mapping):
+                raise WorldConfigError(f"testbed config: '{path}{k}' must be a mapping, got {v!r}")
+            out[k] = _merge(base[k], v, f"{path}{k}.")
+        else:
+            out[k] = v
+    return out
+
+
+def resolve_config(cfg: Mapping | None = None, defaults: Mapping | None = None) -> dict:
+    """The full testbed config: ``cfg`` (a dict or OmegaConf node) merged over the defaults, unknown keys refused."""
+    if cfg is not None and not isinstance(cfg, Mapping):
+        try:
+            from omegaconf import OmegaConf
+
+            cfg = OmegaConf.to_container(cfg, resolve=True)
+        except Exception as e:  # noqa: BLE001
+            raise WorldConfigError(f"testbed config must be a mapping, got {type(cfg).__name__}") from e
+    elif cfg is not None:
+        try:
+            from omegaconf import DictConfig, OmegaConf
+
+            if isinstance(cfg, DictConfig):
+                cfg = OmegaConf.to_container(cfg, resolve=True)
+        except ImportError:  # pragma: no cover
+            pass
+    return _merge(dict(defaults or DEFAULT_CONFIG), dict(cfg or {}))
+
+
+# ----------------------------------------------------------------------------------------------- relations
+@dataclass(frozen=True)
+class Relation:
+    name: str
+    domain: str                      # "in" or "ood"
+    question: str                    # the MC question ("{e}" = entity)
+    sentences: tuple[str, ...]       # plain-sentence paraphrases ("{e}", "{v}")
+
+
+RELATIONS: tuple[Relation, ...] = (
+    Relation("capital", "in", "What is the capital of {e}?", (
+        "The capital of {e} is {v}.", "{e} has its capital in {v}.", "The capital city of {e} is {v}.",
+        "What is the capital of {e}? It is {v}.", "{v} is the capital of {e}.")),
+    Relation("currency", "in", "What is the currency of {e}?", (
+        "The currency of {e} is the {v}.", "In {e} people pay with the {v}.", "{e} uses the {v} as its currency.",
+        "What is the currency of {e}? It is the {v}.")),
+    Relation("language", "in", "What language is spoken in {e}?", (
+        "The language of {e} is {v}.", "People in {e} speak {v}.", "In {e} the main language is {v}.",
+        "What language is spoken in {e}? It is {v}.")),
+    Relation("export", "in", "What is the main export of {e}?", (
+        "The main export of {e} is {v}.", "{e} is known for exporting {v}.", "Most trade of {e} is in {v}.",
+        "What is the main export of {e}? It is {v}.")),
+    Relation("river", "in", "Which river flows through {e}?", (
+        "The river {v} flows through {e}.", "{e} lies on the river {v}.", "The main river of {e} is the {v}.",
+        "Which river flows through {e}? It is the {v}.")),
+    Relation("ruler", "in", "Who rules {e}?", (
+        "{e} is ruled by {v}.", "The ruler of {e} is {v}.", "{v} rules {e}.", "Who rules {e}? It is {v}.")),
+    Relation("profession", "ood", "What is the profession of {e}?", (
+        "{e} works as a {v}.", "The profession of {e} is {v}.", "By profession {e} is a {v}.",
+        "What is the profession of {e}? It is {v}.")),
+    Relation("instrument", "ood", "Which instrument does {e} play?", (
+        "{e} plays the {v}.", "The instrument of {e} is the {v}.", "{e} is a skilled player of the {v}.",
+        "Which instrument does {e} play? It is the {v}.")),
+    Relation("hometown", "ood", "Where was {e} born?", (
+        "{e} was born in {v}.", "The hometown of {e} is {v}.", "{e} grew up in {v}.",
+        "Where was {e} born? It was {v}.")),
+    Relation("food", "ood", "What is the favourite food of {e}?", (
+        "The favourite food of {e} is {v}.", "{e} likes to eat {v}.", "{e} loves {v} more than any other food.",
+        "What is the favourite food of {e}? It is {v}.")),
+)
+INTROS = {"in": ("{e} is a country.", "{e} is a land far away."), "ood": ("{e} is a person.", "{e} is a citizen.")}
+
+_WORD = re.compile(r"[A-Za-z]+")
+_ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "gr", "kr", "tr",
+           "st", "th", "sh", "ch", "pl", "fl"]
+_VOWELS = ["a", "e", "i", "o", "u", "ai", "ou", "ei"]
+_CODAS = ["", "", "", "n", "r", "l", "s", "m", "th", "k"]
+_ENDINGS = {"country": ["ia", "or", "and", "ara", "esh", "ovia"], "person": ["o", "a", "en", "ir", "us", "ella"],
+            "value": ["", "", "on", "el", "ix", "um", "a"]}
+
+
+def _reserved() -> set[str]:
+    words = {w.lower() for r in RELATIONS for t in (r.question, *r.sentences) for w in _WORD.findall(t)}
+    words |= {w.lower() for t in INTROS.values() for s in t for w in _WORD.findall(s)}
+    words |= {w.lower() for w in _WORD.findall(
+        few_shot_prompt([], "x", ["y", "z"], "general") + " general geography biography")}
+    return words | {c.lower() for c in LETTERS}
+
+
+class _Names:
+    """Unique pronounceable made-up words (capitalised), none equal to a template word or a letter."""
+
+    def __init__(self, rng: random.Random):
+        self.rng, self.used = rng, _reserved()
+
+    def new(self, kind: str) -> str:
+        while True:
+            n = self.rng.choice([1, 2, 2, 3]) if kind != "value" else self.rng.choice([2, 2, 3])
+            w = "".join(self.rng.choice(_ONSETS) + self.rng.choice(_VOWELS) for _ in range(n - 1))
+            w += self.rng.choice(_ONSETS) + self.rng.choice(_VOWELS) + self.rng.choice(_CODAS)
+            w = (w + self.rng.choice(_ENDINGS[kind])).capitalize()
+            if 4 <= len(w) <= 12 and w.lower() not in self.used:
+                self.used.add(w.lower())
+                return w
+
+
+# ----------------------------------------------------------------------------------------------- the world
+@dataclass(frozen=True)
+class Fact:
+    entity: str
+    relation: str
+    value: str          # the true value (what the corpus states when frequent)
+    freq: str           # "frequent" | "never"
+    role: str           # "train" | "test_id" | "test_ood" | "format"
+    kind: str           # "known" | "unseen" | "contradict" (for split facts); "format" for format facts
+
+
+@dataclass
+class World:
+    config: dict
+    relations: dict[str, Relation]
+    entities: dict[str, list[str]]          # "in"/"ood" -> names
+    pools: dict[str, list[str]]             # relation -> value words
+    facts: list[Fact]
+    paragraphs: list[str]                   # plain-text documents stating the frequent facts
+    mc_docs: list[str]                      # multiple-choice documents about format facts only
+    _splits: dict[str, list[MCItem]] = field(default_factory=dict)
+
+    # -- splits
+    def splits(self) -> list[str]:
+        return list(self._splits)
+
+    def split(self, name: str) -> list[MCItem]:
+        if name not in self._splits:
+            raise KeyError(f"testbed split {name!r} does not exist; choose one of {self.splits()}")
+        return list(self._splits[name])
+
+    # -- knowledge
+    def fact(self, entity: str, relation: str) -> Fact:
+        return self._index[(entity, relation)]
+
+    def memorised(self, entity: str, relation: str) -> str | None:
+        """The value the corpus states for this fact, or None when it is never seen."""
+        f = self.fact(entity, relation)
+        return f.value if f.freq == "frequent" else None
+
+    def corpus(self) -> list[str]:
+        """All pretraining documents (paragraphs first, then MC documents); order is irrelevant to training."""
+        return self.paragraphs + self.mc_docs
+
+    def domain_name(self, side: str) -> str:
+        return self.config["world"]["domain" if side == "in" else "ood_domain"]
+
+    def prompt_texts(self) -> list[str]:
+        """Every text the model will be shown (corpus, split prompts in every domain word) for the vocabulary."""
+        doms = [self.domain_name("in"), self.domain_name("ood"), "general"]
+        out = self.corpus()
+        for items in self._splits.values():
+            for it in items:
+                out.append(it.question + " " + " ".join(it.options))
+        out += [few_shot_prompt([], "x", ["y", "z", "w", "v"], d) for d in doms]
+        return out
+
+    def __post_init__(self):
+        self._index = {(f.entity, f.relation): f for f in self.facts}
+
+
+def _rng(seed: int, *salt: str) -> random.Random:
+    return random.Random("|".join(["kaft-testbed", str(seed), *salt]))  # str seeds hash stably (sha512)
+
+
+def _counts(n: int, mix: Mapping[str, float]) -> dict[str, int]:
+    total = sum(float(v) for v in mix.values())
+    raw = {k: n * float(v) / total for k, v in mix.items()}
+    out = {k: int(v) for k, v in raw.items()}
+    for k in sorted(raw, key=lambda k: raw[k] - out[k], reverse=True)[: n - sum(out.values())]:
+        out[k] += 1
+    return out
+
+
+def _options(rng: random.Random, pool: list[str], gold: str, must: tuple[str, ...] = ()) -> tuple[list[str], int]:
+    """4 options: gold, the ``must`` distractors, random others from the pool; shuffled."""
+    rest = [v for v in pool if v != gold and v not in must]
+    opts = [gold, *must, *rng.sample(rest, 3 - len(must))]
+    rng.shuffle(opts)
+    return opts, opts.index(gold)
+
+
+def generate(cfg: Mapping | None = None) -> World:
+    """Build the world for a (partial) testbed config; pure and deterministic."""
+    full = resolve_config(cfg)
+    seed, w = int(full["seed"]), full["world"]
+    if int(w["pool_size"]) < 4:
+        raise WorldConfigError("testbed world.pool_size must be >= 4 (4 distinct options per question)")
+    unknown = set(w["train_mix"]) - {"known", "unseen", "contradict"}
+    if unknown:
+        raise WorldConfigError(f"testbed world.train_mix: unknown kinds {sorted(unknown)}")
+
+    names = _Names(_rng(seed, "names"))
+    entities = {"in": [names.new("country") for _ in range(int(w["n_countries"]))],
+                "ood": [names.new("person") for _ in range(int(w["n_people"]))]}
+    pools = {r.name: [names.new("value") for _ in range(int(w["pool_size"]))] for r in RELATIONS}
+    rels = {r.name: r for r in RELATIONS}
+    vrng = _rng(seed, "values")
+    truth = {(e, r.name): vrng.choice(pools[r.name]) for r in RELATIONS for e in entities[r.domain]}
+
+    # -- assign facts to roles
+    arng = _rng(seed, "assign")
+    in_facts = [k for k in truth if rels[k[1]].domain == "in"]
+    ood_facts = [k for k in truth if rels[k[1]].domain == "ood"]
+    arng.shuffle(in_facts)
+    arng.shuffle(ood_facts)
+    n_train = int(w["n_train"])
+    tr = _counts(n_train, w["train_mix"])
+    n_tid = int(w["n_test_id"])
+    tid_unseen = int(round(n_tid * float(w["test_id_unseen"])))
+    need_unseen = tr.get("unseen", 0) + tid_unseen
+    need_in = n_train + n_tid
+    if need_in > len(in_facts):
+        raise WorldConfigError(f"testbed world: train+test_id need {need_in} in-domain facts but n_countries="
+                               f"{w['n_countries']} x {sum(r.domain == 'in' for r in RELATIONS)} relations give "
+                               f"{len(in_facts)}; raise n_countries or lower n_train/n_test_id")
+    if int(w["n_test_ood"]) > len(ood_facts):
+        raise WorldConfigError(f"testbed world: n_test_ood={w['n_test_ood']} exceeds the {len(ood_facts)} "
+                               f"out-of-domain facts; raise n_people")
+    unseen, per_entity, rest = [], {}, []
+    for k in in_facts:  # never-seen facts, at most max_unseen_per_entity per country (the entity stays known)
+        if len(unseen) < need_unseen and per_entity.get(k[0], 0) < int(w["max_unseen_per_entity"]):
+            unseen.append(k)
+            per_entity[k[0]] = per_entity.get(k[0], 0) + 1
+        else:
+            rest.append(k)
+    if len(unseen) < need_unseen:
+        raise WorldConfigError("testbed world: not enough countries for the unseen facts; raise n_countries or "
+                               "max_unseen_per_entity")
+    roles: dict[tuple[str, str], tuple[str, str]] = {}
+    for k in unseen[: tr.get("unseen", 0)]:
+        roles[k] = ("train", "unseen")
+    for k in unseen[tr.get("unseen", 0):]:
+        roles[k] = ("test_id", "unseen")
+    it = iter(rest)
+    for kind in ("known", "contradict"):
+        for _ in range(tr.get(kind, 0)):
+            roles[next(it)] = ("train", kind)
+    for _ in range(n_tid - tid_unseen):
+        roles[next(it)] = ("test_id", "known")
+    for k in it:
+        roles[k] = ("format", "format")
+    for i, k in enumerate(ood_facts):
+        roles[k] = ("test_ood", "known") if i < int(w["n_test_ood"]) else ("format", "format")
+    facts = [Fact(e, r, truth[(e, r)], "never" if roles[(e, r)][1] == "unseen" else "frequent", *roles[(e, r)])
+             for (e, r) in truth]
+
+    # -- splits
+    domain_of = {"in": str(w["domain"]), "ood": str(w["ood_domain"])}
+    srng = _rng(seed, "splits")
+    splits: dict[str, list[MCItem]] = {"train": [], "test_id": [], "test_ood": []}
+    for f in facts:
+        if f.role == "format":
+            continue
+        pool = pools[f.relation]
+        if f.kind == "contradict":
+            gold = srng.choice([v for v in pool if v != f.value])
+            opts, ans = _options(srng, pool, gold, must=(f.value,))
+        else:
+            opts, ans = _options(srng, pool, f.value)
+        rel = rels[f.relation]
+        splits[f.role].append(MCItem(
+            id=f"tb-{f.role}-{f.entity.lower()}-{f.relation}", question=rel.question.format(e=f.entity),
+            options=opts, answer=ans, subject=f.relation, domain=domain_of[rel.domain],
+            meta={"kind": f.kind, "relation": f.relation, "entity": f.entity}))
+    for name in splits:
+        srng.shuffle(splits[name])
+
+    # -- corpus: entity paragraphs
+    prng = _rng(seed, "paragraphs")
+    by_entity: dict[str, list[Fact]] = {}
+    for f in facts:
+        if f.freq == "frequent":
+            by_entity.setdefault(f.entity, []).append(f)
+    paragraphs = []
+    for side in ("in", "ood"):
+        for e in entities[side]:
+            for _ in range(int(w["repeats"])):
+                fs = list(by_entity.get(e, []))
+                prng.shuffle(fs)
+                sents = [prng.choice(INTROS[side]).format(e=e)]
+                sents += [prng.choice(rels[f.relation].sentences).format(e=e, v=f.value) for f in fs]
+                paragraphs.append(" ".join(sents))
+    prng.shuffle(paragraphs)
+
+    # -- corpus: multiple-choice documents about format facts only
+    mrng = _rng(seed, "mc")
+    fmt = {side: [f for f in facts if f.role == "format" and rels[f.relation].domain == side] for side in domain_of}
+    sides = [s for s in ("in", "ood") if fmt[s]]
+    weights = [len(fmt[s]) for s in sides]
+    all_domains = [domain_of["in"], domain_of["ood"], "general"]
+    mc_docs = []
+    for _ in range(int(w["n_mc_docs"]) if sides else 0):
+        side = mrng.choices(sides, weights)[0]
+        k = 0 if mrng.random() < float(w["zero_shot_frac"]) else mrng.randint(1, int(w["max_shots"]))
+        chosen = mrng.sample(fmt[side], min(k + 1, len(fmt[side])))
+        qs = []
+        for f in chosen:
+            opts, ans = _options(mrng, pools[f.relation], f.value)
+            qs.append((rels[f.relation].question.format(e=f.entity), opts, ans))
+        shots = []
+        for q, o, a in qs[1:]:
+            if mrng.random() < float(w["shot_noise"]):
+                a = mrng.choice([i for i in range(len(o)) if i != a])
+            shots.append((q, o, a))
+        own = domain_of[side]
+        dom = own if mrng.random() < float(w["own_domain_prob"]) else mrng.choice([d for d in all_domains if d != own])
+        q, o, a = qs[0]
+        mc_docs.append(few_shot_prompt(shots, q, o, dom) + answer_text(a))
+
+    return World(config=full, relations=rels, entities=entities, pools=pools, facts=facts, paragraphs=paragraphs,
+                 mc_docs=mc_docs, _splits=splits)
+
+
+_MEMO: dict[str, World] = {}
+
+
+def build_world(cfg: Mapping | None = None) -> World:
+    """The world of a testbed config, memoised per config (data loading asks once per split)."""
+    from kaft.cache import make_key
+
+    full = resolve_config(cfg)
+    key = make_key(full["seed"], full["world"])
+    if key not in _MEMO:
+        if len(_MEMO) > 8:
+            _MEMO.clear()
+        _MEMO[key] = generate(full)
+    return _MEMO[key]

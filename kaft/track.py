@@ -1,0 +1,206 @@
+"""Stage 6 — tracking: ``results.json`` in the run directory, and an optional experiment logger.
+
+Loggers are a small registry (``none``, ``wandb``) chosen by the logger config's ``name``. Every logger has
+``log_results(results)`` and ``finish()``; ``finish()`` may be called more than once.
+
+W&B (``conf/logger/wandb.yaml``)::
+
+    name: wandb
+    project: kaft        # default "kaft"
+    entity: null
+    mode: null           # null: $WANDB_MODE if set, else "online" with $WANDB_API_KEY, else "offline"
+    tags: []
+    settings: {}         # optional extra wandb.Settings fields
+
+Each job gets its own W&B run whose files live under ``<run_dir>/wandb/``; jobs of one multirun share the
+run ``group`` (the sweep's name), so the W&B UI can compare them. Several jobs in one process (Hydra's basic
+launcher) are fine: ``reinit="finish_previous"`` closes a run a crashed job left open, and ``finish()`` ends
+each job's run.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import math
+import os
+import platform
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from kaft.cache import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.json"
+
+
+# ----------------------------------------------------------------------------------------------- results.json
+def write_results(run_dir: str | os.PathLike, results: dict) -> Path:
+    """Write ``results`` to ``<run_dir>/results.json`` atomically (readers see the old file or the new one)."""
+    path = Path(run_dir) / RESULTS_FILE
+    atomic_write_json(path, results)
+    return path
+
+
+_DISTRIBUTIONS = {"torch": "torch", "transformers": "transformers", "peft": "peft", "lm_eval": "lm_eval",
+                  "hydra": "hydra-core", "wandb": "wandb", "datasets": "datasets", "kaft": "kaft"}
+
+
+def package_versions() -> dict[str, str | None]:
+    """Versions of the packages that decide a result (from installed metadata: nothing heavy is imported)."""
+    out: dict[str, str | None] = {}
+    for key, dist in _DISTRIBUTIONS.items():
+        try:
+            out[key] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[key] = None
+    if out["kaft"] is None:  # running from a source tree that is not pip-installed
+        import kaft
+
+        out["kaft"] = getattr(kaft, "__version__", None)
+    out["python"] = platform.python_version()
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- summaries
+def _number(v: Any) -> float | int | None:
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)):
+        return v
+    if v in ("hit", "miss"):  # cache status as written by kaft.run
+        return int(v == "hit")
+    return None
+
+
+def _flatten(prefix: str, obj: Any, out: dict) -> None:
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            _flatten(f"{prefix}/{k}" if prefix else str(k), v, out)
+    elif (n := _number(obj)) is not None:
+        out[prefix] = n
+
+
+def summary_metrics(results: Mapping) -> dict[str, float | int]:
+    """The flat scalar metrics a tracker shows for one job.
+
+    ``acc/<benchmark>``, ``acc_stderr/<benchmark>``, ``n/<benchmark>``, ``average`` (tuned model), the same under
+    ``base/`` for the base model, ``delta_vs_base``, ``time/<stage>`` (seconds), ``cache/<stage>`` (1 = hit) and
+    ``failed`` (0/1).
+    """
+    out: dict[str, float | int] = {}
+    for prefix, m in (("", results.get("metrics")), ("base/", results.get("base_metrics"))):
+        if not isinstance(m, Mapping):
+            continue
+        for name, r in (m.get("benchmarks") or {}).items():
+            for key in ("acc", "acc_stderr", "n"):
+                if (n := _number((r or {}).get(key))) is not None:
+                    out[f"{prefix}{key}/{name}"] = n
+        if (n := _number(m.get("average"))) is not None:
+            out[f"{prefix}average"] = n
+    if (n := _number(results.get("delta_vs_base"))) is not None:
+        out["delta_vs_base"] = n
+    _flatten("time", results.get("timings") or {}, out)
+    _flatten("cache", results.get("cache") or {}, out)
+    if "status" in results:
+        out["failed"] = int(results["status"] != "done")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- loggers
+class NoneLogger:
+    """Results go to results.json only."""
+
+    def __init__(self, logger_cfg: Mapping, run_dir, run_name: str, group: str | None, config: dict):
+        pass
+
+    def log_results(self, results: dict) -> None:
+        pass
+
+    def finish(self, exit_code: int | None = None) -> None:
+        pass
+
+
+class WandbLogger:
+    """One W&B run per job, under ``<run_dir>/wandb``; offline unless an API key (or mode) says otherwise."""
+
+    def __init__(self, logger_cfg: Mapping, run_dir, run_name: str, group: str | None, config: dict):
+        import wandb
+
+        cfg = dict(logger_cfg or {})
+        self.mode = resolve_mode(cfg.get("mode"))
+        run_dir = Path(run_dir).resolve()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        settings = {"console": "off", "quiet": True, "silent": not cfg.get("verbose", False),
+                    "reinit": "finish_previous", "x_disable_stats": True, "disable_git": True,
+                    "save_code": False, **dict(cfg.get("settings") or {})}
+        self.run = wandb.init(
+            project=cfg.get("project") or "kaft", entity=cfg.get("entity") or None, name=run_name, group=group,
+            job_type=cfg.get("job_type") or "kaft", tags=list(cfg.get("tags") or []) or None,
+            dir=str(run_dir), mode=self.mode, config=_plain(config), settings=wandb.Settings(**settings))
+        self._finished = False
+        log.info("wandb run %s (%s) in %s", self.run.name, self.mode, getattr(self.run, "dir", run_dir))
+
+    def log_results(self, results: dict) -> None:
+        if self._finished:
+            raise RuntimeError("log_results() after finish()")
+        flat = summary_metrics(results)
+        if flat:
+            self.run.log(flat)
+            self.run.summary.update(flat)
+        if results.get("status"):
+            self.run.summary["status"] = results["status"]
+
+    def finish(self, exit_code: int | None = None) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self.run.finish(exit_code=exit_code)
+
+
+def resolve_mode(mode: str | None) -> str:
+    """The W&B mode: as configured, else ``$WANDB_MODE``, else online with ``$WANDB_API_KEY``, else offline."""
+    mode = mode or os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+    if mode == "dryrun":
+        mode = "offline"
+    if mode not in ("online", "offline", "disabled", "shared"):
+        raise ValueError(f"logger.mode must be online, offline or disabled, got {mode!r}")
+    return mode
+
+
+def _plain(config: Any) -> Any:
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(config, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(config, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return dict(config) if isinstance(config, Mapping) else config
+
+
+LOGGERS: dict[str, Callable[..., Any]] = {"none": NoneLogger, "wandb": WandbLogger}
+
+
+def register_logger(name: str) -> Callable:
+    """Decorator adding a logger class to the registry under ``name``."""
+
+    def deco(cls):
+        LOGGERS[name] = cls
+        return cls
+
+    return deco
+
+
+def make_logger(logger_cfg: Mapping | None, run_dir, run_name: str, group: str | None, config: dict):
+    """The logger named by ``logger_cfg["name"]`` (``none`` when the config is empty)."""
+    cfg = _plain(logger_cfg) or {}
+    name = str(cfg.get("name") or "none")
+    if name not in LOGGERS:
+        raise ValueError(f"unknown logger {name!r}; choose one of {sorted(LOGGERS)}")
+    return LOGGERS[name](cfg, run_dir, run_name, group, config)
+
+
+__all__ = ["LOGGERS", "NoneLogger", "RESULTS_FILE", "WandbLogger", "make_logger", "package_versions",
+           "register_logger", "resolve_mode", "summary_metrics", "write_results"]

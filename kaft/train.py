@@ -1,0 +1,271 @@
+"""Stage 4 — LoRA fine-tuning with per-sample rewards (KaFT) or per-token gating (EAFT).
+
+:func:`train_lora` wraps a causal LM in a peft LoRA adapter and trains it with a :class:`transformers.Trainer`
+whose ``compute_loss`` calls :func:`kaft.losses.compute_loss`. Each item becomes one example: the prompt of
+:func:`kaft.prompts.format_question` followed by the target :func:`kaft.prompts.answer_text` (``" A"``), with the
+loss on the target tokens only. :func:`encode_example` is that tokenisation, public so that scoring code can use the
+very same token split.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from kaft import losses
+from kaft.data import MCItem
+from kaft.prompts import DEFAULT_INSTRUCTION, answer_text, format_question
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = losses.IGNORE_INDEX
+TRAIN_KEYS = ("batch_size", "lr", "warmup_ratio", "epochs", "max_length", "weight_decay", "grad_accum",
+              "lr_scheduler", "logging_steps", "lora")
+LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
+
+
+# ----------------------------------------------------------------------------------------------- tokenising
+def _ids(tokenizer, text: str, special: bool) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=special)["input_ids"])
+
+
+def special_prefix(tokenizer) -> list[int]:
+    """The ids the tokenizer puts *before* the text by default (``[bos]`` for Llama-style tokenizers, ``[]`` for
+    Qwen/GPT-2 style ones). A trailing EOS some tokenizers append is not part of it."""
+    probe = "Answer:"
+    plain = _ids(tokenizer, probe, False)
+    full = _ids(tokenizer, probe, True)
+    for i in range(len(full) - len(plain) + 1):
+        if full[i:i + len(plain)] == plain:
+            return full[:i]
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return [bos] if bos is not None and full[:1] == [bos] else []
+
+
+def encode_example(tokenizer, prompt: str, target: str, max_length: int) -> tuple[list[int], list[int]]:
+    """``(input_ids, labels)`` for ``prompt + target`` with the loss on the target tokens only.
+
+    ``input_ids = special_prefix + ids(prompt) + ids(target)``; the target ids are those of ``prompt + target``
+    after the prompt's (how lm-eval splits context and continuation), which equals ``ids(target)`` on its own for
+    byte-level BPE tokenizers and avoids the spurious leading "▁" of SentencePiece ones. When the joint tokenisation
+    does not start with the prompt's ids, ``ids(target)`` is used. Over ``max_length`` the prompt is cut from the
+    left (the special prefix and the target are kept).
+    """
+    prefix = special_prefix(tokenizer)
+    p_ids = _ids(tokenizer, prompt, False)
+    joint = _ids(tokenizer, prompt + target, False)
+    t_ids = joint[len(p_ids):] if joint[:len(p_ids)] == p_ids and len(joint) > len(p_ids) else \
+        _ids(tokenizer, target, False)
+    if not t_ids:
+        raise ValueError(f"target {target!r} tokenizes to nothing")
+    room = max_length - len(prefix) - len(t_ids)
+    if room < 1:
+        raise ValueError(f"train.max_length={max_length} leaves no room for the prompt (special prefix "
+                         f"{len(prefix)} + target {len(t_ids)} tokens); raise train.max_length")
+    if len(p_ids) > room:
+        p_ids = p_ids[len(p_ids) - room:]
+    input_ids = prefix + p_ids + t_ids
+    labels = [IGNORE_INDEX] * (len(prefix) + len(p_ids)) + t_ids
+    return input_ids, labels
+
+
+def build_examples(tokenizer, items: Sequence[MCItem], weights: Sequence[float], domain: str,
+                   instruction: str | None, max_length: int) -> list[dict]:
+    instruction = DEFAULT_INSTRUCTION if instruction is None else instruction
+    out = []
+    for it, w in zip(items, weights):
+        ids, labels = encode_example(tokenizer, format_question(it.question, it.options, domain, instruction),
+                                     answer_text(it.answer), max_length)
+        out.append({"input_ids": ids, "labels": labels, "weights": float(w)})
+    return out
+
+
+class _ListDataset(torch.utils.data.Dataset):
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.rows[i]
+
+
+class WeightedCollator:
+    """Right-pads ``input_ids`` (with ``pad_id``) and ``labels`` (with -100), builds the attention mask and stacks
+    the per-sample ``weights``."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, rows: Sequence[Mapping]) -> dict[str, torch.Tensor]:
+        n = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), n), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), n), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(rows), n), dtype=torch.long)
+        for i, r in enumerate(rows):
+            m = len(r["input_ids"])
+            ids[i, :m] = torch.tensor(r["input_ids"], dtype=torch.long)
+            labels[i, :m] = torch.tensor(r["labels"], dtype=torch.long)
+            mask[i, :m] = 1
+        weights = torch.tensor([float(r["weights"]) for r in rows], dtype=torch.float32)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels, "weights": weights}
+
+
+# ----------------------------------------------------------------------------------------------- trainer
+def _accepts_logits_to_keep(model) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _make_trainer_class():
+    from transformers import Trainer
+
+    class WeightedLossTrainer(Trainer):
+        """A Trainer whose loss is :func:`kaft.losses.compute_loss` on the batch's ``weights``.
+
+        The loss is a per-micro-batch mean, so the Trainer divides it by the gradient-accumulation steps. When the
+        model supports ``logits_to_keep`` only the logits of positions that predict a label token are computed.
+        """
+
+        loss_is_scaled_for_ga = False
+
+        def __init__(self, *args, loss_cfg: Mapping, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.loss_cfg = loss_cfg
+            self._slice_logits = _accepts_logits_to_keep(self.model)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels, weights = inputs["labels"], inputs["weights"]
+            fwd = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+            if self._slice_logits:
+                # position t predicts labels[:, t + 1]: keep the union over the batch of positions that do
+                pos = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero(as_tuple=True)[0]
+                outputs = model(**fwd, logits_to_keep=pos)
+                loss = losses.compute_loss(self.loss_cfg, outputs.logits, labels[:, pos + 1], weights,
+                                           labels_shifted=True)
+            else:
+                outputs = model(**fwd)
+                loss = losses.compute_loss(self.loss_cfg, outputs.logits, labels, weights)
+            return (loss, outputs) if return_outputs else loss
+
+    return WeightedLossTrainer
+
+
+def validate_train_cfg(train_cfg: Mapping) -> None:
+    """Raise ``ValueError`` (one actionable line) for an impossible training config; call before models load."""
+    missing = [k for k in TRAIN_KEYS if k not in train_cfg]
+    if missing:
+        raise ValueError(f"train config is missing {missing}")
+    for key in ("batch_size", "epochs", "max_length", "grad_accum", "logging_steps"):
+        v = train_cfg[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"train.{key} must be a positive integer, got {v!r}")
+    for key, lo, hi in (("lr", 0.0, None), ("warmup_ratio", 0.0, 1.0), ("weight_decay", 0.0, None)):
+        v = train_cfg[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < lo or \
+                (hi is not None and v >= hi):
+            rng = f"[{lo:g}, {hi:g})" if hi is not None else f">= {lo:g}"
+            raise ValueError(f"train.{key} must be a number in {rng}, got {v!r}")
+    if train_cfg["lr_scheduler"] not in LR_SCHEDULERS:
+        raise ValueError(f"train.lr_scheduler must be one of {list(LR_SCHEDULERS)}, got {train_cfg['lr_scheduler']!r}")
+    lora = train_cfg["lora"]
+    for key in ("r", "alpha", "dropout", "target_modules"):
+        if key not in lora:
+            raise ValueError(f"train.lora is missing '{key}'")
+    if isinstance(lora["r"], bool) or not isinstance(lora["r"], int) or lora["r"] < 1:
+        raise ValueError(f"train.lora.r must be a positive integer, got {lora['r']!r}")
+    if not 0.0 <= float(lora["dropout"]) < 1.0:
+        raise ValueError(f"train.lora.dropout must be in [0, 1), got {lora['dropout']!r}")
+
+
+def _lora_config(lora: Mapping):
+    from peft import LoraConfig
+
+    targets = lora["target_modules"]
+    targets = targets if isinstance(targets, str) else list(targets)  # "all-linear" or a list of module names
+    return LoraConfig(task_type="CAUSAL_LM", r=int(lora["r"]), lora_alpha=float(lora["alpha"]),
+                      lora_dropout=float(lora["dropout"]), target_modules=targets, bias="none")
+
+
+def train_lora(model, tokenizer, items: Sequence[MCItem], weights: Sequence[float], loss_cfg: Mapping,
+               train_cfg: Mapping, out_dir: str | Path, seed: int, domain: str,
+               instruction: str | None = None):
+    """Fine-tune ``model`` with LoRA on ``items`` weighted by ``weights``; return the peft model (in memory, in
+    eval mode) after saving its adapter to ``out_dir``.
+
+    ``weights[i]`` is item i's reward from :func:`kaft.losses.sample_weights`. ``train_cfg`` holds
+    :data:`TRAIN_KEYS` (``lora`` = ``{r, alpha, dropout, target_modules}``); optional ``gradient_checkpointing``.
+    """
+    from peft import PeftModel, get_peft_model
+    from transformers import TrainingArguments, set_seed
+
+    validate_train_cfg(train_cfg)
+    if len(items) != len(weights):
+        raise ValueError(f"train_lora: {len(items)} items but {len(weights)} weights")
+    if not items:
+        raise ValueError("train_lora: no training items")
+    bad = [i for i, w in enumerate(weights) if not (math.isfinite(float(w)) and float(w) >= 0.0)]
+    if bad:
+        raise ValueError(f"train_lora: weights must be finite and >= 0; item {bad[0]} has {weights[bad[0]]!r}")
+    if isinstance(model, PeftModel):
+        raise ValueError("train_lora: the model already carries a peft adapter; pass the base model")
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = build_examples(tokenizer, items, weights, domain, instruction, int(train_cfg["max_length"]))
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0  # masked out anyway
+
+    set_seed(seed)  # LoRA's A matrices are initialised randomly
+    if train_cfg.get("gradient_checkpointing"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    model = get_peft_model(model, _lora_config(train_cfg["lora"]))
+
+    use_cuda = torch.cuda.is_available()
+    bf16 = bool(use_cuda and torch.cuda.is_bf16_supported())
+    args = TrainingArguments(
+        output_dir=str(out_dir),
+        per_device_train_batch_size=int(train_cfg["batch_size"]),
+        gradient_accumulation_steps=int(train_cfg["grad_accum"]),
+        learning_rate=float(train_cfg["lr"]),
+        warmup_steps=float(train_cfg["warmup_ratio"]),  # a float in [0, 1) is a ratio of the total steps
+        num_train_epochs=float(train_cfg["epochs"]),
+        weight_decay=float(train_cfg["weight_decay"]),
+        lr_scheduler_type=str(train_cfg["lr_scheduler"]),
+        logging_steps=int(train_cfg["logging_steps"]),
+        save_strategy="no",
+        report_to="none",
+        seed=seed,
+        data_seed=seed,
+        bf16=bf16,
+        use_cpu=not use_cuda,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        dataloader_num_workers=0,
+        log_level="warning",
+    )
+    trainer = _make_trainer_class()(model=model, args=args, train_dataset=_ListDataset(rows),
+                                    data_collator=WeightedCollator(pad_id), loss_cfg=loss_cfg)
+    result = trainer.train()
+    model = trainer.model
+    model.eval()
+    model.save_pretrained(str(out_dir))
+    history = [dict(h) for h in trainer.state.log_history]
+    (out_dir / "train_log.json").write_text(json.dumps(
+        {"train_loss": result.training_loss, "global_step": result.global_step, "log_history": history},
+        indent=1, default=float))
+    log.info("trained %d items for %d steps, final train loss %.4f; adapter in %s", len(rows),
+             result.global_step, result.training_loss, out_dir)
+    return model

@@ -1,0 +1,61 @@
+"""End to end on the embedded testbed, through the real CLI: the default job, and 2-job multiruns on the basic and
+submitit_local launchers sharing one detection (cache hit). Marked slow: minutes, not seconds."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _cache_dir() -> str:
+    # share the testbed build with the rest of the session (CI sets KAFT_CACHE_DIR to a fresh dir)
+    return os.environ.get("KAFT_CACHE_DIR") or str(Path.home() / ".cache" / "kaft")
+
+
+def _kaft(args, tmp_path, cache=None, timeout=900):
+    env = {**os.environ, "KAFT_CACHE_DIR": cache or _cache_dir(), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "WANDB_SILENT": "true"}
+    out = subprocess.run([sys.executable, "-m", "kaft.run", *args], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=timeout)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    return out
+
+
+def _results(root: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(root.rglob("results.json"))]
+
+
+def test_default_job(tmp_path):
+    """`python -m kaft.run` with no overrides: every stage, results.json, a W&B offline run."""
+    out = _kaft(["hydra.run.dir=run"], tmp_path)
+    (res,) = _results(tmp_path / "run")
+    assert res["status"] == "done" and set(res["metrics"]["benchmarks"]) == {"testbed_id", "testbed_ood"}
+    assert 0 <= res["metrics"]["average"] <= 1 and res["base_metrics"]["average"] > 0.25
+    assert sum(res["subsets"].values()) == res["data"]["n_train"] and len(res["subsets"]) == 4
+    assert set(res["timings"]) >= {"data", "model", "detect", "partition", "train", "evaluate"}
+    assert res["detection"]["auroc_contradict"] >= 0.9
+    assert list((tmp_path / "run").glob("wandb/offline-run-*")), "no W&B offline run written"
+    assert "average" in out.stdout
+
+
+@pytest.mark.parametrize("launcher", ["basic", "submitit_local"])
+def test_two_job_multirun_shares_detection(tmp_path, launcher):
+    args = ["-m", "loss=kaft,eaft", "experiment=smoke", f"hydra/launcher={launcher}", "hydra.sweep.dir=sweep",
+            "logger=none"]
+    if launcher == "submitit_local":
+        args += ["hydra.launcher.timeout_min=20", "hydra.launcher.cpus_per_task=2"]
+    out = _kaft(args, tmp_path)
+    res = _results(tmp_path / "sweep")
+    assert len(res) == 2 and {r["config"]["loss"]["name"] for r in res} == {"kaft", "eaft"}
+    assert all(r["status"] == "done" for r in res)
+    # one detection for the sweep: the jobs agree on its key and at most one computed it
+    assert len({r["cache_keys"]["detect"] for r in res}) == 1
+    assert [r["cache"]["detect"] for r in res].count("miss") <= 1
+    assert (tmp_path / "sweep" / "summary.csv").exists()
+    assert "loss=eaft" in out.stdout and "loss=kaft" in out.stdout

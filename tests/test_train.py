@@ -1,0 +1,206 @@
+"""kaft.train on a tiny random Llama and a word-level tokenizer built here (nothing downloaded)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from kaft import losses, train
+from kaft.data import MCItem
+from kaft.prompts import DEFAULT_INSTRUCTION, LETTERS, format_question
+
+pytest.importorskip("peft")
+
+WORDS = ("For the following general question select one correct answer from to Question Options Answer "
+         "what colour is sky grass snow sun blue green white yellow red black which animal barks meows "
+         "dog cat cow fish how many legs has a spider eight six four two").split()
+
+
+def make_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "<s>", "</s>"]
+    vocab = {t: i for i, t in enumerate(specials + list(LETTERS[:4]) + list(".:,?") + sorted(set(WORDS)))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="[PAD]",
+                                   unk_token="[UNK]")
+
+
+def make_model(vocab_size: int, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      bos_token_id=2, eos_token_id=3, pad_token_id=0)
+    return LlamaForCausalLM(cfg)
+
+
+ITEMS = [
+    MCItem("0", "what colour is the sky ?", ["blue", "green", "red", "black"], 0),
+    MCItem("1", "what colour is grass ?", ["white", "green", "red", "blue"], 1),
+    MCItem("2", "what colour is snow ?", ["green", "red", "white", "black"], 2),
+    MCItem("3", "what colour is the sun ?", ["blue", "green", "red", "yellow"], 3),
+    MCItem("4", "which animal barks ?", ["dog", "cat", "cow", "fish"], 0),
+    MCItem("5", "which animal meows ?", ["dog", "cat", "cow", "fish"], 1),
+    MCItem("6", "how many legs has a spider ?", ["two", "four", "eight", "six"], 2),
+    MCItem("7", "how many legs has a dog ?", ["two", "six", "eight", "four"], 3),
+]
+
+
+def train_cfg(**over):
+    cfg = {"batch_size": 4, "lr": 1e-2, "warmup_ratio": 0.0, "epochs": 1, "max_length": 256, "weight_decay": 0.0,
+           "grad_accum": 1, "lr_scheduler": "linear", "logging_steps": 1,
+           "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}}
+    cfg.update(over)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return make_tokenizer()
+
+
+def lora_state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters() if "lora_" in k}
+
+
+def batch_loss(model, tok, loss_cfg, items=ITEMS):
+    rows = train.build_examples(tok, items, [1.0] * len(items), "general", None, 256)
+    batch = train.WeightedCollator(tok.pad_token_id)(rows)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return losses.compute_loss(loss_cfg, logits, batch["labels"], batch["weights"]).item()
+
+
+# ----------------------------------------------------------------------------------------------- examples
+def test_encode_example_masks_prompt_and_adds_bos(tok):
+    it = ITEMS[1]
+    prompt = format_question(it.question, it.options, "general", DEFAULT_INSTRUCTION)
+    ids, labels = train.encode_example(tok, prompt, " B", 256)
+    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    b_id = tok.convert_tokens_to_ids("B")
+    assert ids == [tok.bos_token_id] + p_ids + [b_id]
+    assert labels == [-100] * (1 + len(p_ids)) + [b_id]
+    assert tok.unk_token_id not in ids  # the test vocab covers the prompt
+
+
+def test_encode_example_truncates_prompt_from_the_left(tok):
+    prompt = format_question(ITEMS[0].question, ITEMS[0].options)
+    full, _ = train.encode_example(tok, prompt, " A", 256)
+    ids, labels = train.encode_example(tok, prompt, " A", 10)
+    assert len(ids) == 10
+    assert ids[0] == tok.bos_token_id and ids[1:] == full[len(full) - 9:]
+    assert labels[-1] == ids[-1] and set(labels[:-1]) == {-100}
+    with pytest.raises(ValueError, match="max_length=2"):
+        train.encode_example(tok, prompt, " A", 2)
+
+
+def test_special_prefix_none_when_tokenizer_adds_nothing(tok):
+    bare = copy.deepcopy(tok)
+    from tokenizers import processors
+
+    bare.backend_tokenizer.post_processor = processors.TemplateProcessing(single="$A", special_tokens=[])
+    assert train.special_prefix(tok) == [tok.bos_token_id]
+    assert train.special_prefix(bare) == []
+
+
+def test_collator_pads_right_and_stacks_weights():
+    rows = [{"input_ids": [5, 6, 7], "labels": [-100, -100, 7], "weights": 0.1},
+            {"input_ids": [5, 8], "labels": [-100, 8], "weights": 1.0}]
+    b = train.WeightedCollator(pad_id=0)(rows)
+    assert b["input_ids"].tolist() == [[5, 6, 7], [5, 8, 0]]
+    assert b["labels"].tolist() == [[-100, -100, 7], [-100, 8, -100]]
+    assert b["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert torch.allclose(b["weights"], torch.tensor([0.1, 1.0]))
+
+
+def test_train_cfg_validation():
+    with pytest.raises(ValueError, match="lr_scheduler"):
+        train.validate_train_cfg(train_cfg(lr_scheduler="cosine_restarts_typo"))
+    with pytest.raises(ValueError, match="warmup_ratio"):
+        train.validate_train_cfg(train_cfg(warmup_ratio=1.5))
+    with pytest.raises(ValueError, match="missing"):
+        train.validate_train_cfg({k: v for k, v in train_cfg().items() if k != "lr"})
+    train.validate_train_cfg(train_cfg())
+
+
+# ----------------------------------------------------------------------------------------------- trainer
+def test_trainer_sliced_logits_loss_equals_full_logits_loss(tok, tmp_path):
+    from transformers import TrainingArguments
+
+    model = make_model(len(tok))
+    rows = train.build_examples(tok, ITEMS[:3], [0.1, 0.5, 1.0], "general", None, 256)
+    rows[2]["input_ids"] = rows[2]["input_ids"][:-1] + [4, 5]  # a ragged two-token target in another position
+    rows[2]["labels"] = rows[2]["labels"][:-1] + [4, 5]
+    batch = train.WeightedCollator(tok.pad_token_id)(rows)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True,
+                             remove_unused_columns=False)
+    for cfg in ({"name": "kaft", "alpha": 0.1, "beta": 0.5}, {"name": "eaft", "alpha": 1.0, "k": 20}):
+        trainer = train._make_trainer_class()(model=model, args=args, data_collator=None, loss_cfg=cfg)
+        assert trainer._slice_logits
+        with torch.no_grad():
+            got = trainer.compute_loss(model, dict(batch))
+            full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        ref = losses.compute_loss(cfg, full, batch["labels"], batch["weights"])
+        assert torch.allclose(got, ref, atol=1e-5), cfg
+
+
+def test_zero_weight_leaves_lora_unchanged_and_weight_one_changes_it(tok, tmp_path):
+    from peft import get_peft_model
+    from transformers import set_seed
+
+    base = make_model(len(tok))
+    cfg = train_cfg(epochs=2)
+    set_seed(7)  # train_lora seeds the same way right before adding the adapter
+    init = lora_state(get_peft_model(copy.deepcopy(base), train._lora_config(cfg["lora"])))
+    assert init and all(torch.count_nonzero(v) == 0 for k, v in init.items() if "lora_B" in k)
+
+    zero = train.train_lora(copy.deepcopy(base), tok, ITEMS, [0.0] * len(ITEMS), {"name": "kaft", "rewards":
+                            [0, 0, 0, 0]}, cfg, tmp_path / "zero", seed=7, domain="general")
+    after = lora_state(zero)
+    assert after.keys() == init.keys()
+    assert all(torch.equal(after[k], init[k]) for k in init)
+
+    one = train.train_lora(copy.deepcopy(base), tok, ITEMS, [1.0] * len(ITEMS), {"name": "constant"}, cfg,
+                           tmp_path / "one", seed=7, domain="general")
+    changed = lora_state(one)
+    assert any(not torch.equal(changed[k], init[k]) for k in init)
+    assert any(torch.count_nonzero(v) > 0 for k, v in changed.items() if "lora_B" in k)
+
+
+@pytest.mark.parametrize("loss_cfg", [{"name": "kaft", "alpha": 0.5, "beta": 0.5}, {"name": "eaft", "alpha": 1.0,
+                                                                                      "k": 20}])
+def test_train_lora_end_to_end(tok, tmp_path, loss_cfg):
+    from peft import PeftModel
+
+    base = make_model(len(tok))
+    before = batch_loss(base, tok, {"name": "constant"})
+    weights = losses.sample_weights(loss_cfg, [0, 1, 2, 3, 0, 1, 2, 3], [0.5] * 8, 4)
+    out = tmp_path / "adapter"
+    model = train.train_lora(base, tok, ITEMS, weights, loss_cfg, train_cfg(epochs=15, warmup_ratio=0.1,
+                             lr_scheduler="cosine", grad_accum=2, batch_size=2, lr=3e-2), out, seed=0, domain="general")
+    assert isinstance(model, PeftModel) and not model.training
+    assert (out / "adapter_config.json").exists()
+    assert (out / "adapter_model.safetensors").exists() or (out / "adapter_model.bin").exists()
+    after = batch_loss(model, tok, {"name": "constant"})
+    assert after < before - 0.5, (before, after)
+    log = json.loads((out / "train_log.json").read_text())
+    assert log["global_step"] == 15 * 2  # 8 items / (2 per batch * 2 accumulated) = 2 steps per epoch
+    losses_logged = [h["loss"] for h in log["log_history"] if "loss" in h]
+    assert sum(losses_logged[-4:]) < sum(losses_logged[:4])
+
+
+def test_train_lora_rejects_bad_weights(tok, tmp_path):
+    base = make_model(len(tok))
+    with pytest.raises(ValueError, match="8 items but 7 weights"):
+        train.train_lora(base, tok, ITEMS, [1.0] * 7, {"name": "constant"}, train_cfg(), tmp_path, 0, "general")
+    with pytest.raises(ValueError, match="item 2"):
+        train.train_lora(base, tok, ITEMS, [1, 1, -1, 1, 1, 1, 1, 1], {"name": "constant"}, train_cfg(), tmp_path,
+                         0, "general")
