@@ -33,6 +33,20 @@ log = logging.getLogger("kaft")
 STAGE_VERSIONS = {"data": 1, "detect": 1, "partition": 1, "train": 1, "evaluate": 1}
 
 
+def job_subdir(num: Any, override_dirname: str, max_len: int = 80) -> str:
+    """A sweep job's directory name: ``<num>_<overrides>`` made filesystem-safe (no path separators from path
+    overrides) and short (long override lists end in a hash of the full text)."""
+    import hashlib
+
+    name = str(override_dirname).replace(os.sep, "_").replace(":", "_")
+    if len(name) > max_len:
+        name = name[:max_len] + "-" + hashlib.sha256(str(override_dirname).encode()).hexdigest()[:8]
+    return f"{num}_{name}" if name else str(num)
+
+
+OmegaConf.register_new_resolver("kaft_subdir", job_subdir, replace=True)
+
+
 class ConfigError(ValueError):
     """An impossible combination of settings."""
 

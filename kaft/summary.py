@@ -139,18 +139,30 @@ def benchmarks(rows: Sequence[dict]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------- formatting
-def _label(row: dict) -> str:
-    return row["override_dirname"] or ",".join(row["overrides"]) or "(defaults)"
+def common_overrides(rows: Sequence[dict]) -> list[str]:
+    """Overrides every job of the sweep shares (paths, sizes): shown once, not in every row."""
+    sets = [set(r["overrides"]) for r in rows if r["overrides"]]
+    if len(sets) < 2 or len(sets) != len(rows):
+        return []
+    common = set.intersection(*sets)
+    return [o for o in rows[0]["overrides"] if o in common]
+
+
+def _label(row: dict, common: Sequence[str] = ()) -> str:
+    if row["overrides"]:
+        return ",".join(o for o in row["overrides"] if o not in common) or "(shared only)"
+    return row["override_dirname"] or "(defaults)"
 
 
 def _cells(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
     names = benchmarks(rows)
+    common = common_overrides(rows)
     header = ["job", "overrides", "status", *names, "average"]
 
     def f(v):
         return "-" if v is None else f"{v:.4f}"
 
-    body = [["" if r["num"] is None else str(r["num"]), _label(r), r["status"],
+    body = [["" if r["num"] is None else str(r["num"]), _label(r, common), r["status"],
              *(f(r["accs"].get(n)) for n in names), f(r["average"])] for r in rows]
     return header, body
 
@@ -222,8 +234,10 @@ class SummaryCallback(Callback):
             csv_path, md_path = write_summary(sweep_dir, rows)
             if self.print_table:
                 counts = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
+                common = common_overrides(rows)
+                shared = f"shared overrides: {' '.join(common)}\n" if common else ""
                 print(f"\nkaft sweep summary: {sweep_dir}  ({', '.join(f'{n} {s}' for s, n in counts.items())})\n"
-                      f"{format_table(rows)}\n(also {csv_path.name} and {md_path.name} there)\n", flush=True)
+                      f"{shared}{format_table(rows)}\n(also {csv_path.name} and {md_path.name} there)\n", flush=True)
         except Exception as e:  # noqa: BLE001 - a summary must never turn a finished sweep into a failure
             log.warning("summary: could not summarise the sweep: %s", e)
 

@@ -131,7 +131,8 @@ def test_hydra_multirun_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "kaft sweep summary" in proc.stdout
     table = proc.stdout.split("kaft sweep summary", 1)[1].splitlines()
-    assert table[1].split() == ["job", "overrides", "status", "b1", "average"]
-    assert table[3].split() == ["0", "+alpha=0.1", "done", "0.1000", "0.1000"]
-    assert table[5].split() == ["2", "+alpha=0.9", "missing", "-", "-"]
+    assert table[1] == "shared overrides: +seed=0"  # shown once, not in every row
+    assert table[2].split() == ["job", "overrides", "status", "b1", "average"]
+    assert table[4].split() == ["0", "+alpha=0.1", "done", "0.1000", "0.1000"]
+    assert table[6].split() == ["2", "+alpha=0.9", "missing", "-", "-"]
     assert (tmp_path / "sweep" / "summary.csv").exists() and (tmp_path / "sweep" / "summary.md").exists()

@@ -62,6 +62,15 @@ def train_cfg(**over):
     return cfg
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads; on a shared 2-core box they only contend."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def tok():
     return make_tokenizer()
@@ -190,7 +199,7 @@ def test_train_lora_end_to_end(tok, tmp_path, loss_cfg):
     assert (out / "adapter_config.json").exists()
     assert (out / "adapter_model.safetensors").exists() or (out / "adapter_model.bin").exists()
     after = batch_loss(model, tok, {"name": "constant"})
-    assert after < before - 0.5, (before, after)
+    assert after < before - 0.25, (before, after)  # measured: 4.13 -> 3.53 (kaft), 3.49 (eaft)
     log = json.loads((out / "train_log.json").read_text())
     assert log["global_step"] == 15 * 2  # 8 items / (2 per batch * 2 accumulated) = 2 steps per epoch
     losses_logged = [h["loss"] for h in log["log_history"] if "loss" in h]

@@ -70,7 +70,7 @@ def build_tokenizer(world: World, max_length: int = 1024):
 # ----------------------------------------------------------------------------------------------- model
 MODEL_KEYS = {"hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position_embeddings",
               "rope_theta", "tie_word_embeddings"}
-PRETRAIN_KEYS = {"steps", "batch_size", "seq_len", "lr", "min_lr_ratio", "warmup_steps", "weight_decay", "betas",
+PRETRAIN_KEYS = {"precision", "steps", "batch_size", "seq_len", "lr", "min_lr_ratio", "warmup_steps", "weight_decay", "betas",
                  "grad_clip", "bos_drop", "threads", "log_every"}
 
 
@@ -112,8 +112,21 @@ def _rows(docs: list[list[int]], seq_len: int, rng: random.Random, bos: int, eos
     return rows
 
 
-def pretrain(world: World, tok, cfg: Mapping, progress: bool = True):
-    """Train a fresh LlamaForCausalLM on the world's corpus; returns ``(model, stats)``."""
+def _use_bf16(precision: str) -> bool:
+    """bf16 autocast (fp32 master weights) where the CPU has fast bf16 kernels: ~1.7x faster on AVX512-BF16."""
+    import torch
+
+    if precision not in ("auto", "bf16", "fp32"):
+        raise WorldConfigError(f"testbed pretrain.precision must be auto, bf16 or fp32, got {precision!r}")
+    if precision == "auto":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return precision == "bf16"
+
+
+def pretrain(world: World, tok, cfg: Mapping, progress: bool = True, callback=None):
+    """Train a fresh LlamaForCausalLM on the world's corpus; returns ``(model, stats)``.
+
+    ``callback(step, model)``, if given, runs after every logged step (diagnostics; not part of the build)."""
     import torch
     from tqdm.auto import tqdm
     from transformers import LlamaForCausalLM
@@ -140,6 +153,7 @@ def pretrain(world: World, tok, cfg: Mapping, progress: bool = True):
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    bf16 = _use_bf16(str(p["precision"]))
     rng = random.Random(f"kaft-testbed|{seed}|pretrain")
     rows: list[list[int]] = []
     epoch, tokens, t0, losses = 0, 0, time.time(), []
@@ -156,7 +170,8 @@ def pretrain(world: World, tok, cfg: Mapping, progress: bool = True):
             ids[i, : len(r)] = torch.tensor(r)
             labels[i, : len(r)] = ids[i, : len(r)]
         tokens += sum(len(r) for r in batch)
-        loss = model(input_ids=ids, labels=labels).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(input_ids=ids, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), float(p["grad_clip"]))
         opt.step()
@@ -168,6 +183,10 @@ def pretrain(world: World, tok, cfg: Mapping, progress: bool = True):
             bar.set_postfix(loss=f"{avg:.3f}", epoch=epoch)
             log.info("testbed pretrain step %d/%d loss %.3f (epoch %d, %.0fs)", step + 1, steps, avg, epoch,
                      time.time() - t0)
+            if callback is not None:
+                model.eval()
+                callback(step + 1, model)
+                model.train()
     model.eval()
     stats = {"steps": steps, "epochs": epoch, "tokens": tokens, "seconds": time.time() - t0,
              "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])),

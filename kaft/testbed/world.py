@@ -64,6 +64,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "tie_word_embeddings": True,
     },
     "pretrain": {
+        "precision": "auto",            # bf16 autocast where the CPU supports it, else fp32
         "steps": 500,
         "batch_size": 16,
         "seq_len": 256,

@@ -1,0 +1,65 @@
+"""The whole job through the real CLI on a tiny random model saved to disk (model=local) and local data files:
+every stage runs, results.json is complete, a second run is all cache hits, and changing the loss re-trains but
+reuses detection. Fast enough for the default loop; the testbed runs live in test_e2e.py."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import make_model, make_tokenizer
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipe")
+    tok = make_tokenizer()
+    make_model(len(tok)).save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    colors, animals = ["red", "green", "blue", "yellow"], ["cat", "dog", "fox", "owl"]
+    rows = [{"id": f"q{i}", "question": f"What is the capital of Zorvia {i} ?",
+             "options": colors if i % 2 else animals, "answer": i % 4} for i in range(12)]
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "test.csv").write_text("question,options,answer\n" + "".join(
+        f"\"What is Tarn {i} ?\",\"{json.dumps(colors).replace(chr(34), chr(34) * 2)}\",{'ABCD'[i % 4]}\n"
+        for i in range(6)))
+    return root
+
+
+def _kaft(root, *args):
+    env = {**os.environ, "KAFT_CACHE_DIR": str(root / "cache"), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
+           "WANDB_SILENT": "true"}
+    base = ["model=local", f"model.path={root / 'model'}", "dataset=local", f"dataset.train.path={root / 'train.jsonl'}",
+            f"dataset.eval.test.path={root / 'test.csv'}", "detection.num_orders=2", "detection.num_samples=3",
+            "detection.shots=2", "detection.max_new_tokens=2", "train.batch_size=4", "train.max_length=256",
+            "train.lr=1e-3", "evaluation.batch_size=4"]
+    extra = ["--config-dir", os.environ["KAFT_TEST_CONF"]] if os.environ.get("KAFT_TEST_CONF") else []
+    out = subprocess.run([sys.executable, "-m", "kaft.run", *extra, *base, *args], cwd=root, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    return out
+
+
+def test_pipeline_runs_caches_and_logs(setup):
+    _kaft(setup, "hydra.run.dir=r1")
+    r1 = json.loads((setup / "r1" / "results.json").read_text())
+    assert r1["status"] == "done" and r1["data"]["n_train"] == 12 and r1["data"]["n_eval"] == {"test": 6}
+    assert r1["subsets"] == {"wrong": 3, "might-wrong": 3, "might-right": 3, "right": 3}
+    assert r1["weights_by_subset"] == pytest.approx({"wrong": 0.1, "might-wrong": 0.5, "might-right": 1.0, "right": 1.0})
+    assert set(r1["cache"].values()) == {"miss"}
+    assert 0 <= r1["metrics"]["benchmarks"]["test"]["acc"] <= 1 and r1["metrics"]["benchmarks"]["test"]["n"] == 6
+    assert r1["versions"]["torch"] and r1["config"]["loss"]["name"] == "kaft"
+    assert list((setup / "r1" / "wandb").glob("offline-run-*"))
+
+    out = _kaft(setup, "hydra.run.dir=r2", "logger=none")
+    r2 = json.loads((setup / "r2" / "results.json").read_text())
+    assert set(r2["cache"].values()) == {"hit"} and r2["metrics"] == r1["metrics"]
+    assert "loaded model" not in out.stderr  # a fully cached re-run never loads the model
+
+    _kaft(setup, "hydra.run.dir=r3", "logger=none", "loss=constant")
+    r3 = json.loads((setup / "r3" / "results.json").read_text())
+    assert r3["cache"] == {"detect": "hit", "evaluate_base": "hit", "train": "miss", "evaluate": "miss"}
+    assert r3["cache_keys"]["detect"] == r1["cache_keys"]["detect"]
+    assert r3["cache_keys"]["train"] != r1["cache_keys"]["train"]
