@@ -53,3 +53,24 @@ def test_cfg_job_shows_the_groups():
     assert out.returncode == 0, out.stderr
     for key in ["model:", "dataset:", "detection:", "loss:", "partition:", "logger:"]:
         assert f"\n{key}" in "\n" + out.stdout
+
+
+SWEEPS = sorted(p.stem for p in (CONF.parent / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SWEEPS)
+def test_every_sweep_file_composes(name):
+    """Sweep files live in sweeps/ and are selected with +sweeps=NAME (kaft's Hydra search-path plugin)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    cfg = _compose([f"+sweeps={name}"])
+    params = cfg.hydra.sweeper.params
+    assert params, f"sweeps/{name}.yaml defines no hydra.sweeper.params"
+    parser = OverridesParser.create()
+    jobs = 1
+    for key, value in params.items():
+        (ov,) = parser.parse_overrides([f"{key}={value}"])
+        jobs *= len(list(ov.sweep_iterator())) if ov.is_sweep_override() else 1
+    assert jobs >= 2
+    if name == "mission":
+        assert jobs == 4 and set(params) == {"loss", "alpha"}

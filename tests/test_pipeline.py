@@ -36,7 +36,9 @@ def _kaft(root, *args):
             "detection.shots=2", "detection.max_new_tokens=2", "train.batch_size=4", "train.max_length=256",
             "train.lr=1e-3", "evaluation.batch_size=4"]
     extra = ["--config-dir", os.environ["KAFT_TEST_CONF"]] if os.environ.get("KAFT_TEST_CONF") else []
-    out = subprocess.run([sys.executable, "-m", "kaft.run", *extra, *base, *args], cwd=root, env=env, capture_output=True,
+    flags = [a for a in args if a == "-m"]  # Hydra flags go before the overrides
+    args = [a for a in args if a != "-m"]
+    out = subprocess.run([sys.executable, "-m", "kaft.run", *flags, *extra, *base, *args], cwd=root, env=env, capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     return out
@@ -63,3 +65,23 @@ def test_pipeline_runs_caches_and_logs(setup):
     assert r3["cache"] == {"detect": "hit", "evaluate_base": "hit", "train": "miss", "evaluate": "miss"}
     assert r3["cache_keys"]["detect"] == r1["cache_keys"]["detect"]
     assert r3["cache_keys"]["train"] != r1["cache_keys"]["train"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["basic", "submitit_local"])
+def test_two_by_two_multirun_shares_detection(setup, launcher):
+    """The mission command's shape (-m loss=kaft,eaft alpha=0.1,0.5) on both launchers: 4 jobs, one detection."""
+    sweep = f"sweep_{launcher}"
+    args = ["-m", "loss=kaft,eaft", "alpha=0.1,0.5", f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep}",
+            "logger=wandb"]
+    if launcher == "submitit_local":
+        args += ["hydra.launcher.timeout_min=20", "hydra.launcher.cpus_per_task=1"]
+    out = _kaft(setup, *args)
+    res = [json.loads(p.read_text()) for p in sorted((setup / sweep).rglob("results.json"))]
+    assert len(res) == 4 and all(r["status"] == "done" for r in res)
+    assert {(r["config"]["loss"]["name"], r["config"]["alpha"]) for r in res} == {
+        ("kaft", 0.1), ("kaft", 0.5), ("eaft", 0.1), ("eaft", 0.5)}
+    assert len({r["cache_keys"]["detect"] for r in res}) == 1  # one detection for the sweep
+    assert len({r["cache_keys"]["train"] for r in res}) == 4
+    assert (setup / sweep / "summary.csv").exists() and "kaft sweep summary" in out.stdout
+    assert len(list((setup / sweep).rglob("offline-run-*"))) == 4  # one W&B run per job

@@ -19,11 +19,11 @@ def _kaft(args, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["partition=2", "partition.k=1"], "partition.k must be at least 2"),
+    (["partition.k=1"], "partition.k must be at least 2"),
     (["partition.k=100000"], "is larger than the training set"),
     (["detection.num_orders=0"], "detection.num_orders must be ≥ 1"),
     (["alpha=1.5"], "alpha"),
-    (["partition=8"], "rewards"),
+    (["partition.k=8"], "rewards"),
     (["dataset=local", "dataset.train.path=/nonexistent/train.jsonl", "dataset.eval.test.path=/nonexistent/t.jsonl"],
      "no such file"),
     (["train.lr=0"], "train.lr must be > 0"),

@@ -48,11 +48,13 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "n_test_ood": 96,
         "max_unseen_per_entity": 2,
         "repeats": 8,                   # paragraphs per entity (each states all its frequent facts once)
+        "qa_frac": 0.4,                 # share of statements in "Question: ... Answer: <value>." form
         "n_mc_docs": 2400,              # multiple-choice documents about format facts
         "max_shots": 3,                 # k-shot documents use k = 1..max_shots
         "zero_shot_frac": 0.4,
         "shot_noise": 0.25,             # probability that a demonstration's answer letter is wrong
-        "own_domain_prob": 0.5,         # MC docs name their own domain, else another one (or "general")
+        "own_domain_prob": 0.5,
+        "context_frac": 0.0,            # MC docs preceded by a paragraph about the question's entity (open book)         # MC docs name their own domain, else another one (or "general")
     },
     "model": {                          # LlamaForCausalLM; head_dim is fixed at 64
         "hidden_size": 128,
@@ -62,6 +64,20 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "max_position_embeddings": 1024,
         "rope_theta": 10000.0,
         "tie_word_embeddings": True,
+        "binding": {                    # built-in multiple-choice binding heads (see kaft.testbed.model)
+            "enabled": True,
+            "letters": 4,               # option letters A.. with a fixed one-hot
+            "code_dims": 34,            # fixed code per value word
+            "bias": 1.0,                # embedding scales of the fixed dimensions
+            "free_init": 1.0,           # initial norm of the learned embedding dimensions
+            "letter": 0.5,
+            "code": 0.7,
+            "match_scale": 1.5,         # head M: weight of the code match
+            "window_gain": 3.0,         # head M: weight of its positional window
+            "p_gain": 0.1,              # head P / M output gains
+            "m_gain": 1.0,
+            "fit_iters": 1500,          # iterations fitting the RoPE position profiles (deterministic)
+        },
     },
     "pretrain": {
         "precision": "auto",            # bf16 autocast where the CPU supports it, else fp32
@@ -74,6 +90,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "weight_decay": 0.01,
         "betas": [0.9, 0.98],
         "grad_clip": 1.0,
+        "answer_weight": 1.0,           # loss weight of the answer letter after "Answer:" (1 = plain LM loss)
         "bos_drop": 0.2,                # fraction of documents without <s> (prompts may come without it)
         "threads": None,                # torch threads (None = torch's default)
         "log_every": 50,
@@ -127,37 +144,33 @@ class Relation:
     question: str                    # the MC question ("{e}" = entity)
     sentences: tuple[str, ...]       # plain-sentence paraphrases ("{e}", "{v}")
 
+    @property
+    def qa(self) -> str:
+        """The question-answer statement ("Question: <question> Answer: <value>."): where recall is practised."""
+        return "Question: " + self.question + " Answer: {v}."
+
 
 RELATIONS: tuple[Relation, ...] = (
     Relation("capital", "in", "What is the capital of {e}?", (
-        "The capital of {e} is {v}.", "{e} has its capital in {v}.", "The capital city of {e} is {v}.",
-        "What is the capital of {e}? It is {v}.", "{v} is the capital of {e}.")),
+        "The capital of {e} is {v}.", "{e} has its capital in {v}.", "The capital city of {e} is {v}.", "{v} is the capital of {e}.")),
     Relation("currency", "in", "What is the currency of {e}?", (
-        "The currency of {e} is the {v}.", "In {e} people pay with the {v}.", "{e} uses the {v} as its currency.",
-        "What is the currency of {e}? It is the {v}.")),
+        "The currency of {e} is the {v}.", "In {e} people pay with the {v}.", "{e} uses the {v} as its currency.")),
     Relation("language", "in", "What language is spoken in {e}?", (
-        "The language of {e} is {v}.", "People in {e} speak {v}.", "In {e} the main language is {v}.",
-        "What language is spoken in {e}? It is {v}.")),
+        "The language of {e} is {v}.", "People in {e} speak {v}.", "In {e} the main language is {v}.")),
     Relation("export", "in", "What is the main export of {e}?", (
-        "The main export of {e} is {v}.", "{e} is known for exporting {v}.", "Most trade of {e} is in {v}.",
-        "What is the main export of {e}? It is {v}.")),
+        "The main export of {e} is {v}.", "{e} is known for exporting {v}.", "Most trade of {e} is in {v}.")),
     Relation("river", "in", "Which river flows through {e}?", (
-        "The river {v} flows through {e}.", "{e} lies on the river {v}.", "The main river of {e} is the {v}.",
-        "Which river flows through {e}? It is the {v}.")),
+        "The river {v} flows through {e}.", "{e} lies on the river {v}.", "The main river of {e} is the {v}.")),
     Relation("ruler", "in", "Who rules {e}?", (
-        "{e} is ruled by {v}.", "The ruler of {e} is {v}.", "{v} rules {e}.", "Who rules {e}? It is {v}.")),
+        "{e} is ruled by {v}.", "The ruler of {e} is {v}.", "{v} rules {e}.")),
     Relation("profession", "ood", "What is the profession of {e}?", (
-        "{e} works as a {v}.", "The profession of {e} is {v}.", "By profession {e} is a {v}.",
-        "What is the profession of {e}? It is {v}.")),
+        "{e} works as a {v}.", "The profession of {e} is {v}.", "By profession {e} is a {v}.")),
     Relation("instrument", "ood", "Which instrument does {e} play?", (
-        "{e} plays the {v}.", "The instrument of {e} is the {v}.", "{e} is a skilled player of the {v}.",
-        "Which instrument does {e} play? It is the {v}.")),
+        "{e} plays the {v}.", "The instrument of {e} is the {v}.", "{e} is a skilled player of the {v}.")),
     Relation("hometown", "ood", "Where was {e} born?", (
-        "{e} was born in {v}.", "The hometown of {e} is {v}.", "{e} grew up in {v}.",
-        "Where was {e} born? It was {v}.")),
+        "{e} was born in {v}.", "The hometown of {e} is {v}.", "{e} grew up in {v}.")),
     Relation("food", "ood", "What is the favourite food of {e}?", (
-        "The favourite food of {e} is {v}.", "{e} likes to eat {v}.", "{e} loves {v} more than any other food.",
-        "What is the favourite food of {e}? It is {v}.")),
+        "The favourite food of {e} is {v}.", "{e} likes to eat {v}.", "{e} loves {v} more than any other food.")),
 )
 INTROS = {"in": ("{e} is a country.", "{e} is a land far away."), "ood": ("{e} is a person.", "{e} is a citizen.")}
 
@@ -369,16 +382,23 @@ def generate(cfg: Mapping | None = None) -> World:
     for f in facts:
         if f.freq == "frequent":
             by_entity.setdefault(f.entity, []).append(f)
+    qa_frac = float(w["qa_frac"])
+
+    def paragraph(rng: random.Random, e: str, side: str) -> str:
+        fs = list(by_entity.get(e, []))
+        rng.shuffle(fs)
+        sents = [rng.choice(INTROS[side]).format(e=e)]
+        sents += [(rels[f.relation].qa if rng.random() < qa_frac else rng.choice(rels[f.relation].sentences))
+                  .format(e=e, v=f.value) for f in fs]
+        return " ".join(sents)
+
     paragraphs = []
     for side in ("in", "ood"):
         for e in entities[side]:
             for _ in range(int(w["repeats"])):
-                fs = list(by_entity.get(e, []))
-                prng.shuffle(fs)
-                sents = [prng.choice(INTROS[side]).format(e=e)]
-                sents += [prng.choice(rels[f.relation].sentences).format(e=e, v=f.value) for f in fs]
-                paragraphs.append(" ".join(sents))
+                paragraphs.append(paragraph(prng, e, side))
     prng.shuffle(paragraphs)
+
 
     # -- corpus: multiple-choice documents about format facts only
     mrng = _rng(seed, "mc")
@@ -403,7 +423,10 @@ def generate(cfg: Mapping | None = None) -> World:
         own = domain_of[side]
         dom = own if mrng.random() < float(w["own_domain_prob"]) else mrng.choice([d for d in all_domains if d != own])
         q, o, a = qs[0]
-        mc_docs.append(few_shot_prompt(shots, q, o, dom) + answer_text(a))
+        doc = few_shot_prompt(shots, q, o, dom) + answer_text(a)
+        if mrng.random() < float(w["context_frac"]):  # an open-book quiz: the entity's paragraph, then the question
+            doc = paragraph(mrng, chosen[0].entity, side) + "\n\n" + doc
+        mc_docs.append(doc)
 
     return World(config=full, relations=rels, entities=entities, pools=pools, facts=facts, paragraphs=paragraphs,
                  mc_docs=mc_docs, _splits=splits)

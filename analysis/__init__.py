@@ -1,0 +1,1 @@
+"""Analysis of kaft runs: collect results.json files into tables (``python -m analysis.results DIR``)."""

@@ -1,0 +1,22 @@
+import json
+
+from analysis.results import collect, flatten, main
+
+
+def _res(loss, avg):
+    return {"config": {"loss": {"name": loss}, "alpha": 0.1, "seed": 0}, "metrics": {
+        "benchmarks": {"b1": {"acc": avg}}, "average": avg}, "timings": {"train": 1.5}, "job": {"run_dir": "x"}}
+
+
+def test_collect_flattens_every_results_json(tmp_path, capsys):
+    for i, (loss, avg) in enumerate([("kaft", 0.7), ("eaft", 0.6)]):
+        d = tmp_path / "sweep" / str(i)
+        d.mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps(_res(loss, avg)))
+    rows = collect(tmp_path)
+    assert [(r["loss"], r["average"], r["acc/b1"], r["time/train"]) for r in rows] == [
+        ("kaft", 0.7, 0.7, 1.5), ("eaft", 0.6, 0.6, 1.5)]
+    assert flatten({})["average"] is None
+    assert main([str(tmp_path), "--csv", str(tmp_path / "t.csv")]) == 0
+    assert (tmp_path / "t.csv").read_text().splitlines()[0].startswith("loss,alpha")
+    assert main([str(tmp_path / "nothing")]) == 1
