@@ -95,47 +95,40 @@ def llama_config(m: Mapping, tok):
 
 
 # ----------------------------------------------------------------------------------------------- binding heads
-# Tiny models trained for ~1 minute do not discover multiple-choice *symbol binding* (find the option equal to a
+# Tiny models trained for a minute do not discover multiple-choice *symbol binding* (find the option equal to a
 # value, emit the letter in front of it): on minimal synthetic versions of the task a 4-layer Llama stays at chance
-# for thousands of steps (content matching in attention is a known plateau, Boix-Adsera et al., ICLR 2024). So two
-# attention heads are built in and frozen during pretraining; everything else - every fact, and recalling the
-# remembered value at "Answer:" - is learned from the corpus. The saved model is a plain LlamaForCausalLM.
+# for thousands of steps, even with the answer as its only loss (content matching in attention is a known plateau,
+# Boix-Adsera et al., "When can transformers reason with abstract symbols?", ICLR 2024). So two attention heads are
+# built in and kept fixed during pretraining; everything else - every fact, and recalling the remembered value at
+# "Answer:" - is learned from the corpus. The saved model is a plain LlamaForCausalLM (untied embeddings).
 #
-# Residual layout (the first ``_fixed_dims`` dimensions of every token embedding are fixed):
-#   0                 bias: the same value in every token (gives the two heads position-only queries/keys)
-#   1 .. n            letter one-hots of the option letters A.. (letter tokens only)
-#   n+1 .. 2n         "my option letter", written by head P at option-value tokens
-#   2n+1 .. 2n+c      a fixed code per value word (orthonormal within a relation's pool)
-# Head P (layer 0, head 0): attends from every token to the token 2 back (RoPE positions only) and copies its
-#   letter one-hot: an option value ("B . Belmora") learns which letter it stands under.
-# Head M (last layer, head 0): from "Answer:" it scores the previous ~12 tokens by <recalled code, token code>
-#   (RoPE pairs that hardly rotate over that distance) plus a fixed positional window, and writes the letter of the
-#   best match onto the letter logits (tied embeddings). Recalling the code is what pretraining has to learn; the
-#   corpus' "Question: ... Answer: <value>." statements teach it directly.
+# Residual dimensions 0 .. F-1 are reserved (n letters, c code dimensions):
+#   0            bias: the same value in every input embedding (gives head P a position-only query and key)
+#   L_IN  (n)    letter one-hots: input embedding of A, B, ... and output embedding (lm_head row) of A, B, ...
+#   L_OUT (n)    "the letter I stand under", written by head P
+#   C     (c)    output code: the lm_head row of every value word holds a fixed code (orthonormal within a pool),
+#                so predicting a value (as "Question: ... Answer: <value>." statements train) writes its code here
+#   K     (c)    key code: the same code in the *input* embedding of the value word
+# Head P (layer 0, head 0): attends from every token to the token 2 back (RoPE positions only, fitted below) and
+#   copies its letter one-hot: an option value ("B . Belmora") knows it stands under B.
+# Head M (last layer, head 0): query = the residual's C part (the recalled value), key = the K part (the value
+#   words in the context), matched on the slowest RoPE pairs; it copies L_OUT of the best match onto L_IN, which
+#   the lm_head rows of the letters read. A value the model does not remember matches no option: ~uniform letters.
 
-def _rope_fit(theta, target: str, iters: int, seed: int):
-    """Amplitudes/phases of sum_i A_i cos(theta_i d + phi_i) (the RoPE score between a constant query and key at
-    distance d) shaped as ``target``: "prev2" = a sharp peak at d=2, "window" = flat on d in [2, 11], low elsewhere."""
+def _fit_prev2(theta, iters: int, seed: int):
+    """Amplitudes/phases of sum_i A_i cos(theta_i d + phi_i) (the RoPE score between a constant query and key d
+    tokens apart) peaking sharply at d = 2 against every other distance up to 1023."""
     import torch
 
-    g = torch.Generator().manual_seed(seed)
     th = theta.double()
     d = torch.arange(1024, dtype=torch.float64)
-    amp = (torch.ones(len(th), dtype=torch.float64) + 0.01 * torch.rand(len(th), generator=g, dtype=torch.float64))
-    phi = (-2 * th).clone() if target == "prev2" else torch.zeros(len(th), dtype=torch.float64)
-    amp.requires_grad_(True)
-    phi.requires_grad_(True)
+    g = torch.Generator().manual_seed(seed)
+    amp = (1 + 0.01 * torch.rand(len(th), generator=g, dtype=torch.float64)).requires_grad_(True)
+    phi = (-2 * th).clone().requires_grad_(True)
     opt = torch.optim.Adam([amp, phi], lr=0.2)
-    inside = (d >= 2) & (d <= 11)
-    outside = ~inside & (d != 12)
     for _ in range(iters):
-        s = (amp[:, None] * torch.cos(th[:, None] * d[None, :] + phi[:, None])).sum(0) / 8
-        if target == "prev2":
-            loss = -sum(torch.log_softmax(s[: q + 1], 0)[2] for q in (2, 3, 5, 8, 13, 30, 100, 300, 1023))
-        else:
-            top = s[inside]
-            loss = 10 * ((top - top.mean()) ** 2).sum() + torch.nn.functional.softplus(
-                s[outside] - top.mean() + 10).sum() / 10
+        sc = (amp[:, None] * torch.cos(th[:, None] * d[None, :] + phi[:, None])).sum(0) / 8
+        loss = -sum(torch.log_softmax(sc[: q + 1], 0)[2] for q in (2, 3, 5, 8, 13, 30, 100, 300, 1023))
         loss = loss + 1e-5 * (amp ** 2).sum()
         opt.zero_grad()
         loss.backward()
@@ -143,95 +136,88 @@ def _rope_fit(theta, target: str, iters: int, seed: int):
     return amp.detach().float(), phi.detach().float()
 
 
-def _pair_vectors(amp, phi, pairs, head_dim: int = 64):
-    """Query/key head vectors whose RoPE score at distance d is sum A_i cos(theta_i d + phi_i) over ``pairs``."""
+def _pair_vectors(amp, phi, head_dim: int):
+    """Query/key head vectors whose RoPE score at distance d is sum_i A_i cos(theta_i d + phi_i)."""
     import torch
 
-    q, k = torch.zeros(head_dim), torch.zeros(head_dim)
     half = head_dim // 2
-    for j, i in enumerate(pairs):
-        r = float(amp[j]).__abs__() ** 0.5
-        a = float(phi[j]) + (0.0 if float(amp[j]) >= 0 else math.pi)
-        # score = Re(zq * conj(zk) * e^{i theta d}); zk = r, zq = r e^{i a}
-        q[i], q[i + half] = r * math.cos(a), r * math.sin(a)
-        k[i], k[i + half] = r, 0.0
+    q, k = torch.zeros(head_dim), torch.zeros(head_dim)
+    for i in range(half):
+        r, a = abs(float(amp[i])) ** 0.5, float(phi[i]) + (0.0 if float(amp[i]) >= 0 else math.pi)
+        q[i], q[i + half] = r * math.cos(a), r * math.sin(a)  # score = Re(zq conj(zk) e^{i theta d}), zk = r
+        k[i] = r
     return q, k
 
 
+def binding_layout(b: Mapping) -> dict:
+    n, c = int(b["letters"]), int(b["code_dims"])
+    return {"L_IN": 1, "L_OUT": 1 + n, "C": 1 + 2 * n, "K": 1 + 2 * n + c, "F": 1 + 2 * n + 2 * c, "n": n, "c": c}
+
+
 def install_binding_heads(model, tok, world: World, b: Mapping, seed: int):
-    """Write the fixed embedding dimensions and heads P and M into ``model``; returns ``restore()``, which puts the
-    fixed values back (called after every optimiser step, so training never moves them)."""
+    """Write the reserved embedding dimensions and heads P and M into ``model``; returns ``restore()``, which puts
+    the fixed values back (with ``restore.zero_grads()`` it runs around every optimiser step)."""
     import torch
 
     cfg = model.config
     H, hd = cfg.hidden_size, cfg.head_dim
-    n, c = int(b["letters"]), int(b["code_dims"])
-    fixed = 1 + 2 * n + c
-    if fixed + 16 > H:
-        raise WorldConfigError(f"testbed model: hidden_size {H} leaves no room next to the {fixed} fixed binding "
-                               f"dimensions; raise hidden_size or lower binding.code_dims")
+    lay = binding_layout(b)
+    n, c, F = lay["n"], lay["c"], lay["F"]
     half = hd // 2
-    if c % 2 or c // 2 > half - 12:
-        raise WorldConfigError(f"testbed binding.code_dims must be even and <= {2 * (half - 12)}")
-    L_IN, L_OUT, C = 1, 1 + n, 1 + 2 * n
+    if F + 32 > H:
+        raise WorldConfigError(f"testbed model: hidden_size {H} leaves too little room next to the {F} reserved "
+                               f"binding dimensions; raise hidden_size or lower model.binding.code_dims")
+    if c % 2 or c // 2 > half:
+        raise WorldConfigError(f"testbed model.binding.code_dims must be even and <= {hd}")
+    if cfg.tie_word_embeddings:
+        raise WorldConfigError("testbed model.binding needs tie_word_embeddings: false")
     g = torch.Generator().manual_seed(seed)
-    emb = model.get_input_embeddings().weight
+    emb, out = model.get_input_embeddings().weight, model.get_output_embeddings().weight
     vocab = tok.get_vocab()
     with torch.no_grad():
-        # the learned dimensions start at about the norm of the fixed ones, so RMSNorm does not drown them
-        emb[:, fixed:] = torch.randn(emb.shape[0], H - fixed, generator=g) * float(b["free_init"]) / (H - fixed) ** 0.5
-        emb[:, :fixed] = 0.0
+        # learned dimensions start at about the norm of the reserved ones, so RMSNorm does not drown them
+        emb[:, F:] = torch.randn(emb.shape[0], H - F, generator=g) * float(b["free_init"]) / (H - F) ** 0.5
+        emb[:, :F] = 0.0
+        out[:, :F] = 0.0
         emb[:, 0] = float(b["bias"])
         for j, letter in enumerate(LETTERS[:n]):
-            emb[vocab[letter], L_IN + j] = float(b["letter"])
+            emb[vocab[letter], lay["L_IN"] + j] = float(b["letter"])
+            out[vocab[letter], lay["L_IN"] + j] = float(b["letter"])
         for rel in sorted(world.pools):
             pool = world.pools[rel]
-            basis, _ = torch.linalg.qr(torch.randn(c, max(c, len(pool)), generator=g))
-            for v, vec in zip(pool, basis.T[: len(pool)] if len(pool) <= c else torch.randn(len(pool), c, generator=g)):
-                emb[vocab[v], C:C + c] = float(b["code"]) * vec / vec.norm()
+            if len(pool) <= c:
+                codes = torch.linalg.qr(torch.randn(c, c, generator=g))[0].T[: len(pool)]
+            else:
+                codes = torch.nn.functional.normalize(torch.randn(len(pool), c, generator=g), dim=-1)
+            for v, code in zip(pool, codes):
+                emb[vocab[v], lay["K"]:lay["K"] + c] = float(b["code"]) * code
+                out[vocab[v], lay["C"]:lay["C"] + c] = float(b["code"]) * code
+        b0 = float((emb[:, 0] / emb.pow(2).mean(-1).sqrt()).median())  # typical RMS-normalised bias
     theta = model.model.rotary_emb.inv_freq.detach().float().cpu()
-    n_pos = half - c // 2  # fast RoPE pairs carry positions; the c/2 slowest pairs (both halves) the code match
-    # typical normalised bias (RMSNorm of an embedding): the fixed heads' query/key scale divides by it
+    qP, kP = _pair_vectors(*_fit_prev2(theta, int(b["fit_iters"]), seed), hd)
+    slow = list(range(half - c // 2, half))  # the slowest RoPE pairs barely rotate over a question's length
+    content = slow + [i + half for i in slow]
+    a, m = model.model.layers[0].self_attn, model.model.layers[-1].self_attn
     with torch.no_grad():
-        b0 = float((emb[:, 0] / emb.pow(2).mean(-1).sqrt()).median())
-    ampP, phiP = _rope_fit(theta, "prev2", int(b["fit_iters"]), seed)
-    qP, kP = _pair_vectors(ampP, phiP, list(range(half)), hd)
-    ampW, phiW = _rope_fit(theta[:n_pos], "window", int(b["fit_iters"]), seed + 1)
-    ampW, phiW = ampW * float(b["window_gain"]), phiW
-    qW, kW = _pair_vectors(ampW, phiW, list(range(n_pos)), hd)
-    code_dims_head = [i for i in range(n_pos, half)] + [i + half for i in range(n_pos, half)]
-    layers = model.model.layers
-    frozen: list[tuple] = []
-    with torch.no_grad():
-        a = layers[0].self_attn  # head P: rows 0..hd of q/k/v, columns 0..hd of o
-        a.q_proj.weight[:hd] = 0.0
-        a.k_proj.weight[:hd] = 0.0
-        a.v_proj.weight[:hd] = 0.0
+        for lin in (a.q_proj, a.k_proj, a.v_proj, m.q_proj, m.k_proj, m.v_proj):
+            lin.weight[:hd] = 0.0
         a.o_proj.weight[:, :hd] = 0.0
+        m.o_proj.weight[:, :hd] = 0.0
         a.q_proj.weight[:hd, 0] = qP / b0
         a.k_proj.weight[:hd, 0] = kP / b0
+        for j, h in enumerate(content):
+            m.q_proj.weight[h, lay["C"] + j] = float(b["match_scale"])
+            m.k_proj.weight[h, lay["K"] + j] = float(b["match_scale"])
         for j in range(n):
-            a.v_proj.weight[j, L_IN + j] = 1.0
-            a.o_proj.weight[L_OUT + j, j] = float(b["p_gain"])
-        m = layers[-1].self_attn  # head M
-        m.q_proj.weight[:hd] = 0.0
-        m.k_proj.weight[:hd] = 0.0
-        m.v_proj.weight[:hd] = 0.0
-        m.o_proj.weight[:, :hd] = 0.0
-        m.q_proj.weight[:hd, 0] = qW / b0
-        m.k_proj.weight[:hd, 0] = kW / b0
-        for j, h in enumerate(code_dims_head):
-            m.q_proj.weight[h, C + j] = float(b["match_scale"])
-            m.k_proj.weight[h, C + j] = float(b["match_scale"])
-        for j in range(n):
-            m.v_proj.weight[j, L_OUT + j] = 1.0
-            m.o_proj.weight[L_IN + j, j] = float(b["m_gain"])
-    for lin, sl in ((a.q_proj, (slice(0, hd), slice(None))), (a.k_proj, (slice(0, hd), slice(None))),
-                    (a.v_proj, (slice(0, hd), slice(None))), (a.o_proj, (slice(None), slice(0, hd))),
-                    (m.q_proj, (slice(0, hd), slice(None))), (m.k_proj, (slice(0, hd), slice(None))),
-                    (m.v_proj, (slice(0, hd), slice(None))), (m.o_proj, (slice(None), slice(0, hd))),
-                    (model.get_input_embeddings(), (slice(None), slice(0, fixed)))):
-        frozen.append((lin.weight, sl, lin.weight.detach()[sl].clone()))
+            a.v_proj.weight[j, lay["L_IN"] + j] = 1.0
+            a.o_proj.weight[lay["L_OUT"] + j, j] = float(b["p_gain"])
+            m.v_proj.weight[j, lay["L_OUT"] + j] = 1.0
+            m.o_proj.weight[lay["L_IN"] + j, j] = float(b["m_gain"])
+    rows, cols, allc = (slice(0, hd), slice(None)), (slice(None), slice(0, hd)), (slice(None), slice(0, F))
+    frozen = [(w, sl, w.detach()[sl].clone()) for w, sl in (
+        (a.q_proj.weight, rows), (a.k_proj.weight, rows), (a.v_proj.weight, rows), (a.o_proj.weight, cols),
+        (m.q_proj.weight, rows), (m.k_proj.weight, rows), (m.v_proj.weight, rows), (m.o_proj.weight, cols),
+        (emb, allc), (out, allc))]
 
     def restore():
         with torch.no_grad():
@@ -245,7 +231,6 @@ def install_binding_heads(model, tok, world: World, b: Mapping, seed: int):
 
     restore.zero_grads = zero_grads
     return restore
-
 
 
 def _rows(docs: list[list[int]], seq_len: int, rng: random.Random, bos: int, eos: int, bos_drop: float):

@@ -63,17 +63,16 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "intermediate_size": 512,
         "max_position_embeddings": 1024,
         "rope_theta": 10000.0,
-        "tie_word_embeddings": True,
+        "tie_word_embeddings": False,   # the binding heads need separate input/output embeddings
         "binding": {                    # built-in multiple-choice binding heads (see kaft.testbed.model)
             "enabled": True,
             "letters": 4,               # option letters A.. with a fixed one-hot
-            "code_dims": 34,            # fixed code per value word
+            "code_dims": 24,            # fixed code per value word
             "bias": 1.0,                # embedding scales of the fixed dimensions
             "free_init": 1.0,           # initial norm of the learned embedding dimensions
             "letter": 0.5,
             "code": 0.7,
             "match_scale": 1.5,         # head M: weight of the code match
-            "window_gain": 3.0,         # head M: weight of its positional window
             "p_gain": 0.1,              # head P / M output gains
             "m_gain": 1.0,
             "fit_iters": 1500,          # iterations fitting the RoPE position profiles (deterministic)
