@@ -9,8 +9,11 @@ tokens), so ``" A"`` is one token and ``ids(prompt + " A") == ids(prompt) + ids(
 kaft's training rely on. By default it prepends ``<s>`` like Llama tokenizers. Decoding joins words with spaces
 (newlines are not restored).
 
-Model: ``LlamaForCausalLM`` with head_dim 64 (what the vLLM backend needs), trained with AdamW at a high learning
-rate on whole documents packed into short rows. The defaults fit the ~90 s CPU budget (see kaft.testbed.report).
+Model: ``LlamaForCausalLM`` with head_dim 64 (what the vLLM backend needs), untied embeddings, trained with AdamW at
+a high learning rate (bf16 autocast where the CPU has it) on whole documents packed into short rows. Three attention
+heads that bind option letters to option values are built in and kept fixed (see "binding heads" below: a model
+this small cannot learn that skill in the CPU budget); all knowledge is learned. The defaults build in about a
+minute on 2 CPU cores (numbers in kaft.testbed.report).
 """
 
 from __future__ import annotations
@@ -68,18 +71,6 @@ def build_tokenizer(world: World, max_length: int = 1024):
 
 
 # ----------------------------------------------------------------------------------------------- model
-MODEL_KEYS = {"binding", "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position_embeddings",
-              "rope_theta", "tie_word_embeddings"}
-PRETRAIN_KEYS = {"answer_weight", "precision", "steps", "batch_size", "seq_len", "lr", "min_lr_ratio", "warmup_steps", "weight_decay", "betas",
-                 "grad_clip", "bos_drop", "threads", "log_every"}
-
-
-def _check(section: Mapping, allowed: set[str], name: str) -> None:
-    bad = set(section) - allowed
-    if bad:
-        raise WorldConfigError(f"testbed config: unknown key(s) {sorted(bad)} in '{name}' (known: {sorted(allowed)})")
-
-
 def llama_config(m: Mapping, tok):
     from transformers import LlamaConfig
 
@@ -97,39 +88,47 @@ def llama_config(m: Mapping, tok):
 # ----------------------------------------------------------------------------------------------- binding heads
 # Tiny models trained for a minute do not discover multiple-choice *symbol binding* (find the option equal to a
 # value, emit the letter in front of it): on minimal synthetic versions of the task a 4-layer Llama stays at chance
-# for thousands of steps, even with the answer as its only loss (content matching in attention is a known plateau,
-# Boix-Adsera et al., "When can transformers reason with abstract symbols?", ICLR 2024). So two attention heads are
-# built in and kept fixed during pretraining; everything else - every fact, and recalling the remembered value at
-# "Answer:" - is learned from the corpus. The saved model is a plain LlamaForCausalLM (untied embeddings).
+# for thousands of steps, even with the answer letter as its only loss (content matching in attention is a known
+# plateau; Boix-Adsera et al., "When can transformers reason with abstract symbols?", ICLR 2024). So three attention
+# heads are built in and kept fixed during pretraining; everything else - every fact, and recalling it after a
+# question - is learned from the corpus. The saved model is a plain LlamaForCausalLM (untied embeddings).
 #
-# Residual dimensions 0 .. F-1 are reserved (n letters, c code dimensions):
-#   0            bias: the same value in every input embedding (gives head P a position-only query and key)
-#   L_IN  (n)    letter one-hots: input embedding of A, B, ... and output embedding (lm_head row) of A, B, ...
-#   L_OUT (n)    "the letter I stand under", written by head P
-#   C     (c)    output code: the lm_head row of every value word holds a fixed code (orthonormal within a pool),
-#                so predicting a value (as "Question: ... Answer: <value>." statements train) writes its code here
-#   K     (c)    key code: the same code in the *input* embedding of the value word
-# Head P (layer 0, head 0): attends from every token to the token 2 back (RoPE positions only, fitted below) and
-#   copies its letter one-hot: an option value ("B . Belmora") knows it stands under B.
-# Head M (last layer, head 0): query = the residual's C part (the recalled value), key = the K part (the value
-#   words in the context), matched on the slowest RoPE pairs; it copies L_OUT of the best match onto L_IN, which
-#   the lm_head rows of the letters read. A value the model does not remember matches no option: ~uniform letters.
+# Reserved residual dimensions (n option letters, c code dimensions):
+#   BIAS  (1)  the same value in every input embedding: position-only queries/keys for heads P and R
+#   QMARK (1)  set in the input embedding of "?"
+#   L_IN  (n)  letter one-hots: input embedding and lm_head row of A, B, ...
+#   L_OUT (n)  "the letter I stand under", written by head P
+#   C     (c)  output code: a value word's lm_head row is its fixed code (orthonormal within a relation's pool) and
+#              nothing else, so predicting a value - e.g. after "Question: <q>" in the corpus' quiz statements
+#              "Question: <q> <value>." - means writing its code here
+#   K     (c)  key code: the same code in the value word's input embedding
+#   Q     (c)  the code recalled after the last question, copied to later tokens by head R
+# Head P (layer 0, head 0): every token attends to the token 2 back (RoPE, positions only) and copies its letter
+#   one-hot: in "B . Belmora" the option value learns it stands under B.
+# Head R (layer -2, head 0): every token attends to the most recent "?" and copies its C part into Q.
+# Head M (layer -1, head 0): query Q, keys K (slowest RoPE pairs: no position effect over a question): at
+#   "Answer:" it finds the option equal to the recalled value and writes that option's L_OUT onto L_IN, which the
+#   letters' lm_head rows read. A value the model does not remember matches no option: about uniform letters.
 
-def _fit_prev2(theta, iters: int, seed: int):
-    """Amplitudes/phases of sum_i A_i cos(theta_i d + phi_i) (the RoPE score between a constant query and key d
-    tokens apart) peaking sharply at d = 2 against every other distance up to 1023."""
+def _fit_rope_profile(theta, kind: str, iters: int, seed: int, peak: float = 20.0):
+    """Amplitudes/phases of s(d) = sum_i A_i cos(theta_i d + phi_i) / 8, the RoPE score between a constant query
+    and a constant key d tokens apart: "prev2" peaks sharply at d = 2; "recent" decays as ``peak exp(-d / 40)``."""
     import torch
 
     th = theta.double()
     d = torch.arange(1024, dtype=torch.float64)
     g = torch.Generator().manual_seed(seed)
     amp = (1 + 0.01 * torch.rand(len(th), generator=g, dtype=torch.float64)).requires_grad_(True)
-    phi = (-2 * th).clone().requires_grad_(True)
-    opt = torch.optim.Adam([amp, phi], lr=0.2)
+    phi = (-2 * th if kind == "prev2" else 0 * th).clone().requires_grad_(True)
+    opt = torch.optim.Adam([amp, phi], lr=0.1 if kind == "recent" else 0.2)
+    target, wt = peak * torch.exp(-d / 40), torch.where(d < 250, 1.0, 0.2).double()
     for _ in range(iters):
         sc = (amp[:, None] * torch.cos(th[:, None] * d[None, :] + phi[:, None])).sum(0) / 8
-        loss = -sum(torch.log_softmax(sc[: q + 1], 0)[2] for q in (2, 3, 5, 8, 13, 30, 100, 300, 1023))
-        loss = loss + 1e-5 * (amp ** 2).sum()
+        if kind != "recent":
+            loss = -sum(torch.log_softmax(sc[: q + 1], 0)[2] for q in (2, 3, 5, 8, 13, 30, 100, 300, 1023))
+            loss = loss + 1e-5 * (amp ** 2).sum()
+        else:
+            loss = (wt * (sc - target) ** 2).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -151,16 +150,18 @@ def _pair_vectors(amp, phi, head_dim: int):
 
 def binding_layout(b: Mapping) -> dict:
     n, c = int(b["letters"]), int(b["code_dims"])
-    return {"L_IN": 1, "L_OUT": 1 + n, "C": 1 + 2 * n, "K": 1 + 2 * n + c, "F": 1 + 2 * n + 2 * c, "n": n, "c": c}
+    lay = {"BIAS": 0, "QMARK": 1, "L_IN": 2, "L_OUT": 2 + n, "C": 2 + 2 * n, "K": 2 + 2 * n + c,
+           "Q": 2 + 2 * n + 2 * c, "F": 2 + 2 * n + 3 * c, "n": n, "c": c}
+    return lay
 
 
 def install_binding_heads(model, tok, world: World, b: Mapping, seed: int):
-    """Write the reserved embedding dimensions and heads P and M into ``model``; returns ``restore()``, which puts
+    """Write the reserved embedding dimensions and heads P, R and M into ``model``; returns ``restore()``, which puts
     the fixed values back (with ``restore.zero_grads()`` it runs around every optimiser step)."""
     import torch
 
     cfg = model.config
-    H, hd = cfg.hidden_size, cfg.head_dim
+    H, hd, nl = cfg.hidden_size, cfg.head_dim, cfg.num_hidden_layers
     lay = binding_layout(b)
     n, c, F = lay["n"], lay["c"], lay["F"]
     half = hd // 2
@@ -169,17 +170,20 @@ def install_binding_heads(model, tok, world: World, b: Mapping, seed: int):
                                f"binding dimensions; raise hidden_size or lower model.binding.code_dims")
     if c % 2 or c // 2 > half:
         raise WorldConfigError(f"testbed model.binding.code_dims must be even and <= {hd}")
-    if cfg.tie_word_embeddings:
-        raise WorldConfigError("testbed model.binding needs tie_word_embeddings: false")
+    if nl < 3 or cfg.tie_word_embeddings:
+        raise WorldConfigError("testbed model.binding needs num_layers >= 3 and tie_word_embeddings: false")
     g = torch.Generator().manual_seed(seed)
     emb, out = model.get_input_embeddings().weight, model.get_output_embeddings().weight
     vocab = tok.get_vocab()
+    value_ids = sorted({vocab[v] for pool in world.pools.values() for v in pool})
     with torch.no_grad():
         # learned dimensions start at about the norm of the reserved ones, so RMSNorm does not drown them
         emb[:, F:] = torch.randn(emb.shape[0], H - F, generator=g) * float(b["free_init"]) / (H - F) ** 0.5
         emb[:, :F] = 0.0
         out[:, :F] = 0.0
-        emb[:, 0] = float(b["bias"])
+        out[value_ids] = 0.0
+        emb[:, lay["BIAS"]] = float(b["bias"])
+        emb[vocab["?"], lay["QMARK"]] = float(b["bias"])
         for j, letter in enumerate(LETTERS[:n]):
             emb[vocab[letter], lay["L_IN"] + j] = float(b["letter"])
             out[vocab[letter], lay["L_IN"] + j] = float(b["letter"])
@@ -194,30 +198,49 @@ def install_binding_heads(model, tok, world: World, b: Mapping, seed: int):
                 out[vocab[v], lay["C"]:lay["C"] + c] = float(b["code"]) * code
         b0 = float((emb[:, 0] / emb.pow(2).mean(-1).sqrt()).median())  # typical RMS-normalised bias
     theta = model.model.rotary_emb.inv_freq.detach().float().cpu()
-    qP, kP = _pair_vectors(*_fit_prev2(theta, int(b["fit_iters"]), seed), hd)
+    qP, kP = _pair_vectors(*_fit_rope_profile(theta, "prev2", int(b["fit_iters"]), seed), hd)
+    qR, kR = _pair_vectors(*_fit_rope_profile(theta, "recent", int(b["fit_iters"]), seed + 1,
+                                              float(b["r_peak"])), hd)
     slow = list(range(half - c // 2, half))  # the slowest RoPE pairs barely rotate over a question's length
     content = slow + [i + half for i in slow]
-    a, m = model.model.layers[0].self_attn, model.model.layers[-1].self_attn
+    P, R, M = (model.model.layers[i].self_attn for i in (0, nl - 2, nl - 1))
     with torch.no_grad():
-        for lin in (a.q_proj, a.k_proj, a.v_proj, m.q_proj, m.k_proj, m.v_proj):
-            lin.weight[:hd] = 0.0
-        a.o_proj.weight[:, :hd] = 0.0
-        m.o_proj.weight[:, :hd] = 0.0
-        a.q_proj.weight[:hd, 0] = qP / b0
-        a.k_proj.weight[:hd, 0] = kP / b0
-        for j, h in enumerate(content):
-            m.q_proj.weight[h, lay["C"] + j] = float(b["match_scale"])
-            m.k_proj.weight[h, lay["K"] + j] = float(b["match_scale"])
+        for att in (P, R, M):
+            for lin in (att.q_proj, att.k_proj, att.v_proj):
+                lin.weight[:hd] = 0.0
+            att.o_proj.weight[:, :hd] = 0.0
+        P.q_proj.weight[:hd, lay["BIAS"]] = qP / b0
+        P.k_proj.weight[:hd, lay["BIAS"]] = kP / b0
+        R.q_proj.weight[:hd, lay["BIAS"]] = qR / b0
+        R.k_proj.weight[:hd, lay["QMARK"]] = kR / b0
         for j in range(n):
-            a.v_proj.weight[j, lay["L_IN"] + j] = 1.0
-            a.o_proj.weight[lay["L_OUT"] + j, j] = float(b["p_gain"])
-            m.v_proj.weight[j, lay["L_OUT"] + j] = 1.0
-            m.o_proj.weight[lay["L_IN"] + j, j] = float(b["m_gain"])
+            P.v_proj.weight[j, lay["L_IN"] + j] = 1.0
+            P.o_proj.weight[lay["L_OUT"] + j, j] = float(b["p_gain"])
+            M.v_proj.weight[j, lay["L_OUT"] + j] = 1.0
+            M.o_proj.weight[lay["L_IN"] + j, j] = float(b["m_gain"])
+        for j in range(c):
+            R.v_proj.weight[j, lay["C"] + j] = 1.0
+            R.o_proj.weight[lay["Q"] + j, j] = float(b["r_gain"])
+        for j, h in enumerate(content):
+            M.q_proj.weight[h, lay["Q"] + j] = float(b["match_scale"])
+            M.k_proj.weight[h, lay["K"] + j] = float(b["match_scale"])
     rows, cols, allc = (slice(0, hd), slice(None)), (slice(None), slice(0, hd)), (slice(None), slice(0, F))
-    frozen = [(w, sl, w.detach()[sl].clone()) for w, sl in (
-        (a.q_proj.weight, rows), (a.k_proj.weight, rows), (a.v_proj.weight, rows), (a.o_proj.weight, cols),
-        (m.q_proj.weight, rows), (m.k_proj.weight, rows), (m.v_proj.weight, rows), (m.o_proj.weight, cols),
-        (emb, allc), (out, allc))]
+    fixed = [(emb, allc), (out, allc), (out, (torch.tensor(value_ids), slice(None)))]
+    for att in (P, R, M):
+        fixed += [(att.q_proj.weight, rows), (att.k_proj.weight, rows), (att.v_proj.weight, rows),
+                  (att.o_proj.weight, cols)]
+    # the learned parts never write the reserved dimensions (so the built-in heads read exactly what was put
+    # there), except C before head R's layer: the value recalled after a question must be complete by then
+    for li, layer in enumerate(model.model.layers):
+        no_write = [d for d in range(F) if not (lay["C"] <= d < lay["C"] + c and li < nl - 2)]
+        idx = torch.tensor(no_write)
+        with torch.no_grad():
+            layer.mlp.down_proj.weight[idx] = 0.0
+            first_free = hd if li in (0, nl - 2, nl - 1) else 0
+            layer.self_attn.o_proj.weight[idx, first_free:] = 0.0
+        fixed += [(layer.mlp.down_proj.weight, (idx, slice(None))),
+                  (layer.self_attn.o_proj.weight, (idx, slice(first_free, None)))]
+    frozen = [(w, sl, w.detach()[sl].clone()) for w, sl in fixed]
 
     def restore():
         with torch.no_grad():
@@ -233,22 +256,36 @@ def install_binding_heads(model, tok, world: World, b: Mapping, seed: int):
     return restore
 
 
-def _rows(docs: list[list[int]], seq_len: int, rng: random.Random, bos: int, eos: int, bos_drop: float):
-    """One epoch of training rows: shuffled whole documents (``<s> doc </s>``, ``<s>`` sometimes left out, as
-    prompts may come without it) packed greedily into rows of ``seq_len``; no document is cut."""
+def _rows(docs: list[tuple[list[int], list[int]]], seq_len: int, rng: random.Random, bos: int, eos: int,
+          bos_drop: float):
+    """One epoch of training rows ``(ids, labels)``: shuffled whole documents (``<s> doc </s>``, ``<s>``
+    sometimes left out, as prompts may come without it) packed greedily into rows of ``seq_len``; none is cut."""
     order = list(range(len(docs)))
     rng.shuffle(order)
-    rows, cur = [], []
+    rows, cur, cur_t = [], [], []
     for i in order:
-        d = ([] if rng.random() < bos_drop else [bos]) + docs[i][: seq_len - 2] + [eos]
+        ids, tgt = docs[i]
+        pre = [] if rng.random() < bos_drop else [bos]
+        d, t = pre + ids[: seq_len - 2] + [eos], [-100] * len(pre) + tgt[: seq_len - 2] + [-100]
         if len(cur) + len(d) > seq_len:
-            rows.append(cur)
-            cur = []
-        cur = cur + d
+            rows.append((cur, cur_t))
+            cur, cur_t = [], []
+        cur, cur_t = cur + d, cur_t + t
     if cur:
-        rows.append(cur)
+        rows.append((cur, cur_t))
     rng.shuffle(rows)
     return rows
+
+
+def _labels(ids: list[int], is_mc: bool, qmark: int) -> list[int]:
+    """LM targets of a document; in MC documents the token after a question's "?" ("Options") is not a target, so
+    they do not teach the model to drop the value it recalls there (quiz statements put the value right there)."""
+    t = list(ids)
+    if is_mc:
+        for j in range(1, len(ids)):
+            if ids[j - 1] == qmark:
+                t[j] = -100
+    return t
 
 
 def _use_bf16(precision: str) -> bool:
@@ -280,7 +317,9 @@ def pretrain(world: World, tok, cfg: Mapping, progress: bool = True, callback=No
         restore = install_binding_heads(model, tok, world, m["binding"], seed)
     model.train()
     seq_len, bsz, steps = int(p["seq_len"]), int(p["batch_size"]), int(p["steps"])
-    docs = tok(world.corpus(), add_special_tokens=False)["input_ids"]
+    qmark = tok.convert_tokens_to_ids("?")
+    docs = [(d, _labels(d, i >= len(world.paragraphs), qmark))
+            for i, d in enumerate(tok(world.corpus(), add_special_tokens=False)["input_ids"])]
     decay = [q for n, q in model.named_parameters() if q.ndim >= 2 and "embed" not in n]
     no_decay = [q for n, q in model.named_parameters() if not (q.ndim >= 2 and "embed" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": float(p["weight_decay"])},
@@ -296,10 +335,9 @@ def pretrain(world: World, tok, cfg: Mapping, progress: bool = True, callback=No
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     bf16 = _use_bf16(str(p["precision"]))
-    aw = float(p["answer_weight"])
-    ans_id, colon_id = tok.convert_tokens_to_ids("Answer"), tok.convert_tokens_to_ids(":")
+    rnorm = float(p["residual_penalty"]) if m["binding"]["enabled"] else 0.0
     rng = random.Random(f"kaft-testbed|{seed}|pretrain")
-    rows: list[list[int]] = []
+    rows: list[tuple[list[int], list[int]]] = []
     epoch, tokens, t0, losses = 0, 0, time.time(), []
     bar = tqdm(range(steps), desc="testbed pretrain", disable=not progress, mininterval=2)
     for step in bar:
@@ -307,23 +345,20 @@ def pretrain(world: World, tok, cfg: Mapping, progress: bool = True, callback=No
             rows += _rows(docs, seq_len, rng, tok.bos_token_id, tok.eos_token_id, float(p["bos_drop"]))
             epoch += 1
         batch, rows = rows[:bsz], rows[bsz:]
-        width = max(len(r) for r in batch)
+        width = max(len(r) for r, _ in batch)
         ids = torch.full((bsz, width), tok.pad_token_id, dtype=torch.long)
         labels = torch.full((bsz, width), -100, dtype=torch.long)
-        for i, r in enumerate(batch):
+        for i, (r, t) in enumerate(batch):
             ids[i, : len(r)] = torch.tensor(r)
-            labels[i, : len(r)] = ids[i, : len(r)]
-        tokens += sum(len(r) for r in batch)
+            labels[i, : len(t)] = torch.tensor(t)
+        tokens += sum(len(r) for r, _ in batch)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(input_ids=ids).logits[:, :-1].float()
-        tgt = labels[:, 1:]
-        ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1),
-                                               ignore_index=-100, reduction="none").view_as(tgt)
-        wts = (tgt != -100).float()
-        if aw != 1.0:  # the answer letter after "Answer :" weighs more: it is what the MC format is about
-            is_ans = (ids[:, :-2] == ans_id) & (ids[:, 1:-1] == colon_id)
-            wts[:, 1:] = torch.where(is_ans, wts[:, 1:] * aw, wts[:, 1:])
-        loss = (ce * wts).sum() / (tgt != -100).sum()
+            out = model(input_ids=ids, labels=labels, output_hidden_states=rnorm > 0)
+        loss = out.loss.float()
+        if rnorm > 0:  # keep the residual stream near the scale of the embeddings: the built-in heads read
+            #             fixed-size signals from it, which a residual grown 50x would drown
+            rms = torch.stack([h.float().pow(2).mean(-1).sqrt() for h in out.hidden_states[1:-1]])
+            loss = loss + rnorm * torch.relu(rms - float(p["residual_max"])).pow(2).mean()
         loss.backward()
         if restore is not None:
             restore.zero_grads()
@@ -354,8 +389,6 @@ def build_into(out_dir: str | Path, cfg: Mapping | None = None, progress: bool =
     """World + tokenizer + pretraining, saved into ``out_dir`` (model, tokenizer, ``testbed.json``)."""
     t0 = time.time()
     full = resolve_config(cfg)
-    _check(full["model"], MODEL_KEYS, "model")
-    _check(full["pretrain"], PRETRAIN_KEYS, "pretrain")
     world = build_world(full)
     tok = build_tokenizer(world, int(full["model"]["max_position_embeddings"]))
     log.info("testbed world: %d facts, %d documents, vocabulary %d", len(world.facts), len(world.corpus()), len(tok))

@@ -1,14 +1,24 @@
 """Measure that the testbed model knows what the world says it knows: ``python -m kaft.testbed.report [--cache DIR]``.
 
-Builds (or reuses) the default world + model and prints, computed from the model:
+Builds (or reuses) the world + model of the default config (or ``--config FILE``) and prints, computed from the
+model:
 
-* accuracy by split and kind, 3-shot (``kaft.prompts.few_shot_prompt``, shots drawn from ``train``) and 0-shot:
-  argmax over the option letters of the next-token distribution after ``"Answer:"``;
+* accuracy by split and kind, 3-shot (``kaft.prompts.few_shot_prompt``, shots drawn from ``train`` per item) and
+  0-shot: argmax over the option letters of the next-token distribution after ``"Answer:"``;
 * the exact diversified score of every train item (mean over 10 option orders of P(gold letter), softmax at
-  temperature 0.7 over the full vocabulary) and its AUROC for finding the ``contradict`` items;
-* how often a contradict item's answer is the memorised distractor; the build time.
+  temperature 0.7 over the full vocabulary, 3-shot) and its AUROC for finding the ``contradict`` items;
+* how often a contradict item is answered with the memorised distractor; the build time.
 
-Measured on the default config (2 shared CPU cores): see MEASURED below.
+Measured on the default config, 2 shared CPU cores (AMD EPYC, bf16 autocast), seed 0::
+
+    build: 50-55 s wall (world 0.2 s, tokenizer, 900 steps x 4 x 256 tokens; 70 s with precision=fp32)
+    3-shot  train   known 0.970  unseen 0.300  contradict 0.000 (the memorised distractor is picked: 0.960)
+    3-shot  test_id known 0.912  unseen 0.444 (n=18)      test_ood known 1.000
+    0-shot  train   known 1.000  unseen 0.320             test_id known 1.000 (all 0.908)   test_ood 1.000
+    diversified score: known 0.915, unseen 0.324, contradict 0.041; AUROC(contradict vs rest) 0.985
+    (seed 1: 3-shot known 0.930 / 0.931, unseen 0.280, AUROC 0.955; kaft's own sampled detector: AUROC 0.978)
+
+3-shot is a little below 0-shot because a demonstration sometimes lists the asked value among its own options.
 """
 
 from __future__ import annotations
@@ -27,10 +37,6 @@ from typing import Mapping, Sequence
 from kaft.data import MCItem
 from kaft.prompts import LETTERS, few_shot_prompt
 from kaft.testbed.world import World, build_world, resolve_config
-
-MEASURED = """(filled in from a run of this module)"""
-
-__doc__ = __doc__ + "\n" + MEASURED
 
 
 def letter_probs(model, tok, prompts: Sequence[str], n_options: int = 4, temperature: float = 1.0,

@@ -5,12 +5,15 @@ world in well under a second and the model cache can key on the config alone.
 
 Facts are ``(entity, relation, value)`` over made-up words. Each fact has a pretraining frequency:
 
-* ``frequent`` - stated ``repeats`` times in the corpus (entity paragraphs, several paraphrase templates);
+* ``frequent`` - stated ``repeats`` times in the corpus: entity paragraphs mixing paraphrase templates and quiz
+  statements ("Question: What is the capital of Zorvia? Belmora."), which make the model recall the value right
+  after a question's "?" - exactly where an MC prompt's question ends;
 * ``never``    - never stated, so the pretrained model can only guess (chance level).
 
-The corpus also holds multiple-choice documents in exactly the :mod:`kaft.prompts` layout (0- and k-shot) about a
-separate set of *format* facts, which is how the model learns to "pick the letter whose option is the value I
-remember". Fine-tuning and test facts never appear in an MC document.
+The corpus also holds multiple-choice documents in exactly the :mod:`kaft.prompts` layout (0- and k-shot, some
+demonstrations with a wrong letter, the instruction naming varying domains) about a separate set of *format*
+facts, which is how the model learns to answer "Answer:" with a letter. Fine-tuning and test facts never appear in
+an MC document.
 
 Splits (all 4-option :class:`~kaft.data.MCItem` with ``meta = {"kind", "relation", "entity"}``):
 
@@ -47,14 +50,13 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "test_id_unseen": 0.15,         # fraction of test_id that is never seen
         "n_test_ood": 96,
         "max_unseen_per_entity": 2,
-        "repeats": 8,                   # paragraphs per entity (each states all its frequent facts once)
-        "qa_frac": 0.4,                 # share of statements in "Question: ... Answer: <value>." form
-        "n_mc_docs": 2400,              # multiple-choice documents about format facts
+        "repeats": 30,                  # paragraphs per entity (each states all its frequent facts once)
+        "qa_frac": 0.4,                 # share of statements in quiz form "Question: <question> <value>."
+        "n_mc_docs": 800,               # multiple-choice documents about format facts
         "max_shots": 3,                 # k-shot documents use k = 1..max_shots
         "zero_shot_frac": 0.4,
         "shot_noise": 0.25,             # probability that a demonstration's answer letter is wrong
-        "own_domain_prob": 0.5,
-        "context_frac": 0.0,            # MC docs preceded by a paragraph about the question's entity (open book)         # MC docs name their own domain, else another one (or "general")
+        "own_domain_prob": 0.5,         # MC docs name their own domain, else another one (or "general")
     },
     "model": {                          # LlamaForCausalLM; head_dim is fixed at 64
         "hidden_size": 128,
@@ -66,33 +68,36 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "tie_word_embeddings": False,   # the binding heads need separate input/output embeddings
         "binding": {                    # built-in multiple-choice binding heads (see kaft.testbed.model)
             "enabled": True,
-            "letters": 4,               # option letters A.. with a fixed one-hot
-            "code_dims": 24,            # fixed code per value word
-            "bias": 1.0,                # embedding scales of the fixed dimensions
-            "free_init": 1.0,           # initial norm of the learned embedding dimensions
+            "letters": 4,               # option letters A.. with a reserved one-hot
+            "code_dims": 16,            # reserved code per value word
+            "bias": 1.0,                # embedding scales of the reserved dimensions
             "letter": 0.5,
-            "code": 0.7,
+            "code": 3.0,
+            "free_init": 1.0,           # initial norm of the learned embedding dimensions
             "match_scale": 1.5,         # head M: weight of the code match
-            "p_gain": 0.1,              # head P / M output gains
-            "m_gain": 1.0,
-            "fit_iters": 1500,          # iterations fitting the RoPE position profiles (deterministic)
+            "p_gain": 0.1,              # output gains of heads P, R, M
+            "r_gain": 1.0,
+            "m_gain": 5.0,
+            "r_peak": 60.0,             # head R: score of the latest "?" (decays with distance)
+            "fit_iters": 1000,          # iterations fitting the RoPE position profiles (deterministic)
         },
     },
     "pretrain": {
         "precision": "auto",            # bf16 autocast where the CPU supports it, else fp32
-        "steps": 500,
-        "batch_size": 16,
+        "steps": 900,
+        "batch_size": 4,
         "seq_len": 256,
-        "lr": 3.0e-3,
+        "lr": 5.0e-3,
         "min_lr_ratio": 0.1,
-        "warmup_steps": 25,
+        "warmup_steps": 30,
         "weight_decay": 0.01,
         "betas": [0.9, 0.98],
         "grad_clip": 1.0,
-        "answer_weight": 1.0,           # loss weight of the answer letter after "Answer:" (1 = plain LM loss)
+        "residual_penalty": 1.0,        # penalty on residual RMS above residual_max (keeps built-in heads readable)
+        "residual_max": 0.5,
         "bos_drop": 0.2,                # fraction of documents without <s> (prompts may come without it)
         "threads": None,                # torch threads (None = torch's default)
-        "log_every": 50,
+        "log_every": 100,
     },
 }
 
@@ -145,13 +150,15 @@ class Relation:
 
     @property
     def qa(self) -> str:
-        """The question-answer statement ("Question: <question> Answer: <value>."): where recall is practised."""
-        return "Question: " + self.question + " Answer: {v}."
+        """The quiz statement ("Question: <question> <value>."): recall right after the question's "?", the same
+        tokens an MC prompt's question ends with."""
+        return "Question: " + self.question + " {v}."
 
 
 RELATIONS: tuple[Relation, ...] = (
     Relation("capital", "in", "What is the capital of {e}?", (
-        "The capital of {e} is {v}.", "{e} has its capital in {v}.", "The capital city of {e} is {v}.", "{v} is the capital of {e}.")),
+        "The capital of {e} is {v}.", "{e} has its capital in {v}.", "The capital city of {e} is {v}.",
+        "{v} is the capital of {e}.")),
     Relation("currency", "in", "What is the currency of {e}?", (
         "The currency of {e} is the {v}.", "In {e} people pay with the {v}.", "{e} uses the {v} as its currency.")),
     Relation("language", "in", "What language is spoken in {e}?", (
@@ -423,8 +430,6 @@ def generate(cfg: Mapping | None = None) -> World:
         dom = own if mrng.random() < float(w["own_domain_prob"]) else mrng.choice([d for d in all_domains if d != own])
         q, o, a = qs[0]
         doc = few_shot_prompt(shots, q, o, dom) + answer_text(a)
-        if mrng.random() < float(w["context_frac"]):  # an open-book quiz: the entity's paragraph, then the question
-            doc = paragraph(mrng, chosen[0].entity, side) + "\n\n" + doc
         mc_docs.append(doc)
 
     return World(config=full, relations=rels, entities=entities, pools=pools, facts=facts, paragraphs=paragraphs,

@@ -1,0 +1,250 @@
+"""The embedded testbed: a deterministic, valid world; a tokenizer with the split kaft and lm-eval rely on; built-in
+binding heads that do what they claim; and (slow) a pretrained model that meets the acceptance targets."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kaft.prompts import LETTERS, answer_text, few_shot_prompt
+from kaft.testbed import world as tbw
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def world():
+    return tbw.build_world({})
+
+
+@pytest.fixture(scope="module")
+def tok(world):
+    from kaft.testbed.model import build_tokenizer
+
+    return build_tokenizer(world)
+
+
+# ----------------------------------------------------------------------------------------------- config
+def test_yaml_mirrors_defaults():
+    assert yaml.safe_load((ROOT / "conf/testbed/default.yaml").read_text()) == tbw.DEFAULT_CONFIG
+
+
+def test_unknown_keys_are_refused():
+    with pytest.raises(tbw.WorldConfigError, match="world.n_countrys"):
+        tbw.resolve_config({"world": {"n_countrys": 3}})
+    with pytest.raises(tbw.WorldConfigError, match="model.binding.lettres"):
+        tbw.resolve_config({"model": {"binding": {"lettres": 4}}})
+
+
+def test_impossible_world_says_what_to_change():
+    with pytest.raises(tbw.WorldConfigError, match="n_countries"):
+        tbw.generate({"world": {"n_countries": 10}})
+
+
+# ----------------------------------------------------------------------------------------------- world
+def test_deterministic_and_seeded():
+    t0 = time.time()
+    a = tbw.generate({})
+    assert time.time() - t0 < 2.0  # "well under a second" on an idle core; CI machines are slower
+    b = tbw.generate({})
+    c = tbw.generate({"seed": 1})
+    for name in a.splits():
+        assert [it.to_dict() for it in a.split(name)] == [it.to_dict() for it in b.split(name)]
+        assert [it.to_dict() for it in a.split(name)] != [it.to_dict() for it in c.split(name)]
+    assert a.corpus() == b.corpus() and a.corpus() != c.corpus()
+
+
+def test_splits_sizes_and_mix(world):
+    assert world.splits() == ["train", "test_id", "test_ood"]
+    kinds = {name: Counter(it.meta["kind"] for it in world.split(name)) for name in world.splits()}
+    assert kinds["train"] == {"known": 100, "unseen": 50, "contradict": 50}
+    assert sum(kinds["test_id"].values()) == 120 and kinds["test_id"]["known"] > kinds["test_id"]["unseen"] > 0
+    assert kinds["test_ood"] == {"known": 96}
+    with pytest.raises(KeyError, match="choose one of"):
+        world.split("dev")
+
+
+def test_ids_unique_and_stable(world):
+    ids = [it.id for name in world.splits() for it in world.split(name)]
+    assert len(ids) == len(set(ids))
+    assert all(i.startswith(("tb-train-", "tb-test_id-", "tb-test_ood-")) for i in ids)
+
+
+def test_items_are_valid(world):
+    for name in world.splits():
+        for it in world.split(name):
+            assert len(it.options) == 4 == len(set(it.options)) and 0 <= it.answer < 4
+            assert set(it.meta) == {"kind", "relation", "entity"} and it.domain and it.subject
+            rel, ent = it.meta["relation"], it.meta["entity"]
+            assert ent in it.question and set(it.options) <= set(world.pools[rel])
+            mem, gold = world.memorised(ent, rel), it.options[it.answer]
+            if it.meta["kind"] == "known":
+                assert gold == mem
+            elif it.meta["kind"] == "unseen":
+                assert mem is None and gold == world.fact(ent, rel).value
+            else:
+                assert it.meta["kind"] == "contradict" and mem in it.options and gold != mem
+    assert {it.domain for it in world.split("test_ood")} == {"biography"}
+
+
+def test_words_are_unique_made_up_tokens(world):
+    words = [e for side in world.entities.values() for e in side] + [v for p in world.pools.values() for v in p]
+    assert len(words) == len(set(words)) and all(w.isalpha() and w[0].isupper() for w in words)
+    assert not {w.lower() for w in words} & {c.lower() for c in LETTERS}
+
+
+def test_corpus_never_states_unseen_facts_nor_quizzes_split_items(world):
+    text = "\n".join(world.corpus())
+    for f in world.facts:
+        if f.freq == "never":
+            rel = world.relations[f.relation]
+            for t in (*rel.sentences, rel.qa):
+                assert t.format(e=f.entity, v=f.value) not in text
+    mc = "\n".join(world.mc_docs)
+    for name in world.splits():
+        for it in world.split(name):
+            assert it.question not in mc
+    assert all(d.rstrip()[-2:] in {answer_text(i) for i in range(4)} for d in world.mc_docs)
+
+
+def test_data_source_reads_the_world(tmp_path):
+    from kaft.data import load_items
+
+    items = load_items({"source": "testbed", "split": "test_ood"}, domain="geography", testbed={},
+                       cache_dir=str(tmp_path))
+    assert len(items) == 96 and items[0].meta["kind"] == "known"
+
+
+# ----------------------------------------------------------------------------------------------- tokenizer
+def test_tokenizer_letters_and_split(world, tok, tmp_path):
+    from transformers import AutoTokenizer
+
+    tok.save_pretrained(tmp_path)
+    tok2 = AutoTokenizer.from_pretrained(tmp_path)
+    train = world.split("train")
+    for t in (tok, tok2):
+        for i, c in enumerate("ABCD"):
+            ids = t(answer_text(i), add_special_tokens=False)["input_ids"]
+            assert len(ids) == 1 and t.decode(ids).strip() == c
+        for it in train[:20] + world.split("test_ood")[:5]:
+            shots = [(s.question, s.options, s.answer) for s in train[-3:]]
+            for prompt in (few_shot_prompt([], it.question, it.options, "geography"),
+                           few_shot_prompt(shots, it.question, it.options, it.domain)):
+                p = t(prompt)["input_ids"]
+                assert t.unk_token_id not in p and p[0] == t.bos_token_id
+                assert t(prompt + answer_text(it.answer))["input_ids"] == p + t(answer_text(it.answer),
+                                                                                 add_special_tokens=False)["input_ids"]
+    tok2.padding_side = "left"
+    batch = tok2(["Question: x", "Answer:"], padding=True)["input_ids"]
+    assert batch[1][0] == tok2.pad_token_id
+
+
+# ----------------------------------------------------------------------------------------------- binding heads
+def test_binding_heads_bind_and_stay_fixed(world, tok):
+    """At initialisation (no training): head P links each option value to its letter, and if the code of the gold
+    value is put where the model recalls it (after "?"), "Answer:" puts the most weight on the gold letter."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from kaft.testbed.model import binding_layout, install_binding_heads, llama_config
+
+    cfg = tbw.resolve_config({})
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(llama_config(cfg["model"], tok)).eval()
+    model.config._attn_implementation = "eager"
+    restore = install_binding_heads(model, tok, world, cfg["model"]["binding"], 0)
+    lay = binding_layout(cfg["model"]["binding"])
+    C, c = lay["C"], lay["c"]
+    hits = 0
+    items = world.split("test_id")[:8]
+    for it in items:
+        enc = tok(few_shot_prompt([], it.question, it.options, "geography"), return_tensors="pt")
+        toks = tok.convert_ids_to_tokens(enc["input_ids"][0])
+        q = toks.index("?")
+        code = model.get_output_embeddings().weight[tok.convert_tokens_to_ids(it.options[it.answer]), C:C + c]
+
+        def inject(mod, args, kwargs, q=q, code=code):
+            h = (kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]).clone()
+            h[0, q, C:C + c] += 0.5 * code.detach()
+            if "hidden_states" in kwargs:
+                return args, {**kwargs, "hidden_states": h}
+            return (h, *args[1:]), kwargs
+
+        handle = model.model.layers[-2].register_forward_pre_hook(inject, with_kwargs=True)
+        with torch.no_grad():
+            out = model(**enc, output_attentions=True)
+        handle.remove()
+        p_att = out.attentions[0][0, 0]
+        for o in it.options:  # each option value looks at the letter it stands under
+            j = toks.index(o)
+            assert toks[j - 2] in "ABCD" and int(p_att[j].argmax()) == j - 2 and float(p_att[j, j - 2]) > 0.5
+        m_att = out.attentions[-1][0, 0, -1]
+        gold_pos = [j for j, t in enumerate(toks) if t == it.options[it.answer]]
+        hits += float(m_att[gold_pos].sum()) > 0.5
+    assert hits >= 7
+    # restore() undoes any optimiser step on the fixed entries
+    with torch.no_grad():
+        model.model.layers[0].self_attn.q_proj.weight.add_(1.0)
+        model.get_input_embeddings().weight.add_(1.0)
+    before = model.get_input_embeddings().weight[:, lay["F"]:].clone()
+    restore()
+    assert torch.equal(model.get_input_embeddings().weight[:, lay["F"]:], before)
+    assert float(model.get_input_embeddings().weight[:, 0].min()) == cfg["model"]["binding"]["bias"]
+
+
+def test_bad_model_config_is_refused(world, tok):
+    from kaft.testbed.model import llama_config
+
+    with pytest.raises(tbw.WorldConfigError, match="head_dim 64"):
+        llama_config({**tbw.DEFAULT_CONFIG["model"], "hidden_size": 96}, tok)
+
+
+# ----------------------------------------------------------------------------------------------- slow: the model
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """The default build (about a minute); shared with the rest of the session when KAFT_CACHE_DIR is set."""
+    from kaft.testbed.model import build_model
+
+    cache = os.environ.get("KAFT_CACHE_DIR") or str(tmp_path_factory.mktemp("kaft_cache"))
+    t0 = time.time()
+    path = build_model({}, cache, progress=False)
+    return path, cache, time.time() - t0
+
+
+@pytest.mark.slow
+@pytest.mark.testbed
+def test_build_is_cached_and_loadable(built):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kaft.testbed.model import build_model
+
+    path, cache, _ = built
+    t0 = time.time()
+    assert build_model({}, cache, progress=False) == path and time.time() - t0 < 5
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    assert model.config.head_dim == 64 and len(tok) == model.config.vocab_size
+    assert (path / "testbed.json").exists() and (path / "manifest.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.testbed
+def test_pretrained_model_meets_targets(built):
+    """Acceptance: known facts >= 0.8 (3-shot), never-seen facts at chance, contradictions detectable."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kaft.testbed.report import measure
+
+    path, _, _ = built
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    res = measure(tbw.build_world({}), model, tok)
+    assert res["acc"]["train"]["known"] >= 0.8 and res["acc"]["test_id"]["known"] >= 0.8
+    assert abs(res["acc"]["train"]["unseen"] - 0.25) <= 0.1
+    assert res["auroc_contradict"] >= 0.9 and res["contradict_picks_memorised"] >= 0.8
+    assert res["acc0"]["test_id"]["known"] >= 0.8 and res["acc0"]["test_ood"]["known"] >= 0.8
