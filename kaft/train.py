@@ -80,8 +80,8 @@ def build_examples(tokenizer, items: Sequence[MCItem], weights: Sequence[float],
     instruction = DEFAULT_INSTRUCTION if instruction is None else instruction
     out = []
     for it, w in zip(items, weights):
-        ids, labels = encode_example(tokenizer, format_question(it.question, it.options, it.domain or domain, instruction),
-                                     answer_text(it.answer), max_length)
+        prompt = format_question(it.question, it.options, it.domain or domain, instruction)
+        ids, labels = encode_example(tokenizer, prompt, answer_text(it.answer), max_length)
         out.append({"input_ids": ids, "labels": labels, "weights": float(w)})
     return out
 

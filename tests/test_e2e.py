@@ -1,5 +1,5 @@
 """End to end on the embedded testbed through the real CLI: the default job, including the first-time testbed build.
-Marked `testbed`: it pretrains the testbed model (minutes); run with `pytest -m testbed`."""
+Marked `testbed` and `slow`: it pretrains the testbed model (about a minute on 2 cores) unless the cache has it."""
 
 import json
 import os
@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.testbed]
 
 
@@ -18,8 +17,8 @@ def _cache_dir() -> str:
     return os.environ.get("KAFT_CACHE_DIR") or str(Path.home() / ".cache" / "kaft")
 
 
-def _kaft(args, tmp_path, cache=None, timeout=900):
-    env = {**os.environ, "KAFT_CACHE_DIR": cache or _cache_dir(), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1",
+def _kaft(args, tmp_path, timeout=900):
+    env = {**os.environ, "KAFT_CACHE_DIR": _cache_dir(), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "WANDB_SILENT": "true"}
     out = subprocess.run([sys.executable, "-m", "kaft.run", *args], cwd=tmp_path, env=env, capture_output=True,
                          text=True, timeout=timeout)

@@ -35,11 +35,10 @@ def _kaft(root, *args):
             f"dataset.eval.test.path={root / 'test.csv'}", "detection.num_orders=2", "detection.num_samples=3",
             "detection.shots=2", "detection.max_new_tokens=2", "train.batch_size=4", "train.max_length=256",
             "train.lr=1e-3", "evaluation.batch_size=4"]
-    extra = ["--config-dir", os.environ["KAFT_TEST_CONF"]] if os.environ.get("KAFT_TEST_CONF") else []
     flags = [a for a in args if a == "-m"]  # Hydra flags go before the overrides
     args = [a for a in args if a != "-m"]
-    out = subprocess.run([sys.executable, "-m", "kaft.run", *flags, *extra, *base, *args], cwd=root, env=env, capture_output=True,
-                         text=True, timeout=600)
+    out = subprocess.run([sys.executable, "-m", "kaft.run", *flags, *base, *args], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     return out
 
@@ -49,7 +48,8 @@ def test_pipeline_runs_caches_and_logs(setup):
     r1 = json.loads((setup / "r1" / "results.json").read_text())
     assert r1["status"] == "done" and r1["data"]["n_train"] == 12 and r1["data"]["n_eval"] == {"test": 6}
     assert r1["subsets"] == {"wrong": 3, "might-wrong": 3, "might-right": 3, "right": 3}
-    assert r1["weights_by_subset"] == pytest.approx({"wrong": 0.1, "might-wrong": 0.5, "might-right": 1.0, "right": 1.0})
+    assert r1["weights_by_subset"] == pytest.approx(
+        {"wrong": 0.1, "might-wrong": 0.5, "might-right": 1.0, "right": 1.0})
     assert set(r1["cache"].values()) == {"miss"}
     assert 0 <= r1["metrics"]["benchmarks"]["test"]["acc"] <= 1 and r1["metrics"]["benchmarks"]["test"]["n"] == 6
     assert r1["versions"]["torch"] and r1["config"]["loss"]["name"] == "kaft"

@@ -3,13 +3,11 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from kaft.run import auroc
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _kaft(args, tmp_path):
