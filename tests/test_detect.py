@@ -76,15 +76,130 @@ def test_sampling_frequencies_follow_the_temperature_softmax(tiny_model, tiny_to
     assert abs(freq - p) < 4 * (p * (1 - p) / n) ** 0.5 + 1e-3
 
 
+def _backend(model, tok, **kw):
+    return detect.HFBackend(model, tok, **kw)
+
+
+BASE = {"num_orders": 3, "num_samples": 4, "temperature": 0.7, "shots": 2, "max_new_tokens": 2, "batch_size": 5}
+
+
 def test_diversified_records(tiny_model, tiny_tokenizer, mc_items):
-    tiny_tokenizer.padding_side = "left"
-    cfg = {"num_orders": 3, "num_samples": 4, "temperature": 0.7, "shots": 2, "max_new_tokens": 2, "batch_size": 5}
-    recs = detect.diversified(tiny_model, tiny_tokenizer, mc_items, cfg, seed=0, domain="geography", progress=False)
-    again = detect.diversified(tiny_model, tiny_tokenizer, mc_items, cfg, seed=0, domain="geography", progress=False)
+    b = _backend(tiny_model, tiny_tokenizer, batch_size=5)
+    recs = detect.run_detection(b, mc_items, BASE, seed=0, domain="geography", progress=False)
+    again = detect.run_detection(b, mc_items, BASE, seed=0, domain="geography", progress=False)
     assert recs == again  # seeded
     for r, it in zip(recs, mc_items):
         assert r["id"] == it.id and len(r["answers"]) == 3 and all(len(a) == 4 for a in r["answers"])
         assert r["score"] == score(r["answers"], it.answer)
         assert all(-1 <= a < 4 for per in r["answers"] for a in per)
-    with pytest.raises(DetectionError):
-        detect.validate({**cfg, "temperature": 0})
+        assert r["unparsed"] == sum(a == -1 for per in r["answers"] for a in per)  # counted as wrong, reported
+    with pytest.raises(DetectionError, match="temperature"):
+        detect.validate({**BASE, "temperature": 0})
+    with pytest.raises(DetectionError, match="unknown detection settings"):
+        detect.validate({**BASE, "num_order": 3})
+    with pytest.raises(DetectionError, match="estimator"):
+        detect.validate({**BASE, "estimator": "exakt"})
+
+
+def test_permutation_maps_gold_letter_back_to_the_original_option():
+    order = [2, 0, 3, 1]                      # shown: C-orig at A, A-orig at B, ...
+    assert detect.to_original([0.1, 0.2, 0.3, 0.4], order) == [0.2, 0.4, 0.1, 0.3]
+    # an answer "B" under this order names original option 0
+    assert order[parse_answer(" B", 4)] == 0
+
+
+def test_cyclic_orders_are_a_latin_square():
+    o = option_orders(4, 6, 0, "q", scheme="cyclic")
+    assert o[:4] == [[0, 1, 2, 3], [1, 2, 3, 0], [2, 3, 0, 1], [3, 0, 1, 2]]
+    assert all(sorted(col) == [0, 1, 2, 3] for col in zip(*o[:4]))  # every option once in every position
+    assert len({tuple(x) for x in o}) == 6
+
+
+def test_shared_prefix_logits_equal_plain_logits(tiny_model, tiny_tokenizer, mc_items):
+    b = _backend(tiny_model, tiny_tokenizer, batch_size=8)
+    prompts = [q.prompt for q in build_queries(mc_items[2:], 2, 2, 0, "geography")][:8]
+    assert b._prefix_ok(*b._split(prompts[0]))
+    shared = b.last_logits(prompts)
+    b.share_prefix = False
+    plain = b.last_logits(prompts)
+    assert torch.allclose(shared, plain, atol=1e-5)
+
+
+def test_exact_estimator_is_the_limit_of_the_sampled_score(tiny_model, tiny_tokenizer, mc_items):
+    """With the answer decided by the first token (max_new_tokens=1), the sampled Score with large Nr converges
+    to the exact Score: |difference| within 4 standard errors."""
+    b = _backend(tiny_model, tiny_tokenizer, batch_size=8)
+    cfg = {**BASE, "max_new_tokens": 1, "num_orders": 2}
+    exact = detect.run_detection(b, mc_items[:4], {**cfg, "estimator": "exact"}, 0, "geography", progress=False)
+    n = 3000
+    sampled = detect.run_detection(b, mc_items[:4], {**cfg, "num_samples": n}, 0, "geography", progress=False)
+    for e, s in zip(exact, sampled):
+        assert e["orders"] == s["orders"]
+        p = e["score"]
+        se = (max(p * (1 - p), 1e-4) / (n * 2)) ** 0.5
+        assert abs(s["score"] - p) < 4 * se + 1e-3, (e["id"], s["score"], p)
+
+
+def test_exact_sums_over_letter_tokenizations():
+    class Tok:
+        def get_vocab(self):
+            return {"A": 0, " A": 1, "▁B": 2, "B": 3, "C": 4, "ĠD": 5, "AB": 6, "  A": 7}
+
+    assert detect.letter_token_ids(Tok(), 4) == [[0, 1], [2, 3], [4], [5]]
+    with pytest.raises(DetectionError, match="no single token"):
+        detect.letter_token_ids(type("T", (), {"get_vocab": lambda self: {"A": 0}})(), 2)
+
+
+def test_icl_records(tiny_model, tiny_tokenizer, mc_items):
+    b = _backend(tiny_model, tiny_tokenizer, batch_size=8)
+    recs = detect.run_detection(b, mc_items, {"name": "icl", "shots": 2, "prompt": "ren"}, 0, "geography",
+                                progress=False)
+    for r, it in zip(recs, mc_items):
+        assert r["orders"] == [[0, 1, 2, 3]] and abs(sum(r["letter_probs"]) - 1) < 1e-6
+        assert r["pred"] == max(range(4), key=r["letter_probs"].__getitem__)
+        assert r["score"] == float(r["pred"] == it.answer)
+        assert r["confident"] == (max(r["letter_probs"]) > 0.5)
+    q = build_queries(mc_items, 1, 2, 0, "geography", prompt="ren")[0].prompt
+    assert q.startswith("The following are multiple choice questions about geography. Please choose the correct")
+    assert q.count("Answer:") == 3 and q.endswith("Answer:")
+
+
+def test_ablation_switches(tiny_model, tiny_tokenizer, mc_items):
+    b = _backend(tiny_model, tiny_tokenizer, batch_size=8)
+    one = detect.run_detection(b, mc_items, {**BASE, "diverse_query": False}, 0, "g", progress=False)
+    assert all(r["orders"] == [[0, 1, 2, 3]] and len(r["answers"][0]) == 4 for r in one)
+    greedy = detect.run_detection(b, mc_items, {**BASE, "response_sampling": False}, 0, "g", progress=False)
+    assert all(len(r["orders"]) == 3 and all(len(a) == 1 for a in r["answers"]) for r in greedy)
+    exact_greedy = detect.run_detection(b, mc_items, {**BASE, "response_sampling": False, "estimator": "exact",
+                                                      "max_new_tokens": 1}, 0, "g", progress=False)
+    # greedy generation of one token and the argmax of the next-token distribution name the same answers
+    assert [r["answers"] for r in exact_greedy] == [r["answers"] for r in detect.run_detection(
+        b, mc_items, {**BASE, "response_sampling": False, "max_new_tokens": 1}, 0, "g", progress=False)]
+    both = detect.run_detection(b, mc_items, {**BASE, "response_sampling": False, "diverse_query": False,
+                                              "estimator": "exact"}, 0, "g", progress=False)
+    assert all(len(r["answers"]) == 1 and r["score"] in (0.0, 1.0) for r in both)
+
+
+class _Dies:
+    """A backend that raises after ``n`` calls: a run killed mid-probing."""
+
+    def __init__(self, inner, n):
+        self.inner, self.n, self.tokenizer = inner, n, inner.tokenizer
+
+    def sample(self, *a, **k):
+        if self.n == 0:
+            raise KeyboardInterrupt("killed")
+        self.n -= 1
+        return self.inner.sample(*a, **k)
+
+
+def test_probing_resumes_from_its_last_chunk(tiny_model, tiny_tokenizer, mc_items, tmp_path):
+    b = _backend(tiny_model, tiny_tokenizer, batch_size=4)
+    cfg = {**BASE, "chunk_size": 3}
+    full = detect.run_detection(b, mc_items, cfg, 0, "g", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        detect.run_detection(_Dies(b, 2), mc_items, cfg, 0, "g", progress=False, work_dir=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chunk_00000.jsonl", "chunk_00001.jsonl"]
+    calls = _Dies(b, 1)  # only the last chunk may be computed now
+    resumed = detect.run_detection(calls, mc_items, cfg, 0, "g", progress=False, work_dir=tmp_path)
+    assert resumed == full and calls.n == 0

@@ -1,0 +1,189 @@
+"""MC conversion (ILP, 2024/25): turn free-form QA items into multiple choice so the same probing scores them.
+
+A free-form item is (question, reference answer) with optional data-set distractors (FactualBench-style wrong
+answers) and a ``group`` (relation / question type). Its multiple-choice version is the reference plus
+``n_distractors`` wrong answers drawn, in the order of ``distractor_sources``, from
+
+* ``dataset`` — the item's own distractors;
+* ``group``   — reference answers of other items of the same group (plausible: same type of answer);
+* ``model``   — the model's own free-form answers that differ from the reference (sampled, so they are the
+  mistakes it is actually prone to).
+
+No distractor equals the reference (compared case- and whitespace-insensitively), distractors are distinct, and
+the gold position is drawn per (seed, item id): the conversion is deterministic per seed. Converted items are
+scored with diversified probing; each record carries its multiple-choice ``item`` (what the pipeline then trains
+on), ``pass_at_n`` and ILP's ``high_conf_error`` flag (majority answer ≠ gold with share > τ_c).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+from kaft import data as data_mod
+from kaft.data import DataError, MCItem
+
+log = logging.getLogger(__name__)
+
+DISTRACTOR_SOURCES = ("dataset", "group", "model")
+FIELDS = ("id", "question", "answer", "distractors", "group")
+
+
+@dataclass(frozen=True)
+class FreeFormItem:
+    id: str
+    question: str
+    answer: str
+    distractors: tuple[str, ...] = ()
+    group: str | None = None
+    domain: str | None = None
+    meta: dict = field(default_factory=dict, compare=False)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _norm(text: str) -> str:
+    return " ".join(str(text).lower().split())
+
+
+def normalize_freeform(rows: Iterable[Mapping], source: str, fields: Mapping | None = None,
+                       domain: str | None = None) -> list[FreeFormItem]:
+    """Validate free-form rows into items; multiple-choice rows (``options`` + integer ``answer``) are accepted too,
+    their correct option becoming the reference. Errors name the source, row and field."""
+    f = {k: k for k in FIELDS}
+    f.update(dict(fields or {}))
+    items, seen = [], set()
+    for n, raw in enumerate(rows, start=1):
+        def err(fld: str, msg: str) -> DataError:
+            return DataError(f"{source}: row {n}: field '{fld}': {msg}")
+
+        if not isinstance(raw, Mapping):
+            raise DataError(f"{source}: row {n}: expected an object with fields {list(FIELDS[:3])}")
+        question, answer = raw.get(f["question"]), raw.get(f["answer"])
+        if "options" in raw and isinstance(answer, int) and not isinstance(answer, bool):
+            if not 0 <= answer < len(raw["options"]):
+                raise err(f["answer"], f"index {answer} out of range")
+            answer = raw["options"][answer]
+        if not isinstance(question, str) or not question.strip():
+            raise err(f["question"], "missing or empty (a free-form item needs a question string)")
+        if not isinstance(answer, (str, int, float)) or isinstance(answer, bool) or not str(answer).strip():
+            raise err(f["answer"], "missing or empty (the reference answer text)")
+        dis = raw.get(f["distractors"]) or []
+        if not isinstance(dis, (list, tuple)) or not all(isinstance(d, str) for d in dis):
+            raise err(f["distractors"], "must be a list of strings")
+        meta = dict(raw.get("meta") or {})
+        group = raw.get(f["group"]) or meta.get("relation")
+        item_id = str(raw.get(f["id"], f"{source}#{n}"))
+        if item_id in seen:
+            raise err(f["id"], f"duplicate id {item_id!r}")
+        seen.add(item_id)
+        items.append(FreeFormItem(item_id, question.strip(), str(answer).strip(), tuple(dis),
+                                  str(group) if group is not None else None, raw.get("domain") or domain, meta))
+    if not items:
+        raise DataError(f"{source}: no rows")
+    return items
+
+
+def load_freeform(spec: Mapping, domain: str | None = None, **ctx) -> list[FreeFormItem]:
+    """Load a ``format: freeform`` data spec through the same sources as multiple-choice data."""
+    data_mod.check_spec({k: v for k, v in spec.items() if k != "format"})
+    src = spec.get("source", "local")
+    skip = ("source", "fields", "answer_base", "limit", "name_in_results", "format")
+    kwargs = {k: v for k, v in spec.items() if k not in skip}
+    if src == "hub":
+        kwargs["name"] = spec.get("name")
+    rows = data_mod.SOURCES[src](**kwargs, **ctx)
+    if spec.get("limit"):
+        rows = (r for i, r in enumerate(rows) if i < int(spec["limit"]))
+    return normalize_freeform(rows, data_mod.describe(spec), spec.get("fields"), domain)
+
+
+def to_multiple_choice(items: Sequence[FreeFormItem], n_distractors: int, sources: Sequence[str], seed: int,
+                       generated: Mapping[str, Sequence[str]] | None = None) -> list[MCItem]:
+    """The multiple-choice version of each item (see the module docstring for the rules)."""
+    from kaft.detect import DetectionError, _rng
+
+    unknown = [s for s in sources if s not in DISTRACTOR_SOURCES]
+    if unknown or not sources:
+        raise DetectionError(f"detection.distractor_sources must be a non-empty list of {list(DISTRACTOR_SOURCES)}, "
+                             f"got {list(sources)}")
+    if n_distractors < 1:
+        raise DetectionError(f"detection.n_distractors must be ≥ 1, got {n_distractors}")
+    by_group: dict[str, list[str]] = {}
+    for it in items:
+        if it.group is not None and _norm(it.answer) not in {_norm(a) for a in by_group.get(it.group, [])}:
+            by_group.setdefault(it.group, []).append(it.answer)
+    out = []
+    for it in items:
+        rng = _rng(seed, "mc", it.id)
+        pools: dict[str, list[str]] = {
+            "dataset": list(it.distractors),
+            "group": rng.sample(by_group.get(it.group, []), len(by_group.get(it.group, []))) if it.group else [],
+            "model": list((generated or {}).get(it.id, [])),
+        }
+        chosen, seen = [], {_norm(it.answer)}
+        for src in sources:
+            for cand in pools[src]:
+                if len(chosen) == n_distractors:
+                    break
+                if cand.strip() and _norm(cand) not in seen:
+                    seen.add(_norm(cand))
+                    chosen.append((cand.strip(), src))
+        if len(chosen) < n_distractors:
+            raise DetectionError(
+                f"item {it.id!r}: only {len(chosen)} distinct distractor(s) from {list(sources)}, need {n_distractors}; "
+                f"add a source to detection.distractor_sources or lower detection.n_distractors")
+        gold = rng.randrange(n_distractors + 1)
+        options = [c for c, _ in chosen]
+        options.insert(gold, it.answer)
+        out.append(MCItem(id=it.id, question=it.question, options=options, answer=gold, domain=it.domain,
+                          meta={**it.meta, "freeform_answer": it.answer,
+                                "distractor_sources": [s for _, s in chosen]}))
+    return out
+
+
+def _clean(text: str) -> str:
+    for stop in ("\n", ".", "?"):
+        text = text.split(stop)[0]
+    return text.strip()
+
+
+def generate_distractors(backend, items: Sequence[FreeFormItem], n_samples: int, max_new_tokens: int,
+                         seed: int, template: str = "Question: {question}") -> dict[str, list[str]]:
+    """The model's own free-form answers (sampled at T = 1, cut at the first newline or full stop) that differ
+    from the reference, most frequent first."""
+    from collections import Counter
+
+    prompts = [template.format(question=it.question) for it in items]
+    texts = backend.sample(prompts, int(n_samples), 1.0, int(max_new_tokens), seed)
+    out = {}
+    for it, resp in zip(items, texts):
+        counts = Counter(c for c in (_clean(t) for t in resp) if c and _norm(c) != _norm(it.answer))
+        out[it.id] = [c for c, _ in counts.most_common()]
+    return out
+
+
+def mc_conversion(backend, items: Sequence[FreeFormItem], cfg: Mapping, seed: int, domain: str,
+                  instruction: str | None = None, progress: bool = True, work_dir=None) -> list[dict[str, Any]]:
+    """Convert, then score with diversified probing; records carry the converted ``item``."""
+    from kaft.detect import probe
+
+    if items and not isinstance(items[0], FreeFormItem):
+        from kaft.detect import DetectionError
+
+        raise DetectionError("detection=mc_conversion needs free-form training data (dataset.train.format: freeform)")
+    sources = list(cfg.get("distractor_sources") or ["dataset", "group"])
+    generated = None
+    if "model" in sources:
+        generated = generate_distractors(backend, items, int(cfg.get("generate_samples", 8)),
+                                         int(cfg.get("generate_max_new_tokens", 8)), seed)
+    mc = to_multiple_choice(items, int(cfg.get("n_distractors", 3)), sources, seed, generated)
+    records = probe(backend, mc, {k: v for k, v in cfg.items() if k not in
+                                  ("n_distractors", "distractor_sources", "generate_samples",
+                                   "generate_max_new_tokens")} | {"name": "diversified"},
+                    seed, domain, instruction, progress, work_dir)
+    for rec, item in zip(records, mc):
+        rec["item"] = item.to_dict()
+    return records
