@@ -44,7 +44,20 @@ def job_subdir(num: Any, override_dirname: str, max_len: int = 80) -> str:
     return f"{num}_{name}" if name else str(num)
 
 
+_NOT_IN_HASH = {"force", "progress"}  # settings that do not change a job's results
+
+
+def config_hash(overrides: Any) -> str:
+    """A short hash of a job's full override list (including keys left out of its directory name, e.g. seed)."""
+    import hashlib
+
+    items = [o for o in (list(overrides) if overrides is not None else [])
+             if str(o).split("=", 1)[0].lstrip("+~") not in _NOT_IN_HASH]
+    return hashlib.sha256("\n".join(sorted(map(str, items))).encode()).hexdigest()[:8]
+
+
 OmegaConf.register_new_resolver("kaft_subdir", job_subdir, replace=True)
+OmegaConf.register_new_resolver("kaft_hash", config_hash, replace=True)
 
 
 class ConfigError(ValueError):
@@ -274,6 +287,11 @@ def run(cfg: DictConfig) -> dict:
 
     job = _job_info()
     run_dir = Path(job["run_dir"])
+    done = _finished(run_dir)
+    if done is not None and not cfg.get("force", False):
+        log.info("already complete: %s (force=true re-runs it)", run_dir / "results.json")
+        _print_results(done)
+        return done
     cache = Cache(cfg.cache_dir)
     timer = Timer()
     status = {}
@@ -348,6 +366,18 @@ def run(cfg: DictConfig) -> dict:
         logger.finish()
     _print_results(results)
     return results
+
+
+def _finished(run_dir: Path) -> dict | None:
+    """The saved results of a job that already completed in ``run_dir`` (a resubmitted job skips itself)."""
+    import json
+
+    path = run_dir / "results.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return saved if saved.get("status") == "done" and saved.get("metrics") else None
 
 
 def _print_results(results: dict) -> None:

@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import platform
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -135,7 +136,13 @@ class WandbLogger:
         settings = {"console": "off", "quiet": True, "silent": not cfg.get("verbose", False),
                     "reinit": "finish_previous", "x_disable_stats": True, "disable_git": True,
                     "save_code": False, **dict(cfg.get("settings") or {})}
+        # one W&B run per job directory: a requeued or re-run job resumes the same run id
+        id_file = run_dir / "wandb_id.txt"
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
+        if not id_file.exists():
+            id_file.write_text(run_id + "\n")
         self.run = wandb.init(
+            id=run_id, resume="allow",
             project=cfg.get("project") or "kaft", entity=cfg.get("entity") or None, name=run_name, group=group,
             job_type=cfg.get("job_type") or "kaft", tags=list(cfg.get("tags") or []) or None,
             dir=str(run_dir), mode=self.mode, config=_plain(config), settings=wandb.Settings(**settings))

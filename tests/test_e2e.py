@@ -41,3 +41,24 @@ def test_default_job(tmp_path):
     assert res["detection"]["auroc_contradict"] >= 0.9
     assert list((tmp_path / "run").glob("wandb/offline-run-*")), "no W&B offline run written"
     assert "average" in out.stdout
+
+
+def test_detection_strategies_and_ablations(tmp_path):
+    """Every detection strategy and the paper's ablation switches run end to end on the testbed (smoke sizes)."""
+    _kaft(["-m", "detection=icl,no_diverse_query,no_sampling,no_both", "experiment=smoke", "logger=none",
+           "progress=false", "hydra.sweep.dir=sweep"], tmp_path)
+    res = _results(tmp_path / "sweep")
+    assert len(res) == 4 and all(r["status"] == "done" for r in res)
+    assert len({r["cache_keys"]["detect"] for r in res}) == 4        # four different detections
+    by = {tuple(o for o in r["overrides"] if o.startswith("detection=")): r for r in res}
+    assert "confident_rate" in by[("detection=icl",)]["detection"]   # icl's "reflects knowledge" flag, as a rate
+    for r in res:
+        assert 0.5 <= r["detection"]["auroc_contradict"] <= 1.0 or r["overrides"] == ["detection=icl"]
+
+
+def test_mc_conversion_exact_on_free_form_testbed(tmp_path):
+    _kaft(["dataset=testbed_freeform", "detection=mc_conversion", "detection.estimator=exact", "experiment=smoke",
+           "logger=none", "progress=false", "hydra.run.dir=run"], tmp_path)
+    (res,) = _results(tmp_path / "run")
+    assert res["status"] == "done" and res["data"]["n_train"] == 200
+    assert {"pass_at_n_rate", "high_conf_error_rate", "auroc_contradict"} <= set(res["detection"])

@@ -58,7 +58,7 @@ def test_pipeline_runs_caches_and_logs(setup):
     out = _kaft(setup, "hydra.run.dir=r2", "logger=none")
     r2 = json.loads((setup / "r2" / "results.json").read_text())
     assert set(r2["cache"].values()) == {"hit"} and r2["metrics"] == r1["metrics"]
-    assert "loaded model" not in out.stderr  # a fully cached re-run never loads the model
+    assert "loaded model" not in out.stdout + out.stderr  # a fully cached re-run never loads the model
 
     _kaft(setup, "hydra.run.dir=r3", "logger=none", "loss=constant")
     r3 = json.loads((setup / "r3" / "results.json").read_text())
@@ -85,3 +85,19 @@ def test_two_by_two_multirun_shares_detection(setup, launcher):
     assert len({r["cache_keys"]["train"] for r in res}) == 4
     assert (setup / sweep / "summary.csv").exists() and "kaft sweep summary" in out.stdout
     assert len(list((setup / sweep).rglob("offline-run-*"))) == 4  # one W&B run per job
+
+
+def test_finished_job_is_skipped_unless_forced(setup):
+    """The run directory is derived from the overrides, so the same command finds its finished job and skips it."""
+    first = _kaft(setup, "logger=none", "loss=constant")
+    dirs = list((setup / "outputs").glob("run_*"))
+    assert len(dirs) == 1 and (dirs[0] / "results.json").exists()
+    saved = (dirs[0] / "results.json").read_text()
+    again = _kaft(setup, "logger=none", "loss=constant")
+    log = again.stdout + again.stderr
+    assert "already complete" in log and (dirs[0] / "results.json").read_text() == saved
+    assert "loaded model" not in log and "average" in first.stdout and "average" in again.stdout
+    forced = _kaft(setup, "logger=none", "loss=constant", "force=true")
+    assert "already complete" not in forced.stdout + forced.stderr
+    other_seed = _kaft(setup, "logger=none", "loss=constant", "seed=1")  # seed is not in the dir name: the hash is
+    assert "already complete" not in other_seed.stdout + other_seed.stderr and len(list((setup / "outputs").glob("run_*"))) == 2

@@ -117,3 +117,14 @@ def test_wandb_job_that_did_not_finish_is_closed_by_the_next(tmp_path, offline_w
     assert second.run.summary["failed"] == 1
     second.finish(exit_code=1)
     first.finish()  # harmless on a run wandb already closed
+
+
+def test_wandb_run_id_is_reused_by_a_rerun_of_the_same_job(tmp_path, offline_wandb):
+    pytest.importorskip("wandb")
+    run_dir = tmp_path / "job"
+    ids = []
+    for _ in range(2):  # a requeued job: same run directory, same W&B run
+        lg = track.make_logger({"name": "wandb", "project": "kaft-test", "mode": "offline"}, run_dir, "j", None, {})
+        ids.append(lg.run.id)
+        lg.finish()
+    assert ids[0] == ids[1] == (run_dir / "wandb_id.txt").read_text().strip()
