@@ -105,6 +105,9 @@ class Cache:
                 return Hit(final, True, time.time() - t0)
             if final.exists():  # debris of a killed writer: no manifest means incomplete
                 shutil.rmtree(final, ignore_errors=True)
+            for debris in final.parent.glob(f".{key}.*"):  # temp dirs of killed writers (we hold the lock)
+                if debris.is_dir():
+                    shutil.rmtree(debris, ignore_errors=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
             try:
                 build(tmp)
