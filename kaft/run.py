@@ -25,6 +25,7 @@ from kaft import data as data_mod
 from kaft import detect as detect_mod
 from kaft import modeling
 from kaft import partition as partition_mod
+from kaft import strategy as strategy_mod
 from kaft.cache import Cache, atomic_write_json, make_key
 
 log = logging.getLogger("kaft")
@@ -65,7 +66,7 @@ class ConfigError(ValueError):
 
 
 USER_ERRORS = (ConfigError, data_mod.DataError, modeling.ModelError, detect_mod.DetectionError,
-               partition_mod.PartitionError)
+               partition_mod.PartitionError, strategy_mod.StrategyError)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -184,6 +185,14 @@ def validate(cfg: DictConfig, n_train: int) -> None:
         raise ConfigError(f"detection.shots={cfg.detection.shots} needs at least {cfg.detection.shots + 1} "
                           f"training items, the data set has {n_train}")
     partition_mod.validate(int(cfg.partition.k), n_train)
+    strategy_mod.validate(_plain(cfg.strategy), int(cfg.partition.k))
+    needs = [what for what, yes in (("strategy=" + cfg.strategy.name, strategy_mod.needs_samples(_plain(cfg.strategy))),
+                                    ("loss=" + cfg.loss.name, getattr(losses, "needs_samples", lambda c: False)(
+                                        _plain(cfg.loss)))) if yes]
+    if needs and not detect_mod.saves_samples(_plain(cfg.detection)):
+        raise ConfigError(f"{' and '.join(needs)} needs the model's sampled answers, but detection "
+                          f"(estimator={cfg.detection.get('estimator', 'sample')}) saves none; "
+                          f"use detection.estimator=sample or detection=icl")
     try:
         losses.validate_loss_cfg(_plain(cfg.loss), int(cfg.partition.k))
     except ValueError as e:
@@ -195,8 +204,9 @@ def validate(cfg: DictConfig, n_train: int) -> None:
         raise ConfigError(f"train.lr must be > 0, got {cfg.train.lr}")
 
 
-def stage_detect(cfg, cache, model, train, model_id, fps) -> tuple[list[dict], bool, str]:
-    key = make_key("detect", STAGE_VERSIONS["detect"], model_id, fps["train"], detect_mod.settings(_plain(cfg.detection)),
+def stage_detect(cfg, cache, model, train, model_id, fps, which: str = "train") -> tuple[list[dict], bool, str]:
+    """Probe ``train`` (or, for fine-grained evaluation, the benchmark ``which``); cached per data fingerprint."""
+    key = make_key("detect", STAGE_VERSIONS["detect"], model_id, fps[which], detect_mod.settings(_plain(cfg.detection)),
                    cfg.seed, cfg.dataset.domain, cfg.dataset.get("instruction"))
 
     def build(tmp: Path):
@@ -227,9 +237,9 @@ def stage_partition(cfg, cache, records, detect_key) -> tuple[list[int], list[st
     return saved["subsets"], saved["names"]
 
 
-def stage_train(cfg, cache, model, train, weights, model_id, fps):
+def stage_train(cfg, cache, model, train, weights, model_id, records=None):
     """Returns (tuned model in memory or None if only cached, adapter dir, cache hit?, key)."""
-    key = make_key("train", STAGE_VERSIONS["train"], model_id, fps["train"], [round(w, 8) for w in weights],
+    key = make_key("train", STAGE_VERSIONS["train"], model_id, data_mod.fingerprint(train), [round(w, 8) for w in weights],
                    _plain(cfg.loss), _plain(cfg.train), cfg.seed, cfg.dataset.domain, cfg.dataset.get("instruction"))
     tuned = {}
 
@@ -237,8 +247,9 @@ def stage_train(cfg, cache, model, train, weights, model_id, fps):
         from kaft.train import train_lora
 
         m, tok = model.get()
+        extra = {"records": records} if records is not None else {}
         tuned["model"] = train_lora(m, tok, train, weights, _plain(cfg.loss), _plain(cfg.train), tmp, int(cfg.seed),
-                                    cfg.dataset.domain, cfg.dataset.get("instruction"))
+                                    cfg.dataset.domain, cfg.dataset.get("instruction"), **extra)
 
     hit = cache.get_or_create("train", key, build, meta={"n_items": len(train)})
     return tuned.get("model"), hit.path, hit.cached, key
@@ -247,7 +258,10 @@ def stage_train(cfg, cache, model, train, weights, model_id, fps):
 def stage_evaluate(cfg, cache, get_model, evals, tag_key, fps, run_dir: Path) -> tuple[dict, bool]:
     from kaft.evaluate import evaluate
 
-    ev = {k: v for k, v in _plain(cfg.evaluation).items() if k != "base"}
+    ev = {k: v for k, v in _plain(cfg.evaluation).items() if k not in ("base", "fine_grained")}
+    per_item = bool(cfg.evaluation.get("fine_grained", False))
+    if per_item:
+        ev["per_item"] = True
     key = make_key("evaluate", STAGE_VERSIONS["evaluate"], tag_key, {n: fps[n] for n in evals}, ev,
                    cfg.dataset.domain, cfg.dataset.get("instruction"))
 
@@ -255,13 +269,34 @@ def stage_evaluate(cfg, cache, get_model, evals, tag_key, fps, run_dir: Path) ->
         m, tok = get_model()
         metrics = evaluate(m, tok, evals, work_dir=tmp / "tasks", domain=cfg.dataset.domain,
                            instruction=cfg.dataset.get("instruction"), batch_size=int(cfg.evaluation.batch_size),
-                           limit=cfg.evaluation.get("limit"))
+                           limit=cfg.evaluation.get("limit"), per_item=per_item)
         atomic_write_json(tmp / "metrics.json", metrics)
 
     hit = cache.get_or_create("evaluate", key, build)
     import json
 
     return json.loads((hit.path / "metrics.json").read_text()), hit.cached
+
+
+def fine_grained(cfg, cache, model, model_id, evals, fps, metrics, base_metrics, k, names, status) -> dict:
+    """KaFT Table 1: probe each benchmark with the same detection, split it into the same K conflict subsets and
+    report base and tuned accuracy per subset (needs ``evaluation.fine_grained=true``: per-item predictions)."""
+    out = {}
+    for name, items in evals.items():
+        recs, status[f"detect_{name}"], key = stage_detect(cfg, cache, model, items, model_id, fps, which=name)
+        subsets, _ = stage_partition(cfg, cache, recs, key)
+        ids = [r["id"] for r in recs]
+        out[name] = {tag: strategy_mod.accuracy_by_subset(m["benchmarks"][name]["items"], ids, subsets, names)
+                     for tag, m in (("base", base_metrics), ("tuned", metrics)) if m}
+    return out
+
+
+def _drop_items(metrics: dict | None) -> dict | None:
+    """Metrics without the per-item rows (kept in the cache, too long for results.json and W&B)."""
+    if not metrics:
+        return metrics
+    return {**metrics, "benchmarks": {n: {k: v for k, v in b.items() if k != "items"}
+                                      for n, b in metrics["benchmarks"].items()}}
 
 
 # ----------------------------------------------------------------------------------------------- the job
@@ -316,42 +351,58 @@ def run(cfg: DictConfig) -> dict:
     sizes = partition_mod.subset_sizes(subsets, k)
     log.info("partition: %s", sizes)
 
+    weights = losses.sample_weights(_plain(cfg.loss), subsets, [r["score"] for r in records], k)
+    sel = strategy_mod.select(_plain(cfg.strategy), train, records, subsets, names, weights, int(cfg.seed))
+    log.info("strategy %s: training on %d of %d items", cfg.strategy.name, len(sel.items), len(train))
+
     base_metrics = None
-    if cfg.evaluation.get("base", True):
+    if cfg.evaluation.get("base", True) or not sel.train:
         with timer("evaluate_base"):
             base_metrics, status["evaluate_base"] = stage_evaluate(
                 cfg, cache, model.get, evals, ("base", model_id), fps, run_dir)
 
-    with timer("train"):
-        weights = losses.sample_weights(_plain(cfg.loss), subsets, [r["score"] for r in records], k)
-        tuned, adapter_dir, status["train"], train_key = stage_train(cfg, cache, model, train, weights, model_id, fps)
+    train_key = None
+    if sel.train:
+        with timer("train"):
+            needs_records = getattr(losses, "needs_samples", lambda c: False)(_plain(cfg.loss))
+            tuned, adapter_dir, status["train"], train_key = stage_train(
+                cfg, cache, model, sel.items, sel.weights, model_id, sel.records if needs_records else None)
 
-    def tuned_model():
-        nonlocal tuned
-        if tuned is None:
-            from peft import PeftModel
+        def tuned_model():
+            nonlocal tuned
+            if tuned is None:
+                from peft import PeftModel
 
-            m, tok = model.get()
-            tuned = PeftModel.from_pretrained(m, str(adapter_dir))
-            tuned.eval()
-        return tuned, model.get()[1]
+                m, tok = model.get()
+                tuned = PeftModel.from_pretrained(m, str(adapter_dir))
+                tuned.eval()
+            return tuned, model.get()[1]
 
-    with timer("evaluate"):
-        metrics, status["evaluate"] = stage_evaluate(cfg, cache, tuned_model, evals, ("tuned", train_key), fps,
-                                                     run_dir)
+        with timer("evaluate"):
+            metrics, status["evaluate"] = stage_evaluate(cfg, cache, tuned_model, evals, ("tuned", train_key), fps,
+                                                         run_dir)
+    else:  # strategy=none: the base model is the result
+        metrics = base_metrics
+
+    fine = None
+    if cfg.evaluation.get("fine_grained", False):
+        with timer("fine_grained"):
+            fine = fine_grained(cfg, cache, model, model_id, evals, fps, metrics, base_metrics, k, names, status)
 
     results = {
         "status": "done",
         "job": {k: job[k] for k in ("name", "override_dirname", "num", "run_dir")},
         "overrides": job["overrides"],
         "data": {"n_train": len(train), "n_eval": {n: len(v) for n, v in evals.items()}, "fingerprints": fps},
-        "metrics": metrics,
-        "base_metrics": base_metrics,
+        "metrics": _drop_items(metrics),
+        "base_metrics": _drop_items(base_metrics),
         "delta_vs_base": (metrics["average"] - base_metrics["average"]) if base_metrics else None,
+        "fine_grained": fine,
+        "strategy": sel.info,
         "detection": score_stats(records, train, subsets, names),
         "subsets": sizes,
-        "weights_by_subset": {names[s]: statistics.fmean([w for w, g in zip(weights, subsets) if g == s])
-                              for s in range(k) if sizes[names[s]]},
+        "weights_by_subset": {names[s]: statistics.fmean([w for w, g in zip(sel.weights, sel.subsets) if g == s])
+                              for s in range(k) if s in sel.subsets},
         "cache": {stage: ("hit" if hit else "miss") for stage, hit in status.items()},
         "cache_keys": {"detect": detect_key, "train": train_key, "model": model_id},
         "timings": timer.seconds,
@@ -396,14 +447,44 @@ def _print_results(results: dict) -> None:
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> float:
+def _main(cfg: DictConfig) -> float:
+    """One job. A user error (bad data, impossible config) prints one ``kaft: error: ...`` line. In a single run it
+    then exits 2 and any other exception raises. In a multirun every failure is recorded instead — ``error.txt``
+    (traceback) and ``results.json`` with ``"status": "failed"`` in the job's run dir — and the job returns NaN, so
+    the other jobs go on; the sweep summary lists it as failed and the sweep exits 1 (see kaft/status.py)."""
+    from kaft import status as status_mod
+
+    multirun = status_mod.in_multirun()
     try:
         results = run(cfg)
-    except USER_ERRORS as e:
-        log.error("%s", e)
-        print(f"kaft: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    except USER_ERRORS + status_mod.CONFIG_ERRORS as e:
+        msg = status_mod.one_line(e) if isinstance(e, status_mod.CONFIG_ERRORS) else str(e)
+        log.error("%s", msg)
+        print(f"kaft: error: {msg}", file=sys.stderr)
+        if not multirun:
+            sys.exit(2)
+        job = _job_info()
+        status_mod.record_failure(job["run_dir"], e, job, cfg)
+        return math.nan
+    except Exception as e:
+        if not multirun:
+            raise
+        log.exception("job failed: %s", e)
+        job = _job_info()
+        line = status_mod.record_failure(job["run_dir"], e, job, cfg)
+        print(f"kaft: job {job['num']} failed: {line} (traceback in {Path(job['run_dir']) / 'error.txt'})",
+              file=sys.stderr)
+        return math.nan
     return results["metrics"]["average"]
+
+
+def main() -> None:
+    """The CLI (``python -m kaft.run``): Hydra's own errors (unknown config option, a value of the wrong type, bad
+    override syntax) also end in one ``kaft: error: ...`` line and exit code 2."""
+    from kaft.status import hydra_errors_as_one_line
+
+    with hydra_errors_as_one_line():
+        _main()
 
 
 if __name__ == "__main__":

@@ -101,3 +101,25 @@ def test_finished_job_is_skipped_unless_forced(setup):
     assert "already complete" not in forced.stdout + forced.stderr
     other_seed = _kaft(setup, "logger=none", "loss=constant", "seed=1")  # seed is not in the dir name: the hash is
     assert "already complete" not in other_seed.stdout + other_seed.stderr and len(list((setup / "outputs").glob("run_*"))) == 2
+
+
+@pytest.mark.slow
+def test_strategies_and_fine_grained_evaluation(setup):
+    """Each data strategy through the CLI: the selection lands in results.json, `none` trains nothing and reports
+    the base model, and fine-grained evaluation reports accuracy per conflict subset of the probed test set."""
+    sweep = "sweep_strategies"
+    _kaft(setup, "-m", "strategy=none,no_conflict,self_align,wrong_ratio", "loss=constant", "logger=none",
+          "evaluation.fine_grained=true", f"hydra.sweep.dir={sweep}")
+    res = {r["config"]["strategy"]["name"]: r
+           for r in (json.loads(p.read_text()) for p in (setup / sweep).rglob("results.json"))}
+    assert set(res) == {"none", "no_conflict", "self_align", "wrong_ratio"}
+    assert res["none"]["metrics"] == res["none"]["base_metrics"] and "train" not in res["none"]["cache"]
+    assert res["no_conflict"]["strategy"]["n_kept"] == 9 and res["no_conflict"]["strategy"]["kept_by_subset"]["wrong"] == 0
+    assert res["wrong_ratio"]["strategy"]["wrong_kept"] == 2  # round(0.5 * 3) with halves up
+    assert res["self_align"]["strategy"]["n_kept"] == 12
+    for r in res.values():
+        fg = r["fine_grained"]["test"]
+        assert sum(v["n"] for v in fg["base"].values()) == 6  # every test item lands in one subset
+        assert "items" not in r["metrics"]["benchmarks"]["test"]  # per-item rows stay out of results.json
+    keys = {r["cache_keys"]["train"] for r in res.values()}
+    assert len(keys) == 4 and None in keys
