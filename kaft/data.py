@@ -205,8 +205,9 @@ def check_spec(spec: Mapping) -> None:
     if src not in SOURCES:
         raise DataError(f"unknown data source {src!r}; choose one of {sorted(SOURCES)}")
     if src == "local":
-        if not spec.get("path"):
-            raise DataError("a local data set needs 'path'")
+        if not spec.get("path") or spec.get("path") == "???":
+            raise DataError("a local data set needs a path: set dataset.train.path=/abs/train.jsonl and "
+                            "dataset.eval.<benchmark>.path=/abs/test.jsonl")
         if not Path(str(spec["path"])).expanduser().exists():
             raise DataError(f"{spec['path']}: no such file (check the dataset config's path)")
     if src == "hub" and not spec.get("path"):
@@ -220,7 +221,7 @@ def load_items(spec: Mapping, domain: str | None = None, **ctx) -> list[MCItem]:
     kwargs = {k: v for k, v in spec.items() if k not in ("source", "fields", "answer_base", "limit", "name_in_results")}
     if src == "hub":
         kwargs["name"] = spec.get("name")
-    rows = SOURCES[src](**kwargs, **ctx)
+    rows = read_spec_rows(spec, kwargs, ctx)  # subsets, data_files, join, filter, adapters (row adapters below)
     limit = spec.get("limit")
     if limit:
         rows = (r for i, r in enumerate(rows) if i < int(limit))
@@ -246,3 +247,218 @@ def write_jsonl(items: Iterable[MCItem], path: str | os.PathLike) -> None:
 def read_jsonl(path: str | os.PathLike) -> list[MCItem]:
     with open(path, encoding="utf-8") as fh:
         return [MCItem.from_dict(json.loads(line)) for line in fh if line.strip()]
+
+
+# ----------------------------------------------------------------------------------------------- row adapters
+# Hub benchmarks whose rows `fields` alone cannot map. A data spec may add, applied in this order between the
+# source and normalize_rows (so `limit` counts the rows that survive them):
+#
+#   subsets: [a, b]        read the source once per subset and concatenate: a hub config name each (MMLU*'s
+#                          subjects); for a local source `path` is a directory holding <subset>.jsonl/.json/
+#                          .csv/.parquet. Rows without a subject column get `subject: <subset>`, rows without an
+#                          id get `<subset>-<n>`, so ids stay unique.
+#   data_files: <glob>     hub only: datasets.load_dataset(path, data_files=...) for repos without configs.
+#   join: {path, key, columns}  copy `columns` from a local JSON/JSONL/CSV file into each row, matched on the
+#                          `key` column (CMB's test answers ship in a separate file); a row without a match is an
+#                          error naming its key.
+#   filter: {column: cond} keep rows whose column matches every cond: a scalar (equal), a list (one of), or
+#                          {pattern: regex} (full match of str(value)), e.g. single-answer questions only.
+#   adapter: name | [names]  reshape rows (ADAPTERS below); parameters are plain spec keys.
+#   drop_empty_options: true  drop null / blank options (dict or list), e.g. the unused E/F slots that a
+#                          datasets struct column fills with None. A blank option before a non-blank one is
+#                          kept (and then rejected by normalize_rows), since dropping it would shift letters.
+ROW_SPEC_KEYS = ("subsets", "data_files", "join", "filter", "adapter", "drop_empty_options", "answer_text",
+                 "halueval_seed", "option_lines")
+
+
+def _spec_fields(spec: Mapping) -> dict:
+    return {**DEFAULT_FIELDS, **(spec.get("fields") or {})}
+
+
+def _read_hub_data_files(path: str, data_files, split: str = "train", revision: str | None = None,
+                         name: str | None = None) -> Iterator[Mapping]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(path, name, data_files=data_files, split=split, revision=revision)
+    except Exception as e:  # noqa: BLE001 - one line, as _read_hub
+        raise DataError(f"hub dataset {path!r} (data_files {data_files!r}, split {split!r}) could not be loaded: "
+                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    yield from ds
+
+
+def _read_subset_dir(directory: str, subset: str) -> Iterator[Mapping]:
+    d = Path(directory).expanduser()
+    for ext in (".jsonl", ".json", ".csv", ".parquet"):
+        if (d / f"{subset}{ext}").exists():
+            return _read_local(str(d / f"{subset}{ext}"))
+    raise DataError(f"{d}: no file for subset {subset!r} (expected {subset}.jsonl, .json, .csv or .parquet)")
+
+
+def _read_source(src: str, kwargs: Mapping, spec: Mapping, ctx: Mapping) -> Iterator[Mapping]:
+    kw = {k: v for k, v in kwargs.items() if k not in ROW_SPEC_KEYS}
+    if src == "hub" and spec.get("data_files"):
+        return _read_hub_data_files(kw["path"], spec["data_files"], kw.get("split", "train"), kw.get("revision"),
+                                    kw.get("name"))
+    return SOURCES[src](**kw, **ctx)
+
+
+def _read_subsets(src: str, kwargs: Mapping, spec: Mapping, ctx: Mapping) -> Iterator[Mapping]:
+    f = _spec_fields(spec)
+    for subset in spec["subsets"]:
+        if src == "local":
+            if not Path(str(spec["path"])).expanduser().is_dir():
+                raise DataError(f"{spec['path']}: with 'subsets' a local path must be a directory of <subset> files")
+            rows = _read_subset_dir(str(spec["path"]), str(subset))
+        else:
+            rows = _read_source(src, {**kwargs, "name": subset}, spec, ctx)
+        for n, row in enumerate(rows):
+            row = dict(row)
+            if f.get("subject") and row.get(f["subject"]) in (None, ""):
+                row[f["subject"]] = str(subset)
+            if row.get(f["id"]) in (None, ""):
+                row[f["id"]] = f"{subset}-{n}"
+            yield row
+
+
+def _join(rows: Iterable[Mapping], join: Mapping, source: str) -> Iterator[Mapping]:
+    if not join.get("path") or not join.get("key"):
+        raise DataError(f"{source}: 'join' needs 'path' and 'key' (the column both files share)")
+    on, cols = str(join["key"]), list(join.get("columns") or ["answer"])
+    table = {}
+    for r in _read_local(str(join["path"])):
+        table[str(r.get(on))] = r
+    for n, row in enumerate(rows, start=1):
+        key = str(row.get(on))
+        if key not in table:
+            raise DataError(f"{source}: row {n}: field '{on}': {key!r} not found in {join['path']}")
+        yield {**row, **{c: table[key].get(c) for c in cols}}
+
+
+def _matches(value, cond) -> bool:
+    if isinstance(cond, Mapping):
+        import re
+
+        if "pattern" in cond:
+            return value is not None and re.fullmatch(str(cond["pattern"]), str(value)) is not None
+        raise DataError(f"filter condition {dict(cond)!r}: use a value, a list of values or {{pattern: regex}}")
+    if isinstance(cond, (list, tuple)):
+        return value in cond or str(value) in [str(c) for c in cond]
+    return value == cond or str(value) == str(cond)
+
+
+def _filter(rows: Iterable[Mapping], conds: Mapping) -> Iterator[Mapping]:
+    for row in rows:
+        if all(_matches(row.get(col), cond) for col, cond in conds.items()):
+            yield row
+
+
+def _drop_empty(opts):
+    def blank(o):
+        return o is None or (isinstance(o, str) and not o.strip())
+
+    if isinstance(opts, Mapping):
+        keys = sorted(opts)
+        while keys and blank(opts[keys[-1]]):
+            keys.pop()
+        return {k: opts[k] for k in keys}
+    if isinstance(opts, (list, tuple)):
+        out = list(opts)
+        while out and blank(out[-1]):
+            out.pop()
+        return out
+    return opts
+
+
+def _drop_empty_options(rows: Iterable[Mapping], spec: Mapping) -> Iterator[Mapping]:
+    col = _spec_fields(spec)["options"]
+    if isinstance(col, (list, tuple)):
+        raise DataError(f"{describe(spec)}: drop_empty_options needs one options column, not a list of columns")
+    for row in rows:
+        yield {**row, col: _drop_empty(row[col])} if col in row else row
+
+
+_LETTER_PREFIX = r"^\s*\(?([A-Z])\s*[\).．、:：]?\s+|^\s*\(?([A-Z])[\).．、:：]\s*"
+
+
+def adapt_option_lines(rows: Iterable[Mapping], spec: Mapping) -> Iterator[Mapping]:
+    """Options held in one string, one per line ("A 选项\\nB 选项", CMExam; "opt\\nopt", Xiezhi), or as a list of
+    {"key": "A", "value": ...} objects: turned into a list. With ``answer_text: true`` the answer column holds the
+    text of the correct option (Xiezhi) and is turned into its index."""
+    import re
+
+    f = _spec_fields(spec)
+    col, ans = f["options"], f["answer"]
+    for row in rows:
+        row = dict(row)
+        opts = row.get(col)
+        if isinstance(opts, str):
+            lines = [ln for ln in opts.replace("\r\n", "\n").split("\n") if ln.strip()]
+            parsed = [re.match(_LETTER_PREFIX, ln) for ln in lines]
+            lettered = bool(lines) and all(m and (m.group(1) or m.group(2)) == LETTERS[i]
+                                           for i, m in enumerate(parsed[:len(LETTERS)]))
+            if lettered:  # "A 选项": strip the letters (they must run A, B, C, ... to count as letters)
+                row[col] = [ln[m.end():].strip() for ln, m in zip(lines, parsed)]
+            else:
+                row[col] = [ln.strip() for ln in lines]
+        elif isinstance(opts, (list, tuple)) and opts and all(isinstance(o, Mapping) for o in opts):
+            ordered = sorted(opts, key=lambda o: str(o.get("key", o.get("label"))))
+            row[col] = [o.get("value", o.get("text")) for o in ordered]
+        if spec.get("answer_text") and isinstance(row.get(col), list) and row.get(ans) is not None:
+            text = str(row[ans]).strip()
+            matches = [i for i, o in enumerate(row[col]) if str(o).strip() == text]
+            row[ans] = matches[0] if len(matches) == 1 else f"<answer text {text!r} matches {len(matches)} options>"
+        yield row
+
+
+HALUEVAL_TASKS = {  # task: (right column, hallucinated column, [(label, context column)], what is judged)
+    "qa": ("right_answer", "hallucinated_answer", [("Knowledge", "knowledge"), ("Question", "question")], "Answer"),
+    "dialogue": ("right_response", "hallucinated_response",
+                 [("Knowledge", "knowledge"), ("Dialogue History", "dialogue_history")], "Response"),
+    "summarization": ("right_summary", "hallucinated_summary", [("Document", "document")], "Summary"),
+}
+
+
+def adapt_halueval(rows: Iterable[Mapping], spec: Mapping) -> Iterator[Mapping]:
+    """HaluEval (qa / dialogue / summarization rows, each with a right and a hallucinated output) as a 2-option
+    question, as in KaFT App. A.1: per row one of the two outputs is drawn (seeded by ``halueval_seed`` and the
+    row number, so the set is the same in every run); options ["Yes", "No"] (does it contain hallucinated
+    content?), gold "Yes" (index 0) for the hallucinated output. The task is read off the row's columns."""
+    seed = int(spec.get("halueval_seed", 0))
+    for n, row in enumerate(rows):
+        task = next((t for t, (right, *_) in HALUEVAL_TASKS.items() if right in row), None)
+        if task is None:
+            raise DataError(f"{describe(spec)}: row {n + 1}: not a HaluEval qa/dialogue/summarization row "
+                            f"(no right_answer / right_response / right_summary column)")
+        right, halluc, context, what = HALUEVAL_TASKS[task]
+        pick_halluc = int(hashlib.sha256(f"{seed}:{n}".encode()).hexdigest(), 16) % 2 == 1
+        output = row.get(halluc if pick_halluc else right)
+        parts = [f"#{label}#: {row.get(c)}" for label, c in context]
+        parts.append(f"#{what}#: {output}")
+        parts.append(f"Does the {what.lower()} contain non-factual or hallucinated information?")
+        yield {"id": f"{task}-{n}", "question": "\n".join(parts), "options": ["Yes", "No"],
+               "answer": 0 if pick_halluc else 1, "subject": f"halueval_{task}"}
+
+
+ADAPTERS: dict[str, Callable[[Iterable[Mapping], Mapping], Iterator[Mapping]]] = {
+    "option_lines": adapt_option_lines,
+    "halueval": adapt_halueval,
+}
+
+
+def read_spec_rows(spec: Mapping, kwargs: Mapping, ctx: Mapping) -> Iterator[Mapping]:
+    """A spec's raw rows with subsets, data_files, join, filter, adapters and drop_empty_options applied."""
+    src = spec.get("source", "local")
+    rows = _read_subsets(src, kwargs, spec, ctx) if spec.get("subsets") else _read_source(src, kwargs, spec, ctx)
+    if spec.get("join"):
+        rows = _join(rows, spec["join"], describe(spec))
+    if spec.get("filter"):
+        rows = _filter(rows, spec["filter"])
+    names = spec.get("adapter") or []
+    for name in [names] if isinstance(names, str) else names:
+        if name not in ADAPTERS:
+            raise DataError(f"{describe(spec)}: unknown adapter {name!r}; choose one of {sorted(ADAPTERS)}")
+        rows = ADAPTERS[name](rows, spec)
+    if spec.get("drop_empty_options"):
+        rows = _drop_empty_options(rows, spec)
+    return rows
