@@ -55,14 +55,30 @@ def _resolve_hub(cfg: Mapping, testbed: Mapping, cache_root: str) -> tuple[str, 
     path = str(cfg["path"])
     local = Path(path).expanduser()
     if local.is_dir():
+        _check_model_dir(local)
         return str(local), make_key("local", _dir_identity(local))
     return path, make_key("hub", path, cfg.get("revision"))
 
 
-def _resolve_local(cfg: Mapping, testbed: Mapping, cache_root: str) -> tuple[str, str]:
-    local = Path(str(cfg.get("path", ""))).expanduser()
+# files any Hugging Face tokenizer directory holds at least one of
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "spiece.model", "sentencepiece.bpe.model")
+
+
+def _check_model_dir(local: Path) -> None:
+    """A saved model directory must hold a config and a tokenizer (checked before anything is loaded)."""
+    if not local.is_dir():
+        raise ModelError(f"{local}: no such model directory; set model.path to a saved model (save_pretrained)")
     if not (local / "config.json").exists():
         raise ModelError(f"{local}: not a model directory (no config.json); set model.path to a saved model")
+    if not any((local / f).exists() for f in TOKENIZER_FILES):
+        raise ModelError(f"{local}: no tokenizer in the model directory (none of {', '.join(TOKENIZER_FILES[:3])}, "
+                         f"...); save it there too: tokenizer.save_pretrained({str(local)!r})")
+
+
+def _resolve_local(cfg: Mapping, testbed: Mapping, cache_root: str) -> tuple[str, str]:
+    local = Path(str(cfg.get("path", ""))).expanduser()
+    _check_model_dir(local)
     return str(local), make_key("local", _dir_identity(local))
 
 
@@ -78,7 +94,7 @@ def check_model_cfg(cfg: Mapping) -> None:
     src = cfg.get("source")
     if src not in SOURCES:
         raise ModelError(f"unknown model source {src!r}; choose one of {sorted(SOURCES)}")
-    if src in ("hub", "local") and not cfg.get("path"):
+    if src in ("hub", "local") and (not cfg.get("path") or cfg.get("path") == "???"):
         raise ModelError(f"model.path is required for a {src} model (a hub id or a local directory)")
     _dtype(cfg.get("dtype"))
 

@@ -454,8 +454,10 @@ def _main(cfg: DictConfig) -> float:
     the other jobs go on; the sweep summary lists it as failed and the sweep exits 1 (see kaft/status.py)."""
     from kaft import status as status_mod
 
+    status_mod.job_started()
     multirun = status_mod.in_multirun()
     try:
+        status_mod.check_writable_dir(cfg.cache_dir, "cache dir (cache_dir / KAFT_CACHE_DIR)")
         results = run(cfg)
     except USER_ERRORS + status_mod.CONFIG_ERRORS as e:
         msg = status_mod.one_line(e) if isinstance(e, status_mod.CONFIG_ERRORS) else str(e)
@@ -480,11 +482,15 @@ def _main(cfg: DictConfig) -> float:
 
 def main() -> None:
     """The CLI (``python -m kaft.run``): Hydra's own errors (unknown config option, a value of the wrong type, bad
-    override syntax) also end in one ``kaft: error: ...`` line and exit code 2."""
+    override syntax) also end in one ``kaft: error: ...`` line and exit code 2; a sweep with failed jobs exits 1
+    after all its jobs have run."""
     from kaft.status import hydra_errors_as_one_line
+    from kaft.summary import LAST_SWEEP
 
     with hydra_errors_as_one_line():
         _main()
+    if LAST_SWEEP["failed"]:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

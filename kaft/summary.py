@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 RESULTS_FILE = "results.json"
 CSV_FILE = "summary.csv"
 MD_FILE = "summary.md"
+ERROR_FILE = "error.txt"  # a failed job's traceback (kaft.run records it in the job's run dir)
 _SKIP_DIRS = {"wandb", ".hydra", ".submitit", "__pycache__"}
 
 
@@ -85,6 +86,8 @@ def _row(sweep_dir: Path, job_dir: Path) -> dict:
     if res is None:
         info = _hydra_job(job_dir)
         row.update({k: v for k, v in info.items() if v is not None})
+        if row["status"] == "missing" and (job_dir / ERROR_FILE).exists():  # failed before results.json was written
+            row["status"], row["error"] = "failed", _last_line(job_dir / ERROR_FILE)
         return row
     job = res.get("job") or {}
     info = _hydra_job(job_dir) if job.get("num") is None else {}
@@ -93,11 +96,21 @@ def _row(sweep_dir: Path, job_dir: Path) -> dict:
     row["overrides"] = list(res.get("overrides") or info.get("overrides") or [])
     row["status"] = str(res.get("status") or "done")
     row["error"] = res.get("error")
+    if row["status"] == "failed" and not row["error"] and (job_dir / ERROR_FILE).exists():
+        row["error"] = _last_line(job_dir / ERROR_FILE)
     metrics = res.get("metrics") or {}
     for name, r in (metrics.get("benchmarks") or {}).items():
         row["accs"][name] = _float((r or {}).get("acc"))
     row["average"] = _float(metrics.get("average"))
     return row
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
 
 
 def _float(v) -> float | None:
@@ -218,31 +231,57 @@ def write_summary(sweep_dir: str | os.PathLike, rows: Sequence[dict] | None = No
 
 
 # ----------------------------------------------------------------------------------------------- Hydra
+def format_failures(rows: Sequence[dict]) -> str:
+    """One line per failed job: its number, overrides and the error's last line."""
+    common = common_overrides(rows)
+    return "\n".join(f"failed: job {r['num']} ({_label(r, common)}): {r['error'] or 'no error recorded'}"
+                     + (f"  [{r['path']}/{ERROR_FILE}]" if r.get("path") else "")
+                     for r in rows if r["status"] == "failed")
+
+
+# the number of failed jobs of the last sweep summarised in this process: ``python -m kaft.run -m`` exits 1 if > 0
+LAST_SWEEP: dict[str, Any] = {"failed": 0, "sweep_dir": None}
+
+
 class SummaryCallback(Callback):
-    """Prints one table of all jobs and writes summary.csv / summary.md when a multirun ends."""
+    """Prints one table of all jobs and writes summary.csv / summary.md when a multirun ends; failed jobs get one
+    line each with their error, and their count is left in :data:`LAST_SWEEP` (kaft.run's CLI then exits 1)."""
 
     def __init__(self, print_table: bool = True, **_: Any):
         self.print_table = print_table
 
     def on_multirun_end(self, config, **kwargs: Any) -> None:
+        failed = self._summarize(config)
+        LAST_SWEEP.update(failed=failed, sweep_dir=str(config.hydra.sweep.dir))
+        if failed:
+            print(f"kaft: {failed} job(s) of the sweep failed (error.txt in their run dirs; "
+                  f"python -m kaft.status {config.hydra.sweep.dir})", file=sys.stderr, flush=True)
+
+    def _summarize(self, config) -> int:
+        """Print and write the summary; returns the number of failed jobs."""
         try:
             sweep_dir = Path(str(config.hydra.sweep.dir))
             rows = summarize(sweep_dir)
             if not rows:
                 log.warning("summary: no jobs found under %s", sweep_dir)
-                return
+                return 0
             csv_path, md_path = write_summary(sweep_dir, rows)
+            failures = format_failures(rows)
             if self.print_table:
                 counts = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
                 common = common_overrides(rows)
                 shared = f"shared overrides: {' '.join(common)}\n" if common else ""
                 print(f"\nkaft sweep summary: {sweep_dir}  ({', '.join(f'{n} {s}' for s, n in counts.items())})\n"
-                      f"{shared}{format_table(rows)}\n(also {csv_path.name} and {md_path.name} there)\n", flush=True)
+                      f"{shared}{format_table(rows)}\n{failures + chr(10) if failures else ''}"
+                      f"(also {csv_path.name} and {md_path.name} there)\n", flush=True)
+            return sum(r["status"] == "failed" for r in rows)
         except Exception as e:  # noqa: BLE001 - a summary must never turn a finished sweep into a failure
             log.warning("summary: could not summarise the sweep: %s", e)
+            return 0
 
 
-__all__ = ["SummaryCallback", "benchmarks", "format_csv", "format_markdown", "format_table", "summarize",
+__all__ = ["SummaryCallback", "benchmarks", "format_csv", "format_failures", "format_markdown", "format_table",
+           "summarize",
            "write_summary"]
 
 
