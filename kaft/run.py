@@ -211,9 +211,12 @@ def stage_detect(cfg, cache, model, train, model_id, fps, which: str = "train") 
 
     def build(tmp: Path):
         backend = detect_mod.make_backend(_plain(cfg.detection), model.get, model.path, int(cfg.seed))
-        records = detect_mod.run_detection(backend, train, _plain(cfg.detection), int(cfg.seed), cfg.dataset.domain,
-                                           cfg.dataset.get("instruction"), progress=bool(cfg.progress),
-                                           work_dir=cache.scratch("detect", key))
+        try:
+            records = detect_mod.run_detection(backend, train, _plain(cfg.detection), int(cfg.seed),
+                                               cfg.dataset.domain, cfg.dataset.get("instruction"),
+                                               progress=bool(cfg.progress), work_dir=cache.scratch("detect", key))
+        finally:
+            getattr(backend, "close", lambda: None)()  # a vLLM engine frees its process and KV cache
         detect_mod.write_records(records, tmp / "scores.jsonl")
 
     hit = cache.get_or_create("detect", key, build, meta={"n_items": len(train)})
