@@ -242,7 +242,10 @@ def stage_partition(cfg, cache, records, detect_key) -> tuple[list[int], list[st
 
 def stage_train(cfg, cache, model, train, weights, model_id, records=None):
     """Returns (tuned model in memory or None if only cached, adapter dir, cache hit?, key)."""
+    # preference losses train on the detection samples: those are part of what the adapter depends on
+    samples = [(r["id"], r.get("answers")) for r in records] if records is not None else None
     key = make_key("train", STAGE_VERSIONS["train"], model_id, data_mod.fingerprint(train), [round(w, 8) for w in weights],
+                   samples,
                    _plain(cfg.loss), _plain(cfg.train), cfg.seed, cfg.dataset.domain, cfg.dataset.get("instruction"))
     tuned = {}
 

@@ -1,10 +1,15 @@
-"""Stage 4 — LoRA fine-tuning with per-sample rewards (KaFT) or per-token gating (EAFT).
+"""Stage 4 — LoRA fine-tuning with per-sample rewards (KaFT), per-token weights (EAFT, DFT) or preference pairs (DPO).
 
 :func:`train_lora` wraps a causal LM in a peft LoRA adapter and trains it with a :class:`transformers.Trainer`
-whose ``compute_loss`` calls :func:`kaft.losses.compute_loss`. Each item becomes one example: the prompt of
-:func:`kaft.prompts.format_question` followed by the target :func:`kaft.prompts.answer_text` (``" A"``), with the
-loss on the target tokens only. :func:`encode_example` is that tokenisation, public so that scoring code can use the
-very same token split.
+whose ``compute_loss`` calls :func:`sft_batch_loss` (-> :func:`kaft.losses.compute_loss`) or, for a pairwise loss,
+:func:`dpo_batch_loss`. Each item becomes one example: the prompt of :func:`kaft.prompts.format_question` followed
+by the target :func:`kaft.prompts.answer_text` (``" A"``), with the loss on the target tokens only.
+:func:`encode_example` is that tokenisation, public so that scoring code can use the very same token split.
+
+DPO pairs (:func:`kaft.pairs.build_pairs`) are encoded the same way. The reference policy is the same peft model
+with its adapter disabled (no second copy of the weights). When chosen and rejected differ only in their last
+token — one-letter answers after the same prompt — both are read from one sequence's logits (the causal logits that
+score the last token do not see it), so such a pair costs one sequence, not two.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import torch
 
 from kaft import losses
 from kaft.data import MCItem
+from kaft.pairs import build_pairs, has_samples
 from kaft.prompts import DEFAULT_INSTRUCTION, answer_text, format_question
 
 log = logging.getLogger(__name__)
@@ -118,6 +124,67 @@ class WeightedCollator:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels, "weights": weights}
 
 
+def build_pair_examples(tokenizer, pairs: Sequence[Mapping], weights: Sequence[float],
+                        max_length: int) -> list[dict]:
+    """Tokenised DPO pairs: ``prompt + chosen`` and ``prompt + rejected`` (:func:`encode_example`), weighted by
+    ``weights[pair["index"]]`` (the pair's item reward)."""
+    rows = []
+    for p in pairs:
+        c_ids, c_lab = encode_example(tokenizer, p["prompt"], p["chosen"], max_length)
+        r_ids, r_lab = encode_example(tokenizer, p["prompt"], p["rejected"], max_length)
+        rows.append({"chosen_ids": c_ids, "chosen_labels": c_lab, "rejected_ids": r_ids, "rejected_labels": r_lab,
+                     "weights": float(weights[p["index"]])})
+    return rows
+
+
+def _shares_sequence(r: Mapping) -> bool:
+    """Chosen and rejected differ only in the last token (labels before it equal): one sequence scores both."""
+    c, rj = r["chosen_ids"], r["rejected_ids"]
+    return len(c) == len(rj) and c[:-1] == rj[:-1] and r["chosen_labels"][:-1] == r["rejected_labels"][:-1]
+
+
+class PairCollator:
+    """Packs DPO pairs into one right-padded batch of sequences.
+
+    Returns ``input_ids`` / ``attention_mask`` [M, T], ``chosen_labels`` / ``rejected_labels`` [P, T] aligned with
+    sequence rows ``chosen_row`` / ``rejected_row`` [P], and ``weights`` [P]. A pair whose answers differ only in the
+    last token takes one row (M < 2P) unless ``share=False``.
+    """
+
+    def __init__(self, pad_id: int, share: bool = True):
+        self.pad_id, self.share = pad_id, share
+
+    def __call__(self, rows: Sequence[Mapping]) -> dict[str, torch.Tensor]:
+        seqs: list[list[int]] = []
+        c_row, r_row, c_lab, r_lab = [], [], [], []
+        for r in rows:
+            c_row.append(len(seqs))
+            seqs.append(r["chosen_ids"])
+            if self.share and _shares_sequence(r):
+                r_row.append(c_row[-1])  # its labels score the chosen row's logits: only the last label differs
+            else:
+                r_row.append(len(seqs))
+                seqs.append(r["rejected_ids"])
+            r_lab.append(r["rejected_labels"])
+            c_lab.append(r["chosen_labels"])
+        n = max(len(x) for x in seqs)
+        ids = torch.full((len(seqs), n), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), n), dtype=torch.long)
+        for i, x in enumerate(seqs):
+            ids[i, :len(x)] = torch.tensor(x, dtype=torch.long)
+            mask[i, :len(x)] = 1
+
+        def pad(labels: list[list[int]]) -> torch.Tensor:
+            out = torch.full((len(labels), n), IGNORE_INDEX, dtype=torch.long)
+            for i, lab in enumerate(labels):
+                out[i, :len(lab)] = torch.tensor(lab, dtype=torch.long)
+            return out
+
+        return {"input_ids": ids, "attention_mask": mask, "chosen_labels": pad(c_lab), "rejected_labels": pad(r_lab),
+                "chosen_row": torch.tensor(c_row), "rejected_row": torch.tensor(r_row),
+                "weights": torch.tensor([float(r["weights"]) for r in rows], dtype=torch.float32)}
+
+
 # ----------------------------------------------------------------------------------------------- trainer
 def _accepts_logits_to_keep(model) -> bool:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -125,6 +192,54 @@ def _accepts_logits_to_keep(model) -> bool:
         return "logits_to_keep" in inspect.signature(base.forward).parameters
     except (TypeError, ValueError):
         return False
+
+
+def sft_batch_loss(model, inputs: Mapping, loss_cfg: Mapping, slice_logits: bool):
+    """``(loss, outputs)`` of one SFT batch (``input_ids``, ``attention_mask``, ``labels``, ``weights``).
+
+    With ``slice_logits`` (the model takes ``logits_to_keep``) only the logits of positions that predict a label
+    token are computed: the union over the batch of such positions.
+    """
+    labels, weights = inputs["labels"], inputs["weights"]
+    fwd = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+    if slice_logits:
+        # position t predicts labels[:, t + 1]: keep the union over the batch of positions that do
+        pos = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero(as_tuple=True)[0]
+        outputs = model(**fwd, logits_to_keep=pos)
+        return losses.compute_loss(loss_cfg, outputs.logits, labels[:, pos + 1], weights, labels_shifted=True), outputs
+    outputs = model(**fwd)
+    return losses.compute_loss(loss_cfg, outputs.logits, labels, weights), outputs
+
+
+def _pair_logps(model, inputs: Mapping, slice_logits: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    c_lab, r_lab = inputs["chosen_labels"], inputs["rejected_labels"]
+    fwd = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+    if slice_logits:
+        pos = ((c_lab[:, 1:] != IGNORE_INDEX) | (r_lab[:, 1:] != IGNORE_INDEX)).any(dim=0).nonzero(as_tuple=True)[0]
+        logits = model(**fwd, logits_to_keep=pos).logits
+        c_lab, r_lab = c_lab[:, pos + 1], r_lab[:, pos + 1]
+    else:
+        logits = model(**fwd).logits
+    return (losses.sequence_logps(logits, c_lab, inputs["chosen_row"], labels_shifted=slice_logits),
+            losses.sequence_logps(logits, r_lab, inputs["rejected_row"], labels_shifted=slice_logits))
+
+
+def dpo_batch_loss(model, inputs: Mapping, beta: float, slice_logits: bool,
+                   peft_model=None) -> tuple[torch.Tensor, dict]:
+    """``(loss, stats)`` of one batch of :class:`PairCollator` pairs under :func:`kaft.losses.dpo_loss`.
+
+    ``model`` is a peft model (or a wrapper of one: then pass the unwrapped ``peft_model``): the reference
+    log-probabilities come from it with the adapter disabled, without gradient. ``stats`` holds the mean implicit
+    reward margin and the fraction of pairs ranked right (detached 0-d tensors: reading them is left to logging, so
+    there is no device sync per step).
+    """
+    policy_c, policy_r = _pair_logps(model, inputs, slice_logits)
+    with torch.no_grad(), (peft_model or model).disable_adapter():
+        ref_c, ref_r = _pair_logps(model, inputs, slice_logits)
+    loss = losses.dpo_loss(policy_c, policy_r, ref_c, ref_r, beta, inputs["weights"])
+    with torch.no_grad():
+        margin = beta * ((policy_c - ref_c) - (policy_r - ref_r))
+    return loss, {"reward_margin": margin.mean(), "reward_accuracy": (margin > 0).float().mean()}
 
 
 def _make_trainer_class():
@@ -145,20 +260,41 @@ def _make_trainer_class():
             self._slice_logits = _accepts_logits_to_keep(self.model)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            labels, weights = inputs["labels"], inputs["weights"]
-            fwd = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
-            if self._slice_logits:
-                # position t predicts labels[:, t + 1]: keep the union over the batch of positions that do
-                pos = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero(as_tuple=True)[0]
-                outputs = model(**fwd, logits_to_keep=pos)
-                loss = losses.compute_loss(self.loss_cfg, outputs.logits, labels[:, pos + 1], weights,
-                                           labels_shifted=True)
-            else:
-                outputs = model(**fwd)
-                loss = losses.compute_loss(self.loss_cfg, outputs.logits, labels, weights)
+            loss, outputs = sft_batch_loss(model, inputs, self.loss_cfg, self._slice_logits)
             return (loss, outputs) if return_outputs else loss
 
     return WeightedLossTrainer
+
+
+def _make_pair_trainer_class():
+    from transformers import Trainer
+
+    class PairLossTrainer(Trainer):
+        """A Trainer whose loss is :func:`dpo_batch_loss` on :class:`PairCollator` batches (a per-micro-batch mean
+        over pairs). The running reward margin / accuracy are logged with the loss."""
+
+        loss_is_scaled_for_ga = False
+
+        def __init__(self, *args, loss_cfg: Mapping, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.dpo_beta = losses.DPO.settings(loss_cfg)["beta"]
+            self._slice_logits = _accepts_logits_to_keep(self.model)
+            self._stats: list[dict] = []
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss, stats = dpo_batch_loss(model, inputs, self.dpo_beta, self._slice_logits,
+                                         peft_model=self.accelerator.unwrap_model(model))
+            self._stats.append(stats)
+            return (loss, None) if return_outputs else loss
+
+        def log(self, logs, *args, **kwargs):
+            if self._stats and "loss" in logs:
+                for key in self._stats[0]:
+                    logs[key] = float(sum(s[key] for s in self._stats) / len(self._stats))
+                self._stats = []
+            super().log(logs, *args, **kwargs)
+
+    return PairLossTrainer
 
 
 def validate_train_cfg(train_cfg: Mapping) -> None:
@@ -199,12 +335,16 @@ def _lora_config(lora: Mapping):
 
 def train_lora(model, tokenizer, items: Sequence[MCItem], weights: Sequence[float], loss_cfg: Mapping,
                train_cfg: Mapping, out_dir: str | Path, seed: int, domain: str,
-               instruction: str | None = None):
+               instruction: str | None = None, records: Sequence[dict] | None = None):
     """Fine-tune ``model`` with LoRA on ``items`` weighted by ``weights``; return the peft model (in memory, in
     eval mode) after saving its adapter to ``out_dir``.
 
     ``weights[i]`` is item i's reward from :func:`kaft.losses.sample_weights`. ``train_cfg`` holds
     :data:`TRAIN_KEYS` (``lora`` = ``{r, alpha, dropout, target_modules}``); optional ``gradient_checkpointing``.
+    ``records`` are the detection records of ``items`` (same order); a pairwise loss
+    (:func:`kaft.losses.needs_samples`, i.e. ``dpo``) builds its pairs from their sampled answers and needs them;
+    then ``train.batch_size`` counts pairs, the pairs go to ``out_dir/pairs.jsonl`` and their counts to
+    ``train_log.json``. Other losses ignore ``records``.
     """
     from peft import PeftModel, get_peft_model
     from transformers import TrainingArguments, set_seed
@@ -220,9 +360,27 @@ def train_lora(model, tokenizer, items: Sequence[MCItem], weights: Sequence[floa
     if isinstance(model, PeftModel):
         raise ValueError("train_lora: the model already carries a peft adapter; pass the base model")
 
+    pairwise = losses.needs_samples(loss_cfg)
+    pairs: list[dict] = []
+    if pairwise:
+        if not has_samples(records):
+            raise ValueError(f"train_lora: loss {loss_cfg.get('name')} builds its pairs from the detection's sampled "
+                             f"answers, but {'no records were passed' if records is None else 'no record has any'}; "
+                             f"pass records= from a detection that saves samples (estimator=sample or icl)")
+        s = losses.DPO.settings(loss_cfg)
+        pairs = build_pairs(items, records, s["pairs"], s["max_pairs"], seed, domain=domain, instruction=instruction)
+        if not pairs:
+            raise ValueError(f"train_lora: loss {loss_cfg.get('name')} (pairs={s['pairs']}): no item has a wrong "
+                             f"sampled answer, so there is no preference pair to train on")
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = build_examples(tokenizer, items, weights, domain, instruction, int(train_cfg["max_length"]))
+    max_length = int(train_cfg["max_length"])
+    if pairwise:
+        rows = build_pair_examples(tokenizer, pairs, weights, max_length)
+        (out_dir / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    else:
+        rows = build_examples(tokenizer, items, weights, domain, instruction, max_length)
     pad_id = tokenizer.pad_token_id
     if pad_id is None:
         pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0  # masked out anyway
@@ -256,16 +414,19 @@ def train_lora(model, tokenizer, items: Sequence[MCItem], weights: Sequence[floa
         dataloader_num_workers=0,
         log_level="warning",
     )
-    trainer = _make_trainer_class()(model=model, args=args, train_dataset=_ListDataset(rows),
-                                    data_collator=WeightedCollator(pad_id), loss_cfg=loss_cfg)
+    trainer_cls, collator = ((_make_pair_trainer_class(), PairCollator(pad_id)) if pairwise else
+                             (_make_trainer_class(), WeightedCollator(pad_id)))
+    trainer = trainer_cls(model=model, args=args, train_dataset=_ListDataset(rows), data_collator=collator,
+                          loss_cfg=loss_cfg)
     result = trainer.train()
     model = trainer.model
     model.eval()
     model.save_pretrained(str(out_dir))
     history = [dict(h) for h in trainer.state.log_history]
-    (out_dir / "train_log.json").write_text(json.dumps(
-        {"train_loss": result.training_loss, "global_step": result.global_step, "log_history": history},
-        indent=1, default=float))
-    log.info("trained %d items for %d steps, final train loss %.4f; adapter in %s", len(rows),
-             result.global_step, result.training_loss, out_dir)
+    summary = {"train_loss": result.training_loss, "global_step": result.global_step, "log_history": history}
+    if pairwise:
+        summary.update(n_pairs=len(pairs), n_items_with_pairs=len({p["index"] for p in pairs}))
+    (out_dir / "train_log.json").write_text(json.dumps(summary, indent=1, default=float))
+    log.info("trained %d %s for %d steps, final train loss %.4f; adapter in %s", len(rows),
+             "pairs" if pairwise else "items", result.global_step, result.training_loss, out_dir)
     return model

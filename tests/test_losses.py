@@ -132,8 +132,25 @@ def test_kaft_rewards_override_and_other_k():
     ({"name": "kaft", "alhpa": 0.1}, 4, "unknown key.*alhpa"),
     ({"name": "eaft", "alpha": 1.0, "k": 1}, 4, "'k'"),
     ({"name": "eaft", "alpha": -1.0}, 4, "alpha"),
-    ({"name": "focal"}, 4, "unknown loss 'focal'.*auto_adapt.*constant.*eaft.*kaft"),
+    ({"name": "focal"}, 4, "unknown loss 'focal'.*auto_adapt.*constant.*dft.*dpo.*eaft.*kaft.*kaft_eaft"),
     ({}, 4, "unknown loss None"),
+    ({"name": "eaft", "normalize": "ln20"}, 4, "unknown normalize 'ln20'.*const3.*lnk.*none"),
+    ({"name": "eaft", "variant": "focal"}, 4, "unknown variant 'focal'.*power.*sigmoid.*masked"),
+    ({"name": "eaft", "variant": "masked", "mask_quantile": 1.0}, 4, "mask_quantile.*\\[0, 1\\)"),
+    ({"name": "eaft", "k": 2.5}, 4, "'k'.*integer"),
+    ({"name": "kaft", "k": 20}, 4, "unknown key.*'k'.*eaft.*use loss=kaft_eaft"),
+    ({"name": "eaft", "beta": 0.5}, 4, "unknown key.*'beta'.*use loss=kaft_eaft"),
+    ({"name": "constant", "variant": "power"}, 4, "unknown key.*'variant'.*set loss.name"),
+    ({"name": "kaft_eaft", "alpha": 2.0}, 4, "alpha.*\\[0, 1\\]"),
+    ({"name": "kaft_eaft", "rewards": [1, 1]}, 4, "2 entries.*K=4"),
+    ({"name": "kaft_eaft", "eaft_alpha": -1}, 4, "eaft_alpha"),
+    ({"name": "dft", "alpha": 1.0}, 4, "loss dft: unknown key.*alpha"),
+    ({"name": "dpo", "dpo_beta": 0.0}, 4, "dpo_beta.*> 0"),
+    ({"name": "dpo", "pairs": "self_other"}, 4, "unknown pairs 'self_other'.*dataset_self.*self_self"),
+    ({"name": "dpo", "max_pairs": 0}, 4, "max_pairs"),
+    ({"name": "dpo", "weight_by_subset": "yes"}, 4, "weight_by_subset.*true or false"),
+    ({"name": "dpo", "weight_by_subset": True}, 3, "K=3.*rewards"),
+    ({"name": "dpo", "alpha": 1.5}, 4, "alpha.*\\[0, 1\\]"),
 ])
 def test_impossible_configs_raise(cfg, k, match):
     with pytest.raises(ValueError, match=match):
@@ -143,8 +160,14 @@ def test_impossible_configs_raise(cfg, k, match):
 
 
 def test_valid_configs_pass():
-    for cfg in (CONSTANT, KAFT, {"name": "auto_adapt"}, {"name": "eaft", "alpha": 1.0, "k": 20}):
+    for cfg in (CONSTANT, KAFT, {"name": "auto_adapt"}, {"name": "eaft", "alpha": 1.0, "k": 20}, {"name": "dft"},
+                {"name": "eaft", "alpha": 0.5, "k": 5, "normalize": "none", "variant": "masked", "mask_quantile": 0.3},
+                {"name": "kaft_eaft", "alpha": 0.1, "beta": 0.5, "rewards": None, "eaft_alpha": 1.0, "k": 20,
+                 "normalize": "lnk", "variant": "sigmoid", "mask_quantile": 0.15},
+                {"name": "dpo", "dpo_beta": 0.5, "pairs": "self_self", "max_pairs": 2, "weight_by_subset": False,
+                 "alpha": 0.1, "beta": 0.5, "rewards": None}):
         validate_loss_cfg(cfg, 4)
+    validate_loss_cfg({"name": "dpo", "weight_by_subset": False}, 3)  # rewards unused: any K
 
 
 def test_sample_weights_input_checks():
@@ -187,8 +210,9 @@ def test_eaft_weight_on_peaked_logits_is_small():
     assert losses.eaft_token_weights(logits, 1.0, 20).item() < 1e-6
 
 
-def _eaft_reference(logits, labels, alpha=1.0, k=20):
-    """LLaMA-Factory's eaft_loss_func, written out independently (flatten, shift, top-k entropy, / #tokens)."""
+def _eaft_reference(logits, labels, alpha=1.0, k=20, norm=3.0):
+    """LLaMA-Factory's eaft_loss_func, written out independently (flatten, shift, top-k entropy, / #tokens);
+    ``norm`` is the entropy divisor (3.0 there, ln k for normalize=lnk, 1 for axolotl's)."""
     v = logits.size(-1)
     shift_labels = F.pad(labels, (0, 1), value=-100)[..., 1:].reshape(-1)
     flat = logits.float().reshape(-1, v)
@@ -198,18 +222,183 @@ def _eaft_reference(logits, labels, alpha=1.0, k=20):
     top = torch.topk(src, k=k, dim=-1).values
     p = torch.softmax(top, dim=-1)
     h = -(p * torch.log(p)).sum(-1)
-    w = (h / 3.0) ** alpha
+    w = (h / norm) ** alpha
     return (ce[valid] * w).sum() / valid.sum(), w
 
 
+@pytest.mark.parametrize("normalize,norm", [("const3", lambda k: 3.0), ("lnk", math.log), ("none", lambda k: 1.0)])
 @pytest.mark.parametrize("alpha,k", [(1.0, 20), (0.5, 20), (2.0, 10)])
-def test_eaft_matches_reference_formula(alpha, k):
+def test_eaft_matches_reference_formula(alpha, k, normalize, norm):
     logits, labels = _ragged_batch(seed=3, v=64)
     logits = logits * 1.5
-    ref, _ = _eaft_reference(logits, labels, alpha, k)
-    got = compute_loss({"name": "eaft", "alpha": alpha, "k": k}, logits, labels, [1.0, 1.0, 1.0])
-    assert abs(got.item() - ref.item()) < 1e-6
+    ref, _ = _eaft_reference(logits, labels, alpha, k, norm(k))
+    cfg = {"name": "eaft", "alpha": alpha, "k": k, "normalize": normalize}
+    got = compute_loss(cfg, logits, labels, [1.0, 1.0, 1.0])
+    assert abs(got.item() - ref.item()) < 1e-6 * max(1.0, abs(ref.item()))  # float32: relative past 1
     assert abs(got.item() - compute_loss(CONSTANT, logits, labels, [1, 1, 1]).item()) > 1e-3
+    if normalize == "const3":  # the default
+        assert compute_loss({"name": "eaft", "alpha": alpha, "k": k}, logits, labels, [1, 1, 1]).item() == got.item()
+
+
+def _label_tokens(logits, labels):
+    """(flat label-position logits, targets, per-token CE) in the HF shift convention."""
+    shift = F.pad(labels, (0, 1), value=-100)[..., 1:].reshape(-1)
+    flat = logits.reshape(-1, logits.size(-1))
+    valid = shift != -100
+    return flat[valid], shift[valid], F.cross_entropy(flat[valid], shift[valid], reduction="none")
+
+
+def _topk_entropy_np(rows, k):
+    import numpy as np
+
+    out = []
+    for r in rows.double().numpy():
+        top = np.sort(r)[::-1][:k]
+        p = np.exp(top - top.max())
+        p /= p.sum()
+        out.append(float(-(p * np.log(p)).sum()))
+    return np.array(out)
+
+
+def test_eaft_sigmoid_variant_is_the_papers_gate():
+    logits, labels = _ragged_batch(seed=5, v=64)
+    rows, _, ce = _label_tokens(logits * 0.7, labels)
+    h = _topk_entropy_np(rows, 20) / 3.0
+    gate = 1.0 / (1.0 + torch.exp(-30.0 * (torch.tensor(h) - 0.17)))
+    ref = (ce.double() * gate).sum() / len(h)
+    got = compute_loss({"name": "eaft", "variant": "sigmoid", "alpha": 2.0}, logits * 0.7, labels, [1, 1, 1])
+    assert abs(got.item() - ref.item()) < 1e-6
+    # alpha has no effect on the sigmoid gate
+    assert got.item() == compute_loss({"name": "eaft", "variant": "sigmoid", "alpha": 0.5}, logits * 0.7, labels,
+                                      [1, 1, 1]).item()
+    w = losses.eaft_token_weights(torch.zeros(2, 50), variant="sigmoid", k=20)  # H~ = ln20/3 ~ 1: fully open
+    assert torch.allclose(w, torch.full((2,), 1.0 / (1.0 + math.exp(-30 * (math.log(20) / 3 - 0.17)))))
+
+
+@pytest.mark.parametrize("q", [0.15, 0.5, 0.0])
+def test_eaft_masked_variant_drops_tokens_below_the_batch_quantile(q):
+    import numpy as np
+
+    g = torch.Generator().manual_seed(11)
+    logits = torch.randn(4, 9, 64, generator=g) * torch.rand(4, 9, 1, generator=g) * 4  # varied entropies
+    labels = torch.randint(0, 64, (4, 9), generator=g)
+    labels[:, :3] = -100                                                             # 24 label tokens
+    rows, _, ce = _label_tokens(logits, labels)
+    h = _topk_entropy_np(rows, 20)
+    thr = np.percentile(h, 100 * q)                                                 # linear interpolation
+    keep = torch.tensor(h >= thr, dtype=torch.float64)
+    assert int((1 - keep).sum()) == int(np.sum(h < thr))
+    if q == 0.15:
+        assert int((1 - keep).sum()) == 4  # 24 distinct values: the quantile sits at rank 0.15 * 23 = 3.45
+    if q == 0.0:
+        assert keep.sum() == len(h)        # nothing below the minimum
+    ref = (ce.double() * keep).sum() / len(h)  # dropped tokens still count in N
+    for normalize in ("const3", "lnk", "none"):  # the quantile is scale-free
+        cfg = {"name": "eaft", "variant": "masked", "mask_quantile": q, "normalize": normalize}
+        assert abs(compute_loss(cfg, logits, labels, [1] * 4).item() - ref.item()) < 1e-6
+
+
+def test_eaft_masked_variant_gradient_only_from_kept_tokens():
+    logits, labels = _ragged_batch(seed=6, v=64)
+    logits = (logits * torch.linspace(0.2, 3, 8).reshape(1, 8, 1)).requires_grad_(True)
+    compute_loss({"name": "eaft", "variant": "masked", "mask_quantile": 0.5}, logits, labels, [1, 1, 1]).backward()
+    rows_with_grad = int((logits.grad.abs().sum(-1) > 0).sum())
+    assert rows_with_grad == 4  # 7 label tokens: 3 strictly below the median are dropped
+
+
+# ----------------------------------------------------------------------------------------------- dft
+def test_dft_weight_on_uniform_logits_is_one_over_v():
+    v = 50
+    w = losses.dft_token_weights(torch.zeros(3, v), torch.tensor([0, 7, 49]))
+    assert torch.allclose(w, torch.full((3,), 1.0 / v), atol=1e-7)
+    labels = torch.full((2, 4), -100)
+    labels[:, 3] = torch.tensor([4, 9])
+    got = compute_loss({"name": "dft"}, torch.zeros(2, 4, v), labels, [1.0, 1.0])
+    assert got.item() == pytest.approx(math.log(v) / v, rel=1e-6)
+
+
+def test_dft_matches_trl_formula_and_gradient():
+    logits, labels = _ragged_batch(seed=7, v=40)
+    x1 = logits.clone().requires_grad_(True)
+    got = compute_loss({"name": "dft"}, x1, labels, [1, 1, 1])
+    got.backward()
+    # TRL dft_loss: per-token -p.detach() * log p, summed over label tokens / number of label tokens
+    x2 = logits.clone().requires_grad_(True)
+    shift = F.pad(labels, (0, 1), value=-100)[..., 1:]
+    mask = shift != -100
+    logp = torch.log_softmax(x2, -1).gather(-1, shift.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    ref = ((-logp.exp().detach() * logp) * mask).sum() / mask.sum()
+    ref.backward()
+    assert abs(got.item() - ref.item()) < 1e-6
+    assert torch.allclose(x1.grad, x2.grad, atol=1e-7)
+    assert losses.sample_weights({"name": "dft"}, [0, 3], [0.1, 0.9], 4) == [1.0, 1.0]
+
+
+# ----------------------------------------------------------------------------------------------- kaft_eaft
+def test_kaft_eaft_is_reward_times_eaft_weight():
+    logits, labels = _ragged_batch(seed=8, v=64)
+    cfg = {"name": "kaft_eaft", "alpha": 0.1, "beta": 0.5, "eaft_alpha": 2.0, "k": 10, "normalize": "lnk"}
+    w = sample_weights(cfg, [0, 1, 3], [0.1, 0.4, 0.9], 4)
+    assert w == pytest.approx([0.1, 0.5, 1.0])
+    rows, _, ce = _label_tokens(logits, labels)
+    h = torch.tensor(_topk_entropy_np(rows, 10) / math.log(10))
+    sample_of_token = torch.tensor([0, 1, 1, 1, 1, 2, 2])  # label counts 1, 4, 2 (see _ragged_batch)
+    ref = (torch.tensor(w, dtype=torch.float64)[sample_of_token] * h ** 2.0 * ce.double()).sum() / 7
+    got = compute_loss(cfg, logits, labels, w)
+    assert abs(got.item() - ref.item()) < 1e-6
+    # with all rewards 1 it is eaft
+    eaft = {"name": "eaft", "alpha": 2.0, "k": 10, "normalize": "lnk"}
+    assert abs(compute_loss(cfg, logits, labels, [1, 1, 1]).item() - compute_loss(eaft, logits, labels,
+                                                                                  [1, 1, 1]).item()) < 1e-7
+
+
+# ----------------------------------------------------------------------------------------------- dpo
+def test_dpo_loss_is_closed_form():
+    pc, pr = torch.tensor([-1.0, -0.2, -3.0]), torch.tensor([-2.5, -0.1, -1.0])
+    rc, rr = torch.tensor([-1.5, -0.3, -2.0]), torch.tensor([-2.0, -0.4, -1.5])
+    beta = 0.1
+    by_hand = []
+    for i in range(3):
+        delta = (pc[i].item() - rc[i].item()) - (pr[i].item() - rr[i].item())
+        by_hand.append(-math.log(1.0 / (1.0 + math.exp(-beta * delta))))
+    assert losses.dpo_loss(pc, pr, rc, rr, beta).item() == pytest.approx(sum(by_hand) / 3, rel=1e-6)
+    w = torch.tensor([0.1, 0.5, 1.0])
+    assert losses.dpo_loss(pc, pr, rc, rr, beta, w).item() == pytest.approx(
+        (0.1 * by_hand[0] + 0.5 * by_hand[1] + by_hand[2]) / 3, rel=1e-6)
+    # policy = reference: ln 2 whatever beta
+    assert losses.dpo_loss(rc, rr, rc, rr, 5.0).item() == pytest.approx(math.log(2), rel=1e-6)
+
+
+def test_sequence_logps_sums_label_log_probs_and_shares_rows():
+    g = torch.Generator().manual_seed(9)
+    logits = torch.randn(2, 5, 12, generator=g)
+    chosen = torch.full((2, 5), -100)
+    chosen[0, 3:5] = torch.tensor([4, 7])
+    chosen[1, 4] = 2
+    rejected = chosen.clone()
+    rejected[1, 4] = 9                         # pair 1: rejected read from the same row as chosen
+    lsm = torch.log_softmax(logits, -1)
+    want_c = torch.tensor([lsm[0, 2, 4] + lsm[0, 3, 7], lsm[1, 3, 2]])
+    want_r = torch.tensor([lsm[1, 2, 4] + lsm[1, 3, 7], lsm[1, 3, 9]])
+    assert torch.allclose(losses.sequence_logps(logits, chosen), want_c, atol=1e-6)
+    got_r = losses.sequence_logps(logits, rejected, rows=torch.tensor([1, 1]))  # pair 0's rejected in row 1
+    assert torch.allclose(got_r, want_r, atol=1e-6)
+    shifted = losses.sequence_logps(logits[:, :-1], chosen[:, 1:], labels_shifted=True)
+    assert torch.allclose(shifted, want_c, atol=1e-6)
+
+
+def test_dpo_config_and_needs_samples():
+    cfg = {"name": "dpo", "dpo_beta": 0.1, "pairs": "self_self", "max_pairs": 3, "weight_by_subset": True,
+           "alpha": 0.2, "beta": 0.6, "rewards": None}
+    validate_loss_cfg(cfg, 4)
+    assert losses.needs_samples(cfg) and not losses.needs_samples(KAFT)
+    assert not any(losses.needs_samples({"name": n}) for n in LOSSES if n != "dpo")
+    assert sample_weights(cfg, [0, 1, 2], [0.1, 0.4, 0.9], 4) == pytest.approx([0.2, 0.6, 1.0])
+    assert sample_weights({**cfg, "weight_by_subset": False}, [0, 1], [0.1, 0.4], 4) == [1.0, 1.0]
+    assert losses.DPO.settings({"name": "dpo"}) == {"beta": 0.1, "pairs": "dataset_self", "max_pairs": 8,
+                                                    "weight_by_subset": False}
+    with pytest.raises(ValueError, match="preference pairs"):
+        compute_loss(cfg, torch.zeros(1, 3, 10), torch.tensor([[-100, 1, 2]]), [1.0])
 
 
 def test_eaft_no_gradient_through_weight():
@@ -259,3 +448,79 @@ def test_register_adds_a_loss_and_rejects_duplicates():
 def test_batch_shape_checks():
     with pytest.raises(ValueError, match="2 weights for a batch of 3"):
         compute_loss(CONSTANT, torch.zeros(3, 4, 10), torch.zeros(3, 4, dtype=torch.long), [1, 1])
+
+
+# ----------------------------------------------------------------------------------------------- pairs
+def _items_and_records():
+    from kaft.data import MCItem
+
+    items = [MCItem(f"q{i}", f"question {i} ?", ["w", "x", "y", "z"], i % 4, domain="geography") for i in range(4)]
+    records = [
+        # q0 (gold 0): wrong answers 2 (x3), 1 (x1), 3 (x3), unparsable ignored; right twice
+        {"id": "q0", "score": 0.2, "gold": 0, "orders": [[0, 1, 2, 3], [1, 0, 3, 2]],
+         "answers": [[2, 2, 1, 0, -1], [3, 3, 3, 2, 0]]},
+        # q1 (gold 1): always right -> no pairs
+        {"id": "q1", "score": 1.0, "gold": 1, "orders": [[0, 1, 2, 3]], "answers": [[1, 1, 1]]},
+        # q2 (gold 2): never right, one wrong option -> a pair under dataset_self only
+        {"id": "q2", "score": 0.0, "gold": 2, "orders": [[0, 1, 2, 3]], "answers": [[0, 0, -1]]},
+        # q3: no samples saved (exact estimator) -> no pairs
+        {"id": "q3", "score": 0.7, "gold": 3, "orders": [[0, 1, 2, 3]], "probs": [[0.1, 0.1, 0.1, 0.7]]},
+    ]
+    return items, records
+
+
+def test_build_pairs_dataset_self():
+    from kaft.pairs import build_pairs
+    from kaft.prompts import answer_text, format_question
+
+    items, records = _items_and_records()
+    pairs = build_pairs(items, records, "dataset_self", 8, seed=0)
+    assert [(p["id"], p["chosen_option"], p["rejected_option"], p["count"]) for p in pairs][:1] in (
+        [("q0", 0, 2, 3)], [("q0", 0, 3, 3)])          # 2 and 3 were each named 3 times: a seeded tie-break
+    assert sorted((p["id"], p["rejected_option"]) for p in pairs) == [("q0", 1), ("q0", 2), ("q0", 3), ("q2", 0)]
+    assert [p["rejected_option"] for p in pairs if p["id"] == "q0"][-1] == 1   # the rarest wrong option last
+    p = next(p for p in pairs if p["id"] == "q2")
+    assert p["index"] == 2 and p["chosen"] == answer_text(2) == " C" and p["rejected"] == " A"
+    assert p["prompt"] == format_question("question 2 ?", ["w", "x", "y", "z"], "geography")  # original order
+
+
+def test_build_pairs_self_self_needs_a_correct_sample():
+    from kaft.pairs import build_pairs
+
+    items, records = _items_and_records()
+    pairs = build_pairs(items, records, "self_self", 8, seed=0)
+    assert {p["id"] for p in pairs} == {"q0"} and len(pairs) == 3
+    assert all(p["chosen_option"] == 0 for p in pairs)
+
+
+def test_build_pairs_cap_and_determinism():
+    from kaft.pairs import build_pairs
+
+    items, records = _items_and_records()
+    capped = build_pairs(items, records, "dataset_self", 1, seed=0)
+    assert [(p["id"], p["count"]) for p in capped] == [("q0", 3), ("q2", 2)]      # the most frequent wrong option
+    assert build_pairs(items, records, "dataset_self", 1, seed=0) == capped
+    firsts = {build_pairs(items, records, "dataset_self", 1, seed=s)[0]["rejected_option"] for s in range(16)}
+    assert firsts == {2, 3}                                                       # the seed only breaks the tie
+    # an item's pairs do not depend on the other items
+    alone = build_pairs(items[:1], records[:1], "dataset_self", 8, seed=0)
+    assert alone == [p for p in build_pairs(items, records, "dataset_self", 8, seed=0) if p["id"] == "q0"]
+
+
+def test_build_pairs_none_without_wrong_samples_and_input_checks():
+    from kaft.pairs import build_pairs
+
+    items, records = _items_and_records()
+    assert build_pairs(items[1:2], records[1:2], "dataset_self", 8, 0) == []
+    assert build_pairs(items[3:], records[3:], "dataset_self", 8, 0) == []
+    with pytest.raises(ValueError, match="4 items but 3 detection records"):
+        build_pairs(items, records[:3], "dataset_self", 8, 0)
+    with pytest.raises(ValueError, match="record 0 is for item 'q1'"):
+        build_pairs(items[:1], records[1:2], "dataset_self", 8, 0)
+    with pytest.raises(ValueError, match="unknown mode"):
+        build_pairs(items, records, "self_other", 8, 0)
+    with pytest.raises(ValueError, match="max_pairs"):
+        build_pairs(items, records, "dataset_self", 0, 0)
+    bad = [dict(records[0], answers=[[7]])]
+    with pytest.raises(ValueError, match="names option 7"):
+        build_pairs(items[:1], bad, "dataset_self", 8, 0)

@@ -123,3 +123,20 @@ def test_strategies_and_fine_grained_evaluation(setup):
         assert "items" not in r["metrics"]["benchmarks"]["test"]  # per-item rows stay out of results.json
     keys = {r["cache_keys"]["train"] for r in res.values()}
     assert len(keys) == 4 and None in keys
+
+
+@pytest.mark.slow
+def test_every_loss_runs_end_to_end(setup):
+    """dft, kaft_eaft and dpo (pairs from the probe's samples) through the CLI; dpo with an estimator that saves no
+    samples is a config error before any model loads."""
+    sweep = "sweep_losses"
+    _kaft(setup, "-m", "loss=dft,kaft_eaft,dpo,auto_adapt", "logger=none", f"hydra.sweep.dir={sweep}")
+    res = {r["config"]["loss"]["name"]: r for r in (json.loads(p.read_text()) for p in (setup / sweep).rglob("results.json"))}
+    assert set(res) == {"dft", "kaft_eaft", "dpo", "auto_adapt"} and all(r["status"] == "done" for r in res.values())
+    env = {**os.environ, "KAFT_CACHE_DIR": str(setup / "cache_dpo_err"), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-m", "kaft.run", "loss=dpo", "detection.estimator=exact", "model=local",
+                          f"model.path={setup / 'model'}", "dataset=local", f"dataset.train.path={setup / 'train.jsonl'}",
+                          f"dataset.eval.test.path={setup / 'test.csv'}"], cwd=setup, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 2 and "loss=dpo needs the model's sampled answers" in out.stderr
+    assert not (setup / "cache_dpo_err" / "detect").exists()
