@@ -316,10 +316,11 @@ def _job_info() -> dict:
         return {"run_dir": hc.runtime.output_dir, "override_dirname": hc.job.override_dirname,
                 "num": hc.job.get("num", 0), "overrides": list(hc.overrides.task),
                 "group": str(Path(hc.sweep.dir)).replace(os.sep, "-").strip("-") if multirun else None,
+                "choices": {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra/")},
                 "name": hc.job.override_dirname or "default"}
     except ValueError:  # called outside Hydra (tests): fall back to the cwd
         return {"run_dir": os.getcwd(), "override_dirname": "", "num": 0, "overrides": [], "group": None,
-                "name": "default"}
+                "name": "default", "choices": {}}
 
 
 def run(cfg: DictConfig) -> dict:
@@ -413,7 +414,8 @@ def run(cfg: DictConfig) -> dict:
         "cache_keys": {"detect": detect_key, "train": train_key, "model": model_id},
         "timings": timer.seconds,
         "versions": track.package_versions(),
-        "config": _plain(cfg),
+        "choices": job["choices"],   # the config group options this job composed (model, dataset, method, ...)
+        "config": {**_plain(cfg), "method": job["choices"].get("method")},
     }
     track.write_results(run_dir, results)
     logger = track.make_logger(_plain(cfg.logger), run_dir, job["name"], job["group"], _plain(cfg))
