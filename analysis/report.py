@@ -151,7 +151,7 @@ def render(out: Path, seeds: list[int], timings: dict, report: Path) -> str:
         lines += [f"### `{name}` (paper table {tab})", ""]
         if table_mod is not None:
             try:
-                lines += [table_mod.render(d, tab, "md"), ""]
+                lines += [table_mod.render(table_mod.build_table(table_mod.collect_runs(d), tab), "md"), ""]
                 continue
             except Exception as e:  # noqa: BLE001 - fall back to the raw numbers
                 lines += [f"(analysis.table could not lay this out: {e})", ""]
@@ -161,7 +161,13 @@ def render(out: Path, seeds: list[int], timings: dict, report: Path) -> str:
     try:
         from analysis import figures as fig_mod
 
-        made = fig_mod.render_all(out, figs)
+        from analysis import table as T
+
+        made = []
+        for fid, sweep in (("2a", "table6_halueval"), ("2b", "table9_subsets"), ("2c", "table10_wrong_ratio"),
+                           ("3", "table12_rewards"), ("4", "table13_alpha_beta")):
+            if (out / sweep).exists():
+                made += fig_mod.make_figure(T.collect_runs(out / sweep), fid, figs)
         lines += ["## Figures", ""] + [f"![{p.stem}](figures/{p.name})" for p in made if p.suffix == ".png"] + [""]
     except Exception as e:  # noqa: BLE001
         lines += [f"(figures not drawn: {e})", ""]

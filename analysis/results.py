@@ -1,7 +1,8 @@
 """Collect every ``results.json`` under a directory (runs, sweeps, several sweeps) into one flat table.
 
 ``python -m analysis.results multirun/ [--csv out.csv]`` prints one row per job: the swept settings, per-benchmark
-accuracy, average, Δ vs base, conflict-score statistics and timings — the raw material for the paper's tables.
+accuracy, average, Δ vs base, conflict-score statistics and timings — the raw material for the paper's tables
+(``python -m analysis.table`` lays them out as the paper does, ``python -m analysis.figures`` draws its figures).
 """
 
 from __future__ import annotations
@@ -25,6 +26,14 @@ KEYS = {  # column -> path into results.json
     "delta_vs_base": ("delta_vs_base",),
     "score_mean": ("detection", "mean"),
     "auroc_contradict": ("detection", "auroc_contradict"),
+    "status": ("status",),
+    "method": ("config", "method"),
+    "strategy": ("config", "strategy", "name"),
+    "subset": ("config", "strategy", "subset"),
+    "ratio": ("config", "strategy", "ratio"),
+    "data_seed": ("config", "strategy", "data_seed"),
+    "detection": ("config", "detection", "name"),
+    "score_std": ("detection", "std"),
 }
 
 
@@ -39,6 +48,8 @@ def _dig(obj, path):
 def flatten(res: dict) -> dict:
     """One flat row of a results.json: the KEYS columns, acc/<benchmark>, time/<stage>."""
     row = {col: _dig(res, path) for col, path in KEYS.items()}
+    if isinstance(row["method"], dict):  # a method group config, if one is ever stored as a mapping
+        row["method"] = row["method"].get("name")
     for name, r in (_dig(res, ("metrics", "benchmarks")) or {}).items():
         row[f"acc/{name}"] = r.get("acc")
     for stage, sec in (res.get("timings") or {}).items():

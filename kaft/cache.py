@@ -2,8 +2,30 @@
 
 An artifact lives in ``<root>/<stage>/<key>/`` where ``key`` hashes everything that affects it. It is built in a
 temporary sibling directory and renamed into place only when complete, with a ``manifest.json`` written last, so a
-reader never sees half an artifact. A file lock per key makes concurrent jobs compute it once: the first computes,
-the others wait and reuse.
+reader never sees half an artifact.
+
+**One builder per key, on any filesystem.** Concurrent jobs (other processes, other nodes of a cluster) that need
+the same missing artifact elect one builder through a lock file ``<root>/<stage>/.<key>.lock`` created with
+``O_CREAT | O_EXCL`` (atomic on local disks and on NFSv3+/Lustre, unlike ``fcntl``/``flock`` locks). It holds the
+holder's host, pid and start time; the holder refreshes its mtime every ``heartbeat`` seconds from a background
+thread. The others wait (logging who holds it), then find the finished artifact and reuse it. A lock is *stale*
+— its holder died — when its holder ran on this host and that process is gone (pid + process start time, so a
+reused pid does not count; recovered at once), when it was held by this very SLURM job before a requeue (same
+``SLURM_JOB_ID``, lower ``SLURM_RESTART_COUNT``: recovered at once on any node), or when its
+heartbeat has not moved for ``stale_after`` seconds as watched by the waiter itself (so clocks of different
+hosts need not agree). A stale lock is broken under a short second lock (``.<key>.lock.break``), so two waiters
+never both break it and both build. Defaults: heartbeat 30 s, stale after 300 s (``$KAFT_LOCK_HEARTBEAT_S``,
+``$KAFT_LOCK_STALE_S``): well above NFS attribute caching (``actimeo`` <= 60 s).
+
+**Integrity.** The manifest records every file's relative path, size and sha256 (hashed once, at write) and a
+``content_hash`` over them. A hit verifies the file list and sizes always (a stat per file), and the sha256 of
+every file when the artifact is at most ``verify_mb`` MiB (default 256: every kaft artifact, LoRA adapters of 8B
+models included, takes < 1 s to hash; ``$KAFT_CACHE_VERIFY`` = ``size`` | ``full`` | a size in MiB). An artifact
+that fails (a file truncated, deleted or changed after the fact) is moved aside and rebuilt. Artifacts written
+before manifests carried hashes are checked for their files' presence only.
+
+Files and directories are created with the user's umask (not ``mkdtemp``'s 0700 / ``mkstemp``'s 0600), so a
+cache shared by a group stays readable by it, and nothing is world-writable unless the umask says so.
 """
 
 from __future__ import annotations
@@ -13,18 +35,20 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
+import threading
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from filelock import FileLock
-
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+HASH_CHUNK = 1 << 20
 
 
 def _canonical(obj: Any) -> Any:
@@ -53,6 +77,269 @@ def make_key(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
+# ----------------------------------------------------------------------------------------------- permissions
+def current_umask() -> int:
+    """The process umask (read from /proc without changing it; elsewhere set and restored)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _apply_umask(path: str | os.PathLike, directory: bool) -> None:
+    """Give a path made by mkdtemp (0700) / mkstemp (0600) the mode a plain mkdir / open would have given it."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
+
+
+# ----------------------------------------------------------------------------------------------- hashing
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def hash_files(root: Path) -> tuple[dict[str, dict], str]:
+    """``({relpath: {size, sha256}}, content_hash)`` of every file under ``root`` (the manifest excluded)."""
+    files = {p.relative_to(root).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in _files(root)}
+    blob = "\n".join(f"{rel}\t{f['size']}\t{f['sha256']}" for rel, f in sorted(files.items()))
+    return files, hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _verify_limit() -> int | None:
+    """Bytes up to which a hit is verified by sha256 (None: always, 0: sizes only)."""
+    v = os.environ.get("KAFT_CACHE_VERIFY", "").strip().lower()
+    if v == "full":
+        return None
+    if v == "size":
+        return 0
+    try:
+        return int(float(v) * 2 ** 20) if v else 256 * 2 ** 20
+    except ValueError:
+        log.warning("KAFT_CACHE_VERIFY=%r: expected size, full or a number of MiB; using 256", v)
+        return 256 * 2 ** 20
+
+
+def verify(path: Path, full: bool | None = None) -> str | None:
+    """``None`` if the artifact at ``path`` matches its manifest, else what is wrong (one line).
+
+    Sizes are always checked; sha256 too when ``full`` (default: when the artifact is within the verify limit)."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError) as e:
+        return f"unreadable manifest ({e.__class__.__name__})"
+    files = manifest.get("files")
+    if isinstance(files, list):  # an old manifest: names only
+        missing = [n for n in files if not (path / n).exists()]
+        return f"missing {missing[0]}" if missing else None
+    if not isinstance(files, dict):
+        return "manifest without a file list"
+    for rel, f in files.items():
+        try:
+            size = (path / rel).stat().st_size
+        except OSError:
+            return f"missing {rel}"
+        if size != f["size"]:
+            return f"{rel}: {size} bytes, manifest says {f['size']}"
+    if full is None:
+        limit = _verify_limit()
+        full = limit is None or sum(f["size"] for f in files.values()) <= limit
+    if full:
+        for rel, f in files.items():
+            if _sha256(path / rel) != f["sha256"]:
+                return f"{rel}: sha256 differs from the manifest's"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------- the lock
+def _env_float(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+def _proc_start(pid: int) -> int | None:
+    """The start time (clock ticks since boot) of process ``pid``: with the pid it names one process, even after
+    the pid is reused (None where /proc is not available)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _pid_alive(pid: int, start: int | None = None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return start is None or _proc_start(pid) in (None, start)
+
+
+def _slurm_job() -> dict:
+    """This process's SLURM job id and restart count (a requeued job keeps its id; SLURM counts the restarts)."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return {}
+    try:
+        restart = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    except ValueError:
+        restart = 0
+    return {"slurm_job": job, "slurm_restart": restart}
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _stat_sig(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _create_exclusive(path: Path, payload: dict) -> bool:
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(payload))
+        fh.flush()
+        os.fsync(fh.fileno())
+    return True
+
+
+class ArtifactLock:
+    """An exclusive lock on one cache key that works on shared filesystems (see the module docstring)."""
+
+    def __init__(self, path: Path, what: str, heartbeat: float | None = None, stale_after: float | None = None,
+                 poll: float = 0.2):
+        self.path, self.what = Path(path), what
+        self.heartbeat = heartbeat if heartbeat is not None else _env_float("KAFT_LOCK_HEARTBEAT_S", 30.0)
+        self.stale_after = stale_after if stale_after is not None else _env_float("KAFT_LOCK_STALE_S", 300.0)
+        self.poll = poll
+        self.token = uuid.uuid4().hex
+        self.host = socket.gethostname()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- holding
+    def _payload(self) -> dict:
+        return {"host": self.host, "pid": os.getpid(), "pid_start": _proc_start(os.getpid()), "since": time.time(),
+                "token": self.token, "what": self.what, **_slurm_job()}
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat):
+            try:
+                os.utime(self.path)
+            except OSError:
+                pass
+            holder = _read_json(self.path)
+            if holder is not None and holder.get("token") != self.token:
+                log.warning("lock %s was taken over by %s:%s while this job held it (heartbeat too slow?)",
+                            self.path, holder.get("host"), holder.get("pid"))
+                return
+
+    def acquire(self) -> float:
+        """Block until the lock is ours; returns the seconds waited."""
+        t0 = time.monotonic()
+        watched: tuple | None = None  # (stat signature, monotonic time it was first seen)
+        last_log = -1e9
+        delay = self.poll
+        while True:
+            if _create_exclusive(self.path, self._payload()):
+                break
+            sig = _stat_sig(self.path)
+            if sig is None:
+                continue  # released between our create and stat: try again at once
+            now = time.monotonic()
+            if watched is None or watched[0] != sig:
+                watched = (sig, now)  # the heartbeat moved (or a new holder): watch afresh
+            holder = _read_json(self.path) or {}
+            reason = self._stale(holder, now - watched[1])
+            if reason and self._break(sig, reason, holder):
+                watched = None
+                continue
+            if now - last_log > 60:
+                log.info("waiting for %s: being computed by %s pid %s since %s", self.what,
+                         holder.get("host", "?"), holder.get("pid", "?"),
+                         time.strftime("%H:%M:%S", time.localtime(holder["since"])) if "since" in holder else "?")
+                last_log = now
+            time.sleep(delay)
+            delay = min(delay * 1.5, 2.0)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._beat, name=f"kaft-lock-{self.path.name}", daemon=True)
+        self._thread.start()
+        return time.monotonic() - t0
+
+    def _stale(self, holder: dict, unchanged_for: float) -> str | None:
+        mine = _slurm_job()
+        if mine and holder.get("slurm_job") == mine["slurm_job"] and \
+                int(holder.get("slurm_restart", 0)) < mine["slurm_restart"]:
+            return f"its holder was this SLURM job before it was requeued (restart {holder.get('slurm_restart', 0)})"
+        if holder.get("host") == self.host and isinstance(holder.get("pid"), int) and \
+                not _pid_alive(holder["pid"], holder.get("pid_start")):
+            return f"its holder (pid {holder['pid']} on this host) is gone"
+        if unchanged_for > self.stale_after:
+            return f"its heartbeat has not moved for {unchanged_for:.0f}s"
+        return None
+
+    def _break(self, sig: tuple, reason: str, holder: dict) -> bool:
+        """Remove the stale lock with signature ``sig`` unless someone else already did; True if it is gone."""
+        guard = self.path.with_name(self.path.name + ".break")
+        if not _create_exclusive(guard, self._payload()):
+            g = _stat_sig(guard)
+            if g is not None and time.time() - g[1] / 1e9 > max(60.0, 4 * self.heartbeat):
+                guard.unlink(missing_ok=True)  # a breaker died in its few milliseconds
+            return False
+        try:
+            if _stat_sig(self.path) != sig:
+                return False  # refreshed or replaced since we looked: not ours to break
+            log.warning("breaking a stale lock on %s (%s: %s pid %s)", self.what, reason, holder.get("host", "?"),
+                        holder.get("pid", "?"))
+            self.path.unlink(missing_ok=True)
+            return True
+        finally:
+            guard.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        holder = _read_json(self.path)
+        if holder is not None and holder.get("token") == self.token:
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "ArtifactLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+# ----------------------------------------------------------------------------------------------- the cache
 @dataclass
 class Hit:
     path: Path
@@ -61,15 +348,16 @@ class Hit:
 
 
 class Cache:
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, heartbeat: float | None = None, stale_after: float | None = None):
         self.root = Path(root).expanduser()
+        self.heartbeat, self.stale_after = heartbeat, stale_after
 
     def path(self, stage: str, key: str) -> Path:
         return self.root / stage / key
 
     def scratch(self, stage: str, key: str) -> Path:
-        """A stable work directory for a stage's partial results (e.g. probing chunks), so a killed build resumes;
-        removed once the artifact is complete."""
+        """A stable work directory for a stage's partial results (probing chunks, training checkpoints), so a
+        killed or requeued build resumes; removed once the artifact is complete."""
         path = self.root / stage / f".partial-{key}"
         path.mkdir(parents=True, exist_ok=True)
         return path
@@ -80,39 +368,54 @@ class Cache:
     @contextmanager
     def _lock(self, stage: str, key: str) -> Iterator[None]:
         (self.root / stage).mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(self.root / stage / f".{key}.lock"))
-        t0 = time.time()
-        with lock:
-            waited = time.time() - t0
+        lock = ArtifactLock(self.root / stage / f".{key}.lock", f"{stage}/{key}", self.heartbeat, self.stale_after)
+        waited = lock.acquire()
+        try:
             if waited > 1:
                 log.info("waited %.0fs for another job computing %s/%s", waited, stage, key)
             yield
+        finally:
+            lock.release()
+
+    def _valid(self, stage: str, key: str) -> bool:
+        final = self.path(stage, key)
+        if not (final / MANIFEST).exists():
+            return False
+        problem = verify(final)
+        if problem:
+            log.warning("cache artifact %s/%s is damaged (%s): recomputing it", stage, key, problem)
+        return problem is None
 
     def get_or_create(self, stage: str, key: str, build: Callable[[Path], Any], meta: dict | None = None) -> Hit:
-        """Return the artifact directory for ``(stage, key)``, calling ``build(tmpdir)`` only if it is missing.
+        """Return the artifact directory for ``(stage, key)``, calling ``build(tmpdir)`` only if it is missing
+        (or damaged).
 
         ``build`` writes its files into the directory it is given; the directory is renamed into place on success
         and deleted on failure, so nothing half-written is ever visible.
         """
         final = self.path(stage, key)
         t0 = time.time()
-        if (final / MANIFEST).exists():
+        if self._valid(stage, key):
             log.info("cache hit: %s/%s", stage, key)
             return Hit(final, True, time.time() - t0)
         with self._lock(stage, key):
-            if (final / MANIFEST).exists():  # a concurrent job built it while we waited
+            if self._valid(stage, key):  # a concurrent job built it while we waited
                 log.info("cache hit (built by a concurrent job): %s/%s", stage, key)
                 return Hit(final, True, time.time() - t0)
-            if final.exists():  # debris of a killed writer: no manifest means incomplete
-                shutil.rmtree(final, ignore_errors=True)
+            if final.exists():  # damaged, or debris of a killed writer (no manifest): move aside, then delete
+                aside = final.parent / f".{key}.bad-{uuid.uuid4().hex[:8]}"
+                os.replace(final, aside)
+                shutil.rmtree(aside, ignore_errors=True)
             for debris in final.parent.glob(f".{key}.*"):  # temp dirs of killed writers (we hold the lock)
                 if debris.is_dir():
                     shutil.rmtree(debris, ignore_errors=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
             try:
+                _apply_umask(tmp, directory=True)
                 build(tmp)
+                files, content_hash = hash_files(tmp)
                 manifest = {"stage": stage, "key": key, "created": time.time(), "seconds": time.time() - t0,
-                            "files": sorted(p.name for p in tmp.iterdir()), **(meta or {})}
+                            "content_hash": content_hash, "files": files, **(meta or {})}
                 atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2, default=str))
                 os.replace(tmp, final)
                 shutil.rmtree(final.parent / f".partial-{key}", ignore_errors=True)
@@ -124,7 +427,8 @@ class Cache:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: readers see old or new, never half."""
+    """Write ``text`` to ``path`` through a temporary file and a rename: readers see old or new, never half.
+    The file gets the mode a plain ``open(path, "w")`` would give it (the umask's)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -133,6 +437,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        _apply_umask(tmp, directory=False)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

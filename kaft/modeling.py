@@ -97,6 +97,15 @@ def check_model_cfg(cfg: Mapping) -> None:
     if src in ("hub", "local") and (not cfg.get("path") or cfg.get("path") == "???"):
         raise ModelError(f"model.path is required for a {src} model (a hub id or a local directory)")
     _dtype(cfg.get("dtype"))
+    trust = cfg.get("trust_remote_code", False)
+    if trust is not None and not isinstance(trust, bool):
+        raise ModelError(f"model.trust_remote_code must be true or false, got {trust!r}")
+
+
+def trust_remote_code(cfg: Mapping) -> bool:
+    """Whether the model's own Python code (``auto_map`` in its config) may run: only when the model config says
+    ``trust_remote_code: true`` explicitly (default false: a hub repo cannot run code on this machine)."""
+    return cfg.get("trust_remote_code", False) is True
 
 
 def resolve(cfg: Mapping, testbed: Mapping, cache_root: str) -> tuple[str, str]:
@@ -112,12 +121,15 @@ def load(cfg: Mapping, path: str, device: str | None = None) -> tuple[Any, Any]:
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     rev = cfg.get("revision")
-    tok = AutoTokenizer.from_pretrained(path, revision=rev, trust_remote_code=bool(cfg.get("trust_remote_code")))
+    trust = trust_remote_code(cfg)
+    if trust:
+        log.warning("model.trust_remote_code=true: %s may run its own Python code", path)
+    tok = AutoTokenizer.from_pretrained(path, revision=rev, trust_remote_code=trust)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(path, revision=rev, dtype=_dtype(cfg.get("dtype")),
-                                                 trust_remote_code=bool(cfg.get("trust_remote_code")))
+                                                 trust_remote_code=trust)
     model.to(device)
     model.eval()
     log.info("loaded model %s on %s (%.1fM parameters)", path, device,

@@ -39,6 +39,9 @@ def job_subdir(num: Any, override_dirname: str, max_len: int = 80) -> str:
     overrides) and short (long override lists end in a hash of the full text)."""
     import hashlib
 
+    from kaft.track import redact  # an override like +x=${oc.env:HF_TOKEN} arrives resolved: keep it out of paths
+
+    override_dirname = redact(str(override_dirname))
     name = str(override_dirname).replace(os.sep, "_").replace(":", "_")
     if len(name) > max_len:
         name = name[:max_len] + "-" + hashlib.sha256(str(override_dirname).encode()).hexdigest()[:8]
@@ -244,9 +247,12 @@ def stage_train(cfg, cache, model, train, weights, model_id, records=None):
     """Returns (tuned model in memory or None if only cached, adapter dir, cache hit?, key)."""
     # preference losses train on the detection samples: those are part of what the adapter depends on
     samples = [(r["id"], r.get("answers")) for r in records] if records is not None else None
+    from kaft.train import CHECKPOINT_KEYS  # how often progress is saved does not change the adapter
+
+    train_cfg = {k: v for k, v in _plain(cfg.train).items() if k not in CHECKPOINT_KEYS}
     key = make_key("train", STAGE_VERSIONS["train"], model_id, data_mod.fingerprint(train), [round(w, 8) for w in weights],
                    samples,
-                   _plain(cfg.loss), _plain(cfg.train), cfg.seed, cfg.dataset.domain, cfg.dataset.get("instruction"))
+                   _plain(cfg.loss), train_cfg, cfg.seed, cfg.dataset.domain, cfg.dataset.get("instruction"))
     tuned = {}
 
     def build(tmp: Path):
@@ -255,7 +261,8 @@ def stage_train(cfg, cache, model, train, weights, model_id, records=None):
         m, tok = model.get()
         extra = {"records": records} if records is not None else {}
         tuned["model"] = train_lora(m, tok, train, weights, _plain(cfg.loss), _plain(cfg.train), tmp, int(cfg.seed),
-                                    cfg.dataset.domain, cfg.dataset.get("instruction"), **extra)
+                                    cfg.dataset.domain, cfg.dataset.get("instruction"),
+                                    checkpoint_dir=cache.scratch("train", key), **extra)
 
     hit = cache.get_or_create("train", key, build, meta={"n_items": len(train)})
     return tuned.get("model"), hit.path, hit.cached, key

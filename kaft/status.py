@@ -125,7 +125,7 @@ def record_failure(run_dir: str | os.PathLike, exc: BaseException, job: Mapping 
         atomic_write_json(run_dir / RESULTS_FILE, {
             "status": "failed", "error": line, "error_type": type(exc).__name__, "error_file": ERROR_FILE,
             "job": {k: job.get(k) for k in ("name", "override_dirname", "num", "run_dir")},
-            "overrides": list(job.get("overrides") or []), "metrics": None, "config": config})
+            "overrides": list(job.get("overrides") or []), "metrics": None, "config": _redact(config)})
     except Exception as e:  # noqa: BLE001
         print(f"kaft: could not record the failure in {run_dir}: {e}", file=sys.stderr)
     return line
@@ -338,3 +338,10 @@ __all__ = ["CONFIG_ERRORS", "PathError", "STATES", "check_writable_dir", "error_
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _redact(obj):
+    """Secrets from the environment never reach results.json (see kaft.track.redact)."""
+    from kaft.track import redact
+
+    return redact(obj)

@@ -38,10 +38,48 @@ RESULTS_FILE = "results.json"
 
 # ----------------------------------------------------------------------------------------------- results.json
 def write_results(run_dir: str | os.PathLike, results: dict) -> Path:
-    """Write ``results`` to ``<run_dir>/results.json`` atomically (readers see the old file or the new one)."""
+    """Write ``results`` to ``<run_dir>/results.json`` atomically (readers see the old file or the new one), with
+    the values of secret environment variables masked (:func:`redact`)."""
     path = Path(run_dir) / RESULTS_FILE
-    atomic_write_json(path, results)
+    atomic_write_json(path, redact(results))
     return path
+
+
+# ----------------------------------------------------------------------------------------------- secrets
+SECRET_NAME_PARTS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL")
+SECRET_MIN_LEN = 8  # shorter values ("1", "false", as in TOKENIZERS_PARALLELISM=false) are not secrets
+MASK = "***"
+
+
+def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Values of the environment variables whose names contain KEY, TOKEN, SECRET, PASSWORD, PASSWD or CREDENTIAL
+    (``WANDB_API_KEY``, ``HF_TOKEN``, ``AWS_SECRET_ACCESS_KEY``, ...), longest first."""
+    env = os.environ if environ is None else environ
+    vals = {v for k, v in env.items() if any(p in k.upper() for p in SECRET_NAME_PARTS) and len(v) >= SECRET_MIN_LEN}
+    return sorted(vals, key=len, reverse=True)
+
+
+def redact(obj: Any, secrets: list[str] | None = None) -> Any:
+    """``obj`` (JSON-like) with every occurrence of a secret value (:func:`secret_values`) in a string — keys
+    included — replaced by ``***``: a config that interpolates ``${oc.env:HF_TOKEN}`` does not leak the token into
+    results.json or W&B."""
+    secrets = secret_values() if secrets is None else secrets
+    if not secrets:
+        return obj
+
+    def scrub(x: Any) -> Any:
+        if isinstance(x, str):
+            for s in secrets:
+                if s in x:
+                    x = x.replace(s, MASK)
+            return x
+        if isinstance(x, Mapping):
+            return {scrub(k): scrub(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [scrub(v) for v in x]
+        return x
+
+    return scrub(obj)
 
 
 _DISTRIBUTIONS = {"torch": "torch", "transformers": "transformers", "peft": "peft", "lm_eval": "lm_eval",
@@ -143,16 +181,17 @@ class WandbLogger:
             id_file.write_text(run_id + "\n")
         self.run = wandb.init(
             id=run_id, resume="allow",
-            project=cfg.get("project") or "kaft", entity=cfg.get("entity") or None, name=run_name, group=group,
+            project=cfg.get("project") or "kaft", entity=cfg.get("entity") or None, name=redact(run_name),
+            group=redact(group),
             job_type=cfg.get("job_type") or "kaft", tags=list(cfg.get("tags") or []) or None,
-            dir=str(run_dir), mode=self.mode, config=_plain(config), settings=wandb.Settings(**settings))
+            dir=str(run_dir), mode=self.mode, config=redact(_plain(config)), settings=wandb.Settings(**settings))
         self._finished = False
         log.info("wandb run %s (%s) in %s", self.run.name, self.mode, getattr(self.run, "dir", run_dir))
 
     def log_results(self, results: dict) -> None:
         if self._finished:
             raise RuntimeError("log_results() after finish()")
-        flat = summary_metrics(results)
+        flat = summary_metrics(results)  # numbers only: nothing to redact
         if flat:
             self.run.log(flat)
             self.run.summary.update(flat)
@@ -209,5 +248,5 @@ def make_logger(logger_cfg: Mapping | None, run_dir, run_name: str, group: str |
     return LOGGERS[name](cfg, run_dir, run_name, group, config)
 
 
-__all__ = ["LOGGERS", "NoneLogger", "RESULTS_FILE", "WandbLogger", "make_logger", "package_versions",
-           "register_logger", "resolve_mode", "summary_metrics", "write_results"]
+__all__ = ["LOGGERS", "NoneLogger", "RESULTS_FILE", "WandbLogger", "make_logger", "package_versions", "redact",
+           "register_logger", "resolve_mode", "secret_values", "summary_metrics", "write_results"]

@@ -10,6 +10,14 @@ DPO pairs (:func:`kaft.pairs.build_pairs`) are encoded the same way. The referen
 with its adapter disabled (no second copy of the weights). When chosen and rejected differ only in their last
 token — one-letter answers after the same prompt — both are read from one sequence's logits (the causal logits that
 score the last token do not see it), so such a pair costs one sequence, not two.
+
+**Checkpoints and resume.** With a ``checkpoint_dir`` (kaft.run passes the train key's scratch dir in the cache,
+``<cache>/train/.partial-<key>/``, removed once the adapter is in the cache) the Trainer saves a checkpoint every
+``train.save_steps`` optimizer steps (adapter as safetensors, optimizer, scheduler, RNG states, trainer state;
+``train.save_total_limit`` kept), and a restarted run — killed, preempted, requeued — resumes from the newest
+complete one: the Trainer restores the RNG states and skips the batches already seen in the current epoch, so the
+final adapter equals an uninterrupted run's (tests/test_train.py). ``train.save_steps`` and
+``train.save_total_limit`` are not part of the train cache key: they do not change the result.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import inspect
 import json
 import logging
 import math
+import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -34,6 +43,8 @@ IGNORE_INDEX = losses.IGNORE_INDEX
 TRAIN_KEYS = ("batch_size", "lr", "warmup_ratio", "epochs", "max_length", "weight_decay", "grad_accum",
               "lr_scheduler", "logging_steps", "lora")
 LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
+# optional train settings that only decide how often progress is saved, not the adapter (left out of cache keys)
+CHECKPOINT_KEYS = ("save_steps", "save_total_limit")
 
 
 # ----------------------------------------------------------------------------------------------- tokenising
@@ -312,6 +323,11 @@ def validate_train_cfg(train_cfg: Mapping) -> None:
                 (hi is not None and v >= hi):
             rng = f"[{lo:g}, {hi:g})" if hi is not None else f">= {lo:g}"
             raise ValueError(f"train.{key} must be a number in {rng}, got {v!r}")
+    for key, lo in (("save_steps", 0), ("save_total_limit", 1)):
+        v = train_cfg.get(key, lo if key == "save_total_limit" else 50)
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ValueError(f"train.{key} must be an integer >= {lo}, got {v!r}"
+                             + (" (0 turns checkpoints off)" if key == "save_steps" else ""))
     if train_cfg["lr_scheduler"] not in LR_SCHEDULERS:
         raise ValueError(f"train.lr_scheduler must be one of {list(LR_SCHEDULERS)}, got {train_cfg['lr_scheduler']!r}")
     lora = train_cfg["lora"]
@@ -333,9 +349,30 @@ def _lora_config(lora: Mapping):
                       lora_dropout=float(lora["dropout"]), target_modules=targets, bias="none")
 
 
+def last_checkpoint(checkpoint_dir: str | Path | None) -> Path | None:
+    """The newest *complete* ``checkpoint-<step>`` under ``checkpoint_dir`` (None if there is none).
+
+    The Trainer writes ``trainer_state.json`` last, after the adapter, optimizer, scheduler and RNG states, so a
+    checkpoint without it was cut off mid-save (by a kill or a requeue) and is skipped (and removed)."""
+    if checkpoint_dir is None or not Path(checkpoint_dir).is_dir():
+        return None
+    found = []
+    for p in Path(checkpoint_dir).glob("checkpoint-*"):
+        step = p.name.split("-", 1)[1]
+        if p.is_dir() and step.isdigit():
+            found.append((int(step), p))
+    for step, p in sorted(found, reverse=True):
+        if (p / "trainer_state.json").exists() and any(p.glob("*.safetensors")):
+            return p
+        log.warning("ignoring incomplete checkpoint %s (cut off while it was saved)", p)
+        shutil.rmtree(p, ignore_errors=True)
+    return None
+
+
 def train_lora(model, tokenizer, items: Sequence[MCItem], weights: Sequence[float], loss_cfg: Mapping,
                train_cfg: Mapping, out_dir: str | Path, seed: int, domain: str,
-               instruction: str | None = None, records: Sequence[dict] | None = None):
+               instruction: str | None = None, records: Sequence[dict] | None = None,
+               checkpoint_dir: str | Path | None = None, callbacks: Sequence | None = None):
     """Fine-tune ``model`` with LoRA on ``items`` weighted by ``weights``; return the peft model (in memory, in
     eval mode) after saving its adapter to ``out_dir``.
 
@@ -345,6 +382,10 @@ def train_lora(model, tokenizer, items: Sequence[MCItem], weights: Sequence[floa
     (:func:`kaft.losses.needs_samples`, i.e. ``dpo``) builds its pairs from their sampled answers and needs them;
     then ``train.batch_size`` counts pairs, the pairs go to ``out_dir/pairs.jsonl`` and their counts to
     ``train_log.json``. Other losses ignore ``records``.
+
+    ``checkpoint_dir``: where Trainer checkpoints go every ``train.save_steps`` steps (default 50; 0 = none),
+    keeping ``train.save_total_limit`` (default 1); training resumes from the newest complete one found there
+    (``train_log.json`` then records ``resumed_from_step``). ``callbacks``: extra ``TrainerCallback``s.
     """
     from peft import PeftModel, get_peft_model
     from transformers import TrainingArguments, set_seed
@@ -393,8 +434,12 @@ def train_lora(model, tokenizer, items: Sequence[MCItem], weights: Sequence[floa
 
     use_cuda = torch.cuda.is_available()
     bf16 = bool(use_cuda and torch.cuda.is_bf16_supported())
+    save_steps = int(train_cfg.get("save_steps", 50))
+    checkpointing = checkpoint_dir is not None and save_steps > 0
+    if checkpointing:
+        Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
     args = TrainingArguments(
-        output_dir=str(out_dir),
+        output_dir=str(checkpoint_dir if checkpointing else out_dir),
         per_device_train_batch_size=int(train_cfg["batch_size"]),
         gradient_accumulation_steps=int(train_cfg["grad_accum"]),
         learning_rate=float(train_cfg["lr"]),
@@ -403,7 +448,9 @@ def train_lora(model, tokenizer, items: Sequence[MCItem], weights: Sequence[floa
         weight_decay=float(train_cfg["weight_decay"]),
         lr_scheduler_type=str(train_cfg["lr_scheduler"]),
         logging_steps=int(train_cfg["logging_steps"]),
-        save_strategy="no",
+        save_strategy="steps" if checkpointing else "no",
+        save_steps=save_steps if checkpointing else 500,
+        save_total_limit=int(train_cfg.get("save_total_limit", 1)),
         report_to="none",
         seed=seed,
         data_seed=seed,
@@ -417,13 +464,19 @@ def train_lora(model, tokenizer, items: Sequence[MCItem], weights: Sequence[floa
     trainer_cls, collator = ((_make_pair_trainer_class(), PairCollator(pad_id)) if pairwise else
                              (_make_trainer_class(), WeightedCollator(pad_id)))
     trainer = trainer_cls(model=model, args=args, train_dataset=_ListDataset(rows), data_collator=collator,
-                          loss_cfg=loss_cfg)
-    result = trainer.train()
+                          loss_cfg=loss_cfg, callbacks=list(callbacks or []) or None)
+    resume = last_checkpoint(checkpoint_dir) if checkpointing else None
+    resumed_from = None
+    if resume is not None:
+        resumed_from = int(json.loads((resume / "trainer_state.json").read_text()).get("global_step", 0))
+        log.info("resuming training from checkpoint %s (step %d)", resume, resumed_from)
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     model = trainer.model
     model.eval()
     model.save_pretrained(str(out_dir))
     history = [dict(h) for h in trainer.state.log_history]
-    summary = {"train_loss": result.training_loss, "global_step": result.global_step, "log_history": history}
+    summary = {"train_loss": result.training_loss, "global_step": result.global_step, "log_history": history,
+               "resumed_from_step": resumed_from}
     if pairwise:
         summary.update(n_pairs=len(pairs), n_items_with_pairs=len({p["index"] for p in pairs}))
     (out_dir / "train_log.json").write_text(json.dumps(summary, indent=1, default=float))

@@ -4,7 +4,9 @@ from analysis.results import collect, flatten, main
 
 
 def _res(loss, avg):
-    return {"config": {"loss": {"name": loss}, "alpha": 0.1, "seed": 0}, "metrics": {
+    return {"status": "done", "config": {"loss": {"name": loss}, "alpha": 0.1, "seed": 0,
+                                         "strategy": {"name": "subset", "subset": "wrong", "ratio": None},
+                                         "detection": {"name": "icl"}}, "metrics": {
         "benchmarks": {"b1": {"acc": avg}}, "average": avg}, "timings": {"train": 1.5}, "job": {"run_dir": "x"}}
 
 
@@ -16,6 +18,9 @@ def test_collect_flattens_every_results_json(tmp_path, capsys):
     rows = collect(tmp_path)
     assert [(r["loss"], r["average"], r["acc/b1"], r["time/train"]) for r in rows] == [
         ("kaft", 0.7, 0.7, 1.5), ("eaft", 0.6, 0.6, 1.5)]
+    assert [(r["status"], r["strategy"], r["subset"], r["detection"], r["method"]) for r in rows] == [
+        ("done", "subset", "wrong", "icl", None)] * 2
+    assert flatten({"config": {"method": {"name": "kaft"}}})["method"] == "kaft"
     assert flatten({})["average"] is None
     assert main([str(tmp_path), "--csv", str(tmp_path / "t.csv")]) == 0
     assert (tmp_path / "t.csv").read_text().splitlines()[0].startswith("loss,alpha")

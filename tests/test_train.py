@@ -346,3 +346,80 @@ def test_train_lora_dpo_needs_records_with_wrong_samples(tok, tmp_path):
     # other losses ignore records
     train.train_lora(base, tok, ITEMS, [1.0] * 8, {"name": "constant"}, train_cfg(), tmp_path / "c", 0, "general",
                      records=right)
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+class _Interrupted(Exception):
+    pass
+
+
+def _interrupt_after_checkpoint(step: int):
+    from transformers import TrainerCallback
+
+    class Interrupt(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):  # called once checkpoint-<step> is complete
+            if state.global_step == step:
+                raise _Interrupted(step)
+
+    return Interrupt()
+
+
+def test_interrupted_training_resumes_from_its_checkpoint_to_the_same_adapter(tok, tmp_path):
+    """Killed after step 9 of 30 (mid-epoch: 2 steps per epoch), the resumed run restores the optimizer, scheduler,
+    RNG states (LoRA dropout is on) and data order, and ends with the adapter of an uninterrupted run."""
+    from safetensors.torch import load_file
+
+    cfg = train_cfg(epochs=15, batch_size=2, grad_accum=2, lr=3e-2, warmup_ratio=0.1, lr_scheduler="cosine",
+                    save_steps=3, save_total_limit=1,
+                    lora={"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]})
+    weights = [0.1, 0.5, 1.0, 1.0, 0.1, 0.5, 1.0, 1.0]
+    base = make_model(len(tok))
+    ref = lora_state(train.train_lora(copy.deepcopy(base), tok, ITEMS, weights, {"name": "constant"}, cfg,
+                                      tmp_path / "ref", seed=3, domain="general"))  # no checkpoint dir: none saved
+    assert not list((tmp_path / "ref").glob("checkpoint-*"))
+
+    ckpt = tmp_path / "scratch"
+    with pytest.raises(_Interrupted):
+        train.train_lora(copy.deepcopy(base), tok, ITEMS, weights, {"name": "constant"}, cfg, tmp_path / "a",
+                         seed=3, domain="general", checkpoint_dir=ckpt, callbacks=[_interrupt_after_checkpoint(9)])
+    assert [p.name for p in ckpt.glob("checkpoint-*")] == ["checkpoint-9"]  # save_total_limit=1
+    saved = sorted(p.name for p in (ckpt / "checkpoint-9").iterdir())
+    assert "adapter_model.safetensors" in saved and "trainer_state.json" in saved
+    # weights as safetensors; optimizer.pt / scheduler.pt / rng_state.pth are torch files the Trainer loads with
+    # weights_only=True, training_args.bin is a pickle it writes for reference and never loads
+    assert not [n for n in saved if n.endswith((".bin", ".pt", ".pth")) and "model" in n], saved
+    (ckpt / "checkpoint-12").mkdir()  # a checkpoint cut off while it was saved: no trainer_state.json
+    (ckpt / "checkpoint-12" / "adapter_model.safetensors").write_bytes(b"")
+    assert train.last_checkpoint(ckpt) == ckpt / "checkpoint-9" and not (ckpt / "checkpoint-12").exists()
+
+    from transformers import TrainerCallback
+
+    steps = []
+
+    class Count(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            steps.append(state.global_step)
+
+    resumed = train.train_lora(copy.deepcopy(base), tok, ITEMS, weights, {"name": "constant"}, cfg, tmp_path / "b",
+                               seed=3, domain="general", checkpoint_dir=ckpt, callbacks=[Count()])
+    got = lora_state(resumed)
+    assert steps == list(range(10, 31))  # only the 21 steps after the checkpoint ran
+    log = json.loads((tmp_path / "b" / "train_log.json").read_text())
+    assert log["resumed_from_step"] == 9 and log["global_step"] == 30
+    init = lora_state(train.train_lora(copy.deepcopy(base), tok, ITEMS, [0.0] * 8, {"name": "kaft", "rewards":
+                      [0, 0, 0, 0]}, train_cfg(), tmp_path / "zero", seed=3, domain="general"))
+    assert any((got[k] - init[k]).abs().max() > 1e-2 for k in got)  # it really trained
+    for k in ref:
+        assert torch.allclose(got[k], ref[k], atol=1e-6, rtol=1e-5), (k, (got[k] - ref[k]).abs().max())
+    on_disk = load_file(tmp_path / "b" / "adapter_model.safetensors")
+    ref_disk = load_file(tmp_path / "ref" / "adapter_model.safetensors")
+    assert on_disk.keys() == ref_disk.keys()
+    assert all(torch.allclose(on_disk[k], ref_disk[k], atol=1e-6, rtol=1e-5) for k in on_disk)
+
+
+def test_checkpoint_settings_are_validated():
+    with pytest.raises(ValueError, match="save_steps"):
+        train.validate_train_cfg(train_cfg(save_steps=-1))
+    with pytest.raises(ValueError, match="save_total_limit"):
+        train.validate_train_cfg(train_cfg(save_total_limit=0))
+    train.validate_train_cfg(train_cfg(save_steps=0))
