@@ -435,9 +435,12 @@ def probe_chunk(backend, tokenizer, items: Sequence[MCItem], cfg: Mapping, seed:
             order = queries[qi].order
             per_query[qi]["answers"] = [order[p] if p >= 0 else -1 for p in
                                         (parse_answer(t, len(order)) for t in resp)]
+    by_item: list[list[int]] = [[] for _ in items]
+    for qi, q in enumerate(queries):
+        by_item[q.item].append(qi)
     records = []
     for i, it in enumerate(items):
-        qs = [qi for qi, q in enumerate(queries) if q.item == i]
+        qs = by_item[i]
         rec: dict[str, Any] = {"id": it.id, "gold": it.answer, "orders": [queries[qi].order for qi in qs]}
         if s["name"] == "icl":
             p = per_query[qs[0]]["probs"]

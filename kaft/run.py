@@ -190,7 +190,7 @@ def validate(cfg: DictConfig, n_train: int) -> None:
     partition_mod.validate(int(cfg.partition.k), n_train)
     strategy_mod.validate(_plain(cfg.strategy), int(cfg.partition.k))
     needs = [what for what, yes in (("strategy=" + cfg.strategy.name, strategy_mod.needs_samples(_plain(cfg.strategy))),
-                                    ("loss=" + cfg.loss.name, getattr(losses, "needs_samples", lambda c: False)(
+                                    ("loss=" + cfg.loss.name, losses.needs_samples(
                                         _plain(cfg.loss)))) if yes]
     if needs and not detect_mod.saves_samples(_plain(cfg.detection)):
         raise ConfigError(f"{' and '.join(needs)} needs the model's sampled answers, but detection "
@@ -378,7 +378,7 @@ def run(cfg: DictConfig) -> dict:
     train_key = None
     if sel.train:
         with timer("train"):
-            needs_records = getattr(losses, "needs_samples", lambda c: False)(_plain(cfg.loss))
+            needs_records = losses.needs_samples(_plain(cfg.loss))
             tuned, adapter_dir, status["train"], train_key = stage_train(
                 cfg, cache, model, sel.items, sel.weights, model_id, sel.records if needs_records else None)
 

@@ -46,6 +46,21 @@ def make_model(vocab_size: int, seed: int = 0):
     return LlamaForCausalLM(cfg).eval()
 
 
+def save_tiny_model(path, seed: int = 0):
+    """Save a tiny random Llama and its tokenizer to ``path`` (what ``model=local model.path=...`` loads)."""
+    tok = make_tokenizer()
+    make_model(len(tok), seed).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def tiny_train_rows(n: int = 12) -> list[dict]:
+    """``n`` valid multiple-choice rows over the tiny tokenizer's words (colours and animals alternate)."""
+    colors, animals = ["red", "green", "blue", "yellow"], ["cat", "dog", "fox", "owl"]
+    return [{"id": f"q{i}", "question": f"What is the capital of Zorvia {i} ?",
+             "options": colors if i % 2 else animals, "answer": i % 4} for i in range(n)]
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return make_tokenizer()

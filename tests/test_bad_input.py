@@ -23,12 +23,10 @@ def _jsonl(rows) -> str:
 @pytest.fixture(scope="module")
 def good(tmp_path_factory):
     """A saved tiny model and a valid data file: every case breaks one thing on top of these."""
-    from conftest import make_model, make_tokenizer
+    from conftest import save_tiny_model
 
     root = tmp_path_factory.mktemp("good")
-    tok = make_tokenizer()
-    make_model(len(tok)).save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
+    save_tiny_model(root / "model")
     (root / "train.jsonl").write_text(_jsonl(ROWS))
     return root
 

@@ -9,19 +9,15 @@ import sys
 
 import pytest
 
-from conftest import make_model, make_tokenizer
+from conftest import save_tiny_model, tiny_train_rows
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipe")
-    tok = make_tokenizer()
-    make_model(len(tok)).save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
-    colors, animals = ["red", "green", "blue", "yellow"], ["cat", "dog", "fox", "owl"]
-    rows = [{"id": f"q{i}", "question": f"What is the capital of Zorvia {i} ?",
-             "options": colors if i % 2 else animals, "answer": i % 4} for i in range(12)]
-    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    save_tiny_model(root / "model")
+    colors = ["red", "green", "blue", "yellow"]
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in tiny_train_rows()))
     (root / "test.csv").write_text("question,options,answer\n" + "".join(
         f"\"What is Tarn {i} ?\",\"{json.dumps(colors).replace(chr(34), chr(34) * 2)}\",{'ABCD'[i % 4]}\n"
         for i in range(6)))

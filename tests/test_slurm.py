@@ -43,16 +43,12 @@ def slurm_cluster():
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from conftest import make_model, make_tokenizer
+    from conftest import save_tiny_model, tiny_train_rows
 
     root = tmp_path_factory.mktemp("slurm")
-    tok = make_tokenizer()
-    make_model(len(tok)).save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
-    colors, animals = ["red", "green", "blue", "yellow"], ["cat", "dog", "fox", "owl"]
-    rows = [{"id": f"q{i}", "question": f"What is the capital of Zorvia {i} ?",
-             "options": colors if i % 2 else animals, "answer": i % 4} for i in range(12)]
-    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    save_tiny_model(root / "model")
+    colors = ["red", "green", "blue", "yellow"]
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in tiny_train_rows()))
     (root / "test.jsonl").write_text("".join(json.dumps({"question": f"What is Tarn {i} ?", "options": colors,
                                                          "answer": i % 4}) + "\n" for i in range(6)))
     return root

@@ -123,12 +123,10 @@ def test_record_failure_and_one_line(tmp_path):
 def test_failing_jobs_are_recorded_and_do_not_stop_the_sweep(tmp_path):
     """Four jobs on the basic launcher: one runs, two have an impossible alpha (user error), one a model whose
     weights are corrupt (an exception while loading). All four are recorded; the sweep exits 1 after all ran."""
-    from conftest import make_model, make_tokenizer
+    from conftest import save_tiny_model
 
-    tok = make_tokenizer()
     for name in ("good", "corrupt"):
-        make_model(len(tok)).save_pretrained(tmp_path / name)
-        tok.save_pretrained(tmp_path / name)
+        save_tiny_model(tmp_path / name)
     (tmp_path / "corrupt" / "model.safetensors").write_bytes(b"this is not a safetensors file")
     rows = [{"question": f"What is the capital of Zorvia {i} ?", "options": ["red", "green", "blue", "yellow"],
              "answer": i % 4} for i in range(8)]
