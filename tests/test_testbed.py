@@ -44,6 +44,14 @@ def test_unknown_keys_are_refused():
 def test_impossible_world_says_what_to_change():
     with pytest.raises(tbw.WorldConfigError, match="n_countries"):
         tbw.generate({"world": {"n_countries": 10}})
+    with pytest.raises(tbw.WorldConfigError, match="n_people"):
+        tbw.generate({"world": {"n_test_ood": 500}})
+    with pytest.raises(tbw.WorldConfigError, match=r"test_ood_mix: unknown kinds \['contradict'\]"):
+        tbw.generate({"world": {"test_ood_mix": {"known": 1, "contradict": 1}}})
+    with pytest.raises(tbw.WorldConfigError, match="train_mix: shares must be >= 0"):
+        tbw.generate({"world": {"train_mix": {"known": 0}}})
+    with pytest.raises(tbw.WorldConfigError, match="max_unseen_per_entity"):
+        tbw.generate({"world": {"test_id_mix": {"unseen": 1}, "max_unseen_per_entity": 1}})
 
 
 # ----------------------------------------------------------------------------------------------- world
@@ -62,9 +70,9 @@ def test_deterministic_and_seeded():
 def test_splits_sizes_and_mix(world):
     assert world.splits() == ["train", "test_id", "test_ood"]
     kinds = {name: Counter(it.meta["kind"] for it in world.split(name)) for name in world.splits()}
-    assert kinds["train"] == {"known": 100, "unseen": 50, "contradict": 50}
-    assert sum(kinds["test_id"].values()) == 120 and kinds["test_id"]["known"] > kinds["test_id"]["unseen"] > 0
-    assert kinds["test_ood"] == {"known": 96}
+    assert kinds["train"] == {"known": 70, "latent": 70, "unseen": 20, "contradict": 40}
+    assert kinds["test_id"] == {"known": 160, "latent": 160, "unseen": 80}
+    assert kinds["test_ood"] == {"known": 100, "latent": 100}
     with pytest.raises(KeyError, match="choose one of"):
         world.split("dev")
 
@@ -83,8 +91,9 @@ def test_items_are_valid(world):
             rel, ent = it.meta["relation"], it.meta["entity"]
             assert ent in it.question and set(it.options) <= set(world.pools[rel])
             mem, gold = world.memorised(ent, rel), it.options[it.answer]
-            if it.meta["kind"] == "known":
-                assert gold == mem
+            if it.meta["kind"] in ("known", "latent"):
+                assert gold == mem and world.fact(ent, rel).freq == ("frequent" if it.meta["kind"] == "known"
+                                                                     else "rare")
             elif it.meta["kind"] == "unseen":
                 assert mem is None and gold == world.fact(ent, rel).value
             else:
@@ -100,11 +109,19 @@ def test_words_are_unique_made_up_tokens(world):
 
 def test_corpus_never_states_unseen_facts_nor_quizzes_split_items(world):
     text = "\n".join(world.corpus())
+    repeats, rare = world.config["world"]["repeats"], world.config["world"]["latent_repeats"]
     for f in world.facts:
+        rel = world.relations[f.relation]
+        said = [t.format(e=f.entity, v=f.value) for t in rel.sentences]
         if f.freq == "never":
-            rel = world.relations[f.relation]
             for t in (*rel.sentences, rel.qa):
                 assert t.format(e=f.entity, v=f.value) not in text
+        elif f.freq == "rare":  # stated in exactly latent_repeats paragraphs, as plain sentences only
+            assert sum(any(s in p for s in said) for p in world.paragraphs if p.startswith(f.entity + " ")) == rare
+            assert rel.qa.format(e=f.entity, v=f.value) not in text
+        elif f.role == "train":
+            assert sum(any(s in p for s in said) or rel.qa.format(e=f.entity, v=f.value) in p
+                       for p in world.paragraphs if p.startswith(f.entity + " ")) == repeats
     mc = "\n".join(world.mc_docs)
     for name in world.splits():
         for it in world.split(name):
@@ -117,7 +134,7 @@ def test_data_source_reads_the_world(tmp_path):
 
     items = load_items({"source": "testbed", "split": "test_ood"}, domain="geography", testbed={},
                        cache_dir=str(tmp_path))
-    assert len(items) == 96 and items[0].meta["kind"] == "known"
+    assert len(items) == 200 and {it.meta["kind"] for it in items} == {"known", "latent"}
 
 
 # ----------------------------------------------------------------------------------------------- tokenizer
@@ -235,16 +252,25 @@ def test_build_is_cached_and_loadable(built):
 @pytest.mark.slow
 @pytest.mark.testbed
 def test_pretrained_model_meets_targets(built):
-    """Acceptance: known facts >= 0.8 (3-shot), never-seen facts at chance, contradictions detectable."""
+    """Acceptance: the model knows its known facts (>= 0.9 0-shot with the pretraining readout), latent ones less
+    well, never-seen ones at chance; the released readout answers format facts at release_accuracy (there is room
+    for fine-tuning) and contradictions stay detectable."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from kaft.testbed.report import measure
+    from kaft.testbed.report import measure, readout
 
     path, _, _ = built
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     tok = AutoTokenizer.from_pretrained(path)
-    res = measure(tbw.build_world({}), model, tok)
-    assert res["acc"]["train"]["known"] >= 0.8 and res["acc"]["test_id"]["known"] >= 0.8
+    world, binding = tbw.build_world({}), tbw.DEFAULT_CONFIG["model"]["binding"]
+    res = measure(world, model, tok)
+    ro = readout(world, model, tok, binding)
+    full = ro["acc0_full"]
+    assert full["test_id"]["known"] >= 0.9 and full["test_ood"]["known"] >= 0.9 and full["train"]["known"] >= 0.9
+    assert full["test_id"]["unseen"] <= full["test_id"]["latent"] <= full["test_id"]["known"]
+    assert full["test_id"]["latent"] >= 0.6 and abs(full["test_id"]["unseen"] - 0.25) <= 0.1
+    assert abs(ro["format_acc"] - binding["release_accuracy"]) <= 0.03 and ro["format_acc_full"] >= 0.9
+    assert ro["gain"] < binding["m_gain"]
+    assert 0.5 <= res["acc0"]["test_id"]["known"] <= 0.9  # the released readout leaves room to fine-tune
     assert abs(res["acc"]["train"]["unseen"] - 0.25) <= 0.1
-    assert res["auroc_contradict"] >= 0.9 and res["contradict_picks_memorised"] >= 0.8
-    assert res["acc0"]["test_id"]["known"] >= 0.8 and res["acc0"]["test_ood"]["known"] >= 0.8
+    assert res["auroc_contradict"] >= 0.9 and res["contradict_picks_memorised"] >= 0.7

@@ -12,8 +12,10 @@ kaft's training rely on. By default it prepends ``<s>`` like Llama tokenizers. D
 Model: ``LlamaForCausalLM`` with head_dim 64 (what the vLLM backend needs), untied embeddings, trained with AdamW at
 a high learning rate (bf16 autocast where the CPU has it) on whole documents packed into short rows. Three attention
 heads that bind option letters to option values are built in and kept fixed (see "binding heads" below: a model
-this small cannot learn that skill in the CPU budget); all knowledge is learned. The defaults build in about a
-minute on 2 CPU cores (numbers in kaft.testbed.report).
+this small cannot learn that skill in the CPU budget); all knowledge is learned. After pretraining the matching
+head is weakened to a calibrated gain (:func:`release_readout`) so that the released model, like a base LLM,
+answers below what it knows and fine-tuning has a readout to restore. The defaults build in about 100 s on 2 CPU
+cores (numbers in kaft.testbed.report).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from kaft.testbed.world import World, WorldConfigError, build_world, resolve_con
 
 log = logging.getLogger(__name__)
 
-VERSION = "1"  # bump when anything here changes what a build produces (it is part of the cache key)
+VERSION = "2"  # bump when anything here changes what a build produces (it is part of the cache key)
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 PUNCT = list(".,:;?!'\"()-/")
@@ -256,6 +258,60 @@ def install_binding_heads(model, tok, world: World, b: Mapping, seed: int):
     return restore
 
 
+def readout_accuracy(model, tok, items, gain: float, b: Mapping) -> float:
+    """0-shot accuracy on ``items`` with head M's output gain set to ``gain`` (the model is left at that gain)."""
+    from kaft.prompts import few_shot_prompt
+    from kaft.testbed.report import letter_probs
+
+    set_readout_gain(model, gain, b)
+    prompts = [few_shot_prompt([], it.question, it.options, it.domain) for it in items]
+    pred = letter_probs(model, tok, prompts, batch_size=64).argmax(-1).tolist()
+    return sum(int(p == it.answer) for p, it in zip(pred, items)) / len(items)
+
+
+def _readout_rows(model, b: Mapping):
+    lay = binding_layout(b)
+    return model.model.layers[-1].self_attn.o_proj.weight[lay["L_IN"]:lay["L_IN"] + lay["n"], :model.config.head_dim]
+
+
+def readout_gain(model, b: Mapping) -> float:
+    """Head M's current output gain (the weight with which it writes the matched option's letter)."""
+    return float(_readout_rows(model, b).detach().diagonal().mean())
+
+
+def set_readout_gain(model, gain: float, b: Mapping) -> None:
+    """Rescale head M's output (the letter it writes) to ``gain``."""
+    import torch
+
+    current = readout_gain(model, b)
+    with torch.no_grad():
+        _readout_rows(model, b).mul_(gain / current)
+
+
+def release_readout(model, tok, world: World, b: Mapping) -> float:
+    """Weaken head M in the model that is saved so that its 0-shot accuracy on well-known *format* facts is
+    ``release_accuracy``; returns the gain (``m_gain`` when ``release_accuracy`` is None).
+
+    Pretraining needs the strong gain (at 1.5 the learned layers never come to use the binding). The released
+    model answers with a weaker one: its multiple-choice readout uses less of what it knows, as a base LLM does
+    before instruction tuning, so fine-tuning has something to restore - and how much it restores depends on
+    whether the training answers agree with what the model recalls (the knowledge conflict). The gain is found by
+    bisection on format facts (in no split), so the headroom is the same whatever the seed."""
+    target = b.get("release_accuracy")
+    if target is None:
+        return float(b["m_gain"])
+    items = world.format_items(256)
+    lo, hi = 0.0, float(b["m_gain"])
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        if readout_accuracy(model, tok, items, mid, b) < float(target):
+            lo = mid
+        else:
+            hi = mid
+    set_readout_gain(model, hi, b)
+    return hi
+
+
 def _rows(docs: list[tuple[list[int], list[int]]], seq_len: int, rng: random.Random, bos: int, eos: int,
           bos_drop: float):
     """One epoch of training rows ``(ids, labels)``: shuffled whole documents (``<s> doc </s>``, ``<s>``
@@ -393,6 +449,10 @@ def build_into(out_dir: str | Path, cfg: Mapping | None = None, progress: bool =
     tok = build_tokenizer(world, int(full["model"]["max_position_embeddings"]))
     log.info("testbed world: %d facts, %d documents, vocabulary %d", len(world.facts), len(world.corpus()), len(tok))
     model, stats = pretrain(world, tok, full, progress)
+    if full["model"]["binding"]["enabled"]:
+        stats["release_m_gain"] = release_readout(model, tok, world, full["model"]["binding"])
+        log.info("testbed readout: head M gain %.3g (0-shot accuracy on format facts %s)", stats["release_m_gain"],
+                 full["model"]["binding"]["release_accuracy"])
     out = Path(out_dir)
     model.save_pretrained(out)
     tok.save_pretrained(out)

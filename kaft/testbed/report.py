@@ -7,18 +7,17 @@ model:
   0-shot: argmax over the option letters of the next-token distribution after ``"Answer:"``;
 * the exact diversified score of every train item (mean over 10 option orders of P(gold letter), softmax at
   temperature 0.7 over the full vocabulary, 3-shot) and its AUROC for finding the ``contradict`` items;
-* how often a contradict item is answered with the memorised distractor; the build time.
+* how often a contradict item is answered with the memorised distractor; the build time;
+* the released readout (head M's gain, 0-shot accuracy on format facts) and, by split and kind, 0-shot accuracy
+  with the pretraining readout: what the model *knows* - the ceiling fine-tuning can restore.
 
 Measured on the default config, 2 shared CPU cores (AMD EPYC, bf16 autocast), seed 0::
 
-    build: 50-55 s wall (world 0.2 s, tokenizer, 900 steps x 4 x 256 tokens; 70 s with precision=fp32)
-    3-shot  train   known 0.970  unseen 0.300  contradict 0.000 (the memorised distractor is picked: 0.960)
-    3-shot  test_id known 0.912  unseen 0.444 (n=18)      test_ood known 1.000
-    0-shot  train   known 1.000  unseen 0.320             test_id known 1.000 (all 0.908)   test_ood 1.000
-    diversified score: known 0.915, unseen 0.324, contradict 0.041; AUROC(contradict vs rest) 0.985
-    (seed 1: 3-shot known 0.930 / 0.931, unseen 0.280, AUROC 0.955; kaft's own sampled detector: AUROC 0.978)
-
-3-shot is a little below 0-shot because a demonstration sometimes lists the asked value among its own options.
+    build: 99 s wall (1,200 steps x 4 x 256 tokens)
+    readout: head M gain 0.92 (pretrained at 5); format facts 0.750 (1.000 at the pretraining gain)
+    0-shot  test_id  known 0.750  latent 0.588  unseen 0.212      (full gain: 1.000 / 0.938 / 0.212)
+    0-shot  test_ood known 0.720  latent 0.710                    (full gain: 1.000 / 0.950)
+    diversified score: contradict 0.196, known 0.421, latent 0.350, unseen 0.254; AUROC(contradict) 0.989
 """
 
 from __future__ import annotations
@@ -125,14 +124,48 @@ def measure(world: World, model, tok, shots: int = 3, n_orders: int = 10, temper
     return res
 
 
+def accuracy_by_kind(model, tok, items: Sequence[MCItem]) -> dict:
+    """0-shot accuracy of ``items`` by kind (and ``all``, ``n``)."""
+    prompts = [few_shot_prompt([], it.question, it.options, it.domain or "general") for it in items]
+    pred = letter_probs(model, tok, prompts).argmax(-1).tolist()
+    by: dict[str, list[int]] = {}
+    for it, p in zip(items, pred):
+        by.setdefault(it.meta["kind"], []).append(int(p == it.answer))
+        by.setdefault("all", []).append(int(p == it.answer))
+    return {**{kind: statistics.fmean(v) for kind, v in sorted(by.items())}, "n": len(items)}
+
+
+def readout(world: World, model, tok, binding: Mapping) -> dict:
+    """The released readout against the pretraining one: 0-shot accuracy on format facts (what the release is
+    calibrated on) and, by split and kind, with head M at its pretraining gain - what the model *knows*, the ceiling
+    fine-tuning can restore. ``model`` is left as it came."""
+    from kaft.testbed.model import readout_gain, set_readout_gain
+
+    fmt = world.format_items(256)
+    gain = readout_gain(model, binding)
+    out = {"gain": gain, "format_acc": accuracy_by_kind(model, tok, fmt)["all"]}
+    try:
+        set_readout_gain(model, float(binding["m_gain"]), binding)
+        out["format_acc_full"] = accuracy_by_kind(model, tok, fmt)["all"]
+        out["acc0_full"] = {name: accuracy_by_kind(model, tok, world.split(name)) for name in world.splits()}
+    finally:
+        set_readout_gain(model, gain, binding)
+    return out
+
+
 def format_report(res: Mapping, build: Mapping | None = None) -> str:
     lines = []
     if build:
         lines.append(f"build: {build.get('build_seconds', float('nan')):.1f}s wall ({build.get('steps')} steps, "
                      f"{build.get('epochs')} epochs, {build.get('tokens')} tokens, {build.get('parameters')} "
                      f"parameters, vocabulary {build.get('vocab_size')}, final loss {build.get('final_loss', 0):.3f})")
-    for key, label in (("acc", "3-shot accuracy"), ("acc0", "0-shot accuracy")):
-        for split, by in res[key].items():
+    ro = res.get("readout")
+    if ro:
+        lines.append(f"readout: head M gain {ro['gain']:.3g} (pretrained at {res.get('m_gain', float('nan')):g}); "
+                     f"0-shot accuracy on format facts {ro['format_acc']:.3f} (at the pretraining gain "
+                     f"{ro['format_acc_full']:.3f})")
+    for key, label in (("acc", "3-shot accuracy"), ("acc0", "0-shot accuracy"), ("acc0_full", "0-shot, full gain")):
+        for split, by in (res.get(key) or (ro or {}).get(key) or {}).items():
             parts = ", ".join(f"{k} {v:.3f}" for k, v in by.items() if k != "n")
             lines.append(f"{label:16s} {split:9s} (n={by['n']}): {parts}")
     lines.append("diversified score by kind (train): " +
@@ -166,7 +199,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     tok = AutoTokenizer.from_pretrained(path)
     t1 = time.time()
-    res = measure(build_world(cfg), model, tok, seed=int(cfg["seed"]))
+    world = build_world(cfg)
+    res = measure(world, model, tok, seed=int(cfg["seed"]))
+    if cfg["model"]["binding"]["enabled"]:
+        res["readout"] = readout(world, model, tok, cfg["model"]["binding"])
+        res["m_gain"] = float(cfg["model"]["binding"]["m_gain"])
     res["build"] = build
     res["measure_seconds"] = time.time() - t1
     print(f"model: {path} ({'built now' if wall > 5 else 'cached'}; this call {wall:.1f}s)")

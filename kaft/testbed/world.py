@@ -8,6 +8,9 @@ Facts are ``(entity, relation, value)`` over made-up words. Each fact has a pret
 * ``frequent`` - stated ``repeats`` times in the corpus: entity paragraphs mixing paraphrase templates and quiz
   statements ("Question: What is the capital of Zorvia? Belmora."), which make the model recall the value right
   after a question's "?" - exactly where an MC prompt's question ends;
+* ``rare``     - stated in only ``latent_repeats`` of the entity's paragraphs, as plain sentences (quiz form with
+  probability ``latent_qa_frac``): stored, but only weakly recalled after a question - *latent* knowledge that
+  fine-tuning on similar questions can activate;
 * ``never``    - never stated, so the pretrained model can only guess (chance level).
 
 The corpus also holds multiple-choice documents in exactly the :mod:`kaft.prompts` layout (0- and k-shot, some
@@ -15,12 +18,14 @@ demonstrations with a wrong letter, the instruction naming varying domains) abou
 facts, which is how the model learns to answer "Answer:" with a letter. Fine-tuning and test facts never appear in
 an MC document.
 
-Splits (all 4-option :class:`~kaft.data.MCItem` with ``meta = {"kind", "relation", "entity"}``):
+Splits (all 4-option :class:`~kaft.data.MCItem` with ``meta = {"kind", "relation", "entity"}``), sized by
+``n_train`` / ``n_test_id`` / ``n_test_ood`` and mixed by ``train_mix`` / ``test_id_mix`` / ``test_ood_mix``:
 
-* ``train``    - ``known`` (frequent fact, gold = memorised value), ``unseen`` (never-seen fact, gold = its value)
-  and ``contradict`` (frequent fact, gold = a *different* value, the memorised one is a distractor);
-* ``test_id``  - held-out facts of the in-domain relations (mostly ``known``, some ``unseen``);
-* ``test_ood`` - facts of the out-of-domain relations (``known``).
+* ``train``    - ``known`` (frequent fact, gold = memorised value), ``latent`` (rare fact), ``unseen`` (never-seen
+  fact, gold = its value) and ``contradict`` (frequent fact, gold = a *different* value, the memorised one is a
+  distractor: the knowledge conflict);
+* ``test_id``  - held-out facts of the in-domain relations (``known``, ``latent``, ``unseen``);
+* ``test_ood`` - facts of the out-of-domain relations (``known``, ``latent``).
 """
 
 from __future__ import annotations
@@ -41,16 +46,19 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "world": {
         "domain": "geography",          # in-domain: countries
         "ood_domain": "biography",      # out-of-domain: people
-        "n_countries": 64,
-        "n_people": 32,
+        "n_countries": 128,
+        "n_people": 64,
         "pool_size": 12,                # values per relation
         "n_train": 200,
-        "train_mix": {"known": 0.5, "unseen": 0.25, "contradict": 0.25},
-        "n_test_id": 120,
-        "test_id_unseen": 0.15,         # fraction of test_id that is never seen
-        "n_test_ood": 96,
+        "train_mix": {"known": 0.35, "latent": 0.35, "unseen": 0.1, "contradict": 0.2},
+        "n_test_id": 400,
+        "test_id_mix": {"known": 0.4, "latent": 0.4, "unseen": 0.2},
+        "n_test_ood": 200,
+        "test_ood_mix": {"known": 0.5, "latent": 0.5},
         "max_unseen_per_entity": 2,
         "repeats": 30,                  # paragraphs per entity (each states all its frequent facts once)
+        "latent_repeats": 4,            # paragraphs (of ``repeats``) that state a rare ("latent") fact
+        "latent_qa_frac": 0.0,          # share of a rare fact's statements in quiz form
         "qa_frac": 0.4,                 # share of statements in quiz form "Question: <question> <value>."
         "n_mc_docs": 800,               # multiple-choice documents about format facts
         "max_shots": 3,                 # k-shot documents use k = 1..max_shots
@@ -78,13 +86,14 @@ DEFAULT_CONFIG: dict[str, Any] = {
             "p_gain": 0.1,              # output gains of heads P, R, M
             "r_gain": 1.0,
             "m_gain": 5.0,
-            "r_peak": 60.0,             # head R: score of the latest "?" (decays with distance)
+            "release_accuracy": 0.75,   # saved model's 0-shot accuracy on format facts (model.release_readout)
+            "r_peak": 120.0,            # head R: score of the latest "?" (decays with distance)
             "fit_iters": 1000,          # iterations fitting the RoPE position profiles (deterministic)
         },
     },
     "pretrain": {
         "precision": "auto",            # bf16 autocast where the CPU supports it, else fp32
-        "steps": 900,
+        "steps": 1200,
         "batch_size": 4,
         "seq_len": 256,
         "lr": 5.0e-3,
@@ -94,7 +103,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "betas": [0.9, 0.98],
         "grad_clip": 1.0,
         "residual_penalty": 1.0,        # penalty on residual RMS above residual_max (keeps built-in heads readable)
-        "residual_max": 0.5,
+        "residual_max": 0.3,
         "bos_drop": 0.2,                # fraction of documents without <s> (prompts may come without it)
         "threads": None,                # torch threads (None = torch's default)
         "log_every": 100,
@@ -111,7 +120,7 @@ def _merge(base: dict, over: Mapping, path: str = "") -> dict:
     for k, v in over.items():
         if k not in base:
             raise WorldConfigError(f"testbed config: unknown key '{path}{k}' (known: {sorted(base)})")
-        if isinstance(base[k], dict) and k != "train_mix":
+        if isinstance(base[k], dict) and not k.endswith("_mix"):
             if not isinstance(v, Mapping):
                 raise WorldConfigError(f"testbed config: '{path}{k}' must be a mapping, got {v!r}")
             out[k] = _merge(base[k], v, f"{path}{k}.")
@@ -220,9 +229,9 @@ class Fact:
     entity: str
     relation: str
     value: str          # the true value (what the corpus states when frequent)
-    freq: str           # "frequent" | "never"
+    freq: str           # "frequent" | "rare" | "never"
     role: str           # "train" | "test_id" | "test_ood" | "format"
-    kind: str           # "known" | "unseen" | "contradict" (for split facts); "format" for format facts
+    kind: str           # "known" | "latent" | "unseen" | "contradict" (split facts); "format" for format facts
 
 
 @dataclass
@@ -250,9 +259,24 @@ class World:
         return self._index[(entity, relation)]
 
     def memorised(self, entity: str, relation: str) -> str | None:
-        """The value the corpus states for this fact, or None when it is never seen."""
+        """The value the corpus states for this fact (often or rarely), or None when it is never seen."""
         f = self.fact(entity, relation)
-        return f.value if f.freq == "frequent" else None
+        return f.value if f.freq != "never" else None
+
+    def format_items(self, n: int) -> list[MCItem]:
+        """Up to ``n`` multiple-choice questions about format facts (frequent, in no split; seeded options): what
+        the testbed model is calibrated on, never what it is evaluated on."""
+        rng = _rng(int(self.config["seed"]), "format-items")
+        facts = [f for f in self.facts if f.role == "format"]
+        out = []
+        for f in rng.sample(facts, min(n, len(facts))):
+            rel = self.relations[f.relation]
+            opts, ans = _options(rng, self.pools[f.relation], f.value)
+            out.append(MCItem(id=f"tb-format-{f.entity.lower()}-{f.relation}",
+                              question=rel.question.format(e=f.entity), options=opts, answer=ans,
+                              subject=f.relation, domain=self.domain_name(rel.domain),
+                              meta={"kind": "format", "relation": f.relation, "entity": f.entity}))
+        return out
 
     def corpus(self) -> list[str]:
         """All pretraining documents (paragraphs first, then MC documents); order is irrelevant to training."""
@@ -296,15 +320,63 @@ def _options(rng: random.Random, pool: list[str], gold: str, must: tuple[str, ..
     return opts, opts.index(gold)
 
 
+KINDS = ("known", "latent", "unseen", "contradict")
+
+
+def _assign_roles(w: Mapping, truth: Mapping, rels: Mapping[str, Relation],
+                  rng: random.Random) -> dict[tuple[str, str], tuple[str, str]]:
+    """``(entity, relation) -> (role, kind)`` for every fact: the split items by the configured mixes, the rest
+    ``("format", "format")``. Never-seen facts are capped per entity (``max_unseen_per_entity``) so that every
+    entity itself stays known."""
+    n_rel = {side: sum(r.domain == side for r in rels.values()) for side in ("in", "ood")}
+    counts = {"train": _counts(int(w["n_train"]), w["train_mix"]),
+              "test_id": _counts(int(w["n_test_id"]), w["test_id_mix"]),
+              "test_ood": _counts(int(w["n_test_ood"]), w["test_ood_mix"])}
+    roles: dict[tuple[str, str], tuple[str, str]] = {}
+    for side, split_names, what in (("in", ("train", "test_id"), "n_countries"), ("ood", ("test_ood",), "n_people")):
+        pool = [k for k in truth if rels[k[1]].domain == side]
+        rng.shuffle(pool)
+        need = sum(sum(counts[s].values()) for s in split_names)
+        if need > len(pool):
+            raise WorldConfigError(f"testbed world: {' + '.join(split_names)} need {need} facts but {what}="
+                                   f"{w[what]} x {n_rel[side]} relations give {len(pool)}; raise {what} or "
+                                   f"shrink the splits")
+        wanted = [(s, kind) for s in split_names for kind, n in counts[s].items() for _ in range(n)]
+        per_entity: dict[str, int] = {}
+        free = list(pool)
+        for split, kind in sorted(wanted, key=lambda sk: sk[1] != "unseen"):  # the capped kind picks first
+            if kind == "unseen":
+                k = next((k for k in free if per_entity.get(k[0], 0) < int(w["max_unseen_per_entity"])), None)
+                if k is None:
+                    raise WorldConfigError(f"testbed world: not enough {what} for the unseen facts; raise {what} "
+                                           f"or max_unseen_per_entity")
+                per_entity[k[0]] = per_entity.get(k[0], 0) + 1
+                free.remove(k)
+            else:
+                k = free.pop(0)
+            roles[k] = (split, kind)
+        for k in free:
+            roles[k] = ("format", "format")
+    return roles
+
+
 def generate(cfg: Mapping | None = None) -> World:
     """Build the world for a (partial) testbed config; pure and deterministic."""
     full = resolve_config(cfg)
     seed, w = int(full["seed"]), full["world"]
     if int(w["pool_size"]) < 4:
         raise WorldConfigError("testbed world.pool_size must be >= 4 (4 distinct options per question)")
-    unknown = set(w["train_mix"]) - {"known", "unseen", "contradict"}
-    if unknown:
-        raise WorldConfigError(f"testbed world.train_mix: unknown kinds {sorted(unknown)}")
+    mixes = {"train": ("train_mix", KINDS), "test_id": ("test_id_mix", KINDS[:3]),
+             "test_ood": ("test_ood_mix", ("known", "latent"))}
+    for key, allowed in mixes.values():
+        mix = w[key]
+        if not isinstance(mix, Mapping) or not mix:
+            raise WorldConfigError(f"testbed world.{key} must be a non-empty mapping kind -> share, got {mix!r}")
+        unknown = set(mix) - set(allowed)
+        if unknown:
+            raise WorldConfigError(f"testbed world.{key}: unknown kinds {sorted(unknown)} (allowed: {list(allowed)})")
+        if any(not float(v) >= 0 for v in mix.values()) or not sum(float(v) for v in mix.values()) > 0:
+            raise WorldConfigError(f"testbed world.{key}: shares must be >= 0 and not all 0, got {dict(mix)}")
 
     names = _Names(_rng(seed, "names"))
     entities = {"in": [names.new("country") for _ in range(int(w["n_countries"]))],
@@ -313,53 +385,9 @@ def generate(cfg: Mapping | None = None) -> World:
     rels = {r.name: r for r in RELATIONS}
     vrng = _rng(seed, "values")
     truth = {(e, r.name): vrng.choice(pools[r.name]) for r in RELATIONS for e in entities[r.domain]}
-
-    # -- assign facts to roles
-    arng = _rng(seed, "assign")
-    in_facts = [k for k in truth if rels[k[1]].domain == "in"]
-    ood_facts = [k for k in truth if rels[k[1]].domain == "ood"]
-    arng.shuffle(in_facts)
-    arng.shuffle(ood_facts)
-    n_train = int(w["n_train"])
-    tr = _counts(n_train, w["train_mix"])
-    n_tid = int(w["n_test_id"])
-    tid_unseen = int(round(n_tid * float(w["test_id_unseen"])))
-    need_unseen = tr.get("unseen", 0) + tid_unseen
-    need_in = n_train + n_tid
-    if need_in > len(in_facts):
-        raise WorldConfigError(f"testbed world: train+test_id need {need_in} in-domain facts but n_countries="
-                               f"{w['n_countries']} x {sum(r.domain == 'in' for r in RELATIONS)} relations give "
-                               f"{len(in_facts)}; raise n_countries or lower n_train/n_test_id")
-    if int(w["n_test_ood"]) > len(ood_facts):
-        raise WorldConfigError(f"testbed world: n_test_ood={w['n_test_ood']} exceeds the {len(ood_facts)} "
-                               f"out-of-domain facts; raise n_people")
-    unseen, per_entity, rest = [], {}, []
-    for k in in_facts:  # never-seen facts, at most max_unseen_per_entity per country (the entity stays known)
-        if len(unseen) < need_unseen and per_entity.get(k[0], 0) < int(w["max_unseen_per_entity"]):
-            unseen.append(k)
-            per_entity[k[0]] = per_entity.get(k[0], 0) + 1
-        else:
-            rest.append(k)
-    if len(unseen) < need_unseen:
-        raise WorldConfigError("testbed world: not enough countries for the unseen facts; raise n_countries or "
-                               "max_unseen_per_entity")
-    roles: dict[tuple[str, str], tuple[str, str]] = {}
-    for k in unseen[: tr.get("unseen", 0)]:
-        roles[k] = ("train", "unseen")
-    for k in unseen[tr.get("unseen", 0):]:
-        roles[k] = ("test_id", "unseen")
-    it = iter(rest)
-    for kind in ("known", "contradict"):
-        for _ in range(tr.get(kind, 0)):
-            roles[next(it)] = ("train", kind)
-    for _ in range(n_tid - tid_unseen):
-        roles[next(it)] = ("test_id", "known")
-    for k in it:
-        roles[k] = ("format", "format")
-    for i, k in enumerate(ood_facts):
-        roles[k] = ("test_ood", "known") if i < int(w["n_test_ood"]) else ("format", "format")
-    facts = [Fact(e, r, truth[(e, r)], "never" if roles[(e, r)][1] == "unseen" else "frequent", *roles[(e, r)])
-             for (e, r) in truth]
+    roles = _assign_roles(w, truth, rels, _rng(seed, "assign"))
+    freq = {"unseen": "never", "latent": "rare"}
+    facts = [Fact(e, r, truth[(e, r)], freq.get(roles[(e, r)][1], "frequent"), *roles[(e, r)]) for (e, r) in truth]
 
     # -- splits
     domain_of = {"in": str(w["domain"]), "ood": str(w["ood_domain"])}
@@ -382,29 +410,33 @@ def generate(cfg: Mapping | None = None) -> World:
     for name in splits:
         srng.shuffle(splits[name])
 
-    # -- corpus: entity paragraphs
+    # -- corpus: entity paragraphs (every frequent fact in each of an entity's ``repeats`` paragraphs, a rare fact
+    #    in ``latent_repeats`` of them)
     prng = _rng(seed, "paragraphs")
     by_entity: dict[str, list[Fact]] = {}
     for f in facts:
-        if f.freq == "frequent":
+        if f.freq != "never":
             by_entity.setdefault(f.entity, []).append(f)
-    qa_frac = float(w["qa_frac"])
+    repeats, n_rare = int(w["repeats"]), min(int(w["latent_repeats"]), int(w["repeats"]))
+    qa_frac = {"frequent": float(w["qa_frac"]), "rare": float(w["latent_qa_frac"])}
 
-    def paragraph(rng: random.Random, e: str, side: str) -> str:
-        fs = list(by_entity.get(e, []))
+    def paragraph(rng: random.Random, e: str, side: str, fs: list[Fact]) -> str:
+        fs = list(fs)
         rng.shuffle(fs)
         sents = [rng.choice(INTROS[side]).format(e=e)]
-        sents += [(rels[f.relation].qa if rng.random() < qa_frac else rng.choice(rels[f.relation].sentences))
+        sents += [(rels[f.relation].qa if rng.random() < qa_frac[f.freq] else rng.choice(rels[f.relation].sentences))
                   .format(e=e, v=f.value) for f in fs]
         return " ".join(sents)
 
     paragraphs = []
     for side in ("in", "ood"):
         for e in entities[side]:
-            for _ in range(int(w["repeats"])):
-                paragraphs.append(paragraph(prng, e, side))
+            fs = by_entity.get(e, [])
+            rare_in = {id(f): set(prng.sample(range(repeats), n_rare)) for f in fs if f.freq == "rare"}
+            for j in range(repeats):
+                paragraphs.append(paragraph(prng, e, side, [f for f in fs if f.freq == "frequent"
+                                                             or j in rare_in[id(f)]]))
     prng.shuffle(paragraphs)
-
 
     # -- corpus: multiple-choice documents about format facts only
     mrng = _rng(seed, "mc")
