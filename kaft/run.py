@@ -27,6 +27,7 @@ from kaft import modeling
 from kaft import partition as partition_mod
 from kaft import strategy as strategy_mod
 from kaft.cache import Cache, atomic_write_json, make_key
+from kaft.testbed.world import WorldConfigError
 
 log = logging.getLogger("kaft")
 
@@ -69,7 +70,7 @@ class ConfigError(ValueError):
 
 
 USER_ERRORS = (ConfigError, data_mod.DataError, modeling.ModelError, detect_mod.DetectionError,
-               partition_mod.PartitionError, strategy_mod.StrategyError)
+               partition_mod.PartitionError, strategy_mod.StrategyError, WorldConfigError)
 
 
 # ----------------------------------------------------------------------------------------------- helpers

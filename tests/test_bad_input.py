@@ -38,13 +38,14 @@ def _write(tmp: Path, name: str, content: str | bytes) -> Path:
 
 
 def _run(tmp: Path, good: Path, args: list[str], train: Path | None = None, model: Path | None = None,
-         cache: Path | None = None, multirun: bool = False):
+         cache: Path | None = None, multirun: bool = False, local_data: bool = True):
     train = train or good / "train.jsonl"
     cache = cache or tmp / "cache"
     env = {**os.environ, "KAFT_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "offline"}
-    base = ["model=local", f"model.path={model or good / 'model'}", "dataset=local", f"dataset.train.path={train}",
-            f"dataset.eval.test.path={good / 'train.jsonl'}", "logger=none", "detection.shots=2"]
+    data = ["dataset=local", f"dataset.train.path={train}", f"dataset.eval.test.path={good / 'train.jsonl'}"]
+    base = ["model=local", f"model.path={model or good / 'model'}", *(data if local_data else []), "logger=none",
+            "detection.shots=2"]
     mode = ["-m", "hydra.sweep.dir=sweep"] if multirun else ["hydra.run.dir=run"]
     out = subprocess.run([sys.executable, "-m", "kaft.run", *mode, *base, *args], cwd=tmp, env=env,
                          capture_output=True, text=True, timeout=300)
@@ -126,6 +127,15 @@ def test_launcher_field_wrong_type_in_a_sweep(tmp_path, good):
                       multirun=True)
     _check(out, cache, "hydra.launcher.mem_gb=lots", tmp_path)
     assert out.returncode == 2 and not list((tmp_path / "sweep").rglob("results.json"))
+
+
+def test_impossible_testbed_world(tmp_path, good):
+    """The testbed's world is built with the data, before any model: a world too small for its splits says which
+    knob to turn."""
+    out, cache = _run(tmp_path, good, ["testbed.world.n_test_ood=5000"], local_data=False)
+    _check(out, cache, "test_ood need 5000 facts but n_people=64 x 4 relations give 256; raise n_people", tmp_path)
+    out, cache = _run(tmp_path, good, ["+testbed.world.train_mix.fake=0.5"], local_data=False)
+    _check(out, cache, "testbed world.train_mix: unknown kinds ['fake']", tmp_path)
 
 
 def test_local_dataset_without_paths(tmp_path, good):
