@@ -3,7 +3,7 @@
 ``python -m analysis.figures SWEEP_DIR --figure {2a,2b,2c,3,4,all} --out DIR``:
 
 - ``2a`` distribution of the conflict Score per model (``detection.scores`` if a results.json has per-item scores,
-  else ``detection.histogram_10bins``), one panel per (model, dataset);
+  else ``detection.histogram_10bins``), one panel per (model, dataset), one line per distinct probe (seed);
 - ``2b`` one subset only (Table 9 sweep): bars of Avg. per subset, error bars = std over seeds;
 - ``2c`` ratio λ of the wrong subset (Table 10 sweep): Avg. vs λ, error bars = std over data seeds (and seeds);
 - ``3`` reward strategies (Table 12 sweep): bars of Avg. per loss;
@@ -75,28 +75,34 @@ def _score_hist(run: T.Run):
 
 
 def fig_2a(runs: Sequence[T.Run], out: Path) -> list[Path]:
+    """One panel per (model, dataset): the Score distribution of each distinct probe (one per seed on the testbed,
+    where a seed is a model of its own) as a thin line, their mean as bars; the paper's detector (diversified)
+    where the sweep has it."""
     groups: dict = {}
     for r in runs:
         if r.status != "done":
             continue
-        counts, src = _score_hist(r)
+        counts, _ = _score_hist(r)
         if counts is not None:
-            key = (r.model, r.dataset)
-            # the paper's detector first (diversified), else the first job that has one
-            if key not in groups or (r.detection == "diversified" and groups[key][2] != "diversified"):
-                groups[key] = (counts, src, r.detection)
+            probe = (r.res.get("cache_keys") or {}).get("detect") or str(r.path)
+            groups.setdefault((r.model, r.dataset), {}).setdefault(r.detection, {}).setdefault(probe, counts)
     if not groups:
         raise ValueError("no results.json with detection.histogram_10bins or detection.scores")
     fig, axes = _panels(len(groups))
     edges = [i / 10 for i in range(10)]
-    for ax, ((model, dataset), (counts, src, det)) in zip(axes, groups.items()):
-        total = sum(counts) or 1
-        ax.bar(edges, [c / total for c in counts], width=0.1, align="edge", color="#4C72B0", edgecolor="white")
+    for ax, ((model, dataset), by_det) in zip(axes, groups.items()):
+        det = "diversified" if "diversified" in by_det else next(iter(by_det))
+        fracs = [[c / (sum(h) or 1) for c in h] for h in by_det[det].values()]
+        mean = [sum(col) / len(fracs) for col in zip(*fracs)]
+        ax.bar(edges, mean, width=0.1, align="edge", color="#4C72B0", edgecolor="white", label="mean")
+        for f in fracs if len(fracs) > 1 else []:
+            ax.step([*edges, 1.0], [*f, f[-1]], where="post", color="black", lw=0.7, alpha=0.6)
         ax.set_xlim(0, 1)
         ax.set_xlabel("conflict Score (fraction of answers = gold)")
         ax.set_ylabel("fraction of training items")
-        ax.set_title(f"{model} · {dataset}\n({det}, {int(total)} items)", fontsize=9)
-    fig.suptitle("Fig. 2(a): distribution of the conflict Score", fontsize=10)
+        ax.set_title(f"{model} · {dataset}\n({det}; {len(fracs)} probe{'s' if len(fracs) > 1 else ''}"
+                     f"{', one line each' if len(fracs) > 1 else ''})", fontsize=9)
+    fig.suptitle("Fig. 2(a): distribution of the conflict Score", fontsize=10, y=1.08)
     return _save(fig, out, "2a")
 
 

@@ -156,6 +156,18 @@ def _overrides(res: dict) -> dict:
     return out
 
 
+def detector_id(det: dict, override: str | None = None) -> str:
+    """The detector a job used, as the paper's Table 4 rows name them: diversified probing with its ablation
+    switches off is ``no_diverse_query`` / ``no_sampling`` / ``no_both`` whether it was chosen by file
+    (``detection=no_both``) or by switch (``detection.diverse_query=false``)."""
+    name = str(det.get("name") or override or "diversified")
+    if name != "diversified":
+        return name
+    dq, rs = det.get("diverse_query", True) is not False, det.get("response_sampling", True) is not False
+    return {(True, True): name, (False, True): "no_diverse_query", (True, False): "no_sampling",
+            (False, False): "no_both"}[(dq, rs)]
+
+
 def run_from_results(res: dict, path: Path | str = "") -> Run:
     cfg = res.get("config") or {}
     ov = _overrides(res)
@@ -194,7 +206,7 @@ def run_from_results(res: dict, path: Path | str = "") -> Run:
                ratio=_num(pick(("strategy", "ratio"), "strategy.ratio")),
                data_seed=pick(("strategy", "data_seed"), "strategy.data_seed"),
                alpha=_num(pick(("alpha",), "alpha"), 0.1), beta=_num(pick(("beta",), "beta"), 0.5), k=int(k),
-               detection=str(pick(("detection", "name"), "detection", "diversified")),
+               detection=detector_id(cfg.get("detection") or {}, ov.get("detection")),
                seed=pick(("seed",), "seed", 0), model=str(pick(("model", "name"), "model", "testbed")),
                dataset=str(pick(("dataset", "name"), "dataset", "testbed")),
                accs=accs(metrics), avg=None if avg is None else 100 * avg,
@@ -259,7 +271,33 @@ def row_key(layout: str, r: Run) -> str:
     return m
 
 
+def _loss_settings(r: Run) -> tuple:
+    """The top-level settings a run's loss reads (α and β feed kaft, α alone eaft)."""
+    return {"kaft": (r.alpha, r.beta), "kaft_eaft": (r.alpha, r.beta), "eaft": (r.alpha,)}.get(r.loss, ())
+
+
+def split_by_settings(layout: str, key: str, runs: Sequence[Run]) -> dict[str, list[Run]]:
+    """Runs that share a row but not their loss's α / β (a loss sweep over α, say) are rows of their own, named
+    ``"<key> (α=…, β=…)"``, not replicates of one row (the α × β rows of layout 13 already carry them)."""
+    if layout == "13" and key.startswith("a"):
+        return {key: list(runs)}
+    alphas = {r.alpha for r in runs if _loss_settings(r)}
+    betas = {r.beta for r in runs if len(_loss_settings(r)) > 1}
+    if len(alphas) <= 1 and len(betas) <= 1:
+        return {key: list(runs)}
+    out: dict[str, list[Run]] = {}
+    for r in runs:
+        n = len(_loss_settings(r))
+        parts = ([f"α={_g(r.alpha)}"] if n and len(alphas) > 1 else []) + (
+            [f"β={_g(r.beta)}"] if n > 1 and len(betas) > 1 else [])
+        out.setdefault(f"{key} ({', '.join(parts)})" if parts else key, []).append(r)
+    return out
+
+
 def _label(layout: str, key: str) -> str:
+    if key.endswith(")") and " (" in key:  # a row split by its α / β (split_by_settings)
+        head, rest = key.split(" (", 1)
+        return f"{_label(layout, head)} ({rest}"
     spec = LAYOUTS[layout]
     if key in spec["labels"]:
         return spec["labels"][key]
@@ -307,12 +345,12 @@ def infer_layout(runs: Sequence[Run]) -> str:
         return "9"
     if len({r.k for r in runs}) > 1:
         return "5"
-    kaft = [r for r in runs if r.loss == "kaft" and r.strategy == "full"]
-    if len({r.alpha for r in kaft}) > 1 or len({r.beta for r in kaft}) > 1:
-        return "13"
     full_losses = {r.loss for r in runs if r.strategy == "full"}
     if strategies <= {"full", "none"} and len(full_losses) > 1:
         return "12" if full_losses <= {"constant", "kaft", "auto_adapt"} else "losses"
+    kaft = [r for r in runs if r.loss == "kaft" and r.strategy == "full"]
+    if len({r.alpha for r in kaft}) > 1 or len({r.beta for r in kaft}) > 1:
+        return "13"
     return "main"
 
 
@@ -509,9 +547,10 @@ def build_table(runs: Sequence[Run], table: str = "auto", paper: Sequence[dict] 
         groups.setdefault((r.model, r.dataset), []).append(r)
     sections = []
     for (model, dataset), rs in groups.items():
-        by_key: dict = {}
+        by_row: dict = {}
         for r in rs:
-            by_key.setdefault(row_key(layout, r), []).append(r)
+            by_row.setdefault(row_key(layout, r), []).append(r)
+        by_key = {k: v for key, runs_ in by_row.items() for k, v in split_by_settings(layout, key, runs_).items()}
         keys = _order(layout, by_key)
         ours = [_agg_row(layout, k, by_key[k]) for k in keys]
         if layout in ("main", "5") and "base" not in by_key:  # a Base row from the jobs' own base evaluation
@@ -756,8 +795,10 @@ def log_sweep_tables(sweep_dir: str | os.PathLike, table: str = "auto", logger_c
     sections = build_table(runs, table)
     sweep = Path(sweep_dir)
     if write_files:
-        (sweep / "paper_table.md").write_text(render(sections, "md"), encoding="utf-8")
-        (sweep / "paper_table.csv").write_text(render(sections, "csv"), encoding="utf-8")
+        from kaft.cache import atomic_write_text
+
+        atomic_write_text(sweep / "paper_table.md", render(sections, "md"))
+        atomic_write_text(sweep / "paper_table.csv", render(sections, "csv"))
     cfg = dict(logger_cfg or {})
     if cfg.get("name") == "none":
         return sections

@@ -6,6 +6,10 @@ when a multirun ends it collects every job under the sweep directory, prints one
 Hydra's ``.hydra/`` folder; one without ``results.json`` (crashed, killed, still queued) is listed as
 ``missing``. :func:`summarize` and :func:`format_table` work without Hydra:
 ``python -m kaft.summary SWEEP_DIR`` prints the table of a finished (or running) sweep.
+
+It also lays the sweep out as the KaFT paper's table (:func:`analysis.table.log_sweep_tables`: the layout guessed
+from what the sweep varies) into ``paper_table.md`` / ``paper_table.csv`` and, unless ``logger=none``, logs it to
+W&B as a ``wandb.Table`` in a run of the sweep's group.
 """
 
 from __future__ import annotations
@@ -266,6 +270,7 @@ class SummaryCallback(Callback):
                 log.warning("summary: no jobs found under %s", sweep_dir)
                 return 0
             csv_path, md_path = write_summary(sweep_dir, rows)
+            paper = _paper_table(sweep_dir, config)
             failures = format_failures(rows)
             if self.print_table:
                 counts = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
@@ -273,11 +278,30 @@ class SummaryCallback(Callback):
                 shared = f"shared overrides: {' '.join(common)}\n" if common else ""
                 print(f"\nkaft sweep summary: {sweep_dir}  ({', '.join(f'{n} {s}' for s, n in counts.items())})\n"
                       f"{shared}{format_table(rows)}\n{failures + chr(10) if failures else ''}"
-                      f"(also {csv_path.name} and {md_path.name} there)\n", flush=True)
+                      f"(also {csv_path.name}, {md_path.name}{paper} there)\n", flush=True)
             return sum(r["status"] == "failed" for r in rows)
         except Exception as e:  # noqa: BLE001 - a summary must never turn a finished sweep into a failure
             log.warning("summary: could not summarise the sweep: %s", e)
             return 0
+
+
+def _paper_table(sweep_dir: Path, config) -> str:
+    """Write the sweep's paper-layout table and log it to W&B (the ``logger`` config); returns a note for the
+    summary line ("" when nothing was written). Never raises: a table is a convenience, not part of the sweep."""
+    try:
+        from omegaconf import OmegaConf
+
+        from analysis.table import log_sweep_tables
+
+        logger_cfg = OmegaConf.to_container(config.logger, resolve=True) if "logger" in config else {"name": "none"}
+        sections = log_sweep_tables(sweep_dir, logger_cfg=logger_cfg)
+    except Exception as e:  # noqa: BLE001
+        log.warning("summary: no paper table for %s: %s", sweep_dir, e)
+        return ""
+    if not sections:
+        return ""
+    logged = "" if logger_cfg.get("name") == "none" else f", logged to W&B as table_{sections[0].layout}"
+    return f", paper_table.md/.csv ({sections[0].layout} layout{logged})"
 
 
 __all__ = ["SummaryCallback", "benchmarks", "format_csv", "format_failures", "format_markdown", "format_table",

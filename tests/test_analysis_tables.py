@@ -270,3 +270,26 @@ def test_failed_job_without_config_is_placed_by_its_overrides(tmp_path):
     root = _write(tmp_path / "s", [_res(loss="kaft", acc=.6), failed])
     kaft = [r for r in _ours(T.build_table(T.collect_runs(root), "2")) if r.id == "kaft"][0]
     assert (kaft.n, kaft.n_failed, kaft.status) == (1, 1, "partial")
+
+
+def test_ablation_switches_name_the_detector_and_alpha_splits_rows(tmp_path):
+    """detection=no_both is `name: diversified` with both switches off: it must be its own Table 4 row; and a loss
+    sweep over α (the mission sweep) gives one row per (loss, α), not replicates of one row."""
+    det = []
+    for switches, a in (({}, .27), ({"diverse_query": False}, .39), ({"response_sampling": False}, .30),
+                        ({"diverse_query": False, "response_sampling": False}, .49)):
+        r = _res(strategy="wrong_only", acc=a)
+        r["config"]["detection"].update(switches)
+        det.append(r)
+    det.append(_res(method="random_subset", strategy="subset", subset="random", acc=.54))
+    ours = _ours(T.build_table(T.collect_runs(_write(tmp_path / "t4", det))))
+    assert [r.id for r in ours] == ["random", "diversified", "no_diverse_query", "no_sampling", "no_both"]
+    assert [round(r.avg.mean, 2) for r in ours[1:]] == [29.5, 41.5, 32.5, 51.5]
+
+    mission = _write(tmp_path / "m", [_res(loss=lo, alpha=a, acc=.5 + a / 10) for lo in ("kaft", "eaft")
+                                      for a in (0.1, 0.5)])
+    secs = T.build_table(T.collect_runs(mission))
+    assert secs[0].layout == "losses"
+    assert [(r.id, r.n) for r in _ours(secs)] == [("eaft (α=0.1)", 1), ("eaft (α=0.5)", 1), ("kaft (α=0.1)", 1),
+                                                  ("kaft (α=0.5)", 1)]
+    assert "KaFT (α=0.5)" in T.render(secs, "md")

@@ -80,7 +80,10 @@ def test_two_by_two_multirun_shares_detection(setup, launcher):
     assert len({r["cache_keys"]["detect"] for r in res}) == 1  # one detection for the sweep
     assert len({r["cache_keys"]["train"] for r in res}) == 4
     assert (setup / sweep / "summary.csv").exists() and "kaft sweep summary" in out.stdout
-    assert len(list((setup / sweep).rglob("offline-run-*"))) == 4  # one W&B run per job
+    runs = list((setup / sweep).rglob("offline-run-*"))
+    assert len([r for r in runs if r.parent.parent != setup / sweep]) == 4  # one W&B run per job
+    assert len(list((setup / sweep / "wandb").glob("offline-run-*"))) == 1  # and one for the sweep's paper table
+    assert "logged to W&B as table_losses" in out.stdout
 
 
 def test_finished_job_is_skipped_unless_forced(setup):
