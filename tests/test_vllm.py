@@ -165,14 +165,23 @@ def probe(tmp_path_factory):
     from kaft.data import load_items
     from kaft.testbed.model import build_model
 
+    from kaft.testbed.model import set_readout_gain
+
     testbed = yaml.safe_load((ROOT / "conf/testbed/default.yaml").read_text())
     cache = os.environ.get("KAFT_CACHE_DIR") or str(tmp_path_factory.mktemp("kaft_cache"))
-    model_dir = build_model(testbed, cache, progress=False)
+    released = build_model(testbed, cache, progress=False)
+    # with its pretraining readout (head M at full gain) the model is sure of what it knows and unsure of the rest:
+    # the comparison covers confident and unsure prompts (the released model is unsure of everything)
+    model_dir = tmp_path_factory.mktemp("testbed_full_readout")
+    full = AutoModelForCausalLM.from_pretrained(released, dtype="auto")
+    set_readout_gain(full, testbed["model"]["binding"]["m_gain"], testbed["model"]["binding"])
+    full.save_pretrained(model_dir)
+    AutoTokenizer.from_pretrained(released).save_pretrained(model_dir)
     items = load_items({"source": "testbed", "split": "train"}, domain="geography", testbed=testbed, cache_dir=cache)
     kinds = {}
-    for it in items:  # a mix: known (confident), unseen (about uniform) and contradicting facts
+    for it in items:  # a mix: known (confident), latent, unseen (about uniform) and contradicting facts
         kinds.setdefault(it.meta.get("kind"), []).append(it)
-    chosen = [it for k in sorted(kinds) for it in kinds[k][:8]][:24]
+    chosen = [it for k in sorted(kinds) for it in kinds[k][:24 // len(kinds)]]
     prompts = make_prompts(chosen)
     tok = AutoTokenizer.from_pretrained(model_dir)
     lids = letter_token_ids(tok)
