@@ -260,13 +260,10 @@ def install_binding_heads(model, tok, world: World, b: Mapping, seed: int):
 
 def readout_accuracy(model, tok, items, gain: float, b: Mapping) -> float:
     """0-shot accuracy on ``items`` with head M's output gain set to ``gain`` (the model is left at that gain)."""
-    from kaft.prompts import few_shot_prompt
-    from kaft.testbed.report import letter_probs
+    from kaft.testbed.report import accuracy_by_kind
 
     set_readout_gain(model, gain, b)
-    prompts = [few_shot_prompt([], it.question, it.options, it.domain) for it in items]
-    pred = letter_probs(model, tok, prompts, batch_size=64).argmax(-1).tolist()
-    return sum(int(p == it.answer) for p, it in zip(pred, items)) / len(items)
+    return accuracy_by_kind(model, tok, items, batch_size=64)["all"]  # the batching the released gain was fit with
 
 
 def _readout_rows(model, b: Mapping):

@@ -88,13 +88,7 @@ def measure(world: World, model, tok, shots: int = 3, n_orders: int = 10, temper
         for key, k in (("acc", shots), ("acc0", 0)):
             prompts = [few_shot_prompt(_shots(train, it.id, k, rng) if k else [], it.question, it.options,
                                        it.domain or "general") for it in items]
-            pred = letter_probs(model, tok, prompts).argmax(-1).tolist()
-            by: dict[str, list[int]] = {}
-            for it, p in zip(items, pred):
-                by.setdefault(it.meta["kind"], []).append(int(p == it.answer))
-                by.setdefault("all", []).append(int(p == it.answer))
-            res[key][name] = {kind: statistics.fmean(v) for kind, v in sorted(by.items())}
-            res[key][name]["n"] = len(items)
+            res[key][name] = accuracy_by_kind(model, tok, items, prompts)
     # exact diversified score on train (KaFT Eq. 1 in expectation)
     prompts, gold_pos, owner = [], [], []
     for i, it in enumerate(train):
@@ -124,10 +118,13 @@ def measure(world: World, model, tok, shots: int = 3, n_orders: int = 10, temper
     return res
 
 
-def accuracy_by_kind(model, tok, items: Sequence[MCItem]) -> dict:
-    """0-shot accuracy of ``items`` by kind (and ``all``, ``n``)."""
-    prompts = [few_shot_prompt([], it.question, it.options, it.domain or "general") for it in items]
-    pred = letter_probs(model, tok, prompts).argmax(-1).tolist()
+def accuracy_by_kind(model, tok, items: Sequence[MCItem], prompts: Sequence[str] | None = None,
+                     batch_size: int = 32) -> dict:
+    """Accuracy (argmax over the option letters) of ``items`` by kind, plus ``all`` and ``n``; 0-shot prompts
+    unless ``prompts`` are given."""
+    if prompts is None:
+        prompts = [few_shot_prompt([], it.question, it.options, it.domain or "general") for it in items]
+    pred = letter_probs(model, tok, prompts, batch_size=batch_size).argmax(-1).tolist()
     by: dict[str, list[int]] = {}
     for it, p in zip(items, pred):
         by.setdefault(it.meta["kind"], []).append(int(p == it.answer))
