@@ -39,7 +39,8 @@ def _save(fig, out: Path, fid: str) -> list[Path]:
     paths = []
     for ext in ("png", "pdf"):
         p = out / f"fig{fid}_{FIGURES[fid]}.{ext}"
-        fig.savefig(p, dpi=150, bbox_inches="tight")
+        # no creation date in the PDF: re-rendering the same results gives the same file
+        fig.savefig(p, dpi=150, bbox_inches="tight", metadata={"CreationDate": None} if ext == "pdf" else None)
         paths.append(p)
     plt.close(fig)
     return paths

@@ -233,20 +233,25 @@ def findings(out: Path) -> list[tuple[str, str, str, str]]:
 
 # ----------------------------------------------------------------------------------------------- the testbed
 def testbed_models(seeds: Sequence[int], cache_dir: str) -> list[dict]:
-    """For each seed's testbed model (built by the sweeps; cached): build stats, the released readout and the
-    0-shot accuracy by kind, released and with the pretraining readout (what the model knows)."""
+    """For each seed's testbed model that the sweeps built (cached; others are skipped, nothing is built): build
+    stats, the released readout and the 0-shot accuracy by kind, released and with the pretraining readout (what
+    the model knows)."""
+    import json
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from kaft.testbed.model import build_model
+    from kaft.cache import Cache
+    from kaft.testbed.model import build_model, model_key
     from kaft.testbed.report import accuracy_by_kind, readout
     from kaft.testbed.world import build_world, resolve_config
 
     out = []
     for s in seeds:
         cfg = resolve_config({"seed": s})
+        if not Cache(cache_dir).has("testbed_model", model_key(cfg)):
+            print(f"[report] no testbed model for seed {s} in {cache_dir}: its section is left out", flush=True)
+            continue
         path = build_model(cfg, cache_dir, progress=False)
-        import json
-
         stats = json.loads((path / "testbed.json").read_text())["stats"]
         model = AutoModelForCausalLM.from_pretrained(path).eval()
         tok = AutoTokenizer.from_pretrained(path)
@@ -311,6 +316,8 @@ def _testbed_section(models: Sequence[dict], out: Path) -> list[str]:
 def disagreements(rows: Sequence[tuple[str, str, str, str]]) -> list[str]:
     """The claims that do not hold on every seed, listed plainly (from the claims table)."""
     off = [(q, t, v) for q, _, t, v in rows if not v.startswith("yes")]
+    if not rows:
+        return ["No results yet: `python -m analysis.report` (without `--no-run`) runs the sweeps.", ""]
     if not off:
         return ["Every claim above holds on every seed.", ""]
     lines = ["## Where the testbed disagrees with the paper", ""]
