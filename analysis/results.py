@@ -15,8 +15,9 @@ from typing import Iterable
 
 KEYS = {  # column -> path into results.json
     "loss": ("config", "loss", "name"),
-    "alpha": ("config", "alpha"),
-    "beta": ("config", "beta"),
+    "alpha": ("config", "loss", "alpha"),        # what the loss used (each loss resolves its own default)
+    "beta": ("config", "loss", "beta"),
+    "eaft_alpha": ("config", "loss", "eaft_alpha"),
     "partition": ("config", "partition", "k"),
     "seed": ("config", "seed"),
     "model": ("config", "model", "name"),
@@ -48,6 +49,9 @@ def _dig(obj, path):
 def flatten(res: dict) -> dict:
     """One flat row of a results.json: the KEYS columns, acc/<benchmark>, time/<stage>."""
     row = {col: _dig(res, path) for col, path in KEYS.items()}
+    for col in ("alpha", "beta"):  # results written before each loss resolved its own alpha / beta
+        if row[col] is None:
+            row[col] = _dig(res, ("config", col))
     if isinstance(row["method"], dict):  # a method group config, if one is ever stored as a mapping
         row["method"] = row["method"].get("name")
     for name, r in (_dig(res, ("metrics", "benchmarks")) or {}).items():

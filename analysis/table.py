@@ -9,7 +9,7 @@ Where the paper reports the same model on the same data, a "↳ paper" row follo
 numbers (``analysis/paper_numbers.yaml``). Failed jobs show as "failed".
 
 Layouts: 2/3/6/7/14 = main comparison (base, wrong-only, vanilla, no-conflict, self-aligning, KaFT; the paper table
-is picked by dataset: medqa → 2 (3 for Xiezhi benchmarks), medqa_halueval → 6, xiezhi_* → 7, medqa_mmedbench → 14);
+is picked by dataset: medqa → 2, medqa_xiezhi → 3, medqa_halueval → 6, xiezhi_* → 7, medqa_mmedbench → 14);
 4/11 = detectors' wrong sets vs random; 5 = K subsets; 9 = one subset only; 10 = wrong ratio λ; 12 / losses = reward
 strategies / every loss; 13 = α × β (the Fig. 4 heatmap matrix of Avg., then the long table); ren = Ren et al.'s HAR /
 INC / SELF. ``auto`` (default) guesses the layout from what the sweep varies.
@@ -39,13 +39,16 @@ _SKIP_DIRS = {"wandb", ".hydra", ".submitit", "__pycache__"}
 METHODS = {"base": ("none", "constant", None), "vanilla": ("full", "constant", None),
            "no_conflict": ("no_conflict", "constant", None), "self_align": ("self_align", "constant", None),
            "kaft": ("full", "kaft", None), "wrong_only": ("wrong_only", "constant", None),
-           "random_subset": ("subset", "constant", "random")}
-_METHOD_OF = {(s, lo): m for m, (s, lo, sub) in METHODS.items() if sub is None}
+           "random_subset": ("subset", "constant", "random"), "self_align_majority": ("self_align", "constant", None)}
+# (strategy, loss) -> method; self_align_majority is self_align with strategy.answer_source=majority (Run.method_id)
+_METHOD_OF = {(s, lo): m for m, (s, lo, sub) in METHODS.items() if sub is None and m != "self_align_majority"}
 PARTITIONS = {"k2": 2, "default": 4, "k8": 8}
 
-MAIN_ORDER = ["base", "wrong_only", "vanilla", "no_conflict", "self_align", "kaft", "random_subset"]
+MAIN_ORDER = ["base", "wrong_only", "vanilla", "no_conflict", "self_align", "self_align_majority", "kaft",
+              "random_subset"]
 MAIN_LABELS = {"base": "Base", "wrong_only": "Wrong-only", "vanilla": "Vanilla SFT", "no_conflict": "No-conflict",
-               "self_align": "Self-aligning", "kaft": "KaFT (Ours)", "random_subset": "Random subset"}
+               "self_align": "Self-aligning", "self_align_majority": "Self-aligning (majority of samples)",
+               "kaft": "KaFT (Ours)", "random_subset": "Random subset"}
 LOSS_LABELS = {"constant": "constant (vanilla SFT)", "kaft": "KaFT", "auto_adapt": "auto-adapt (R = Score)",
                "eaft": "EAFT", "dft": "DFT", "dpo": "DPO", "kaft_eaft": "KaFT × EAFT"}
 # layout -> (title, row order, row labels, paper tables to match)
@@ -116,7 +119,7 @@ class Run:
     subset: str | None
     ratio: float | None
     data_seed: Any
-    alpha: float
+    alpha: float                  # the KaFT rewards the loss used (loss.alpha / loss.beta)
     beta: float
     k: int
     detection: str
@@ -129,10 +132,19 @@ class Run:
     base_accs: dict = field(default_factory=dict)
     base_avg: float | None = None
     res: dict = field(default_factory=dict)
+    eaft_alpha: float | None = None  # EAFT's entropy exponent (eaft, kaft_eaft)
+    answer_source: str | None = None  # self_align's r_i: greedy (KaFT §2.2) or majority (older results: majority)
 
     @property
     def method_id(self) -> str:
-        """The main-table row: the configured method, else derived from strategy + loss."""
+        """The main-table row: the configured method, else derived from strategy + loss; self-aligning on the
+        majority of the samples is a row of its own (``self_align_majority``)."""
+        m = self._method_id()
+        if m == "self_align" and self.answer_source == "majority":
+            return "self_align_majority"
+        return m
+
+    def _method_id(self) -> str:
         if self.method:
             return self.method
         if self.strategy == "none":
@@ -168,6 +180,25 @@ def detector_id(det: dict, override: str | None = None) -> str:
             (False, False): "no_both"}[(dq, rs)]
 
 
+def loss_params(cfg: dict, ov: dict, loss: str) -> tuple[float, float, float | None]:
+    """(α, β, EAFT exponent) that a job's loss actually used: ``config.loss`` first (each loss resolves its own
+    default there), then the top-level ``alpha`` / ``beta`` or overrides of older results. Before the exponent was
+    named ``eaft_alpha``, ``loss=eaft`` read it from ``alpha``."""
+    lc = cfg.get("loss") if isinstance(cfg.get("loss"), dict) else {}
+
+    def first(*vals):
+        return next((v for v in vals if v is not None), None)
+
+    alpha = first(lc.get("alpha"), cfg.get("alpha"), ov.get("alpha"))
+    beta = first(lc.get("beta"), cfg.get("beta"), ov.get("beta"))
+    eaft = lc.get("eaft_alpha")
+    if eaft is None and loss == "eaft":
+        eaft = first(alpha, 1.0)
+    elif eaft is None and loss == "kaft_eaft":
+        eaft = 1.0
+    return _num(alpha, 0.1), _num(beta, 0.5), _num(eaft)
+
+
 def run_from_results(res: dict, path: Path | str = "") -> Run:
     cfg = res.get("config") or {}
     ov = _overrides(res)
@@ -201,11 +232,14 @@ def run_from_results(res: dict, path: Path | str = "") -> Run:
     delta = _num(res.get("delta_vs_base"))
     if delta is None and avg is not None and base_avg is not None:
         delta = avg - base_avg
+    alpha, beta, eaft_alpha = loss_params(cfg, ov, loss)
+    source = pick(("strategy", "answer_source"), "strategy.answer_source",
+                  "majority" if strategy == "self_align" else None)  # before the setting, self_align was majority
     return Run(path=Path(path), status=status, method=method,
                strategy=strategy, loss=loss, subset=pick(("strategy", "subset"), "strategy.subset", m_subset),
                ratio=_num(pick(("strategy", "ratio"), "strategy.ratio")),
                data_seed=pick(("strategy", "data_seed"), "strategy.data_seed"),
-               alpha=_num(pick(("alpha",), "alpha"), 0.1), beta=_num(pick(("beta",), "beta"), 0.5), k=int(k),
+               alpha=alpha, beta=beta, eaft_alpha=eaft_alpha, answer_source=source, k=int(k),
                detection=detector_id(cfg.get("detection") or {}, ov.get("detection")),
                seed=pick(("seed",), "seed", 0), model=str(pick(("model", "name"), "model", "testbed")),
                dataset=str(pick(("dataset", "name"), "dataset", "testbed")),
@@ -271,25 +305,28 @@ def row_key(layout: str, r: Run) -> str:
     return m
 
 
-def _loss_settings(r: Run) -> tuple:
-    """The top-level settings a run's loss reads (α and β feed kaft, α alone eaft)."""
-    return {"kaft": (r.alpha, r.beta), "kaft_eaft": (r.alpha, r.beta), "eaft": (r.alpha,)}.get(r.loss, ())
+def _loss_settings(r: Run) -> dict[str, float]:
+    """The settings a run's loss used, by the name they carry in its config (α, β: KaFT's rewards; eaft_alpha:
+    EAFT's entropy exponent)."""
+    kaft = {"α": r.alpha, "β": r.beta}
+    return {"kaft": kaft, "kaft_eaft": {**kaft, "eaft_alpha": r.eaft_alpha},
+            "eaft": {"eaft_alpha": r.eaft_alpha}}.get(r.loss, {})
 
 
 def split_by_settings(layout: str, key: str, runs: Sequence[Run]) -> dict[str, list[Run]]:
-    """Runs that share a row but not their loss's α / β (a loss sweep over α, say) are rows of their own, named
-    ``"<key> (α=…, β=…)"``, not replicates of one row (the α × β rows of layout 13 already carry them)."""
+    """Runs that share a row but not their loss's settings (a loss sweep over α, say) are rows of their own, named
+    ``"<key> (α=…, β=…)"`` / ``"eaft (eaft_alpha=…)"``, not replicates of one row (the α × β rows of layout 13
+    already carry them)."""
     if layout == "13" and key.startswith("a"):
         return {key: list(runs)}
-    alphas = {r.alpha for r in runs if _loss_settings(r)}
-    betas = {r.beta for r in runs if len(_loss_settings(r)) > 1}
-    if len(alphas) <= 1 and len(betas) <= 1:
+    settings = [_loss_settings(r) for r in runs]
+    names = list(dict.fromkeys(n for s in settings for n in s))
+    varying = {n for n in names if len({s[n] for s in settings if n in s}) > 1}
+    if not varying:
         return {key: list(runs)}
     out: dict[str, list[Run]] = {}
-    for r in runs:
-        n = len(_loss_settings(r))
-        parts = ([f"α={_g(r.alpha)}"] if n and len(alphas) > 1 else []) + (
-            [f"β={_g(r.beta)}"] if n > 1 and len(betas) > 1 else [])
+    for r, s in zip(runs, settings):
+        parts = [f"{n}={_g(v)}" for n, v in s.items() if n in varying]
         out.setdefault(f"{key} ({', '.join(parts)})" if parts else key, []).append(r)
     return out
 

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
+from kaft import hub
 from kaft.prompts import LETTERS
 
 
@@ -169,9 +170,9 @@ def _read_hub(path: str, name: str | None = None, split: str = "train", revision
 
     try:
         ds = datasets.load_dataset(path, name, split=split, revision=revision)
-    except Exception as e:  # noqa: BLE001 - surface the hub's reason in one line
-        raise DataError(f"hub dataset {path!r} (config {name!r}, split {split!r}) could not be loaded: "
-                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    except Exception as e:  # noqa: BLE001 - the cause and what to do, in one line (kaft/hub.py)
+        raise DataError(hub.dataset_error(e, path, name, split, revision, f"config {name!r}, split {split!r}")) \
+            from None
     yield from ds
 
 
@@ -282,8 +283,7 @@ def _read_hub_data_files(path: str, data_files, split: str = "train", revision: 
     try:
         ds = datasets.load_dataset(path, name, data_files=data_files, split=split, revision=revision)
     except Exception as e:  # noqa: BLE001 - one line, as _read_hub
-        raise DataError(f"hub dataset {path!r} (data_files {data_files!r}, split {split!r}) could not be loaded: "
-                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise DataError(hub.dataset_error(e, path, name, split, revision, f"data_files {data_files!r}")) from None
     yield from ds
 
 

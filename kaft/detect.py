@@ -306,8 +306,9 @@ class HFBackend:
         return out
 
     def sample(self, prompts: Sequence[str], n: int, temperature: float, max_new_tokens: int,
-               seed: int) -> list[list[str]]:
-        """``n`` continuations per prompt (temperature 0 = greedy), one prefill per prompt shared by its samples."""
+               seed: int, top_k: int = 0, top_p: float = 1.0) -> list[list[str]]:
+        """``n`` continuations per prompt (temperature 0 = greedy), one prefill per prompt shared by its samples;
+        ``top_k`` > 0 / ``top_p`` < 1 restrict each draw as HF ``generate`` does (SMA's sampling)."""
         import torch
 
         gen = torch.Generator().manual_seed(int(seed))
@@ -315,7 +316,7 @@ class HFBackend:
         with torch.inference_mode():
             for idx, batch in self._batches(prompts):
                 for i, texts in zip(idx, _sample_batch(self.model, self.tokenizer, batch, n, temperature,
-                                                       max_new_tokens, gen)):
+                                                       max_new_tokens, gen, top_k, top_p)):
                     out[i] = texts
         return out
 
@@ -330,8 +331,25 @@ def _accepts(model, arg: str) -> bool:
         return False
 
 
+def filter_logits(logits, top_k: int = 0, top_p: float = 1.0):
+    """HF's top-k then top-p (nucleus) warpers on ``[N, V]`` logits already divided by the temperature: tokens
+    outside the k largest, then outside the smallest set whose probability reaches ``top_p`` (the most likely token
+    always stays), get -inf. ``top_k=0, top_p=1`` returns the logits untouched."""
+    import torch
+
+    if top_k > 0 and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, idx = torch.sort(logits, descending=True, dim=-1)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        drop = probs.cumsum(-1) - probs >= top_p  # the mass before a token already reaches top_p
+        logits = logits.masked_fill(drop.scatter(-1, idx, drop), float("-inf"))
+    return logits
+
+
 def _sample_batch(model, tokenizer, prompts: Sequence[str], n: int, temperature: float, max_new_tokens: int,
-                  generator) -> list[list[str]]:
+                  generator, top_k: int = 0, top_p: float = 1.0) -> list[list[str]]:
     """``n`` sampled continuations per prompt, decoding from one shared prefill per prompt (temperature 0: greedy)."""
     import torch
 
@@ -349,7 +367,7 @@ def _sample_batch(model, tokenizer, prompts: Sequence[str], n: int, temperature:
     generated = []
     for step in range(max_new_tokens):
         if temperature > 0:
-            probs = torch.softmax(logits / temperature, dim=-1)
+            probs = torch.softmax(filter_logits(logits / temperature, top_k, top_p), dim=-1)
             tok = torch.multinomial(probs.cpu(), 1, generator=generator).to(device)
         else:
             tok = logits.argmax(-1, keepdim=True)

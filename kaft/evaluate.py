@@ -1,11 +1,13 @@
 """Stage 5 — evaluation: zero-shot multiple-choice accuracy through lm-evaluation-harness.
 
 The model under test stays in memory (a plain ``transformers`` model or a ``peft``-wrapped one); it is handed to
-lm-eval's :class:`~lm_eval.models.huggingface.HFLM` and never reloaded from disk. Each benchmark becomes one
-JSONL file of precomputed fields and one inline lm-eval task config, so lm-eval scores exactly the prompt that
-probing and training see (:func:`kaft.prompts.format_question`) followed by the continuation
-:func:`kaft.prompts.answer_text` (``" A"``, ``" B"``, ...): accuracy is the share of items whose gold letter has
-the highest log-likelihood (lm-eval's ``acc``, not length-normalised).
+lm-eval's :class:`~lm_eval.models.huggingface.HFLM` and never reloaded from disk. A benchmark that lm-eval ships
+(MedQA, MedMCQA, MMLU and CMMLU subjects) is scored through lm-eval's own registered task — its prompt, target and
+metric — reading a local JSONL of its rows (:mod:`kaft.eval_tasks`; MMLU* runs as one task per subject and its
+accuracy is over all items). Any other benchmark becomes kaft's own task: one JSONL of precomputed fields and one
+inline config, scoring the prompt that probing and training see (:func:`kaft.prompts.format_question`, or the
+benchmark's own ``prompt``) followed by :func:`kaft.prompts.answer_text` (``" A"``, ``" B"``, ...). Accuracy is the
+share of items whose gold letter has the highest log-likelihood (lm-eval's ``acc``, not length-normalised).
 
 lm-eval 0.4.13 notes (what this module relies on):
 
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from kaft.data import MCItem
+from kaft.eval_tasks import LM_EVAL, PROMPT, task_override
 from kaft.prompts import DEFAULT_INSTRUCTION, LETTERS, format_question
 
 log = logging.getLogger(__name__)
@@ -55,28 +58,57 @@ def task_name(name: str, taken: set[str] | None = None) -> str:
 
 
 def _doc(item: MCItem, domain: str, instruction: str) -> dict:
-    return {"id": str(item.id), "prompt": format_question(item.question, item.options, item.domain or domain, instruction),
-            "choices": list(LETTERS[:len(item.options)]), "answer": int(item.answer)}
+    prompt = item.meta.get(PROMPT) or format_question(item.question, item.options, item.domain or domain, instruction)
+    return {"id": str(item.id), "prompt": prompt, "choices": list(LETTERS[:len(item.options)]),
+            "answer": int(item.answer)}
 
 
-def write_task_file(items: Sequence[MCItem], work_dir: str | Path, name: str, domain: str,
-                    instruction: str | None = None) -> Path:
-    """Write the benchmark's docs (``id``, ``prompt``, ``choices``, ``answer``) to a JSONL under ``work_dir``.
+def write_docs(docs: Sequence[Mapping], work_dir: str | Path, stem: str) -> Path:
+    """Write ``docs`` to ``<work_dir>/<stem>-<hash>.jsonl`` (absolute path; lm-eval reads it with the json builder).
 
     The file name carries a hash of its contents, so a file once written is never rewritten under the same
     name (the ``datasets`` json loader caches what it read from a path).
     """
-    instruction = DEFAULT_INSTRUCTION if instruction is None else instruction
-    lines = "".join(json.dumps(_doc(it, domain, instruction), ensure_ascii=False) + "\n" for it in items)
+    lines = "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs)
     digest = hashlib.sha256(lines.encode()).hexdigest()[:12]
     work_dir = Path(work_dir).expanduser().resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
-    path = work_dir / f"{task_name(name)}-{digest}.jsonl"
+    path = work_dir / f"{stem}-{digest}.jsonl"
     if not path.exists():
         from kaft.cache import atomic_write_text
 
         atomic_write_text(path, lines)
     return path
+
+
+def write_task_file(items: Sequence[MCItem], work_dir: str | Path, name: str, domain: str,
+                    instruction: str | None = None) -> Path:
+    """kaft's own task's docs (``id``, ``prompt``, ``choices``, ``answer``) as a JSONL under ``work_dir``."""
+    instruction = DEFAULT_INSTRUCTION if instruction is None else instruction
+    return write_docs([_doc(it, domain, instruction) for it in items], work_dir, task_name(name))
+
+
+def plan_tasks(sets: Mapping[str, Sequence[MCItem]], work_dir: Path, domain: str,
+               instruction: str | None) -> tuple[list[dict], dict[str, list[tuple[str, list[int]]]]]:
+    """lm-eval configs, and per benchmark its ``(task, item indices)``: kaft's own task for untagged items, one
+    override of lm-eval's registered task per task name that tagged items carry (MMLU*: one per subject)."""
+    configs, plan, taken = [], {}, set()
+    for name, items in sets.items():
+        groups: dict[str | None, list[int]] = {}
+        for i, it in enumerate(items):
+            groups.setdefault((it.meta.get(LM_EVAL) or {}).get("task"), []).append(i)
+        plan[name] = []
+        for lm_task, idx in groups.items():
+            task = task_name(name if lm_task is None else f"{name}__{lm_task}", taken)
+            taken.add(task)
+            if lm_task is None:
+                path = write_task_file([items[i] for i in idx], work_dir, name, domain, instruction)
+                configs.append(task_config(task, path))
+            else:
+                path = write_docs([items[i].meta[LM_EVAL]["doc"] for i in idx], work_dir, task)
+                configs.append(task_override(lm_task, task, path))
+            plan[name].append((task, idx))
+    return configs, plan
 
 
 def task_config(task: str, data_file: str | Path) -> dict:
@@ -210,8 +242,10 @@ def evaluate(model, tokenizer, benchmarks: Mapping[str, Sequence[MCItem]], work_
              per_item: bool = False, progress: bool = False, max_length: int | None = None) -> dict:
     """Zero-shot accuracy of the in-memory ``model`` on each benchmark, through lm-eval.
 
-    Every item is formatted with its own ``domain`` (else the run's) and ``instruction`` (``None``: the default
-    instruction), as in probing and training. ``limit`` keeps the first ``limit`` items of each benchmark. Returns::
+    Items of kaft's own task are formatted with their own ``domain`` (else the run's) and ``instruction``
+    (``None``: the default instruction), as in probing and training, unless their benchmark gives a ``prompt``;
+    items tagged with an lm-eval task get that task's prompt (:mod:`kaft.eval_tasks`). ``limit`` keeps the first
+    ``limit`` items of each benchmark. Returns::
 
         {"benchmarks": {name: {"acc": float, "acc_stderr": float | None, "n": int}}, "average": float}
 
@@ -227,13 +261,7 @@ def evaluate(model, tokenizer, benchmarks: Mapping[str, Sequence[MCItem]], work_
         raise EvalError(f"batch_size must be >= 1, got {batch_size!r}")
     work_dir = Path(work_dir).expanduser().resolve()
 
-    names: dict[str, str] = {}  # task -> benchmark
-    configs = []
-    for name, items in sets.items():
-        task = task_name(name, set(names))
-        names[task] = name
-        configs.append(task_config(task, write_task_file(items, work_dir, name, domain, instruction)))
-
+    configs, plan = plan_tasks(sets, work_dir, domain, instruction)
     was_training = bool(getattr(model, "training", False))
     try:
         with _quiet(progress), _keep_rng():
@@ -249,26 +277,43 @@ def evaluate(model, tokenizer, benchmarks: Mapping[str, Sequence[MCItem]], work_
     if out is None:  # only non-zero ranks of a distributed launch get None
         raise RuntimeError("lm-eval returned no results (not rank 0?)")
 
-    res: dict[str, dict] = {}
-    for task, name in names.items():
-        r = out["results"][task]
-        n = out.get("n-samples", {}).get(task, {}).get("effective", len(sets[name]))
-        entry = {"acc": float(r["acc,none"]), "acc_stderr": _num(r.get("acc_stderr,none")), "n": int(n)}
-        if per_item:
-            entry["items"] = _items(out["samples"][task])
-        res[name] = entry
+    res = {name: _collect(out, parts, sets[name], per_item) for name, parts in plan.items()}
     average = sum(v["acc"] for v in res.values()) / len(res)
     log.info("evaluation: %s | average %.4f", ", ".join(f"{k} {v['acc']:.4f}" for k, v in res.items()), average)
     return {"benchmarks": res, "average": average}
 
 
-def _items(samples: list[dict]) -> list[dict]:
-    rows = []
-    for s in sorted(samples, key=lambda s: s["doc_id"]):
+def _collect(out: dict, parts: list[tuple[str, list[int]]], items: list[MCItem], per_item: bool) -> dict:
+    """One benchmark's accuracy over all its items, whichever tasks scored them (MMLU*: one per subject)."""
+    n_all, hits, rows = 0, 0.0, {}
+    for task, idx in parts:
+        r = out["results"][task]
+        n = int(out.get("n-samples", {}).get(task, {}).get("effective", len(idx)))
+        n_all, hits = n_all + n, hits + float(r["acc,none"]) * n
+        if per_item:
+            rows.update(_items(out["samples"][task], idx, items))
+    if len(parts) == 1:  # lm-eval's own numbers, unchanged
+        r = out["results"][parts[0][0]]
+        acc, stderr = float(r["acc,none"]), _num(r.get("acc_stderr,none"))
+    else:
+        acc = hits / n_all  # lm-eval's mean_stderr (sample std / sqrt n) of 0/1 scores over all the items
+        stderr = math.sqrt(acc * (1 - acc) / (n_all - 1)) if n_all > 1 else None
+    entry = {"acc": acc, "acc_stderr": stderr, "n": n_all}
+    if per_item:
+        entry["items"] = [rows[i] for i in sorted(rows)]
+    return entry
+
+
+def _items(samples: list[dict], idx: list[int], items: list[MCItem]) -> dict[int, dict]:
+    """Per-item rows keyed by the item's position in its benchmark (a task's doc k is item ``idx[k]``)."""
+    rows = {}
+    for s in samples:
         lls = [float(r[0]) for r in s["filtered_resps"]]
-        rows.append({"id": s["doc"]["id"], "answer": int(s["doc"]["answer"]),
-                     "pred": max(range(len(lls)), key=lls.__getitem__), "logprobs": lls})
+        it = items[idx[s["doc_id"]]]
+        rows[idx[s["doc_id"]]] = {"id": it.id, "answer": int(it.answer),
+                                  "pred": max(range(len(lls)), key=lls.__getitem__), "logprobs": lls}
     return rows
 
 
-__all__ = ["EvalError", "TASK_PREFIX", "evaluate", "task_config", "task_name", "write_task_file"]
+__all__ = ["EvalError", "TASK_PREFIX", "evaluate", "plan_tasks", "task_config", "task_name", "write_docs",
+           "write_task_file"]

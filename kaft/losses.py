@@ -19,10 +19,11 @@ Config shapes (a ``Mapping``; an OmegaConf ``DictConfig`` works too)::
     {name: constant}                                   # plain SFT, R_i = 1
     {name: kaft, alpha: 0.1, beta: 0.5, rewards: null} # R = [alpha, beta, 1, 1] by subset (K = 4), or `rewards`
     {name: auto_adapt}                                 # R_i = Score_i  (the paper's "-w. Score" ablation)
-    {name: eaft, alpha: 1.0, k: 20, normalize: const3, variant: power, mask_quantile: 0.15}
+    {name: eaft, eaft_alpha: 1.0, k: 20, normalize: const3, variant: power, mask_quantile: 0.15}
     {name: dft}                                        # token weight p(y_t), detached (Wu et al. 2025)
     {name: kaft_eaft, alpha, beta, rewards, eaft_alpha, k, normalize, variant, mask_quantile}  # R_i x EAFT weight
-    {name: dpo, dpo_beta: 0.1, pairs: dataset_self, max_pairs: 8, weight_by_subset: false, alpha, beta, rewards}
+    {name: dpo, dpo_beta: 0.1, pairs: self_self, pair_source: sma, max_pairs: 8, num_samples: 8, temperature: 1.4,
+     top_k: 50, top_p: 0.9, max_new_tokens: 4, weight_by_subset: false, alpha, beta, rewards}
 
 Label convention (the Hugging Face causal-LM one): ``labels`` is aligned with ``input_ids`` — ``labels[b, t]`` is
 the token *at* position ``t`` (``-100`` = no loss) — and is shifted here: ``logits[:, t]`` is scored against
@@ -47,11 +48,12 @@ Reductions (what one batch's loss means):
 
 EAFT token weight ``g = f(H~)`` with ``H~ = H_topk / norm`` (entropy of the softmax renormalised over the top-k
 logits): ``normalize`` — ``const3`` divides by 3.0 (~ ln 20, the EAFT paper and LLaMA-Factory, fixed also when
-k != 20), ``lnk`` by ln k (H~ in [0, 1]), ``none`` not at all (axolotl); ``variant`` — ``power``: ``H~ ** alpha``;
-``sigmoid``: ``sigmoid(30 * (H~ - 0.17))`` (the EAFT paper's gate; the 0.17 threshold is on the chosen scale, i.e.
-meant for ``const3``); ``masked``: masked SFT, weight 0 for tokens whose H~ lies strictly below the batch's
+k != 20), ``lnk`` by ln k (H~ in [0, 1]), ``none`` not at all (axolotl); ``variant`` — ``power``:
+``H~ ** eaft_alpha``; ``sigmoid``: ``sigmoid(30 * (H~ - 0.17))`` (the EAFT paper's gate; the 0.17 threshold is on
+the chosen scale, i.e. meant for ``const3``); ``masked``: masked SFT, weight 0 for tokens whose H~ lies strictly below the batch's
 ``mask_quantile`` quantile of label-token H~ (linear interpolation), 1 otherwise (scale-free: ``normalize`` does
-not matter). ``alpha`` only acts in ``power``.
+not matter). ``eaft_alpha`` (one name in ``eaft`` and ``kaft_eaft``; EAFT §3: 1, §5.1: 2, 3) only acts in
+``power``.
 
 Under gradient accumulation every micro-batch is reduced on its own and the trainer divides by the number of
 micro-batches (for EAFT LLaMA-Factory divides by the label tokens of the whole accumulated batch instead; the two
@@ -70,6 +72,7 @@ import torch
 import torch.nn.functional as F
 
 from kaft.pairs import CHOSEN as PAIR_MODES
+from kaft.pairs import PAIR_SOURCES
 
 IGNORE_INDEX = -100
 EAFT_ENTROPY_NORM = 3.0  # ~ ln(20); the EAFT paper (Eq. 3) and LLaMA-Factory, fixed whatever k
@@ -85,8 +88,10 @@ class Loss:
     keys: ClassVar[tuple[str, ...]] = ()
     #: the losses this one combines (a config of one of them with the other's keys is pointed here)
     combines: ClassVar[tuple[str, ...]] = ()
-    #: trains on preference pairs built from the detection's sampled answers (see :func:`needs_samples`)
+    #: trains on preference pairs built from sampled answers (see :func:`is_pairwise`, :func:`needs_samples`)
     pairwise: ClassVar[bool] = False
+    #: old key -> its current name (an old config gets a one-line pointer instead of "unknown key")
+    renamed: ClassVar[dict[str, str]] = {}
 
     @classmethod
     def validate(cls, cfg: Mapping, k: int) -> None:
@@ -178,6 +183,11 @@ _get_loss = get_loss
 
 def _unknown_keys_message(cls: type[Loss], unknown: list[str]) -> str:
     allowed = ", ".join(cls.keys) or "none"
+    moved = [k for k in unknown if k in cls.renamed]
+    if moved:
+        old, new = moved[0], cls.renamed[moved[0]]
+        return (f"loss {cls.name}: '{old}' is now '{new}' (set loss.{new}=..., or the top-level {old}=... which "
+                f"feeds it); it accepts: {allowed}")
     msg = f"loss {cls.name}: unknown key(s) {unknown}; it accepts: {allowed}"
     owners = sorted(n for n, c in LOSSES.items() if n != cls.name and set(unknown) <= set(c.keys))
     if owners:
@@ -314,10 +324,10 @@ class TokenWeighted(Loss):
         return (ce * gate * weights[sample_idx]).sum() / ce.numel()
 
 
-def eaft_settings(cfg: Mapping, alpha_key: str = "alpha") -> dict:
-    """The validated EAFT options of a config (``alpha_key`` names the entropy exponent)."""
+def eaft_settings(cfg: Mapping) -> dict:
+    """The validated EAFT options of a config (``eaft_alpha``: the entropy exponent, default 1.0 as in EAFT §3)."""
     return {
-        "alpha": _number(cfg, alpha_key, 1.0, lo=0.0),
+        "alpha": _number(cfg, "eaft_alpha", 1.0, lo=0.0),
         "k": _integer(cfg, "k", 20, 2, "top-k tokens for the entropy"),
         "normalize": _choice(cfg, "normalize", "const3", EAFT_NORMALIZERS),
         "variant": _choice(cfg, "variant", "power", EAFT_VARIANTS),
@@ -325,14 +335,15 @@ def eaft_settings(cfg: Mapping, alpha_key: str = "alpha") -> dict:
     }
 
 
-EAFT_KEYS = ("k", "normalize", "variant", "mask_quantile")
+EAFT_KEYS = ("eaft_alpha", "k", "normalize", "variant", "mask_quantile")
 
 
 @register("eaft")
 class EAFT(TokenWeighted):
     """Entropy-adaptive fine-tuning (EAFT paper Eq. 2-3, LLaMA-Factory ``use_eaft_loss``)."""
 
-    keys = ("alpha", *EAFT_KEYS)
+    keys = EAFT_KEYS
+    renamed = {"alpha": "eaft_alpha"}
 
     @classmethod
     def validate(cls, cfg: Mapping, k: int) -> None:
@@ -355,15 +366,15 @@ class DFT(TokenWeighted):
 @register("kaft_eaft")
 class KaFTEAFT(TokenWeighted):
     """KaFT's sample reward ``R_i`` times EAFT's token weight. ``alpha``/``beta``/``rewards`` are KaFT's; the EAFT
-    entropy exponent is ``eaft_alpha``."""
+    entropy exponent is ``eaft_alpha``, as in ``eaft``."""
 
-    keys = (*KaFT.keys, "eaft_alpha", *EAFT_KEYS)
+    keys = (*KaFT.keys, *EAFT_KEYS)
     combines = ("kaft", "eaft")
 
     @classmethod
     def validate(cls, cfg: Mapping, k: int) -> None:
         KaFT.validate(cfg, k)
-        eaft_settings(cfg, "eaft_alpha")
+        eaft_settings(cfg)
 
     @classmethod
     def weights(cls, cfg, subsets, scores, k):
@@ -371,7 +382,7 @@ class KaFTEAFT(TokenWeighted):
 
     @classmethod
     def token_weights(cls, cfg, logits, targets, ce):
-        return eaft_token_weights(logits, **eaft_settings(cfg, "eaft_alpha"))
+        return eaft_token_weights(logits, **eaft_settings(cfg))
 
 
 # ----------------------------------------------------------------------------------------------- preference
@@ -417,22 +428,34 @@ def _flag(cfg: Mapping, key: str, default: bool) -> bool:
     return value
 
 
+SMA_SAMPLING = ("num_samples", "temperature", "top_k", "top_p", "max_new_tokens")
+
+
 @register("dpo")
 class DPO(Loss):
-    """DPO on (reference or correct self-answer, the model's own wrong answer) pairs from the detection's samples;
-    the reference policy is the base model (the LoRA adapter disabled). With ``weight_by_subset`` each pair is
-    weighted by its item's KaFT reward (``alpha``/``beta``/``rewards``)."""
+    """DPO on (reference or correct self-answer, the model's own wrong answer) pairs (:mod:`kaft.pairs`): SMA's
+    n = 8 fresh samples per query, correct × incorrect, down-sampled to ``max_pairs`` (``pair_source=sma``), or the
+    detection's samples, one pair per distinct wrong option (``detection``); the reference policy is the base model
+    (the LoRA adapter disabled). With ``weight_by_subset`` each pair is weighted by its item's KaFT reward."""
 
-    keys = ("dpo_beta", "pairs", "max_pairs", "weight_by_subset", *KaFT.keys)
+    keys = ("dpo_beta", "pairs", "pair_source", "max_pairs", *SMA_SAMPLING, "weight_by_subset", *KaFT.keys)
     pairwise = True
 
     @classmethod
     def settings(cls, cfg: Mapping) -> dict:
+        """Validated DPO options; the SMA sampling ones (§4.1: n = 8, T = 1.4 for Qwen2, top-k 50, top-p 0.9) are
+        read whatever ``pair_source`` is, so a typo is caught either way."""
         return {
             "beta": _number(cfg, "dpo_beta", 0.1, lo=0.0, lo_open=True),
-            "pairs": _choice(cfg, "pairs", "dataset_self", PAIR_MODES),
+            "pairs": _choice(cfg, "pairs", "self_self", PAIR_MODES),
+            "pair_source": _choice(cfg, "pair_source", "sma", PAIR_SOURCES),
             "max_pairs": _integer(cfg, "max_pairs", 8, 1, "pairs per item"),
             "weight_by_subset": _flag(cfg, "weight_by_subset", False),
+            "num_samples": _integer(cfg, "num_samples", 8, 1, "SMA responses per query"),
+            "temperature": _number(cfg, "temperature", 1.4, lo=0.0, lo_open=True),
+            "top_k": _integer(cfg, "top_k", 50, 0, "top-k of the sampling, 0 = off"),
+            "top_p": _number(cfg, "top_p", 0.9, 0.0, 1.0, lo_open=True),
+            "max_new_tokens": _integer(cfg, "max_new_tokens", 4, 1, "tokens per sampled response"),
         }
 
     @classmethod
@@ -467,10 +490,23 @@ def validate_loss_cfg(loss_cfg: Mapping, k: int) -> None:
     cls.validate(loss_cfg, k)
 
 
-def needs_samples(loss_cfg: Mapping) -> bool:
-    """Whether the loss trains on the detection's sampled answers (DPO pairs): such a run needs a detection that
-    saves them (``kaft.detect.saves_samples``) and ``train_lora(..., records=...)``."""
+def is_pairwise(loss_cfg: Mapping) -> bool:
+    """Whether the loss trains on preference pairs built from sampled answers (``train_lora(..., records=...)``)."""
     return get_loss(loss_cfg).pairwise
+
+
+def needs_samples(loss_cfg: Mapping) -> bool:
+    """Whether the loss builds its pairs from the *detection's* sampled answers (DPO with ``pair_source=detection``):
+    such a run needs a detection that saves them (``kaft.detect.saves_samples``)."""
+    return is_pairwise(loss_cfg) and DPO.settings(loss_cfg)["pair_source"] == "detection"
+
+
+def sma_sampling(loss_cfg: Mapping) -> dict | None:
+    """The sampling settings of a loss that draws its own responses (DPO ``pair_source=sma``), else None."""
+    if not is_pairwise(loss_cfg):
+        return None
+    s = DPO.settings(loss_cfg)
+    return {k: s[k] for k in SMA_SAMPLING} if s["pair_source"] == "sma" else None
 
 
 def sample_weights(loss_cfg: Mapping, subsets: Sequence[int], scores: Sequence[float], k: int) -> list[float]:

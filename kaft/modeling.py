@@ -57,6 +57,12 @@ def _resolve_hub(cfg: Mapping, testbed: Mapping, cache_root: str) -> tuple[str, 
     if local.is_dir():
         _check_model_dir(local)
         return str(local), make_key("local", _dir_identity(local))
+    from kaft import hub
+
+    try:  # before anything loads: offline and not cached, gated, no such revision, no room for the download
+        hub.check_model(path, cfg.get("revision"))
+    except hub.HubError as e:
+        raise ModelError(str(e)) from None
     return path, make_key("hub", path, cfg.get("revision"))
 
 
@@ -115,7 +121,20 @@ def resolve(cfg: Mapping, testbed: Mapping, cache_root: str) -> tuple[str, str]:
 
 
 def load(cfg: Mapping, path: str, device: str | None = None) -> tuple[Any, Any]:
-    """Load model + tokenizer from what :func:`resolve` returned. Left padding: probing generates."""
+    """Load model + tokenizer from what :func:`resolve` returned. Left padding: probing generates. A hub download
+    that fails (network gone, gated, disk full) ends in one :class:`ModelError` line, not the hub's tracebacks."""
+    from kaft import hub
+
+    try:
+        return _load(cfg, path, device)
+    except Exception as e:
+        line = None if Path(path).expanduser().is_dir() else hub.explain(e, path, "model", cfg.get("revision"))
+        if line is None:
+            raise
+        raise ModelError(line) from None
+
+
+def _load(cfg: Mapping, path: str, device: str | None = None) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -22,6 +22,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from kaft import data as data_mod
+from kaft import eval_tasks
 from kaft import detect as detect_mod
 from kaft import modeling
 from kaft import partition as partition_mod
@@ -155,8 +156,6 @@ def stage_data(cfg: DictConfig, cache: Cache) -> tuple[list, dict, dict]:
 
     A ``format: freeform`` training set (question + reference answer) loads as free-form items; detection
     (``mc_conversion``) turns them into multiple choice."""
-    from kaft import convert
-
     ds = cfg.dataset
     ctx = {"testbed": _plain(cfg.testbed), "cache_dir": cfg.cache_dir}
     if not ds.get("eval"):
@@ -169,15 +168,23 @@ def stage_data(cfg: DictConfig, cache: Cache) -> tuple[list, dict, dict]:
                           "e.g. dataset=testbed_freeform)")
     for spec in [ds.train, *ds.eval.values()]:
         data_mod.check_spec({k: v for k, v in _plain(spec).items() if k != "format"})
-    if freeform:
-        train = convert.load_freeform(_plain(ds.train), domain=ds.domain, **ctx)
-    else:
-        train = data_mod.load_items(_plain(ds.train), domain=ds.domain, **ctx)
+    train = load_train(cfg)
     evals = {}
     for name, spec in ds.eval.items():
-        evals[name] = data_mod.load_items(_plain(spec), domain=spec.get("domain", ds.domain), **ctx)
+        evals[name] = eval_tasks.load_benchmark(_plain(spec), domain=spec.get("domain", ds.domain), **ctx)
     fps = {"train": data_mod.fingerprint(train), **{n: data_mod.fingerprint(v) for n, v in evals.items()}}
     return train, evals, fps
+
+
+def load_train(cfg: DictConfig) -> list:
+    """The training set as the data stage loads it (free-form items for ``format: freeform``); kaft.export reloads
+    it with a finished job's config, because detection's records hold scores, not questions."""
+    from kaft import convert
+
+    ds, ctx = cfg.dataset, {"testbed": _plain(cfg.testbed), "cache_dir": cfg.cache_dir}
+    if ds.train.get("format", "mc") == "freeform":
+        return convert.load_freeform(_plain(ds.train), domain=ds.domain, **ctx)
+    return data_mod.load_items(_plain(ds.train), domain=ds.domain, **ctx)
 
 
 def validate(cfg: DictConfig, n_train: int) -> None:
@@ -208,15 +215,18 @@ def validate(cfg: DictConfig, n_train: int) -> None:
         raise ConfigError(f"train.lr must be > 0, got {cfg.train.lr}")
 
 
-def stage_detect(cfg, cache, model, train, model_id, fps, which: str = "train") -> tuple[list[dict], bool, str]:
-    """Probe ``train`` (or, for fine-grained evaluation, the benchmark ``which``); cached per data fingerprint."""
-    key = make_key("detect", STAGE_VERSIONS["detect"], model_id, fps[which], detect_mod.settings(_plain(cfg.detection)),
+def stage_detect(cfg, cache, model, train, model_id, fps, which: str = "train",
+                 det: Mapping | None = None) -> tuple[list[dict], bool, str]:
+    """Probe ``train`` (or, for fine-grained evaluation, the benchmark ``which``) with ``det`` (default
+    ``cfg.detection``); cached per data fingerprint and detection settings."""
+    det = _plain(cfg.detection) if det is None else dict(det)
+    key = make_key("detect", STAGE_VERSIONS["detect"], model_id, fps[which], detect_mod.settings(det),
                    cfg.seed, cfg.dataset.domain, cfg.dataset.get("instruction"))
 
     def build(tmp: Path):
-        backend = detect_mod.make_backend(_plain(cfg.detection), model.get, model.path, int(cfg.seed))
+        backend = detect_mod.make_backend(det, model.get, model.path, int(cfg.seed))
         try:
-            records = detect_mod.run_detection(backend, train, _plain(cfg.detection), int(cfg.seed),
+            records = detect_mod.run_detection(backend, train, det, int(cfg.seed),
                                                cfg.dataset.domain, cfg.dataset.get("instruction"),
                                                progress=bool(cfg.progress), work_dir=cache.scratch("detect", key))
         finally:
@@ -228,9 +238,50 @@ def stage_detect(cfg, cache, model, train, model_id, fps, which: str = "train") 
     return detect_mod.read_records(hit.path / "scores.jsonl"), hit.cached, key
 
 
+def stage_greedy(cfg, cache, model, train, model_id, records) -> tuple[list[dict], bool | None]:
+    """Each record with ``greedy``: the model's greedy answer to the original-order query (KaFT §2.2's r_i, what
+    ``strategy.answer_source=greedy`` trains on). Records that hold it already (ICL, the exact estimator) are
+    returned as they are; otherwise one exact forward pass per item over the original order only, with the
+    detection's prompt and shots (its own cached detect artifact): the argmax of the option letters' probabilities."""
+    if all(strategy_mod.greedy_answer(r) is not None for r in records):
+        return records, None
+    det = {**detect_mod.settings(_plain(cfg.detection)), "name": "diversified", "estimator": "exact",
+           "diverse_query": False, "response_sampling": True}
+    det = {k: v for k, v in det.items() if k not in detect_mod.CONVERSION_KEYS}
+    probe, hit, _ = stage_detect(cfg, cache, model, train, model_id, {"greedy": data_mod.fingerprint(train)},
+                                 which="greedy", det=det)
+    return [{**r, "greedy": strategy_mod.greedy_answer(g)} for r, g in zip(records, probe)], hit
+
+
+def stage_dpo_samples(cfg, cache, model, items, model_id, sampling: Mapping) -> tuple[list[dict], bool]:
+    """SMA's diversity sampling for ``loss=dpo pair_source=sma``: ``num_samples`` responses per training item (after
+    the strategy: answers as trained) to its training prompt; cached per model, items and sampling settings."""
+    from kaft.pairs import sample_responses
+
+    key = make_key("dpo_samples", 1, model_id, data_mod.fingerprint(items), sampling, cfg.seed, cfg.dataset.domain,
+                   cfg.dataset.get("instruction"))
+
+    def build(tmp: Path):  # zero-shot prompts share no demonstrations: batch them without prefix grouping
+        backend = detect_mod.make_backend({**_plain(cfg.detection), "share_prefix": False}, model.get, model.path,
+                                          int(cfg.seed))
+        try:
+            recs = sample_responses(backend, items, sampling, int(cfg.seed), cfg.dataset.domain,
+                                    cfg.dataset.get("instruction"))
+        finally:
+            getattr(backend, "close", lambda: None)()
+        detect_mod.write_records(recs, tmp / "samples.jsonl")
+
+    hit = cache.get_or_create("dpo_samples", key, build, meta={"n_items": len(items)})
+    return detect_mod.read_records(hit.path / "samples.jsonl"), hit.cached
+
+
+def partition_key(detect_key: str, k: int, seed: Any) -> str:
+    return make_key("partition", STAGE_VERSIONS["partition"], detect_key, k, seed)
+
+
 def stage_partition(cfg, cache, records, detect_key) -> tuple[list[int], list[str]]:
     k = int(cfg.partition.k)
-    key = make_key("partition", STAGE_VERSIONS["partition"], detect_key, k, cfg.seed)
+    key = partition_key(detect_key, k, cfg.seed)
 
     def build(tmp: Path):
         subsets = partition_mod.partition([r["id"] for r in records], [r["score"] for r in records], k, int(cfg.seed))
@@ -366,6 +417,11 @@ def run(cfg: DictConfig) -> dict:
     sizes = partition_mod.subset_sizes(subsets, k)
     log.info("partition: %s", sizes)
 
+    if strategy_mod.needs_greedy(_plain(cfg.strategy)):
+        with timer("greedy"):
+            records, greedy_hit = stage_greedy(cfg, cache, model, train, model_id, records)
+        if greedy_hit is not None:
+            status["greedy"] = greedy_hit
     weights = losses.sample_weights(_plain(cfg.loss), subsets, [r["score"] for r in records], k)
     sel = strategy_mod.select(_plain(cfg.strategy), train, records, subsets, names, weights, int(cfg.seed))
     log.info("strategy %s: training on %d of %d items", cfg.strategy.name, len(sel.items), len(train))
@@ -379,9 +435,13 @@ def run(cfg: DictConfig) -> dict:
     train_key = None
     if sel.train:
         with timer("train"):
-            needs_records = losses.needs_samples(_plain(cfg.loss))
+            pair_records = sel.records if losses.is_pairwise(_plain(cfg.loss)) else None
+            sampling = losses.sma_sampling(_plain(cfg.loss))
+            if sampling is not None:  # DPO as SMA builds it: its own samples, not detection's
+                pair_records, status["dpo_samples"] = stage_dpo_samples(cfg, cache, model, sel.items, model_id,
+                                                                        sampling)
             tuned, adapter_dir, status["train"], train_key = stage_train(
-                cfg, cache, model, sel.items, sel.weights, model_id, sel.records if needs_records else None)
+                cfg, cache, model, sel.items, sel.weights, model_id, pair_records)
 
         def tuned_model():
             nonlocal tuned
@@ -456,6 +516,8 @@ def _print_results(results: dict) -> None:
     lines.append(f"{'average':<20} {(b['average'] if b else float('nan')):>8.4f} {m['average']:>8.4f}")
     det = results["detection"]
     extra = f"  auroc(contradict)={det['auroc_contradict']:.3f}" if "auroc_contradict" in det else ""
+    if "contradict_in_lowest_subset" in det:  # recall: the share of the contradictions that the wrong subset holds
+        extra += f"  contradict in lowest subset={det['contradict_in_lowest_subset']:.3f}"
     print("\n".join(lines))
     print(f"subsets {results['subsets']}  score mean={det['mean']:.3f}{extra}")
     print(f"cache {results['cache']}  timings {results['timings']}")
@@ -496,6 +558,16 @@ def _main(cfg: DictConfig) -> float:
     return results["metrics"]["average"]
 
 
+def _resolve_cfg_job(argv: list[str]) -> list[str]:
+    """``--cfg job`` prints the job config resolved: the losses' own defaults are interpolations of the top-level
+    ``alpha`` / ``beta`` (``eaft_alpha: ${kaft_default:${alpha},1.0}``), and the value a job uses is what to show."""
+    for flag in ("--cfg", "-c"):
+        at = argv.index(flag) + 1 if flag in argv[:-1] else 0
+        if at and argv[at] == "job" and "--resolve" not in argv:
+            return [*argv[:at + 1], "--resolve", *argv[at + 1:]]
+    return argv
+
+
 def main() -> None:
     """The CLI (``python -m kaft.run``): Hydra's own errors (unknown config option, a value of the wrong type, bad
     override syntax) also end in one ``kaft: error: ...`` line and exit code 2; a sweep with failed jobs exits 1
@@ -503,6 +575,7 @@ def main() -> None:
     from kaft.status import hydra_errors_as_one_line
     from kaft.summary import LAST_SWEEP
 
+    sys.argv = _resolve_cfg_job(sys.argv)
     with hydra_errors_as_one_line():
         _main()
     if LAST_SWEEP["failed"]:

@@ -8,15 +8,15 @@ name           trains on                                                        
 =============  ===============================================================  ==================================
 full           every item (vanilla SFT with ``loss=constant``, KaFT with kaft)  the main comparison
 no_conflict    every item but the wrong subset (subset 0)                       No-Conflict baseline
-self_align     every item; wrong-subset answers replaced by the model's own     Self-Align baseline (Ren et al.,
-               majority sampled answer                                          2024, "SELF")
+self_align     every item; wrong-subset answers replaced by the model's own     Self-Align baseline (KaFT §4.1,
+               answer r_i (``answer_source``: greedy | majority)                after Ren et al.'s SELF)
 wrong_only     the wrong subset only                                            Table 9, the "wrong" row
 subset         one subset by name, or ``random``: a seeded sample of the same   Table 9 (equal sizes)
                size as the subsets
 wrong_ratio    round(λ·|wrong|) wrong items (seeded) + every other item         Table 10
 none           nothing: the base model is only evaluated                        the "base" rows
-har / inc      items the model answers right / wrong (equal sizes)              Ren et al. (2024) HAR / INC
-self           items with answers replaced by the model's own (same size)       Ren et al. (2024) SELF
+har / inc      items the model answers right / wrong, confidently (equal sizes) Ren et al. (2024) HAR / INC
+self           INC's items with the model's own answers                         Ren et al. (2024) SELF (§3.3)
 =============  ===============================================================  ==================================
 
 Strategies live in :data:`STRATEGIES` (``name -> Strategy``); add one with ``@register(name, keys=...)``. Each
@@ -103,7 +103,8 @@ class Strategy:
     keys: frozenset[str]                         # config keys accepted besides ``name``
     check: Callable[[Mapping, list[str]], None]  # key-specific validation (after the unknown-key check)
     train: bool = True
-    needs_samples: bool = False                  # needs the sampled answers of detection (``records[i]["answers"]``)
+    # needs the sampled answers of detection (``records[i]["answers"]``): a flag, or a function of the config
+    needs_samples: bool | Callable[[Mapping], bool] = False
 
 
 STRATEGIES: dict[str, Strategy] = {}
@@ -114,7 +115,7 @@ def _no_check(cfg: Mapping, names: list[str]) -> None:
 
 
 def register(name: str, *, keys: Sequence[str] = (), check: Callable[[Mapping, list[str]], None] = _no_check,
-             train: bool = True, needs_samples: bool = False):
+             train: bool = True, needs_samples: bool | Callable[[Mapping], bool] = False):
     """Add the decorated ``fn(ctx: Context) -> Pick`` to :data:`STRATEGIES` as ``name``."""
 
     def deco(fn: Callable[[Context], Pick]) -> Callable[[Context], Pick]:
@@ -205,89 +206,165 @@ def _wrong_ratio(ctx: Context) -> Pick:
                             "wrong_total": len(wrong)})
 
 
-@register("self_align", needs_samples=True)
-def _self_align(ctx: Context) -> Pick:
-    """Ren et al.'s SELF: train a wrong-subset item on the answer the model itself gives most often (over all option
-    orders and samples, unparsable ones ignored, ties to the lowest original option index — ``detect.majority``), so
-    SFT aligns the format without teaching contradicting facts. Items of other subsets never change; a wrong item
-    the model never answered parsably keeps its gold answer."""
+ANSWER_SOURCES = ("greedy", "majority")
+CONFIDENCE = 0.5  # Ren et al. App. A.1: "responses with a confidence level exceeding 0.5"
+
+
+def _check_answer_source(cfg: Mapping, names: list[str]) -> None:
+    src = cfg.get("answer_source", "greedy")
+    if src not in ANSWER_SOURCES:
+        raise StrategyError(f"strategy.answer_source must be one of {list(ANSWER_SOURCES)} (greedy: the argmax letter "
+                            f"of the original-order query, KaFT §2.2's r_i; majority: the most frequent sampled "
+                            f"answer), got {src!r}")
+
+
+def _check_ren(cfg: Mapping, names: list[str]) -> None:
+    _check_seed(cfg)
+    flag = cfg.get("confident_only", True)
+    if not isinstance(flag, bool):
+        raise StrategyError(f"strategy.confident_only must be true (Ren et al. App. A.1: keep answers with "
+                            f"confidence > 0.5) or false, got {flag!r}")
+
+
+def greedy_answer(rec: Mapping) -> int | None:
+    """The model's greedy answer to the original-order query (original option index), where the record holds it:
+    ``greedy`` (set by kaft.run's greedy probe), ICL's ``pred`` (argmax letter, one order: the original), or the
+    argmax of the letter probabilities of the identity order (``exact`` estimator). None when it does not."""
+    if rec.get("greedy") is not None:
+        return int(rec["greedy"])
+    if rec.get("letter_probs") is not None:
+        return int(rec["pred"])
+    for order, probs in zip(rec.get("orders") or [], rec.get("probs") or []):
+        if list(order) == sorted(order):
+            return max(range(len(probs)), key=lambda a: (probs[a], -a))
+    return None
+
+
+def needs_greedy(cfg: Mapping | None) -> bool:
+    """Whether the strategy reads each item's greedy answer (:func:`greedy_answer`; kaft.run probes for it when the
+    detection records lack it)."""
+    cfg = _cfg(cfg)
+    return cfg.get("name") == "self_align" and cfg.get("answer_source", "greedy") == "greedy"
+
+
+def _self_answer(ctx: Context, i: int, source: str) -> int:
+    """Item i's own answer by the model under ``source`` (-1: none parsable)."""
     from kaft.detect import majority
 
+    rec = ctx.records[i]
+    if source == "greedy":
+        g = greedy_answer(rec)
+        if g is None:
+            raise StrategyError(f"strategy=self_align answer_source=greedy: record {rec.get('id')!r} holds no greedy "
+                                f"answer to the original query (kaft.run probes for one; pass records with 'greedy')")
+        return g
+    if not rec.get("answers") or not any(len(a) for a in rec["answers"]):
+        raise StrategyError(f"strategy=self_align needs the sampled answers of detection, but record "
+                            f"{rec.get('id')!r} has none; use detection.estimator=sample (or detection=icl), or "
+                            f"strategy.answer_source=greedy")
+    return majority(rec["answers"])[0]
+
+
+@register("self_align", keys=("answer_source",), check=_check_answer_source,
+          needs_samples=lambda cfg: cfg.get("answer_source", "greedy") == "majority")
+def _self_align(ctx: Context) -> Pick:
+    """KaFT §4.1 "Self-aligning": each wrong-subset item trained on the model's own response r_i instead of a_i, so
+    SFT aligns the format without teaching contradicting facts. ``answer_source``: ``greedy`` — the argmax letter of
+    the original-order query (§2.2 defines r_i as the greedy response to (q_i, o_i)); ``majority`` — the most
+    frequent of the diversified samples (over all orders, unparsable ignored, ties to the lowest index). Items of
+    other subsets never change; a wrong item the model never answered parsably keeps its gold answer."""
+    source = ctx.cfg.get("answer_source", "greedy")
     answers, same, unparsable, replaced_ids = {}, 0, 0, []
     for i in ctx.indices_in(WRONG):
-        rec, item = ctx.records[i], ctx.items[i]
-        if not rec.get("answers") or not any(len(a) for a in rec["answers"]):
-            raise StrategyError(f"strategy=self_align needs the sampled answers of detection, but record "
-                                f"{rec.get('id')!r} has none; use detection.estimator=sample (or detection=icl)")
-        pred, _ = majority(rec["answers"])
+        item, pred = ctx.items[i], _self_answer(ctx, i, source)
         if pred < 0:
             unparsable += 1
         elif not pred < len(item.options):
-            raise StrategyError(f"strategy=self_align: record {rec.get('id')!r} names option {pred}, but item "
-                                f"{item.id!r} has {len(item.options)} options; the detection records do not match "
-                                f"the training set (re-run detection, e.g. force a cache miss)")
+            raise StrategyError(f"strategy=self_align: record {ctx.records[i].get('id')!r} names option {pred}, but "
+                                f"item {item.id!r} has {len(item.options)} options; the detection records do not "
+                                f"match the training set (re-run detection, e.g. force a cache miss)")
         elif pred == item.answer:
             same += 1
         else:
             answers[i] = pred
             replaced_ids.append(item.id)
     return Pick(list(range(len(ctx.items))), answers,
-                info={"replaced": len(answers), "kept_gold_agrees": same, "kept_gold_unparsable": unparsable,
-                      "replaced_ids": replaced_ids[:ID_LIST_LIMIT]})
+                info={"answer_source": source, "replaced": len(answers), "kept_gold_agrees": same,
+                      "kept_gold_unparsable": unparsable, "replaced_ids": replaced_ids[:ID_LIST_LIMIT]})
 
 
-def _model_answers(ctx: Context, name: str) -> list[int]:
-    """Each item's own answer by the model (``detect.majority`` of its sampled answers; -1 none parsable)."""
+def _model_answer(rec: Mapping, name: str) -> tuple[int, bool]:
+    """An item's own answer by the model and whether it is confident: ICL's argmax letter and its ``confident``
+    flag (top letter probability > 0.5), else the majority of the sampled answers with its share > 0.5."""
     from kaft.detect import majority
 
-    out = []
-    for rec in ctx.records:
-        if not rec.get("answers"):
-            raise StrategyError(f"strategy={name} needs the model's answers from detection, but record "
-                                f"{rec.get('id')!r} has none; use detection=icl (Ren et al.) or estimator=sample")
-        out.append(majority(rec["answers"])[0])
-    return out
+    if not rec.get("answers"):
+        raise StrategyError(f"strategy={name} needs the model's answers from detection, but record "
+                            f"{rec.get('id')!r} has none; use detection=icl (Ren et al.) or estimator=sample")
+    pred, share = majority(rec["answers"])
+    return pred, bool(rec["confident"]) if "confident" in rec else share > CONFIDENCE
 
 
-def _ren_size(ctx: Context, har: list[int], inc: list[int]) -> int:
-    return min(len(har), len(inc))
+def _ren_groups(ctx: Context, name: str) -> tuple[list[int], list[int], list[int], int]:
+    """Model answers, HAR and INC pools, and how many items were set aside as answered non-confidently.
 
-
-def _ren_groups(ctx: Context, name: str) -> tuple[list[int], list[int], list[int]]:
-    preds = _model_answers(ctx, name)
-    har = [i for i, p in enumerate(preds) if p == ctx.items[i].answer]
-    inc = [i for i, p in enumerate(preds) if p != ctx.items[i].answer]
+    Ren et al. §3.3: harmonious = the model answers right, incompatible = it answers, and not the gold answer;
+    App. A.1: only answers with confidence > 0.5 count (``confident_only``, default true)."""
+    confident_only = ctx.cfg.get("confident_only", True)
+    preds, har, inc, unsure = [], [], [], 0
+    for i, rec in enumerate(ctx.records):
+        pred, confident = _model_answer(rec, name)
+        preds.append(pred)
+        if confident_only and not confident:
+            unsure += 1
+        elif pred == ctx.items[i].answer:
+            har.append(i)
+        elif 0 <= pred < len(ctx.items[i].options):
+            inc.append(i)
+    if not har and not inc:
+        raise StrategyError(f"strategy={name}: the model answers none of the {unsure} training items confidently "
+                            f"(top probability > {CONFIDENCE}, Ren et al. App. A.1); set strategy.confident_only=false "
+                            f"to keep every answer")
     if not har or not inc:
         raise StrategyError(f"strategy={name}: the model agrees with {'all' if not inc else 'none'} of the training "
-                            f"answers, so harmonious and incompatible sets of equal size cannot be built")
-    return preds, har, inc
+                            f"answers it answers ({unsure} set aside as not confident), so harmonious and "
+                            f"incompatible sets of equal size cannot be built")
+    return preds, har, inc, unsure
 
 
-@register("har", keys=("data_seed",), needs_samples=True)
+def _ren_pick(ctx: Context, name: str) -> Pick:
+    """HAR, INC or SELF at one size n = min(|HAR|, |INC|), drawn with ``data_seed``; SELF = exactly INC's draw
+    (Ren et al. §3.3: "the queries are exactly the same as those in the incompatible set") with the model's answers."""
+    preds, har, inc, unsure = _ren_groups(ctx, name)
+    n = min(len(har), len(inc))
+    info = {"ren_size": n, "har": len(har), "inc": len(inc), "not_confident": unsure,
+            "confident_only": ctx.cfg.get("confident_only", True)}
+    if name == "har":
+        return Pick(_draw(ctx, har, n, "ren-har", ctx.data_seed()), info=info)
+    keep = _draw(ctx, inc, n, "ren-inc", ctx.data_seed())
+    if name == "inc":
+        return Pick(keep, info=info)
+    answers = {i: preds[i] for i in keep}
+    return Pick(keep, answers, info={**info, "replaced": len(answers)})
+
+
+@register("har", keys=("data_seed", "confident_only"), check=_check_ren, needs_samples=True)
 def _har(ctx: Context) -> Pick:
-    """Ren et al. (2024) HAR: items whose answer the model already gives (harmonious), as many as INC has — the
-    three Ren sets are drawn to one size n = min(|HAR|, |INC|) with ``data_seed``."""
-    _, har, inc = _ren_groups(ctx, "har")
-    n = _ren_size(ctx, har, inc)
-    return Pick(_draw(ctx, har, n, "ren-har", ctx.data_seed()), info={"ren_size": n, "har": len(har), "inc": len(inc)})
+    """Ren et al. (2024) HAR: items the model already answers right (harmonious), as many as INC has."""
+    return _ren_pick(ctx, "har")
 
 
-@register("inc", keys=("data_seed",), needs_samples=True)
+@register("inc", keys=("data_seed", "confident_only"), check=_check_ren, needs_samples=True)
 def _inc(ctx: Context) -> Pick:
-    """Ren et al. (2024) INC: items whose answer the model does not give (incompatible), size n as for HAR."""
-    _, har, inc = _ren_groups(ctx, "inc")
-    n = _ren_size(ctx, har, inc)
-    return Pick(_draw(ctx, inc, n, "ren-inc", ctx.data_seed()), info={"ren_size": n, "har": len(har), "inc": len(inc)})
+    """Ren et al. (2024) INC: items the model answers with another option than gold (incompatible)."""
+    return _ren_pick(ctx, "inc")
 
 
-@register("self", keys=("data_seed",), needs_samples=True)
+@register("self", keys=("data_seed", "confident_only"), check=_check_ren, needs_samples=True)
 def _self(ctx: Context) -> Pick:
-    """Ren et al. (2024) SELF: n items drawn from all, every answer replaced by the model's own (where it has one)."""
-    preds, har, inc = _ren_groups(ctx, "self")
-    n = _ren_size(ctx, har, inc)
-    keep = _draw(ctx, range(len(ctx.items)), n, "ren-self", ctx.data_seed())
-    answers = {i: preds[i] for i in keep if 0 <= preds[i] < len(ctx.items[i].options) and preds[i] != ctx.items[i].answer}
-    return Pick(keep, answers, info={"ren_size": n, "replaced": len(answers)})
+    """Ren et al. (2024) SELF: INC's items (same ids at the same ``data_seed``), each answer replaced by the model's
+    own, so every training answer is wrong and consistent with the model."""
+    return _ren_pick(ctx, "self")
 
 
 @register("none", train=False)
@@ -326,7 +403,8 @@ def validate(cfg: Mapping | None, names: Sequence[str] | int) -> None:
 
 def needs_samples(cfg: Mapping | None) -> bool:
     """Whether the strategy needs detection's sampled answers (check with ``detect.saves_samples`` before probing)."""
-    return get(cfg).needs_samples
+    flag = get(cfg).needs_samples
+    return bool(flag(_cfg(cfg))) if callable(flag) else flag
 
 
 def trains(cfg: Mapping | None) -> bool:
@@ -389,4 +467,5 @@ def accuracy_by_subset(per_item: Sequence[Mapping], test_ids: Sequence[str], tes
 
 
 __all__ = ["ID_LIST_LIMIT", "RANDOM", "STRATEGIES", "Selection", "Strategy", "StrategyError", "accuracy_by_subset",
-           "get", "n_wrong_kept", "needs_samples", "register", "select", "trains", "validate"]
+           "get", "greedy_answer", "n_wrong_kept", "needs_greedy", "needs_samples", "register", "select", "trains",
+           "validate"]

@@ -378,8 +378,8 @@ def train_lora(model, tokenizer, items: Sequence[MCItem], weights: Sequence[floa
 
     ``weights[i]`` is item i's reward from :func:`kaft.losses.sample_weights`. ``train_cfg`` holds
     :data:`TRAIN_KEYS` (``lora`` = ``{r, alpha, dropout, target_modules}``); optional ``gradient_checkpointing``.
-    ``records`` are the detection records of ``items`` (same order); a pairwise loss
-    (:func:`kaft.losses.needs_samples`, i.e. ``dpo``) builds its pairs from their sampled answers and needs them;
+    ``records`` hold sampled answers of ``items`` (same order): SMA's own samples or the detection's; a pairwise
+    loss (:func:`kaft.losses.is_pairwise`, i.e. ``dpo``) builds its pairs from them and needs them;
     then ``train.batch_size`` counts pairs, the pairs go to ``out_dir/pairs.jsonl`` and their counts to
     ``train_log.json``. Other losses ignore ``records``.
 
@@ -401,18 +401,21 @@ def train_lora(model, tokenizer, items: Sequence[MCItem], weights: Sequence[floa
     if isinstance(model, PeftModel):
         raise ValueError("train_lora: the model already carries a peft adapter; pass the base model")
 
-    pairwise = losses.needs_samples(loss_cfg)
+    pairwise = losses.is_pairwise(loss_cfg)
     pairs: list[dict] = []
     if pairwise:
         if not has_samples(records):
             raise ValueError(f"train_lora: loss {loss_cfg.get('name')} builds its pairs from the detection's sampled "
                              f"answers, but {'no records were passed' if records is None else 'no record has any'}; "
-                             f"pass records= from a detection that saves samples (estimator=sample or icl)")
+                             f"pass records= (kaft.pairs.sample_responses, or a detection that saves samples: "
+                             f"estimator=sample or icl)")
         s = losses.DPO.settings(loss_cfg)
-        pairs = build_pairs(items, records, s["pairs"], s["max_pairs"], seed, domain=domain, instruction=instruction)
+        pairs = build_pairs(items, records, s["pairs"], s["max_pairs"], seed, domain=domain, instruction=instruction,
+                            source=s["pair_source"])
         if not pairs:
-            raise ValueError(f"train_lora: loss {loss_cfg.get('name')} (pairs={s['pairs']}): no item has a wrong "
-                             f"sampled answer, so there is no preference pair to train on")
+            raise ValueError(f"train_lora: loss {loss_cfg.get('name')} (pairs={s['pairs']}, pair_source="
+                             f"{s['pair_source']}): no item has both a chosen and a wrong sampled answer, so there is "
+                             f"no preference pair to train on")
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

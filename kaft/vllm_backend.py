@@ -172,9 +172,9 @@ class VLLMBackend:
         return [int(out.outputs[0].token_ids[0]) for out in self._generate(prompts, params)]
 
     def sample(self, prompts: Sequence[str], n: int, temperature: float, max_new_tokens: int,
-               seed: int) -> list[list[str]]:
+               seed: int, top_k: int = 0, top_p: float = 1.0) -> list[list[str]]:
         """``n`` continuations per prompt (decoded, special tokens skipped); temperature 0 = greedy (``n`` copies
-        of the one greedy continuation)."""
+        of the one greedy continuation); ``top_k`` (0 = off) / ``top_p`` restrict the draws (SMA's sampling)."""
         from vllm import SamplingParams
 
         if not prompts:
@@ -188,7 +188,8 @@ class VLLMBackend:
         params = []
         for p in prompts:
             k = seen[p] = seen.get(p, -1) + 1
-            params.append(SamplingParams(n=n, max_tokens=int(max_new_tokens), temperature=t, top_p=1.0, top_k=0,
+            params.append(SamplingParams(n=n, max_tokens=int(max_new_tokens), temperature=t, top_p=float(top_p),
+                                         top_k=int(top_k),
                                          seed=_prompt_seed(seed, p, k), detokenize=False))
         outs = self._generate(prompts, params)
         return [self._decode([c.token_ids for c in sorted(out.outputs, key=lambda c: c.index)]) for out in outs]

@@ -22,6 +22,11 @@ def test_collect_flattens_every_results_json(tmp_path, capsys):
         ("done", "subset", "wrong", "icl", None)] * 2
     assert flatten({"config": {"method": {"name": "kaft"}}})["method"] == "kaft"
     assert flatten({})["average"] is None
+    # alpha / beta / eaft_alpha name what the loss used (config.loss), top-level alpha only for older results
+    new = flatten({"config": {"alpha": None, "loss": {"name": "eaft", "eaft_alpha": 1.0}}})
+    assert (new["alpha"], new["eaft_alpha"]) == (None, 1.0)
+    assert flatten({"config": {"alpha": 0.5, "loss": {"name": "kaft", "alpha": 0.3}}})["alpha"] == 0.3
+    assert rows[0]["alpha"] == 0.1  # an older results.json: top-level alpha
     assert main([str(tmp_path), "--csv", str(tmp_path / "t.csv")]) == 0
     assert (tmp_path / "t.csv").read_text().splitlines()[0].startswith("loss,alpha")
     assert main([str(tmp_path / "nothing")]) == 1

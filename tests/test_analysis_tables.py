@@ -57,6 +57,7 @@ def main_sweep(tmp_path):
                  _res(strategy="no_conflict", seed=seed, acc=0.58),
                  _res(strategy="full", seed=seed, acc=0.55),
                  _res(strategy="self_align", seed=seed, acc=0.57, status="failed" if seed == 2 else "done")]
+        jobs[-1]["config"]["strategy"]["answer_source"] = "greedy"  # the paper's reading, method=self_align
     return _write(tmp_path / "sweep", jobs)
 
 
@@ -164,6 +165,24 @@ def test_subsets_detection_partitions_losses_ren_layouts(tmp_path):
     secs = T.build_table(T.collect_runs(ren))
     assert secs[0].layout == "ren" and [r.id for r in _ours(secs)] == ["har", "inc", "self"]
     assert secs[0].rows[1].cells["xiezhi_history"].mean == 46.80
+
+
+def test_self_align_answer_sources_are_rows_of_their_own(tmp_path):
+    def job(method, source, acc):
+        r = _res(strategy="self_align", acc=acc, method=method)
+        if source:
+            r["config"]["strategy"]["answer_source"] = source
+        return r
+
+    root = _write(tmp_path / "sa", [job("self_align", "greedy", .6), job("self_align_majority", "majority", .5),
+                                    job(None, "majority", .5), job("self_align", None, .4)])
+    runs = T.collect_runs(root)
+    # older results (no answer_source) were the majority reading
+    assert [r.method_id for r in runs] == ["self_align", "self_align_majority", "self_align_majority",
+                                           "self_align_majority"]
+    rows = {r.id: r for r in _ours(T.build_table(runs))}
+    assert set(rows) == {"base", "self_align", "self_align_majority"} and rows["self_align"].label == "Self-aligning"
+    assert rows["self_align_majority"].label == "Self-aligning (majority of samples)"
 
 
 def test_alpha_beta_matrix(tmp_path):
@@ -290,6 +309,19 @@ def test_ablation_switches_name_the_detector_and_alpha_splits_rows(tmp_path):
                                       for a in (0.1, 0.5)])
     secs = T.build_table(T.collect_runs(mission))
     assert secs[0].layout == "losses"
-    assert [(r.id, r.n) for r in _ours(secs)] == [("eaft (α=0.1)", 1), ("eaft (α=0.5)", 1), ("kaft (α=0.1)", 1),
-                                                  ("kaft (α=0.5)", 1)]
-    assert "KaFT (α=0.5)" in T.render(secs, "md")
+    # results from before eaft's exponent had its own name: loss=eaft read it from alpha
+    assert [(r.id, r.n) for r in _ours(secs)] == [("eaft (eaft_alpha=0.1)", 1), ("eaft (eaft_alpha=0.5)", 1),
+                                                  ("kaft (α=0.1)", 1), ("kaft (α=0.5)", 1)]
+    assert "KaFT (α=0.5)" in T.render(secs, "md") and "EAFT (eaft_alpha=0.5)" in T.render(secs, "md")
+
+    # today's results: each loss's config holds what it used (eaft's own default 1.0 when no alpha was given)
+    def used(lo, a):
+        job = _res(loss=lo, alpha=None, beta=None, acc=.5 + (a or 0) / 10)
+        job["config"]["loss"] = {"name": "kaft", "alpha": a, "beta": 0.5} if lo == "kaft" else \
+            {"name": "eaft", "eaft_alpha": 1.0 if a is None else a}
+        return job
+
+    now = _write(tmp_path / "now", [used("kaft", 0.1), used("kaft", 0.5), used("eaft", None), used("eaft", None)])
+    ids = [(r.id, r.n) for r in _ours(T.build_table(T.collect_runs(now)))]
+    assert ids == [("eaft", 1), ("kaft (α=0.1)", 1), ("kaft (α=0.5)", 1)]
+    assert T.collect_runs(now)[2].eaft_alpha == 1.0

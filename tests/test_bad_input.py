@@ -38,14 +38,15 @@ def _write(tmp: Path, name: str, content: str | bytes) -> Path:
 
 
 def _run(tmp: Path, good: Path, args: list[str], train: Path | None = None, model: Path | None = None,
-         cache: Path | None = None, multirun: bool = False, local_data: bool = True):
+         cache: Path | None = None, multirun: bool = False, local_data: bool = True, local_model: bool = True,
+         env: dict | None = None):
     train = train or good / "train.jsonl"
     cache = cache or tmp / "cache"
     env = {**os.environ, "KAFT_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "offline"}
+           "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "offline", **(env or {})}
     data = ["dataset=local", f"dataset.train.path={train}", f"dataset.eval.test.path={good / 'train.jsonl'}"]
-    base = ["model=local", f"model.path={model or good / 'model'}", *(data if local_data else []), "logger=none",
-            "detection.shots=2"]
+    model_args = ["model=local", f"model.path={model or good / 'model'}"] if local_model else []
+    base = [*model_args, *(data if local_data else []), "logger=none", "detection.shots=2"]
     mode = ["-m", "hydra.sweep.dir=sweep"] if multirun else ["hydra.run.dir=run"]
     out = subprocess.run([sys.executable, "-m", "kaft.run", *mode, *base, *args], cwd=tmp, env=env,
                          capture_output=True, text=True, timeout=300)
@@ -187,3 +188,24 @@ def test_unwritable_run_dir(tmp_path, good):
     blocker = _write(tmp_path, "a_file", "")
     out, cache = _run(tmp_path, good, [f"hydra.run.dir={blocker}/run"])
     _check(out, cache, str(blocker), tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------- hub, offline
+def _empty_hf_home(tmp: Path) -> dict:
+    (tmp / "hf_home").mkdir()
+    return {"HF_HOME": str(tmp / "hf_home"), "HF_HUB_CACHE": str(tmp / "hf_home" / "hub"),
+            "HF_DATASETS_CACHE": str(tmp / "hf_home" / "datasets")}
+
+
+def test_hub_model_offline_and_not_cached(tmp_path, good):
+    """The paper's model on an offline compute node with an empty cache: the cause and the command to run."""
+    out, cache = _run(tmp_path, good, ["model=llama3_8b"], local_data=False, local_model=False,
+                      env=_empty_hf_home(tmp_path))
+    _check(out, cache, "model 'meta-llama/Meta-Llama-3-8B' is not in the local Hugging Face cache", tmp_path)
+    assert "run: hf download meta-llama/Meta-Llama-3-8B" in out.stderr and "HF_HUB_OFFLINE=1" in out.stderr
+
+
+def test_hub_dataset_offline_and_not_cached(tmp_path, good):
+    out, cache = _run(tmp_path, good, ["dataset=medqa"], local_data=False, env=_empty_hf_home(tmp_path))
+    _check(out, cache, "dataset 'GBaker/MedQA-USMLE-4-options' is not in the local Hugging Face cache", tmp_path)
+    assert "datasets.load_dataset('GBaker/MedQA-USMLE-4-options', split='train')" in out.stderr

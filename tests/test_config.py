@@ -34,9 +34,33 @@ def test_groups_are_the_documented_ones():
 
 def test_top_level_alpha_beta_feed_the_losses():
     cfg = _compose(["loss=kaft", "alpha=0.3", "beta=0.7"])
-    assert (cfg.loss.alpha, cfg.loss.beta) == (0.3, 0.7)
+    assert (cfg.loss.alpha, cfg.loss.beta) == (0.3, 0.7) and list(cfg.partition.rewards) == [0.3, 0.7, 1.0, 1.0]
     cfg = _compose(["loss=eaft", "alpha=0.5"])
-    assert cfg.loss.alpha == 0.5 and cfg.loss.k == 20
+    assert cfg.loss.eaft_alpha == 0.5 and cfg.loss.k == 20 and "alpha" not in cfg.loss
+    cfg = _compose(["loss=kaft_eaft", "alpha=0.3"])
+    assert (cfg.loss.alpha, cfg.loss.beta, cfg.loss.eaft_alpha) == (0.3, 0.5, 1.0)
+
+
+@pytest.mark.parametrize("loss, expect", [
+    ("kaft", {"alpha": 0.1, "beta": 0.5}),                      # KaFT §3
+    ("eaft", {"eaft_alpha": 1.0}),                              # EAFT §3, LLaMA-Factory eaft_alpha
+    ("kaft_eaft", {"alpha": 0.1, "beta": 0.5, "eaft_alpha": 1.0}),
+    ("dpo", {"alpha": 0.1, "beta": 0.5, "dpo_beta": 0.1}),
+])
+def test_each_loss_has_its_own_paper_defaults(loss, expect):
+    cfg = _compose([f"loss={loss}"])
+    assert cfg.alpha is None and cfg.beta is None  # nothing given: each loss falls back to its own default
+    assert {k: cfg.loss[k] for k in expect} == expect
+    assert list(_compose(["partition=k8"]).partition.rewards)[:3] == [0.1, 0.3, 0.5]
+
+
+@pytest.mark.parametrize("before, after, exponent", [([], [], "1.0"), (["alpha=0.5"], [], "0.5"),
+                                                     ([], ["--resolve"], "1.0")])
+def test_cfg_job_shows_the_eaft_exponent(before, after, exponent):
+    out = subprocess.run([sys.executable, "-m", "kaft.run", "loss=eaft", *before, "--cfg", "job", *after],
+                         capture_output=True, text=True, cwd=CONF.parent, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"  eaft_alpha: {exponent}\n" in out.stdout and "${" not in out.stdout
 
 
 def test_model_configs_override_stage_defaults():
@@ -74,3 +98,12 @@ def test_every_sweep_file_composes(name):
     assert jobs >= 2
     if name == "mission":
         assert jobs == 4 and set(params) == {"loss", "alpha"}
+    if name == "table3_ood":  # KaFT Table 3: MedQA training, the Xiezhi OOD test sets, each in its own domain
+        assert params["dataset"] == "medqa_xiezhi"
+        ds = _compose(["dataset=medqa_xiezhi"]).dataset
+        assert ds.train.path == "GBaker/MedQA-USMLE-4-options" and {n: e.domain for n, e in ds.eval.items()} == {
+            "xiezhi_history": "history", "xiezhi_engineering": "engineering", "xiezhi_law": "law"}
+    if name == "table7_domains":  # KaFT Table 7: each Xiezhi domain's training set, all three test sets
+        assert params["dataset"] == "xiezhi_history,xiezhi_engineering,xiezhi_law" and jobs == 15
+    if name == "table2_main":  # both readings of self-aligning's r_i
+        assert {"self_align", "self_align_majority"} <= set(params["method"].split(","))

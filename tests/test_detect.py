@@ -76,6 +76,27 @@ def test_sampling_frequencies_follow_the_temperature_softmax(tiny_model, tiny_to
     assert abs(freq - p) < 4 * (p * (1 - p) / n) ** 0.5 + 1e-3
 
 
+def test_top_k_top_p_sampling_draws_only_from_the_kept_tokens(tiny_model, tiny_tokenizer, mc_items):
+    """SMA's sampling (top-k 50, top-p 0.9): with top_k=2 every draw is one of the 2 likeliest tokens, in the
+    proportion of their renormalised probabilities; top_k=1 is greedy at any temperature."""
+    tok = tiny_tokenizer
+    tok.padding_side = "left"
+    prompt = build_queries(mc_items, 1, 0, 0, "geography")[0].prompt
+    with torch.inference_mode():
+        logits = tiny_model(**tok(prompt, return_tensors="pt")).logits[0, -1]
+    top2 = torch.topk(logits / 1.4, 2)
+    p_first = float(torch.softmax(top2.values, -1)[0])
+    n = 3000
+    got = detect._sample_batch(tiny_model, tok, [prompt], n=n, temperature=1.4, max_new_tokens=1,
+                               generator=torch.Generator().manual_seed(2), top_k=2, top_p=1.0)[0]
+    names = [tok.decode([int(t)]) for t in top2.indices]
+    assert set(got) <= set(names)
+    freq = got.count(names[0]) / n
+    assert abs(freq - p_first) < 4 * (p_first * (1 - p_first) / n) ** 0.5 + 1e-3
+    greedy = _backend(tiny_model, tok).sample([prompt], 5, 1.4, 1, 0, top_k=1)[0]
+    assert greedy == [names[0]] * 5
+
+
 def _backend(model, tok, **kw):
     return detect.HFBackend(model, tok, **kw)
 

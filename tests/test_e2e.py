@@ -38,7 +38,7 @@ def test_default_job(tmp_path):
     assert 0 <= res["metrics"]["average"] <= 1 and res["base_metrics"]["average"] > 0.25
     assert sum(res["subsets"].values()) == res["data"]["n_train"] and len(res["subsets"]) == 4
     assert set(res["timings"]) >= {"data", "model", "detect", "partition", "train", "evaluate"}
-    assert res["detection"]["auroc_contradict"] >= 0.9
+    assert res["detection"]["auroc_contradict"] >= 0.9 and res["detection"]["contradict_in_lowest_subset"] >= 0.75
     assert list((tmp_path / "run").glob("wandb/offline-run-*")), "no W&B offline run written"
     assert "average" in out.stdout
 

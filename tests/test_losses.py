@@ -130,8 +130,9 @@ def test_kaft_rewards_override_and_other_k():
     ({"name": "kaft", "alpha": 0.1, "beta": -0.1}, 4, "beta"),
     ({"name": "kaft", "rewards": [0.1, -1, 1, 1]}, 4, "rewards\\[1\\]"),
     ({"name": "kaft", "alhpa": 0.1}, 4, "unknown key.*alhpa"),
-    ({"name": "eaft", "alpha": 1.0, "k": 1}, 4, "'k'"),
-    ({"name": "eaft", "alpha": -1.0}, 4, "alpha"),
+    ({"name": "eaft", "eaft_alpha": 1.0, "k": 1}, 4, "'k'"),
+    ({"name": "eaft", "eaft_alpha": -1.0}, 4, "eaft_alpha"),
+    ({"name": "eaft", "alpha": 0.5}, 4, "loss eaft: .alpha. is now .eaft_alpha. \\(set loss.eaft_alpha"),
     ({"name": "focal"}, 4, "unknown loss 'focal'.*auto_adapt.*constant.*dft.*dpo.*eaft.*kaft.*kaft_eaft"),
     ({}, 4, "unknown loss None"),
     ({"name": "eaft", "normalize": "ln20"}, 4, "unknown normalize 'ln20'.*const3.*lnk.*none"),
@@ -160,8 +161,8 @@ def test_impossible_configs_raise(cfg, k, match):
 
 
 def test_valid_configs_pass():
-    for cfg in (CONSTANT, KAFT, {"name": "auto_adapt"}, {"name": "eaft", "alpha": 1.0, "k": 20}, {"name": "dft"},
-                {"name": "eaft", "alpha": 0.5, "k": 5, "normalize": "none", "variant": "masked", "mask_quantile": 0.3},
+    for cfg in (CONSTANT, KAFT, {"name": "auto_adapt"}, {"name": "eaft", "eaft_alpha": 1.0, "k": 20}, {"name": "dft"},
+                {"name": "eaft", "eaft_alpha": 0.5, "k": 5, "normalize": "none", "variant": "masked", "mask_quantile": 0.3},
                 {"name": "kaft_eaft", "alpha": 0.1, "beta": 0.5, "rewards": None, "eaft_alpha": 1.0, "k": 20,
                  "normalize": "lnk", "variant": "sigmoid", "mask_quantile": 0.15},
                 {"name": "dpo", "dpo_beta": 0.5, "pairs": "self_self", "max_pairs": 2, "weight_by_subset": False,
@@ -188,7 +189,7 @@ def test_auto_adapt_weights_are_scores():
 
 def test_constant_and_eaft_sample_weights_are_one():
     assert sample_weights(CONSTANT, [0, 3], [0.1, 0.9], 4) == [1.0, 1.0]
-    assert sample_weights({"name": "eaft", "alpha": 1.0, "k": 20}, [0, 3], [0.1, 0.9], 4) == [1.0, 1.0]
+    assert sample_weights({"name": "eaft", "eaft_alpha": 1.0, "k": 20}, [0, 3], [0.1, 0.9], 4) == [1.0, 1.0]
 
 
 # ----------------------------------------------------------------------------------------------- eaft
@@ -200,7 +201,7 @@ def test_eaft_weight_on_uniform_logits(alpha):
     # the loss on uniform logits: every token has CE ln(V) and weight (ln20/3)^alpha
     labels = torch.full((1, 4), -100)
     labels[0, 2:] = torch.tensor([7, 9])
-    got = compute_loss({"name": "eaft", "alpha": alpha, "k": 20}, torch.zeros(1, 4, 50), labels, [1.0])
+    got = compute_loss({"name": "eaft", "eaft_alpha": alpha, "k": 20}, torch.zeros(1, 4, 50), labels, [1.0])
     assert got.item() == pytest.approx((math.log(20) / 3.0) ** alpha * math.log(50), rel=1e-6)
 
 
@@ -232,12 +233,12 @@ def test_eaft_matches_reference_formula(alpha, k, normalize, norm):
     logits, labels = _ragged_batch(seed=3, v=64)
     logits = logits * 1.5
     ref, _ = _eaft_reference(logits, labels, alpha, k, norm(k))
-    cfg = {"name": "eaft", "alpha": alpha, "k": k, "normalize": normalize}
+    cfg = {"name": "eaft", "eaft_alpha": alpha, "k": k, "normalize": normalize}
     got = compute_loss(cfg, logits, labels, [1.0, 1.0, 1.0])
     assert abs(got.item() - ref.item()) < 1e-6 * max(1.0, abs(ref.item()))  # float32: relative past 1
     assert abs(got.item() - compute_loss(CONSTANT, logits, labels, [1, 1, 1]).item()) > 1e-3
     if normalize == "const3":  # the default
-        assert compute_loss({"name": "eaft", "alpha": alpha, "k": k}, logits, labels, [1, 1, 1]).item() == got.item()
+        assert compute_loss({"name": "eaft", "eaft_alpha": alpha, "k": k}, logits, labels, [1, 1, 1]).item() == got.item()
 
 
 def _label_tokens(logits, labels):
@@ -266,10 +267,10 @@ def test_eaft_sigmoid_variant_is_the_papers_gate():
     h = _topk_entropy_np(rows, 20) / 3.0
     gate = 1.0 / (1.0 + torch.exp(-30.0 * (torch.tensor(h) - 0.17)))
     ref = (ce.double() * gate).sum() / len(h)
-    got = compute_loss({"name": "eaft", "variant": "sigmoid", "alpha": 2.0}, logits * 0.7, labels, [1, 1, 1])
+    got = compute_loss({"name": "eaft", "variant": "sigmoid", "eaft_alpha": 2.0}, logits * 0.7, labels, [1, 1, 1])
     assert abs(got.item() - ref.item()) < 1e-6
     # alpha has no effect on the sigmoid gate
-    assert got.item() == compute_loss({"name": "eaft", "variant": "sigmoid", "alpha": 0.5}, logits * 0.7, labels,
+    assert got.item() == compute_loss({"name": "eaft", "variant": "sigmoid", "eaft_alpha": 0.5}, logits * 0.7, labels,
                                       [1, 1, 1]).item()
     w = losses.eaft_token_weights(torch.zeros(2, 50), variant="sigmoid", k=20)  # H~ = ln20/3 ~ 1: fully open
     assert torch.allclose(w, torch.full((2,), 1.0 / (1.0 + math.exp(-30 * (math.log(20) / 3 - 0.17)))))
@@ -347,7 +348,7 @@ def test_kaft_eaft_is_reward_times_eaft_weight():
     got = compute_loss(cfg, logits, labels, w)
     assert abs(got.item() - ref.item()) < 1e-6
     # with all rewards 1 it is eaft
-    eaft = {"name": "eaft", "alpha": 2.0, "k": 10, "normalize": "lnk"}
+    eaft = {"name": "eaft", "eaft_alpha": 2.0, "k": 10, "normalize": "lnk"}
     assert abs(compute_loss(cfg, logits, labels, [1, 1, 1]).item() - compute_loss(eaft, logits, labels,
                                                                                   [1, 1, 1]).item()) < 1e-7
 
@@ -391,12 +392,23 @@ def test_dpo_config_and_needs_samples():
     cfg = {"name": "dpo", "dpo_beta": 0.1, "pairs": "self_self", "max_pairs": 3, "weight_by_subset": True,
            "alpha": 0.2, "beta": 0.6, "rewards": None}
     validate_loss_cfg(cfg, 4)
-    assert losses.needs_samples(cfg) and not losses.needs_samples(KAFT)
-    assert not any(losses.needs_samples({"name": n}) for n in LOSSES if n != "dpo")
+    # SMA's pairs come from its own samples; only pair_source=detection needs the probe's
+    assert not losses.needs_samples(cfg) and losses.is_pairwise(cfg)
+    assert losses.needs_samples({**cfg, "pair_source": "detection"}) and not losses.needs_samples(KAFT)
+    assert not any(losses.is_pairwise({"name": n}) for n in LOSSES if n != "dpo")
     assert sample_weights(cfg, [0, 1, 2], [0.1, 0.4, 0.9], 4) == pytest.approx([0.2, 0.6, 1.0])
     assert sample_weights({**cfg, "weight_by_subset": False}, [0, 1], [0.1, 0.4], 4) == [1.0, 1.0]
-    assert losses.DPO.settings({"name": "dpo"}) == {"beta": 0.1, "pairs": "dataset_self", "max_pairs": 8,
-                                                    "weight_by_subset": False}
+    # SMA §4.1 (Qwen2): n = 8, top-k 50, top-p 0.9, temperature 1.4; m = 8 pairs; self-self pairs
+    assert losses.DPO.settings({"name": "dpo"}) == {
+        "beta": 0.1, "pairs": "self_self", "pair_source": "sma", "max_pairs": 8, "weight_by_subset": False,
+        "num_samples": 8, "temperature": 1.4, "top_k": 50, "top_p": 0.9, "max_new_tokens": 4}
+    assert losses.sma_sampling(cfg) == {"num_samples": 8, "temperature": 1.4, "top_k": 50, "top_p": 0.9,
+                                        "max_new_tokens": 4}
+    assert losses.sma_sampling({**cfg, "pair_source": "detection"}) is None and losses.sma_sampling(KAFT) is None
+    for bad, match in (({"pair_source": "both"}, "unknown pair_source"), ({"top_p": 0.0}, "top_p"),
+                       ({"top_k": -1}, "top_k"), ({"temperature": 0}, "temperature"), ({"num_samples": 0}, "num_samp")):
+        with pytest.raises(ValueError, match=match):
+            validate_loss_cfg({**cfg, **bad}, 4)
     with pytest.raises(ValueError, match="preference pairs"):
         compute_loss(cfg, torch.zeros(1, 3, 10), torch.tensor([[-100, 1, 2]]), [1.0])
 
@@ -404,7 +416,7 @@ def test_dpo_config_and_needs_samples():
 def test_eaft_no_gradient_through_weight():
     logits, labels = _ragged_batch(seed=4, v=64)
     x1 = logits.clone().requires_grad_(True)
-    compute_loss({"name": "eaft", "alpha": 1.0, "k": 20}, x1, labels, [1, 1, 1]).backward()
+    compute_loss({"name": "eaft", "eaft_alpha": 1.0, "k": 20}, x1, labels, [1, 1, 1]).backward()
     # reference: the same weights as constants, gradient only through the CE
     _, w = _eaft_reference(logits, labels)
     x2 = logits.clone().requires_grad_(True)
@@ -505,6 +517,66 @@ def test_build_pairs_cap_and_determinism():
     # an item's pairs do not depend on the other items
     alone = build_pairs(items[:1], records[:1], "dataset_self", 8, seed=0)
     assert alone == [p for p in build_pairs(items, records, "dataset_self", 8, seed=0) if p["id"] == "q0"]
+
+
+def test_sma_pairs_are_correct_times_incorrect_down_sampled():
+    """SMA §3: pairs = correct count × incorrect count per question, randomly down-sampled to at most m."""
+    from kaft.data import MCItem
+    from kaft.pairs import build_pairs
+
+    items = [MCItem(f"s{j}", f"question {j} ?", ["w", "x", "y", "z"], 0, domain="geography") for j in range(3)]
+    records = [{"id": "s0", "gold": 0, "answers": [[0, 0, 1, 1, 1, 2, -1, 0]]},   # 3 correct x 4 incorrect = 12
+               {"id": "s1", "gold": 0, "answers": [[0, 3, -1, -1, -1, -1, -1, -1]]},  # 1 x 1
+               {"id": "s2", "gold": 0, "answers": [[1, 1, 2, 2, 3, 3, 1, 1]]}]   # never right
+    full = build_pairs(items, records, "self_self", 100, 0, source="sma")
+    s0 = [(p["chosen_option"], p["rejected_option"]) for p in full if p["id"] == "s0"]
+    assert s0 == [(0, r) for _ in range(3) for r in (1, 1, 1, 2)] and [p["id"] for p in full].count("s1") == 1
+    capped = build_pairs(items, records, "self_self", 8, 0, source="sma")
+    kept = [p for p in capped if p["id"] == "s0"]
+    assert len(kept) == 8 and all(p["count"] == (3 if p["rejected_option"] == 1 else 1) for p in kept)
+    # a wrong answer sampled often gives more pairs: over seeds, option 1 (3 of 4 incorrect) has ~3/4 of them
+    share = [sum(p["rejected_option"] == 1 for p in build_pairs(items[:1], records[:1], "self_self", 4, s,
+                                                                 source="sma")) / 4 for s in range(200)]
+    assert abs(sum(share) / len(share) - 0.75) < 0.05
+    assert build_pairs(items, records, "self_self", 8, 0, source="sma") == capped  # seeded
+    # dataset_self: the reference answer x each incorrect sample, so items never answered right count too
+    ds = build_pairs(items, records, "dataset_self", 8, 0, source="sma")
+    assert [p["id"] for p in ds].count("s0") == 4 and [p["id"] for p in ds].count("s2") == 8
+    with pytest.raises(ValueError, match="unknown source"):
+        build_pairs(items, records, "self_self", 8, 0, source="both")
+
+
+def test_sma_sampling_asks_the_backend_for_smas_settings_on_the_training_prompt():
+    from kaft.data import MCItem
+    from kaft.pairs import sample_responses
+    from kaft.prompts import format_question
+
+    class Backend:
+        def sample(self, prompts, n, temperature, max_new_tokens, seed, top_k=0, top_p=1.0):
+            self.call = (prompts, n, temperature, max_new_tokens, seed, top_k, top_p)
+            return [[" B", " A\n", "(C)", "zzz"][:n] for _ in prompts]
+
+    items = [MCItem("s0", "question 0 ?", ["w", "x", "y", "z"], 1, domain="geography")]
+    be = Backend()
+    recs = sample_responses(be, items, {"num_samples": 4, "temperature": 1.4, "top_k": 50, "top_p": 0.9,
+                                        "max_new_tokens": 4}, seed=3, domain="general")
+    assert be.call == ([format_question("question 0 ?", ["w", "x", "y", "z"], "geography")], 4, 1.4, 4, 3, 50, 0.9)
+    assert recs == [{"id": "s0", "gold": 1, "answers": [[1, 0, 2, -1]]}]
+
+
+def test_top_k_top_p_filter_matches_hand_computation():
+    from kaft.detect import filter_logits
+
+    logits = torch.log(torch.tensor([[0.5, 0.2, 0.15, 0.1, 0.05]]))
+    keep = lambda out: torch.isfinite(out)[0].tolist()  # noqa: E731
+    assert keep(filter_logits(logits, top_k=2)) == [True, True, False, False, False]
+    # nucleus 0.8: 0.5 + 0.2 = 0.7 < 0.8, so the third token (0.15) is needed; the rest go
+    assert keep(filter_logits(logits, top_p=0.8)) == [True, True, True, False, False]
+    assert keep(filter_logits(logits, top_p=0.7)) == [True, True, False, False, False]
+    assert keep(filter_logits(logits, top_p=0.01)) == [True, False, False, False, False]
+    assert torch.equal(filter_logits(logits), logits)
+    shuffled = logits[:, [3, 0, 4, 2, 1]]
+    assert keep(filter_logits(shuffled, top_k=4, top_p=0.8)) == [False, True, False, True, True]
 
 
 def test_build_pairs_none_without_wrong_samples_and_input_checks():

@@ -77,6 +77,9 @@ def test_two_by_two_multirun_shares_detection(setup, launcher):
     assert len(res) == 4 and all(r["status"] == "done" for r in res)
     assert {(r["config"]["loss"]["name"], r["config"]["alpha"]) for r in res} == {
         ("kaft", 0.1), ("kaft", 0.5), ("eaft", 0.1), ("eaft", 0.5)}
+    used = {(r["config"]["loss"]["name"], r["config"]["loss"]["alpha" if r["config"]["loss"]["name"] == "kaft"
+                                                              else "eaft_alpha"]) for r in res}
+    assert used == {("kaft", 0.1), ("kaft", 0.5), ("eaft", 0.1), ("eaft", 0.5)}  # the swept alpha reached each loss
     assert len({r["cache_keys"]["detect"] for r in res}) == 1  # one detection for the sweep
     assert len({r["cache_keys"]["train"] for r in res}) == 4
     assert (setup / sweep / "summary.csv").exists() and "kaft sweep summary" in out.stdout
@@ -116,6 +119,8 @@ def test_strategies_and_fine_grained_evaluation(setup):
     assert res["no_conflict"]["strategy"]["n_kept"] == 9 and res["no_conflict"]["strategy"]["kept_by_subset"]["wrong"] == 0
     assert res["wrong_ratio"]["strategy"]["wrong_kept"] == 2  # round(0.5 * 3) with halves up
     assert res["self_align"]["strategy"]["n_kept"] == 12
+    # KaFT §2.2's r_i: the sampled probe holds no greedy answer, so one exact pass over the original order adds it
+    assert res["self_align"]["strategy"]["answer_source"] == "greedy" and "greedy" in res["self_align"]["cache"]
     for r in res.values():
         fg = r["fine_grained"]["test"]
         assert sum(v["n"] for v in fg["base"].values()) == 6  # every test item lands in one subset
@@ -126,14 +131,20 @@ def test_strategies_and_fine_grained_evaluation(setup):
 
 @pytest.mark.slow
 def test_every_loss_runs_end_to_end(setup):
-    """dft, kaft_eaft and dpo (pairs from the probe's samples) through the CLI; dpo with an estimator that saves no
-    samples is a config error before any model loads."""
+    """dft, kaft_eaft and dpo (SMA's own samples; and pairs from the probe's samples) through the CLI; dpo on the
+    probe's samples with an estimator that saves none is a config error before any model loads."""
     sweep = "sweep_losses"
     _kaft(setup, "-m", "loss=dft,kaft_eaft,dpo,auto_adapt", "logger=none", f"hydra.sweep.dir={sweep}")
     res = {r["config"]["loss"]["name"]: r for r in (json.loads(p.read_text()) for p in (setup / sweep).rglob("results.json"))}
     assert set(res) == {"dft", "kaft_eaft", "dpo", "auto_adapt"} and all(r["status"] == "done" for r in res.values())
+    assert res["dpo"]["cache"]["dpo_samples"] == "miss" and "dpo_samples" not in res["dft"]["cache"]
+    _kaft(setup, "loss=dpo", "loss.pair_source=detection", "loss.pairs=dataset_self", "logger=none",
+          "hydra.run.dir=dpo_detection")
+    det = json.loads((setup / "dpo_detection" / "results.json").read_text())
+    assert det["status"] == "done" and "dpo_samples" not in det["cache"]
     env = {**os.environ, "KAFT_CACHE_DIR": str(setup / "cache_dpo_err"), "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, "-m", "kaft.run", "loss=dpo", "detection.estimator=exact", "model=local",
+    out = subprocess.run([sys.executable, "-m", "kaft.run", "loss=dpo", "loss.pair_source=detection",
+                          "detection.estimator=exact", "model=local",
                           f"model.path={setup / 'model'}", "dataset=local", f"dataset.train.path={setup / 'train.jsonl'}",
                           f"dataset.eval.test.path={setup / 'test.csv'}"], cwd=setup, env=env, capture_output=True,
                          text=True, timeout=300)

@@ -129,7 +129,7 @@ def test_none_trains_nothing():
 # ----------------------------------------------------------------------------------------------- self-align
 def test_self_align_sets_majority_on_wrong_and_never_touches_others():
     items, records, subsets, weights = w = _world()
-    sel = _sel({"name": "self_align"}, world=w)
+    sel = _sel({"name": "self_align", "answer_source": "majority"}, world=w)
     assert sel.indices == list(range(40)) and sel.weights == weights and sel.subsets == subsets
     for old, new, s in zip(items, sel.items, subsets):
         if s == 0:
@@ -139,7 +139,7 @@ def test_self_align_sets_majority_on_wrong_and_never_touches_others():
             assert new is old  # never changed, not even copied
     assert sel.info["replaced"] == 10 and sel.info["kept_gold_agrees"] == 0
     assert all(r["gold"] == it.answer for r, it in zip(sel.records, items))  # records keep the original gold
-    assert needs_samples({"name": "self_align"}) and not needs_samples({"name": "full"})
+    assert needs_samples({"name": "self_align", "answer_source": "majority"}) and not needs_samples({"name": "full"})
 
 
 def dataclasses_equal_but_answer(a: MCItem, b: MCItem) -> bool:
@@ -153,7 +153,7 @@ def test_self_align_ties_unparsable_and_agreeing():
     records[1]["answers"] = [[-1, -1], [-1, -1]]    # never parsable -> unchanged
     records[2]["answers"] = [[2, 2], [0, -1]]       # majority = gold 2 -> unchanged
     records[12]["answers"] = [[]]                   # not wrong: never looked at
-    sel = select({"name": "self_align"}, items, records, subsets, NAMES, weights, 0)
+    sel = select({"name": "self_align", "answer_source": "majority"}, items, records, subsets, NAMES, weights, 0)
     assert [it.answer for it in sel.items[:3]] == [1, 1, 2]
     assert sel.items[1] is items[1] and sel.items[2] is items[2] and sel.items[12] is items[12]
     assert sel.info["replaced"] == 8 and sel.info["kept_gold_unparsable"] == 1 and sel.info["kept_gold_agrees"] == 1
@@ -168,7 +168,7 @@ def test_self_align_without_sampled_answers_is_a_clear_error(answers):
         if answers is not None:
             r["answers"] = answers
     with pytest.raises(StrategyError, match="estimator=sample"):
-        select({"name": "self_align"}, items, records, subsets, NAMES, weights, 0)
+        select({"name": "self_align", "answer_source": "majority"}, items, records, subsets, NAMES, weights, 0)
     for name in ("full", "no_conflict", "wrong_only"):  # the others do not need them
         select({"name": name}, items, records, subsets, NAMES, weights, 0)
 
@@ -177,7 +177,7 @@ def test_self_align_answer_out_of_range():
     items, records, subsets, weights = _world()
     records[0]["answers"] = [[7, 7]]
     with pytest.raises(StrategyError, match="do not match"):
-        select({"name": "self_align"}, items, records, subsets, NAMES, weights, 0)
+        select({"name": "self_align", "answer_source": "majority"}, items, records, subsets, NAMES, weights, 0)
 
 
 # ----------------------------------------------------------------------------------------------- validation
@@ -242,6 +242,84 @@ def test_ren_har_inc_self_equal_sizes_and_self_relabels():
     assert st.select({"name": "har", "data_seed": 1}, *args).items != har.items or len(har.items) == 6
 
 
+def _ren_world(n=20):
+    """n items; the model answers 0..7 right, the rest with (gold + 1) % 4; items 3, 9, 10 only at probability 0.4
+    (ICL records: ``pred``, ``letter_probs``, ``confident``)."""
+    items = [MCItem(f"i{j:02d}", "q", ["a", "b", "c", "d"], j % 4) for j in range(n)]
+    recs = []
+    for j, it in enumerate(items):
+        pred = it.answer if j < 8 else (it.answer + 1) % 4
+        top = 0.4 if j in (3, 9, 10) else 0.9
+        probs = [(1 - top) / 3] * 4
+        probs[pred] = top
+        recs.append({"id": it.id, "score": float(pred == it.answer), "pred": pred, "letter_probs": probs,
+                     "answers": [[pred]], "confident": top > 0.5, "orders": [[0, 1, 2, 3]]})
+    return items, recs, [0] * n, 4, [1.0] * n
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ren_self_is_exactly_inc_with_the_model_answers(seed):
+    """Ren et al. §3.3: SELF's queries are exactly INC's (same ids at the same data_seed), answers the model's."""
+    items, recs, *rest = _ren_world()
+    inc = st.select({"name": "inc", "data_seed": seed}, items, recs, *rest, 0)
+    self_ = st.select({"name": "self", "data_seed": seed}, items, recs, *rest, 0)
+    har = st.select({"name": "har", "data_seed": seed}, items, recs, *rest, 0)
+    assert _ids(self_) == _ids(inc) and len(har.items) == len(inc.items) == 7  # min(7 confident right, 10 wrong)
+    assert inc.info["kept_ids_sha256"] == self_.info["kept_ids_sha256"]
+    by_id = {r["id"]: r for r in recs}
+    assert all(it.answer == by_id[it.id]["pred"] != items[int(it.id[1:])].answer for it in self_.items)
+    assert [it.answer for it in inc.items] == [items[int(it.id[1:])].answer for it in inc.items]  # gold kept
+    assert self_.info["replaced"] == 7
+
+
+def test_ren_sets_leave_out_unconfident_answers_unless_told():
+    """Ren et al. App. A.1: answers with confidence <= 0.5 are set aside (items 3, 9, 10 here)."""
+    items, recs, *rest = _ren_world()
+    for name in ("har", "inc", "self"):
+        sel = st.select({"name": name, "data_seed": 0}, items, recs, *rest, 0)
+        assert not {"i03", "i09", "i10"} & set(_ids(sel)) and sel.info["not_confident"] == 3
+    har = st.select({"name": "har", "data_seed": 0}, items, recs, *rest, 0)
+    assert sorted(_ids(har)) == ["i00", "i01", "i02", "i04", "i05", "i06", "i07"]
+    everything = st.select({"name": "har", "data_seed": 0, "confident_only": False}, items, recs, *rest, 0)
+    assert len(everything.items) == 8 and everything.info["not_confident"] == 0
+    with pytest.raises(StrategyError, match="confident_only must be true"):
+        validate({"name": "inc", "confident_only": "yes"}, 4)
+
+
+def test_ren_confidence_of_sampled_records_is_the_majority_share():
+    items, recs, *rest = _ren_world()
+    for r in recs:
+        del r["confident"], r["letter_probs"]
+    recs[0]["answers"] = [[0, 1], [2, 0]]     # majority 0 (gold) with share 0.5: not > 0.5, set aside
+    recs[1]["answers"] = [[1, 1], [1, 0]]     # share 0.75: confident
+    sel = st.select({"name": "har", "data_seed": 0}, items, recs, *rest, 0)
+    assert sel.info["not_confident"] == 1 and "i00" not in _ids(sel)
+
+
+def test_self_align_greedy_answer_source():
+    """KaFT §4.1 replaces a_i with r_i, §2.2's greedy response to the original query: the argmax letter of the
+    identity order, from a ``greedy`` field, ICL's pred, or the exact estimator's probabilities."""
+    items, records, subsets, weights = _world()
+    for i, r in enumerate(records):
+        r.pop("answers")                       # greedy needs no sampled answers
+        r["greedy"] = (items[i].answer + 2) % 4
+    records[0] = {"id": "q000", "score": 0.0, "orders": [[1, 0, 2, 3], [0, 1, 2, 3]],
+                  "probs": [[0.0, 0.0, 0.0, 1.0], [0.1, 0.2, 0.6, 0.1]]}   # identity order is the second: 2
+    records[1] = {"id": "q001", "score": 0.0, "pred": 3, "letter_probs": [0.1, 0.1, 0.1, 0.7], "answers": [[3]]}
+    records[2]["greedy"] = items[2].answer     # agrees with gold: kept
+    sel = select({"name": "self_align", "answer_source": "greedy"}, items, records, subsets, NAMES, weights, 0)
+    assert [it.answer for it in sel.items[:3]] == [2, 3, 2] and sel.info["answer_source"] == "greedy"
+    assert [it.answer for it in sel.items[3:10]] == [(items[i].answer + 2) % 4 for i in range(3, 10)]
+    assert sel.items[10:] == items[10:] and sel.info["kept_gold_agrees"] == 1
+    assert not needs_samples({"name": "self_align", "answer_source": "greedy"}) and st.needs_greedy(
+        {"name": "self_align"}) and not st.needs_greedy({"name": "self_align", "answer_source": "majority"})
+    del records[3]["greedy"]
+    with pytest.raises(StrategyError, match="holds no greedy answer"):
+        select({"name": "self_align"}, items, records, subsets, NAMES, weights, 0)
+    with pytest.raises(StrategyError, match="answer_source must be one of"):
+        validate({"name": "self_align", "answer_source": "mode"}, 4)
+
+
 @pytest.mark.parametrize("path", sorted(CONF.glob("*.yaml")), ids=lambda p: p.stem)
 def test_conf_files_validate_with_k4(path):
     text = path.read_text()
@@ -250,6 +328,9 @@ def test_conf_files_validate_with_k4(path):
     assert cfg["name"] == path.stem
     validate(cfg, 4)
     world = _world()
+    if cfg["name"] == "self_align":
+        for i, rec in enumerate(world[1]):
+            rec["greedy"] = (world[0][i].answer + 1) % 4
     if cfg["name"] in ("har", "inc", "self"):  # Ren's sets need items the model answers right as well as wrong
         for i, rec in enumerate(world[1]):
             if i % 2:

@@ -252,25 +252,43 @@ def test_build_is_cached_and_loadable(built):
 @pytest.mark.slow
 @pytest.mark.testbed
 def test_pretrained_model_meets_targets(built):
-    """Acceptance: the model knows its known facts (>= 0.9 0-shot with the pretraining readout), latent ones less
-    well, never-seen ones at chance; the released readout answers format facts at release_accuracy (there is room
-    for fine-tuning) and contradictions stay detectable."""
+    """Acceptance on whatever CPU runs this: the targets of kaft.testbed.report.targets (release calibrated, known
+    facts known, 3-shot no worse than 0-shot), and the design checks behind them: latent facts between known and
+    never-seen ones, never-seen ones at chance, room for fine-tuning, contradictions detectable."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from kaft.testbed.report import measure, readout
+    from kaft.testbed.report import measure, readout, targets
 
     path, _, _ = built
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     tok = AutoTokenizer.from_pretrained(path)
     world, binding = tbw.build_world({}), tbw.DEFAULT_CONFIG["model"]["binding"]
     res = measure(world, model, tok)
-    ro = readout(world, model, tok, binding)
-    full = ro["acc0_full"]
-    assert full["test_id"]["known"] >= 0.9 and full["test_ood"]["known"] >= 0.9 and full["train"]["known"] >= 0.9
+    res["readout"] = ro = readout(world, model, tok, binding)
+    missed = [t for t in targets(res, binding["release_accuracy"]) if not t["ok"]]
+    assert not missed, missed
+    full, pooled = ro["acc0_full"], res["pooled"]
     assert full["test_id"]["unseen"] <= full["test_id"]["latent"] <= full["test_id"]["known"]
-    assert full["test_id"]["latent"] >= 0.6 and abs(full["test_id"]["unseen"] - 0.25) <= 0.1
-    assert abs(ro["format_acc"] - binding["release_accuracy"]) <= 0.03 and ro["format_acc_full"] >= 0.9
-    assert ro["gain"] < binding["m_gain"]
+    assert full["test_id"]["latent"] >= 0.6 and ro["gain"] < binding["m_gain"]
     assert 0.5 <= res["acc0"]["test_id"]["known"] <= 0.9  # the released readout leaves room to fine-tune
-    assert abs(res["acc"]["train"]["unseen"] - 0.25) <= 0.1
+    # never-seen facts at chance, pooled over splits (100 items: +-0.1 is 2.3 standard errors)
+    assert abs(pooled["acc"]["unseen"] - 0.25) <= 0.1 and abs(pooled["acc0"]["unseen"] - 0.25) <= 0.1
     assert res["auroc_contradict"] >= 0.9 and res["contradict_picks_memorised"] >= 0.7
+
+
+@pytest.mark.slow
+@pytest.mark.testbed
+def test_avx2_build_meets_targets(tmp_path):
+    """The same targets, and the default job's, for a model built and run under PyTorch's AVX2 kernels in fp32
+    (``ATEN_CPU_CAPABILITY=avx2``, a fresh process and cache): an AVX-512 machine cannot hide an AVX2 failure.
+    Where torch does not run AVX-512 kernels, the default build above is that build and this one is skipped."""
+    import torch
+
+    from kaft.testbed.matrix import cell
+
+    if torch.backends.cpu.get_cpu_capability() != "AVX512":
+        pytest.skip("torch does not dispatch to AVX-512 kernels here: the default build is this build")
+    c = cell(0, "fp32", "avx2", tmp_path / "cache")
+    assert c["built_with"] == "AVX2"
+    missed = [t for t in c["targets"] if not t["ok"]]
+    assert not missed, missed

@@ -152,7 +152,7 @@ def test_trainer_sliced_logits_loss_equals_full_logits_loss(tok, tmp_path):
     batch = train.WeightedCollator(tok.pad_token_id)(rows)
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True,
                              remove_unused_columns=False)
-    for cfg in ({"name": "kaft", "alpha": 0.1, "beta": 0.5}, {"name": "eaft", "alpha": 1.0, "k": 20}):
+    for cfg in ({"name": "kaft", "alpha": 0.1, "beta": 0.5}, {"name": "eaft", "eaft_alpha": 1.0, "k": 20}):
         trainer = train._make_trainer_class()(model=model, args=args, data_collator=None, loss_cfg=cfg)
         assert trainer._slice_logits
         with torch.no_grad():
@@ -187,7 +187,7 @@ def test_zero_weight_leaves_lora_unchanged_and_weight_one_changes_it(tok, tmp_pa
 
 @pytest.mark.parametrize("loss_cfg", [
     {"name": "kaft", "alpha": 0.5, "beta": 0.5},
-    {"name": "eaft", "alpha": 1.0, "k": 20},
+    {"name": "eaft", "eaft_alpha": 1.0, "k": 20},
     {"name": "kaft_eaft", "alpha": 0.5, "beta": 0.5, "eaft_alpha": 1.0, "k": 20, "normalize": "lnk"},
     {"name": "dft"},
 ], ids=lambda c: c["name"])
@@ -300,8 +300,8 @@ def test_train_lora_dpo_changes_adapter_and_prefers_chosen(tok, tmp_path):
     answers = [[3 if it.answer != 3 else 0] * 3 + [it.answer] for it in ITEMS]  # a learnable preference: not D
     answers[5] = [ITEMS[5].answer] * 4                        # always right: no pair
     records = _records(ITEMS, answers)
-    cfg = {"name": "dpo", "dpo_beta": 0.5, "pairs": "dataset_self", "max_pairs": 8, "weight_by_subset": False,
-           "alpha": 0.1, "beta": 0.5, "rewards": None}
+    cfg = {"name": "dpo", "dpo_beta": 0.5, "pairs": "dataset_self", "pair_source": "detection", "max_pairs": 8,
+           "weight_by_subset": False, "alpha": 0.1, "beta": 0.5, "rewards": None}
     out = tmp_path / "dpo"
     model = train.train_lora(base, tok, ITEMS, [1.0] * 8, cfg, train_cfg(epochs=10, lr=5e-2), out, seed=0,
                              domain="general", records=records)
@@ -341,7 +341,7 @@ def test_train_lora_dpo_needs_records_with_wrong_samples(tok, tmp_path):
     with pytest.raises(ValueError, match="no record has any.*estimator=sample"):
         train.train_lora(base, tok, ITEMS, [1.0] * 8, cfg, train_cfg(), tmp_path, 0, "general", records=exact)
     right = _records(ITEMS, [[it.answer] * 3 for it in ITEMS])
-    with pytest.raises(ValueError, match="no item has a wrong sampled answer"):
+    with pytest.raises(ValueError, match="no item has both a chosen and a wrong sampled answer"):
         train.train_lora(base, tok, ITEMS, [1.0] * 8, cfg, train_cfg(), tmp_path, 0, "general", records=right)
     # other losses ignore records
     train.train_lora(base, tok, ITEMS, [1.0] * 8, {"name": "constant"}, train_cfg(), tmp_path / "c", 0, "general",

@@ -10,12 +10,15 @@ kaft's training rely on. By default it prepends ``<s>`` like Llama tokenizers. D
 (newlines are not restored).
 
 Model: ``LlamaForCausalLM`` with head_dim 64 (what the vLLM backend needs), untied embeddings, trained with AdamW at
-a high learning rate (bf16 autocast where the CPU has it) on whole documents packed into short rows. Three attention
-heads that bind option letters to option values are built in and kept fixed (see "binding heads" below: a model
-this small cannot learn that skill in the CPU budget); all knowledge is learned. After pretraining the matching
-head is weakened to a calibrated gain (:func:`release_readout`) so that the released model, like a base LLM,
-answers below what it knows and fine-tuning has a readout to restore. The defaults build in about 100 s on 2 CPU
-cores (numbers in kaft.testbed.report).
+a high learning rate on whole documents packed into short rows, in fp32 (bf16 autocast only with
+``pretrain.precision: bf16``: the precision is configured, never chosen by the CPU). Three attention heads that bind
+option letters to option values are built in and kept fixed (see "binding heads" below: a model this small cannot
+learn that skill in the CPU budget); all knowledge is learned. After pretraining the matching head is weakened to a
+calibrated gain (:func:`release_readout`) so that the released model, like a base LLM, answers below what it knows
+and fine-tuning has a readout to restore. ``testbed.json`` beside the weights records the build's precision, torch
+version and CPU kernel family (:func:`build_env`). Builds on different kernel families differ in rounding, and so in
+their weights; the design keeps the targets (:func:`kaft.testbed.report.targets`) met on each
+(``python -m kaft.testbed.matrix``).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from kaft.testbed.world import World, WorldConfigError, build_world, resolve_con
 
 log = logging.getLogger(__name__)
 
-VERSION = "2"  # bump when anything here changes what a build produces (it is part of the cache key)
+VERSION = "3"  # bump when anything here changes what a build produces (it is part of the cache key)
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 PUNCT = list(".,:;?!'\"()-/")
@@ -108,9 +111,13 @@ def llama_config(m: Mapping, tok):
 # Head P (layer 0, head 0): every token attends to the token 2 back (RoPE, positions only) and copies its letter
 #   one-hot: in "B . Belmora" the option value learns it stands under B.
 # Head R (layer -2, head 0): every token attends to the most recent "?" and copies its C part into Q.
-# Head M (layer -1, head 0): query Q, keys K (slowest RoPE pairs: no position effect over a question): at
+# Head M (layer -1, head 0): query Q, keys K + Q (slowest RoPE pairs: no position effect over a question): at
 #   "Answer:" it finds the option equal to the recalled value and writes that option's L_OUT onto L_IN, which the
-#   letters' lm_head rows read. A value the model does not remember matches no option: about uniform letters.
+#   letters' lm_head rows read. A value the model does not remember matches no option: about uniform letters. The
+#   key's Q part (the code recalled at the key token's own latest "?") adds a same-question match: a k-shot
+#   demonstration whose options hold the recalled value does not draw head M away from the open question (v2
+#   lacked it; its 3-shot accuracy then hung on rounding: 0.43 or 0.81 on known facts by kernel family).
+# The RMSNorm gains of the reserved dimensions are held at 1, so the heads' scores are those written here.
 
 def _fit_rope_profile(theta, kind: str, iters: int, seed: int, peak: float = 20.0):
     """Amplitudes/phases of s(d) = sum_i A_i cos(theta_i d + phi_i) / 8, the RoPE score between a constant query
@@ -226,8 +233,18 @@ def install_binding_heads(model, tok, world: World, b: Mapping, seed: int):
         for j, h in enumerate(content):
             M.q_proj.weight[h, lay["Q"] + j] = float(b["match_scale"])
             M.k_proj.weight[h, lay["K"] + j] = float(b["match_scale"])
+            # same-question match: a token's own Q is the code recalled at *its* latest "?", so the open
+            # question's options (whose Q equals the query's) outscore a demonstration's options that hold
+            # the same value; without it a k-shot prompt splits head M between the two
+            M.k_proj.weight[h, lay["Q"] + j] = float(b["match_scale"]) * float(b["block_match"])
+        # RMSNorm gains of the reserved dimensions stay 1: learned gains there rescaled the built-in heads' scores
+        # (head R's by 0.3 in one build), which made few-shot reading depend on rounding
+        for norm in [layer.input_layernorm for layer in model.model.layers] + [model.model.norm]:
+            norm.weight[:F] = 1.0
     rows, cols, allc = (slice(0, hd), slice(None)), (slice(None), slice(0, hd)), (slice(None), slice(0, F))
     fixed = [(emb, allc), (out, allc), (out, (torch.tensor(value_ids), slice(None)))]
+    fixed += [(layer.input_layernorm.weight, slice(0, F)) for layer in model.model.layers]
+    fixed += [(model.model.norm.weight, slice(0, F))]
     for att in (P, R, M):
         fixed += [(att.q_proj.weight, rows), (att.k_proj.weight, rows), (att.v_proj.weight, rows),
                   (att.o_proj.weight, cols)]
@@ -260,7 +277,7 @@ def install_binding_heads(model, tok, world: World, b: Mapping, seed: int):
 
 def readout_accuracy(model, tok, items, gain: float, b: Mapping) -> float:
     """0-shot accuracy on ``items`` with head M's output gain set to ``gain`` (the model is left at that gain)."""
-    from kaft.testbed.report import accuracy_by_kind
+    from kaft.testbed.accuracy import accuracy_by_kind
 
     set_readout_gain(model, gain, b)
     return accuracy_by_kind(model, tok, items, batch_size=64)["all"]  # the batching the released gain was fit with
@@ -342,14 +359,53 @@ def _labels(ids: list[int], is_mc: bool, qmark: int) -> list[int]:
 
 
 def _use_bf16(precision: str) -> bool:
-    """bf16 autocast (fp32 master weights) where the CPU has fast bf16 kernels: ~1.7x faster on AVX512-BF16."""
+    """bf16 autocast (fp32 master weights) only when asked for: the precision is part of the config (and so of the
+    cache key), never chosen by the CPU, so one config builds one model family on every machine."""
+    if precision == "auto":
+        raise WorldConfigError("testbed pretrain.precision 'auto' was removed: it chose bf16 or fp32 by CPU, so "
+                               "the same command built different models on different machines; use fp32 "
+                               "(default) or bf16")
+    if precision not in ("bf16", "fp32"):
+        raise WorldConfigError(f"testbed pretrain.precision must be fp32 or bf16, got {precision!r}")
+    return precision == "bf16"
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; the platform's processor string elsewhere)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe_cpu() -> str:
+    """One line for measured numbers: which CPU, whether it has AVX-512 BF16, which kernels torch dispatches to."""
+    import os
+
     import torch
 
-    if precision not in ("auto", "bf16", "fp32"):
-        raise WorldConfigError(f"testbed pretrain.precision must be auto, bf16 or fp32, got {precision!r}")
-    if precision == "auto":
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return precision == "bf16"
+    bf16 = "AVX-512 BF16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no AVX-512 BF16"
+    return (f"{cpu_name()}, {os.cpu_count()} cores, {bf16}, torch {torch.__version__} "
+            f"{torch.backends.cpu.get_cpu_capability()} kernels")
+
+
+def build_env() -> dict:
+    """What the numbers of a build depend on besides its config: torch, the kernel family PyTorch dispatched to
+    (``ATEN_CPU_CAPABILITY`` forces it), the BLAS / oneDNN pins and the thread count (recorded in testbed.json)."""
+    import os
+    import platform
+
+    import torch
+
+    return {"cpu": cpu_name(), "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "mkldnn_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()), "threads": torch.get_num_threads(),
+            "machine": platform.machine(),
+            **{k.lower(): os.environ.get(k) for k in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")}}
 
 
 def pretrain(world: World, tok, cfg: Mapping, progress: bool = True, callback=None):
@@ -433,6 +489,7 @@ def pretrain(world: World, tok, cfg: Mapping, progress: bool = True, callback=No
                 model.train()
     model.eval()
     stats = {"steps": steps, "epochs": epoch, "tokens": tokens, "seconds": time.time() - t0,
+             "precision": "bf16" if bf16 else "fp32", "build_env": build_env(),
              "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])),
              "parameters": sum(q.numel() for q in model.parameters())}
     return model, stats

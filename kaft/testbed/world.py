@@ -83,6 +83,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
             "code": 3.0,
             "free_init": 1.0,           # initial norm of the learned embedding dimensions
             "match_scale": 1.5,         # head M: weight of the code match
+            "block_match": 1.0,         # head M: weight of the same-question match (k-shot prompts)
             "p_gain": 0.1,              # output gains of heads P, R, M
             "r_gain": 1.0,
             "m_gain": 5.0,
@@ -92,7 +93,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         },
     },
     "pretrain": {
-        "precision": "auto",            # bf16 autocast where the CPU supports it, else fp32
+        "precision": "fp32",            # fp32 | bf16 (autocast): set here, never chosen by the CPU
         "steps": 1200,
         "batch_size": 4,
         "seq_len": 256,
@@ -146,7 +147,12 @@ def resolve_config(cfg: Mapping | None = None, defaults: Mapping | None = None) 
                 cfg = OmegaConf.to_container(cfg, resolve=True)
         except ImportError:  # pragma: no cover
             pass
-    return _merge(dict(defaults or DEFAULT_CONFIG), dict(cfg or {}))
+    full = _merge(dict(defaults or DEFAULT_CONFIG), dict(cfg or {}))
+    if full["pretrain"]["precision"] not in ("fp32", "bf16"):  # checked here, before any world or model is built
+        raise WorldConfigError(f"testbed pretrain.precision must be fp32 or bf16, got {full['pretrain']['precision']!r}"
+                               + (" ('auto' chose by CPU, so one command built different models on different "
+                                  "machines)" if full["pretrain"]["precision"] == "auto" else ""))
+    return full
 
 
 # ----------------------------------------------------------------------------------------------- relations
