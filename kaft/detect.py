@@ -13,9 +13,10 @@ Strategies (``detection.name``, registry :data:`STRATEGIES`; higher Score = fewe
 
 Estimators (``detection.estimator``): ``sample`` is paper-faithful (generate, parse the letter). ``exact`` is the
 expected value of the sampled Score with no sampling noise: per order one forward pass gives p_T(first token is
-the gold letter) under softmax(logits / T), summed over the letter's tokenizations ("A", " A", "▁A"); Score = the
-mean over orders. It equals E[sampled Score] whenever the parsed answer is decided by the first generated token —
-true when the model answers with a letter token followed by a non-letter (the layout every prompt here ends in).
+the gold letter) under softmax(logits / T), summed over every token that decodes to a response parsed as that
+letter ("A", " A", "▁A", "<0x41>", "(A", tab + "A": :func:`letter_token_ids`); Score = the mean over orders.
+It equals E[sampled Score] whenever the parsed answer is decided by the first generated token — true when the
+model answers with a letter token followed by a non-letter (the layout every prompt here ends in).
 It differs when the model first emits something else and names a letter later ("(" + "B", "The answer is B"):
 ``sample`` may count those, ``exact`` counts them as wrong; and it cannot see a letter token glued to more
 letters (" Apple" parses as nothing, " A" + "pple" too). Cost: No forward passes instead of No × Nr generations.
@@ -38,6 +39,7 @@ import math
 import random
 import re
 import time
+import weakref
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,15 +170,32 @@ def score(answers: Sequence[Sequence[int]], gold: int) -> float:
     return sum(a == gold for a in flat) / len(flat)
 
 
+_LETTER_TABLES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _letter_table(tokenizer) -> list[list[int]]:
+    """Per letter A-Z, the token ids whose decoded text :func:`parse_answer` reads as that letter (cached per
+    tokenizer and vocabulary size: one decode pass over the vocabulary)."""
+    cached = _LETTER_TABLES.get(tokenizer)
+    if cached is not None and cached[0] == len(tokenizer):
+        return cached[1]
+    ids = sorted(tokenizer.get_vocab().values())
+    texts = tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=True)  # as the sampler decodes
+    table: list[list[int]] = [[] for _ in LETTERS]
+    for idx, text in zip(ids, texts):
+        a = parse_answer(text, len(LETTERS))
+        if a >= 0:
+            table[a].append(idx)
+    _LETTER_TABLES[tokenizer] = (len(tokenizer), table)
+    return table
+
+
 def letter_token_ids(tokenizer, n_options: int) -> list[list[int]]:
-    """For each option letter, every vocabulary token that is that letter after stripping a leading space marker
-    ("A", " A", "ĠA", "▁A"): the tokenizations whose probabilities the exact estimator sums."""
-    vocab = tokenizer.get_vocab()
-    out: list[list[int]] = [[] for _ in range(n_options)]
-    for tok, idx in vocab.items():
-        s = tok.lstrip(" Ġ▁")
-        if len(s) == 1 and s in LETTERS[:n_options] and len(tok) - len(s) <= 1:
-            out[LETTERS.index(s)].append(idx)
+    """For each option letter, every vocabulary token that a response starting with it is parsed as (the
+    tokenizations whose probabilities the exact estimator sums). Found by decoding, not by spelling: besides "A",
+    " A", "ĠA", "▁A", real vocabularies hold SentencePiece's byte token "<0x41>" and byte-level BPE's "(A" and
+    tab + "A"."""
+    out = [list(ids) for ids in _letter_table(tokenizer)[:n_options]]
     missing = [LETTERS[j] for j, ids in enumerate(out) if not ids]
     if missing:
         raise DetectionError(f"the tokenizer has no single token for option letter(s) {missing}; "
@@ -236,23 +255,31 @@ class HFBackend:
         cut = prompt.rfind("\n\n")
         return (prompt[:cut + 2], prompt[cut + 2:]) if cut > 0 else None
 
-    def _prefix_ok(self, prefix: str, suffix: str) -> bool:
-        """Sharing is exact only if tokenizing the parts separately gives the tokens of the whole."""
-        whole = self.tokenizer(prefix + suffix)["input_ids"]
-        return whole == self.tokenizer(prefix)["input_ids"] + self.tokenizer(suffix, add_special_tokens=False)[
-            "input_ids"]
+    def _suffix_ids(self, prefix: str, prompts: Sequence[str]) -> list[list[int]] | None:
+        """Each prompt's tokens after ``prefix``'s, cut from the whole prompt's tokens (a suffix tokenized alone may
+        differ: SentencePiece starts it with a "▁" it lacks after a blank line); None unless every prompt's tokens
+        start with the prefix's, i.e. unless sharing is exact."""
+        p = self.tokenizer(prefix)["input_ids"]
+        wholes = self.tokenizer(list(prompts))["input_ids"]
+        if any(len(w) <= len(p) or w[:len(p)] != p for w in wholes):
+            return None
+        return [w[len(p):] for w in wholes]
 
-    def _shared_last_logits(self, prefix: str, suffixes: Sequence[str]):
+    def _prefix_ok(self, prefix: str, suffix: str) -> bool:
+        return self._suffix_ids(prefix, [prefix + suffix]) is not None
+
+    def _shared_last_logits(self, prefix: str, suffix_ids: Sequence[Sequence[int]]):
         import torch
 
         pre = self.tokenizer(prefix, return_tensors="pt")
         p_ids, p_mask = pre["input_ids"].to(self.device), pre["attention_mask"].to(self.device)
         out = self.model(input_ids=p_ids, attention_mask=p_mask, use_cache=True)
         cache = out.past_key_values
-        n = len(suffixes)
+        n, width = len(suffix_ids), max(len(x) for x in suffix_ids)
         cache.batch_repeat_interleave(n)
-        enc = self._encode(suffixes, False)
-        s_ids, s_mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+        pad = self.tokenizer.pad_token_id or 0  # left padding, masked out
+        s_ids = torch.tensor([[pad] * (width - len(x)) + list(x) for x in suffix_ids], device=self.device)
+        s_mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in suffix_ids], device=self.device)
         plen = p_ids.shape[1]
         mask = torch.cat([p_mask.expand(n, -1), s_mask], dim=1)
         pos = (plen + s_mask.cumsum(-1) - 1).clamp(min=plen)
@@ -268,8 +295,10 @@ class HFBackend:
         with torch.inference_mode():
             if self.share_prefix and len(prompts) > 1:
                 parts = [self._split(p) for p in prompts]
-                if all(parts) and len({p[0] for p in parts}) == 1 and self._prefix_ok(*parts[0]):
-                    return self._shared_last_logits(parts[0][0], [p[1] for p in parts])
+                if all(parts) and len({p[0] for p in parts}) == 1:
+                    suffix_ids = self._suffix_ids(parts[0][0], prompts)
+                    if suffix_ids is not None:
+                        return self._shared_last_logits(parts[0][0], suffix_ids)
             return self._plain_last_logits(prompts)
 
     def _batches(self, prompts: Sequence[str]):
@@ -357,7 +386,8 @@ def _sample_batch(model, tokenizer, prompts: Sequence[str], n: int, temperature:
     device = next(model.parameters()).device
     ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=max_new_tokens > 1)
+    kw = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}  # not [B, T, V]: V is 32k-152k
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=max_new_tokens > 1, **kw)
     logits = out.logits[:, -1, :].float().repeat_interleave(n, dim=0)
     cache = out.past_key_values if max_new_tokens > 1 else None
     if cache is not None:

@@ -33,7 +33,8 @@ def data_dir() -> Path:
 
 @functools.lru_cache(maxsize=None)
 def make_real_tokenizer(kind: str):
-    """A fresh HF fast tokenizer of ``kind`` (see the module docstring); built from package data, no network."""
+    """The HF fast tokenizer of ``kind`` (module docstring), built from package data, no network; cached, so
+    tests take the reloaded copy of :func:`save_pair`'s directory to change it."""
     if kind == "spm":
         from transformers import LlamaTokenizerFast
 
@@ -42,24 +43,29 @@ def make_real_tokenizer(kind: str):
             return LlamaTokenizerFast.from_pretrained(tmp, add_bos_token=True, add_eos_token=False)
     from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
+
+    if kind not in ("bpe", "bpe_bos"):
+        raise ValueError(f"unknown tokenizer kind {kind!r}")
+    specials = {"bos_token": "<s>"} if kind == "bpe_bos" else {"pad_token": "</s>"}
+    tok = PreTrainedTokenizerFast(tokenizer_object=_tekken(), eos_token="</s>", unk_token="<unk>", **specials)
+    if kind == "bpe_bos":  # the backend is a copy: the cached one keeps no BOS
+        tok.backend_tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A",
+                                                                            special_tokens=[("<s>", 1)])
+    return tok
+
+
+@functools.lru_cache(maxsize=None)
+def _tekken():
+    """``tekken_240718.json`` as a ``tokenizers`` byte-level BPE (transformers' converter: ranks -> merges)."""
     from transformers.integrations.mistral.tokenizer import MistralConverter
 
-    backend = MistralConverter(str(data_dir() / "tekken_240718.json")).converted()
-    if kind == "bpe_bos":
-        backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-        return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
-                                       unk_token="<unk>")
-    if kind == "bpe":
-        return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", pad_token="</s>",
-                                       unk_token="<unk>")
-    raise ValueError(f"unknown tokenizer kind {kind!r}")
+    return MistralConverter(str(data_dir() / "tekken_240718.json")).converted()
 
 
-def make_real_model(kind: str, vocab_size: int, seed: int = 0, letter_ids=None, eos_id: int | None = None):
+def make_real_model(kind: str, vocab_size: int, seed: int = 0, letter_ids=None):
     """A tiny random model of ``MODELS[kind]`` over the real vocabulary. With ``letter_ids`` (token id -> logit
     boost) every position's hidden state gets a constant direction that those lm_head rows read, so the model
-    answers with those tokens (and ``eos_id``, boost 0 when listed) at any prompt: parsable answers without
-    pretraining."""
+    answers with those tokens at any prompt: parsable answers without pretraining."""
     import torch
     import transformers
 

@@ -162,13 +162,27 @@ def test_exact_estimator_is_the_limit_of_the_sampled_score(tiny_model, tiny_toke
 
 
 def test_exact_sums_over_letter_tokenizations():
+    """Every token a sampled response starting with it parses as that letter; real tokenizers' sets are asserted
+    in tests/test_real_tokenizers.py."""
     class Tok:
-        def get_vocab(self):
-            return {"A": 0, " A": 1, "▁B": 2, "B": 3, "C": 4, "ĠD": 5, "AB": 6, "  A": 7}
+        vocab = {"A": 0, " A": 1, "▁B": 2, "B": 3, "C": 4, "ĠD": 5, "AB": 6, "  A": 7, "(C": 8, "<0x44>": 9,
+                 "A.": 10, "Apple": 11, "E": 12, "<s>": 13}
 
-    assert detect.letter_token_ids(Tok(), 4) == [[0, 1], [2, 3], [4], [5]]
+        def get_vocab(self):
+            return dict(self.vocab)
+
+        def __len__(self):
+            return len(self.vocab)
+
+        def batch_decode(self, seqs, skip_special_tokens=False):
+            names = {i: t for t, i in self.vocab.items()}
+            text = {"<0x44>": "D", "<s>": ""}
+            return ["".join(text.get(names[i], names[i].replace("▁", " ").replace("Ġ", " ")) for i in s)
+                    for s in seqs]
+
+    assert detect.letter_token_ids(Tok(), 4) == [[0, 1, 7, 10], [2, 3], [4, 8], [5, 9]]
     with pytest.raises(DetectionError, match="no single token"):
-        detect.letter_token_ids(type("T", (), {"get_vocab": lambda self: {"A": 0}})(), 2)
+        detect.letter_token_ids(type("T", (Tok,), {"vocab": {"A": 0}})(), 2)
 
 
 def test_icl_records(tiny_model, tiny_tokenizer, mc_items):

@@ -69,12 +69,16 @@ def cell(seed: int, precision: str, capability: str, cache: Path, pin_blas: bool
                             f"testbed.pretrain.precision={precision}", f"cache_dir={cache}", "logger=none",
                             "progress=false", f"hydra.run.dir={tmp}/run"], env=env, check=True,
                            capture_output=True, text=True)
-            det = json.loads((Path(tmp) / "run" / "results.json").read_text())["detection"]
-            res["job_seconds"] = time.time() - t1
+            done = json.loads((Path(tmp) / "run" / "results.json").read_text())
+            det = done["detection"]
+            res["job"] = {"base": done["base_metrics"]["average"], "tuned": done["metrics"]["average"],
+                          "seconds": time.time() - t1}
     release = float(resolve_config({})["model"]["binding"]["release_accuracy"])
     return {"seed": seed, "precision": precision, "capability": capability,
             "built_with": res["build"].get("build_env", {}).get("cpu_capability"),
-            "build_seconds": res["build"].get("build_seconds"), "targets": targets(res, release, det)}
+            "build_seconds": res["build"].get("build_seconds"), "targets": targets(res, release, det),
+            "job": res.get("job"), "report": {k: res[k] for k in ("acc", "acc0", "pooled", "score_by_kind",
+                                                                   "auroc_contradict", "readout") if k in res}}
 
 
 def table(cells: Sequence[dict]) -> str:
@@ -82,11 +86,13 @@ def table(cells: Sequence[dict]) -> str:
     if not cells:
         return "(no cells)"
     names = [t["name"] for t in max(cells, key=lambda c: len(c["targets"]))["targets"]]
-    head = ["seed", "precision", "kernels", "build s"] + names
+    head = ["seed", "precision", "kernels", "build s"] + names + ["job: base → tuned average"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in cells:
         by = {t["name"]: t for t in c["targets"]}
         vals = [f"{by[n]['value']:.3f}{'' if by[n]['ok'] else ' ✗'}" if n in by else "—" for n in names]
+        job = c.get("job")
+        vals.append(f"{job['base']:.3f} → {job['tuned']:.3f}" if job else "—")
         lines.append(f"| {c['seed']} | {c['precision']} | {c['built_with']} | {c['build_seconds']:.0f} | "
                      + " | ".join(vals) + " |")
     missed = sum(not t["ok"] for c in cells for t in c["targets"])

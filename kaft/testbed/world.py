@@ -88,6 +88,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
             "r_gain": 1.0,
             "m_gain": 5.0,
             "release_accuracy": 0.75,   # saved model's 0-shot accuracy on format facts (model.release_readout)
+            "release_calibrated": True,  # and its mean confidence there = that accuracy (model.calibrate_letters)
             "r_peak": 120.0,            # head R: score of the latest "?" (decays with distance)
             "fit_iters": 1000,          # iterations fitting the RoPE position profiles (deterministic)
         },
