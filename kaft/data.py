@@ -11,35 +11,16 @@ import csv
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from kaft import hub
+from kaft.items import MCItem
 from kaft.prompts import LETTERS
 
 
 class DataError(ValueError):
     """A data set row or file that cannot be used; the message says where and what to fix."""
-
-
-@dataclass(frozen=True)
-class MCItem:
-    id: str
-    question: str
-    options: list[str]
-    answer: int
-    subject: str | None = None
-    domain: str | None = None
-    meta: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> "MCItem":
-        return cls(id=d["id"], question=d["question"], options=list(d["options"]), answer=int(d["answer"]),
-                   subject=d.get("subject"), domain=d.get("domain"), meta=dict(d.get("meta") or {}))
 
 
 DEFAULT_FIELDS = {"id": "id", "question": "question", "options": "options", "answer": "answer",

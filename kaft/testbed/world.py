@@ -36,7 +36,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from kaft.data import MCItem
+from kaft.items import MCItem
 from kaft.prompts import LETTERS, answer_text, few_shot_prompt
 
 # The defaults mirror conf/testbed/default.yaml (a test keeps them in sync). ``world`` and ``seed`` shape the world;
