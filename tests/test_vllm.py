@@ -159,6 +159,7 @@ def letter_counts(samples: list[list[str]]) -> list[list[int]]:
 def probe(tmp_path_factory):
     """Run the worker once on 24 testbed prompts; returns (results, reference, prompts, tokenizer, letter ids)."""
     py = _vllm_python()
+    import torch
     import yaml
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -175,6 +176,12 @@ def probe(tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("testbed_full_readout")
     full = AutoModelForCausalLM.from_pretrained(released, dtype="auto")
     set_readout_gain(full, testbed["model"]["binding"]["m_gain"], testbed["model"]["binding"])
+    # and the letters' logits at their pretraining scale (the release calibration sharpens them ~5x, which at full
+    # gain would make every prompt confident)
+    scale = json.loads((released / "testbed.json").read_text())["stats"].get("release_letter_scale", 1.0)
+    letters = AutoTokenizer.from_pretrained(released).convert_tokens_to_ids(list("ABCD"))
+    with torch.no_grad():
+        full.get_output_embeddings().weight[letters] /= scale
     full.save_pretrained(model_dir)
     AutoTokenizer.from_pretrained(released).save_pretrained(model_dir)
     items = load_items({"source": "testbed", "split": "train"}, domain="geography", testbed=testbed, cache_dir=cache)
