@@ -16,7 +16,11 @@ def _register_resolvers() -> None:
         from omegaconf import OmegaConf
     except ImportError:  # pragma: no cover - omegaconf ships with hydra-core, a dependency
         return
+    from kaft.sweep.naming import config_hash, job_subdir
+
     OmegaConf.register_new_resolver("kaft_default", _or_default, replace=True)
+    OmegaConf.register_new_resolver("kaft_subdir", job_subdir, replace=True)
+    OmegaConf.register_new_resolver("kaft_hash", config_hash, replace=True)
 
 
 _register_resolvers()

@@ -36,36 +36,6 @@ log = logging.getLogger("kaft")
 STAGE_VERSIONS = {"data": 1, "detect": 2, "partition": 1, "train": 1, "evaluate": 1}
 
 
-def job_subdir(num: Any, override_dirname: str, max_len: int = 80) -> str:
-    """A sweep job's directory name: ``<num>_<overrides>`` made filesystem-safe (no path separators from path
-    overrides) and short (long override lists end in a hash of the full text)."""
-    import hashlib
-
-    from kaft.track import redact  # an override like +x=${oc.env:HF_TOKEN} arrives resolved: keep it out of paths
-
-    override_dirname = redact(str(override_dirname))
-    name = str(override_dirname).replace(os.sep, "_").replace(":", "_")
-    if len(name) > max_len:
-        name = name[:max_len] + "-" + hashlib.sha256(str(override_dirname).encode()).hexdigest()[:8]
-    return f"{num}_{name}" if name else str(num)
-
-
-_NOT_IN_HASH = {"force", "progress"}  # settings that do not change a job's results
-
-
-def config_hash(overrides: Any) -> str:
-    """A short hash of a job's full override list (including keys left out of its directory name, e.g. seed)."""
-    import hashlib
-
-    items = [o for o in (list(overrides) if overrides is not None else [])
-             if str(o).split("=", 1)[0].lstrip("+~") not in _NOT_IN_HASH]
-    return hashlib.sha256("\n".join(sorted(map(str, items))).encode()).hexdigest()[:8]
-
-
-OmegaConf.register_new_resolver("kaft_subdir", job_subdir, replace=True)
-OmegaConf.register_new_resolver("kaft_hash", config_hash, replace=True)
-
-
 class ConfigError(ValueError):
     """An impossible combination of settings."""
 

@@ -174,7 +174,7 @@ def test_redact_masks_secret_values_in_nested_results(monkeypatch):
 
 def test_run_dir_names_mask_secrets(monkeypatch):
     """Hydra resolves ``${oc.env:HF_TOKEN}`` in an override before it names the run dir from the overrides."""
-    from kaft.run import job_subdir
+    from kaft.sweep.naming import job_subdir
 
     monkeypatch.setenv("HF_TOKEN", SECRETS["HF_TOKEN"])
     name = job_subdir(3, f"+model.hub_token={SECRETS['HF_TOKEN']},loss=kaft")
