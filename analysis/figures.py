@@ -27,7 +27,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+import pandas as pd  # noqa: E402
+
 from analysis import table as T  # noqa: E402
+from analysis.jobs import jobs_frame  # noqa: E402
+from kaft.results import read_results  # noqa: E402
 
 FIGURES = {"2a": "score_distribution", "2b": "subsets", "2c": "wrong_ratio", "3": "reward_strategies",
            "4": "alpha_beta"}
@@ -51,18 +55,14 @@ def _panels(n: int, width: float = 4.2, height: float = 3.4):
     return fig, list(axes[0])
 
 
-def _pairs(sec: T.Section):
+def _pairs(sec: T.Section) -> list[tuple[dict, dict | None]]:
     """(our row, the paper's row or None) for each of our rows."""
-    out = []
-    for i, r in enumerate(sec.rows):
-        if r.source == "ours":
-            nxt = sec.rows[i + 1] if i + 1 < len(sec.rows) and sec.rows[i + 1].source == "paper" else None
-            out.append((r, nxt))
-    return out
+    paper = sec.paper_of()
+    return [(r, paper.get(r["id"])) for r in sec.ours().to_dict("records")]
 
 
-def _score_hist(run: T.Run):
-    det = run.res.get("detection") or {}
+def _score_hist(res: dict):
+    det = res.get("detection") or {}
     scores = det.get("scores")
     if isinstance(scores, list) and scores:
         counts = [0] * 10
@@ -75,18 +75,18 @@ def _score_hist(run: T.Run):
     return None, None
 
 
-def fig_2a(runs: Sequence[T.Run], out: Path) -> list[Path]:
+def fig_2a(jobs: pd.DataFrame, out: Path) -> list[Path]:
     """One panel per (model, dataset): the Score distribution of each distinct probe (one per seed on the testbed,
     where a seed is a model of its own) as a thin line, their mean as bars; the paper's detector (diversified)
     where the sweep has it."""
     groups: dict = {}
-    for r in runs:
-        if r.status != "done":
-            continue
-        counts, _ = _score_hist(r)
+    for job in jobs[jobs["status"] == "done"].to_dict("records"):
+        res = read_results(job["job_dir"]) or {}
+        counts, _ = _score_hist(res)
         if counts is not None:
-            probe = (r.res.get("cache_keys") or {}).get("detect") or str(r.path)
-            groups.setdefault((r.model, r.dataset), {}).setdefault(r.detection, {}).setdefault(probe, counts)
+            probe = (res.get("cache_keys") or {}).get("detect") or job["job_dir"]
+            groups.setdefault((job["model"], job["dataset"]), {}).setdefault(job["detection"], {}).setdefault(
+                probe, counts)
     if not groups:
         raise ValueError("no results.json with detection.histogram_10bins or detection.scores")
     fig, axes = _panels(len(groups))
@@ -110,22 +110,22 @@ def fig_2a(runs: Sequence[T.Run], out: Path) -> list[Path]:
 def _bar_fig(sections: Sequence[T.Section], out: Path, fid: str, title: str) -> list[Path]:
     fig, axes = _panels(len(sections))
     for ax, sec in zip(axes, sections):
-        pairs = [(r, p) for r, p in _pairs(sec) if r.id != "base"]
-        base = next((r for r, _ in _pairs(sec) if r.id == "base" and r.avg), None)
+        pairs = [(r, p) for r, p in _pairs(sec) if r["id"] != "base"]
+        base = next((r for r, _ in _pairs(sec) if r["id"] == "base" and r.get("avg") is not None), None)
         xs = list(range(len(pairs)))
-        means = [r.avg.mean if r.avg else 0.0 for r, _ in pairs]
-        errs = [(r.avg.std or 0.0) if r.avg else 0.0 for r, _ in pairs]
-        colors = ["#C44E52" if r.status == "failed" else "#4C72B0" for r, _ in pairs]
+        means = [r.get("avg") or 0.0 for r, _ in pairs]
+        errs = [r.get("avg_std") or 0.0 for r, _ in pairs]
+        colors = ["#C44E52" if r["status"] == "failed" else "#4C72B0" for r, _ in pairs]
         ax.bar(xs, means, yerr=errs, capsize=3, color=colors, label="ours (mean ± std)")
         for x, (r, _) in zip(xs, pairs):
-            if r.status == "failed":
+            if r["status"] == "failed":
                 ax.text(x, 0, "failed", ha="center", va="bottom", rotation=90, fontsize=8)
-        px = [(x, p.avg.mean) for x, (_, p) in zip(xs, pairs) if p is not None and p.avg is not None]
+        px = [(x, p["avg"]) for x, (_, p) in zip(xs, pairs) if p is not None and p.get("avg") is not None]
         if px:
             ax.scatter(*zip(*px), marker="D", color="black", zorder=3, s=18, label="paper")
         if base is not None:
-            ax.axhline(base.avg.mean, ls="--", color="gray", lw=1, label="base")
-        ax.set_xticks(xs, [r.label for r, _ in pairs], rotation=30, ha="right", fontsize=8)
+            ax.axhline(base["avg"], ls="--", color="gray", lw=1, label="base")
+        ax.set_xticks(xs, [r["label"] for r, _ in pairs], rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("Avg. accuracy (%)")
         ax.set_title(f"{sec.model} · {sec.dataset}", fontsize=9)
         ax.legend(fontsize=7)
@@ -136,17 +136,18 @@ def _bar_fig(sections: Sequence[T.Section], out: Path, fid: str, title: str) -> 
 def fig_2c(sections: Sequence[T.Section], out: Path) -> list[Path]:
     fig, axes = _panels(len(sections))
     for ax, sec in zip(axes, sections):
-        pts = sorted((r.ratio, r, p) for r, p in _pairs(sec) if r.ratio is not None and r.avg is not None)
+        pts = sorted(((r["ratio"], r, p) for r, p in _pairs(sec) if r["ratio"] is not None and r.get("avg") is not None),
+                     key=lambda t: t[0])
         if pts:
-            ax.errorbar([100 * x for x, _, _ in pts], [r.avg.mean for _, r, _ in pts],
-                        yerr=[r.avg.std or 0.0 for _, r, _ in pts], marker="o", capsize=3,
+            ax.errorbar([100 * x for x, _, _ in pts], [r["avg"] for _, r, _ in pts],
+                        yerr=[r.get("avg_std") or 0.0 for _, r, _ in pts], marker="o", capsize=3,
                         label="ours (mean ± std over data seeds)")
-        pp = [(100 * x, p.avg.mean) for x, _, p in pts if p is not None and p.avg is not None]
+        pp = [(100 * x, p["avg"]) for x, _, p in pts if p is not None and p.get("avg") is not None]
         if pp:
             ax.plot(*zip(*pp), ls="--", marker="D", color="black", ms=4, label="paper")
-        base = next((r for r, _ in _pairs(sec) if r.id == "base" and r.avg), None)
+        base = next((r for r, _ in _pairs(sec) if r["id"] == "base" and r.get("avg") is not None), None)
         if base is not None:
-            ax.axhline(base.avg.mean, ls=":", color="gray", lw=1, label="base")
+            ax.axhline(base["avg"], ls=":", color="gray", lw=1, label="base")
         ax.set_xlabel("λ: share of the wrong subset kept (%)")
         ax.set_ylabel("Avg. accuracy (%)")
         ax.set_title(f"{sec.model} · {sec.dataset}", fontsize=9)
@@ -158,20 +159,20 @@ def fig_2c(sections: Sequence[T.Section], out: Path) -> list[Path]:
 def fig_4(sections: Sequence[T.Section], out: Path) -> list[Path]:
     fig, axes = _panels(len(sections), width=4.6, height=3.8)
     for ax, sec in zip(axes, sections):
-        pairs = [(r, p) for r, p in _pairs(sec) if r.alpha is not None]
-        alphas = sorted({r.alpha for r, _ in pairs})
-        betas = sorted({r.beta for r, _ in pairs})
+        pairs = [(r, p) for r, p in _pairs(sec) if r.get("alpha") is not None]
+        alphas = sorted({r["alpha"] for r, _ in pairs})
+        betas = sorted({r["beta"] for r, _ in pairs})
         grid = [[float("nan")] * len(betas) for _ in alphas]
         text = [[""] * len(betas) for _ in alphas]
         for r, p in pairs:
-            i, j = alphas.index(r.alpha), betas.index(r.beta)
-            if r.avg is not None:
-                grid[i][j] = r.avg.mean
-                text[i][j] = f"{r.avg.mean:.2f}" + (f"\n±{r.avg.std:.2f}" if r.avg.std is not None else "")
+            i, j = alphas.index(r["alpha"]), betas.index(r["beta"])
+            if r.get("avg") is not None:
+                grid[i][j] = r["avg"]
+                text[i][j] = f"{r['avg']:.2f}" + (f"\n±{r['avg_std']:.2f}" if r.get("avg_std") is not None else "")
             else:
                 text[i][j] = "failed"
-            if p is not None and p.avg is not None:
-                text[i][j] += f"\n[{p.avg.mean:.2f}]"
+            if p is not None and p.get("avg") is not None:
+                text[i][j] += f"\n[{p['avg']:.2f}]"
         im = ax.imshow(grid, cmap="viridis", origin="upper", aspect="auto")
         for i in range(len(alphas)):
             for j in range(len(betas)):
@@ -188,12 +189,13 @@ def fig_4(sections: Sequence[T.Section], out: Path) -> list[Path]:
     return _save(fig, out, "4")
 
 
-def make_figure(runs: Sequence[T.Run], fid: str, out: str | os.PathLike) -> list[Path]:
-    """Draw figure ``fid`` (2a, 2b, 2c, 3, 4) from ``runs`` into ``out``; returns the PNG and PDF paths."""
+def make_figure(jobs: pd.DataFrame, fid: str, out: str | os.PathLike) -> list[Path]:
+    """Draw figure ``fid`` (2a, 2b, 2c, 3, 4) from ``jobs`` (:func:`analysis.jobs.jobs_frame`) into ``out``;
+    returns the PNG and PDF paths."""
     out = Path(out)
     if fid == "2a":
-        return fig_2a(runs, out)
-    sections = T.build_table(runs, LAYOUT[fid])
+        return fig_2a(jobs, out)
+    sections = T.build_table(jobs, LAYOUT[fid])
     if fid == "2b":
         return _bar_fig(sections, out, "2b", "Fig. 2(b): training on one conflict subset only")
     if fid == "2c":
@@ -211,14 +213,14 @@ def main(argv=None) -> int:
     ap.add_argument("--figure", required=True, choices=[*FIGURES, "all"])
     ap.add_argument("--out", required=True, help="output folder")
     args = ap.parse_args(argv)
-    runs = T.collect_runs(*args.root)
-    if not runs:
+    jobs = jobs_frame(*args.root)
+    if jobs.empty:
         print(f"no results.json under {' '.join(args.root)}", file=sys.stderr)
         return 1
     rc = 0
     for fid in (FIGURES if args.figure == "all" else [args.figure]):
         try:
-            for p in make_figure(runs, fid, args.out):
+            for p in make_figure(jobs, fid, args.out):
                 print(p)
         except ValueError as e:
             print(f"figure {fid}: {e}", file=sys.stderr)

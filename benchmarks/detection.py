@@ -47,16 +47,16 @@ def main(argv=None) -> None:
     import torch
     from omegaconf import OmegaConf
 
-    from kaft import detect, modeling
+    from kaft import detection, modeling
     from kaft.data import load_items
-    from kaft.run import auroc
+    from kaft.results import auroc
     from kaft.testbed.model import build_model
 
     root = os.path.join(os.path.dirname(__file__), "..")
     tb = OmegaConf.to_container(OmegaConf.load(os.path.join(root, "conf/testbed/default.yaml")))
     path = build_model(tb, args.cache, progress=False)
     model, tok = modeling.load({"source": "local", "dtype": "float32"}, str(path), "cpu")
-    items = load_items({"source": "testbed", "split": "train"}, domain="geography", testbed=tb, cache_dir=args.cache)
+    items = load_items({"source": "testbed", "split": "train"}, domain="geography", config={"testbed": tb}, cache_dir=args.cache)
     if args.quick:
         items = items[:40]
     contradict = [it.meta.get("kind") == "contradict" for it in items]
@@ -65,9 +65,9 @@ def main(argv=None) -> None:
             "batch_size": 64, "chunk_size": 10_000}
 
     def run(cfg, label):
-        b = detect.HFBackend(model, tok, batch_size=cfg.get("batch_size", 64), share_prefix=cfg.get("share_prefix", True))
+        b = detection.HFBackend(model, tok, batch_size=cfg.get("batch_size", 64), share_prefix=cfg.get("share_prefix", True))
         t0 = time.perf_counter()
-        recs = detect.run_detection(b, items, cfg, 0, "geography", progress=False)
+        recs = detection.run_detection(b, items, cfg, 0, "geography", progress=False)
         dt = time.perf_counter() - t0
         scores = [r["score"] for r in recs]
         pos = [s for s, c in zip(scores, contradict) if c]
@@ -77,7 +77,7 @@ def main(argv=None) -> None:
 
     def naive(cfg, label):
         """The paper's cost model: No x Nr independent generations (HF generate, num_return_sequences=Nr)."""
-        qs = detect.build_queries(items, cfg["num_orders"], cfg["shots"], 0, "geography")
+        qs = detection.build_queries(items, cfg["num_orders"], cfg["shots"], 0, "geography")
         tok.padding_side = "left"
         t0 = time.perf_counter()
         with torch.inference_mode():

@@ -15,7 +15,7 @@ Random-init models of real shapes (bf16 weights, nothing downloaded), on one CUD
   4 N T version). kaft computes logits only at label positions (``logits_to_keep``), so the LM head term is
   mostly not executed: that is why both are upper-bound style definitions.
 * **Probing** (``detection.estimator=exact``: one prefill per prompt, no generation) through
-  :class:`kaft.detect.HFBackend`: prompt tokens/s and the fraction of the prefill FLOP limit,
+  :class:`kaft.detection.HFBackend`: prompt tokens/s and the fraction of the prefill FLOP limit,
   ``2 * N_base * tokens / peak FLOP/s`` (attention FLOPs ignored; the KV-cache sharing of the 3-shot prefix makes the
   model do less than that, so the fraction can exceed 1 — it is reported against the unshared token count).
 
@@ -155,7 +155,7 @@ def bench_train(cfg: dict, args, peak: float | None) -> dict:
     labels[:, -args.answer_tokens:] = ids[:, -args.answer_tokens:]
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
              "weights": torch.ones(args.batch, device=dev)}
-    slice_logits = train._accepts_logits_to_keep(model)
+    slice_logits = train.accepts_logits_to_keep(model)
     loss_cfg = {"name": "kaft", "alpha": 0.1, "beta": 0.5}
     if dev == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -185,7 +185,7 @@ def bench_probe(cfg: dict, args, peak: float | None) -> dict:
     """Exact-estimator probing (one forward per prompt, last-position logits) through kaft's HFBackend."""
     import torch
 
-    from kaft import detect
+    from kaft import detection
 
     dev = args.device
     model = _build(cfg, dev).eval()
@@ -194,7 +194,7 @@ def bench_probe(cfg: dict, args, peak: float | None) -> dict:
     demo = " ".join(f"w{rng.randrange(3, 1000)}" for _ in range(args.probe_len * 3 // 4))  # shared 3-shot prefix
     prompts = [demo + "\n\n" + " ".join(f"w{rng.randrange(3, 1000)}" for _ in range(args.probe_len // 4))
                for _ in range(args.probe_items)]
-    backend = detect.HFBackend(model, tok, batch_size=args.probe_batch, share_prefix=True)
+    backend = detection.HFBackend(model, tok, batch_size=args.probe_batch, share_prefix=True)
     if dev == "cuda":
         torch.cuda.reset_peak_memory_stats()
     backend.last_logits(prompts[:args.probe_batch])  # warm-up

@@ -153,14 +153,14 @@ def main(argv=None) -> None:
 
         from kaft import modeling
         from kaft.data import load_items
-        from kaft.pairs import build_pairs
+        from kaft.losses.pairs import build_pairs
         from kaft.testbed.model import build_model
 
         root = os.path.join(os.path.dirname(__file__), "..")
         tb = OmegaConf.to_container(OmegaConf.load(os.path.join(root, "conf/testbed/default.yaml")))
         path = build_model(tb, args.cache, progress=False)
         model, tok = modeling.load({"source": "local", "dtype": "float32"}, str(path), "cpu")
-        items = load_items({"source": "testbed", "split": "train"}, domain="geography", testbed=tb,
+        items = load_items({"source": "testbed", "split": "train"}, domain="geography", config={"testbed": tb},
                            cache_dir=args.cache)[:16]
         rows = train.build_examples(tok, items, [0.1, 0.5, 1.0, 1.0] * 4, "geography", None, 2048)
         sft = train.WeightedCollator(tok.pad_token_id)(rows)

@@ -11,7 +11,7 @@ ratio, so load from other processes on a shared machine mostly cancels. Sections
   process's RSS at the start of the call (a 5 ms sampler thread) on CPU, ``torch.cuda.max_memory_allocated`` on GPU.
   Models: the testbed model and a random-init Llama (hidden 512, 8 layers, vocab 32k).
 * ``probe`` — probing items/s of ``detection.estimator=exact`` vs ``sample`` (No = Nr = 10, hf backend,
-  :func:`kaft.detect.run_detection`) on the testbed train set.
+  :func:`kaft.detection.run_detection`) on the testbed train set.
 * ``eval`` — :func:`kaft.evaluate.evaluate` on the in-memory model vs the ``lm_eval`` CLI (``--model hf
   --include_path`` with the task YAMLs kaft's inline configs correspond to) on the same saved model and tasks; also
   kaft in a fresh process (import + load + evaluate) so both sides pay a process start. Accuracies must agree.
@@ -187,9 +187,9 @@ class Ctx:
             path = build_model(tb, self.args.cache, progress=False)
             device = "cuda" if _cuda() else "cpu"
             model, tok = modeling.load({"source": "local", "dtype": "float32"}, str(path), device)
-            items = load_items({"source": "testbed", "split": "train"}, domain="geography", testbed=tb,
+            items = load_items({"source": "testbed", "split": "train"}, domain="geography", config={"testbed": tb},
                                cache_dir=self.args.cache)
-            evals = {n: load_items({"source": "testbed", "split": s}, domain="geography", testbed=tb,
+            evals = {n: load_items({"source": "testbed", "split": s}, domain="geography", config={"testbed": tb},
                                    cache_dir=self.args.cache) for n, s in (("testbed_id", "test_id"),
                                                                            ("testbed_ood", "test_ood"))}
             self._tb = (path, model, tok, items, evals)
@@ -403,11 +403,11 @@ PROBE_CFG = {"name": "diversified", "num_orders": 10, "num_samples": 10, "temper
 
 
 def time_probe(model, tok, items, cfg) -> float:
-    from kaft import detect
+    from kaft import detection
 
-    b = detect.HFBackend(model, tok, batch_size=cfg.get("batch_size", 16), share_prefix=cfg.get("share_prefix", True))
+    b = detection.HFBackend(model, tok, batch_size=cfg.get("batch_size", 16), share_prefix=cfg.get("share_prefix", True))
     t0 = time.perf_counter()
-    detect.run_detection(b, items, cfg, 0, "geography", progress=False)
+    detection.run_detection(b, items, cfg, 0, "geography", progress=False)
     return time.perf_counter() - t0
 
 
@@ -452,7 +452,7 @@ from kaft.data import load_items
 from kaft.evaluate import evaluate
 from omegaconf import OmegaConf
 tb = OmegaConf.to_container(OmegaConf.load(sys.argv[2]))
-evals = {n: load_items({"source": "testbed", "split": s}, domain="geography", testbed=tb, cache_dir=sys.argv[3])
+evals = {n: load_items({"source": "testbed", "split": s}, domain="geography", config={"testbed": tb}, cache_dir=sys.argv[3])
          for n, s in (("testbed_id", "test_id"), ("testbed_ood", "test_ood"))}
 if int(sys.argv[5]):
     evals = {n: v[:int(sys.argv[5])] for n, v in evals.items()}

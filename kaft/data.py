@@ -2,7 +2,10 @@
 
 Every loader yields raw rows; :func:`normalize_rows` maps them through the data set config's ``fields`` into
 :class:`MCItem` and rejects malformed rows with one error naming source, row and field, before any model
-is loaded. Sources are a registry (``local`` files, the Hugging Face ``hub``, the embedded ``testbed``).
+is loaded. Sources are a registry (``local`` files, the Hugging Face ``hub``; plugins add their own, e.g. the
+embedded testbed's ``testbed``). A source is ``reader(**spec_keys, cache_dir=..., config=...) -> rows``: it gets the
+data spec's own keys plus the job's context (the cache root and the whole job config as a plain dict) and takes
+``**_`` for what it does not use, so this module never needs to know what a source reads.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from kaft import hub
+from kaft.errors import KaftError
 from kaft.items import MCItem
 from kaft.prompts import LETTERS
+from kaft.registry import Registry
 
 
-class DataError(ValueError):
+class DataError(KaftError):
     """A data set row or file that cannot be used; the message says where and what to fix."""
 
 
@@ -107,7 +112,12 @@ def normalize_rows(rows: Iterable[Mapping], source: str, fields: Mapping | None 
 
 
 # ----------------------------------------------------------------------------------------------- sources
-def _read_local(path: str) -> Iterator[Mapping]:
+#: name -> ``reader(**spec_keys, cache_dir=..., config=...)`` yielding raw rows (see the module docstring)
+SOURCES: Registry[Callable[..., Iterator[Mapping]]] = Registry("data source", error=DataError)
+
+
+@SOURCES.register("local")
+def _read_local(path: str, **_) -> Iterator[Mapping]:
     p = Path(path).expanduser()
     if not p.exists():
         raise DataError(f"{p}: no such file (check dataset paths; relative paths resolve against the launch dir)")
@@ -144,6 +154,7 @@ def _read_local(path: str) -> Iterator[Mapping]:
         raise DataError(f"{p}: not UTF-8 text (byte {e.start}); re-encode the file as UTF-8") from None
 
 
+@SOURCES.register("hub")
 def _read_hub(path: str, name: str | None = None, split: str = "train", revision: str | None = None,
               **_) -> Iterator[Mapping]:
     """Rows from the Hugging Face hub (or its local cache when HF_DATASETS_OFFLINE=1)."""
@@ -155,20 +166,6 @@ def _read_hub(path: str, name: str | None = None, split: str = "train", revision
         raise DataError(hub.dataset_error(e, path, name, split, revision, f"config {name!r}, split {split!r}")) \
             from None
     yield from ds
-
-
-def _read_testbed(split: str, testbed: Mapping, cache_dir: str, **_) -> Iterator[Mapping]:
-    from kaft.testbed import world as tb_world
-
-    w = tb_world.build_world(testbed)
-    yield from (it.to_dict() for it in w.split(split))
-
-
-SOURCES: dict[str, Callable[..., Iterator[Mapping]]] = {
-    "local": lambda path, **_: _read_local(path),
-    "hub": _read_hub,
-    "testbed": _read_testbed,
-}
 
 
 def describe(spec: Mapping) -> str:
@@ -184,8 +181,7 @@ def describe(spec: Mapping) -> str:
 def check_spec(spec: Mapping) -> None:
     """Cheap checks done at config time (before any model loads): known source, local file exists."""
     src = spec.get("source", "local")
-    if src not in SOURCES:
-        raise DataError(f"unknown data source {src!r}; choose one of {sorted(SOURCES)}")
+    SOURCES.get(src)  # an unknown name: one DataError line listing the sources (plugins included)
     if src == "local":
         if not spec.get("path") or spec.get("path") == "???":
             raise DataError("a local data set needs a path: set dataset.train.path=/abs/train.jsonl and "
@@ -197,7 +193,8 @@ def check_spec(spec: Mapping) -> None:
 
 
 def load_items(spec: Mapping, domain: str | None = None, **ctx) -> list[MCItem]:
-    """Load and validate one data spec (a dataset config's ``train`` or one of its ``eval`` entries)."""
+    """Load and validate one data spec (a dataset config's ``train`` or one of its ``eval`` entries); ``ctx``
+    (``cache_dir``, ``config``) goes to the source's reader."""
     check_spec(spec)
     src = spec.get("source", "local")
     kwargs = {k: v for k, v in spec.items() if k not in ("source", "fields", "answer_base", "limit", "name_in_results")}
@@ -251,6 +248,9 @@ def read_jsonl(path: str | os.PathLike) -> list[MCItem]:
 #                          kept (and then rejected by normalize_rows), since dropping it would shift letters.
 ROW_SPEC_KEYS = ("subsets", "data_files", "join", "filter", "adapter", "drop_empty_options", "answer_text",
                  "halueval_seed", "option_lines")
+
+#: name -> ``adapter(rows, spec)`` yielding reshaped rows
+ADAPTERS: Registry[Callable[[Iterable[Mapping], Mapping], Iterator[Mapping]]] = Registry("adapter", error=DataError)
 
 
 def _spec_fields(spec: Mapping) -> dict:
@@ -362,6 +362,7 @@ def _drop_empty_options(rows: Iterable[Mapping], spec: Mapping) -> Iterator[Mapp
 _LETTER_PREFIX = r"^\s*\(?([A-Z])\s*[\).．、:：]?\s+|^\s*\(?([A-Z])[\).．、:：]\s*"
 
 
+@ADAPTERS.register("option_lines")
 def adapt_option_lines(rows: Iterable[Mapping], spec: Mapping) -> Iterator[Mapping]:
     """Options held in one string, one per line ("A 选项\\nB 选项", CMExam; "opt\\nopt", Xiezhi), or as a list of
     {"key": "A", "value": ...} objects: turned into a list. With ``answer_text: true`` the answer column holds the
@@ -400,6 +401,7 @@ HALUEVAL_TASKS = {  # task: (right column, hallucinated column, [(label, context
 }
 
 
+@ADAPTERS.register("halueval")
 def adapt_halueval(rows: Iterable[Mapping], spec: Mapping) -> Iterator[Mapping]:
     """HaluEval (qa / dialogue / summarization rows, each with a right and a hallucinated output) as a 2-option
     question, as in KaFT App. A.1: per row one of the two outputs is drawn (seeded by ``halueval_seed`` and the
@@ -421,12 +423,6 @@ def adapt_halueval(rows: Iterable[Mapping], spec: Mapping) -> Iterator[Mapping]:
                "answer": 0 if pick_halluc else 1, "subject": f"halueval_{task}"}
 
 
-ADAPTERS: dict[str, Callable[[Iterable[Mapping], Mapping], Iterator[Mapping]]] = {
-    "option_lines": adapt_option_lines,
-    "halueval": adapt_halueval,
-}
-
-
 def read_spec_rows(spec: Mapping, kwargs: Mapping, ctx: Mapping) -> Iterator[Mapping]:
     """A spec's raw rows with subsets, data_files, join, filter, adapters and drop_empty_options applied."""
     src = spec.get("source", "local")
@@ -437,9 +433,11 @@ def read_spec_rows(spec: Mapping, kwargs: Mapping, ctx: Mapping) -> Iterator[Map
         rows = _filter(rows, spec["filter"])
     names = spec.get("adapter") or []
     for name in [names] if isinstance(names, str) else names:
-        if name not in ADAPTERS:
-            raise DataError(f"{describe(spec)}: unknown adapter {name!r}; choose one of {sorted(ADAPTERS)}")
-        rows = ADAPTERS[name](rows, spec)
+        try:
+            adapt = ADAPTERS.get(name)
+        except DataError as e:
+            raise DataError(f"{describe(spec)}: {e}") from None
+        rows = adapt(rows, spec)
     if spec.get("drop_empty_options"):
         rows = _drop_empty_options(rows, spec)
     return rows

@@ -33,8 +33,9 @@ import re
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from kaft.data import MCItem
+from kaft.errors import KaftError
 from kaft.eval_tasks import LM_EVAL, PROMPT, task_override
+from kaft.items import MCItem
 from kaft.prompts import DEFAULT_INSTRUCTION, LETTERS, format_question
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ TASK_PREFIX = "kaft_"
 _NOISY_LOGGERS = ("lm_eval", "lm-eval", "datasets", "fsspec", "filelock")
 
 
-class EvalError(ValueError):
+class EvalError(KaftError):
     """Benchmarks that cannot be evaluated; the message names the benchmark and what is wrong."""
 
 

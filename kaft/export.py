@@ -24,8 +24,7 @@ from typing import Sequence
 
 from kaft.cache import atomic_write_json, verify
 from kaft.prompts import DEFAULT_INSTRUCTION, LETTERS, answer_text, format_question
-
-RESULTS = "results.json"
+from kaft.results import RESULTS_FILE, load_results, result_dirs
 
 #: column -> what it holds (also written to export.json)
 COLUMNS = {
@@ -53,22 +52,21 @@ class ExportError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------- finding jobs
-def _read_results(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ExportError(f"{path}: unreadable ({e.__class__.__name__}); re-run the job") from None
+def _read_results(run_dir: Path) -> dict:
+    res, problem = load_results(run_dir)
+    if res is None:
+        raise ExportError(f"{run_dir}: {problem or RESULTS_FILE + ': missing'}; re-run the job")
+    return res
 
 
 def find_jobs(path: Path) -> tuple[list[tuple[Path, dict]], bool]:
-    """``([(run_dir, results)], is_sweep)``: the dir itself when it holds results.json, else its job subdirs."""
+    """``([(run_dir, results)], is_sweep)``: the dir itself when it holds results.json, else its job subdirs (the
+    job dirs the sweep status and summary see, :func:`kaft.results.result_dirs`)."""
     if not path.is_dir():
         raise ExportError(f"{path}: no such directory; pass a run dir (holding results.json) or a sweep dir")
-    if (path / RESULTS).is_file():
-        return [(path, _read_results(path / RESULTS))], False
-    from kaft.summary import _job_dirs  # the job dirs kaft.status and the sweep summary see
-
-    jobs = [(d, _read_results(d / RESULTS)) for d in _job_dirs(path) if (d / RESULTS).is_file()]
+    jobs = [(d, _read_results(d)) for d in result_dirs(path)]
+    if jobs and jobs[0][0] == path:
+        return jobs, False
     if not jobs:
         raise ExportError(f"{path}: not a kaft run or sweep directory (no results.json in it or its job "
                           f"subdirectories); pass the directory a job printed ('results: .../results.json')")
@@ -90,7 +88,7 @@ def _artifact(cache_root: Path, stage: str, key: str | None, run_dir: Path) -> P
 def _train_items(cfg, records: list[dict], results: dict, run_dir: Path) -> list:
     """The job's training items in detection order: from the records (mc_conversion keeps them) or reloaded."""
     from kaft import data as data_mod
-    from kaft.run import load_train
+    from kaft.stages import load_train
 
     if records and "item" in records[0]:
         return [data_mod.MCItem.from_dict(r["item"]) for r in records]
@@ -123,9 +121,9 @@ def job_rows(run_dir: Path, results: dict, cache_root: Path | None) -> tuple[lis
     """One row per training item (see :data:`COLUMNS`) and the provenance written to export.json."""
     from omegaconf import OmegaConf
 
-    from kaft import detect as detect_mod
+    from kaft import detection as detect_mod
     from kaft import losses
-    from kaft.run import partition_key
+    from kaft.stages import partition_key
 
     if results.get("status") != "done":
         raise ExportError(f"{run_dir}: the job did not finish (status {results.get('status')!r}; see error.txt); "
@@ -209,7 +207,7 @@ def export(path: Path, out: Path | None = None, cache_dir: Path | None = None, f
         raise ExportError(f"{out} exists; pass --force to replace it, or --out another directory")
     done = [(d, r) for d, r in jobs if r.get("status") == "done"]
     if sweep and not done:
-        raise ExportError(f"{path}: no job of the sweep has finished (python -m kaft.status {path})")
+        raise ExportError(f"{path}: no job of the sweep has finished (python -m kaft.sweep.status {path})")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

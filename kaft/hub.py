@@ -16,6 +16,8 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
+from kaft.errors import KaftError
+
 # what transformers' from_pretrained reads from a model repo (weights: safetensors if the repo has them, else .bin)
 CONFIG_FILES = ("config.json",)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
@@ -23,7 +25,7 @@ SMALL_PATTERNS = ("*.json", "*.model", "*.txt", "*.tiktoken", "*.py")
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
-class HubError(ValueError):
+class HubError(KaftError):
     """A hub model or data set that cannot be loaded here; the message names the cause and what to do."""
 
 

@@ -1,7 +1,9 @@
 """Loading the base model and tokenizer from a registry of sources, and naming them for the cache.
 
 ``identity`` is the model part of every cache key: it changes whenever the weights or tokenizer could differ
-(hub id + revision, a local directory's file hashes, the testbed's config + code version).
+(hub id + revision, a local directory's file hashes; a plugin source names its own, e.g. the embedded testbed's
+config + code version). A source is ``fn(model_cfg, cache_root, config) -> (path_or_hub_id, identity)``; ``config``
+is the whole job config as a plain dict, so a source that builds its model (the testbed) reads its own section.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from kaft.cache import make_key
+from kaft.errors import KaftError
+from kaft.registry import Registry
 
 log = logging.getLogger(__name__)
 
 
-class ModelError(ValueError):
+class ModelError(KaftError):
     """A model config that cannot be loaded; the message says what to fix."""
 
 
@@ -44,14 +48,13 @@ def _dir_identity(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _resolve_testbed(cfg: Mapping, testbed: Mapping, cache_root: str) -> tuple[str, str]:
-    from kaft.testbed import model as tb_model
-
-    path = tb_model.build_model(testbed, cache_root)
-    return str(path), make_key("testbed", testbed, tb_model.VERSION)
+#: name -> ``fn(model_cfg, cache_root, config, build=True) -> (path_or_hub_id, identity)``; with ``build=False``
+#: a source that builds its model (a plugin's) returns its identity without building (path "" until built)
+SOURCES: Registry[Callable[[Mapping, str, Mapping], tuple[str, str]]] = Registry("model source", error=ModelError)
 
 
-def _resolve_hub(cfg: Mapping, testbed: Mapping, cache_root: str) -> tuple[str, str]:
+@SOURCES.register("hub")
+def _resolve_hub(cfg: Mapping, cache_root: str, config: Mapping, build: bool = True) -> tuple[str, str]:
     path = str(cfg["path"])
     local = Path(path).expanduser()
     if local.is_dir():
@@ -82,24 +85,17 @@ def _check_model_dir(local: Path) -> None:
                          f"...); save it there too: tokenizer.save_pretrained({str(local)!r})")
 
 
-def _resolve_local(cfg: Mapping, testbed: Mapping, cache_root: str) -> tuple[str, str]:
+@SOURCES.register("local")
+def _resolve_local(cfg: Mapping, cache_root: str, config: Mapping, build: bool = True) -> tuple[str, str]:
     local = Path(str(cfg.get("path", ""))).expanduser()
     _check_model_dir(local)
     return str(local), make_key("local", _dir_identity(local))
 
 
-SOURCES: dict[str, Callable[[Mapping, Mapping, str], tuple[str, str]]] = {
-    "testbed": _resolve_testbed,
-    "hub": _resolve_hub,
-    "local": _resolve_local,
-}
-
-
 def check_model_cfg(cfg: Mapping) -> None:
     """Config-time checks, before anything is loaded."""
     src = cfg.get("source")
-    if src not in SOURCES:
-        raise ModelError(f"unknown model source {src!r}; choose one of {sorted(SOURCES)}")
+    SOURCES.get(src)  # an unknown name: one ModelError line listing the sources (plugins included)
     if src in ("hub", "local") and (not cfg.get("path") or cfg.get("path") == "???"):
         raise ModelError(f"model.path is required for a {src} model (a hub id or a local directory)")
     _dtype(cfg.get("dtype"))
@@ -114,10 +110,11 @@ def trust_remote_code(cfg: Mapping) -> bool:
     return cfg.get("trust_remote_code", False) is True
 
 
-def resolve(cfg: Mapping, testbed: Mapping, cache_root: str) -> tuple[str, str]:
-    """``(path_or_hub_id, identity)`` for a model config; builds the testbed model on first use."""
-    check_model_cfg(cfg)
-    return SOURCES[cfg["source"]](cfg, testbed, cache_root)
+def resolve(model_cfg: Mapping, cache_root: str, config: Mapping, build: bool = True) -> tuple[str, str]:
+    """``(path_or_hub_id, identity)`` for a model config. A source that builds its model does so on first use;
+    ``build=False`` (kaft.sweep.plan) asks for the identity only."""
+    check_model_cfg(model_cfg)
+    return SOURCES.get(model_cfg["source"])(model_cfg, cache_root, config, build=build)
 
 
 def load(cfg: Mapping, path: str, device: str | None = None) -> tuple[Any, Any]:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 from typing import Sequence
 
+from kaft.errors import KaftError
+
 FOUR_NAMES = ("wrong", "might-wrong", "might-right", "right")
 
 
-class PartitionError(ValueError):
+class PartitionError(KaftError):
     """An impossible partition config."""
 
 

@@ -59,6 +59,8 @@ class Registry(Generic[T]):
             raise self.error(f"unknown {self.kind} {name!r}; choose one of {self.names()}")
         return self._items[name]
 
+    __getitem__ = get
+
     def names(self) -> list[str]:
         load_plugins()
         return sorted(self._items)
@@ -66,6 +68,12 @@ class Registry(Generic[T]):
     def items(self) -> Iterator[tuple[str, T]]:
         load_plugins()
         return iter(sorted(self._items.items()))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self.names())
 
     def __contains__(self, name: object) -> bool:
         load_plugins()

@@ -1,6 +1,6 @@
 """Stage 6 — tracking: ``results.json`` in the run directory, and an optional experiment logger.
 
-Loggers are a small registry (``none``, ``wandb``) chosen by the logger config's ``name``. Every logger has
+Loggers are a registry (:data:`LOGGERS`: ``none``, ``wandb``) chosen by the logger config's ``name``. Every logger has
 ``log_results(results)`` and ``finish()``; ``finish()`` may be called more than once.
 
 W&B (``conf/logger/wandb.yaml``)::
@@ -27,13 +27,16 @@ import os
 import platform
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from kaft.cache import atomic_write_json
+from kaft.registry import Registry
+from kaft.results import RESULTS_FILE
 
 log = logging.getLogger(__name__)
 
-RESULTS_FILE = "results.json"
+#: logger name (the logger config's ``name``) -> class taking ``(logger_cfg, run_dir, run_name, group, config)``
+LOGGERS: Registry[type] = Registry("logger")
 
 
 # ----------------------------------------------------------------------------------------------- results.json
@@ -148,6 +151,7 @@ def summary_metrics(results: Mapping) -> dict[str, float | int]:
 
 
 # ----------------------------------------------------------------------------------------------- loggers
+@LOGGERS.register("none")
 class NoneLogger:
     """Results go to results.json only."""
 
@@ -161,6 +165,7 @@ class NoneLogger:
         pass
 
 
+@LOGGERS.register("wandb")
 class WandbLogger:
     """One W&B run per job, under ``<run_dir>/wandb``; offline unless an API key (or mode) says otherwise."""
 
@@ -226,27 +231,11 @@ def _plain(config: Any) -> Any:
     return dict(config) if isinstance(config, Mapping) else config
 
 
-LOGGERS: dict[str, Callable[..., Any]] = {"none": NoneLogger, "wandb": WandbLogger}
-
-
-def register_logger(name: str) -> Callable:
-    """Decorator adding a logger class to the registry under ``name``."""
-
-    def deco(cls):
-        LOGGERS[name] = cls
-        return cls
-
-    return deco
-
-
 def make_logger(logger_cfg: Mapping | None, run_dir, run_name: str, group: str | None, config: dict):
     """The logger named by ``logger_cfg["name"]`` (``none`` when the config is empty)."""
     cfg = _plain(logger_cfg) or {}
-    name = str(cfg.get("name") or "none")
-    if name not in LOGGERS:
-        raise ValueError(f"unknown logger {name!r}; choose one of {sorted(LOGGERS)}")
-    return LOGGERS[name](cfg, run_dir, run_name, group, config)
+    return LOGGERS.get(str(cfg.get("name") or "none"))(cfg, run_dir, run_name, group, config)
 
 
-__all__ = ["LOGGERS", "NoneLogger", "RESULTS_FILE", "WandbLogger", "make_logger", "package_versions", "redact",
-           "register_logger", "resolve_mode", "secret_values", "summary_metrics", "write_results"]
+__all__ = ["LOGGERS", "NoneLogger", "WandbLogger", "make_logger", "package_versions", "redact", "resolve_mode",
+           "secret_values", "summary_metrics", "write_results"]

@@ -31,10 +31,10 @@ if [ "${KAFT_VLLM_FULL:-0}" = 1 ]; then
   "$VENV/bin/pip" install "${PIP[@]}" -e '.[test]' -c "$VENV/kaft-constraints.txt"
 else
   # kaft itself without its (main-venv) dependencies: the backend and the test worker need only vllm and
-  # transformers (kaft.vllm_backend imports nothing else from kaft)
+  # transformers (kaft.detection imports no other third-party package)
   "$VENV/bin/pip" install "${PIP[@]}" --no-deps -e .
 fi
 "$VENV/bin/python" - <<'PY'
-import vllm, torch, transformers, kaft.vllm_backend
+import vllm, torch, transformers, kaft.detection.vllm_backend
 print(f"vllm {vllm.__version__}, torch {torch.__version__}, transformers {transformers.__version__}: ok")
 PY

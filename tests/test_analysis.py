@@ -1,6 +1,7 @@
 import json
 
-from analysis.results import collect, flatten, main
+from analysis.results import collect, main
+from kaft.results import flatten
 
 
 def _res(loss, avg):

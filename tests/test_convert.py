@@ -2,10 +2,10 @@
 
 import pytest
 
-from kaft import convert, detect
-from kaft.convert import FreeFormItem, normalize_freeform, to_multiple_choice
+from kaft import detection
 from kaft.data import DataError
-from kaft.detect import DetectionError
+from kaft.detection import DetectionError, convert
+from kaft.detection.convert import FreeFormItem, normalize_freeform, to_multiple_choice
 
 
 def _items():
@@ -66,10 +66,10 @@ def test_freeform_rows_are_validated():
 
 
 def test_mc_conversion_scores_converted_items(tiny_model, tiny_tokenizer):
-    b = detect.HFBackend(tiny_model, tiny_tokenizer, batch_size=8)
+    b = detection.HFBackend(tiny_model, tiny_tokenizer, batch_size=8)
     cfg = {"num_orders": 2, "num_samples": 3, "shots": 2, "max_new_tokens": 1, "n_distractors": 3,
            "distractor_sources": ["group", "dataset"]}
-    recs = detect.run_detection(b, _items(), {**cfg, "name": "mc_conversion"}, 0, "geography", progress=False)
+    recs = detection.run_detection(b, _items(), {**cfg, "name": "mc_conversion"}, 0, "geography", progress=False)
     assert [r["id"] for r in recs] == [f"f{i}" for i in range(8)]
     for r in recs:
         assert r["item"]["answer"] == r["gold"] and len(r["item"]["options"]) == 4

@@ -117,3 +117,44 @@ def test_fingerprint_and_jsonl_round_trip(tmp_path):
     assert again == items and fingerprint(again) == fingerprint(items)
     changed = [items[0], MCItem(**{**items[1].to_dict(), "answer": 1})]
     assert fingerprint(changed) != fingerprint(items)
+
+
+def test_a_registered_source_gets_its_spec_keys_and_the_job_context(tmp_path):
+    """Sources are a registry: a plugin's reader receives the spec's keys plus ``cache_dir`` and the whole job
+    ``config``, and the loaders know nothing of what it reads."""
+    from kaft import data
+    from kaft.errors import KaftError
+
+    seen = []
+
+    def reader(split, config, cache_dir, **_):
+        seen.append((split, config, cache_dir))
+        yield from config["rows"][split]
+
+    data.SOURCES.register("in_config", reader)
+    try:
+        items = load_items({"source": "in_config", "split": "dev", "limit": 1}, domain="d",
+                           cache_dir=str(tmp_path), config={"rows": {"dev": ROWS}})
+    finally:
+        data.SOURCES.unregister("in_config")
+    assert [it.id for it in items] == ["a"] and items[0].domain == "d"
+    assert seen == [("dev", {"rows": {"dev": ROWS}}, str(tmp_path))]
+    assert issubclass(DataError, KaftError)
+    with pytest.raises(DataError, match=r"unknown adapter 'nope'; choose one of \['halueval', 'option_lines'\]"):
+        load_items({"source": "local", "path": str(_write(tmp_path, "d.jsonl", ROWS)), "adapter": "nope"})
+
+
+def test_model_sources_are_a_registry():
+    from kaft import modeling
+    from kaft.errors import KaftError
+
+    calls = []
+    modeling.SOURCES.register("fake", lambda cfg, root, config: calls.append((cfg, root, config)) or ("p", "id"))
+    try:
+        assert modeling.resolve({"source": "fake"}, "root", {"seed": 1}) == ("p", "id")
+    finally:
+        modeling.SOURCES.unregister("fake")
+    assert calls == [({"source": "fake"}, "root", {"seed": 1})]
+    assert issubclass(modeling.ModelError, KaftError)
+    with pytest.raises(modeling.ModelError, match=r"unknown model source 'fake'; choose one of \[.*'hub', 'local'"):
+        modeling.check_model_cfg({"source": "fake"})

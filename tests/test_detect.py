@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from kaft import detect
-from kaft.detect import DetectionError, build_queries, option_orders, parse_answer, score
+from kaft import detection
+from kaft.detection import DetectionError, build_queries, option_orders, parse_answer, score
+from kaft.detection.hf_backend import _sample_batch
 
 
 def test_option_orders_distinct_seeded_identity_first():
@@ -52,7 +53,7 @@ def test_kv_cache_sampler_matches_greedy_generate(tiny_model, tiny_tokenizer, mc
     prompts[0] = prompts[0].split("\n\n")[-1]  # very different lengths in one batch
     gen = torch.Generator().manual_seed(0)
     with torch.inference_mode():
-        got = detect._sample_batch(tiny_model, tok, prompts, n=3, temperature=1e-5, max_new_tokens=3, generator=gen)
+        got = _sample_batch(tiny_model, tok, prompts, n=3, temperature=1e-5, max_new_tokens=3, generator=gen)
         for p, samples in zip(prompts, got):
             enc = tok(p, return_tensors="pt")
             out = tiny_model.generate(**enc, do_sample=False, max_new_tokens=3, pad_token_id=0)
@@ -69,7 +70,7 @@ def test_sampling_frequencies_follow_the_temperature_softmax(tiny_model, tiny_to
     probs = torch.softmax(logits / 0.7, -1)
     top = int(probs.argmax())
     n = 4000
-    got = detect._sample_batch(tiny_model, tok, [prompt], n=n, temperature=0.7, max_new_tokens=1,
+    got = _sample_batch(tiny_model, tok, [prompt], n=n, temperature=0.7, max_new_tokens=1,
                                generator=torch.Generator().manual_seed(1))[0]
     freq = sum(t == tok.decode([top]) for t in got) / n
     p = float(probs[top])
@@ -87,7 +88,7 @@ def test_top_k_top_p_sampling_draws_only_from_the_kept_tokens(tiny_model, tiny_t
     top2 = torch.topk(logits / 1.4, 2)
     p_first = float(torch.softmax(top2.values, -1)[0])
     n = 3000
-    got = detect._sample_batch(tiny_model, tok, [prompt], n=n, temperature=1.4, max_new_tokens=1,
+    got = _sample_batch(tiny_model, tok, [prompt], n=n, temperature=1.4, max_new_tokens=1,
                                generator=torch.Generator().manual_seed(2), top_k=2, top_p=1.0)[0]
     names = [tok.decode([int(t)]) for t in top2.indices]
     assert set(got) <= set(names)
@@ -98,7 +99,7 @@ def test_top_k_top_p_sampling_draws_only_from_the_kept_tokens(tiny_model, tiny_t
 
 
 def _backend(model, tok, **kw):
-    return detect.HFBackend(model, tok, **kw)
+    return detection.HFBackend(model, tok, **kw)
 
 
 BASE = {"num_orders": 3, "num_samples": 4, "temperature": 0.7, "shots": 2, "max_new_tokens": 2, "batch_size": 5}
@@ -106,8 +107,8 @@ BASE = {"num_orders": 3, "num_samples": 4, "temperature": 0.7, "shots": 2, "max_
 
 def test_diversified_records(tiny_model, tiny_tokenizer, mc_items):
     b = _backend(tiny_model, tiny_tokenizer, batch_size=5)
-    recs = detect.run_detection(b, mc_items, BASE, seed=0, domain="geography", progress=False)
-    again = detect.run_detection(b, mc_items, BASE, seed=0, domain="geography", progress=False)
+    recs = detection.run_detection(b, mc_items, BASE, seed=0, domain="geography", progress=False)
+    again = detection.run_detection(b, mc_items, BASE, seed=0, domain="geography", progress=False)
     assert recs == again  # seeded
     for r, it in zip(recs, mc_items):
         assert r["id"] == it.id and len(r["answers"]) == 3 and all(len(a) == 4 for a in r["answers"])
@@ -115,16 +116,16 @@ def test_diversified_records(tiny_model, tiny_tokenizer, mc_items):
         assert all(-1 <= a < 4 for per in r["answers"] for a in per)
         assert r["unparsed"] == sum(a == -1 for per in r["answers"] for a in per)  # counted as wrong, reported
     with pytest.raises(DetectionError, match="temperature"):
-        detect.validate({**BASE, "temperature": 0})
+        detection.validate({**BASE, "temperature": 0})
     with pytest.raises(DetectionError, match="unknown detection settings"):
-        detect.validate({**BASE, "num_order": 3})
+        detection.validate({**BASE, "num_order": 3})
     with pytest.raises(DetectionError, match="estimator"):
-        detect.validate({**BASE, "estimator": "exakt"})
+        detection.validate({**BASE, "estimator": "exakt"})
 
 
 def test_permutation_maps_gold_letter_back_to_the_original_option():
     order = [2, 0, 3, 1]                      # shown: C-orig at A, A-orig at B, ...
-    assert detect.to_original([0.1, 0.2, 0.3, 0.4], order) == [0.2, 0.4, 0.1, 0.3]
+    assert detection.to_original([0.1, 0.2, 0.3, 0.4], order) == [0.2, 0.4, 0.1, 0.3]
     # an answer "B" under this order names original option 0
     assert order[parse_answer(" B", 4)] == 0
 
@@ -151,9 +152,9 @@ def test_exact_estimator_is_the_limit_of_the_sampled_score(tiny_model, tiny_toke
     to the exact Score: |difference| within 4 standard errors."""
     b = _backend(tiny_model, tiny_tokenizer, batch_size=8)
     cfg = {**BASE, "max_new_tokens": 1, "num_orders": 2}
-    exact = detect.run_detection(b, mc_items[:4], {**cfg, "estimator": "exact"}, 0, "geography", progress=False)
+    exact = detection.run_detection(b, mc_items[:4], {**cfg, "estimator": "exact"}, 0, "geography", progress=False)
     n = 3000
-    sampled = detect.run_detection(b, mc_items[:4], {**cfg, "num_samples": n}, 0, "geography", progress=False)
+    sampled = detection.run_detection(b, mc_items[:4], {**cfg, "num_samples": n}, 0, "geography", progress=False)
     for e, s in zip(exact, sampled):
         assert e["orders"] == s["orders"]
         p = e["score"]
@@ -180,14 +181,14 @@ def test_exact_sums_over_letter_tokenizations():
             return ["".join(text.get(names[i], names[i].replace("▁", " ").replace("Ġ", " ")) for i in s)
                     for s in seqs]
 
-    assert detect.letter_token_ids(Tok(), 4) == [[0, 1, 7, 10], [2, 3], [4, 8], [5, 9]]
+    assert detection.letter_token_ids(Tok(), 4) == [[0, 1, 7, 10], [2, 3], [4, 8], [5, 9]]
     with pytest.raises(DetectionError, match="no single token"):
-        detect.letter_token_ids(type("T", (Tok,), {"vocab": {"A": 0}})(), 2)
+        detection.letter_token_ids(type("T", (Tok,), {"vocab": {"A": 0}})(), 2)
 
 
 def test_icl_records(tiny_model, tiny_tokenizer, mc_items):
     b = _backend(tiny_model, tiny_tokenizer, batch_size=8)
-    recs = detect.run_detection(b, mc_items, {"name": "icl", "shots": 2, "prompt": "ren"}, 0, "geography",
+    recs = detection.run_detection(b, mc_items, {"name": "icl", "shots": 2, "prompt": "ren"}, 0, "geography",
                                 progress=False)
     for r, it in zip(recs, mc_items):
         assert r["orders"] == [[0, 1, 2, 3]] and abs(sum(r["letter_probs"]) - 1) < 1e-6
@@ -201,16 +202,16 @@ def test_icl_records(tiny_model, tiny_tokenizer, mc_items):
 
 def test_ablation_switches(tiny_model, tiny_tokenizer, mc_items):
     b = _backend(tiny_model, tiny_tokenizer, batch_size=8)
-    one = detect.run_detection(b, mc_items, {**BASE, "diverse_query": False}, 0, "g", progress=False)
+    one = detection.run_detection(b, mc_items, {**BASE, "diverse_query": False}, 0, "g", progress=False)
     assert all(r["orders"] == [[0, 1, 2, 3]] and len(r["answers"][0]) == 4 for r in one)
-    greedy = detect.run_detection(b, mc_items, {**BASE, "response_sampling": False}, 0, "g", progress=False)
+    greedy = detection.run_detection(b, mc_items, {**BASE, "response_sampling": False}, 0, "g", progress=False)
     assert all(len(r["orders"]) == 3 and all(len(a) == 1 for a in r["answers"]) for r in greedy)
-    exact_greedy = detect.run_detection(b, mc_items, {**BASE, "response_sampling": False, "estimator": "exact",
+    exact_greedy = detection.run_detection(b, mc_items, {**BASE, "response_sampling": False, "estimator": "exact",
                                                       "max_new_tokens": 1}, 0, "g", progress=False)
     # greedy generation of one token and the argmax of the next-token distribution name the same answers
-    assert [r["answers"] for r in exact_greedy] == [r["answers"] for r in detect.run_detection(
+    assert [r["answers"] for r in exact_greedy] == [r["answers"] for r in detection.run_detection(
         b, mc_items, {**BASE, "response_sampling": False, "max_new_tokens": 1}, 0, "g", progress=False)]
-    both = detect.run_detection(b, mc_items, {**BASE, "response_sampling": False, "diverse_query": False,
+    both = detection.run_detection(b, mc_items, {**BASE, "response_sampling": False, "diverse_query": False,
                                               "estimator": "exact"}, 0, "g", progress=False)
     assert all(len(r["answers"]) == 1 and r["score"] in (0.0, 1.0) for r in both)
 
@@ -231,10 +232,10 @@ class _Dies:
 def test_probing_resumes_from_its_last_chunk(tiny_model, tiny_tokenizer, mc_items, tmp_path):
     b = _backend(tiny_model, tiny_tokenizer, batch_size=4)
     cfg = {**BASE, "chunk_size": 3}
-    full = detect.run_detection(b, mc_items, cfg, 0, "g", progress=False)
+    full = detection.run_detection(b, mc_items, cfg, 0, "g", progress=False)
     with pytest.raises(KeyboardInterrupt):
-        detect.run_detection(_Dies(b, 2), mc_items, cfg, 0, "g", progress=False, work_dir=tmp_path)
+        detection.run_detection(_Dies(b, 2), mc_items, cfg, 0, "g", progress=False, work_dir=tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chunk_00000.jsonl", "chunk_00001.jsonl"]
     calls = _Dies(b, 1)  # only the last chunk may be computed now
-    resumed = detect.run_detection(calls, mc_items, cfg, 0, "g", progress=False, work_dir=tmp_path)
+    resumed = detection.run_detection(calls, mc_items, cfg, 0, "g", progress=False, work_dir=tmp_path)
     assert resumed == full and calls.n == 0

@@ -1,7 +1,9 @@
-"""Analytic checks of kaft.losses: each compares against an independent formula and can fail."""
+"""Analytic checks of kaft.losses: each compares against an independent formula and can fail; every registered loss
+has one (:data:`REFERENCES`), and a loss registered inside a test trains end to end."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -9,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from kaft import losses
-from kaft.losses import LOSSES, compute_loss, register, sample_weights, validate_loss_cfg
+from kaft.errors import ConfigError
+from kaft.losses import LOSSES, Loss, compute_loss, sample_weights, validate_loss_cfg
 
 CONSTANT = {"name": "constant"}
 KAFT = {"name": "kaft", "alpha": 0.1, "beta": 0.5, "rewards": None}
@@ -133,10 +136,10 @@ def test_kaft_rewards_override_and_other_k():
     ({"name": "eaft", "eaft_alpha": 1.0, "k": 1}, 4, "'k'"),
     ({"name": "eaft", "eaft_alpha": -1.0}, 4, "eaft_alpha"),
     ({"name": "eaft", "alpha": 0.5}, 4, "loss eaft: .alpha. is now .eaft_alpha. \\(set loss.eaft_alpha"),
-    ({"name": "focal"}, 4, "unknown loss 'focal'.*auto_adapt.*constant.*dft.*dpo.*eaft.*kaft.*kaft_eaft"),
+    ({"name": "focal"}, 4, "unknown loss 'focal'; choose one of"),
     ({}, 4, "unknown loss None"),
     ({"name": "eaft", "normalize": "ln20"}, 4, "unknown normalize 'ln20'.*const3.*lnk.*none"),
-    ({"name": "eaft", "variant": "focal"}, 4, "unknown variant 'focal'.*power.*sigmoid.*masked"),
+    ({"name": "eaft", "variant": "focal"}, 4, "unknown variant 'focal'.*masked.*power.*sigmoid"),
     ({"name": "eaft", "variant": "masked", "mask_quantile": 1.0}, 4, "mask_quantile.*\\[0, 1\\)"),
     ({"name": "eaft", "k": 2.5}, 4, "'k'.*integer"),
     ({"name": "kaft", "k": 20}, 4, "unknown key.*'k'.*eaft.*use loss=kaft_eaft"),
@@ -154,10 +157,17 @@ def test_kaft_rewards_override_and_other_k():
     ({"name": "dpo", "alpha": 1.5}, 4, "alpha.*\\[0, 1\\]"),
 ])
 def test_impossible_configs_raise(cfg, k, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigError, match=match):  # a user error: one `kaft: error:` line
         validate_loss_cfg(cfg, k)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigError, match=match):
         sample_weights(cfg, [0], [0.5], k)
+
+
+@pytest.mark.parametrize("name", LOSSES.names())
+def test_unknown_loss_lists_every_registered_loss(name):
+    with pytest.raises(ConfigError, match="unknown loss 'focal'") as err:
+        validate_loss_cfg({"name": "focal"}, 4)
+    assert repr(name) in str(err.value)
 
 
 def test_valid_configs_pass():
@@ -395,13 +405,14 @@ def test_dpo_config_and_needs_samples():
     # SMA's pairs come from its own samples; only pair_source=detection needs the probe's
     assert not losses.needs_samples(cfg) and losses.is_pairwise(cfg)
     assert losses.needs_samples({**cfg, "pair_source": "detection"}) and not losses.needs_samples(KAFT)
-    assert not any(losses.is_pairwise({"name": n}) for n in LOSSES if n != "dpo")
+    assert [n for n in LOSSES.names() if losses.is_pairwise({"name": n})] == ["dpo"]
     assert sample_weights(cfg, [0, 1, 2], [0.1, 0.4, 0.9], 4) == pytest.approx([0.2, 0.6, 1.0])
     assert sample_weights({**cfg, "weight_by_subset": False}, [0, 1], [0.1, 0.4], 4) == [1.0, 1.0]
     # SMA §4.1 (Qwen2): n = 8, top-k 50, top-p 0.9, temperature 1.4; m = 8 pairs; self-self pairs
-    assert losses.DPO.settings({"name": "dpo"}) == {
-        "beta": 0.1, "pairs": "self_self", "pair_source": "sma", "max_pairs": 8, "weight_by_subset": False,
-        "num_samples": 8, "temperature": 1.4, "top_k": 50, "top_p": 0.9, "max_new_tokens": 4}
+    assert dataclasses.asdict(losses.make_loss({"name": "dpo"}).s) == {
+        "dpo_beta": 0.1, "pairs": "self_self", "pair_source": "sma", "max_pairs": 8, "weight_by_subset": False,
+        "num_samples": 8, "temperature": 1.4, "top_k": 50, "top_p": 0.9, "max_new_tokens": 4,
+        "alpha": 0.1, "beta": 0.5, "rewards": None}
     assert losses.sma_sampling(cfg) == {"num_samples": 8, "temperature": 1.4, "top_k": 50, "top_p": 0.9,
                                         "max_new_tokens": 4}
     assert losses.sma_sampling({**cfg, "pair_source": "detection"}) is None and losses.sma_sampling(KAFT) is None
@@ -442,24 +453,165 @@ def test_eaft_k_larger_than_vocab_is_clear():
 
 # ----------------------------------------------------------------------------------------------- registry
 def test_register_adds_a_loss_and_rejects_duplicates():
-    @register("_test_half")
-    class Half(losses.Loss):
-        @classmethod
-        def weights(cls, cfg, subsets, scores, k):
+    class Half(Loss):
+        label = "half"
+
+        def weights(self, subsets, scores, k):
             return [0.5] * len(subsets)
 
+    LOSSES.register("_test_half", Half)
     try:
-        assert LOSSES["_test_half"] is Half
+        assert LOSSES["_test_half"] is Half and "_test_half" in LOSSES.names()
         assert sample_weights({"name": "_test_half"}, [0, 1], [0, 0], 2) == [0.5, 0.5]
         with pytest.raises(ValueError, match="already registered"):
-            register("_test_half")(Half)
+            LOSSES.register("_test_half", type("Other", (Loss,), {}))
     finally:
-        LOSSES.pop("_test_half", None)
+        LOSSES.unregister("_test_half")
+    assert "_test_half" not in LOSSES
 
 
 def test_batch_shape_checks():
     with pytest.raises(ValueError, match="2 weights for a batch of 3"):
         compute_loss(CONSTANT, torch.zeros(3, 4, 10), torch.zeros(3, 4, dtype=torch.long), [1, 1])
+
+
+# ----------------------------------------------------------------------------------------------- every loss
+def _ref_label_tokens(x, labels):
+    """(sample index, float64 CE, float64 log-softmax row) of every label token, HF shift, computed independently."""
+    shift = labels[:, 1:]
+    logp = torch.log_softmax(x[:, :-1].double(), -1)
+    b, t = (shift != -100).nonzero(as_tuple=True)
+    rows = logp[b, t]
+    return b, -rows.gather(-1, shift[b, t].unsqueeze(-1)).squeeze(-1), rows
+
+
+def _ref_weighted_ce(x, labels, w):
+    b, ce, _ = _ref_label_tokens(x, labels)
+    per_sample = torch.stack([ce[b == i].mean() for i in range(x.size(0))])
+    return (torch.tensor(w, dtype=torch.float64) * per_sample).sum() / x.size(0)
+
+
+def _ref_token_weighted(x, labels, w, gate):
+    """sum_t g_t R_i(t) CE_t / N with ``gate(log-softmax rows, ce) -> g``, both taken as constants."""
+    b, ce, rows = _ref_label_tokens(x, labels)
+    g = gate(rows.detach(), ce.detach())
+    return (torch.tensor(w, dtype=torch.float64)[b] * g * ce).sum() / len(ce)
+
+
+def _ref_eaft_gate(rows, ce, k=10, alpha=2.0):
+    top = rows.sort(-1, descending=True).values[:, :k]  # top-k of log p = top-k of the logits
+    p = torch.softmax(top, -1)
+    return (-(p * p.log()).sum(-1) / 3.0) ** alpha
+
+
+#: loss name -> (config, reference(logits, labels, weights)); every registered loss needs an entry
+REFERENCES = {
+    "constant": ({"name": "constant"}, _ref_weighted_ce),
+    "kaft": ({"name": "kaft", "alpha": 0.2, "beta": 0.6}, _ref_weighted_ce),
+    "auto_adapt": ({"name": "auto_adapt"}, _ref_weighted_ce),
+    "eaft": ({"name": "eaft", "eaft_alpha": 2.0, "k": 10},
+             lambda x, lab, w: _ref_token_weighted(x, lab, w, _ref_eaft_gate)),
+    "dft": ({"name": "dft"}, lambda x, lab, w: _ref_token_weighted(x, lab, w, lambda rows, ce: torch.exp(-ce))),
+    "kaft_eaft": ({"name": "kaft_eaft", "alpha": 0.2, "beta": 0.6, "eaft_alpha": 2.0, "k": 10},
+                  lambda x, lab, w: _ref_token_weighted(x, lab, w, _ref_eaft_gate)),
+    "dpo": ({"name": "dpo", "dpo_beta": 0.3, "weight_by_subset": True, "alpha": 0.2, "beta": 0.6}, None),
+}
+
+
+def _ref_dpo(policy, ref, chosen, rejected, w, beta):
+    def seq(x, lab):
+        _, ce, _ = _ref_label_tokens(x, lab)
+        b, _ = (lab[:, 1:] != -100).nonzero(as_tuple=True)
+        return torch.stack([-ce[b == i].sum() for i in range(lab.size(0))])
+
+    delta = (seq(policy, chosen) - seq(ref, chosen)) - (seq(policy, rejected) - seq(ref, rejected))
+    return (torch.tensor(w, dtype=torch.float64) * -torch.log(torch.sigmoid(beta * delta))).sum() / len(w)
+
+
+@pytest.mark.parametrize("name", LOSSES.names())
+def test_every_loss_matches_an_independent_computation_with_detached_weights(name):
+    """Random logits, ragged label positions (the rest masked), rewards from sample_weights; value and gradient
+    against a float64 formula written here, whose token weights are constants (no gradient through them)."""
+    assert name in REFERENCES, f"loss {name!r} has no independent check in tests/test_losses.py: add one"
+    cfg, ref = REFERENCES[name]
+    w = sample_weights(cfg, [0, 1, 3], [0.3, 0.6, 0.9], 4)
+    logits, labels = _ragged_batch(seed=12, v=40)
+    x1, x2 = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+    if LOSSES.get(name).needs == "pairs":
+        chosen, rejected = labels, labels.clone()
+        rejected[rejected != -100] = (rejected[rejected != -100] + 5) % 40
+        ref_logits = logits.flip(0)
+        pc, pr = (losses.sequence_logps(x1, lab) for lab in (chosen, rejected))
+        rc, rr = (losses.sequence_logps(ref_logits, lab) for lab in (chosen, rejected))
+        got, _ = losses.make_loss(cfg).pair_loss(pc, pr, rc, rr, torch.tensor(w))
+        want = _ref_dpo(x2, ref_logits, chosen, rejected, w, cfg["dpo_beta"])
+    else:
+        got = compute_loss(cfg, x1, labels, w)
+        want = ref(x2, labels, w)
+    got.backward()
+    want.backward()
+    assert abs(got.item() - want.item()) < 1e-5 * max(1.0, abs(want.item()))
+    assert torch.allclose(x1.grad, x2.grad.float(), atol=1e-6)
+    assert torch.count_nonzero(x1.grad[0]) > 0
+
+
+@pytest.mark.parametrize("name", LOSSES.names())
+def test_every_loss_declares_label_reads_needs_and_settings(name):
+    from kaft.train import FEEDS
+
+    cls = LOSSES.get(name)
+    assert isinstance(cls.label, str) and cls.label
+    assert isinstance(cls.reads, tuple) and set(cls.reads) <= set(cls.keys()), (cls.reads, cls.keys())
+    assert cls.needs in FEEDS
+    loss = losses.make_loss({"name": name})  # every key has a default
+    assert set(dataclasses.asdict(loss.s)) == set(cls.keys())
+    with pytest.raises(ConfigError, match=f"loss {name}: (unknown key|'alhpa' is now)"):
+        validate_loss_cfg({"name": name, "alhpa": 0.1}, 4)
+
+
+def test_a_loss_registered_in_a_test_trains_end_to_end(tiny_tokenizer, tiny_model, mc_items, tmp_path):
+    """A loss added from outside kaft (here: every sample counts twice) runs through sample_weights and train_lora
+    with no other file touched: its first training step's loss is twice plain SFT's on the same batch."""
+    pytest.importorskip("peft")
+    import copy
+    import json
+
+    from kaft import train
+
+    class Double(Loss):
+        """R_i = 2 for every item."""
+
+        label = "double (R = 2)"
+
+        def weights(self, subsets, scores, k):
+            return [2.0] * len(subsets)
+
+    LOSSES.register("_test_double", Double)
+    try:
+        cfg = {"name": "_test_double"}
+        assert LOSSES.get("_test_double").label == "double (R = 2)" and LOSSES.get("_test_double").reads == ()
+        assert not losses.is_pairwise(cfg) and not losses.needs_samples(cfg) and losses.sma_sampling(cfg) is None
+        weights = sample_weights(cfg, [0, 1, 2, 3] * 2, [0.5] * 8, 4)
+        assert weights == [2.0] * 8
+        batch = train.WeightedCollator(tiny_tokenizer.pad_token_id)(
+            train.build_examples(tiny_tokenizer, mc_items, [1.0] * 8, "geography", None, 256))
+        with torch.no_grad():
+            logits = tiny_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        constant = compute_loss(CONSTANT, logits, batch["labels"], batch["weights"]).item()
+        train_cfg = {"batch_size": 8, "lr": 1e-2, "warmup_ratio": 0.0, "epochs": 3, "max_length": 256,
+                     "weight_decay": 0.0, "grad_accum": 1, "lr_scheduler": "linear", "logging_steps": 1,
+                     "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}}
+        out = tmp_path / "adapter"
+        model = train.train_lora(copy.deepcopy(tiny_model), tiny_tokenizer, mc_items, weights, cfg, train_cfg, out,
+                                 seed=0, domain="geography")
+        logged = [h["loss"] for h in json.loads((out / "train_log.json").read_text())["log_history"] if "loss" in h]
+        assert len(logged) == 3 and logged[0] == pytest.approx(2 * constant, rel=1e-4)  # one batch of all 8 items
+        assert logged[-1] < logged[0]
+        lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+        assert lora_b and any(torch.count_nonzero(p) > 0 for p in lora_b)  # B starts at zero: the adapter moved
+    finally:
+        LOSSES.unregister("_test_double")
+    assert "_test_double" not in LOSSES
 
 
 # ----------------------------------------------------------------------------------------------- pairs
@@ -482,7 +634,7 @@ def _items_and_records():
 
 
 def test_build_pairs_dataset_self():
-    from kaft.pairs import build_pairs
+    from kaft.losses.pairs import build_pairs
     from kaft.prompts import answer_text, format_question
 
     items, records = _items_and_records()
@@ -497,7 +649,7 @@ def test_build_pairs_dataset_self():
 
 
 def test_build_pairs_self_self_needs_a_correct_sample():
-    from kaft.pairs import build_pairs
+    from kaft.losses.pairs import build_pairs
 
     items, records = _items_and_records()
     pairs = build_pairs(items, records, "self_self", 8, seed=0)
@@ -506,7 +658,7 @@ def test_build_pairs_self_self_needs_a_correct_sample():
 
 
 def test_build_pairs_cap_and_determinism():
-    from kaft.pairs import build_pairs
+    from kaft.losses.pairs import build_pairs
 
     items, records = _items_and_records()
     capped = build_pairs(items, records, "dataset_self", 1, seed=0)
@@ -522,7 +674,7 @@ def test_build_pairs_cap_and_determinism():
 def test_sma_pairs_are_correct_times_incorrect_down_sampled():
     """SMA §3: pairs = correct count × incorrect count per question, randomly down-sampled to at most m."""
     from kaft.data import MCItem
-    from kaft.pairs import build_pairs
+    from kaft.losses.pairs import build_pairs
 
     items = [MCItem(f"s{j}", f"question {j} ?", ["w", "x", "y", "z"], 0, domain="geography") for j in range(3)]
     records = [{"id": "s0", "gold": 0, "answers": [[0, 0, 1, 1, 1, 2, -1, 0]]},   # 3 correct x 4 incorrect = 12
@@ -548,7 +700,7 @@ def test_sma_pairs_are_correct_times_incorrect_down_sampled():
 
 def test_sma_sampling_asks_the_backend_for_smas_settings_on_the_training_prompt():
     from kaft.data import MCItem
-    from kaft.pairs import sample_responses
+    from kaft.detection import sample_responses
     from kaft.prompts import format_question
 
     class Backend:
@@ -565,7 +717,7 @@ def test_sma_sampling_asks_the_backend_for_smas_settings_on_the_training_prompt(
 
 
 def test_top_k_top_p_filter_matches_hand_computation():
-    from kaft.detect import filter_logits
+    from kaft.detection import filter_logits
 
     logits = torch.log(torch.tensor([[0.5, 0.2, 0.15, 0.1, 0.05]]))
     keep = lambda out: torch.isfinite(out)[0].tolist()  # noqa: E731
@@ -580,7 +732,7 @@ def test_top_k_top_p_filter_matches_hand_computation():
 
 
 def test_build_pairs_none_without_wrong_samples_and_input_checks():
-    from kaft.pairs import build_pairs
+    from kaft.losses.pairs import build_pairs
 
     items, records = _items_and_records()
     assert build_pairs(items[1:2], records[1:2], "dataset_self", 8, 0) == []

@@ -1,4 +1,4 @@
-"""kaft.plan: every model config plans offline with its published size, the formulas hold, wrong LoRA targets and
+"""kaft.sweep.plan: every model config plans offline with its published size, the formulas hold, wrong LoRA targets and
 unusable settings are caught, the paper's SLURM sweep prints a plan per job, and after a real run the plan sees
 the job finished and every stage in the cache (the keys are kaft.run's own)."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kaft import plan, plan_estimate as est
+from kaft.sweep import plan, plan_estimate as est
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = sorted(p.stem for p in (REPO / "conf" / "model").glob("*.yaml"))
@@ -121,15 +121,15 @@ def test_wrong_lora_targets_fail_in_the_plan(monkeypatch, tmp_path):
 
 def test_bad_settings_are_one_line(tmp_path):
     for args, says in ((["plan.mfu=2"], "plan settings out of range"), (["plan.gpus=4"], "unknown plan setting 'gpus'"),
-                       (["--cfg", "job"], "kaft.plan takes kaft.run's overrides"), (["loss=nope"], "loss")):
-        out = subprocess.run([sys.executable, "-m", "kaft.plan", *args], cwd=tmp_path, env=_env(tmp_path),
+                       (["--cfg", "job"], "kaft.sweep.plan takes kaft.run's overrides"), (["loss=nope"], "loss")):
+        out = subprocess.run([sys.executable, "-m", "kaft.sweep.plan", *args], cwd=tmp_path, env=_env(tmp_path),
                              capture_output=True, text=True, timeout=300)
         assert out.returncode == 2 and out.stderr.startswith("kaft: error:") and says in out.stderr, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
 def test_paper_sweep_on_slurm_prints_a_plan_per_job_offline(tmp_path):
-    cmd = [sys.executable, "-m", "kaft.plan", "-m", "+sweeps=table2_main", "model=llama3_8b", "dataset=medqa",
+    cmd = [sys.executable, "-m", "kaft.sweep.plan", "-m", "+sweeps=table2_main", "model=llama3_8b", "dataset=medqa",
            "hydra/launcher=slurm", "plan.gpu_memory_gb=36"]
     out = subprocess.run(cmd, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -163,7 +163,7 @@ def test_after_a_run_the_plan_sees_the_finished_job_and_its_cache(tiny, tmp_path
     run = subprocess.run([sys.executable, "-m", "kaft.run", "-m", *common, "loss=kaft", "progress=false"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
-    out = subprocess.run([sys.executable, "-m", "kaft.plan", "-m", *common, "loss=kaft,constant"], cwd=tmp_path,
+    out = subprocess.run([sys.executable, "-m", "kaft.sweep.plan", "-m", *common, "loss=kaft,constant"], cwd=tmp_path,
                          env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     done, new = out.stdout.split("\njob ")[1:]

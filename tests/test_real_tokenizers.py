@@ -15,8 +15,9 @@ import torch
 
 from real_tokenizers import MODELS, make_real_model, make_real_tokenizer, save_pair
 
-from kaft import detect, modeling, pairs, train
+from kaft import detection, modeling, train
 from kaft.data import MCItem
+from kaft.losses import pairs
 from kaft.prompts import answer_text, format_question
 
 DOMAIN = "geography"
@@ -63,10 +64,10 @@ def _prompt(it: MCItem) -> str:
 
 def test_letter_tokens_bos_and_round_trip(real):
     kind, _, tok = real
-    got = [set(tok.convert_ids_to_tokens(ids)) for ids in detect.letter_token_ids(tok, 4)]
+    got = [set(tok.convert_ids_to_tokens(ids)) for ids in detection.letter_token_ids(tok, 4)]
     assert got == LETTER_TOKENS[_family(kind)]
     assert train.special_prefix(tok) == ([] if kind == "bpe" else [tok.bos_token_id])
-    for q in detect.build_queries(ITEMS, 2, 2, 0, DOMAIN):
+    for q in detection.build_queries(ITEMS, 2, 2, 0, DOMAIN):
         assert tok.decode(tok(q.prompt, add_special_tokens=False)["input_ids"]) == q.prompt
         assert tok.decode(tok(q.prompt)["input_ids"], skip_special_tokens=True) == q.prompt
 
@@ -75,8 +76,8 @@ def test_prefix_sharing_applies_and_is_exact(real):
     """The demonstrations are encoded once per batch on every tokenizer (SentencePiece's lone-suffix "▁" used to
     turn sharing off), and the shared logits equal the unshared ones."""
     _, model, tok = real
-    b = detect.HFBackend(model, tok, batch_size=8)
-    prompts = [q.prompt for q in detect.build_queries(ITEMS, 2, 2, 0, DOMAIN)]
+    b = detection.HFBackend(model, tok, batch_size=8)
+    prompts = [q.prompt for q in detection.build_queries(ITEMS, 2, 2, 0, DOMAIN)]
     prefix = max({b._split(p)[0] for p in prompts}, key=lambda x: sum(b._split(p)[0] == x for p in prompts))
     prompts = [p for p in prompts if b._split(p)[0] == prefix]  # the items that share their demonstrations
     assert len(prompts) >= 4
@@ -96,12 +97,12 @@ def test_exact_score_agrees_with_sampled(real):
     kind, _, tok = real
     variants = [tok.convert_tokens_to_ids(sorted(v)) for v in LETTER_TOKENS[_family(kind)]]
     model = make_real_model(kind, len(tok), letter_ids={i: b for ids, b in zip(variants, BOOSTS) for i in ids})
-    b = detect.HFBackend(model, tok, batch_size=1)
+    b = detection.HFBackend(model, tok, batch_size=1)
     cfg = {"num_orders": 2, "shots": 2, "max_new_tokens": 1, "temperature": 0.7, "batch_size": 1}
     items = ITEMS[:3]
-    exact = detect.run_detection(b, items, {**cfg, "estimator": "exact"}, 0, DOMAIN, progress=False)
+    exact = detection.run_detection(b, items, {**cfg, "estimator": "exact"}, 0, DOMAIN, progress=False)
     n = 200
-    sampled = detect.run_detection(b, items, {**cfg, "num_samples": n}, 0, DOMAIN, progress=False)
+    sampled = detection.run_detection(b, items, {**cfg, "num_samples": n}, 0, DOMAIN, progress=False)
     for e, s in zip(exact, sampled):
         assert e["orders"] == s["orders"]
         assert all(sum(p) > 0.9 for p in e["probs"]) and s["unparsed"] < 0.1 * 2 * n  # answers are letters
@@ -116,7 +117,7 @@ def test_label_mask_is_exactly_the_answer_token(real):
     exact estimator sums."""
     kind, _, tok = real
     rows = train.build_examples(tok, ITEMS, [1.0] * len(ITEMS), DOMAIN, None, 512)
-    letters = detect.letter_token_ids(tok, 4)
+    letters = detection.letter_token_ids(tok, 4)
     for it, row in zip(ITEMS, rows):
         ids, labels = row["input_ids"], row["labels"]
         want = tok.convert_tokens_to_ids(ANSWER_TOKEN[_family(kind)].format("ABCD"[it.answer]))
@@ -129,9 +130,9 @@ def test_dpo_pairs_and_training(real, tmp_path):
     """SMA's sampled responses parse on the real tokenizer, every pair is one sequence (answers differ in the last
     token only), and LoRA SFT and DPO steps run on the real vocabulary."""
     kind, model, tok = real
-    b = detect.HFBackend(model, tok, batch_size=4)
+    b = detection.HFBackend(model, tok, batch_size=4)
     sampling = {"num_samples": 8, "temperature": 1.4, "top_k": 50, "top_p": 0.9, "max_new_tokens": 4}
-    records = pairs.sample_responses(b, ITEMS, sampling, 0, DOMAIN)
+    records = detection.sample_responses(b, ITEMS, sampling, 0, DOMAIN)
     flat = [a for r in records for per in r["answers"] for a in per]
     assert sum(a >= 0 for a in flat) / len(flat) > 0.9 and len(set(flat)) > 1
     built = pairs.build_pairs(ITEMS, records, "dataset_self", 8, 0, domain=DOMAIN, source="sma")
@@ -139,7 +140,7 @@ def test_dpo_pairs_and_training(real, tmp_path):
     rows = train.build_pair_examples(tok, built, [1.0] * len(ITEMS), 512)
     fmt = ANSWER_TOKEN[_family(kind)]
     for p, r in zip(built, rows):
-        assert train._shares_sequence(r)
+        assert train.shares_sequence(r)
         assert [x for x in r["chosen_labels"] if x != -100] == \
             [tok.convert_tokens_to_ids(fmt.format("ABCD"[p["chosen_option"]]))]
         assert [x for x in r["rejected_labels"] if x != -100] == \
@@ -178,7 +179,7 @@ def test_sampling_prefill_keeps_only_the_last_logits(real):
     shapes = []
     hook = model.get_output_embeddings().register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape)))
     try:
-        detect.HFBackend(model, tok, batch_size=4).sample([_prompt(it) for it in ITEMS[:3]], 2, 0.7, 2, 0)
+        detection.HFBackend(model, tok, batch_size=4).sample([_prompt(it) for it in ITEMS[:3]], 2, 0.7, 2, 0)
     finally:
         hook.remove()
     assert len(shapes) == 3 * 2 and all(s[1] == 1 for s in shapes)  # 3 prompts (own batches) × 2 steps

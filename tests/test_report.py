@@ -5,8 +5,10 @@ seeds is no test); explanatory text follows the computed intervals."""
 import pytest
 from scipy import stats as st
 
+from analysis import claims as C
 from analysis import report as R
 from analysis import stats as S
+from analysis import testbed_section as TBS
 from test_analysis_tables import _res, _write
 
 TB = {"model": "testbed", "dataset": "testbed"}
@@ -65,7 +67,7 @@ def test_interval_is_scipys_t_interval():
 
 def test_three_way_verdicts_over_seeds(tmp_path):
     f = _by_claim(_sweeps(tmp_path))
-    tiny = f[R.KAFT_VS_NO_CONFLICT]
+    tiny = f[C.KAFT_VS_NO_CONFLICT]
     assert all(d > 0 for d in tiny.diffs) and len(tiny.diffs) == 5  # every seed agrees in sign ...
     assert tiny.verdict == "not resolved" and tiny.interval.low < 0  # ... but the interval contains 0
     clear = f["Training on the wrong subset alone collapses the model"]
@@ -97,7 +99,7 @@ def test_explanations_follow_the_numbers(tmp_path):
     assert "raising β (the might-wrong subset's reward) from 0.5 to 1 lowers accuracy" in text
     assert "(λ = 0 → 25 %) lowers accuracy" in text
     assert "restores" not in text and "halves" not in text
-    assert "precision n/a" in "\n".join(R.score_by_kind(out))  # no count of contradictions: said, not guessed
+    assert "precision n/a" in "\n".join(TBS.score_by_kind(out))  # no count of contradictions: said, not guessed
 
 
 def test_one_seed_is_not_resolved(tmp_path):
@@ -109,7 +111,7 @@ def test_render_table_and_tables(tmp_path):
     out = _sweeps(tmp_path / "sweeps")
     text = R.render(out, list(SEEDS), {"table6_halueval": 60.0}, tmp_path / "REPORT.md")
     assert "| claim | paper's direction | testbed (mean ± std) | paired difference | seeds | verdict |" in text
-    row = next(ln for ln in text.splitlines() if ln.startswith(f"| {R.KAFT_VS_NO_CONFLICT} |"))
+    row = next(ln for ln in text.splitlines() if ln.startswith(f"| {C.KAFT_VS_NO_CONFLICT} |"))
     assert "| KaFT − no-conflict > 0: " in row and row.endswith("| 5 | not resolved |")
     off = text.split("## Where the testbed does not reproduce the paper", 1)[1].split("## Tables", 1)[0]
     assert "**Training on the wrong subset alone collapses the model**" not in off
@@ -128,3 +130,15 @@ def test_cli_no_run_renders_without_results(tmp_path, monkeypatch):
     assert R.main(["--no-run", "--sweeps-dir", str(tmp_path / "s"), "--out", str(tmp_path / "R.md")]) == 0
     text = (tmp_path / "R.md").read_text()
     assert "--seeds 0,1,2,3,4" in text and "No results yet" in text
+
+
+def test_claims_are_data(tmp_path):
+    out = _sweeps(tmp_path)
+    layouts = {"table12_rewards": "12"}
+    claim = C.Claim("table12_rewards", "{hi} beats {lo} by more than a point", "made up", (("kaft", "constant"),),
+                    labels=C.MAIN, margin=1.0)
+    (f,) = C.findings(out, layouts, [claim])
+    assert f.claim == "KaFT beats constant by more than a point" and f.paper == "KaFT − constant > 1: made up"
+    assert f.interval.mean == pytest.approx(2.0) and f.verdict == "reproduced"
+    assert C.findings(out, layouts, [C.Claim("table12_rewards", "x", "y", (("kaft", "dpo"),), C.BOTH)]) == []
+    assert {c.sweep for c in C.CLAIMS} <= set(R.SWEEPS)

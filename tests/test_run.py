@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from kaft.run import auroc
+from kaft.results import auroc
 
 
 

@@ -3,7 +3,7 @@
 
 The mission sweep (-m loss=kaft,eaft alpha=0.1,0.5) goes through sbatch as one job array and gives the same
 metrics as the same sweep on the basic launcher; the jobs run the venv's Python with the sweep's cache dir; a failing
-job is recorded and does not stop the other one; ``python -m kaft.status`` reads the sweep.
+job is recorded and does not stop the other one; ``python -m kaft.sweep.status`` reads the sweep.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def test_mission_sweep_through_sbatch_matches_basic_launcher(slurm_cluster, setu
     assert (setup / "cache_slurm" / "detect").is_dir() and (setup / "cache_basic" / "detect").is_dir()
     assert "kaft sweep summary" in out.stdout and "(4 done)" in out.stdout
 
-    st = subprocess.run([sys.executable, "-m", "kaft.status", str(setup / "sweep_slurm")], capture_output=True,
+    st = subprocess.run([sys.executable, "-m", "kaft.sweep.status", str(setup / "sweep_slurm")], capture_output=True,
                         text=True, timeout=120)
     assert st.returncode == 0 and "4 done of 4 jobs" in st.stdout, st.stdout + st.stderr
 
@@ -116,7 +116,7 @@ def test_failed_job_on_slurm_is_recorded_and_the_other_runs(slurm_cluster, setup
     assert res[7]["status"] == "failed" and "'alpha' must be in [0, 1], got 7" in res[7]["error"]
     assert list(sweep.glob("1_*/error.txt"))
     assert "(1 done, 1 failed)" in out.stdout and "failed: job 1" in out.stdout
-    st = subprocess.run([sys.executable, "-m", "kaft.status", str(sweep)], capture_output=True, text=True,
+    st = subprocess.run([sys.executable, "-m", "kaft.sweep.status", str(sweep)], capture_output=True, text=True,
                         timeout=120)
     assert st.returncode == 0 and "1 done, 1 failed of 2 jobs" in st.stdout, st.stdout
     assert "must be in [0, 1], got 7" in st.stdout

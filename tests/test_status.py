@@ -1,4 +1,4 @@
-"""kaft.status: job states of fabricated sweep dirs; failure recording in a real multirun (basic launcher)."""
+"""kaft.sweep.status: job states of fabricated sweep dirs; failure recording in a real multirun (basic launcher)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from kaft import status
-from kaft.summary import summarize
+from kaft.sweep import status
+from kaft.sweep.summary import summarize
 
 
 def _sweep(tmp_path: Path, task=("loss=kaft,eaft", "alpha=0.1,0.5"), params=None) -> Path:
@@ -96,7 +96,7 @@ def test_submitit_queued_killed_and_crashed(tmp_path):
 def test_cli(tmp_path):
     sweep = _sweep(tmp_path, task=("alpha=0.1,0.5",))
     _job(sweep, 0, ["alpha=0.1"], {"status": "done", "metrics": {"average": 0.5}})
-    out = subprocess.run([sys.executable, "-m", "kaft.status", str(sweep)], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "kaft.sweep.status", str(sweep)], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0 and "1 done, 1 not started of 2 jobs" in out.stdout, out.stderr
     assert status.main([str(tmp_path / "nope")]) == 2

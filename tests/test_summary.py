@@ -1,4 +1,5 @@
-"""kaft.summary: one table for a sweep directory (no Hydra needed), plus the callback on a fake config."""
+"""kaft.sweep.summary: one table for a sweep directory (no Hydra needed), plus the callback on a fake config; the
+results contract it reads through (kaft.results: walking a sweep, reading a job, one flat row per job)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import json
 
 from omegaconf import OmegaConf
 
-from kaft.summary import SummaryCallback, format_table, summarize
+from kaft import results
+from kaft.sweep.summary import SummaryCallback, format_table, summarize
 
 
 def _job(sweep, num, odir, status="done", accs=None, average=None, hydra=True):
@@ -126,7 +128,7 @@ def test_hydra_multirun_end_to_end(tmp_path):
     proc = subprocess.run(
         [sys.executable, "app.py", "-m", "+alpha=0.1,0.5,0.9", "+seed=0", "hydra.sweep.dir=sweep",
          "hydra.job.config.override_dirname.exclude_keys=[seed]",
-         "+hydra.callbacks.summary._target_=kaft.summary.SummaryCallback"],
+         "+hydra.callbacks.summary._target_=kaft.sweep.summary.SummaryCallback"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "kaft sweep summary" in proc.stdout
@@ -136,3 +138,57 @@ def test_hydra_multirun_end_to_end(tmp_path):
     assert table[4].split() == ["0", "+alpha=0.1", "done", "0.1000", "0.1000"]
     assert table[6].split() == ["2", "+alpha=0.9", "missing", "-", "-"]
     assert (tmp_path / "sweep" / "summary.csv").exists() and (tmp_path / "sweep" / "summary.md").exists()
+
+
+def test_results_contract_walks_and_reads_jobs(tmp_path, capsys):
+    sweep = _sweep(tmp_path)
+    names = [d.name for d in results.job_dirs(sweep)]
+    assert names == ["0_loss=sft", "10_alpha=0.5,loss=kaft", "1_alpha=0.1,loss=eaft", "2_alpha=0.1,loss=kaft"]
+    assert results.read_results(sweep / "1_alpha=0.1,loss=eaft") is None  # no results.json (wandb/ is no job)
+    assert results.hydra_job(sweep / "1_alpha=0.1,loss=eaft") == {
+        "num": 1, "override_dirname": "alpha=0.1,loss=eaft", "overrides": ["alpha=0.1", "loss=eaft"]}
+    bad = sweep / "3_x"
+    (bad / ".hydra").mkdir(parents=True)
+    (bad / "results.json").write_text("[1, 2]")
+    assert results.read_results(bad) is None
+    assert results.load_results(bad) == (None, "results.json: not a JSON object")
+    (bad / "error.txt").write_text("Traceback ...\n  File x\nValueError: boom\n\n")
+    assert results.error_last_line(bad) == "ValueError: boom" and results.error_last_line(sweep) == ""
+
+    # a folder holding a sweep and a single run: one row per readable results.json, the run dir found as itself
+    run = tmp_path / "multirun" / "run_a"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps({"status": "done", "config": {"loss": {"name": "kaft", "alpha": 0.3},
+                                                                               "seed": 1},
+                                                  "metrics": {"benchmarks": {"b": {"acc": 0.5}}, "average": 0.5},
+                                                  "timings": {"train": 2.0}, "job": {"run_dir": str(run)}}))
+    frame = results.sweep_frame(tmp_path / "multirun")
+    assert "skipping" in capsys.readouterr().err  # 3_x's unreadable results.json
+    assert [p.split("/")[-1] for p in frame["job_dir"]] == ["0_loss=sft", "10_alpha=0.5,loss=kaft",
+                                                             "2_alpha=0.1,loss=kaft", "run_a"]
+    assert list(frame["status"]) == ["done", "done", "failed", "done"]
+    row = frame.iloc[3]
+    assert (row["loss"], row["alpha"], row["seed"], row["acc/b"], row["time/train"]) == ("kaft", 0.3, 1, 0.5, 2.0)
+    assert list(frame.columns[:3]) == ["loss", "alpha", "beta"] and frame.columns[-1] == "job_dir"
+    assert len(results.sweep_frame(run)) == 1 and results.sweep_frame(run)["job_dir"][0] == str(run)
+    empty = results.sweep_frame(tmp_path / "nothing")
+    assert empty.empty and {"loss", "average", "run_dir", "job_dir"} <= set(empty.columns)
+
+
+def test_paper_table_callback_writes_the_table_and_never_raises(tmp_path, capsys):
+    from analysis.callback import PaperTableCallback
+
+    sweep = tmp_path / "sweep"
+    for i, loss in enumerate(["constant", "kaft"]):
+        d = sweep / f"{i}_loss={loss}"
+        d.mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps(
+            {"status": "done", "overrides": [f"loss={loss}"],
+             "config": {"loss": {"name": loss}, "strategy": {"name": "full"}, "seed": 0},
+             "metrics": {"benchmarks": {"b": {"acc": 0.5 + i / 10}}, "average": 0.5 + i / 10}}))
+    cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}, "logger": {"name": "none"}})
+    PaperTableCallback().on_multirun_end(config=cfg)
+    assert (sweep / "paper_table.md").exists() and (sweep / "paper_table.csv").exists()
+    assert "kaft paper table: paper_table.md/.csv in" in capsys.readouterr().out
+    PaperTableCallback().on_multirun_end(config=OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "no")}}}))
+    assert capsys.readouterr().out == ""  # no jobs: nothing written, nothing said

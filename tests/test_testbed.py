@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from kaft.prompts import LETTERS, answer_text, few_shot_prompt
+from kaft.testbed import config as tbc
 from kaft.testbed import world as tbw
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,33 +25,33 @@ def world():
 
 @pytest.fixture(scope="module")
 def tok(world):
-    from kaft.testbed.model import build_tokenizer
+    from kaft.testbed.tokenizer import build_tokenizer
 
     return build_tokenizer(world)
 
 
 # ----------------------------------------------------------------------------------------------- config
 def test_yaml_mirrors_defaults():
-    assert yaml.safe_load((ROOT / "conf/testbed/default.yaml").read_text()) == tbw.DEFAULT_CONFIG
+    assert yaml.safe_load((ROOT / "conf/testbed/default.yaml").read_text()) == tbc.DEFAULT_CONFIG
 
 
 def test_unknown_keys_are_refused():
-    with pytest.raises(tbw.WorldConfigError, match="world.n_countrys"):
-        tbw.resolve_config({"world": {"n_countrys": 3}})
-    with pytest.raises(tbw.WorldConfigError, match="model.binding.lettres"):
-        tbw.resolve_config({"model": {"binding": {"lettres": 4}}})
+    with pytest.raises(tbc.WorldConfigError, match="world.n_countrys"):
+        tbc.resolve_config({"world": {"n_countrys": 3}})
+    with pytest.raises(tbc.WorldConfigError, match="model.binding.lettres"):
+        tbc.resolve_config({"model": {"binding": {"lettres": 4}}})
 
 
 def test_impossible_world_says_what_to_change():
-    with pytest.raises(tbw.WorldConfigError, match="n_countries"):
+    with pytest.raises(tbc.WorldConfigError, match="n_countries"):
         tbw.generate({"world": {"n_countries": 10}})
-    with pytest.raises(tbw.WorldConfigError, match="n_people"):
+    with pytest.raises(tbc.WorldConfigError, match="n_people"):
         tbw.generate({"world": {"n_test_ood": 500}})
-    with pytest.raises(tbw.WorldConfigError, match=r"test_ood_mix: unknown kinds \['contradict'\]"):
+    with pytest.raises(tbc.WorldConfigError, match=r"test_ood_mix: unknown kinds \['contradict'\]"):
         tbw.generate({"world": {"test_ood_mix": {"known": 1, "contradict": 1}}})
-    with pytest.raises(tbw.WorldConfigError, match="train_mix: shares must be >= 0"):
+    with pytest.raises(tbc.WorldConfigError, match="train_mix: shares must be >= 0"):
         tbw.generate({"world": {"train_mix": {"known": 0}}})
-    with pytest.raises(tbw.WorldConfigError, match="max_unseen_per_entity"):
+    with pytest.raises(tbc.WorldConfigError, match="max_unseen_per_entity"):
         tbw.generate({"world": {"test_id_mix": {"unseen": 1}, "max_unseen_per_entity": 1}})
 
 
@@ -132,14 +133,81 @@ def test_corpus_never_states_unseen_facts_nor_quizzes_split_items(world):
 def test_data_source_reads_the_world(tmp_path):
     from kaft.data import load_items
 
-    items = load_items({"source": "testbed", "split": "test_ood"}, domain="geography", testbed={},
+    items = load_items({"source": "testbed", "split": "test_ood"}, domain="geography", config={"testbed": {}},
                        cache_dir=str(tmp_path))
     assert len(items) == 200 and {it.meta["kind"] for it in items} == {"known", "latent"}
+    seed1 = load_items({"source": "testbed", "split": "test_ood"}, config={"testbed": {"seed": 1}}, cache_dir="x")
+    assert [it.to_dict() for it in seed1] == [it.to_dict() for it in tbw.build_world({"seed": 1}).split("test_ood")]
+
+
+# ----------------------------------------------------------------------------------------------- the plugin
+def test_plugin_registers_through_the_entry_point():
+    """kaft never imports kaft.testbed; asking a registry for "testbed" imports the plugin (setup.cfg)."""
+    from kaft import data, modeling
+    from kaft.diagnostics import DIAGNOSTICS
+
+    assert "testbed" in data.SOURCES.names() and "testbed" in modeling.SOURCES.names()
+    assert "testbed" in DIAGNOSTICS.names()
+    with pytest.raises(tbc.WorldConfigError, match="world.n_countrys"):
+        list(data.SOURCES.get("testbed")(split="train", config={"testbed": {"world": {"n_countrys": 3}}}))
+
+
+def test_nothing_in_kaft_imports_the_testbed():
+    import ast
+
+    for path in sorted((ROOT / "kaft").rglob("*.py")):
+        if "testbed" in path.relative_to(ROOT / "kaft").parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+                     if isinstance(node, ast.ImportFrom) else [])
+            assert not [n for n in names if n.startswith("kaft.testbed")], f"{path} imports {names}"
+
+
+def test_model_source_keeps_the_cache_key(monkeypatch, tmp_path):
+    """The model identity is the configured testbed section + VERSION, as before the plugin (pinned: changing it
+    orphans every built model and every cached stage of every testbed job)."""
+    from kaft import modeling
+    from kaft.testbed import plugin
+
+    built = []
+    monkeypatch.setattr(plugin, "build_model", lambda cfg, root: built.append((cfg, root)) or tmp_path)
+    testbed = yaml.safe_load((ROOT / "conf/testbed/default.yaml").read_text())
+    path, identity = modeling.resolve({"source": "testbed"}, "cache-root", {"testbed": testbed, "seed": 3})
+    assert (path, identity) == (str(tmp_path), "ce28e8a022c62784192a") and built == [(testbed, "cache-root")]
+    from kaft.testbed.model import VERSION, model_key
+
+    assert VERSION == "3" and model_key({}) == "ccf2a38133ce7c786537"
+
+
+def test_diagnostic_finds_the_planted_contradictions():
+    from kaft.diagnostics import DIAGNOSTICS
+    from kaft.items import MCItem
+
+    def item(i, kind):
+        return MCItem(id=str(i), question="q", options=["a", "b"], answer=0, meta={"kind": kind} if kind else {})
+
+    items = [item(0, "contradict"), item(1, "known"), item(2, "contradict"), item(3, "latent"), item(4, "known")]
+    scores, subsets = [0.1, 0.9, 0.6, 0.5, 0.6], [0, 1, 1, 1, 0]
+    diag = DIAGNOSTICS.get("testbed")
+    det = diag.compute(scores, items, subsets)
+    assert det == {"mean_by_kind": {"contradict": 0.35, "known": 0.75, "latent": 0.5},
+                   "auroc_contradict": (3 + 1 + 0.5) / 6, "contradict_in_lowest_subset": 0.5}
+    assert diag.headline({"auroc_contradict": 0.98561, "contradict_in_lowest_subset": 0.95}) == \
+        "  auroc(contradict)=0.986  contradict in lowest subset=0.950"
+    assert diag.headline({"mean": 0.5}) == ""
+    assert diag.compute(scores, [item(i, None) for i in range(5)], subsets) == {}
+    rest = [1, 3, 4]
+    no_contradict = diag.compute([scores[i] for i in rest], [items[i] for i in rest], [subsets[i] for i in rest])
+    assert set(no_contradict) == {"mean_by_kind"}
 
 
 # ----------------------------------------------------------------------------------------------- tokenizer
 def test_tokenizer_letters_and_split(world, tok, tmp_path):
     from transformers import AutoTokenizer
+
+    from kaft.testbed.tokenizer import letter_ids
 
     tok.save_pretrained(tmp_path)
     tok2 = AutoTokenizer.from_pretrained(tmp_path)
@@ -148,6 +216,7 @@ def test_tokenizer_letters_and_split(world, tok, tmp_path):
         for i, c in enumerate("ABCD"):
             ids = t(answer_text(i), add_special_tokens=False)["input_ids"]
             assert len(ids) == 1 and t.decode(ids).strip() == c
+        assert letter_ids(t, 4) == [t.convert_tokens_to_ids(c) for c in "ABCD"]
         for it in train[:20] + world.split("test_ood")[:5]:
             shots = [(s.question, s.options, s.answer) for s in train[-3:]]
             for prompt in (few_shot_prompt([], it.question, it.options, "geography"),
@@ -168,9 +237,10 @@ def test_binding_heads_bind_and_stay_fixed(world, tok):
     import torch
     from transformers import LlamaForCausalLM
 
-    from kaft.testbed.model import binding_layout, install_binding_heads, llama_config
+    from kaft.testbed.binding import binding_layout, install_binding_heads
+    from kaft.testbed.model import llama_config
 
-    cfg = tbw.resolve_config({})
+    cfg = tbc.resolve_config({})
     torch.manual_seed(0)
     model = LlamaForCausalLM(llama_config(cfg["model"], tok)).eval()
     model.config._attn_implementation = "eager"
@@ -217,8 +287,8 @@ def test_binding_heads_bind_and_stay_fixed(world, tok):
 def test_bad_model_config_is_refused(world, tok):
     from kaft.testbed.model import llama_config
 
-    with pytest.raises(tbw.WorldConfigError, match="head_dim 64"):
-        llama_config({**tbw.DEFAULT_CONFIG["model"], "hidden_size": 96}, tok)
+    with pytest.raises(tbc.WorldConfigError, match="head_dim 64"):
+        llama_config({**tbc.DEFAULT_CONFIG["model"], "hidden_size": 96}, tok)
 
 
 # ----------------------------------------------------------------------------------------------- slow: the model
@@ -262,7 +332,7 @@ def test_pretrained_model_meets_targets(built):
     path, _, _ = built
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     tok = AutoTokenizer.from_pretrained(path)
-    world, binding = tbw.build_world({}), tbw.DEFAULT_CONFIG["model"]["binding"]
+    world, binding = tbw.build_world({}), tbc.DEFAULT_CONFIG["model"]["binding"]
     res = measure(world, model, tok)
     res["readout"] = ro = readout(world, model, tok, binding)
     missed = [t for t in targets(res, binding["release_accuracy"]) if not t["ok"]]

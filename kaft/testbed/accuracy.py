@@ -1,7 +1,7 @@
 """How the testbed model answers multiple choice: next-token letter probabilities and accuracy by kind of fact.
 
-Shared by the build (the release bisection reads accuracy on format facts) and the report, so neither imports the
-other.
+Shared by the build (the release bisections read accuracy and confidence on format facts) and the report, so
+neither imports the other.
 """
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ from __future__ import annotations
 import statistics
 from typing import Sequence
 
-from kaft.data import MCItem
-from kaft.prompts import LETTERS, few_shot_prompt
+from kaft.items import MCItem
+from kaft.prompts import few_shot_prompt
+from kaft.testbed.tokenizer import letter_ids
 
 
 def letter_probs(model, tok, prompts: Sequence[str], n_options: int = 4, temperature: float = 1.0,
@@ -19,7 +20,7 @@ def letter_probs(model, tok, prompts: Sequence[str], n_options: int = 4, tempera
     softmax over the full vocabulary at ``temperature`` (left-padded batches, positions counted from the text)."""
     import torch
 
-    letter_ids = [tok(" " + c, add_special_tokens=False)["input_ids"][0] for c in LETTERS[:n_options]]
+    letters = letter_ids(tok, n_options)
     old = tok.padding_side
     tok.padding_side = "left"
     out = []
@@ -30,7 +31,7 @@ def letter_probs(model, tok, prompts: Sequence[str], n_options: int = 4, tempera
                 pos = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
                 logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
                                position_ids=pos).logits[:, -1, :].float()
-                out.append(torch.softmax(logits / temperature, dim=-1)[:, letter_ids])
+                out.append(torch.softmax(logits / temperature, dim=-1)[:, letters])
     finally:
         tok.padding_side = old
     return torch.cat(out)

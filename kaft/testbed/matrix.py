@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 from kaft.testbed.report import targets
-from kaft.testbed.world import resolve_config
+from kaft.testbed.config import resolve_config
 
 
 #: MKL_CBWR and ONEDNN_MAX_CPU_ISA values that match each forced ATEN_CPU_CAPABILITY

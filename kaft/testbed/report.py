@@ -37,16 +37,13 @@ import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from kaft.data import MCItem
+from kaft.items import MCItem
 from kaft.prompts import few_shot_prompt
+from kaft.results import auroc
 from kaft.testbed.accuracy import _correct, _by_kind, accuracy_by_kind, letter_probs  # noqa: F401
-from kaft.testbed.world import World, build_world, resolve_config
-
-
-def auroc(pos: Sequence[float], neg: Sequence[float]) -> float:
-    """P(a random ``pos`` score < a random ``neg`` score): contradict items should score *lower*."""
-    wins = sum((p < n) + 0.5 * (p == n) for p in pos for n in neg)
-    return wins / max(1, len(pos) * len(neg))
+from kaft.testbed.config import resolve_config
+from kaft.testbed.release import readout_gain, set_readout_gain
+from kaft.testbed.world import World, build_world
 
 
 def _shots(train: Sequence[MCItem], exclude: str, k: int, rng: random.Random):
@@ -135,8 +132,6 @@ def readout(world: World, model, tok, binding: Mapping) -> dict:
     """The released readout against the pretraining one: 0-shot accuracy on format facts (what the release is
     calibrated on) and, by split and kind, with head M at its pretraining gain - what the model *knows*, the ceiling
     fine-tuning can restore. ``model`` is left as it came."""
-    from kaft.testbed.model import readout_gain, set_readout_gain
-
     fmt = world.format_items(256)
     gain = readout_gain(model, binding)
     out = {"gain": gain, "format_acc": accuracy_by_kind(model, tok, fmt)["all"]}

@@ -18,7 +18,7 @@ demonstrations with a wrong letter, the instruction naming varying domains) abou
 facts, which is how the model learns to answer "Answer:" with a letter. Fine-tuning and test facts never appear in
 an MC document.
 
-Splits (all 4-option :class:`~kaft.data.MCItem` with ``meta = {"kind", "relation", "entity"}``), sized by
+Splits (all 4-option :class:`~kaft.items.MCItem` with ``meta = {"kind", "relation", "entity"}``), sized by
 ``n_train`` / ``n_test_id`` / ``n_test_ood`` and mixed by ``train_mix`` / ``test_id_mix`` / ``test_ood_mix``:
 
 * ``train``    - ``known`` (frequent fact, gold = memorised value), ``latent`` (rare fact), ``unseen`` (never-seen
@@ -30,131 +30,14 @@ Splits (all 4-option :class:`~kaft.data.MCItem` with ``meta = {"kind", "relation
 
 from __future__ import annotations
 
-import copy
 import random
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Mapping
 
 from kaft.items import MCItem
 from kaft.prompts import LETTERS, answer_text, few_shot_prompt
-
-# The defaults mirror conf/testbed/default.yaml (a test keeps them in sync). ``world`` and ``seed`` shape the world;
-# ``model`` and ``pretrain`` are read by kaft.testbed.model only.
-DEFAULT_CONFIG: dict[str, Any] = {
-    "seed": 0,
-    "world": {
-        "domain": "geography",          # in-domain: countries
-        "ood_domain": "biography",      # out-of-domain: people
-        "n_countries": 128,
-        "n_people": 64,
-        "pool_size": 12,                # values per relation
-        "n_train": 200,
-        "train_mix": {"known": 0.35, "latent": 0.35, "unseen": 0.1, "contradict": 0.2},
-        "n_test_id": 400,
-        "test_id_mix": {"known": 0.4, "latent": 0.4, "unseen": 0.2},
-        "n_test_ood": 200,
-        "test_ood_mix": {"known": 0.5, "latent": 0.5},
-        "max_unseen_per_entity": 2,
-        "repeats": 30,                  # paragraphs per entity (each states all its frequent facts once)
-        "latent_repeats": 4,            # paragraphs (of ``repeats``) that state a rare ("latent") fact
-        "latent_qa_frac": 0.0,          # share of a rare fact's statements in quiz form
-        "qa_frac": 0.4,                 # share of statements in quiz form "Question: <question> <value>."
-        "n_mc_docs": 800,               # multiple-choice documents about format facts
-        "max_shots": 3,                 # k-shot documents use k = 1..max_shots
-        "zero_shot_frac": 0.4,
-        "shot_noise": 0.25,             # probability that a demonstration's answer letter is wrong
-        "own_domain_prob": 0.5,         # MC docs name their own domain, else another one (or "general")
-    },
-    "model": {                          # LlamaForCausalLM; head_dim is fixed at 64
-        "hidden_size": 128,
-        "num_heads": 2,
-        "num_layers": 4,
-        "intermediate_size": 512,
-        "max_position_embeddings": 1024,
-        "rope_theta": 10000.0,
-        "tie_word_embeddings": False,   # the binding heads need separate input/output embeddings
-        "binding": {                    # built-in multiple-choice binding heads (see kaft.testbed.model)
-            "enabled": True,
-            "letters": 4,               # option letters A.. with a reserved one-hot
-            "code_dims": 16,            # reserved code per value word
-            "bias": 1.0,                # embedding scales of the reserved dimensions
-            "letter": 0.5,
-            "code": 3.0,
-            "free_init": 1.0,           # initial norm of the learned embedding dimensions
-            "match_scale": 1.5,         # head M: weight of the code match
-            "block_match": 1.0,         # head M: weight of the same-question match (k-shot prompts)
-            "p_gain": 0.1,              # output gains of heads P, R, M
-            "r_gain": 1.0,
-            "m_gain": 5.0,
-            "release_accuracy": 0.75,   # saved model's 0-shot accuracy on format facts (model.release_readout)
-            "release_calibrated": True,  # and its mean confidence there = that accuracy (model.calibrate_letters)
-            "r_peak": 120.0,            # head R: score of the latest "?" (decays with distance)
-            "fit_iters": 1000,          # iterations fitting the RoPE position profiles (deterministic)
-        },
-    },
-    "pretrain": {
-        "precision": "fp32",            # fp32 | bf16 (autocast): set here, never chosen by the CPU
-        "steps": 1200,
-        "batch_size": 4,
-        "seq_len": 256,
-        "lr": 5.0e-3,
-        "min_lr_ratio": 0.1,
-        "warmup_steps": 30,
-        "weight_decay": 0.01,
-        "betas": [0.9, 0.98],
-        "grad_clip": 1.0,
-        "residual_penalty": 1.0,        # penalty on residual RMS above residual_max (keeps built-in heads readable)
-        "residual_max": 0.3,
-        "bos_drop": 0.2,                # fraction of documents without <s> (prompts may come without it)
-        "threads": None,                # torch threads (None = torch's default)
-        "log_every": 100,
-    },
-}
-
-
-class WorldConfigError(ValueError):
-    """A testbed config that cannot produce a world; the message names the key."""
-
-
-def _merge(base: dict, over: Mapping, path: str = "") -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        if k not in base:
-            raise WorldConfigError(f"testbed config: unknown key '{path}{k}' (known: {sorted(base)})")
-        if isinstance(base[k], dict) and not k.endswith("_mix"):
-            if not isinstance(v, Mapping):
-                raise WorldConfigError(f"testbed config: '{path}{k}' must be a mapping, got {v!r}")
-            out[k] = _merge(base[k], v, f"{path}{k}.")
-        else:
-            out[k] = v
-    return out
-
-
-def resolve_config(cfg: Mapping | None = None, defaults: Mapping | None = None) -> dict:
-    """The full testbed config: ``cfg`` (a dict or OmegaConf node) merged over the defaults, unknown keys refused."""
-    if cfg is not None and not isinstance(cfg, Mapping):
-        try:
-            from omegaconf import OmegaConf
-
-            cfg = OmegaConf.to_container(cfg, resolve=True)
-        except Exception as e:  # noqa: BLE001
-            raise WorldConfigError(f"testbed config must be a mapping, got {type(cfg).__name__}") from e
-    elif cfg is not None:
-        try:
-            from omegaconf import DictConfig, OmegaConf
-
-            if isinstance(cfg, DictConfig):
-                cfg = OmegaConf.to_container(cfg, resolve=True)
-        except ImportError:  # pragma: no cover
-            pass
-    full = _merge(dict(defaults or DEFAULT_CONFIG), dict(cfg or {}))
-    if full["pretrain"]["precision"] not in ("fp32", "bf16"):  # checked here, before any world or model is built
-        raise WorldConfigError(f"testbed pretrain.precision must be fp32 or bf16, got {full['pretrain']['precision']!r}"
-                               + (" ('auto' chose by CPU, so one command built different models on different "
-                                  "machines)" if full["pretrain"]["precision"] == "auto" else ""))
-    return full
-
+from kaft.testbed.config import WorldConfigError, resolve_config
 
 # ----------------------------------------------------------------------------------------------- relations
 @dataclass(frozen=True)
@@ -367,10 +250,7 @@ def _assign_roles(w: Mapping, truth: Mapping, rels: Mapping[str, Relation],
     return roles
 
 
-def generate(cfg: Mapping | None = None) -> World:
-    """Build the world for a (partial) testbed config; pure and deterministic."""
-    full = resolve_config(cfg)
-    seed, w = int(full["seed"]), full["world"]
+def _check_mixes(w: Mapping) -> None:
     if int(w["pool_size"]) < 4:
         raise WorldConfigError("testbed world.pool_size must be >= 4 (4 distinct options per question)")
     mixes = {"train": ("train_mix", KINDS), "test_id": ("test_id_mix", KINDS[:3]),
@@ -385,41 +265,36 @@ def generate(cfg: Mapping | None = None) -> World:
         if any(not float(v) >= 0 for v in mix.values()) or not sum(float(v) for v in mix.values()) > 0:
             raise WorldConfigError(f"testbed world.{key}: shares must be >= 0 and not all 0, got {dict(mix)}")
 
-    names = _Names(_rng(seed, "names"))
-    entities = {"in": [names.new("country") for _ in range(int(w["n_countries"]))],
-                "ood": [names.new("person") for _ in range(int(w["n_people"]))]}
-    pools = {r.name: [names.new("value") for _ in range(int(w["pool_size"]))] for r in RELATIONS}
-    rels = {r.name: r for r in RELATIONS}
-    vrng = _rng(seed, "values")
-    truth = {(e, r.name): vrng.choice(pools[r.name]) for r in RELATIONS for e in entities[r.domain]}
-    roles = _assign_roles(w, truth, rels, _rng(seed, "assign"))
-    freq = {"unseen": "never", "latent": "rare"}
-    facts = [Fact(e, r, truth[(e, r)], freq.get(roles[(e, r)][1], "frequent"), *roles[(e, r)]) for (e, r) in truth]
 
-    # -- splits
-    domain_of = {"in": str(w["domain"]), "ood": str(w["ood_domain"])}
-    srng = _rng(seed, "splits")
+def _split_items(facts: list[Fact], pools: Mapping[str, list[str]], rels: Mapping[str, Relation],
+                 domain_of: Mapping[str, str], rng: random.Random) -> dict[str, list[MCItem]]:
+    """The split facts as 4-option items; a ``contradict`` item's gold is another value, the memorised one a
+    distractor."""
     splits: dict[str, list[MCItem]] = {"train": [], "test_id": [], "test_ood": []}
     for f in facts:
         if f.role == "format":
             continue
         pool = pools[f.relation]
         if f.kind == "contradict":
-            gold = srng.choice([v for v in pool if v != f.value])
-            opts, ans = _options(srng, pool, gold, must=(f.value,))
+            gold = rng.choice([v for v in pool if v != f.value])
+            opts, ans = _options(rng, pool, gold, must=(f.value,))
         else:
-            opts, ans = _options(srng, pool, f.value)
+            opts, ans = _options(rng, pool, f.value)
         rel = rels[f.relation]
         splits[f.role].append(MCItem(
             id=f"tb-{f.role}-{f.entity.lower()}-{f.relation}", question=rel.question.format(e=f.entity),
             options=opts, answer=ans, subject=f.relation, domain=domain_of[rel.domain],
             meta={"kind": f.kind, "relation": f.relation, "entity": f.entity}))
     for name in splits:
-        srng.shuffle(splits[name])
+        rng.shuffle(splits[name])
+    return splits
 
-    # -- corpus: entity paragraphs (every frequent fact in each of an entity's ``repeats`` paragraphs, a rare fact
-    #    in ``latent_repeats`` of them)
-    prng = _rng(seed, "paragraphs")
+
+def _paragraphs(facts: list[Fact], entities: Mapping[str, list[str]], rels: Mapping[str, Relation], w: Mapping,
+                rng: random.Random) -> list[str]:
+    """Entity paragraphs: every frequent fact in each of an entity's ``repeats`` paragraphs, a rare fact in
+    ``latent_repeats`` of them (plain sentences, or quiz statements with probability ``qa_frac`` /
+    ``latent_qa_frac``)."""
     by_entity: dict[str, list[Fact]] = {}
     for f in facts:
         if f.freq != "never":
@@ -427,7 +302,7 @@ def generate(cfg: Mapping | None = None) -> World:
     repeats, n_rare = int(w["repeats"]), min(int(w["latent_repeats"]), int(w["repeats"]))
     qa_frac = {"frequent": float(w["qa_frac"]), "rare": float(w["latent_qa_frac"])}
 
-    def paragraph(rng: random.Random, e: str, side: str, fs: list[Fact]) -> str:
+    def paragraph(e: str, side: str, fs: list[Fact]) -> str:
         fs = list(fs)
         rng.shuffle(fs)
         sents = [rng.choice(INTROS[side]).format(e=e)]
@@ -439,40 +314,62 @@ def generate(cfg: Mapping | None = None) -> World:
     for side in ("in", "ood"):
         for e in entities[side]:
             fs = by_entity.get(e, [])
-            rare_in = {id(f): set(prng.sample(range(repeats), n_rare)) for f in fs if f.freq == "rare"}
+            rare_in = {id(f): set(rng.sample(range(repeats), n_rare)) for f in fs if f.freq == "rare"}
             for j in range(repeats):
-                paragraphs.append(paragraph(prng, e, side, [f for f in fs if f.freq == "frequent"
-                                                             or j in rare_in[id(f)]]))
-    prng.shuffle(paragraphs)
+                paragraphs.append(paragraph(e, side, [f for f in fs if f.freq == "frequent" or j in rare_in[id(f)]]))
+    rng.shuffle(paragraphs)
+    return paragraphs
 
-    # -- corpus: multiple-choice documents about format facts only
-    mrng = _rng(seed, "mc")
+
+def _mc_docs(facts: list[Fact], pools: Mapping[str, list[str]], rels: Mapping[str, Relation],
+             domain_of: Mapping[str, str], w: Mapping, rng: random.Random) -> list[str]:
+    """Multiple-choice documents in the kaft prompt layout, about format facts only: 0- or k-shot, a demonstration's
+    letter wrong with probability ``shot_noise``, the instruction naming its own domain or another one."""
     fmt = {side: [f for f in facts if f.role == "format" and rels[f.relation].domain == side] for side in domain_of}
     sides = [s for s in ("in", "ood") if fmt[s]]
     weights = [len(fmt[s]) for s in sides]
     all_domains = [domain_of["in"], domain_of["ood"], "general"]
-    mc_docs = []
+    docs = []
     for _ in range(int(w["n_mc_docs"]) if sides else 0):
-        side = mrng.choices(sides, weights)[0]
-        k = 0 if mrng.random() < float(w["zero_shot_frac"]) else mrng.randint(1, int(w["max_shots"]))
-        chosen = mrng.sample(fmt[side], min(k + 1, len(fmt[side])))
+        side = rng.choices(sides, weights)[0]
+        k = 0 if rng.random() < float(w["zero_shot_frac"]) else rng.randint(1, int(w["max_shots"]))
         qs = []
-        for f in chosen:
-            opts, ans = _options(mrng, pools[f.relation], f.value)
+        for f in rng.sample(fmt[side], min(k + 1, len(fmt[side]))):
+            opts, ans = _options(rng, pools[f.relation], f.value)
             qs.append((rels[f.relation].question.format(e=f.entity), opts, ans))
         shots = []
         for q, o, a in qs[1:]:
-            if mrng.random() < float(w["shot_noise"]):
-                a = mrng.choice([i for i in range(len(o)) if i != a])
+            if rng.random() < float(w["shot_noise"]):
+                a = rng.choice([i for i in range(len(o)) if i != a])
             shots.append((q, o, a))
         own = domain_of[side]
-        dom = own if mrng.random() < float(w["own_domain_prob"]) else mrng.choice([d for d in all_domains if d != own])
+        dom = own if rng.random() < float(w["own_domain_prob"]) else rng.choice([d for d in all_domains if d != own])
         q, o, a = qs[0]
-        doc = few_shot_prompt(shots, q, o, dom) + answer_text(a)
-        mc_docs.append(doc)
+        docs.append(few_shot_prompt(shots, q, o, dom) + answer_text(a))
+    return docs
 
-    return World(config=full, relations=rels, entities=entities, pools=pools, facts=facts, paragraphs=paragraphs,
-                 mc_docs=mc_docs, _splits=splits)
+
+def generate(cfg: Mapping | None = None) -> World:
+    """Build the world for a (partial) testbed config; pure and deterministic (each part draws from its own seeded
+    stream, so changing one part's draws leaves the others as they were)."""
+    full = resolve_config(cfg)
+    seed, w = int(full["seed"]), full["world"]
+    _check_mixes(w)
+    names = _Names(_rng(seed, "names"))
+    entities = {"in": [names.new("country") for _ in range(int(w["n_countries"]))],
+                "ood": [names.new("person") for _ in range(int(w["n_people"]))]}
+    pools = {r.name: [names.new("value") for _ in range(int(w["pool_size"]))] for r in RELATIONS}
+    rels = {r.name: r for r in RELATIONS}
+    vrng = _rng(seed, "values")
+    truth = {(e, r.name): vrng.choice(pools[r.name]) for r in RELATIONS for e in entities[r.domain]}
+    roles = _assign_roles(w, truth, rels, _rng(seed, "assign"))
+    freq = {"unseen": "never", "latent": "rare"}
+    facts = [Fact(e, r, truth[(e, r)], freq.get(roles[(e, r)][1], "frequent"), *roles[(e, r)]) for (e, r) in truth]
+    domain_of = {"in": str(w["domain"]), "ood": str(w["ood_domain"])}
+    return World(config=full, relations=rels, entities=entities, pools=pools, facts=facts,
+                 paragraphs=_paragraphs(facts, entities, rels, w, _rng(seed, "paragraphs")),
+                 mc_docs=_mc_docs(facts, pools, rels, domain_of, w, _rng(seed, "mc")),
+                 _splits=_split_items(facts, pools, rels, domain_of, _rng(seed, "splits")))
 
 
 _MEMO: dict[str, World] = {}

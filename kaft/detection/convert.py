@@ -11,18 +11,25 @@ answers) and a ``group`` (relation / question type). Its multiple-choice version
 
 No distractor equals the reference (compared case- and whitespace-insensitively), distractors are distinct, and
 the gold position is drawn per (seed, item id): the conversion is deterministic per seed. Converted items are
-scored with diversified probing; each record carries its multiple-choice ``item`` (what the pipeline then trains
-on), ``pass_at_n`` and ILP's ``high_conf_error`` flag (majority answer ≠ gold with share > τ_c).
+scored with diversified probing (detector ``mc_conversion``, a :class:`~kaft.detection.detectors.Diversified`
+that converts first); each record carries its multiple-choice ``item`` (what the pipeline then trains on),
+``pass_at_n`` and ILP's ``high_conf_error`` flag (majority answer ≠ gold with share > τ_c).
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 from kaft import data as data_mod
-from kaft.data import DataError, MCItem
+from kaft.data import DataError
+from kaft.detection.core import DetectionError, seeded_rng
+from kaft.detection.detectors import DETECTORS, Diversified
+from kaft.detection.probing import probe
+from kaft.detection.settings import ProbeSettings
+from kaft.items import MCItem
 
 log = logging.getLogger(__name__)
 
@@ -100,24 +107,26 @@ def load_freeform(spec: Mapping, domain: str | None = None, **ctx) -> list[FreeF
     return normalize_freeform(rows, data_mod.describe(spec), spec.get("fields"), domain)
 
 
-def to_multiple_choice(items: Sequence[FreeFormItem], n_distractors: int, sources: Sequence[str], seed: int,
-                       generated: Mapping[str, Sequence[str]] | None = None) -> list[MCItem]:
-    """The multiple-choice version of each item (see the module docstring for the rules)."""
-    from kaft.detect import DetectionError, _rng
-
+def check_conversion(n_distractors: int, sources: Sequence[str]) -> None:
     unknown = [s for s in sources if s not in DISTRACTOR_SOURCES]
     if unknown or not sources:
         raise DetectionError(f"detection.distractor_sources must be a non-empty list of {list(DISTRACTOR_SOURCES)}, "
                              f"got {list(sources)}")
     if n_distractors < 1:
         raise DetectionError(f"detection.n_distractors must be ≥ 1, got {n_distractors}")
+
+
+def to_multiple_choice(items: Sequence[FreeFormItem], n_distractors: int, sources: Sequence[str], seed: int,
+                       generated: Mapping[str, Sequence[str]] | None = None) -> list[MCItem]:
+    """The multiple-choice version of each item (see the module docstring for the rules)."""
+    check_conversion(n_distractors, sources)
     by_group: dict[str, list[str]] = {}
     for it in items:
         if it.group is not None and _norm(it.answer) not in {_norm(a) for a in by_group.get(it.group, [])}:
             by_group.setdefault(it.group, []).append(it.answer)
     out = []
     for it in items:
-        rng = _rng(seed, "mc", it.id)
+        rng = seeded_rng(seed, "mc", it.id)
         pools: dict[str, list[str]] = {
             "dataset": list(it.distractors),
             "group": rng.sample(by_group.get(it.group, []), len(by_group.get(it.group, []))) if it.group else [],
@@ -133,8 +142,8 @@ def to_multiple_choice(items: Sequence[FreeFormItem], n_distractors: int, source
                     chosen.append((cand.strip(), src))
         if len(chosen) < n_distractors:
             raise DetectionError(
-                f"item {it.id!r}: only {len(chosen)} distinct distractor(s) from {list(sources)}, need {n_distractors}; "
-                f"add a source to detection.distractor_sources or lower detection.n_distractors")
+                f"item {it.id!r}: only {len(chosen)} distinct distractor(s) from {list(sources)}, "
+                f"need {n_distractors}; add a source to detection.distractor_sources or lower detection.n_distractors")
         gold = rng.randrange(n_distractors + 1)
         options = [c for c, _ in chosen]
         options.insert(gold, it.answer)
@@ -154,8 +163,6 @@ def generate_distractors(backend, items: Sequence[FreeFormItem], n_samples: int,
                          seed: int, template: str = "Question: {question}") -> dict[str, list[str]]:
     """The model's own free-form answers (sampled at T = 1, cut at the first newline or full stop) that differ
     from the reference, most frequent first."""
-    from collections import Counter
-
     prompts = [template.format(question=it.question) for it in items]
     texts = backend.sample(prompts, int(n_samples), 1.0, int(max_new_tokens), seed)
     out = {}
@@ -165,25 +172,48 @@ def generate_distractors(backend, items: Sequence[FreeFormItem], n_samples: int,
     return out
 
 
-def mc_conversion(backend, items: Sequence[FreeFormItem], cfg: Mapping, seed: int, domain: str,
-                  instruction: str | None = None, progress: bool = True, work_dir=None) -> list[dict[str, Any]]:
-    """Convert, then score with diversified probing; records carry the converted ``item``."""
-    from kaft.detect import probe
+@dataclass(frozen=True)
+class ConversionSettings(ProbeSettings):
+    """Diversified probing's settings plus the conversion's (conf/detection/mc_conversion.yaml documents them)."""
 
-    if items and not isinstance(items[0], FreeFormItem):
-        from kaft.detect import DetectionError
+    n_distractors: int = 3
+    distractor_sources: list = field(default_factory=lambda: ["dataset", "group"])  # in priority order
+    generate_samples: int = 8              # free-form samples per item when ``model`` is a source
+    generate_max_new_tokens: int = 8
 
-        raise DetectionError("detection=mc_conversion needs free-form training data (dataset.train.format: freeform)")
-    sources = list(cfg.get("distractor_sources") or ["dataset", "group"])
-    generated = None
-    if "model" in sources:
-        generated = generate_distractors(backend, items, int(cfg.get("generate_samples", 8)),
-                                         int(cfg.get("generate_max_new_tokens", 8)), seed)
-    mc = to_multiple_choice(items, int(cfg.get("n_distractors", 3)), sources, seed, generated)
-    records = probe(backend, mc, {k: v for k, v in cfg.items() if k not in
-                                  ("n_distractors", "distractor_sources", "generate_samples",
-                                   "generate_max_new_tokens")} | {"name": "diversified"},
-                    seed, domain, instruction, progress, work_dir)
-    for rec, item in zip(records, mc):
-        rec["item"] = item.to_dict()
-    return records
+    def check(self) -> None:
+        super().check()
+        check_conversion(self.n_distractors, self.sources())
+        for key in ("generate_samples", "generate_max_new_tokens"):
+            if getattr(self, key) < 1:
+                raise DetectionError(f"detection.{key} must be ≥ 1, got {getattr(self, key)}")
+
+    def sources(self) -> list[str]:
+        return list(self.distractor_sources or ["dataset", "group"])
+
+
+#: the settings only MC conversion reads (kaft.run drops them when it probes the same items with diversified)
+CONVERSION_KEYS = tuple(k for k in ConversionSettings.keys() if k not in ProbeSettings.keys())
+
+
+@DETECTORS.register("mc_conversion")
+class MCConversion(Diversified):
+    """Convert free-form items to multiple choice, then score them as :class:`Diversified` does."""
+
+    Settings = ConversionSettings
+
+    def run(self, backend, items: Sequence[FreeFormItem], seed: int, domain: str, instruction: str | None = None,
+            progress: bool = True, work_dir=None) -> list[dict[str, Any]]:
+        """Records of the converted items, each with its multiple-choice ``item``."""
+        if items and not isinstance(items[0], FreeFormItem):
+            raise DetectionError("detection=mc_conversion needs free-form training data "
+                                 "(dataset.train.format: freeform)")
+        s = self.settings
+        generated = None
+        if "model" in s.sources():
+            generated = generate_distractors(backend, items, s.generate_samples, s.generate_max_new_tokens, seed)
+        mc = to_multiple_choice(items, s.n_distractors, s.sources(), seed, generated)
+        records = probe(self, backend, mc, seed, domain, instruction, progress, work_dir)
+        for rec, item in zip(records, mc):
+            rec["item"] = item.to_dict()
+        return records

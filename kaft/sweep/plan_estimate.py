@@ -1,5 +1,5 @@
-"""The arithmetic behind ``python -m kaft.plan``: a model built on PyTorch's ``meta`` device for its parameter counts,
-GPU memory per stage and FLOP-based times. No weights are loaded, so it runs on a login node.
+"""The arithmetic behind ``python -m kaft.sweep.plan``: a model built on PyTorch's ``meta`` device for its parameter
+counts, GPU memory per stage and FLOP-based times. No weights are loaded, so it runs on a login node.
 
 The formulas are upper bounds meant to catch a job that cannot fit before it waits in a queue; README ("Plan a sweep
 before submitting") states them. GB here are GiB (2^30 bytes), as nvidia-smi counts.
@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
+
+from kaft.errors import KaftError
 
 GB = 2 ** 30
 OVERHEAD_GB = 1.5          # CUDA context, cuBLAS workspace and allocator slack per process
@@ -22,7 +24,7 @@ REQUIRED = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_hea
             "vocab_size")
 
 
-class PlanError(ValueError):
+class PlanError(KaftError):
     """A model or setting the plan cannot work with; the message says what to fix."""
 
 
@@ -110,7 +112,7 @@ def count_params(arch: Arch, lora: Mapping) -> Params:
     from peft import get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from kaft.train import _lora_config
+    from kaft.train import lora_config as _lora_config
 
     import warnings
 
@@ -167,7 +169,7 @@ def arch_of(mcfg: dict, path: str | None) -> Arch:
 
 def local_tokenizer(mcfg: dict, path: str | None):
     """The model's own tokenizer if it is on this machine (a local dir or the HF cache), else None."""
-    if mcfg.get("source") == "testbed" or not path:
+    if not path:  # a model its source builds (the testbed's) has no path until it is built
         return None
     try:
         from transformers import AutoTokenizer
@@ -180,7 +182,7 @@ def local_tokenizer(mcfg: dict, path: str | None):
 def measure(cfg, train: list | None, evals: dict | None, tok, n: int) -> Lengths:
     """Prompt lengths from real prompts (the detection's k-shot prompt, the training and zero-shot prompts) of the
     first ``n`` items, counted by the model's tokenizer, or characters / 4 when there is none here."""
-    from kaft import detect as detect_mod
+    from kaft import detection as detect_mod
     from kaft.prompts import answer_text, format_question
 
     count = (lambda s: len(tok(s)["input_ids"])) if tok is not None else \
@@ -281,13 +283,23 @@ def seconds(flops: float, peak_tflops: float, mfu: float) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- a job
+def probe_shape(det_cfg) -> tuple[int, int, int]:
+    """(option orders per item, sequences per query, new tokens per sequence) as the detector declares them: a
+    detector reading letter probabilities generates nothing."""
+    from kaft import detection, stages as S
+
+    d = detection.detector_for(S.plain(det_cfg))
+    need = d.need()
+    if need.letter_probs:
+        return d.layout().n_orders, 1, 0
+    return d.layout().n_orders, int(need.samples), int(need.max_new_tokens)
+
+
 def job_memory(cfg, arch: Arch, prm: Params, ln: Lengths) -> dict[str, dict]:
     """GB per stage (parts and total) at the job's batch sizes; training both with and without checkpointing."""
     det, tr = cfg.detection, cfg.train
     nb = dtype_bytes(cfg.model.get("dtype"))
-    sampled = det.get("estimator", "sample") == "sample" and det.name != "icl" and det.get("response_sampling", True)
-    seqs = int(det.num_samples) if sampled else 1
-    new = int(det.max_new_tokens) if sampled or not det.get("response_sampling", True) else 0
+    _, seqs, new = probe_shape(det)
     d = detection_memory(arch, prm, nb, int(det.batch_size), seqs, ln.probe, new)
     t = training_memory(arch, prm, nb, int(tr.batch_size), int(tr.max_length), float(tr.lora.dropout))
     e = evaluation_memory(arch, prm, nb, int(cfg.evaluation.batch_size), math.ceil(ln.eval))
@@ -298,21 +310,21 @@ def job_memory(cfg, arch: Arch, prm: Params, ln: Lengths) -> dict[str, dict]:
 def job_times(cfg, arch: Arch, prm: Params, ln: Lengths, n_train: int | None, n_eval: dict | None,
               s) -> dict[str, float]:
     """Seconds per stage (for 1,000 training and benchmark items when the data cannot be loaded here)."""
-    from kaft import run, strategy as strategy_mod
+    from kaft import detection, stages as S, strategy as strategy_mod
 
     det, n = cfg.detection, n_train or 1000
-    orders = int(det.num_orders) if det.get("diverse_query", True) and det.name != "icl" else 1
-    sampled = det.get("estimator", "sample") == "sample" and det.name != "icl"
+    orders, seqs, new = probe_shape(det)
+    sampled = new > 0
     prompts = n * orders
     flops = forward_flops(arch, prm, prompts * ln.probe_mean, ln.probe_mean)
     if sampled:
-        seqs = int(det.num_samples) if det.get("response_sampling", True) else 1
-        flops += forward_flops(arch, prm, prompts * seqs * int(det.max_new_tokens), 2 * ln.probe_mean)
-    if strategy_mod.needs_greedy(run._plain(cfg.strategy)) and sampled:  # kaft.run's extra greedy pass
+        flops += forward_flops(arch, prm, prompts * seqs * new, 2 * ln.probe_mean)
+    if strategy_mod.needs_greedy(S.plain(cfg.strategy)) and not detection.holds_greedy(S.plain(det)):
+        # the job's extra greedy pass (kaft.stages.stage_greedy)
         flops += forward_flops(arch, prm, n * ln.probe_mean, ln.probe_mean)
     out = {"detection": seconds(flops, s.peak_tflops, s.mfu)}
     passes = 3 if cfg.train.get("gradient_checkpointing") else 2  # forward, input gradients, recompute
-    trains = strategy_mod.trains(run._plain(cfg.strategy))
+    trains = strategy_mod.trains(S.plain(cfg.strategy))
     tokens = n * float(cfg.train.epochs) * ln.train if trains else 0
     out["train"] = seconds(passes * forward_flops(arch, prm, tokens, ln.train), s.peak_tflops, s.mfu)
     options = 4  # lm-eval scores every option of every item as its own request

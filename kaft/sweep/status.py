@@ -1,6 +1,6 @@
 """Job states of a sweep, and how a failing job is recorded.
 
-``python -m kaft.status SWEEP_DIR`` lists every job of a multirun — also the ones not started yet, enumerated
+``python -m kaft.sweep.status SWEEP_DIR`` lists every job of a multirun — also the ones not started yet, enumerated
 from the sweep's ``multirun.yaml`` — with its state:
 
 ``done``         results.json with status done (the average accuracy is shown)
@@ -11,7 +11,7 @@ from the sweep's ``multirun.yaml`` — with its state:
                  (a job whose launcher was killed looks the same)
 ``not started``  no trace of the job yet (``queued`` when submitit has submitted it to SLURM)
 
-Failure recording (used by ``kaft.run.main``): in a multirun, a job that raises writes ``error.txt`` (the
+Failure recording (used by ``kaft.run``): in a multirun, a job that raises writes ``error.txt`` (the
 traceback) and ``results.json`` with ``"status": "failed"`` and ``"error": <the traceback's last line>`` into its
 run dir and returns NaN, so the other jobs of the sweep go on; the sweep summary lists it as failed and the sweep
 exits 1. A single run keeps the plain behaviour: a user error prints one ``kaft: error: ...`` line and exits 2,
@@ -21,7 +21,6 @@ anything else raises.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import pickle
 import re
@@ -33,14 +32,14 @@ from typing import Any, Iterator, Mapping, Sequence
 from omegaconf import OmegaConf, errors as oc_errors
 
 from kaft.cache import atomic_write_json, atomic_write_text
+from kaft.errors import KaftError
+from kaft.results import ERROR_FILE, RESULTS_FILE, error_last_line, hydra_job, job_dirs, read_results
+from kaft.track import redact
 
-ERROR_FILE = "error.txt"
-RESULTS_FILE = "results.json"
 STATES = ("done", "running", "failed", "not started")
 
 
-
-class PathError(ValueError):
+class PathError(KaftError):
     """A path kaft must write to that cannot be created."""
 
 
@@ -125,7 +124,7 @@ def record_failure(run_dir: str | os.PathLike, exc: BaseException, job: Mapping 
         atomic_write_json(run_dir / RESULTS_FILE, {
             "status": "failed", "error": line, "error_type": type(exc).__name__, "error_file": ERROR_FILE,
             "job": {k: job.get(k) for k in ("name", "override_dirname", "num", "run_dir")},
-            "overrides": list(job.get("overrides") or []), "metrics": None, "config": _redact(config)})
+            "overrides": list(job.get("overrides") or []), "metrics": None, "config": redact(config)})
     except Exception as e:  # noqa: BLE001
         print(f"kaft: could not record the failure in {run_dir}: {e}", file=sys.stderr)
     return line
@@ -192,16 +191,11 @@ def expected_jobs(sweep_dir: Path) -> list[list[str]] | None:
 
 def _run_dirs(sweep_dir: Path) -> dict[int, Path]:
     """Job number -> its run dir (a subdir with ``.hydra/`` or results.json)."""
-    from kaft.summary import _hydra_job, _job_dirs
-
     out: dict[int, Path] = {}
-    for d in _job_dirs(sweep_dir):
-        num = None
-        with contextlib.suppress(Exception):
-            res = json.loads((d / RESULTS_FILE).read_text(encoding="utf-8"))
-            num = (res.get("job") or {}).get("num")
+    for d in job_dirs(sweep_dir):
+        num = ((read_results(d) or {}).get("job") or {}).get("num")
         if num is None:
-            num = _hydra_job(d).get("num")
+            num = hydra_job(d).get("num")
         try:
             out.setdefault(int(num), d)
         except (TypeError, ValueError):
@@ -269,35 +263,32 @@ def job_states(sweep_dir: str | os.PathLike) -> list[dict]:
     rows = []
     for num in nums:
         d = dirs.get(num)
-        overrides = expected[num] if num < len(expected) else []
-        row = {"num": num, "overrides": list(overrides), "state": "not started", "detail": "",
-               "path": str(d) if d else None}
-        res = None
-        if d is not None:
-            with contextlib.suppress(Exception):
-                res = json.loads((d / RESULTS_FILE).read_text(encoding="utf-8"))
-            if not row["overrides"]:
-                from kaft.summary import _hydra_job
-
-                row["overrides"] = list((res or {}).get("overrides") or _hydra_job(d).get("overrides") or [])
-        s = sub.get(num, {})
-        if isinstance(res, dict) and res.get("status") == "done":
-            avg = (res.get("metrics") or {}).get("average")
-            row["state"], row["detail"] = "done", "" if avg is None else f"average {float(avg):.4f}"
-        elif isinstance(res, dict) and res.get("status") == "failed":
-            row["state"], row["detail"] = "failed", str(res.get("error") or "")
-        elif d is not None and (d / ERROR_FILE).exists():
-            row["state"], row["detail"] = "failed", _last_line((d / ERROR_FILE).read_text(errors="replace"))
-        elif s.get("error"):
-            row["state"], row["detail"] = "failed", s["error"]
-        elif s.get("finished"):
-            row["state"], row["detail"] = "failed", "the job ended without results.json"
-        elif d is not None or s.get("started"):
-            row["state"] = "running"
-        elif s:
-            row["detail"] = f"queued (job {s['job_id']})"
-        rows.append(row)
+        res = read_results(d) if d is not None else None
+        overrides = list(expected[num]) if num < len(expected) else []
+        if not overrides and d is not None:
+            overrides = list((res or {}).get("overrides") or hydra_job(d).get("overrides") or [])
+        state, detail = _state(res, d, sub.get(num, {}))
+        rows.append({"num": num, "overrides": overrides, "state": state, "detail": detail,
+                     "path": str(d) if d else None})
     return rows
+
+
+def _state(res: dict | None, run_dir: Path | None, sub: Mapping) -> tuple[str, str]:
+    """``(state, detail)`` of one job from its results.json, its error.txt and submitit's view of it."""
+    if res is not None and res.get("status") == "done":
+        avg = (res.get("metrics") or {}).get("average")
+        return "done", "" if avg is None else f"average {float(avg):.4f}"
+    if res is not None and res.get("status") == "failed":
+        return "failed", str(res.get("error") or "")
+    if run_dir is not None and (run_dir / ERROR_FILE).exists():
+        return "failed", error_last_line(run_dir)
+    if sub.get("error"):
+        return "failed", sub["error"]
+    if sub.get("finished"):
+        return "failed", f"the job ended without {RESULTS_FILE}"
+    if run_dir is not None or sub.get("started"):
+        return "running", ""
+    return "not started", f"queued (job {sub['job_id']})" if sub else ""
 
 
 def format_states(rows: Sequence[dict]) -> str:
@@ -321,7 +312,7 @@ def format_states(rows: Sequence[dict]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1 or args[0] in ("-h", "--help"):
-        print("usage: python -m kaft.status SWEEP_DIR   (a multirun/<date>/<time> directory)", file=sys.stderr)
+        print("usage: python -m kaft.sweep.status SWEEP_DIR   (a multirun/<date>/<time> directory)", file=sys.stderr)
         return 2
     sweep = Path(args[0]).expanduser()
     if not sweep.is_dir():
@@ -338,10 +329,3 @@ __all__ = ["CONFIG_ERRORS", "PathError", "STATES", "check_writable_dir", "error_
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def _redact(obj):
-    """Secrets from the environment never reach results.json (see kaft.track.redact)."""
-    from kaft.track import redact
-
-    return redact(obj)

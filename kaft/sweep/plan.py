@@ -1,10 +1,10 @@
-"""``python -m kaft.plan`` — what each job of a run or sweep will need and do, before anything is submitted.
+"""``python -m kaft.sweep.plan`` — what each job of a run or sweep will need and do, before anything is submitted.
 
 It takes kaft.run's arguments (``-m`` and the same overrides), composes every job's config with Hydra's own config
 loader and basic-sweeper expansion (nothing is launched, no run directory is created), and prints per job: parameter
 and LoRA counts from the model built on the ``meta`` device, GPU memory per stage against ``plan.gpu_memory_gb``,
 FLOP-based times, whether the model and data sets load here (kaft/hub.py), which stages the cache already holds
-(kaft.run's own stage functions over a cache that never builds) and whether the job already finished.
+(kaft.stages' own stage functions over a cache that never builds) and whether the job already finished.
 
 Plan settings are given as ``plan.KEY=VALUE`` (not Hydra overrides, so they do not change job directories):
 ``gpu_memory_gb`` (80), ``peak_tflops`` (989, H100 dense bf16), ``mfu`` (0.35), ``probe_items`` (32).
@@ -12,6 +12,7 @@ Plan settings are given as ``plan.KEY=VALUE`` (not Hydra overrides, so they do n
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import sys
@@ -22,10 +23,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from kaft import plan_estimate as est
 from kaft.cache import Cache, Hit
+from kaft.errors import KaftError
+from kaft.sweep import plan_estimate as est
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 @dataclass
@@ -64,8 +66,6 @@ def compose_jobs(overrides: list[str], multirun: bool) -> list[tuple[int, list[s
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.types import RunMode
 
-    import kaft.run  # noqa: F401  (registers kaft.run's resolvers: kaft_subdir, kaft_hash)
-
     GlobalHydra.instance().clear()
     _MEMO.clear()  # a new plan: the hub cache, data and model may have changed since the last one in this process
     with initialize_config_dir(str(CONF), version_base="1.3", job_name="run"):
@@ -74,7 +74,8 @@ def compose_jobs(overrides: list[str], multirun: bool) -> list[tuple[int, list[s
             return [(0, list(overrides), loader.load_configuration("config", overrides, run_mode=RunMode.RUN))]
         master = loader.load_configuration("config", overrides, run_mode=RunMode.MULTIRUN)
         if not str(master.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
-            raise est.PlanError(f"kaft.plan expands Hydra's basic sweeper only, not {master.hydra.sweeper._target_}")
+            raise est.PlanError(f"kaft.sweep.plan expands Hydra's basic sweeper only, "
+                                f"not {master.hydra.sweeper._target_}")
         params = [f"{k}={v}" for k, v in (master.hydra.sweeper.get("params") or {}).items()]
         task = OmegaConf.to_container(master.hydra.overrides.task)
         parsed = OverridesParser.create(config_loader=loader).parse_overrides(params + list(task))
@@ -85,6 +86,15 @@ def compose_jobs(overrides: list[str], multirun: bool) -> list[tuple[int, list[s
                 cfg.hydra.job.id, cfg.hydra.job.num = num, num
             jobs.append((num, list(ov), cfg))
         return jobs
+
+
+def task_config(cfg: DictConfig) -> DictConfig:
+    """The config the job function receives: Hydra drops its own ``hydra`` node (whose run dir needs a live Hydra
+    context to resolve), so stages that resolve the whole config (data and model sources) can."""
+    task = copy.deepcopy(cfg)
+    with open_dict(task):
+        del task["hydra"]
+    return task
 
 
 def run_dir(cfg: DictConfig, multirun: bool) -> Path:
@@ -133,29 +143,29 @@ class DryCache(Cache):
 
 
 class _NoModel:
-    """Stands in for kaft.run's LazyModel: the plan never loads weights, and a stage that tried would fail loudly."""
+    """Stands in for kaft.stages.LazyModel: the plan never loads weights, and a stage that tried would fail loudly."""
     path = None
 
     def get(self):
-        raise RuntimeError("kaft.plan loads no model")
+        raise RuntimeError("kaft.sweep.plan loads no model")
 
 
 def cache_walk(cfg: DictConfig, train: list, evals: dict, fps: dict, model_id: str) -> dict[str, str]:
     """Each stage kaft.run would reach: ``cached``, ``compute`` or ``after <stage>`` (its key needs that stage's
-    output first) — found with kaft.run's own stage functions, so the keys are the ones the job will use."""
-    from kaft import run, strategy as strategy_mod
+    output first) — found with kaft.stages' own functions, so the keys are the ones the job will use."""
+    from kaft import stages as S, strategy as strategy_mod
 
     cache, st = DryCache(cfg.cache_dir), {}
     try:
         try:
-            records, _, dkey = run.stage_detect(cfg, cache, _NoModel(), train, model_id, fps)
+            records, _, dkey = S.stage_detect(cfg, cache, _NoModel(), train, model_id, fps)
             st["detect"] = "cached"
             st.update(_after_detect(cfg, cache, train, records, dkey, model_id, fps, evals))
         except Missing:
             st.update(detect="compute", partition="after detect", train="after detect", evaluate="after train")
-        if cfg.evaluation.get("base", True) or not strategy_mod.trains(run._plain(cfg.strategy)):
+        if cfg.evaluation.get("base", True) or not strategy_mod.trains(S.plain(cfg.strategy)):
             try:
-                run.stage_evaluate(cfg, cache, _NoModel().get, evals, ("base", model_id), fps, Path("."))
+                S.stage_evaluate(cfg, cache, _NoModel().get, evals, ("base", model_id), fps, Path("."))
                 st["evaluate_base"] = "cached"
             except Missing:
                 st["evaluate_base"] = "compute"
@@ -165,17 +175,17 @@ def cache_walk(cfg: DictConfig, train: list, evals: dict, fps: dict, model_id: s
 
 
 def _after_detect(cfg, cache, train, records, dkey, model_id, fps, evals) -> dict[str, str]:
-    from kaft import data as data_mod, losses, run, strategy as strategy_mod
+    from kaft import data as data_mod, losses, stages as S, strategy as strategy_mod
 
-    p, st, no = run._plain, {}, _NoModel()
+    p, st, no = S.plain, {}, _NoModel()
     if records and "item" in records[0]:
         train = [data_mod.MCItem.from_dict(r["item"]) for r in records]
     k = int(cfg.partition.k)
-    st["partition"] = "cached" if cache.has("partition", run.partition_key(dkey, k, cfg.seed)) else "compute"
-    subsets, names = run.stage_partition(cfg, cache, records, dkey)
+    st["partition"] = "cached" if cache.has("partition", S.partition_key(dkey, k, cfg.seed)) else "compute"
+    subsets, names = S.stage_partition(cfg, cache, records, dkey)
     try:
         if strategy_mod.needs_greedy(p(cfg.strategy)):
-            records, hit = run.stage_greedy(cfg, cache, no, train, model_id, records)
+            records, hit = S.stage_greedy(cfg, cache, no, train, model_id, records)
             if hit is not None:
                 st["greedy"] = "cached"
         weights = losses.sample_weights(p(cfg.loss), subsets, [r["score"] for r in records], k)
@@ -185,18 +195,18 @@ def _after_detect(cfg, cache, train, records, dkey, model_id, fps, evals) -> dic
         pairs = sel.records if losses.is_pairwise(p(cfg.loss)) else None
         sampling = losses.sma_sampling(p(cfg.loss))
         if sampling is not None:
-            pairs, _ = run.stage_dpo_samples(cfg, cache, no, sel.items, model_id, sampling)
+            pairs, _ = S.stage_dpo_samples(cfg, cache, no, sel.items, model_id, sampling)
             st["dpo_samples"] = "cached"
     except Missing as m:
         return {**st, m.stage if m.stage != "detect" else "greedy": "compute", "train": f"after {m.stage}",
                 "evaluate": "after train"}
     try:
-        _, _, _, tkey = run.stage_train(cfg, cache, no, sel.items, sel.weights, model_id, pairs)
+        _, _, _, tkey = S.stage_train(cfg, cache, no, sel.items, sel.weights, model_id, pairs)
         st["train"] = "cached"
     except Missing as m:
         st["train"], tkey = "compute", m.key
     try:
-        run.stage_evaluate(cfg, cache, no.get, evals, ("tuned", tkey), fps, Path("."))
+        S.stage_evaluate(cfg, cache, no.get, evals, ("tuned", tkey), fps, Path("."))
         st["evaluate"] = "cached"
     except Missing:
         st["evaluate"] = "compute"
@@ -206,14 +216,13 @@ def _after_detect(cfg, cache, train, records, dkey, model_id, fps, evals) -> dic
 # ----------------------------------------------------------------------------------------------- one job
 def loadable(cfg: DictConfig) -> tuple[str | None, list[str]]:
     """(model identity for the cache, or None; problems): the model through kaft.modeling's checks (kaft/hub.py for
-    hub ids: local cache, gated, revision, disk); the testbed model is built on first use and not resolved here."""
-    from kaft import modeling, run
+    hub ids: local cache, gated, revision, disk); a model that its source builds on first use (the testbed's) is
+    not built here: its identity is enough to look its artifacts up."""
+    from kaft import modeling, stages as S
 
-    mcfg = run._plain(cfg.model)
-    if mcfg.get("source") == "testbed":
-        return None, []
+    mcfg = S.plain(cfg.model)
     try:
-        return modeling.resolve(mcfg, run._plain(cfg.testbed), cfg.cache_dir)[1], []
+        return modeling.resolve(mcfg, cfg.cache_dir, S.plain(cfg), build=False)[1], []
     except modeling.ModelError as e:
         return None, [f"model: {e}"]
 
@@ -236,35 +245,36 @@ def memo(key: Any, fn):
 
 
 def load_data(cfg: DictConfig) -> tuple[list | None, dict | None, dict | None, list[str]]:
-    from kaft import run
+    from kaft import stages as S
 
-    key = [run._plain(cfg.dataset), run._plain(cfg.testbed), cfg.detection.name]
+    key = [S.plain(cfg.dataset), S.plain(cfg.testbed), cfg.detection.name]
     try:
-        train, evals, fps = memo(["data", key], lambda: run.stage_data(cfg, None))
-    except run.USER_ERRORS as e:
+        train, evals, fps = memo(["data", key], lambda: S.stage_data(cfg, None))
+    except KaftError as e:
         return None, None, None, [f"data: {e}"]
     try:
-        run.validate(cfg, len(train))
-    except run.USER_ERRORS as e:
+        S.validate(cfg, len(train))
+    except KaftError as e:
         return train, evals, fps, [f"config: {e}"]
     return train, evals, fps, []
 
 
 def plan_job(num: int, overrides: list[str], cfg: DictConfig, multirun: bool, s: Settings) -> dict:
     """Everything the plan says about one job (see :func:`render`)."""
-    from kaft import run, strategy as strategy_mod
+    from kaft import job as job_mod, stages as S, strategy as strategy_mod
 
+    plain = S.plain
     rdir = run_dir(cfg, multirun)
-    mcfg, out = run._plain(cfg.model), {"num": num, "overrides": overrides, "run_dir": str(rdir)}
-    out["finished"] = run._finished(rdir) is not None
+    cfg = task_config(cfg)
+    mcfg, out = plain(cfg.model), {"num": num, "overrides": overrides, "run_dir": str(rdir)}
+    out["finished"] = job_mod.finished(rdir) is not None
     model_id, problems = memo(["model", mcfg], lambda: loadable(cfg))
     train, evals, fps, data_problems = load_data(cfg)
     out["problems"] = problems + data_problems
     path = str(mcfg.get("path")) if mcfg.get("path") not in (None, "???") else None
     try:
         arch = memo(["arch", mcfg], lambda: est.arch_of(mcfg, path))
-        prm = memo(["params", mcfg, run._plain(cfg.train.lora)],
-                   lambda: est.count_params(arch, run._plain(cfg.train.lora)))
+        prm = memo(["params", mcfg, plain(cfg.train.lora)], lambda: est.count_params(arch, plain(cfg.train.lora)))
     except est.PlanError as e:
         out["problems"].append(f"model: {e}")
         return out
@@ -272,12 +282,11 @@ def plan_job(num: int, overrides: list[str], cfg: DictConfig, multirun: bool, s:
     ln = est.measure(cfg, train, evals, tok, s.probe_items)
     limit = cfg.evaluation.get("limit")
     n_eval = {k: min(len(v), int(limit)) if limit else len(v) for k, v in evals.items()} if evals else None
-    plain = run._plain
     out["shared"] = {"detection": json.dumps([mcfg, plain(cfg.dataset), plain(cfg.detection), cfg.seed], default=str),
                      "evaluate_base": json.dumps([mcfg, plain(cfg.dataset), plain(cfg.evaluation)], default=str)}
     out["batch"] = {"detection": int(cfg.detection.batch_size), "train": int(cfg.train.batch_size),
                     "evaluation": int(cfg.evaluation.batch_size)}
-    out.update(arch=arch, params=prm, lengths=ln, trains=strategy_mod.trains(run._plain(cfg.strategy)),
+    out.update(arch=arch, params=prm, lengths=ln, trains=strategy_mod.trains(plain(cfg.strategy)),
                memory=est.job_memory(cfg, arch, prm, ln), n_train=len(train or []) or None,
                times=est.job_times(cfg, arch, prm, ln, len(train) if train else None, n_eval, s),
                ckpt=bool(cfg.train.get("gradient_checkpointing")))
@@ -285,10 +294,8 @@ def plan_job(num: int, overrides: list[str], cfg: DictConfig, multirun: bool, s:
     if model_id and train is not None and not data_problems:
         try:
             out["cache"] = cache_walk(cfg, train, evals, fps, model_id)
-        except run.USER_ERRORS as e:
+        except KaftError as e:
             out["problems"].append(f"config: {e}")
-    elif mcfg.get("source") == "testbed" and not data_problems:
-        out["cache_why"] = "the testbed model is resolved (built) by kaft.run only"
     return out
 
 
@@ -386,7 +393,7 @@ def _launcher_note(cfg: DictConfig) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     """The CLI. Exit 0 with the plan printed; 2 with one ``kaft: error:`` line for an unusable command line."""
-    from kaft.status import hydra_errors_as_one_line
+    from kaft.sweep.status import hydra_errors_as_one_line
 
     args = list(sys.argv[1:] if argv is None else argv)
     multirun = any(a in ("-m", "--multirun") for a in args)
@@ -394,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("kaft").setLevel(logging.WARNING)
     try:
         if bad:
-            raise est.PlanError(f"kaft.plan takes kaft.run's overrides, -m and plan.KEY=VALUE only, not {bad[0]}")
+            raise est.PlanError(f"kaft.sweep.plan takes kaft.run's overrides, -m and plan.KEY=VALUE only, "
+                                f"not {bad[0]}")
         s = Settings.parse([a for a in args if a.startswith("plan.")])
         overrides = [a for a in args if not a.startswith(("-", "plan."))]
         with hydra_errors_as_one_line():

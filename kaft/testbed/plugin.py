@@ -1,0 +1,69 @@
+"""The testbed as a kaft plugin (``kaft.plugins`` entry point ``testbed``): what a job config names, registered on
+import.
+
+* data source ``testbed``: ``{source: testbed, split: train | test_id | test_ood}`` reads a split of the world of the
+  job's ``testbed`` config;
+* model source ``testbed``: the model pretrained on that world (built on first use, cached);
+* diagnostic ``testbed``: how well detection finds the contradicting items the world planted (items whose ``meta``
+  names a ``kind``); ``{}`` for items without kinds.
+
+kaft itself never imports this package: the registries import this module when a config names what it registers.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Iterator, Mapping, Sequence
+
+from kaft import data, modeling
+from kaft.cache import make_key
+from kaft.diagnostics import DIAGNOSTICS
+from kaft.items import MCItem
+from kaft.results import auroc
+from kaft.testbed.model import VERSION, build_model
+from kaft.testbed.world import build_world
+
+
+@data.SOURCES.register("testbed")
+def read_split(split: str, config: Mapping, **_) -> Iterator[Mapping]:
+    """Rows of one split of the world of the job config's ``testbed`` section."""
+    world = build_world(config.get("testbed"))
+    yield from (it.to_dict() for it in world.split(split))
+
+
+@modeling.SOURCES.register("testbed")
+def resolve_model(model_cfg: Mapping, cache_root: str, config: Mapping, build: bool = True) -> tuple[str, str]:
+    """The testbed model's directory (built on first use; "" with ``build=False``) and identity: the ``testbed``
+    section as configured (not as resolved) and the build's code version, so the key of every model built so far
+    stays what it was."""
+    testbed = config.get("testbed") or {}
+    return (str(build_model(testbed, cache_root)) if build else ""), make_key("testbed", testbed, VERSION)
+
+
+class ContradictionDiagnostic:
+    """Detection against the truth the world knows: the mean score by kind of fact, the AUROC of a low score for the
+    ``contradict`` items, and the share of them that the lowest-scoring subset holds (recall)."""
+
+    def compute(self, scores: Sequence[float], items: Sequence[MCItem], subsets: Sequence[int]) -> dict:
+        kinds = sorted({it.meta.get("kind") for it in items if it.meta.get("kind")})
+        if not kinds:
+            return {}
+        out: dict = {"mean_by_kind": {k: statistics.fmean([s for s, it in zip(scores, items)
+                                                             if it.meta.get("kind") == k]) for k in kinds}}
+        if "contradict" in kinds:
+            pos = [s for s, it in zip(scores, items) if it.meta.get("kind") == "contradict"]
+            neg = [s for s, it in zip(scores, items) if it.meta.get("kind") != "contradict"]
+            out["auroc_contradict"] = auroc(pos, neg)
+            out["contradict_in_lowest_subset"] = (
+                sum(1 for it, g in zip(items, subsets) if it.meta.get("kind") == "contradict" and g == 0)
+                / max(1, len(pos)))
+        return out
+
+    def headline(self, detection: dict) -> str:
+        text = f"  auroc(contradict)={detection['auroc_contradict']:.3f}" if "auroc_contradict" in detection else ""
+        if "contradict_in_lowest_subset" in detection:
+            text += f"  contradict in lowest subset={detection['contradict_in_lowest_subset']:.3f}"
+        return text
+
+
+DIAGNOSTICS.register("testbed", ContradictionDiagnostic())

@@ -1,0 +1,79 @@
+"""The loss of one training batch: SFT batches through :func:`kaft.losses.compute_loss`, pair batches through the
+loss's own ``pair_loss`` against the reference policy.
+
+Why only the label positions' logits: a causal LM's ``[B, T, V]`` logits dwarf everything else a step holds, and
+the loss reads one row per label token; when the model takes ``logits_to_keep`` only the rows that predict a label
+token are computed (the union over the batch of such positions).
+"""
+
+from __future__ import annotations
+
+import inspect
+from functools import partial
+from typing import Callable, Mapping
+
+import torch
+
+from kaft.losses import IGNORE_INDEX, compute_loss, dpo_pair_loss, sequence_logps
+
+
+def accepts_logits_to_keep(model) -> bool:
+    """Whether the (peft-wrapped) model's forward takes ``logits_to_keep``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def sft_batch_loss(model, inputs: Mapping, loss_cfg: Mapping, slice_logits: bool):
+    """``(loss, outputs)`` of one SFT batch (``input_ids``, ``attention_mask``, ``labels``, ``weights``).
+
+    With ``slice_logits`` (the model takes ``logits_to_keep``) only the logits of positions that predict a label
+    token are computed: the union over the batch of such positions.
+    """
+    labels, weights = inputs["labels"], inputs["weights"]
+    fwd = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+    if slice_logits:
+        # position t predicts labels[:, t + 1]: keep the union over the batch of positions that do
+        pos = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero(as_tuple=True)[0]
+        outputs = model(**fwd, logits_to_keep=pos)
+        return compute_loss(loss_cfg, outputs.logits, labels[:, pos + 1], weights, labels_shifted=True), outputs
+    outputs = model(**fwd)
+    return compute_loss(loss_cfg, outputs.logits, labels, weights), outputs
+
+
+def _pair_logps(model, inputs: Mapping, slice_logits: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    c_lab, r_lab = inputs["chosen_labels"], inputs["rejected_labels"]
+    fwd = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+    if slice_logits:
+        pos = ((c_lab[:, 1:] != IGNORE_INDEX) | (r_lab[:, 1:] != IGNORE_INDEX)).any(dim=0).nonzero(as_tuple=True)[0]
+        logits = model(**fwd, logits_to_keep=pos).logits
+        c_lab, r_lab = c_lab[:, pos + 1], r_lab[:, pos + 1]
+    else:
+        logits = model(**fwd).logits
+    return (sequence_logps(logits, c_lab, inputs["chosen_row"], labels_shifted=slice_logits),
+            sequence_logps(logits, r_lab, inputs["rejected_row"], labels_shifted=slice_logits))
+
+
+def pair_batch_loss(model, inputs: Mapping, pair_loss: Callable, slice_logits: bool,
+                    peft_model=None) -> tuple[torch.Tensor, dict]:
+    """``(loss, stats)`` of one batch of :class:`~kaft.train.examples.PairCollator` pairs under ``pair_loss``
+    (a preference loss's ``pair_loss(pc, pr, rc, rr, weights) -> (loss, margin)``).
+
+    ``model`` is a peft model (or a wrapper of one: then pass the unwrapped ``peft_model``): the reference
+    log-probabilities come from it with the adapter disabled, without gradient. ``stats`` holds the mean implicit
+    reward margin and the fraction of pairs ranked right (detached 0-d tensors: reading them is left to logging, so
+    there is no device sync per step).
+    """
+    policy_c, policy_r = _pair_logps(model, inputs, slice_logits)
+    with torch.no_grad(), (peft_model or model).disable_adapter():
+        ref_c, ref_r = _pair_logps(model, inputs, slice_logits)
+    loss, margin = pair_loss(policy_c, policy_r, ref_c, ref_r, inputs["weights"])
+    return loss, {"reward_margin": margin.mean(), "reward_accuracy": (margin > 0).float().mean()}
+
+
+def dpo_batch_loss(model, inputs: Mapping, beta: float, slice_logits: bool,
+                   peft_model=None) -> tuple[torch.Tensor, dict]:
+    """:func:`pair_batch_loss` under :func:`kaft.losses.dpo_loss` with strength ``beta``."""
+    return pair_batch_loss(model, inputs, partial(dpo_pair_loss, beta=beta), slice_logits, peft_model)
