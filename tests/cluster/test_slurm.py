@@ -1,0 +1,116 @@
+"""``hydra/launcher=slurm`` on a real single-node SLURM cluster (started by tests/cluster/slurm_cluster.py;
+``pytest -m slurm``).
+
+The mission sweep (-m loss=kaft,eaft alpha=0.1,0.5) goes through sbatch as one job array and gives the same
+metrics as the same sweep on the basic launcher; the jobs run the venv's Python with the sweep's cache dir; a failing
+job is recorded and does not stop the other one; ``python -m kaft.sweep.status`` reads the sweep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slurm
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    import slurm_cluster as sc
+
+    if sc.existing_cluster():
+        yield {"conf": os.environ.get("SLURM_CONF")}
+        return
+    try:
+        info = sc.start(Path(os.environ.get("KAFT_SLURM_DIR", "/tmp/kaft-slurm")))
+    except sc.Unavailable as e:
+        pytest.skip(f"no SLURM cluster: {e}")
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(info["conf"])
+    yield info
+    if old is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = old
+    if os.environ.get("KAFT_SLURM_KEEP") != "1":
+        sc.stop(info)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from conftest import write_tiny_job
+
+    return write_tiny_job(tmp_path_factory.mktemp("slurm"))
+
+
+def _kaft(root, cache, *args, expect=0):
+    env = {**os.environ, "KAFT_CACHE_DIR": str(root / cache), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    base = ["model=local", f"model.path={root / 'model'}", "dataset=local",
+            f"dataset.train.path={root / 'train.jsonl'}",
+            f"dataset.eval.test.path={root / 'test.jsonl'}", "detection.num_orders=2", "detection.num_samples=3",
+            "detection.shots=2", "detection.max_new_tokens=2", "train.batch_size=4", "train.max_length=256",
+            "train.lr=1e-3", "evaluation.batch_size=4", "logger=none"]
+    out = subprocess.run([sys.executable, "-m", "kaft.run", "-m", *base, *args], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=800)
+    assert out.returncode == expect, out.stdout[-3000:] + out.stderr[-5000:]
+    return out
+
+
+SLURM = ["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2",
+         "hydra.launcher.timeout_min=20"]
+
+
+def _results(sweep: Path) -> dict:
+    out = {}
+    for p in sweep.rglob("results.json"):
+        r = json.loads(p.read_text())
+        out[(r["config"]["loss"]["name"], r["config"]["alpha"])] = r
+    return out
+
+
+def test_mission_sweep_through_sbatch_matches_basic_launcher(slurm_cluster, setup):
+    out = _kaft(setup, "cache_slurm", "loss=kaft,eaft", "alpha=0.1,0.5", *SLURM, "hydra.sweep.dir=sweep_slurm")
+    _kaft(setup, "cache_basic", "loss=kaft,eaft", "alpha=0.1,0.5", "hydra.sweep.dir=sweep_basic")
+    on_slurm, local = _results(setup / "sweep_slurm"), _results(setup / "sweep_basic")
+    assert set(on_slurm) == set(local) == {("kaft", 0.1), ("kaft", 0.5), ("eaft", 0.1), ("eaft", 0.5)}
+    for key, r in on_slurm.items():
+        assert r["status"] == "done"
+        for part in ("metrics", "base_metrics", "delta_vs_base", "subsets", "weights_by_subset", "detection"):
+            assert r[part] == local[key][part], (key, part)
+        assert r["cache_keys"] == local[key]["cache_keys"]  # the same artifacts, computed in another cache
+    assert len({r["cache_keys"]["detect"] for r in on_slurm.values()}) == 1  # one detection for the sweep
+
+    # the jobs ran as a SLURM array, with the venv's python and the sweep's cache dir
+    sub = setup / "sweep_slurm" / ".submitit"
+    assert len(list(sub.glob("*/*_result.pkl"))) == 4
+    script = next(sub.glob("*/*_submission.sh")).read_text()
+    assert "#SBATCH --array=0-3" in script and sys.executable in script
+    assert f"export KAFT_CACHE_DIR='{setup / 'cache_slurm'}'" in script
+    assert (setup / "cache_slurm" / "detect").is_dir() and (setup / "cache_basic" / "detect").is_dir()
+    assert "kaft sweep summary" in out.stdout and "(4 done)" in out.stdout
+
+    st = subprocess.run([sys.executable, "-m", "kaft.sweep.status", str(setup / "sweep_slurm")], capture_output=True,
+                        text=True, timeout=120)
+    assert st.returncode == 0 and "4 done of 4 jobs" in st.stdout, st.stdout + st.stderr
+
+
+def test_failed_job_on_slurm_is_recorded_and_the_other_runs(slurm_cluster, setup):
+    """alpha=7 is impossible for loss=kaft: that job records its error, alpha=0.1 (all cache hits) finishes."""
+    out = _kaft(setup, "cache_slurm", "loss=kaft", "alpha=0.1,7", *SLURM, "hydra.sweep.dir=sweep_fail", expect=1)
+    sweep = setup / "sweep_fail"
+    res = {r["config"]["alpha"] if r.get("config") else None: r
+           for r in (json.loads(p.read_text()) for p in sweep.rglob("results.json"))}
+    assert res[0.1]["status"] == "done"
+    assert res[7]["status"] == "failed" and "'alpha' must be in [0, 1], got 7" in res[7]["error"]
+    assert list(sweep.glob("1_*/error.txt"))
+    assert "(1 done, 1 failed)" in out.stdout and "failed: job 1" in out.stdout
+    st = subprocess.run([sys.executable, "-m", "kaft.sweep.status", str(sweep)], capture_output=True, text=True,
+                        timeout=120)
+    assert st.returncode == 0 and "1 done, 1 failed of 2 jobs" in st.stdout, st.stdout
+    assert "must be in [0, 1], got 7" in st.stdout
