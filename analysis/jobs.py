@@ -10,6 +10,7 @@ hold no config — the same settings from their Hydra overrides.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -92,7 +93,7 @@ def _g(x) -> str:
 
 
 def num(v, default=None):
-    """``float(v)``, or ``default`` for None, NaN-free text and anything else that is no number."""
+    """``float(v)``; ``default`` for None and for anything that is not a number."""
     try:
         return default if v is None else float(v)
     except (TypeError, ValueError):
@@ -128,11 +129,19 @@ def loss_params(flat: dict, cfg: dict, ov: dict, loss: str) -> tuple[float, floa
     alpha = next((v for v in (flat.get("alpha"), ov.get("alpha")) if v is not None), None)
     beta = next((v for v in (flat.get("beta"), ov.get("beta")) if v is not None), None)
     eaft = dig(cfg, ("loss", "eaft_alpha")) if isinstance(cfg.get("loss"), dict) else None
-    if eaft is None and loss == "eaft":
-        eaft = 1.0 if alpha is None else alpha
-    elif eaft is None and loss == "kaft_eaft":
-        eaft = 1.0
-    return num(alpha, 0.1), num(beta, 0.5), num(eaft)
+    return num(alpha, 0.1), num(beta, 0.5), num(_unrecorded("eaft_alpha", eaft, loss, {"alpha": alpha, "beta": beta}))
+
+
+def _unrecorded(setting: str, value, loss: str, given: dict):
+    """A setting the loss reads but an older results.json does not hold: the key it was ``renamed`` from (the
+    loss registry's declaration; ``loss=eaft`` read its exponent from ``alpha``) if given, else its default."""
+    from kaft.losses import LOSSES  # torch: only for results that need it
+
+    spec = LOSSES.get(loss) if value is None and loss in LOSSES else None
+    if spec is None or setting not in spec.reads:
+        return value
+    old = next((given[k] for k, v in spec.renamed.items() if v == setting and given.get(k) is not None), None)
+    return old if old is not None else {f.name: f.default for f in dataclasses.fields(spec.Settings)}[setting]
 
 
 def _clean(v):

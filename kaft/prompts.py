@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from kaft.registry import Registry
+
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 DEFAULT_INSTRUCTION = "For the following {domain} question, select one correct answer from A to {last}."
@@ -70,4 +72,6 @@ def icl_prompt(shots: Sequence[tuple[str, Sequence[str], int]], question: str, o
 
 
 #: prompt builders by name (``detection.prompt``): the KaFT App. A.3 layout or Ren et al.'s ICL layout
-PROMPTS = {"kaft": few_shot_prompt, "ren": icl_prompt}
+PROMPTS: Registry = Registry("prompt layout")
+PROMPTS.register("kaft", few_shot_prompt)
+PROMPTS.register("ren", icl_prompt)

@@ -149,12 +149,17 @@ def test_model_sources_are_a_registry():
     from kaft.errors import KaftError
 
     calls = []
-    modeling.SOURCES.register("fake", lambda cfg, root, config: calls.append((cfg, root, config)) or ("p", "id"))
+    def fake(cfg, root, config, build=True):
+        calls.append((cfg, root, config, build))
+        return ("p" if build else ""), "id"
+
+    modeling.SOURCES.register("fake", fake)
     try:
         assert modeling.resolve({"source": "fake"}, "root", {"seed": 1}) == ("p", "id")
+        assert modeling.resolve({"source": "fake"}, "root", {"seed": 1}, build=False) == ("", "id")  # kaft.sweep.plan
     finally:
         modeling.SOURCES.unregister("fake")
-    assert calls == [({"source": "fake"}, "root", {"seed": 1})]
+    assert calls == [({"source": "fake"}, "root", {"seed": 1}, True), ({"source": "fake"}, "root", {"seed": 1}, False)]
     assert issubclass(modeling.ModelError, KaftError)
     with pytest.raises(modeling.ModelError, match=r"unknown model source 'fake'; choose one of \[.*'hub', 'local'"):
         modeling.check_model_cfg({"source": "fake"})
