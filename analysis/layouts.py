@@ -103,6 +103,7 @@ class Layout:
     base_from_metrics: bool = False  # no base job: a Base row from the jobs' own base evaluation
     versus_random: bool = False      # a "Δ vs Random" column (Table 4)
     matrix: bool = False             # the α × β grid of Avg. before the long table (Table 13, Fig. 4)
+    name_settings: bool = False      # every row names the settings its loss used ("EAFT (eaft_alpha=1)")
 
     def row_keys(self, jobs: pd.DataFrame) -> pd.Series:
         """Each job's row id (shared with paper_numbers.yaml)."""
@@ -120,6 +121,9 @@ class Layout:
 
     def ordered(self, keys) -> list[str]:
         keys = list(dict.fromkeys(keys))
+        if self.name_settings:  # a row named with its settings sits where its loss does
+            first = [k for head in self.order for k in keys if k.split(" (", 1)[0] == head]
+            return first + sorted((k for k in keys if k not in first), key=self.sort)
         return [k for k in self.order if k in keys] + sorted((k for k in keys if k not in self.order),
                                                              key=self.sort)
 
@@ -131,7 +135,7 @@ class Layout:
             return keys
         settings = [{s: job[s] for s in loss_settings(job["loss"])} for job in jobs.to_dict("records")]
         names = list(dict.fromkeys(n for s in settings for n in s))
-        varying = [n for n in names if len({s[n] for s in settings if n in s}) > 1]
+        varying = [n for n in names if self.name_settings or len({s[n] for s in settings if n in s}) > 1]
         for i, s in zip(jobs.index, settings):
             parts = [f"{SETTING_NAMES[n]}={_g(v)}" for n, v in s.items() if n in varying]
             if parts:
@@ -192,7 +196,7 @@ for _layout in (
                               "auto_adapt": "-w. auto-adapt"}, (Rule({"strategy": "full"}, "{loss}"),)),
     Layout("losses", "Training objectives", "Loss",  # the losses in the order the report has always shown them
            ("base", "constant", "kaft", "auto_adapt", "eaft", "dft", "dpo", "kaft_eaft"), (12, 2), ("losses",),
-           {"base": "Base"}, (Rule({"strategy": "full"}, "{loss}"),), label_of=loss_label),
+           {"base": "Base"}, (Rule({"strategy": "full"}, "{loss}"),), label_of=loss_label, name_settings=True),
     Layout("13", "KaFT rewards α (wrong) × β (might-wrong) (KaFT Table 13, Fig. 4)", "Rewards", ("base",), (13, 2),
            ("13",), {"base": "Base"}, (Rule({"method_id": "kaft"}, "a{alpha:g}_b{beta:g}"),),
            label_of=_alpha_beta_label, sort=_by_alpha_beta, matrix=True),

@@ -163,8 +163,12 @@ def test_subsets_detection_partitions_losses_ren_layouts(tmp_path):
 
     losses = _write(tmp_path / "tl", [_res(loss=lo, acc=.55) for lo in ("dpo", "kaft", "constant", "eaft")])
     secs = T.build_table(jobs_frame(losses))
-    assert secs[0].layout == "losses" and [r["id"] for r in _ours(secs)] == ["constant", "kaft", "eaft", "dpo"]
-    assert [r["label"] for r in _ours(secs)] == ["constant (vanilla SFT)", "KaFT", "EAFT", "DPO"]  # the registry's
+    # every row names what its loss used (the registry's label and reads; an old eaft result read its exponent from
+    # alpha)
+    assert secs[0].layout == "losses" and [r["id"] for r in _ours(secs)] == [
+        "constant", "kaft (α=0.1, β=0.5)", "eaft (eaft_alpha=0.1)", "dpo"]
+    assert [r["label"] for r in _ours(secs)] == ["constant (vanilla SFT)", "KaFT (α=0.1, β=0.5)",
+                                                 "EAFT (eaft_alpha=0.1)", "DPO"]
     secs = T.build_table(jobs_frame(losses), "12")
     assert [r["ref"] for r in _rows(secs[0]) if r["source"] == "paper"] == ["Tab. 12", "Tab. 12"]
 
@@ -319,9 +323,9 @@ def test_ablation_switches_name_the_detector_and_alpha_splits_rows(tmp_path):
     secs = T.build_table(jobs_frame(mission))
     assert secs[0].layout == "losses"
     # results from before eaft's exponent had its own name: loss=eaft read it from alpha
-    assert [(r["id"], r["n"]) for r in _ours(secs)] == [("eaft (eaft_alpha=0.1)", 1), ("eaft (eaft_alpha=0.5)", 1),
-                                                  ("kaft (α=0.1)", 1), ("kaft (α=0.5)", 1)]
-    assert "KaFT (α=0.5)" in T.render(secs, "md") and "EAFT (eaft_alpha=0.5)" in T.render(secs, "md")
+    assert [(r["id"], r["n"]) for r in _ours(secs)] == [("kaft (α=0.1, β=0.5)", 1), ("kaft (α=0.5, β=0.5)", 1),
+                                                  ("eaft (eaft_alpha=0.1)", 1), ("eaft (eaft_alpha=0.5)", 1)]
+    assert "KaFT (α=0.5, β=0.5)" in T.render(secs, "md") and "EAFT (eaft_alpha=0.5)" in T.render(secs, "md")
 
     # today's results: each loss's config holds what it used (eaft's own default 1.0 when no alpha was given)
     def used(lo, a):
@@ -332,7 +336,7 @@ def test_ablation_switches_name_the_detector_and_alpha_splits_rows(tmp_path):
 
     now = _write(tmp_path / "now", [used("kaft", 0.1), used("kaft", 0.5), used("eaft", None), used("eaft", None)])
     ids = [(r["id"], r["n"]) for r in _ours(T.build_table(jobs_frame(now)))]
-    assert ids == [("eaft", 1), ("kaft (α=0.1)", 1), ("kaft (α=0.5)", 1)]
+    assert ids == [("kaft (α=0.1, β=0.5)", 1), ("kaft (α=0.5, β=0.5)", 1), ("eaft (eaft_alpha=1)", 1)]
     assert jobs_frame(now)["eaft_alpha"][2] == 1.0
 
 
@@ -362,4 +366,5 @@ def test_methods_layouts_and_loss_labels_come_from_config_and_registry(tmp_path)
     finally:
         LOSSES.unregister("toy_test")
     assert [(r["id"], r["label"]) for r in ours] == [
-        ("kaft", "KaFT"), ("toy_test (β=0.1)", "Toy objective (β=0.1)"), ("toy_test (β=0.5)", "Toy objective (β=0.5)")]
+        ("kaft (α=0.1, β=0.5)", "KaFT (α=0.1, β=0.5)"), ("toy_test (β=0.1)", "Toy objective (β=0.1)"),
+        ("toy_test (β=0.5)", "Toy objective (β=0.5)")]
