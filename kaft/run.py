@@ -26,7 +26,7 @@ def _main(cfg: DictConfig) -> float:
     """One job. A user error (bad data, impossible config) prints one ``kaft: error: ...`` line. In a single run it
     then exits 2 and any other exception raises. In a multirun every failure is recorded instead — ``error.txt``
     (traceback) and ``results.json`` with ``"status": "failed"`` in the job's run dir — and the job returns NaN, so
-    the other jobs go on; the sweep summary lists it as failed and the sweep exits 1 (see kaft/status.py)."""
+    the other jobs go on; the sweep summary lists it as failed and the sweep exits 1 (see kaft/sweep/status.py)."""
     from kaft.sweep import status as status_mod
 
     status_mod.job_started()
