@@ -107,3 +107,32 @@ def test_every_sweep_file_composes(name):
         assert params["dataset"] == "xiezhi_history,xiezhi_engineering,xiezhi_law" and jobs == 15
     if name == "table2_main":  # both readings of self-aligning's r_i
         assert {"self_align", "self_align_majority"} <= set(params["method"].split(","))
+
+
+STAGE_DEFAULTS = {"train": CONF / "train" / "lora.yaml", "detection": CONF / "detection" / "diversified.yaml",
+                  "evaluation": CONF / "evaluation" / "default.yaml"}
+
+
+def _leaves(node, prefix=()):
+    for k, v in node.items():
+        if isinstance(v, dict):
+            yield from _leaves(v, (*prefix, k))
+        else:
+            yield (*prefix, k), v
+
+
+@pytest.mark.parametrize("model", sorted(p.stem for p in (CONF / "model").glob("*.yaml")))
+def test_model_configs_state_only_what_differs_from_the_stage_defaults(model):
+    """One source of defaults: a model config overrides train / detection / evaluation settings, never restates
+    them (conf/train/lora.yaml and friends hold the defaults)."""
+    own = OmegaConf.to_container(OmegaConf.load(CONF / "model" / f"{model}.yaml"))
+    restated = []
+    for group, path in STAGE_DEFAULTS.items():
+        default = OmegaConf.to_container(OmegaConf.load(path))
+        for key, value in _leaves(own.get(group) or {}):
+            node = default
+            for k in key:
+                node = node.get(k, {}) if isinstance(node, dict) else {}
+            if node == value:
+                restated.append(".".join((group, *key)))
+    assert restated == []

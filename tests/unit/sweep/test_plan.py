@@ -77,8 +77,9 @@ def _lora_by_hand(a: est.Arch, model: str) -> int:
     """r × (in + out) of every adapted projection in every layer (GLM-4 fuses gate and up into gate_up_proj)."""
     from omegaconf import OmegaConf
 
-    lora = OmegaConf.load(REPO / "conf" / "model" / f"{model}.yaml").get("train", {}).get("lora") or \
-        OmegaConf.load(REPO / "conf" / "train" / "lora.yaml").lora
+    # the train group's defaults, overridden by what the model config sets (it states only what differs)
+    lora = OmegaConf.merge(OmegaConf.load(REPO / "conf" / "train" / "lora.yaml").lora,
+                           OmegaConf.load(REPO / "conf" / "model" / f"{model}.yaml").get("train", {}).get("lora") or {})
     h, q, kv, i = a.hidden_size, a.num_attention_heads * a.head_dim, a.kv_dim, a.intermediate_size
     shapes = {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h), "gate_proj": (h, i),
               "up_proj": (h, i), "down_proj": (i, h), "gate_up_proj": (h, 2 * i)}
