@@ -91,6 +91,17 @@ def write_tiny_job(root, n_train: int = 12, n_test: int = 6, test_format: str | 
     return root
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads; on a shared 2-core box they only contend (``usefixtures`` it)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return make_tokenizer()

@@ -157,15 +157,20 @@ def test_changed_data_or_a_failed_job_is_refused(sweep, tmp_path):
     assert not (moved / "export").exists() and not (failed / "export").exists()
 
 
-def test_readme_llamafactory_snippet_runs(sweep, tmp_path):
-    """The README's LLaMA-Factory recipe, run as written on a real export: an alpaca file without the wrong subset
-    and a dataset_info entry that points at it."""
+def _readme_recipe(sweep, tmp_path, marker: str) -> str:
+    """The README's ``<!-- marker -->`` recipe, pointed at a real export of the sweep's first job in ``tmp_path``."""
     run_dir = next(iter(_jobs(sweep).values()))[0]
     out = _export(sweep, run_dir, "--out", tmp_path / "export")
     assert out.returncode == 0, out.stderr[-3000:]
-    block = re.search(r"<!-- llamafactory -->\s*```python\n(.*?)```", README.read_text(), re.S)
-    assert block, "README has no LLaMA-Factory recipe"
-    code = block.group(1).replace("outputs/my_run/export", str(tmp_path / "export"))
+    block = re.search(rf"<!-- {marker} -->\s*```python\n(.*?)```", README.read_text(), re.S)
+    assert block, f"README has no {marker} recipe"
+    return block.group(1).replace("outputs/my_run/export", str(tmp_path / "export"))
+
+
+def test_readme_llamafactory_snippet_runs(sweep, tmp_path):
+    """The README's LLaMA-Factory recipe, run as written on a real export: an alpaca file without the wrong subset
+    and a dataset_info entry that points at it."""
+    code = _readme_recipe(sweep, tmp_path, "llamafactory")
     code = code.replace("LLaMA-Factory/data", str(tmp_path / "lf_data"))
     (tmp_path / "lf_data").mkdir()
     (tmp_path / "lf_data" / "dataset_info.json").write_text(json.dumps({"other": {"file_name": "x.json"}}))
@@ -180,12 +185,7 @@ def test_readme_llamafactory_snippet_runs(sweep, tmp_path):
 def test_readme_trl_snippet_runs(sweep, tmp_path):
     """The README's TRL recipe, run as written (one step each, on the CPU) on a real export and the tiny model:
     the filtered set trains, and the rewards reach the weighted loss."""
-    run_dir = next(iter(_jobs(sweep).values()))[0]
-    out = _export(sweep, run_dir, "--out", tmp_path / "export")
-    assert out.returncode == 0, out.stderr[-3000:]
-    block = re.search(r"<!-- trl -->\s*```python\n(.*?)```", README.read_text(), re.S)
-    assert block, "README has no TRL recipe"
-    code = block.group(1).replace("outputs/my_run/export", str(tmp_path / "export"))
+    code = _readme_recipe(sweep, tmp_path, "trl")
     code = code.replace("meta-llama/Meta-Llama-3-8B", str(sweep / "model"))
     code = code.replace("SFTConfig(", "SFTConfig(max_steps=1, use_cpu=True, bf16=False, report_to=[], ")
     code += "\nprint('LOSS', trainer.state.log_history[-1]['train_loss'])\n"
