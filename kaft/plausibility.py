@@ -105,14 +105,14 @@ def _cut_part(count, prompt: str, cut: int) -> str:
     o_at = prompt.find("\nOptions:", max(q_at, 0))
     head, upto_q = count([prompt[:q_at], prompt[:o_at]], False) if q_at > 0 and o_at > 0 else (0, 0)
     if not head:
-        return f"its first {cut} tokens"
+        return f"its first {cut:,} tokens"
     if cut < head:
-        return f"the first {cut} of the instruction line's {head} tokens"
+        return f"the first {cut:,} of the instruction line's {head:,} tokens"
     if cut == head:
         return "the instruction line"
     if cut < upto_q:
-        return f"the instruction line and the first {cut - head} tokens of the question"
-    return f"the instruction line, the whole question and {cut - upto_q} tokens of the options"
+        return f"the instruction line and the first {cut - head:,} tokens of the question"
+    return f"the instruction line, the whole question and {cut - upto_q:,} tokens of the options"
 
 
 def prompt_lengths(cfg: Mapping, train: Sequence, evals: Mapping[str, Sequence], tokenizer) -> dict[str, dict]:
@@ -177,7 +177,7 @@ def length_warnings(cfg: Mapping, lengths: Mapping[str, dict], context_len: int 
         ctx = f" (the model's context is {context_len:,} tokens)" if context_len else ""
         out.append(f"{tr['n_over']} of {tr['n']} training examples are longer than train.max_length={max_len} "
                    f"tokens (the longest, item {tr['id']!r}, has {tr['tokens']:,}): kaft cuts their prompts from the "
-                   f"left, which drops {tr['cut']} of the longest; raise train.max_length{ctx}")
+                   f"left (the longest loses {tr['cut']}); raise train.max_length{ctx}")
     return out
 
 

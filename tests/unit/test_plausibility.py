@@ -89,7 +89,7 @@ def test_truncation_names_the_part_kaft_cuts(tok):
                                     answer_text(x.answer), 10 ** 6)[0]) > max_len for x in train)
     lines = P.length_warnings(_cfg(max_length=max_len), lengths, context_len=4096)
     assert len(lines) == 1 and f"{n_over} of 10 training examples are longer than train.max_length={max_len}" in lines[0]
-    assert "drops the instruction line" in lines[0] and "context is 4,096" in lines[0]
+    assert "(the longest loses the instruction line)" in lines[0] and "context is 4,096" in lines[0]
     deeper = P.prompt_lengths(_cfg(max_length=max_len - 3), train, {}, tok)["train"]["cut"]
     assert deeper == "the instruction line and the first 3 tokens of the question"
 
