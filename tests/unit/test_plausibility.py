@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import make_model, make_tokenizer
+
 from kaft import plausibility as P
 from kaft.data import MCItem
 from kaft.detection import build_queries, detector_for
