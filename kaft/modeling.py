@@ -52,6 +52,10 @@ def _dir_identity(path: Path) -> str:
 #: a source that builds its model (a plugin's) returns its identity without building (path "" until built)
 SOURCES: Registry[Callable[[Mapping, str, Mapping], tuple[str, str]]] = Registry("model source", error=ModelError)
 
+#: name -> ``fn(model_cfg, config) -> (tokenizer, context_length)``: what a source that builds its model can tell
+#: about it without building it (kaft.plausibility measures prompts with it before anything is built or loaded)
+PREVIEWS: Registry[Callable[[Mapping, Mapping], tuple[Any, int]]] = Registry("model preview", error=ModelError)
+
 
 @SOURCES.register("hub")
 def _resolve_hub(cfg: Mapping, cache_root: str, config: Mapping, build: bool = True) -> tuple[str, str]:
