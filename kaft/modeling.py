@@ -108,7 +108,7 @@ def safetensors_problem(path: Path) -> str | None:
     ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
             and "data_offsets" in v]
     need = 8 + n + max(ends, default=0)
-    return None if size >= need else f"{size} bytes where its header says {need}"
+    return None if size >= need else f"{size} bytes where its header says {need} bytes"
 
 
 def check_device(device: str | None) -> None:
