@@ -2,8 +2,8 @@
 
 :class:`SummaryCallback` is a Hydra callback (``hydra.callbacks.summary`` in ``conf/config.yaml``); when a multirun
 ends it collects every job under the sweep directory (:func:`kaft.results.job_dirs`), prints one table and writes
-``summary.csv`` and ``summary.md`` beside ``multirun.yaml`` (replacing only summaries kaft wrote: kaft/outputs.py). A job without ``results.json`` (crashed, killed, still
-queued) is listed as ``missing``. :func:`summarize` and :func:`format_table` work without Hydra:
+``summary.csv`` and ``summary.md`` beside ``multirun.yaml`` (replacing only summaries kaft wrote: kaft/outputs.py).
+A job without ``results.json`` (crashed, killed, still queued) is listed as ``missing``. :func:`summarize` and :func:`format_table` work without Hydra:
 ``python -m kaft.sweep.summary SWEEP_DIR`` prints the table of a finished (or running) sweep. The paper's table of
 the sweep is a callback of its own (``analysis.callback.PaperTableCallback``), and kaft does not depend on it.
 """

@@ -28,31 +28,31 @@ def _one_line(out, message: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- data
-def test_answer_base_not_a_number(tmp_path, good):
+def test_answer_base_not_a_number(tmp_path, good):  # noqa: F811
     out, cache = _run(tmp_path, good, ["dataset.train.answer_base=abc"])
     _check(out, cache, "answer_base='abc': must be 0 or 1", tmp_path)
 
 
-def test_data_path_is_a_folder(tmp_path, good):
+def test_data_path_is_a_folder(tmp_path, good):  # noqa: F811
     (tmp_path / "x.jsonl").mkdir()
     out, cache = _run(tmp_path, good, [], train=tmp_path / "x.jsonl")
     _check(out, cache, "x.jsonl is a folder, not a data file", tmp_path)
 
 
-def test_boolean_answer(tmp_path, good):
+def test_boolean_answer(tmp_path, good):  # noqa: F811
     train = _write(tmp_path, "train.jsonl", _jsonl([ROWS[0], {**ROWS[1], "answer": True}]))
     out, cache = _run(tmp_path, good, [], train=train)
     _check(out, cache, "row 2: field 'answer': true is not an answer", tmp_path)
 
 
-def test_answer_given_as_option_text(tmp_path, good):
+def test_answer_given_as_option_text(tmp_path, good):  # noqa: F811
     train = _write(tmp_path, "train.jsonl", _jsonl([{**ROWS[0], "answer": "green"}]))
     out, cache = _run(tmp_path, good, [], train=train)
     _check(out, cache, "'green' is the text of option B; write its letter 'B' or its index 1", tmp_path)
 
 
 # ----------------------------------------------------------------------------------------------- model and machine
-def test_truncated_safetensors(tmp_path, good):
+def test_truncated_safetensors(tmp_path, good):  # noqa: F811
     model = tmp_path / "model"
     shutil.copytree(good / "model", model)
     weights = model / "model.safetensors"
@@ -63,34 +63,28 @@ def test_truncated_safetensors(tmp_path, good):
                        f"truncated or damaged", tmp_path)
 
 
-def test_cuda_device_without_a_gpu(tmp_path, good):
+def test_cuda_device_without_a_gpu(tmp_path, good):  # noqa: F811
     """CUDA_VISIBLE_DEVICES="" hides any GPU, so torch here is as a CPU-only install (the check runs on any host)."""
     out, cache = _run(tmp_path, good, ["device=cuda"], env={"CUDA_VISIBLE_DEVICES": ""})
     _check(out, cache, "device=cuda: this torch", tmp_path)
     assert "sees no CUDA GPU; use device=cpu, or device=null" in out.stderr
 
 
-def test_unknown_device(tmp_path, good):
+def test_unknown_device(tmp_path, good):  # noqa: F811
     out, cache = _run(tmp_path, good, ["device=gpu0"])
     _check(out, cache, "device=gpu0: not a torch device; use device=cpu", tmp_path)
 
 
 @pytest.fixture
 def small_disk(tmp_path):
-    mnt = tmp_path / "small_disk"
-    mnt.mkdir()
-    out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True,
-                         text=True)
-    if out.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({out.stderr.strip()}); tests/unit/test_diskspace.py still runs")
-    try:
+    from conftest import small_disk as mount
+
+    with mount(tmp_path / "small_disk", "64k") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 @pytest.mark.slow
-def test_full_disk_during_a_job(tmp_path, good, small_disk):
+def test_full_disk_during_a_job(tmp_path, good, small_disk):  # noqa: F811
     """The cache on a 64 KiB disk: the job runs until an artifact no longer fits, then one line names the cache and
     the free space; every artifact left in the cache is complete (has its manifest), no temporary dir remains."""
     out, _ = _run(tmp_path, good, ["experiment=smoke", "progress=false", "train.batch_size=4", "train.max_length=256",

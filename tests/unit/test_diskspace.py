@@ -6,7 +6,6 @@ ENOSPC, safetensors' message) from the build, which a test cannot otherwise make
 from __future__ import annotations
 
 import errno
-import subprocess
 
 import pytest
 
@@ -16,16 +15,10 @@ from kaft.diskspace import DiskFullError
 
 @pytest.fixture
 def small_disk(tmp_path):
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True,
-                         text=True)
-    if out.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({out.stderr.strip()}); the raised-error cases below still run")
-    try:
+    from conftest import small_disk as mount
+
+    with mount(tmp_path / "small", "256k") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def _left(cache_root, stage: str) -> list[str]:
