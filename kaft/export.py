@@ -218,7 +218,8 @@ def _foreign(folder: Path) -> str | None:
         manifest = None
     if not isinstance(manifest, dict) or manifest.get("kind") != EXPORT_KIND or not isinstance(
             manifest.get("files"), list):
-        return f"it holds no kaft export manifest ({MANIFEST} with \"kind\": \"{EXPORT_KIND}\")"
+        return (f"it holds no kaft export manifest ({MANIFEST} with \"kind\": \"{EXPORT_KIND}\"; an export from "
+                f"before kaft recorded its files has none: delete it yourself if that is what it is)")
     extra = sorted(set(_files(folder)) - {*map(str, manifest["files"]), MANIFEST})
     if extra:
         return f"it holds {len(extra)} file(s) the export did not write (e.g. {extra[0]})"
