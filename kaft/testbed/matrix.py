@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from kaft.outputs import OutputError, check_target, write_text
 from kaft.testbed.report import targets
 from kaft.testbed.config import resolve_config
 
@@ -112,6 +113,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     ap.add_argument("--cache", default=None, help="cache root (default: a fresh temporary directory)")
     ap.add_argument("--out", default=None, help="also write the table (.md) and the numbers (.json) here")
     args = ap.parse_args(argv)
+    try:
+        for ext in (".md", ".json") if args.out else ():
+            check_target(Path(args.out).with_suffix(ext), "kaft.testbed.matrix")  # before hours of runs
+    except OutputError as e:
+        sys.exit(f"kaft: error: {e}")
     root = Path(args.cache or tempfile.mkdtemp(prefix="kaft-matrix-"))
     bf16_ok = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     cells = []
@@ -127,9 +133,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                     f"{t['name']} {t['value']:.3f}{'' if t['ok'] else ' MISSED'}" for t in c["targets"]), flush=True)
     text = table(cells)
     print(text)
-    if args.out:
-        Path(args.out).with_suffix(".md").write_text(text + "\n")
-        Path(args.out).with_suffix(".json").write_text(json.dumps(cells, indent=2))
+    if args.out:  # never over a file kaft did not write (kaft/outputs.py)
+        write_text(Path(args.out).with_suffix(".md"), text + "\n", "kaft.testbed.matrix")
+        write_text(Path(args.out).with_suffix(".json"), json.dumps(cells, indent=2), "kaft.testbed.matrix")
     return cells
 
 

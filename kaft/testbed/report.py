@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from kaft.items import MCItem
+from kaft.outputs import OutputError, check_target, write_text
 from kaft.prompts import few_shot_prompt
 from kaft.results import auroc
 from kaft.testbed.accuracy import _correct, _by_kind, accuracy_by_kind, letter_probs  # noqa: F401
@@ -176,6 +177,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--config", default=None, help="a YAML file with testbed config overrides")
     ap.add_argument("--json", default=None, help="also write the numbers to this file")
     args = ap.parse_args(argv)
+    if args.json:  # before the build: never over a file kaft did not write (kaft/outputs.py)
+        try:
+            check_target(args.json, "kaft.testbed.report")
+        except OutputError as e:
+            raise SystemExit(f"kaft: error: {e}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import yaml
@@ -206,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             print(f"target {'met   ' if t['ok'] else 'MISSED'} {t['name']}: {t['value']:.3f} (target {t['target']})")
     print(f"measured in {res['measure_seconds']:.1f}s")
     if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2))
+        write_text(args.json, json.dumps(res, indent=2), "kaft.testbed.report")
     return res
 
 
