@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+import re
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from kaft import hub
@@ -318,8 +319,6 @@ def _join(rows: Iterable[Mapping], join: Mapping, source: str) -> Iterator[Mappi
 
 def _matches(value, cond) -> bool:
     if isinstance(cond, Mapping):
-        import re
-
         if "pattern" in cond:
             return value is not None and re.fullmatch(str(cond["pattern"]), str(value)) is not None
         raise DataError(f"filter condition {dict(cond)!r}: use a value, a list of values or {{pattern: regex}}")
@@ -367,8 +366,6 @@ def adapt_option_lines(rows: Iterable[Mapping], spec: Mapping) -> Iterator[Mappi
     """Options held in one string, one per line ("A 选项\\nB 选项", CMExam; "opt\\nopt", Xiezhi), or as a list of
     {"key": "A", "value": ...} objects: turned into a list. With ``answer_text: true`` the answer column holds the
     text of the correct option (Xiezhi) and is turned into its index."""
-    import re
-
     f = _spec_fields(spec)
     col, ans = f["options"], f["answer"]
     for row in rows:

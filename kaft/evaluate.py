@@ -24,6 +24,7 @@ lm-eval 0.4.13 notes (what this module relies on):
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -33,6 +34,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from kaft.cache import atomic_write_text
 from kaft.errors import KaftError
 from kaft.eval_tasks import LM_EVAL, PROMPT, task_override
 from kaft.items import MCItem
@@ -76,8 +78,6 @@ def write_docs(docs: Sequence[Mapping], work_dir: str | Path, stem: str) -> Path
     work_dir.mkdir(parents=True, exist_ok=True)
     path = work_dir / f"{stem}-{digest}.jsonl"
     if not path.exists():
-        from kaft.cache import atomic_write_text
-
         atomic_write_text(path, lines)
     return path
 
@@ -164,8 +164,6 @@ def _quiet(progress: bool) -> Iterator[None]:
     patched = None
     if not progress:  # lm-eval's request-building loop has an unconditional progress bar per task
         try:
-            import functools
-
             import lm_eval.api.task as lm_task
 
             patched = lm_task.tqdm

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import json
 import os
 import shutil
 from pathlib import Path
@@ -141,8 +142,6 @@ def dataset_error(exc: BaseException, repo: str, name: str | None, split: str, r
 # ----------------------------------------------------------------------------------------------- models
 def _missing_in_snapshot(folder: Path) -> list[str]:
     """Files from_pretrained needs that a cached snapshot lacks (config, a tokenizer, every weight shard)."""
-    import json
-
     missing = [f for f in CONFIG_FILES if not (folder / f).exists()]
     if not any((folder / f).exists() for f in TOKENIZER_FILES):
         missing.append("a tokenizer file (tokenizer.json, tokenizer.model, ...)")

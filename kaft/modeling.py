@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from kaft import hub
 from kaft.cache import make_key
 from kaft.errors import KaftError
 from kaft.registry import Registry
@@ -60,8 +61,6 @@ def _resolve_hub(cfg: Mapping, cache_root: str, config: Mapping, build: bool = T
     if local.is_dir():
         _check_model_dir(local)
         return str(local), make_key("local", _dir_identity(local))
-    from kaft import hub
-
     try:  # before anything loads: offline and not cached, gated, no such revision, no room for the download
         hub.check_model(path, cfg.get("revision"))
     except hub.HubError as e:
@@ -120,8 +119,6 @@ def resolve(model_cfg: Mapping, cache_root: str, config: Mapping, build: bool = 
 def load(cfg: Mapping, path: str, device: str | None = None) -> tuple[Any, Any]:
     """Load model + tokenizer from what :func:`resolve` returned. Left padding: probing generates. A hub download
     that fails (network gone, gated, disk full) ends in one :class:`ModelError` line, not the hub's tracebacks."""
-    from kaft import hub
-
     try:
         return _load(cfg, path, device)
     except Exception as e:

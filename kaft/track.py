@@ -29,6 +29,9 @@ import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+import kaft
 from kaft.cache import atomic_write_json
 from kaft.registry import Registry
 from kaft.results import RESULTS_FILE
@@ -98,8 +101,6 @@ def package_versions() -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             out[key] = None
     if out["kaft"] is None:  # running from a source tree that is not pip-installed
-        import kaft
-
         out["kaft"] = getattr(kaft, "__version__", None)
     out["python"] = platform.python_version()
     return out
@@ -221,13 +222,8 @@ def resolve_mode(mode: str | None) -> str:
 
 
 def _plain(config: Any) -> Any:
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(config, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(config, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(config, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(config, resolve=True)
     return dict(config) if isinstance(config, Mapping) else config
 
 

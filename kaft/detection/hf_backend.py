@@ -8,6 +8,7 @@ decodes ``n`` continuations from one prefill per prompt instead of calling ``gen
 
 from __future__ import annotations
 
+import inspect
 from typing import Mapping, Sequence
 
 from kaft.detection.backends import BACKENDS
@@ -69,7 +70,7 @@ class HFBackend:
         pre = self.tokenizer(prefix, return_tensors="pt")
         p_ids, p_mask = pre["input_ids"].to(self.device), pre["attention_mask"].to(self.device)
         out = self.model(input_ids=p_ids, attention_mask=p_mask, use_cache=True)
-        cache = out.past_key_values
+        cache = out.cache  # transformers 5 names the KV cache `cache` (`past_key_values` is deprecated)
         n, width = len(suffix_ids), max(len(x) for x in suffix_ids)
         cache.batch_repeat_interleave(n)
         pad = self.tokenizer.pad_token_id or 0  # left padding, masked out
@@ -79,8 +80,8 @@ class HFBackend:
         mask = torch.cat([p_mask.expand(n, -1), s_mask], dim=1)
         pos = (plen + s_mask.cumsum(-1) - 1).clamp(min=plen)
         kw = {"logits_to_keep": 1} if _accepts(self.model, "logits_to_keep") else {}
-        out = self.model(input_ids=s_ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                         use_cache=True, **kw)
+        out = self.model(input_ids=s_ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
+                         **kw)
         return out.logits[:, -1, :].float()
 
     def last_logits(self, prompts: Sequence[str]):
@@ -146,8 +147,6 @@ class HFBackend:
 
 
 def _accepts(model, arg: str) -> bool:
-    import inspect
-
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     try:
         return arg in inspect.signature(base.forward).parameters
@@ -184,7 +183,7 @@ def _sample_batch(model, tokenizer, prompts: Sequence[str], n: int, temperature:
     kw = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}  # not [B, T, V]: V is 32k-152k
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=max_new_tokens > 1, **kw)
     logits = out.logits[:, -1, :].float().repeat_interleave(n, dim=0)
-    cache = out.past_key_values if max_new_tokens > 1 else None
+    cache = out.cache if max_new_tokens > 1 else None
     if cache is not None:
         cache.batch_repeat_interleave(n)
     mask = mask.repeat_interleave(n, dim=0)
@@ -202,8 +201,8 @@ def _sample_batch(model, tokenizer, prompts: Sequence[str], n: int, temperature:
         mask = torch.cat([mask, torch.ones_like(tok)], dim=1)
         last_pos = last_pos + 1
         out = model(input_ids=tok, attention_mask=mask, position_ids=last_pos[:, None],
-                    past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+                    cache=cache, use_cache=True)
+        cache = out.cache
         logits = out.logits[:, -1, :].float()
     gen = torch.cat(generated, dim=1).cpu()
     texts = tokenizer.batch_decode(gen, skip_special_tokens=True)

@@ -35,9 +35,10 @@ class Layout:
     order_scheme: str = "random"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Need:
-    """What a detector reads from the backend for each query.
+    """What a detector reads from the backend for each query (keyword arguments only: two flags and two numbers
+    read ambiguously by position).
 
     ``letter_probs``: p_T of each option letter as the first answer token at ``temperature`` (no generation), and
     with ``greedy`` also the argmax first token as a one-sample answer. Otherwise ``samples`` responses of

@@ -30,6 +30,7 @@ tokenized with it too (``tokenizer(prompt)``, special tokens added), so both bac
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import math
@@ -220,7 +221,6 @@ class VLLMBackend:
         if core is not None and hasattr(core, "shutdown"):
             core.shutdown()
         del llm
-        import gc
 
         gc.collect()
 

@@ -35,6 +35,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from kaft.cache import make_key
 from kaft.items import MCItem
 from kaft.prompts import LETTERS, answer_text, few_shot_prompt
 from kaft.testbed.config import WorldConfigError, resolve_config
@@ -377,8 +378,6 @@ _MEMO: dict[str, World] = {}
 
 def build_world(cfg: Mapping | None = None) -> World:
     """The world of a testbed config, memoised per config (data loading asks once per split)."""
-    from kaft.cache import make_key
-
     full = resolve_config(cfg)
     key = make_key(full["seed"], full["world"])
     if key not in _MEMO:

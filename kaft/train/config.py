@@ -7,7 +7,10 @@ saved, not the adapter, so kaft.run leaves them out of the train cache key.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Mapping
 
 from kaft.errors import ConfigError
 
@@ -17,6 +20,19 @@ LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 # optional train settings that only decide how often progress is saved, not the adapter (left out of cache keys)
 CHECKPOINT_KEYS = ("save_steps", "save_total_limit")
 CHECKPOINT_DEFAULTS = {"save_steps": 50, "save_total_limit": 1}
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """How :func:`kaft.train.train_lora` trains, apart from the model and the data: the ``loss`` and ``train``
+    configs, the seed, and the prompt settings the training prompts are built with (as detection and evaluation
+    build theirs). One object instead of five parameters that travel together."""
+
+    loss: Mapping
+    train: Mapping
+    seed: int
+    domain: str
+    instruction: str | None = None
 
 
 class TrainError(ConfigError):
@@ -61,6 +77,16 @@ def validate_train_cfg(train_cfg: Mapping) -> None:
     if train_cfg["lr_scheduler"] not in LR_SCHEDULERS:
         raise TrainError(f"train.lr_scheduler must be one of {list(LR_SCHEDULERS)}, got {train_cfg['lr_scheduler']!r}")
     _check_lora(train_cfg["lora"])
+
+
+@contextmanager
+def peft_wrap() -> Iterator[None]:
+    """Around a peft wrap (``get_peft_model``, ``PeftModel.from_pretrained``): peft reads the model's
+    ``is_gradient_checkpointing``, which transformers 5 deprecates with a FutureWarning however kaft calls peft (no
+    argument avoids it); only that warning is silenced, only here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def lora_config(lora: Mapping):
