@@ -146,7 +146,7 @@ def _read_local(path: str, **_) -> Iterator[Mapping]:
             with p.open(encoding="utf-8", newline="") as fh:
                 yield from csv.DictReader(fh)
         elif suffix == ".parquet":
-            import pyarrow.parquet as pq
+            import pyarrow.parquet as pq  # lazy: pyarrow is slow to import; needed only for parquet files
 
             yield from pq.read_table(p).to_pylist()
         else:
@@ -159,7 +159,7 @@ def _read_local(path: str, **_) -> Iterator[Mapping]:
 def _read_hub(path: str, name: str | None = None, split: str = "train", revision: str | None = None,
               **_) -> Iterator[Mapping]:
     """Rows from the Hugging Face hub (or its local cache when HF_DATASETS_OFFLINE=1)."""
-    import datasets
+    import datasets  # lazy: datasets is slow to import; needed only for hub or parquet data
 
     try:
         ds = datasets.load_dataset(path, name, split=split, revision=revision)
@@ -260,7 +260,7 @@ def _spec_fields(spec: Mapping) -> dict:
 
 def _read_hub_data_files(path: str, data_files, split: str = "train", revision: str | None = None,
                          name: str | None = None) -> Iterator[Mapping]:
-    import datasets
+    import datasets  # lazy: datasets is slow to import; needed only for hub or parquet data
 
     try:
         ds = datasets.load_dataset(path, name, data_files=data_files, split=split, revision=revision)

@@ -164,6 +164,7 @@ def _quiet(progress: bool) -> Iterator[None]:
     patched = None
     if not progress:  # lm-eval's request-building loop has an unconditional progress bar per task
         try:
+            # lazy: lm-eval imports torch and datasets; needed only by an uncached evaluation
             import lm_eval.api.task as lm_task
 
             patched = lm_task.tqdm
@@ -172,7 +173,7 @@ def _quiet(progress: bool) -> Iterator[None]:
             patched = None
     ds_bars = None
     try:
-        import datasets
+        import datasets  # lazy: slow to import; an uncached evaluation has lm-eval import it anyway
 
         ds_bars = datasets.utils.logging.is_progress_bar_enabled()
         if not progress:
@@ -185,11 +186,12 @@ def _quiet(progress: bool) -> Iterator[None]:
         for n, lvl in levels.items():
             logging.getLogger(n).setLevel(lvl)
         if patched is not None:
+            # lazy: lm-eval imports torch and datasets; needed only by an uncached evaluation
             import lm_eval.api.task as lm_task
 
             lm_task.tqdm = patched
         if ds_bars:
-            import datasets
+            import datasets  # lazy: as above
 
             datasets.enable_progress_bars()
 
@@ -197,6 +199,7 @@ def _quiet(progress: bool) -> Iterator[None]:
 @contextlib.contextmanager
 def _keep_rng() -> Iterator[None]:
     """``simple_evaluate`` reseeds python/numpy/torch globally; give the caller its RNG streams back."""
+    # lazy: imported with torch, which a cached re-run never needs
     import numpy as np
     import torch
 
@@ -213,6 +216,7 @@ def _keep_rng() -> Iterator[None]:
 
 
 def _make_lm(model, tokenizer, batch_size: int, max_length: int | None, progress: bool):
+    # lazy: lm-eval imports torch and datasets; needed only by an uncached evaluation
     from lm_eval.models.huggingface import HFLM
 
     class _KaftHFLM(HFLM):
@@ -252,6 +256,7 @@ def evaluate(model, tokenizer, benchmarks: Mapping[str, Sequence[MCItem]], work_
     ``per_item=True`` each benchmark also gets ``"items"``: ``[{"id", "answer", "pred", "logprobs"}]`` in input
     order. ``model``'s train/eval mode and the global RNG states are restored afterwards.
     """
+    # lazy: lm-eval imports torch and datasets; needed only by an uncached evaluation
     import lm_eval
     from lm_eval.tasks import TaskManager
 

@@ -26,7 +26,7 @@ class ModelError(KaftError):
 
 
 def _dtype(name: str | None):
-    import torch
+    import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
 
     if name in (None, "auto"):
         return "auto"
@@ -129,6 +129,7 @@ def load(cfg: Mapping, path: str, device: str | None = None) -> tuple[Any, Any]:
 
 
 def _load(cfg: Mapping, path: str, device: str | None = None) -> tuple[Any, Any]:
+    # lazy: torch takes seconds to import; a cached re-run never needs it
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -171,7 +171,7 @@ class WandbLogger:
     """One W&B run per job, under ``<run_dir>/wandb``; offline unless an API key (or mode) says otherwise."""
 
     def __init__(self, logger_cfg: Mapping, run_dir, run_name: str, group: str | None, config: dict):
-        import wandb
+        import wandb  # lazy: optional and slow to import; needed only with logger=wandb
 
         cfg = dict(logger_cfg or {})
         self.mode = resolve_mode(cfg.get("mode"))

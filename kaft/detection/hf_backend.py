@@ -65,7 +65,7 @@ class HFBackend:
         return self._suffix_ids(prefix, [prefix + suffix]) is not None
 
     def _shared_last_logits(self, prefix: str, suffix_ids: Sequence[Sequence[int]]):
-        import torch
+        import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
 
         pre = self.tokenizer(prefix, return_tensors="pt")
         p_ids, p_mask = pre["input_ids"].to(self.device), pre["attention_mask"].to(self.device)
@@ -86,7 +86,7 @@ class HFBackend:
 
     def last_logits(self, prompts: Sequence[str]):
         """Next-token logits ``[len(prompts), V]`` (float32) for a batch of prompts."""
-        import torch
+        import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
 
         with torch.inference_mode():
             if self.share_prefix and len(prompts) > 1:
@@ -113,7 +113,7 @@ class HFBackend:
     def letter_probs(self, prompts: Sequence[str], letter_ids: Sequence[Sequence[int]],
                      temperature: float) -> list[list[float]]:
         """p_T(next token ∈ letter_ids[j]) under softmax(logits / T) over the full vocabulary, per prompt."""
-        import torch
+        import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
 
         out: list[list[float]] = [[] for _ in prompts]
         for idx, batch in self._batches(prompts):
@@ -134,7 +134,7 @@ class HFBackend:
                seed: int, top_k: int = 0, top_p: float = 1.0) -> list[list[str]]:
         """``n`` continuations per prompt (temperature 0 = greedy), one prefill per prompt shared by its samples;
         ``top_k`` > 0 / ``top_p`` < 1 restrict each draw as HF ``generate`` does (SMA's sampling)."""
-        import torch
+        import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
 
         gen = torch.Generator().manual_seed(int(seed))
         out: list[list[str]] = [[] for _ in prompts]
@@ -158,7 +158,7 @@ def filter_logits(logits, top_k: int = 0, top_p: float = 1.0):
     """HF's top-k then top-p (nucleus) warpers on ``[N, V]`` logits already divided by the temperature: tokens
     outside the k largest, then outside the smallest set whose probability reaches ``top_p`` (the most likely token
     always stays), get -inf. ``top_k=0, top_p=1`` returns the logits untouched."""
-    import torch
+    import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
 
     if top_k > 0 and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
@@ -174,7 +174,7 @@ def filter_logits(logits, top_k: int = 0, top_p: float = 1.0):
 def _sample_batch(model, tokenizer, prompts: Sequence[str], n: int, temperature: float, max_new_tokens: int,
                   generator, top_k: int = 0, top_p: float = 1.0) -> list[list[str]]:
     """``n`` sampled continuations per prompt, decoding from one shared prefill per prompt (temperature 0: greedy)."""
-    import torch
+    import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
 
     enc = tokenizer(list(prompts), return_tensors="pt", padding=True)
     device = next(model.parameters()).device

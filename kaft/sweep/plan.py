@@ -66,6 +66,7 @@ class Settings:
 def compose_jobs(overrides: list[str], multirun: bool) -> list[tuple[int, list[str], DictConfig]]:
     """Every job's full config (``hydra`` node included, run dir resolvable), as ``kaft.run`` would compose it.
     Sweeps expand as Hydra's basic sweeper does (``hydra.sweeper.params`` of a sweep file plus ``a=1,2`` overrides)."""
+    # lazy: Hydra is slow to import; only the Hydra-facing paths need it
     from hydra import initialize_config_dir
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.global_hydra import GlobalHydra
@@ -104,6 +105,7 @@ def task_config(cfg: DictConfig) -> DictConfig:
 
 
 def run_dir(cfg: DictConfig, multirun: bool) -> Path:
+    # lazy: Hydra is slow to import; only the Hydra-facing paths need it
     from hydra.core.hydra_config import HydraConfig
 
     hc = HydraConfig.instance()

@@ -91,7 +91,7 @@ def peft_wrap() -> Iterator[None]:
 
 def lora_config(lora: Mapping):
     """The peft ``LoraConfig`` of ``train.lora`` (``{r, alpha, dropout, target_modules}``)."""
-    from peft import LoraConfig
+    from peft import LoraConfig  # lazy: peft imports torch; needed only to make or load an adapter
 
     targets = lora["target_modules"]
     targets = targets if isinstance(targets, str) else list(targets)  # "all-linear" or a list of module names

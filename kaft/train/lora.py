@@ -49,7 +49,7 @@ def last_checkpoint(checkpoint_dir: str | Path | None) -> Path | None:
 
 
 def _check_inputs(model, items: Sequence[MCItem], weights: Sequence[float]) -> None:
-    from peft import PeftModel
+    from peft import PeftModel  # lazy: peft imports torch; needed only to make or load an adapter
 
     if len(items) != len(weights):
         raise TrainError(f"train_lora: {len(items)} items but {len(weights)} weights")
@@ -63,6 +63,7 @@ def _check_inputs(model, items: Sequence[MCItem], weights: Sequence[float]) -> N
 
 
 def _add_adapter(model, train_cfg: Mapping, seed: int):
+    # lazy: peft imports torch; needed only to make or load an adapter
     from peft import get_peft_model
     from transformers import set_seed
 
@@ -76,7 +77,7 @@ def _add_adapter(model, train_cfg: Mapping, seed: int):
 
 def _training_args(train_cfg: Mapping, out_dir: Path, checkpoint_dir: str | Path | None, seed: int):
     """The Trainer's arguments, and whether checkpoints are saved (into ``checkpoint_dir``)."""
-    from transformers import TrainingArguments
+    from transformers import TrainingArguments  # lazy: transformers imports torch; needed only to build or load a model
 
     use_cuda = torch.cuda.is_available()
     save_steps = int(train_cfg.get("save_steps", CHECKPOINT_DEFAULTS["save_steps"]))
