@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from kaft import diskspace
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,6 @@ HASH_CHUNK = 1 << 20
 def _canonical(obj: Any) -> Any:
     """Turn configs (OmegaConf, dataclasses, tuples) into plain JSON-able values with a stable form."""
     try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
         if isinstance(obj, (DictConfig, ListConfig)):
             obj = OmegaConf.to_container(obj, resolve=True)
     except ImportError:  # pragma: no cover

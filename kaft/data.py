@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+import re
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from kaft import choices, hub
@@ -116,7 +117,7 @@ _read_local = read_local  # the subsets and join readers read local files too
 def _read_hub(path: str, name: str | None = None, split: str = "train", revision: str | None = None,
               **_) -> Iterator[Mapping]:
     """Rows from the Hugging Face hub (or its local cache when HF_DATASETS_OFFLINE=1)."""
-    import datasets
+    import datasets  # lazy: datasets is slow to import; needed only for hub or parquet data
 
     try:
         ds = datasets.load_dataset(path, name, split=split, revision=revision)
@@ -229,7 +230,7 @@ def _spec_fields(spec: Mapping) -> dict:
 
 def _read_hub_data_files(path: str, data_files, split: str = "train", revision: str | None = None,
                          name: str | None = None) -> Iterator[Mapping]:
-    import datasets
+    import datasets  # lazy: datasets is slow to import; needed only for hub or parquet data
 
     try:
         ds = datasets.load_dataset(path, name, data_files=data_files, split=split, revision=revision)
@@ -288,8 +289,6 @@ def _join(rows: Iterable[Mapping], join: Mapping, source: str) -> Iterator[Mappi
 
 def _matches(value, cond) -> bool:
     if isinstance(cond, Mapping):
-        import re
-
         if "pattern" in cond:
             return value is not None and re.fullmatch(str(cond["pattern"]), str(value)) is not None
         raise DataError(f"filter condition {dict(cond)!r}: use a value, a list of values or {{pattern: regex}}")
@@ -337,8 +336,6 @@ def adapt_option_lines(rows: Iterable[Mapping], spec: Mapping) -> Iterator[Mappi
     """Options held in one string, one per line ("A 选项\\nB 选项", CMExam; "opt\\nopt", Xiezhi), or as a list of
     {"key": "A", "value": ...} objects: turned into a list. With ``answer_text: true`` the answer column holds the
     text of the correct option (Xiezhi) and is turned into its index."""
-    import re
-
     f = _spec_fields(spec)
     col, ans = f["options"], f["answer"]
     for row in rows:

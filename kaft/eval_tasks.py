@@ -39,6 +39,7 @@ ITEM_FIELDS = ("question", "options", "answer", "answer_letter", "subject", "id"
 @functools.lru_cache(maxsize=1)
 def registry() -> dict:
     """lm-eval's task index (name -> Entry with its YAML path); built once per process (several seconds)."""
+    # lazy: lm-eval imports torch and datasets; needed only by an uncached evaluation
     from lm_eval.tasks import TaskManager
 
     level = logging.getLogger("lm_eval").level
@@ -52,6 +53,7 @@ def registry() -> dict:
 @functools.lru_cache(maxsize=None)
 def registered_config(task: str) -> dict:
     """The registered task's full config (includes and ``!function`` resolved), as lm-eval's factory loads it."""
+    # lazy: lm-eval imports torch and datasets; needed only by an uncached evaluation
     from lm_eval.tasks._yaml_loader import load_yaml
 
     entry = registry().get(task)

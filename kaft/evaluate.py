@@ -24,6 +24,7 @@ lm-eval 0.4.13 notes (what this module relies on):
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -33,6 +34,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from kaft.cache import atomic_write_text
 from kaft.errors import KaftError
 from kaft.eval_tasks import LM_EVAL, PROMPT, task_override
 from kaft.items import MCItem
@@ -76,8 +78,6 @@ def write_docs(docs: Sequence[Mapping], work_dir: str | Path, stem: str) -> Path
     work_dir.mkdir(parents=True, exist_ok=True)
     path = work_dir / f"{stem}-{digest}.jsonl"
     if not path.exists():
-        from kaft.cache import atomic_write_text
-
         atomic_write_text(path, lines)
     return path
 
@@ -164,8 +164,7 @@ def _quiet(progress: bool) -> Iterator[None]:
     patched = None
     if not progress:  # lm-eval's request-building loop has an unconditional progress bar per task
         try:
-            import functools
-
+            # lazy: lm-eval imports torch and datasets; needed only by an uncached evaluation
             import lm_eval.api.task as lm_task
 
             patched = lm_task.tqdm
@@ -174,7 +173,7 @@ def _quiet(progress: bool) -> Iterator[None]:
             patched = None
     ds_bars = None
     try:
-        import datasets
+        import datasets  # lazy: slow to import; an uncached evaluation has lm-eval import it anyway
 
         ds_bars = datasets.utils.logging.is_progress_bar_enabled()
         if not progress:
@@ -187,11 +186,12 @@ def _quiet(progress: bool) -> Iterator[None]:
         for n, lvl in levels.items():
             logging.getLogger(n).setLevel(lvl)
         if patched is not None:
+            # lazy: lm-eval imports torch and datasets; needed only by an uncached evaluation
             import lm_eval.api.task as lm_task
 
             lm_task.tqdm = patched
         if ds_bars:
-            import datasets
+            import datasets  # lazy: as above
 
             datasets.enable_progress_bars()
 
@@ -199,6 +199,7 @@ def _quiet(progress: bool) -> Iterator[None]:
 @contextlib.contextmanager
 def _keep_rng() -> Iterator[None]:
     """``simple_evaluate`` reseeds python/numpy/torch globally; give the caller its RNG streams back."""
+    # lazy: imported with torch, which a cached re-run never needs
     import numpy as np
     import torch
 
@@ -215,6 +216,7 @@ def _keep_rng() -> Iterator[None]:
 
 
 def _make_lm(model, tokenizer, batch_size: int, max_length: int | None, progress: bool):
+    # lazy: lm-eval imports torch and datasets; needed only by an uncached evaluation
     from lm_eval.models.huggingface import HFLM
 
     class _KaftHFLM(HFLM):
@@ -254,7 +256,9 @@ def evaluate(model, tokenizer, benchmarks: Mapping[str, Sequence[MCItem]], work_
     ``per_item=True`` each benchmark also gets ``"items"``: ``[{"id", "answer", "pred", "logprobs"}]`` in input
     order. ``model``'s train/eval mode and the global RNG states are restored afterwards.
     """
-    import lm_eval.tasks  # noqa: F401 - first, so that without lm-eval no task file is written
+    # lazy: lm-eval imports torch and datasets; needed only by an uncached evaluation. Imported first, so that
+    # without lm-eval no task file is written.
+    import lm_eval.tasks  # noqa: F401
 
     sets = _check(benchmarks, limit)
     if int(batch_size) < 1:

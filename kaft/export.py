@@ -30,9 +30,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
+from omegaconf import OmegaConf
+
+from kaft import data as data_mod
+from kaft import detection as detect_mod
 from kaft.cache import atomic_write_json, verify
 from kaft.prompts import DEFAULT_INSTRUCTION, LETTERS, answer_text, format_question
 from kaft.results import RESULTS_FILE, load_results, result_dirs
+from kaft.stages import load_train, partition_key
 
 #: column -> what it holds (also written to export.json)
 COLUMNS = {
@@ -95,9 +100,6 @@ def _artifact(cache_root: Path, stage: str, key: str | None, run_dir: Path) -> P
 
 def _train_items(cfg, records: list[dict], results: dict, run_dir: Path) -> list:
     """The job's training items in detection order: from the records (mc_conversion keeps them) or reloaded."""
-    from kaft import data as data_mod
-    from kaft.stages import load_train
-
     if records and "item" in records[0]:
         return [data_mod.MCItem.from_dict(r["item"]) for r in records]
     items = load_train(cfg)
@@ -127,11 +129,7 @@ def _distribution(rec: dict, n_options: int) -> tuple[list[float], str, int, int
 
 def job_rows(run_dir: Path, results: dict, cache_root: Path | None) -> tuple[list[dict], dict]:
     """One row per training item (see :data:`COLUMNS`) and the provenance written to export.json."""
-    from omegaconf import OmegaConf
-
-    from kaft import detection as detect_mod
-    from kaft import losses
-    from kaft.stages import partition_key
+    from kaft import losses  # lazy: kaft.losses imports torch, which an export needs only here
 
     if results.get("status") != "done":
         raise ExportError(f"{run_dir}: the job did not finish (status {results.get('status')!r}; see error.txt); "
@@ -181,7 +179,7 @@ def _row(it, rec: dict, sub: int, names: Sequence[str], reward: float, kaft_rewa
 
 # ----------------------------------------------------------------------------------------------- writing
 def _schema():
-    import pyarrow as pa
+    import pyarrow as pa  # lazy: pyarrow is slow to import; needed only for parquet files
 
     s, i, f = pa.string(), pa.int64(), pa.float64()
     types = {"id": s, "question": s, "options": pa.list_(s), "answer": i, "answer_letter": s, "subject": s,
@@ -247,6 +245,7 @@ def check_out(out: Path, force: bool) -> None:
 
 def write_export(rows: list[dict], info: dict, out: Path) -> None:
     """``train.parquet``, ``train.jsonl``, ``dataset/`` (datasets' save_to_disk) and ``export.json`` into ``out``."""
+    # lazy: datasets and pyarrow are slow to import; only writing an export needs them
     import datasets
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -327,9 +326,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--cache-dir", type=Path, default=None, help="the kaft cache (default: the job's cache_dir)")
     ap.add_argument("--force", action="store_true", help="replace an existing export")
     args = ap.parse_args(argv)
-    import datasets
+    import datasets  # lazy: slow to import; only the export CLI needs it
 
-    from kaft.run import USER_ERRORS
+    from kaft.run import USER_ERRORS  # lazy: kaft.run loads Hydra and the whole job
 
     datasets.disable_progress_bars()
 

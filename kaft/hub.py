@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import json
 import os
 import shutil
 from pathlib import Path
@@ -30,13 +31,13 @@ class HubError(KaftError):
 
 
 def offline() -> bool:
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # lazy: huggingface_hub is slow to import; needed only for hub ids
 
     return bool(getattr(constants, "HF_HUB_OFFLINE", False))
 
 
 def hub_cache() -> str:
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # lazy: huggingface_hub is slow to import; needed only for hub ids
 
     return str(constants.HF_HUB_CACHE)
 
@@ -74,7 +75,7 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 def _cause(exc: BaseException) -> str | None:
     """gated | not_found | revision | offline | disk | None, from the exception and everything it chains to."""
-    from huggingface_hub import errors
+    from huggingface_hub import errors  # lazy: huggingface_hub is slow to import; needed only for hub ids
 
     for e in _chain(exc):
         text = str(e).lower()
@@ -141,8 +142,6 @@ def dataset_error(exc: BaseException, repo: str, name: str | None, split: str, r
 # ----------------------------------------------------------------------------------------------- models
 def _missing_in_snapshot(folder: Path) -> list[str]:
     """Files from_pretrained needs that a cached snapshot lacks (config, a tokenizer, every weight shard)."""
-    import json
-
     missing = [f for f in CONFIG_FILES if not (folder / f).exists()]
     if not any((folder / f).exists() for f in TOKENIZER_FILES):
         missing.append("a tokenizer file (tokenizer.json, tokenizer.model, ...)")
@@ -156,6 +155,7 @@ def _missing_in_snapshot(folder: Path) -> list[str]:
 
 
 def _cached_snapshot(repo: str, revision: str | None) -> Path | None:
+    # lazy: huggingface_hub is slow to import; needed only for hub ids
     from huggingface_hub import errors, snapshot_download
 
     try:
@@ -174,7 +174,7 @@ def _download_bytes(files: list) -> int:
 
 def _check_online(repo: str, revision: str | None) -> None:
     """Access, revision and free disk, from the hub's file list (a dry run: nothing is downloaded)."""
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # lazy: huggingface_hub is slow to import; needed only for hub ids
 
     try:
         files = snapshot_download(repo, revision=revision, dry_run=True)

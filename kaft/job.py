@@ -1,4 +1,4 @@
-"""One job, start to finish: data → detect → partition → select → train → evaluate → results.json.
+"""One job, start to finish: data → detect → partition → select → train → evaluate → diagnose → track.
 
 Data flows one way through :func:`run`; each step is a stage of :mod:`kaft.stages` (cached) and the job's outcome is
 one ``results.json`` (the contract in :mod:`kaft.results`), also sent to the configured logger.
@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from kaft import diagnostics, losses, plausibility
+from kaft import diagnostics, losses, plausibility, track
 from kaft import partition as partition_mod
 from kaft import stages as S
 from kaft import strategy as strategy_mod
@@ -30,27 +32,30 @@ log = logging.getLogger("kaft")
 
 @dataclass
 class Job:
-    """A job's config, cache and what its stages have produced so far."""
+    """A job's config, cache and what its stages have produced so far; ``ctx`` (what every stage after data and
+    model reads) exists once those two have run."""
     cfg: DictConfig
     cache: Cache
     timer: S.Timer = field(default_factory=S.Timer)
-    status: dict = field(default_factory=dict)   # stage -> cache hit?
-    keys: dict = field(default_factory=dict)     # stage -> cache key
+    cache_hits: dict = field(default_factory=dict)   # stage -> came from the cache? (results.json's "cache")
+    keys: dict = field(default_factory=dict)         # stage -> cache key
+    ctx: S.StageContext | None = None
     train: list = field(default_factory=list)
     evals: dict = field(default_factory=dict)
-    fps: dict = field(default_factory=dict)
-    model: Any = None
     records: list = field(default_factory=list)
     subsets: list = field(default_factory=list)
     names: list = field(default_factory=list)
+
+    def hit(self, stage: str, result: S.StageResult) -> Any:
+        """Record a stage's cache hit (unless it had nothing to compute) and return its value."""
+        if result.cache_hit is not None:
+            self.cache_hits[stage] = result.cache_hit
+        return result.value
 
 
 def job_info() -> dict:
     """The Hydra job this process runs (run dir, overrides, sweep group, chosen config options)."""
     try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
         hc = HydraConfig.get()
         multirun = hc.mode == RunMode.MULTIRUN
         return {"run_dir": hc.runtime.output_dir, "override_dirname": hc.job.override_dirname,
@@ -87,32 +92,33 @@ def score_stats(records: list[dict], items: list[MCItem], subsets: list[int], na
 
 
 # ----------------------------------------------------------------------------------------------- the steps
-def _load(job: Job) -> None:
+def _data(job: Job) -> None:
     cfg = job.cfg
     with job.timer("data"):
-        job.train, job.evals, job.fps = S.stage_data(cfg, job.cache)
+        job.train, job.evals, fps = S.stage_data(cfg, job.cache)
         S.validate(cfg, len(job.train))
-        plausibility.warn(cfg, job.train, job.evals, job.fps)  # legal but implausible data: one line each
+        plausibility.warn(cfg, job.train, job.evals, fps)  # legal but implausible data: one line each
     log.info("data: %d training items, benchmarks %s", len(job.train), {n: len(v) for n, v in job.evals.items()})
     with job.timer("model"):
-        job.model, job.keys["model"] = S.stage_model(cfg)
+        model, job.keys["model"] = S.stage_model(cfg)
+    job.ctx = S.StageContext(cfg, job.cache, model, job.keys["model"], fps)
 
 
-def _probe(job: Job) -> None:
-    cfg, model_id = job.cfg, job.keys["model"]
+def _detect(job: Job) -> None:
     with job.timer("detect"):
-        job.records, job.status["detect"], job.keys["detect"] = S.stage_detect(
-            cfg, job.cache, job.model, job.train, model_id, job.fps)
+        det = S.stage_detect(job.ctx, job.train)
+        job.records, job.keys["detect"] = job.hit("detect", det), det.key
     if job.records and "item" in job.records[0]:  # mc_conversion: train on the multiple-choice versions
         job.train = [MCItem.from_dict(r["item"]) for r in job.records]
+
+
+def _partition(job: Job) -> None:
     with job.timer("partition"):
-        job.subsets, job.names = S.stage_partition(cfg, job.cache, job.records, job.keys["detect"])
-    log.info("partition: %s", partition_mod.subset_sizes(job.subsets, int(cfg.partition.k)))
-    if strategy_mod.needs_greedy(S.plain(cfg.strategy)):
+        job.subsets, job.names = S.stage_partition(job.ctx, job.records, job.keys["detect"]).value
+    log.info("partition: %s", partition_mod.subset_sizes(job.subsets, int(job.cfg.partition.k)))
+    if strategy_mod.needs_greedy(S.plain(job.cfg.strategy)):  # the model's own greedy answers, for the strategy
         with job.timer("greedy"):
-            job.records, hit = S.stage_greedy(cfg, job.cache, job.model, job.train, model_id, job.records)
-        if hit is not None:
-            job.status["greedy"] = hit
+            job.records = job.hit("greedy", S.stage_greedy(job.ctx, job.train, job.records))
 
 
 def _select(job: Job) -> strategy_mod.Selection:
@@ -125,48 +131,78 @@ def _select(job: Job) -> strategy_mod.Selection:
     return sel
 
 
-def _tune(job: Job, sel: strategy_mod.Selection, run_dir: Path) -> dict:
-    """Fine-tunes on the selection and evaluates the tuned model; returns its metrics."""
-    cfg, model_id = job.cfg, job.keys["model"]
+def _evaluate_base(job: Job, sel: strategy_mod.Selection, run_dir: Path) -> dict | None:
+    """The base model's metrics (None with ``evaluation.base=false``, unless the strategy trains nothing)."""
+    if not (job.cfg.evaluation.get("base", True) or not sel.train):
+        return None
+    with job.timer("evaluate_base"):
+        return job.hit("evaluate_base", S.stage_evaluate(job.ctx, job.ctx.model.get, job.evals,
+                                                         ("base", job.keys["model"]), run_dir))
+
+
+def _train(job: Job, sel: strategy_mod.Selection) -> S.Trained | None:
+    """Fine-tunes on the selection (None when the strategy trains nothing)."""
+    if not sel.train:
+        return None
+    loss = S.plain(job.cfg.loss)
     with job.timer("train"):
-        pair_records = sel.records if losses.is_pairwise(S.plain(cfg.loss)) else None
-        sampling = losses.sma_sampling(S.plain(cfg.loss))
+        pair_records = sel.records if losses.is_pairwise(loss) else None
+        sampling = losses.sma_sampling(loss)
         if sampling is not None:  # DPO as SMA builds it: its own samples, not detection's
-            pair_records, job.status["dpo_samples"] = S.stage_dpo_samples(cfg, job.cache, job.model, sel.items,
-                                                                          model_id, sampling)
-        tuned, adapter_dir, job.status["train"], job.keys["train"] = S.stage_train(
-            cfg, job.cache, job.model, sel.items, sel.weights, model_id, pair_records)
+            pair_records = job.hit("dpo_samples", S.stage_dpo_samples(job.ctx, sel.items, sampling))
+        result = S.stage_train(job.ctx, sel.items, sel.weights, pair_records)
+        job.keys["train"] = result.key
+        return job.hit("train", result)
+
+
+def _evaluate(job: Job, trained: S.Trained | None, base: dict | None, run_dir: Path) -> dict:
+    """The tuned model's metrics (the base model's when nothing was trained); its adapter loads only when the
+    evaluation is not cached."""
+    if trained is None:
+        return base
+    tuned = trained.model
 
     def tuned_model():
         nonlocal tuned
         if tuned is None:
-            from peft import PeftModel
+            from peft import PeftModel  # lazy: only a cached adapter with an uncached evaluation needs peft
 
-            tuned = PeftModel.from_pretrained(job.model.get()[0], str(adapter_dir))
+            from kaft.train.config import peft_wrap  # lazy: kaft.train imports torch
+
+            with peft_wrap():
+                tuned = PeftModel.from_pretrained(job.ctx.model.get()[0], str(trained.adapter_dir))
             tuned.eval()
-        return tuned, job.model.get()[1]
+        return tuned, job.ctx.model.get()[1]
 
     with job.timer("evaluate"):
-        metrics, job.status["evaluate"] = S.stage_evaluate(cfg, job.cache, tuned_model, job.evals,
-                                                           ("tuned", job.keys["train"]), job.fps, run_dir)
-    return metrics
+        return job.hit("evaluate", S.stage_evaluate(job.ctx, tuned_model, job.evals, ("tuned", job.keys["train"]),
+                                                    run_dir))
 
 
-def _evaluate(job: Job, sel: strategy_mod.Selection, run_dir: Path) -> tuple[dict, dict | None, dict | None]:
-    """(tuned metrics, base metrics, fine-grained per-subset accuracies); strategy=none evaluates the base only."""
-    cfg = job.cfg
-    base = None
-    if cfg.evaluation.get("base", True) or not sel.train:
-        with job.timer("evaluate_base"):
-            base, job.status["evaluate_base"] = S.stage_evaluate(cfg, job.cache, job.model.get, job.evals,
-                                                                 ("base", job.keys["model"]), job.fps, run_dir)
-    metrics = _tune(job, sel, run_dir) if sel.train else base
-    fine = None
-    if cfg.evaluation.get("fine_grained", False):
-        with job.timer("fine_grained"):
-            fine = S.fine_grained(cfg, job.cache, job.model, job.keys["model"], job.evals, job.fps, metrics, base,
-                                  int(cfg.partition.k), job.names, job.status)
-    return metrics, base, fine
+def _fine_grained(job: Job, metrics: dict, base: dict | None) -> dict | None:
+    """KaFT Table 1's per-subset accuracies (``evaluation.fine_grained=true``), else None."""
+    if not job.cfg.evaluation.get("fine_grained", False):
+        return None
+    with job.timer("fine_grained"):
+        fine, hits = S.fine_grained(job.ctx, job.evals, metrics, base, job.names)
+    job.cache_hits.update(hits)
+    return fine
+
+
+def _diagnose(job: Job) -> dict:
+    """results.json's ``detection`` block: the Score statistics and what the registered diagnostics
+    (:mod:`kaft.diagnostics`) add."""
+    return score_stats(job.records, job.train, job.subsets, job.names)
+
+
+def _track(job: Job, info: dict, results: dict, run_dir: Path) -> None:
+    """results.json in the run directory, and the configured logger."""
+    track.write_results(run_dir, results)
+    logger = track.make_logger(S.plain(job.cfg.logger), run_dir, info["name"], info["group"], S.plain(job.cfg))
+    try:
+        logger.log_results(results)
+    finally:
+        logger.finish()
 
 
 def _drop_items(metrics: dict | None) -> dict | None:
@@ -177,10 +213,9 @@ def _drop_items(metrics: dict | None) -> dict | None:
                                       for n, b in metrics["benchmarks"].items()}}
 
 
-def _results(job: Job, info: dict, sel, metrics: dict, base: dict | None, fine: dict | None) -> dict:
+def _results(job: Job, info: dict, sel, metrics: dict, base: dict | None, fine: dict | None,
+             detection: dict) -> dict:
     """The job's results.json (schema: :mod:`kaft.results`)."""
-    from kaft import track
-
     k = int(job.cfg.partition.k)
     names = job.names
     return {
@@ -188,17 +223,17 @@ def _results(job: Job, info: dict, sel, metrics: dict, base: dict | None, fine: 
         "job": {key: info[key] for key in ("name", "override_dirname", "num", "run_dir")},
         "overrides": info["overrides"],
         "data": {"n_train": len(job.train), "n_eval": {n: len(v) for n, v in job.evals.items()},
-                 "fingerprints": job.fps},
+                 "fingerprints": job.ctx.fps},
         "metrics": _drop_items(metrics),
         "base_metrics": _drop_items(base),
         "delta_vs_base": (metrics["average"] - base["average"]) if base else None,
         "fine_grained": fine,
         "strategy": sel.info,
-        "detection": score_stats(job.records, job.train, job.subsets, names),
+        "detection": detection,
         "subsets": partition_mod.subset_sizes(job.subsets, k),
         "weights_by_subset": {names[s]: statistics.fmean([w for w, g in zip(sel.weights, sel.subsets) if g == s])
                               for s in range(k) if s in sel.subsets},
-        "cache": {stage: ("hit" if hit else "miss") for stage, hit in job.status.items()},
+        "cache": {stage: ("hit" if hit else "miss") for stage, hit in job.cache_hits.items()},
         "cache_keys": {"detect": job.keys["detect"], "train": job.keys.get("train"), "model": job.keys["model"]},
         "timings": job.timer.seconds,
         "versions": track.package_versions(),
@@ -209,8 +244,6 @@ def _results(job: Job, info: dict, sel, metrics: dict, base: dict | None, fine: 
 
 def run(cfg: DictConfig) -> dict:
     """Execute one job and return its results (also written to results.json in the run directory)."""
-    from kaft import track
-
     info = job_info()
     run_dir = Path(info["run_dir"])
     done = finished(run_dir)
@@ -219,17 +252,17 @@ def run(cfg: DictConfig) -> dict:
         print_results(done)
         return done
     job = Job(cfg, Cache(cfg.cache_dir))
-    _load(job)
-    _probe(job)
+    _data(job)
+    _detect(job)
+    _partition(job)
     sel = _select(job)
-    metrics, base, fine = _evaluate(job, sel, run_dir)
-    results = _results(job, info, sel, metrics, base, fine)
-    track.write_results(run_dir, results)
-    logger = track.make_logger(S.plain(cfg.logger), run_dir, info["name"], info["group"], S.plain(cfg))
-    try:
-        logger.log_results(results)
-    finally:
-        logger.finish()
+    base = _evaluate_base(job, sel, run_dir)  # before training: the LoRA adapter wraps the base model in place
+    trained = _train(job, sel)
+    metrics = _evaluate(job, trained, base, run_dir)
+    fine = _fine_grained(job, metrics, base)
+    detection = _diagnose(job)
+    results = _results(job, info, sel, metrics, base, fine, detection)
+    _track(job, info, results, run_dir)
     print_results(results)
     return results
 

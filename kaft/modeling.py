@@ -15,6 +15,7 @@ import struct
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from kaft import hub
 from kaft.cache import make_key
 from kaft.errors import KaftError
 from kaft.registry import Registry
@@ -27,7 +28,7 @@ class ModelError(KaftError):
 
 
 def _dtype(name: str | None):
-    import torch
+    import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
 
     if name in (None, "auto"):
         return "auto"
@@ -66,8 +67,6 @@ def _resolve_hub(cfg: Mapping, cache_root: str, config: Mapping, build: bool = T
     if local.is_dir():
         _check_model_dir(local)
         return str(local), make_key("local", _dir_identity(local))
-    from kaft import hub
-
     try:  # before anything loads: offline and not cached, gated, no such revision, no room for the download
         hub.check_model(path, cfg.get("revision"))
     except hub.HubError as e:
@@ -176,8 +175,6 @@ def resolve(model_cfg: Mapping, cache_root: str, config: Mapping, build: bool = 
 def load(cfg: Mapping, path: str, device: str | None = None) -> tuple[Any, Any]:
     """Load model + tokenizer from what :func:`resolve` returned. Left padding: probing generates. A hub download
     that fails (network gone, gated, disk full) ends in one :class:`ModelError` line, not the hub's tracebacks."""
-    from kaft import hub
-
     try:
         return _load(cfg, path, device)
     except Exception as e:
@@ -188,6 +185,7 @@ def load(cfg: Mapping, path: str, device: str | None = None) -> tuple[Any, Any]:
 
 
 def _load(cfg: Mapping, path: str, device: str | None = None) -> tuple[Any, Any]:
+    # lazy: torch takes seconds to import; a cached re-run never needs it
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -16,8 +16,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence, TypedDict
 
+import yaml
+
 if TYPE_CHECKING:  # pandas is imported by sweep_frame only: the job-state readers stay light
-    import pandas as pd
+    import pandas as pd  # lazy: pandas is slow to import; only sweep_frame needs it
 
 RESULTS_FILE = "results.json"  # a job's results, in its run directory
 ERROR_FILE = "error.txt"       # a failed job's traceback, beside its results.json
@@ -73,8 +75,6 @@ def job_dirs(sweep_dir: str | os.PathLike) -> list[Path]:
 
 
 def _yaml(path: Path) -> Any:
-    import yaml
-
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
@@ -196,7 +196,7 @@ def sweep_frame(root: str | os.PathLike) -> "pd.DataFrame":
     """One row per readable results.json under ``root`` (:func:`result_dirs`): the :func:`flatten` columns (in the
     order first seen) and last ``job_dir`` (the job's directory, as a string under ``root``). An unreadable file is reported on stderr and
     skipped. No results: an empty frame with the :data:`KEYS` columns, ``run_dir`` and ``job_dir``."""
-    import pandas as pd
+    import pandas as pd  # lazy: pandas is slow to import; only sweep_frame needs it
 
     rows = []
     for d in result_dirs(root):

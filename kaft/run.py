@@ -15,6 +15,9 @@ from omegaconf import DictConfig
 import kaft.resolvers  # noqa: F401  (the resolvers conf/ uses)
 from kaft import job as job_mod
 from kaft.errors import KaftError
+from kaft.sweep import status as status_mod
+from kaft.sweep.status import hydra_errors_as_one_line
+from kaft.sweep.summary import LAST_SWEEP
 
 log = logging.getLogger("kaft")
 
@@ -27,8 +30,6 @@ def _main(cfg: DictConfig) -> float:
     then exits 2 and any other exception raises. In a multirun every failure is recorded instead — ``error.txt``
     (traceback) and ``results.json`` with ``"status": "failed"`` in the job's run dir — and the job returns NaN, so
     the other jobs go on; the sweep summary lists it as failed and the sweep exits 1 (see kaft/sweep/status.py)."""
-    from kaft.sweep import status as status_mod
-
     status_mod.job_started()
     multirun = status_mod.in_multirun()
     try:
@@ -69,9 +70,6 @@ def main() -> None:
     """The CLI (``python -m kaft.run``): Hydra's own errors (unknown config option, a value of the wrong type, bad
     override syntax) also end in one ``kaft: error: ...`` line and exit code 2; a sweep with failed jobs exits 1
     after all its jobs have run."""
-    from kaft.sweep.status import hydra_errors_as_one_line
-    from kaft.sweep.summary import LAST_SWEEP
-
     sys.argv = _resolve_cfg_job(sys.argv)
     with hydra_errors_as_one_line():
         _main()

@@ -1,5 +1,9 @@
 """The stages of a job (kaft.job runs them in order): data, detection, partition, training, evaluation.
 
+Data and model take the config; every later stage takes a :class:`StageContext` (config, cache, model and its
+identity, fingerprints; domain, instruction and seed read from the config) and returns a :class:`StageResult`
+(value, cache hit, key).
+
 Each stage's artifact is fetched from (or written to) the content-addressed cache under a key of everything that
 affects it, so the jobs of a sweep share detection, base evaluation and any identical training run. Every config and
 data check (:func:`validate`) runs before a model is loaded.
@@ -7,12 +11,13 @@ data check (:func:`validate`) runs before a model is loaded.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -23,7 +28,9 @@ from kaft import modeling
 from kaft import partition as partition_mod
 from kaft import strategy as strategy_mod
 from kaft.cache import Cache, atomic_write_json, make_key
+from kaft.detection import convert, sample_responses
 from kaft.errors import ConfigError
+from kaft.evaluate import evaluate
 
 log = logging.getLogger("kaft")
 
@@ -73,15 +80,26 @@ def source_context(cfg: DictConfig) -> dict:
     return {"cache_dir": cfg.cache_dir, "config": plain(cfg)}
 
 
-def stage_model(cfg: DictConfig) -> tuple[LazyModel, str]:
+class BaseModel(NamedTuple):
+    model: LazyModel
+    model_id: str          # the model's identity in every cache key
+
+
+class Data(NamedTuple):
+    train: list                   # the training items
+    evals: dict[str, list]        # benchmark name -> items
+    fps: dict[str, str]           # ``train`` and each benchmark -> fingerprint
+
+
+def stage_model(cfg: DictConfig) -> BaseModel:
     """The base model and its identity: resolved (a plugin source may build it on first use), loaded only when a
     stage needs it."""
     path, model_id = modeling.resolve(plain(cfg.model), cfg.cache_dir, plain(cfg))
-    return LazyModel(plain(cfg.model), path, cfg.device), model_id
+    return BaseModel(LazyModel(plain(cfg.model), path, cfg.device), model_id)
 
 
-def stage_data(cfg: DictConfig, cache: Cache) -> tuple[list, dict, dict]:
-    """Load + validate the training set and every benchmark; returns (train, {name: items}, fingerprints).
+def stage_data(cfg: DictConfig, cache: Cache) -> Data:
+    """Load + validate the training set and every benchmark (a :class:`Data`).
 
     A ``format: freeform`` training set (question + reference answer) loads as free-form items; detection
     (``mc_conversion``) turns them into multiple choice."""
@@ -102,14 +120,12 @@ def stage_data(cfg: DictConfig, cache: Cache) -> tuple[list, dict, dict]:
     for name, spec in ds.eval.items():
         evals[name] = eval_tasks.load_benchmark(plain(spec), domain=spec.get("domain", ds.domain), **ctx)
     fps = {"train": data_mod.fingerprint(train), **{n: data_mod.fingerprint(v) for n, v in evals.items()}}
-    return train, evals, fps
+    return Data(train, evals, fps)
 
 
 def load_train(cfg: DictConfig) -> list:
     """The training set as the data stage loads it (free-form items for ``format: freeform``); kaft.export reloads
     it with a finished job's config, because detection's records hold scores, not questions."""
-    from kaft.detection import convert
-
     ds, ctx = cfg.dataset, source_context(cfg)
     if ds.train.get("format", "mc") == "freeform":
         return convert.load_freeform(plain(ds.train), domain=ds.domain, **ctx)
@@ -118,7 +134,7 @@ def load_train(cfg: DictConfig) -> list:
 
 def validate(cfg: DictConfig, n_train: int) -> None:
     """Config checks that need only the data size: run before the model loads."""
-    from kaft import losses
+    from kaft import losses  # lazy: kaft.losses imports torch, which the sweep plan's checks need not load
 
     detect_mod.validate(plain(cfg.detection))
     if int(cfg.detection.shots) + 1 > n_train:
@@ -144,140 +160,189 @@ def validate(cfg: DictConfig, n_train: int) -> None:
         raise ConfigError(f"train.lr must be > 0, got {cfg.train.lr}")
 
 
-def stage_detect(cfg, cache, model, train, model_id, fps, which: str = "train",
-                 det: Mapping | None = None) -> tuple[list[dict], bool, str]:
-    """Probe ``train`` (or, for fine-grained evaluation, the benchmark ``which``) with ``det`` (default
-    ``cfg.detection``); cached per data fingerprint and detection settings."""
-    det = plain(cfg.detection) if det is None else dict(det)
-    key = make_key("detect", STAGE_VERSIONS["detect"], model_id, fps[which], detect_mod.settings(det),
-                   cfg.seed, cfg.dataset.domain, cfg.dataset.get("instruction"))
+@dataclass(frozen=True)
+class StageContext:
+    """What every stage after data and model reads: the job's config and cache, the base model and its identity, the
+    data fingerprints, and the prompt settings and seed that enter every key (read here, not passed by hand).
+
+    The sweep plan (:mod:`kaft.sweep.plan`) builds one with a dry cache and no model to find the same keys."""
+
+    cfg: DictConfig
+    cache: Any                 # a kaft.cache.Cache (or the plan's dry cache)
+    model: Any                 # a LazyModel (or the plan's stand-in that loads nothing)
+    model_id: str
+    fps: Mapping[str, str]     # data set name (``train`` and each benchmark) -> fingerprint
+
+    @property
+    def domain(self) -> str:
+        return self.cfg.dataset.domain
+
+    @property
+    def instruction(self) -> str | None:
+        return self.cfg.dataset.get("instruction")
+
+    @property
+    def seed(self) -> int:
+        return int(self.cfg.seed)
+
+    def plain(self, section: str) -> Any:
+        """One config section as plain containers (what keys and components see)."""
+        return plain(self.cfg[section])
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What a cached stage returns: its ``value``, whether it came from the cache (None: the stage had nothing to
+    compute), and its cache key."""
+
+    value: Any
+    cache_hit: bool | None
+    key: str | None
+
+
+class Partition(NamedTuple):
+    subsets: list[int]     # per record, its conflict subset
+    names: list[str]       # subset index -> name
+
+
+class Trained(NamedTuple):
+    model: Any             # the tuned peft model in memory, or None when the adapter came from the cache
+    adapter_dir: Path
+
+
+def stage_detect(ctx: StageContext, items: list, which: str = "train", det: Mapping | None = None) -> StageResult:
+    """Probe ``items`` (the training set, or for fine-grained evaluation the benchmark ``which``) with ``det``
+    (default ``cfg.detection``); cached per data fingerprint and detection settings. Value: the records."""
+    det = ctx.plain("detection") if det is None else dict(det)
+    key = make_key("detect", STAGE_VERSIONS["detect"], ctx.model_id, ctx.fps[which], detect_mod.settings(det),
+                   ctx.seed, ctx.domain, ctx.instruction)
 
     def build(tmp: Path):
-        backend = detect_mod.make_backend(det, model.get, model.path, int(cfg.seed))
+        backend = detect_mod.make_backend(det, ctx.model.get, ctx.model.path, ctx.seed)
         try:
-            records = detect_mod.run_detection(backend, train, det, int(cfg.seed),
-                                               cfg.dataset.domain, cfg.dataset.get("instruction"),
-                                               progress=bool(cfg.progress), work_dir=cache.scratch("detect", key))
+            records = detect_mod.run_detection(backend, items, det, ctx.seed, ctx.domain, ctx.instruction,
+                                               progress=bool(ctx.cfg.progress),
+                                               work_dir=ctx.cache.scratch("detect", key))
         finally:
             getattr(backend, "close", lambda: None)()  # a vLLM engine frees its process and KV cache
         detect_mod.write_records(records, tmp / "scores.jsonl")
 
-    hit = cache.get_or_create("detect", key, build, meta={"n_items": len(train)})
+    hit = ctx.cache.get_or_create("detect", key, build, meta={"n_items": len(items)})
     log.info("detection %s (%s)", "reused from cache" if hit.cached else "computed", hit.path)
-    return detect_mod.read_records(hit.path / "scores.jsonl"), hit.cached, key
+    return StageResult(detect_mod.read_records(hit.path / "scores.jsonl"), hit.cached, key)
 
 
-def stage_greedy(cfg, cache, model, train, model_id, records) -> tuple[list[dict], bool | None]:
+def stage_greedy(ctx: StageContext, items: list, records: list[dict]) -> StageResult:
     """Each record with ``greedy``: the model's greedy answer to the original-order query (KaFT §2.2's r_i, what
     ``strategy.answer_source=greedy`` trains on). Records that hold it already (ICL, the exact estimator) are
-    returned as they are; otherwise one exact forward pass per item over the original order only, with the
-    detection's prompt and shots (its own cached detect artifact): the argmax of the option letters' probabilities."""
+    returned as they are (``cache_hit`` None); otherwise one exact forward pass per item over the original order
+    only, with the detection's prompt and shots (its own cached detect artifact): the argmax of the option letters'
+    probabilities."""
     if all(strategy_mod.greedy_answer(r) is not None for r in records):
-        return records, None
-    det = detect_mod.greedy_probe(plain(cfg.detection))
-    probe, hit, _ = stage_detect(cfg, cache, model, train, model_id, {"greedy": data_mod.fingerprint(train)},
-                                 which="greedy", det=det)
-    return [{**r, "greedy": strategy_mod.greedy_answer(g)} for r, g in zip(records, probe)], hit
+        return StageResult(records, None, None)
+    det = detect_mod.greedy_probe(ctx.plain("detection"))
+    probe_ctx = replace(ctx, fps={"greedy": data_mod.fingerprint(items)})
+    probe = stage_detect(probe_ctx, items, which="greedy", det=det)
+    return StageResult([{**r, "greedy": strategy_mod.greedy_answer(g)} for r, g in zip(records, probe.value)],
+                       probe.cache_hit, probe.key)
 
 
-def stage_dpo_samples(cfg, cache, model, items, model_id, sampling: Mapping) -> tuple[list[dict], bool]:
+def stage_dpo_samples(ctx: StageContext, items: list, sampling: Mapping) -> StageResult:
     """SMA's diversity sampling for ``loss=dpo pair_source=sma``: ``num_samples`` responses per training item (after
     the strategy: answers as trained) to its training prompt; cached per model, items and sampling settings."""
-    from kaft.detection import sample_responses
-
-    key = make_key("dpo_samples", 1, model_id, data_mod.fingerprint(items), sampling, cfg.seed, cfg.dataset.domain,
-                   cfg.dataset.get("instruction"))
+    key = make_key("dpo_samples", 1, ctx.model_id, data_mod.fingerprint(items), sampling, ctx.seed, ctx.domain,
+                   ctx.instruction)
 
     def build(tmp: Path):  # zero-shot prompts share no demonstrations: batch them without prefix grouping
-        backend = detect_mod.make_backend({**plain(cfg.detection), "share_prefix": False}, model.get, model.path,
-                                          int(cfg.seed))
+        backend = detect_mod.make_backend({**ctx.plain("detection"), "share_prefix": False}, ctx.model.get,
+                                          ctx.model.path, ctx.seed)
         try:
-            recs = sample_responses(backend, items, sampling, int(cfg.seed), cfg.dataset.domain,
-                                    cfg.dataset.get("instruction"))
+            recs = sample_responses(backend, items, sampling, ctx.seed, ctx.domain, ctx.instruction)
         finally:
             getattr(backend, "close", lambda: None)()
         detect_mod.write_records(recs, tmp / "samples.jsonl")
 
-    hit = cache.get_or_create("dpo_samples", key, build, meta={"n_items": len(items)})
-    return detect_mod.read_records(hit.path / "samples.jsonl"), hit.cached
+    hit = ctx.cache.get_or_create("dpo_samples", key, build, meta={"n_items": len(items)})
+    return StageResult(detect_mod.read_records(hit.path / "samples.jsonl"), hit.cached, key)
 
 
 def partition_key(detect_key: str, k: int, seed: Any) -> str:
     return make_key("partition", STAGE_VERSIONS["partition"], detect_key, k, seed)
 
 
-def stage_partition(cfg, cache, records, detect_key) -> tuple[list[int], list[str]]:
-    k = int(cfg.partition.k)
-    key = partition_key(detect_key, k, cfg.seed)
+def stage_partition(ctx: StageContext, records: list[dict], detect_key: str) -> StageResult:
+    """The K conflict subsets of the detection ``detect_key``'s records. Value: a :class:`Partition`."""
+    k = int(ctx.cfg.partition.k)
+    key = partition_key(detect_key, k, ctx.seed)
 
     def build(tmp: Path):
-        subsets = partition_mod.partition([r["id"] for r in records], [r["score"] for r in records], k, int(cfg.seed))
+        subsets = partition_mod.partition([r["id"] for r in records], [r["score"] for r in records], k, ctx.seed)
         atomic_write_json(tmp / "partition.json", {"k": k, "names": partition_mod.subset_names(k),
                                                    "ids": [r["id"] for r in records], "subsets": subsets})
 
-    hit = cache.get_or_create("partition", key, build)
-    import json
-
+    hit = ctx.cache.get_or_create("partition", key, build)
     saved = json.loads((hit.path / "partition.json").read_text())
-    return saved["subsets"], saved["names"]
+    return StageResult(Partition(saved["subsets"], saved["names"]), hit.cached, key)
 
 
-def stage_train(cfg, cache, model, train, weights, model_id, records=None):
-    """Returns (tuned model in memory or None if only cached, adapter dir, cache hit?, key)."""
+def stage_train(ctx: StageContext, items: list, weights: list[float], records: list[dict] | None = None) -> StageResult:
+    """LoRA fine-tuning on ``items`` weighted by ``weights`` (``records``: the sampled answers a preference loss
+    builds its pairs from). Value: a :class:`Trained` (the model in memory only when trained in this process)."""
+    from kaft.train import CHECKPOINT_KEYS, TrainSpec, train_lora  # lazy: kaft.train imports torch
+
     # preference losses train on the detection samples: those are part of what the adapter depends on
     samples = [(r["id"], r.get("answers")) for r in records] if records is not None else None
-    from kaft.train import CHECKPOINT_KEYS  # how often progress is saved does not change the adapter
-
-    train_cfg = {k: v for k, v in plain(cfg.train).items() if k not in CHECKPOINT_KEYS}
-    key = make_key("train", STAGE_VERSIONS["train"], model_id, data_mod.fingerprint(train), [round(w, 8) for w in weights],
-                   samples,
-                   plain(cfg.loss), train_cfg, cfg.seed, cfg.dataset.domain, cfg.dataset.get("instruction"))
+    # how often progress is saved does not change the adapter
+    train_cfg = {k: v for k, v in ctx.plain("train").items() if k not in CHECKPOINT_KEYS}
+    key = make_key("train", STAGE_VERSIONS["train"], ctx.model_id, data_mod.fingerprint(items),
+                   [round(w, 8) for w in weights], samples, ctx.plain("loss"), train_cfg, ctx.seed, ctx.domain,
+                   ctx.instruction)
     tuned = {}
 
     def build(tmp: Path):
-        from kaft.train import train_lora
+        m, tok = ctx.model.get()
+        spec = TrainSpec(loss=ctx.plain("loss"), train=ctx.plain("train"), seed=ctx.seed, domain=ctx.domain,
+                         instruction=ctx.instruction)
+        tuned["model"] = train_lora(m, tok, items, weights, spec, tmp, records=records,
+                                    checkpoint_dir=ctx.cache.scratch("train", key))
 
-        m, tok = model.get()
-        extra = {"records": records} if records is not None else {}
-        tuned["model"] = train_lora(m, tok, train, weights, plain(cfg.loss), plain(cfg.train), tmp, int(cfg.seed),
-                                    cfg.dataset.domain, cfg.dataset.get("instruction"),
-                                    checkpoint_dir=cache.scratch("train", key), **extra)
-
-    hit = cache.get_or_create("train", key, build, meta={"n_items": len(train)})
-    return tuned.get("model"), hit.path, hit.cached, key
+    hit = ctx.cache.get_or_create("train", key, build, meta={"n_items": len(items)})
+    return StageResult(Trained(tuned.get("model"), hit.path), hit.cached, key)
 
 
-def stage_evaluate(cfg, cache, get_model, evals, tag_key, fps, run_dir: Path) -> tuple[dict, bool]:
-    from kaft.evaluate import evaluate
-
-    ev = {k: v for k, v in plain(cfg.evaluation).items() if k not in ("base", "fine_grained")}
-    per_item = bool(cfg.evaluation.get("fine_grained", False))
+def stage_evaluate(ctx: StageContext, get_model, evals: Mapping[str, list], tag_key: tuple[str, str],
+                   run_dir: Path) -> StageResult:
+    """Accuracy on every benchmark of the model ``get_model()`` returns (called only on a cache miss), cached per
+    ``tag_key`` (``("base", model id)`` or ``("tuned", train key)``). Value: the metrics."""
+    ev = {k: v for k, v in ctx.plain("evaluation").items() if k not in ("base", "fine_grained")}
+    per_item = bool(ctx.cfg.evaluation.get("fine_grained", False))
     if per_item:
         ev["per_item"] = True
-    key = make_key("evaluate", STAGE_VERSIONS["evaluate"], tag_key, {n: fps[n] for n in evals}, ev,
-                   cfg.dataset.domain, cfg.dataset.get("instruction"))
+    key = make_key("evaluate", STAGE_VERSIONS["evaluate"], tag_key, {n: ctx.fps[n] for n in evals}, ev,
+                   ctx.domain, ctx.instruction)
 
     def build(tmp: Path):
         m, tok = get_model()
-        metrics = evaluate(m, tok, evals, work_dir=tmp / "tasks", domain=cfg.dataset.domain,
-                           instruction=cfg.dataset.get("instruction"), batch_size=int(cfg.evaluation.batch_size),
-                           limit=cfg.evaluation.get("limit"), per_item=per_item)
+        metrics = evaluate(m, tok, evals, work_dir=tmp / "tasks", domain=ctx.domain, instruction=ctx.instruction,
+                           batch_size=int(ctx.cfg.evaluation.batch_size), limit=ctx.cfg.evaluation.get("limit"),
+                           per_item=per_item)
         atomic_write_json(tmp / "metrics.json", metrics)
 
-    hit = cache.get_or_create("evaluate", key, build)
-    import json
-
-    return json.loads((hit.path / "metrics.json").read_text()), hit.cached
+    hit = ctx.cache.get_or_create("evaluate", key, build)
+    return StageResult(json.loads((hit.path / "metrics.json").read_text()), hit.cached, key)
 
 
-def fine_grained(cfg, cache, model, model_id, evals, fps, metrics, base_metrics, k, names, status) -> dict:
+def fine_grained(ctx: StageContext, evals: Mapping[str, list], metrics: dict, base_metrics: dict | None,
+                 names: list[str]) -> tuple[dict, dict[str, bool]]:
     """KaFT Table 1: probe each benchmark with the same detection, split it into the same K conflict subsets and
-    report base and tuned accuracy per subset (needs ``evaluation.fine_grained=true``: per-item predictions)."""
-    out = {}
+    report base and tuned accuracy per subset (needs ``evaluation.fine_grained=true``: per-item predictions).
+    Returns (the table, ``detect_<benchmark>`` -> cache hit)."""
+    out, hits = {}, {}
     for name, items in evals.items():
-        recs, status[f"detect_{name}"], key = stage_detect(cfg, cache, model, items, model_id, fps, which=name)
-        subsets, _ = stage_partition(cfg, cache, recs, key)
-        ids = [r["id"] for r in recs]
+        det = stage_detect(ctx, items, which=name)
+        hits[f"detect_{name}"] = det.cache_hit
+        subsets = stage_partition(ctx, det.value, det.key).value.subsets
+        ids = [r["id"] for r in det.value]
         out[name] = {tag: strategy_mod.accuracy_by_subset(m["benchmarks"][name]["items"], ids, subsets, names)
                      for tag, m in (("base", base_metrics), ("tuned", metrics)) if m}
-    return out
+    return out, hits

@@ -29,6 +29,9 @@ import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+import kaft
 from kaft.cache import atomic_write_json
 from kaft.registry import Registry
 from kaft.results import RESULTS_FILE
@@ -98,8 +101,6 @@ def package_versions() -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             out[key] = None
     if out["kaft"] is None:  # running from a source tree that is not pip-installed
-        import kaft
-
         out["kaft"] = getattr(kaft, "__version__", None)
     out["python"] = platform.python_version()
     return out
@@ -170,7 +171,7 @@ class WandbLogger:
     """One W&B run per job, under ``<run_dir>/wandb``; offline unless an API key (or mode) says otherwise."""
 
     def __init__(self, logger_cfg: Mapping, run_dir, run_name: str, group: str | None, config: dict):
-        import wandb
+        import wandb  # lazy: optional and slow to import; needed only with logger=wandb
 
         cfg = dict(logger_cfg or {})
         self.mode = resolve_mode(cfg.get("mode"))
@@ -221,13 +222,8 @@ def resolve_mode(mode: str | None) -> str:
 
 
 def _plain(config: Any) -> Any:
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(config, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(config, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(config, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(config, resolve=True)
     return dict(config) if isinstance(config, Mapping) else config
 
 

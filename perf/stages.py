@@ -230,14 +230,15 @@ def mid_llama(vocab: int = 32000, hidden: int = 512, layers: int = 8, tok=None, 
 
 
 def run_kaft_train(base, tok, items, weights, train_cfg, out_dir, copy_model: bool = True) -> dict:
-    from kaft.train import build_examples, train_lora
+    from kaft.train import TrainSpec, build_examples, train_lora
 
     tokens = sum(len(r["input_ids"]) for r in build_examples(tok, items, weights, "geography", None,
                                                              train_cfg["max_length"]))
     model = copy.deepcopy(base) if copy_model else base
     t0 = time.perf_counter()
     with PeakMemory() as mem:
-        train_lora(model, tok, items, weights, KAFT_LOSS, train_cfg, out_dir, seed=0, domain="geography")
+        train_lora(model, tok, items, weights, TrainSpec(loss=KAFT_LOSS, train=train_cfg, seed=0, domain="geography"),
+                   out_dir)
     wall = time.perf_counter() - t0
     log = json.loads((Path(out_dir) / "train_log.json").read_text())
     runtime = next(h["train_runtime"] for h in reversed(log["log_history"]) if "train_runtime" in h)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 from kaft.detection.backends import BACKENDS
+from kaft.detection.convert import CONVERSION_KEYS
 from kaft.detection.detectors import DETECTORS, Detector
 from kaft.detection.settings import ProbeSettings
 
@@ -47,8 +48,6 @@ def greedy_probe(cfg: Mapping) -> dict:
     """The detection settings of the probe for each item's greedy answer to the original order (KaFT §2.2's r_i)
     when ``cfg``'s records lack it: one exact forward pass per item, original order only, with ``cfg``'s prompt,
     shots and model settings (part of that probe's cache key)."""
-    from kaft.detection.convert import CONVERSION_KEYS
-
     det = {**settings(cfg), "name": "diversified", "estimator": "exact", "diverse_query": False,
            "response_sampling": True}
     return {k: v for k, v in det.items() if k not in CONVERSION_KEYS}

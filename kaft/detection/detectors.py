@@ -88,10 +88,12 @@ class Diversified(Detector):
     def need(self) -> Need:
         s = self.settings
         if s.estimator == "exact":
-            return Need(True, s.temperature if s.response_sampling else 1.0, greedy=not s.response_sampling)
+            return Need(letter_probs=True, temperature=s.temperature if s.response_sampling else 1.0,
+                        greedy=not s.response_sampling)
         if s.response_sampling:
-            return Need(False, s.temperature, s.num_samples, s.max_new_tokens)
-        return Need(False, 0.0, 1, s.max_new_tokens)
+            return Need(letter_probs=False, temperature=s.temperature, samples=s.num_samples,
+                        max_new_tokens=s.max_new_tokens)
+        return Need(letter_probs=False, temperature=0.0, samples=1, max_new_tokens=s.max_new_tokens)
 
     def record(self, item: MCItem, per_query: Sequence[dict]) -> dict[str, Any]:
         if "answers" in per_query[0]:
@@ -128,7 +130,7 @@ class ICL(Detector):
     """Ren et al.'s ICL probing: one order, the argmax of the letter distribution."""
 
     def need(self) -> Need:
-        return Need(True, 1.0)
+        return Need(letter_probs=True, temperature=1.0)
 
     def record(self, item: MCItem, per_query: Sequence[dict]) -> dict[str, Any]:
         p = per_query[0]["probs"]

@@ -8,6 +8,7 @@ decodes ``n`` continuations from one prefill per prompt instead of calling ``gen
 
 from __future__ import annotations
 
+import inspect
 from typing import Mapping, Sequence
 
 from kaft.detection.backends import BACKENDS
@@ -64,12 +65,12 @@ class HFBackend:
         return self._suffix_ids(prefix, [prefix + suffix]) is not None
 
     def _shared_last_logits(self, prefix: str, suffix_ids: Sequence[Sequence[int]]):
-        import torch
+        import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
 
         pre = self.tokenizer(prefix, return_tensors="pt")
         p_ids, p_mask = pre["input_ids"].to(self.device), pre["attention_mask"].to(self.device)
         out = self.model(input_ids=p_ids, attention_mask=p_mask, use_cache=True)
-        cache = out.past_key_values
+        cache = out.cache  # transformers 5 names the KV cache `cache` (`past_key_values` is deprecated)
         n, width = len(suffix_ids), max(len(x) for x in suffix_ids)
         cache.batch_repeat_interleave(n)
         pad = self.tokenizer.pad_token_id or 0  # left padding, masked out
@@ -79,13 +80,13 @@ class HFBackend:
         mask = torch.cat([p_mask.expand(n, -1), s_mask], dim=1)
         pos = (plen + s_mask.cumsum(-1) - 1).clamp(min=plen)
         kw = {"logits_to_keep": 1} if _accepts(self.model, "logits_to_keep") else {}
-        out = self.model(input_ids=s_ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                         use_cache=True, **kw)
+        out = self.model(input_ids=s_ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
+                         **kw)
         return out.logits[:, -1, :].float()
 
     def last_logits(self, prompts: Sequence[str]):
         """Next-token logits ``[len(prompts), V]`` (float32) for a batch of prompts."""
-        import torch
+        import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
 
         with torch.inference_mode():
             if self.share_prefix and len(prompts) > 1:
@@ -112,7 +113,7 @@ class HFBackend:
     def letter_probs(self, prompts: Sequence[str], letter_ids: Sequence[Sequence[int]],
                      temperature: float) -> list[list[float]]:
         """p_T(next token ∈ letter_ids[j]) under softmax(logits / T) over the full vocabulary, per prompt."""
-        import torch
+        import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
 
         out: list[list[float]] = [[] for _ in prompts]
         for idx, batch in self._batches(prompts):
@@ -133,7 +134,7 @@ class HFBackend:
                seed: int, top_k: int = 0, top_p: float = 1.0) -> list[list[str]]:
         """``n`` continuations per prompt (temperature 0 = greedy), one prefill per prompt shared by its samples;
         ``top_k`` > 0 / ``top_p`` < 1 restrict each draw as HF ``generate`` does (SMA's sampling)."""
-        import torch
+        import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
 
         gen = torch.Generator().manual_seed(int(seed))
         out: list[list[str]] = [[] for _ in prompts]
@@ -146,8 +147,6 @@ class HFBackend:
 
 
 def _accepts(model, arg: str) -> bool:
-    import inspect
-
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     try:
         return arg in inspect.signature(base.forward).parameters
@@ -159,7 +158,7 @@ def filter_logits(logits, top_k: int = 0, top_p: float = 1.0):
     """HF's top-k then top-p (nucleus) warpers on ``[N, V]`` logits already divided by the temperature: tokens
     outside the k largest, then outside the smallest set whose probability reaches ``top_p`` (the most likely token
     always stays), get -inf. ``top_k=0, top_p=1`` returns the logits untouched."""
-    import torch
+    import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
 
     if top_k > 0 and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
@@ -175,7 +174,7 @@ def filter_logits(logits, top_k: int = 0, top_p: float = 1.0):
 def _sample_batch(model, tokenizer, prompts: Sequence[str], n: int, temperature: float, max_new_tokens: int,
                   generator, top_k: int = 0, top_p: float = 1.0) -> list[list[str]]:
     """``n`` sampled continuations per prompt, decoding from one shared prefill per prompt (temperature 0: greedy)."""
-    import torch
+    import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
 
     enc = tokenizer(list(prompts), return_tensors="pt", padding=True)
     device = next(model.parameters()).device
@@ -184,7 +183,7 @@ def _sample_batch(model, tokenizer, prompts: Sequence[str], n: int, temperature:
     kw = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}  # not [B, T, V]: V is 32k-152k
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=max_new_tokens > 1, **kw)
     logits = out.logits[:, -1, :].float().repeat_interleave(n, dim=0)
-    cache = out.past_key_values if max_new_tokens > 1 else None
+    cache = out.cache if max_new_tokens > 1 else None
     if cache is not None:
         cache.batch_repeat_interleave(n)
     mask = mask.repeat_interleave(n, dim=0)
@@ -202,8 +201,8 @@ def _sample_batch(model, tokenizer, prompts: Sequence[str], n: int, temperature:
         mask = torch.cat([mask, torch.ones_like(tok)], dim=1)
         last_pos = last_pos + 1
         out = model(input_ids=tok, attention_mask=mask, position_ids=last_pos[:, None],
-                    past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+                    cache=cache, use_cache=True)
+        cache = out.cache
         logits = out.logits[:, -1, :].float()
     gen = torch.cat(generated, dim=1).cpu()
     texts = tokenizer.batch_decode(gen, skip_special_tokens=True)

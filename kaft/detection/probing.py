@@ -35,9 +35,10 @@ class Layout:
     order_scheme: str = "random"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Need:
-    """What a detector reads from the backend for each query.
+    """What a detector reads from the backend for each query (keyword arguments only: two flags and two numbers
+    read ambiguously by position).
 
     ``letter_probs``: p_T of each option letter as the first answer token at ``temperature`` (no generation), and
     with ``greedy`` also the argmax first token as a one-sample answer. Otherwise ``samples`` responses of
@@ -110,7 +111,7 @@ def _chunk_seed(seed: int, chunk: int) -> int:
 def probe(detector, backend, items: Sequence[MCItem], seed: int, domain: str, instruction: str | None = None,
           progress: bool = True, work_dir: str | Path | None = None) -> list[dict]:
     """Probe every item in chunks; with ``work_dir`` each finished chunk is saved there and reused on restart."""
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # lazy: tqdm.auto is slow to import; needed only when a stage computes
 
     s = detector.settings
     work = Path(work_dir) if work_dir is not None else None

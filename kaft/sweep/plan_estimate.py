@@ -8,10 +8,15 @@ The formulas are upper bounds meant to catch a job that cannot fit before it wai
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from kaft import detection
+from kaft import stages as S
+from kaft import strategy as strategy_mod
 from kaft.errors import KaftError
+from kaft.prompts import answer_text, format_question
 
 GB = 2 ** 30
 OVERHEAD_GB = 1.5          # CUDA context, cuBLAS workspace and allocator slack per process
@@ -97,7 +102,7 @@ def _check_targets(peft_model, targets: Any, model_class: str) -> None:
     hit = [str(n) for n in getattr(peft_model, "targeted_module_names", [])]
     unmatched = [t for t in targets if not any(n == t or n.endswith("." + t) for n in hit)]
     if unmatched:
-        import torch
+        import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
 
         names = sorted({n.rsplit(".", 1)[-1] for n, m in peft_model.base_model.model.named_modules()
                         if isinstance(m, torch.nn.Linear)} - {"lm_head"})
@@ -108,13 +113,12 @@ def _check_targets(peft_model, targets: Any, model_class: str) -> None:
 def count_params(arch: Arch, lora: Mapping) -> Params:
     """Build the model on the ``meta`` device (no memory, no weights) and wrap it with the job's LoRA config, as
     training will: an unknown architecture or a wrong target-module name fails here, not on the cluster."""
+    # lazy: torch, peft and transformers are slow to import; only the parameter count needs them
     import torch
     from peft import get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from kaft.train import lora_config as _lora_config
-
-    import warnings
+    from kaft.train import lora_config as _lora_config  # lazy: kaft.train imports torch
 
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     try:
@@ -156,7 +160,7 @@ def arch_of(mcfg: dict, path: str | None) -> Arch:
     """The model config's ``architecture`` fields, else the model's config.json from a local dir or the HF cache."""
     if mcfg.get("architecture"):
         return Arch.from_fields(mcfg["architecture"], "model.architecture")
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # lazy: transformers imports torch; needed only to build or load a model
 
     try:
         return Arch.from_config(AutoConfig.from_pretrained(path, revision=mcfg.get("revision"),
@@ -172,7 +176,7 @@ def local_tokenizer(mcfg: dict, path: str | None):
     if not path:  # a model its source builds (the testbed's) has no path until it is built
         return None
     try:
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # lazy: transformers imports torch; needed only to build or load a model
 
         return AutoTokenizer.from_pretrained(path, revision=mcfg.get("revision"), local_files_only=True)
     except Exception:  # noqa: BLE001 - any failure means: estimate from characters instead
@@ -182,9 +186,6 @@ def local_tokenizer(mcfg: dict, path: str | None):
 def measure(cfg, train: list | None, evals: dict | None, tok, n: int) -> Lengths:
     """Prompt lengths from real prompts (the detection's k-shot prompt, the training and zero-shot prompts) of the
     first ``n`` items, counted by the model's tokenizer, or characters / 4 when there is none here."""
-    from kaft import detection as detect_mod
-    from kaft.prompts import answer_text, format_question
-
     count = (lambda s: len(tok(s)["input_ids"])) if tok is not None else \
         (lambda s: math.ceil(len(s) / CHARS_PER_TOKEN))
     shots = int(cfg.detection.shots)
@@ -193,11 +194,11 @@ def measure(cfg, train: list | None, evals: dict | None, tok, n: int) -> Lengths
         return Lengths(q * (shots + 1), q * (shots + 1), q + 2, q + 2,
                        f"assumed {ASSUMED_QUESTION_CHARS} characters per question (data not loadable here, "
                        f"free-form or too small)")
-    det, dom, ins = detect_mod.settings(dict(cfg.detection)), cfg.dataset.domain, cfg.dataset.get("instruction")
+    det, dom, ins = detection.settings(dict(cfg.detection)), cfg.dataset.domain, cfg.dataset.get("instruction")
     items = train[:n]
     how = f"measured with the model's tokenizer on {len(items)} items" if tok is not None else \
         f"estimated as characters / {CHARS_PER_TOKEN:g} (no tokenizer here)"
-    queries = detect_mod.build_queries(items, 1, shots, int(cfg.seed), dom, ins, det["prompt"], det["order_scheme"],
+    queries = detection.build_queries(items, 1, shots, int(cfg.seed), dom, ins, det["prompt"], det["order_scheme"],
                                        shot_pool=train)
     probe = [count(q.prompt) for q in queries]
     kw = {"instruction": ins} if ins else {}
@@ -286,8 +287,6 @@ def seconds(flops: float, peak_tflops: float, mfu: float) -> float:
 def probe_shape(det_cfg) -> tuple[int, int, int]:
     """(option orders per item, sequences per query, new tokens per sequence) as the detector declares them: a
     detector reading letter probabilities generates nothing."""
-    from kaft import detection, stages as S
-
     d = detection.detector_for(S.plain(det_cfg))
     need = d.need()
     if need.letter_probs:
@@ -310,8 +309,6 @@ def job_memory(cfg, arch: Arch, prm: Params, ln: Lengths) -> dict[str, dict]:
 def job_times(cfg, arch: Arch, prm: Params, ln: Lengths, n_train: int | None, n_eval: dict | None,
               s) -> dict[str, float]:
     """Seconds per stage (for 1,000 training and benchmark items when the data cannot be loaded here)."""
-    from kaft import detection, stages as S, strategy as strategy_mod
-
     det, n = cfg.detection, n_train or 1000
     orders, seqs, new = probe_shape(det)
     sampled = new > 0

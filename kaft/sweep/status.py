@@ -29,6 +29,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+import yaml
 from omegaconf import OmegaConf, errors as oc_errors
 
 from kaft.cache import atomic_write_json, atomic_write_text
@@ -70,6 +71,7 @@ def check_writable_dir(path: str | os.PathLike, what: str) -> None:
 # ----------------------------------------------------------------------------------------------- recording failures
 def in_multirun() -> bool:
     try:
+        # lazy: Hydra is slow to import; only the Hydra-facing paths need it
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
@@ -134,7 +136,7 @@ def record_failure(run_dir: str | os.PathLike, exc: BaseException, job: Mapping 
 def hydra_errors_as_one_line() -> Iterator[None]:
     """Turn Hydra's own errors (unknown config option, value of the wrong type, bad override syntax) into one
     ``kaft: error: ...`` line and exit code 2, like kaft's user errors."""
-    from hydra.errors import HydraException
+    from hydra.errors import HydraException  # lazy: Hydra takes a second to import; reading a sweep's state does not
 
     was = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra's exceptions reach us instead of printing them
@@ -159,8 +161,6 @@ def hydra_errors_as_one_line() -> Iterator[None]:
 
 # ----------------------------------------------------------------------------------------------- job states
 def _yaml(path: Path) -> Any:
-    import yaml
-
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, yaml.YAMLError):
@@ -180,6 +180,7 @@ def expected_jobs(sweep_dir: Path) -> list[list[str]] | None:
     args = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
     args += [str(o) for o in ((hydra_cfg.get("overrides") or {}).get("task") or [])]
     try:
+        # lazy: Hydra is slow to import; only the Hydra-facing paths need it
         from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
         from hydra.core.override_parser.overrides_parser import OverridesParser
 

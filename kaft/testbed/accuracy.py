@@ -18,7 +18,7 @@ def letter_probs(model, tok, prompts: Sequence[str], n_options: int = 4, tempera
                  batch_size: int = 32):
     """``[len(prompts), n_options]`` probabilities of the letter tokens " A", " B", ... as the next token, from a
     softmax over the full vocabulary at ``temperature`` (left-padded batches, positions counted from the text)."""
-    import torch
+    import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
 
     letters = letter_ids(tok, n_options)
     old = tok.padding_side

@@ -42,7 +42,7 @@ from kaft.testbed.world import World
 def _fit_rope_profile(theta, kind: str, iters: int, seed: int, peak: float = 20.0):
     """Amplitudes/phases of s(d) = sum_i A_i cos(theta_i d + phi_i) / 8, the RoPE score between a constant query
     and a constant key d tokens apart: "prev2" peaks sharply at d = 2; "recent" decays as ``peak exp(-d / 40)``."""
-    import torch
+    import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
 
     th = theta.double()
     d = torch.arange(1024, dtype=torch.float64)
@@ -66,7 +66,7 @@ def _fit_rope_profile(theta, kind: str, iters: int, seed: int, peak: float = 20.
 
 def _pair_vectors(amp, phi, head_dim: int):
     """Query/key head vectors whose RoPE score at distance d is sum_i A_i cos(theta_i d + phi_i)."""
-    import torch
+    import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
 
     half = head_dim // 2
     q, k = torch.zeros(head_dim), torch.zeros(head_dim)
@@ -87,7 +87,7 @@ def binding_layout(b: Mapping) -> dict:
 def install_binding_heads(model, tok, world: World, b: Mapping, seed: int):
     """Write the reserved embedding dimensions and heads P, R and M into ``model``; returns ``restore()``, which puts
     the fixed values back (with ``restore.zero_grads()`` it runs around every optimiser step)."""
-    import torch
+    import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
 
     lay = binding_layout(b)
     _check_room(model.config, lay)
@@ -114,7 +114,7 @@ def _write_embeddings(model, vocab: Mapping[str, int], world: World, b: Mapping,
                       value_ids: list[int], g) -> float:
     """The reserved dimensions of the input embeddings and lm_head rows (bias, "?", letters, value codes); returns
     the typical RMS-normalised bias, which scales the position-only queries and keys."""
-    import torch
+    import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
 
     H, n, c, F = model.config.hidden_size, lay["n"], lay["c"], lay["F"]
     emb, out = model.get_input_embeddings().weight, model.get_output_embeddings().weight
@@ -144,7 +144,7 @@ def _write_embeddings(model, vocab: Mapping[str, int], world: World, b: Mapping,
 def _write_heads(model, b: Mapping, lay: Mapping, b0: float, seed: int) -> tuple:
     """Heads P, R and M (head 0 of layers 0, -2, -1) and unit RMSNorm gains on the reserved dimensions; returns the
     three attention modules."""
-    import torch
+    import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
 
     hd, nl, n, c = model.config.head_dim, model.config.num_hidden_layers, lay["n"], lay["c"]
     half = hd // 2
@@ -190,7 +190,7 @@ def _fixed_entries(model, lay: Mapping, value_ids: list[int], heads: tuple) -> l
     """``(weight, index)`` of every entry held fixed: the reserved embedding dimensions, the value words' lm_head
     rows, the three heads, the reserved RMSNorm gains, and the learned layers' writes into reserved dimensions
     (zeroed here)."""
-    import torch
+    import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
 
     hd, nl, F, c = model.config.head_dim, model.config.num_hidden_layers, lay["F"], lay["c"]
     emb, out = model.get_input_embeddings().weight, model.get_output_embeddings().weight
@@ -217,7 +217,7 @@ def _fixed_entries(model, lay: Mapping, value_ids: list[int], heads: tuple) -> l
 
 def _restorer(fixed: list[tuple]):
     """``restore()`` puts the entries' current values back; ``restore.zero_grads()`` clears their gradients."""
-    import torch
+    import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
 
     frozen = [(w, sl, w.detach()[sl].clone()) for w, sl in fixed]
 

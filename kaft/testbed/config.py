@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 from typing import Any, Mapping
 
+from omegaconf import DictConfig, OmegaConf
+
 from kaft.errors import ConfigError
 
 # The defaults mirror conf/testbed/default.yaml (a test keeps them in sync). ``world`` and ``seed`` shape the world;
@@ -108,19 +110,11 @@ def resolve_config(cfg: Mapping | None = None, defaults: Mapping | None = None) 
     """The full testbed config: ``cfg`` (a dict or OmegaConf node) merged over the defaults, unknown keys refused."""
     if cfg is not None and not isinstance(cfg, Mapping):
         try:
-            from omegaconf import OmegaConf
-
             cfg = OmegaConf.to_container(cfg, resolve=True)
         except Exception as e:  # noqa: BLE001
             raise WorldConfigError(f"testbed config must be a mapping, got {type(cfg).__name__}") from e
-    elif cfg is not None:
-        try:
-            from omegaconf import DictConfig, OmegaConf
-
-            if isinstance(cfg, DictConfig):
-                cfg = OmegaConf.to_container(cfg, resolve=True)
-        except ImportError:  # pragma: no cover
-            pass
+    elif isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True)
     full = _merge(dict(defaults or DEFAULT_CONFIG), dict(cfg or {}))
     if full["pretrain"]["precision"] not in ("fp32", "bf16"):  # checked here, before any world or model is built
         raise WorldConfigError(f"testbed pretrain.precision must be fp32 or bf16, got {full['pretrain']['precision']!r}"

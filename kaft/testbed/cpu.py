@@ -24,7 +24,7 @@ def cpu_name() -> str:
 
 def describe_cpu() -> str:
     """One line for measured numbers: which CPU, whether it has AVX-512 BF16, which kernels torch dispatches to."""
-    import torch
+    import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
 
     bf16 = "AVX-512 BF16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no AVX-512 BF16"
     return (f"{cpu_name()}, {os.cpu_count()} cores, {bf16}, torch {torch.__version__} "
@@ -34,7 +34,7 @@ def describe_cpu() -> str:
 def build_env() -> dict:
     """What the numbers of a build depend on besides its config: torch, the kernel family PyTorch dispatched to
     (``ATEN_CPU_CAPABILITY`` forces it), the BLAS / oneDNN pins and the thread count (recorded in testbed.json)."""
-    import torch
+    import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
 
     return {"cpu": cpu_name(), "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "mkldnn_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()), "threads": torch.get_num_threads(),

@@ -114,7 +114,7 @@ def table(cells: Sequence[dict]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
-    import torch
+    import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", default="0-4")

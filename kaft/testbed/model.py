@@ -43,7 +43,7 @@ VERSION = "3"
 
 
 def llama_config(m: Mapping, tok):
-    from transformers import LlamaConfig
+    from transformers import LlamaConfig  # lazy: transformers imports torch; needed only to build or load a model
 
     hidden, heads = int(m["hidden_size"]), int(m["num_heads"])
     if hidden != 64 * heads:
@@ -91,7 +91,7 @@ def _labels(ids: list[int], is_mc: bool, qmark: int) -> list[int]:
 
 def _optimizer(model, p: Mapping, steps: int):
     """AdamW (no decay on embeddings, norms and biases) with linear warmup, then cosine decay to ``min_lr_ratio``."""
-    import torch
+    import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
 
     decay = [q for n, q in model.named_parameters() if q.ndim >= 2 and "embed" not in n]
     no_decay = [q for n, q in model.named_parameters() if not (q.ndim >= 2 and "embed" not in n)]
@@ -111,7 +111,7 @@ def _optimizer(model, p: Mapping, steps: int):
 
 def _tensors(batch: list[tuple[list[int], list[int]]], pad_id: int):
     """Right-padded ``(input_ids, labels)`` of a batch of rows."""
-    import torch
+    import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
 
     width = max(len(r) for r, _ in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -125,7 +125,7 @@ def _tensors(batch: list[tuple[list[int], list[int]]], pad_id: int):
 def _loss(model, ids, labels, bf16: bool, rnorm: float, rmax: float):
     """LM loss, plus (``rnorm`` > 0) a penalty on residual RMS above ``rmax``: the built-in heads read fixed-size
     signals from the residual stream, which a residual grown 50x would drown."""
-    import torch
+    import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
 
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         out = model(input_ids=ids, labels=labels, output_hidden_states=rnorm > 0)
@@ -138,7 +138,7 @@ def _loss(model, ids, labels, bf16: bool, rnorm: float, rmax: float):
 
 def _step(model, loss, opt, sched, restore, grad_clip: float) -> None:
     """One optimiser step; the binding heads' fixed entries get no gradient and are put back after the step."""
-    import torch
+    import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
 
     loss.backward()
     if restore is not None:
@@ -153,6 +153,7 @@ def _step(model, loss, opt, sched, restore, grad_clip: float) -> None:
 
 def _init_model(world: World, tok, cfg: Mapping):
     """A fresh LlamaForCausalLM (seeded) with the binding heads installed when enabled; ``(model, restore)``."""
+    # lazy: torch takes seconds to import; a cached re-run never needs it
     import torch
     from transformers import LlamaForCausalLM
 
@@ -170,7 +171,7 @@ def pretrain(world: World, tok, cfg: Mapping, progress: bool = True, callback=No
     """Train a fresh LlamaForCausalLM on the world's corpus for a resolved testbed ``cfg``; returns
     ``(model, stats)``. ``callback(step, model)``, if given, runs after every logged step (diagnostics; not part of
     the build)."""
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # lazy: tqdm.auto is slow to import; needed only when a stage computes
 
     p, seed = cfg["pretrain"], int(cfg["seed"])
     model, restore = _init_model(world, tok, cfg)

@@ -34,7 +34,7 @@ def readout_gain(model, b: Mapping) -> float:
 
 def set_readout_gain(model, gain: float, b: Mapping) -> None:
     """Rescale head M's output (the letter it writes) to ``gain``."""
-    import torch
+    import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
 
     current = readout_gain(model, b)
     with torch.no_grad():
@@ -78,7 +78,7 @@ def calibrate_letters(model, tok, world: World, b: Mapping) -> float:
     which are calibrated on multiple choice (GPT-4 technical report, Fig. 8). Sampled at T = 0.7, such a flat model
     puts a contradicted fact only a little below chance (Score 0.19 vs 0.25), so which items probing flags hung on
     sampling noise. Scaling the letters' logits changes no argmax: the release accuracy stays as calibrated."""
-    import torch
+    import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
 
     target = float(b["release_accuracy"])
     items = world.format_items(256)

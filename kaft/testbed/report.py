@@ -37,12 +37,15 @@ import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import yaml
+
 from kaft.items import MCItem
 from kaft.outputs import OutputError, check_target, write_text
 from kaft.prompts import few_shot_prompt
 from kaft.results import auroc
 from kaft.testbed.accuracy import _correct, _by_kind, accuracy_by_kind, letter_probs  # noqa: F401
 from kaft.testbed.config import resolve_config
+from kaft.testbed.model import build_model
 from kaft.testbed.release import readout_gain, set_readout_gain
 from kaft.testbed.world import World, build_world
 
@@ -199,10 +202,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             raise SystemExit(f"kaft: error: {e}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import yaml
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from kaft.testbed.model import build_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # lazy: after HF_HUB_OFFLINE is set
 
     cfg = resolve_config(yaml.safe_load(Path(args.config).read_text()) if args.config else None)
     t0 = time.time()

@@ -15,7 +15,7 @@ PUNCT = list(".,:;?!'\"()-/")
 
 
 def _pre_tokenizer():
-    from tokenizers import pre_tokenizers
+    from tokenizers import pre_tokenizers  # lazy: needed only to build the testbed tokenizer
 
     return pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation("isolated")])
 
@@ -32,6 +32,7 @@ def vocabulary(world: World) -> list[str]:
 
 def build_tokenizer(world: World, max_length: int = 1024):
     """A word-level fast tokenizer over the world's vocabulary (``<s>`` prepended by default)."""
+    # lazy: needed only to build the testbed tokenizer (transformers imports torch)
     from tokenizers import Tokenizer, decoders, models, processors
     from transformers import PreTrainedTokenizerFast
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from kaft.cache import make_key
 from kaft.items import MCItem
 from kaft.prompts import few_shot_prompt
 from kaft.testbed.config import resolve_config
@@ -149,8 +150,6 @@ _MEMO: dict[str, World] = {}
 
 def build_world(cfg: Mapping | None = None) -> World:
     """The world of a testbed config, memoised per config (data loading asks once per split)."""
-    from kaft.cache import make_key
-
     full = resolve_config(cfg)
     key = make_key(full["seed"], full["world"])
     if key not in _MEMO:

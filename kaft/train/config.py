@@ -7,7 +7,10 @@ saved, not the adapter, so the train stage (kaft/stages.py) leaves them out of t
 from __future__ import annotations
 
 import math
-from typing import Mapping
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Mapping
 
 from kaft.errors import ConfigError
 
@@ -17,6 +20,19 @@ LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 # optional train settings that only decide how often progress is saved, not the adapter (left out of cache keys)
 CHECKPOINT_KEYS = ("save_steps", "save_total_limit")
 CHECKPOINT_DEFAULTS = {"save_steps": 50, "save_total_limit": 1}
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """How :func:`kaft.train.train_lora` trains, apart from the model and the data: the ``loss`` and ``train``
+    configs, the seed, and the prompt settings the training prompts are built with (as detection and evaluation
+    build theirs). One object instead of five parameters that travel together."""
+
+    loss: Mapping
+    train: Mapping
+    seed: int
+    domain: str
+    instruction: str | None = None
 
 
 class TrainError(ConfigError):
@@ -63,9 +79,19 @@ def validate_train_cfg(train_cfg: Mapping) -> None:
     _check_lora(train_cfg["lora"])
 
 
+@contextmanager
+def peft_wrap() -> Iterator[None]:
+    """Around a peft wrap (``get_peft_model``, ``PeftModel.from_pretrained``): peft reads the model's
+    ``is_gradient_checkpointing``, which transformers 5 deprecates with a FutureWarning however kaft calls peft (no
+    argument avoids it); only that warning is silenced, only here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def lora_config(lora: Mapping):
     """The peft ``LoraConfig`` of ``train.lora`` (``{r, alpha, dropout, target_modules}``)."""
-    from peft import LoraConfig
+    from peft import LoraConfig  # lazy: peft imports torch; needed only to make or load an adapter
 
     targets = lora["target_modules"]
     targets = targets if isinstance(targets, str) else list(targets)  # "all-linear" or a list of module names

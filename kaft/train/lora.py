@@ -21,7 +21,7 @@ import torch
 
 from kaft.data import MCItem
 from kaft.losses import make_loss
-from kaft.train.config import CHECKPOINT_DEFAULTS, TrainError, lora_config, validate_train_cfg
+from kaft.train.config import CHECKPOINT_DEFAULTS, TrainError, TrainSpec, lora_config, peft_wrap, validate_train_cfg
 from kaft.train.examples import ListDataset
 from kaft.train.trainers import FEEDS, Prepared
 
@@ -49,7 +49,7 @@ def last_checkpoint(checkpoint_dir: str | Path | None) -> Path | None:
 
 
 def _check_inputs(model, items: Sequence[MCItem], weights: Sequence[float]) -> None:
-    from peft import PeftModel
+    from peft import PeftModel  # lazy: peft imports torch; needed only to make or load an adapter
 
     if len(items) != len(weights):
         raise TrainError(f"train_lora: {len(items)} items but {len(weights)} weights")
@@ -63,6 +63,7 @@ def _check_inputs(model, items: Sequence[MCItem], weights: Sequence[float]) -> N
 
 
 def _add_adapter(model, train_cfg: Mapping, seed: int):
+    # lazy: peft imports torch; needed only to make or load an adapter
     from peft import get_peft_model
     from transformers import set_seed
 
@@ -70,12 +71,13 @@ def _add_adapter(model, train_cfg: Mapping, seed: int):
     if train_cfg.get("gradient_checkpointing"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    return get_peft_model(model, lora_config(train_cfg["lora"]))
+    with peft_wrap():
+        return get_peft_model(model, lora_config(train_cfg["lora"]))
 
 
 def _training_args(train_cfg: Mapping, out_dir: Path, checkpoint_dir: str | Path | None, seed: int):
     """The Trainer's arguments, and whether checkpoints are saved (into ``checkpoint_dir``)."""
-    from transformers import TrainingArguments
+    from transformers import TrainingArguments  # lazy: transformers imports torch; needed only to build or load a model
 
     use_cuda = torch.cuda.is_available()
     save_steps = int(train_cfg.get("save_steps", CHECKPOINT_DEFAULTS["save_steps"]))
@@ -133,14 +135,13 @@ def _finish(trainer, result, resumed_from: int | None, prepared: Prepared, out_d
     return model
 
 
-def train_lora(model, tokenizer, items: Sequence[MCItem], weights: Sequence[float], loss_cfg: Mapping,
-               train_cfg: Mapping, out_dir: str | Path, seed: int, domain: str,
-               instruction: str | None = None, records: Sequence[dict] | None = None,
+def train_lora(model, tokenizer, items: Sequence[MCItem], weights: Sequence[float], spec: TrainSpec,
+               out_dir: str | Path, *, records: Sequence[dict] | None = None,
                checkpoint_dir: str | Path | None = None, callbacks: Sequence | None = None):
-    """Fine-tune ``model`` with LoRA on ``items`` weighted by ``weights``; return the peft model (in memory, in
-    eval mode) after saving its adapter to ``out_dir``.
+    """Fine-tune ``model`` with LoRA on ``items`` weighted by ``weights``, as ``spec`` says; return the peft model
+    (in memory, in eval mode) after saving its adapter to ``out_dir``.
 
-    ``weights[i]`` is item i's reward from :func:`kaft.losses.sample_weights`. ``train_cfg`` holds
+    ``weights[i]`` is item i's reward from :func:`kaft.losses.sample_weights`. ``spec.train`` holds
     :data:`~kaft.train.config.TRAIN_KEYS` (``lora`` = ``{r, alpha, dropout, target_modules}``); optional
     ``gradient_checkpointing``. ``records`` hold sampled answers of ``items`` (same order): SMA's own samples or the
     detection's; a loss that needs pairs (``dpo``) builds its pairs from them and needs them; then
@@ -151,11 +152,12 @@ def train_lora(model, tokenizer, items: Sequence[MCItem], weights: Sequence[floa
     keeping ``train.save_total_limit`` (default 1); training resumes from the newest complete one found there
     (``train_log.json`` then records ``resumed_from_step``). ``callbacks``: extra ``TrainerCallback``s.
     """
+    train_cfg, seed = spec.train, spec.seed
     validate_train_cfg(train_cfg)
     _check_inputs(model, items, weights)
-    loss = make_loss(loss_cfg)
+    loss = make_loss(spec.loss)
     feed = FEEDS.get(loss.needs)
-    prepared = feed.prepare(loss, tokenizer, items, weights, records, seed, domain, instruction,
+    prepared = feed.prepare(loss, tokenizer, items, weights, records, seed, spec.domain, spec.instruction,
                             int(train_cfg["max_length"]))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -164,7 +166,7 @@ def train_lora(model, tokenizer, items: Sequence[MCItem], weights: Sequence[floa
     model = _add_adapter(model, train_cfg, seed)
     args, checkpointing = _training_args(train_cfg, out_dir, checkpoint_dir, seed)
     trainer = feed.trainer()(model=model, args=args, train_dataset=ListDataset(prepared.rows),
-                             data_collator=feed.collator(_pad_id(tokenizer)), loss_cfg=loss_cfg,
+                             data_collator=feed.collator(_pad_id(tokenizer)), loss_cfg=spec.loss,
                              callbacks=list(callbacks or []) or None)
     result, resumed_from = _run(trainer, checkpoint_dir, checkpointing)
     return _finish(trainer, result, resumed_from, prepared, out_dir)

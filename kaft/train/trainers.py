@@ -21,7 +21,7 @@ from kaft.train.steps import accepts_logits_to_keep, pair_batch_loss, sft_batch_
 
 @cache
 def weighted_trainer_class() -> type:
-    from transformers import Trainer
+    from transformers import Trainer  # lazy: transformers imports torch; needed only to build or load a model
 
     class WeightedLossTrainer(Trainer):
         """A Trainer whose loss is :func:`kaft.losses.compute_loss` on the batch's ``weights``.
@@ -46,7 +46,7 @@ def weighted_trainer_class() -> type:
 
 @cache
 def pair_trainer_class() -> type:
-    from transformers import Trainer
+    from transformers import Trainer  # lazy: transformers imports torch; needed only to build or load a model
 
     class PairLossTrainer(Trainer):
         """A Trainer whose loss is the preference loss's ``pair_loss`` on :class:`PairCollator` batches (a

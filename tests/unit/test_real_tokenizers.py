@@ -145,8 +145,9 @@ def test_dpo_pairs_and_training(real, tmp_path):
            "lora": {"r": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}}
     for loss, recs in (({"name": "constant"}, None), ({"name": "dpo", "pair_source": "sma", "pairs": "dataset_self"},
                                                    records)):
-        tuned = train.train_lora(copy.deepcopy(model), tok, ITEMS[:4], [1.0] * 4, loss, cfg, tmp_path / loss["name"],
-                                 0, DOMAIN, records=recs[:4] if recs else None)
+        tuned = train.train_lora(copy.deepcopy(model), tok, ITEMS[:4], [1.0] * 4,
+                                 train.TrainSpec(loss=loss, train=cfg, seed=0, domain=DOMAIN),
+                                 tmp_path / loss["name"], records=recs[:4] if recs else None)
         log = json.loads((tmp_path / loss["name"] / "train_log.json").read_text())
         assert math.isfinite(log["train_loss"]) and log["global_step"] >= 1 and tuned.training is False
 

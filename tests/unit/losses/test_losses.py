@@ -602,8 +602,8 @@ def test_a_loss_registered_in_a_test_trains_end_to_end(tiny_tokenizer, tiny_mode
                      "weight_decay": 0.0, "grad_accum": 1, "lr_scheduler": "linear", "logging_steps": 1,
                      "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}}
         out = tmp_path / "adapter"
-        model = train.train_lora(copy.deepcopy(tiny_model), tiny_tokenizer, mc_items, weights, cfg, train_cfg, out,
-                                 seed=0, domain="geography")
+        model = train.train_lora(copy.deepcopy(tiny_model), tiny_tokenizer, mc_items, weights,
+                                 train.TrainSpec(loss=cfg, train=train_cfg, seed=0, domain="geography"), out)
         logged = [h["loss"] for h in json.loads((out / "train_log.json").read_text())["log_history"] if "loss" in h]
         assert len(logged) == 3 and logged[0] == pytest.approx(2 * constant, rel=1e-4)  # one batch of all 8 items
         assert logged[-1] < logged[0]

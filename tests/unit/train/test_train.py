@@ -50,6 +50,10 @@ def train_cfg(**over):
     return cfg
 
 
+def spec(loss: dict, cfg: dict, seed: int) -> train.TrainSpec:
+    return train.TrainSpec(loss=loss, train=cfg, seed=seed, domain="general")
+
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -153,14 +157,14 @@ def test_zero_weight_leaves_lora_unchanged_and_weight_one_changes_it(tok, tmp_pa
     init = lora_state(get_peft_model(copy.deepcopy(base), train.lora_config(cfg["lora"])))
     assert init and all(torch.count_nonzero(v) == 0 for k, v in init.items() if "lora_B" in k)
 
-    zero = train.train_lora(copy.deepcopy(base), tok, ITEMS, [0.0] * len(ITEMS), {"name": "kaft", "rewards":
-                            [0, 0, 0, 0]}, cfg, tmp_path / "zero", seed=7, domain="general")
+    zero = train.train_lora(copy.deepcopy(base), tok, ITEMS, [0.0] * len(ITEMS),
+                            spec({"name": "kaft", "rewards": [0, 0, 0, 0]}, cfg, 7), tmp_path / "zero")
     after = lora_state(zero)
     assert after.keys() == init.keys()
     assert all(torch.equal(after[k], init[k]) for k in init)
 
-    one = train.train_lora(copy.deepcopy(base), tok, ITEMS, [1.0] * len(ITEMS), {"name": "constant"}, cfg,
-                           tmp_path / "one", seed=7, domain="general")
+    one = train.train_lora(copy.deepcopy(base), tok, ITEMS, [1.0] * len(ITEMS), spec({"name": "constant"}, cfg, 7),
+                           tmp_path / "one")
     changed = lora_state(one)
     assert any(not torch.equal(changed[k], init[k]) for k in init)
     assert any(torch.count_nonzero(v) > 0 for k, v in changed.items() if "lora_B" in k)
@@ -179,8 +183,8 @@ def test_train_lora_end_to_end(tok, tmp_path, loss_cfg):
     before = batch_loss(base, tok, {"name": "constant"})
     weights = losses.sample_weights(loss_cfg, [0, 1, 2, 3, 0, 1, 2, 3], [0.5] * 8, 4)
     out = tmp_path / "adapter"
-    model = train.train_lora(base, tok, ITEMS, weights, loss_cfg, train_cfg(epochs=15, warmup_ratio=0.1,
-                             lr_scheduler="cosine", grad_accum=2, batch_size=2, lr=3e-2), out, seed=0, domain="general")
+    settings = train_cfg(epochs=15, warmup_ratio=0.1, lr_scheduler="cosine", grad_accum=2, batch_size=2, lr=3e-2)
+    model = train.train_lora(base, tok, ITEMS, weights, spec(loss_cfg, settings, 0), out)
     assert isinstance(model, PeftModel) and not model.training
     assert (out / "adapter_config.json").exists()
     assert (out / "adapter_model.safetensors").exists() or (out / "adapter_model.bin").exists()
@@ -196,10 +200,10 @@ def test_train_lora_end_to_end(tok, tmp_path, loss_cfg):
 def test_train_lora_rejects_bad_weights(tok, tmp_path):
     base = make_model(len(tok))
     with pytest.raises(ValueError, match="8 items but 7 weights"):
-        train.train_lora(base, tok, ITEMS, [1.0] * 7, {"name": "constant"}, train_cfg(), tmp_path, 0, "general")
+        train.train_lora(base, tok, ITEMS, [1.0] * 7, spec({"name": "constant"}, train_cfg(), 0), tmp_path)
     with pytest.raises(ValueError, match="item 2"):
-        train.train_lora(base, tok, ITEMS, [1, 1, -1, 1, 1, 1, 1, 1], {"name": "constant"}, train_cfg(), tmp_path,
-                         0, "general")
+        train.train_lora(base, tok, ITEMS, [1, 1, -1, 1, 1, 1, 1, 1], spec({"name": "constant"}, train_cfg(), 0),
+                         tmp_path)
 
 
 # ----------------------------------------------------------------------------------------------- dpo
@@ -284,8 +288,8 @@ def test_train_lora_dpo_changes_adapter_and_prefers_chosen(tok, tmp_path):
     cfg = {"name": "dpo", "dpo_beta": 0.5, "pairs": "dataset_self", "pair_source": "detection", "max_pairs": 8,
            "weight_by_subset": False, "alpha": 0.1, "beta": 0.5, "rewards": None}
     out = tmp_path / "dpo"
-    model = train.train_lora(base, tok, ITEMS, [1.0] * 8, cfg, train_cfg(epochs=10, lr=5e-2), out, seed=0,
-                             domain="general", records=records)
+    model = train.train_lora(base, tok, ITEMS, [1.0] * 8, spec(cfg, train_cfg(epochs=10, lr=5e-2), 0), out,
+                             records=records)
     assert isinstance(model, PeftModel) and not model.training
     assert any(torch.count_nonzero(v) > 0 for k, v in lora_state(model).items() if "lora_B" in k)
     log = json.loads((out / "train_log.json").read_text())
@@ -316,16 +320,16 @@ def test_train_lora_dpo_needs_records_with_wrong_samples(tok, tmp_path):
     cfg = {"name": "dpo"}
     base = make_model(len(tok))
     with pytest.raises(ValueError, match="no records were passed"):
-        train.train_lora(base, tok, ITEMS, [1.0] * 8, cfg, train_cfg(), tmp_path, 0, "general")
+        train.train_lora(base, tok, ITEMS, [1.0] * 8, spec(cfg, train_cfg(), 0), tmp_path)
     exact = [{"id": it.id, "score": 0.5, "gold": it.answer, "orders": [[0, 1, 2, 3]], "probs": [[0.25] * 4]}
              for it in ITEMS]
     with pytest.raises(ValueError, match="no record has any.*estimator=sample"):
-        train.train_lora(base, tok, ITEMS, [1.0] * 8, cfg, train_cfg(), tmp_path, 0, "general", records=exact)
+        train.train_lora(base, tok, ITEMS, [1.0] * 8, spec(cfg, train_cfg(), 0), tmp_path, records=exact)
     right = _records(ITEMS, [[it.answer] * 3 for it in ITEMS])
     with pytest.raises(ValueError, match="no item has both a chosen and a wrong sampled answer"):
-        train.train_lora(base, tok, ITEMS, [1.0] * 8, cfg, train_cfg(), tmp_path, 0, "general", records=right)
+        train.train_lora(base, tok, ITEMS, [1.0] * 8, spec(cfg, train_cfg(), 0), tmp_path, records=right)
     # other losses ignore records
-    train.train_lora(base, tok, ITEMS, [1.0] * 8, {"name": "constant"}, train_cfg(), tmp_path / "c", 0, "general",
+    train.train_lora(base, tok, ITEMS, [1.0] * 8, spec({"name": "constant"}, train_cfg(), 0), tmp_path / "c",
                      records=right)
 
 
@@ -355,14 +359,14 @@ def test_interrupted_training_resumes_from_its_checkpoint_to_the_same_adapter(to
                     lora={"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]})
     weights = [0.1, 0.5, 1.0, 1.0, 0.1, 0.5, 1.0, 1.0]
     base = make_model(len(tok))
-    ref = lora_state(train.train_lora(copy.deepcopy(base), tok, ITEMS, weights, {"name": "constant"}, cfg,
-                                      tmp_path / "ref", seed=3, domain="general"))  # no checkpoint dir: none saved
+    ref = lora_state(train.train_lora(copy.deepcopy(base), tok, ITEMS, weights, spec({"name": "constant"}, cfg, 3),
+                                      tmp_path / "ref"))  # no checkpoint dir: none saved
     assert not list((tmp_path / "ref").glob("checkpoint-*"))
 
     ckpt = tmp_path / "scratch"
     with pytest.raises(_Interrupted):
-        train.train_lora(copy.deepcopy(base), tok, ITEMS, weights, {"name": "constant"}, cfg, tmp_path / "a",
-                         seed=3, domain="general", checkpoint_dir=ckpt, callbacks=[_interrupt_after_checkpoint(9)])
+        train.train_lora(copy.deepcopy(base), tok, ITEMS, weights, spec({"name": "constant"}, cfg, 3), tmp_path / "a",
+                         checkpoint_dir=ckpt, callbacks=[_interrupt_after_checkpoint(9)])
     assert [p.name for p in ckpt.glob("checkpoint-*")] == ["checkpoint-9"]  # save_total_limit=1
     saved = sorted(p.name for p in (ckpt / "checkpoint-9").iterdir())
     assert "adapter_model.safetensors" in saved and "trainer_state.json" in saved
@@ -381,14 +385,15 @@ def test_interrupted_training_resumes_from_its_checkpoint_to_the_same_adapter(to
         def on_step_end(self, args, state, control, **kwargs):
             steps.append(state.global_step)
 
-    resumed = train.train_lora(copy.deepcopy(base), tok, ITEMS, weights, {"name": "constant"}, cfg, tmp_path / "b",
-                               seed=3, domain="general", checkpoint_dir=ckpt, callbacks=[Count()])
+    resumed = train.train_lora(copy.deepcopy(base), tok, ITEMS, weights, spec({"name": "constant"}, cfg, 3),
+                               tmp_path / "b", checkpoint_dir=ckpt, callbacks=[Count()])
     got = lora_state(resumed)
     assert steps == list(range(10, 31))  # only the 21 steps after the checkpoint ran
     log = json.loads((tmp_path / "b" / "train_log.json").read_text())
     assert log["resumed_from_step"] == 9 and log["global_step"] == 30
-    init = lora_state(train.train_lora(copy.deepcopy(base), tok, ITEMS, [0.0] * 8, {"name": "kaft", "rewards":
-                      [0, 0, 0, 0]}, train_cfg(), tmp_path / "zero", seed=3, domain="general"))
+    init = lora_state(train.train_lora(copy.deepcopy(base), tok, ITEMS, [0.0] * 8,
+                                       spec({"name": "kaft", "rewards": [0, 0, 0, 0]}, train_cfg(), 3),
+                                       tmp_path / "zero"))
     assert any((got[k] - init[k]).abs().max() > 1e-2 for k in got)  # it really trained
     for k in ref:
         assert torch.allclose(got[k], ref[k], atol=1e-6, rtol=1e-5), (k, (got[k] - ref[k]).abs().max())
