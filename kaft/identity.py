@@ -167,7 +167,7 @@ def summary(diffs: list[str]) -> str:
 
 
 def way_out(multirun: bool) -> str:
-    return ("force=true replaces its results, or give the sweep another hydra.sweep.dir" if multirun else
+    return ("force=true replaces those results, or give the sweep another hydra.sweep.dir" if multirun else
             "force=true replaces its results, or give this run another hydra.run.dir")
 
 
