@@ -194,7 +194,8 @@ def reusable(run_dir: str | Path, cfg: DictConfig, method: str | None, multirun:
     diffs = differences(res.get("identity"), of_job(cfg, method))
     if diffs:
         raise RerunError(f"{run_dir} holds the results of another run: {summary(diffs)}; {way_out(multirun)}")
-    log.info("already complete: %s (same config, data, model and code; force=true re-runs it)", run_dir / "results.json")
+    log.info("already complete: %s (same config, data, model and code; force=true re-runs it)",
+             run_dir / "results.json")
     return res
 
 

@@ -23,7 +23,8 @@ def tiny(tmp_path_factory):
 
 def _cfg(tiny, *args):
     """The task config kaft.run's job function would receive for these overrides."""
-    base = ["model=local", f"model.path={tiny / 'model'}", "dataset=local", f"dataset.train.path={tiny / 'train.jsonl'}",
+    base = ["model=local", f"model.path={tiny / 'model'}", "dataset=local",
+            f"dataset.train.path={tiny / 'train.jsonl'}",
             f"dataset.eval.test.path={tiny / 'test.jsonl'}", f"cache_dir={tiny / 'cache'}", "logger=none"]
     ((_, _, cfg),) = plan.compose_jobs([*base, *args], False)
     return preflight.task_config(cfg)

@@ -20,7 +20,8 @@ def tiny(tmp_path_factory):
 
 
 def _args(tiny, tmp_path, *args):
-    return ["model=local", f"model.path={tiny / 'model'}", "dataset=local", f"dataset.train.path={tiny / 'train.jsonl'}",
+    return ["model=local", f"model.path={tiny / 'model'}", "dataset=local",
+            f"dataset.train.path={tiny / 'train.jsonl'}",
             f"dataset.eval.test.path={tiny / 'test.jsonl'}", f"cache_dir={tmp_path / 'cache'}", "logger=none",
             f"hydra.sweep.dir={tmp_path / 'sweep'}", f"hydra.run.dir={tmp_path / 'run'}", *args]
 
@@ -40,7 +41,8 @@ def test_check_job_config_runs_the_train_checks_before_any_data(tiny, tmp_path):
     ((_, _, cfg),) = plan.compose_jobs(_args(tiny, tmp_path, "train.lr_scheduler=cosine_typo"), False)
     with pytest.raises(Exception, match="train.lr_scheduler must be one of"):
         preflight.check_job_config(preflight.task_config(cfg))
-    ((_, _, ok),) = plan.compose_jobs(_args(tiny, tmp_path, "partition.k=100000", "loss=constant", "detection.shots=50"), False)
+    ((_, _, ok),) = plan.compose_jobs(_args(tiny, tmp_path, "partition.k=100000", "loss=constant",
+                                            "detection.shots=50"), False)
     preflight.check_job_config(preflight.task_config(ok))  # the data-size checks are the job's
 
 

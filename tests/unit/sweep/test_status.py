@@ -133,7 +133,8 @@ def test_failing_jobs_are_recorded_and_do_not_stop_the_sweep(tmp_path):
              "answer": i % 4} for i in range(8)]
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     env = {**os.environ, "KAFT_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    args = [sys.executable, "-m", "kaft.run", "-m", f"model.path={tmp_path}/good,{tmp_path}/corrupt", "detection.shots=2,8",
+    args = [sys.executable, "-m", "kaft.run", "-m", f"model.path={tmp_path}/good,{tmp_path}/corrupt",
+            "detection.shots=2,8",
             "model=local", "dataset=local", f"dataset.train.path={tmp_path / 'd.jsonl'}",
             f"dataset.eval.test.path={tmp_path / 'd.jsonl'}", "detection.num_orders=2", "detection.num_samples=2",
             "detection.max_new_tokens=2", "train.batch_size=4", "train.max_length=256",
