@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from kaft import diagnostics, identity, interrupt, losses
+from kaft import diagnostics, identity, interrupt, losses, plausibility
 from kaft import partition as partition_mod
 from kaft import stages as S
 from kaft import strategy as strategy_mod
@@ -92,6 +92,7 @@ def _load(job: Job) -> None:
     with job.timer("data"):
         job.train, job.evals, job.fps = S.stage_data(cfg, job.cache)
         S.validate(cfg, len(job.train))
+        plausibility.warn(cfg, job.train, job.evals, job.fps)  # legal but implausible data: one line each
     log.info("data: %d training items, benchmarks %s", len(job.train), {n: len(v) for n, v in job.evals.items()})
     with job.timer("model"):
         job.model, job.keys["model"] = S.stage_model(cfg)
