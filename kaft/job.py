@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from kaft import diagnostics, losses, plausibility, track
+from kaft import diagnostics, identity, interrupt, losses, plausibility, track
 from kaft import partition as partition_mod
 from kaft import stages as S
 from kaft import strategy as strategy_mod
@@ -239,19 +239,30 @@ def _results(job: Job, info: dict, sel, metrics: dict, base: dict | None, fine: 
         "versions": track.package_versions(),
         "choices": info["choices"],   # the config group options this job composed (model, dataset, method, ...)
         "config": {**S.plain(job.cfg), "method": info["choices"].get("method")},
+        "identity": identity.make(identity.config_part(job.cfg, info["choices"].get("method")), job.ctx.fps,
+                                  job.keys["model"]),
     }
 
 
 def run(cfg: DictConfig) -> dict:
-    """Execute one job and return its results (also written to results.json in the run directory)."""
+    """Execute one job and return its results (also written to results.json in the run directory). A run dir that
+    holds a done results.json of the same identity is skipped; of another identity, refused (:mod:`kaft.identity`).
+    A Ctrl-C marks the run dir interrupted (:mod:`kaft.interrupt`)."""
     info = job_info()
     run_dir = Path(info["run_dir"])
-    done = finished(run_dir)
-    if done is not None and not cfg.get("force", False):
-        log.info("already complete: %s (force=true re-runs it)", run_dir / RESULTS_FILE)
+    done = identity.reusable(run_dir, cfg, info["choices"].get("method"), info["group"] is not None)
+    if done is not None:
         print_results(done)
         return done
     job = Job(cfg, Cache(cfg.cache_dir))
+    try:
+        return _execute(job, info, run_dir)
+    except KeyboardInterrupt:
+        raise interrupt.record(run_dir, job, info) from None
+
+
+def _execute(job: Job, info: dict, run_dir: Path) -> dict:
+    """The recipe: data -> detect -> partition -> select -> train -> evaluate -> diagnose -> track."""
     _data(job)
     _detect(job)
     _partition(job)

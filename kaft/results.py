@@ -33,7 +33,7 @@ class Results(TypedDict, total=False):
     :func:`kaft.sweep.status.record_failure`, which writes status, error, error_type, error_file, job, overrides,
     ``metrics: null`` and config)."""
 
-    status: str                  # "done" | "failed"
+    status: str                  # "done" | "failed" | "interrupted" (Ctrl-C: kaft.interrupt; ``stage`` names where)
     job: dict                    # name, override_dirname, num, run_dir (Hydra's view of the job)
     overrides: list[str]         # the job's command-line overrides
     data: dict                   # n_train, n_eval {benchmark: n}, fingerprints {train, <benchmark>: ...}
@@ -52,6 +52,8 @@ class Results(TypedDict, total=False):
     versions: dict               # package -> version
     choices: dict                # config group -> option the job composed (model, dataset, method, ...)
     config: dict                 # the resolved job config, plus the method's name
+    identity: dict               # sha256 + parts {config, data, model, code}: what a re-run compares (kaft.identity)
+    stage: str                   # interrupted jobs: the stage that was running
     error: str                   # failed jobs: the error's last line
     error_type: str
     error_file: str

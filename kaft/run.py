@@ -13,7 +13,7 @@ import hydra
 from omegaconf import DictConfig
 
 import kaft.resolvers  # noqa: F401  (the resolvers conf/ uses)
-from kaft import job as job_mod
+from kaft import identity, interrupt, job as job_mod
 from kaft.errors import KaftError
 from kaft.sweep import status as status_mod
 from kaft.sweep.status import hydra_errors_as_one_line
@@ -39,7 +39,7 @@ def _main(cfg: DictConfig) -> float:
         msg = status_mod.one_line(e) if isinstance(e, status_mod.CONFIG_ERRORS) else str(e)
         log.error("%s", msg)
         print(f"kaft: error: {msg}", file=sys.stderr)
-        if not multirun:
+        if not multirun or isinstance(e, identity.RerunError):  # never record a failure over another run's results
             sys.exit(2)
         job = job_mod.job_info()
         status_mod.record_failure(job["run_dir"], e, job, cfg)
@@ -53,6 +53,9 @@ def _main(cfg: DictConfig) -> float:
         print(f"kaft: job {job['num']} failed: {line} (traceback in {Path(job['run_dir']) / 'error.txt'})",
               file=sys.stderr)
         return math.nan
+    except KeyboardInterrupt as e:  # Ctrl-C: the run dir says interrupted (kaft.interrupt); the sweep stops too
+        print(interrupt.line(e), file=sys.stderr)
+        sys.exit(interrupt.EXIT_CODE)
     return results["metrics"]["average"]
 
 
@@ -71,8 +74,12 @@ def main() -> None:
     override syntax) also end in one ``kaft: error: ...`` line and exit code 2; a sweep with failed jobs exits 1
     after all its jobs have run."""
     sys.argv = _resolve_cfg_job(sys.argv)
-    with hydra_errors_as_one_line():
-        _main()
+    try:
+        with hydra_errors_as_one_line():
+            _main()
+    except KeyboardInterrupt as e:  # before a job started (composing, the preflight)
+        print(interrupt.line(e), file=sys.stderr)
+        sys.exit(interrupt.EXIT_CODE)
     if LAST_SWEEP["failed"]:
         sys.exit(1)
 

@@ -12,7 +12,6 @@ Plan settings are given as ``plan.KEY=VALUE`` (not Hydra overrides, so they do n
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import sys
@@ -21,7 +20,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 
 from kaft import data as data_mod
 from kaft import job as job_mod
@@ -31,6 +30,7 @@ from kaft import strategy as strategy_mod
 from kaft.cache import Cache, Hit
 from kaft.errors import KaftError
 from kaft.sweep import plan_estimate as est
+from kaft.sweep import preflight
 from kaft.sweep.status import hydra_errors_as_one_line
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -68,9 +68,7 @@ def compose_jobs(overrides: list[str], multirun: bool) -> list[tuple[int, list[s
     Sweeps expand as Hydra's basic sweeper does (``hydra.sweeper.params`` of a sweep file plus ``a=1,2`` overrides)."""
     # lazy: Hydra is slow to import; only the Hydra-facing paths need it
     from hydra import initialize_config_dir
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.types import RunMode
 
     GlobalHydra.instance().clear()
@@ -80,42 +78,14 @@ def compose_jobs(overrides: list[str], multirun: bool) -> list[tuple[int, list[s
         if not multirun:
             return [(0, list(overrides), loader.load_configuration("config", overrides, run_mode=RunMode.RUN))]
         master = loader.load_configuration("config", overrides, run_mode=RunMode.MULTIRUN)
-        if not str(master.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
+        jobs = preflight.expand(loader, master)
+        if not jobs:
             raise est.PlanError(f"kaft.sweep.plan expands Hydra's basic sweeper only, "
                                 f"not {master.hydra.sweeper._target_}")
-        params = [f"{k}={v}" for k, v in (master.hydra.sweeper.get("params") or {}).items()]
-        task = OmegaConf.to_container(master.hydra.overrides.task)
-        parsed = OverridesParser.create(config_loader=loader).parse_overrides(params + list(task))
-        jobs = []
-        for num, ov in enumerate(BasicSweeper.split_arguments(parsed, None)[0]):
-            cfg = loader.load_sweep_config(master, list(ov))
-            with open_dict(cfg):
-                cfg.hydra.job.id, cfg.hydra.job.num = num, num
-            jobs.append((num, list(ov), cfg))
         return jobs
 
 
-def task_config(cfg: DictConfig) -> DictConfig:
-    """The config the job function receives: Hydra drops its own ``hydra`` node (whose run dir needs a live Hydra
-    context to resolve), so stages that resolve the whole config (data and model sources) can."""
-    task = copy.deepcopy(cfg)
-    with open_dict(task):
-        del task["hydra"]
-    return task
-
-
-def run_dir(cfg: DictConfig, multirun: bool) -> Path:
-    # lazy: Hydra is slow to import; only the Hydra-facing paths need it
-    from hydra.core.hydra_config import HydraConfig
-
-    hc = HydraConfig.instance()
-    before = hc.cfg
-    hc.set_config(cfg)  # ${hydra:...} interpolations of the run dir read it; restored so nothing else sees it
-    try:
-        h = cfg.hydra
-        return Path(str(h.sweep.dir)) / str(h.sweep.subdir) if multirun else Path(str(h.run.dir))
-    finally:
-        hc.cfg = before
+task_config, run_dir = preflight.task_config, preflight.run_dir
 
 
 # ----------------------------------------------------------------------------------------------- the cache
@@ -265,12 +235,15 @@ def plan_job(num: int, overrides: list[str], cfg: DictConfig, multirun: bool, s:
     """Everything the plan says about one job (see :func:`render`)."""
     plain = S.plain
     rdir = run_dir(cfg, multirun)
+    config_problem, differs, _ = preflight.job_problems(cfg, multirun)  # kaft.run's own preflight of the job
     cfg = task_config(cfg)
     mcfg, out = plain(cfg.model), {"num": num, "overrides": overrides, "run_dir": str(rdir)}
-    out["finished"] = job_mod.finished(rdir) is not None
+    out["finished"] = job_mod.finished(rdir) is not None and not differs and not cfg.get("force", False)
     model_id, problems = memo(["model", mcfg], lambda: loadable(cfg))
     train, evals, fps, data_problems = load_data(cfg)
-    out["problems"] = problems + data_problems
+    ahead = [f"config: {config_problem}" if config_problem else "",
+             f"run dir holds the results of another run ({differs}); force=true replaces them" if differs else ""]
+    out["problems"] = list(dict.fromkeys(p for p in ahead + problems + data_problems if p))
     path = str(mcfg.get("path")) if mcfg.get("path") not in (None, "???") else None
     try:
         arch = memo(["arch", mcfg], lambda: est.arch_of(mcfg, path))
@@ -392,7 +365,9 @@ def _launcher_note(cfg: DictConfig) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The CLI. Exit 0 with the plan printed; 2 with one ``kaft: error:`` line for an unusable command line."""
+    """The CLI. Exit 0 with the plan printed; 1 when a job has a problem (listed as ``problem``, e.g. an invalid
+    config or a run dir holding another run's results); 2 with one ``kaft: error:`` line for an unusable command
+    line."""
     args = list(sys.argv[1:] if argv is None else argv)
     multirun = any(a in ("-m", "--multirun") for a in args)
     bad = [a for a in args if a.startswith("-") and a not in ("-m", "--multirun")]
@@ -421,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
           f"more than {s.gpu_memory_gb:g} GB in some stage (see 'DOES NOT FIT'); GPU time still to compute "
           f"{_dur(_sweep_seconds(plans))} at MFU {s.mfu:g}"
           + ("" if all(j.get("n_train") for j in todo) else " (per 1,000 items where the data was not loaded)"))
-    return 0
+    return 1 if any(j["problems"] for j in plans) else 0
 
 
 if __name__ == "__main__":

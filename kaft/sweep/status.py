@@ -7,6 +7,9 @@ from the sweep's ``multirun.yaml`` — with its state:
 ``failed``       results.json with status failed, an ``error.txt`` in the job's run dir, a submitit result holding
                  an exception, or a SLURM kill (time limit, memory, cancel) in the job's submitit log; the detail is
                  the error's last line
+``stale``        results.json with status done, but of another config than the one Hydra last wrote into the run
+                 dir (``.hydra/config.yaml``; kaft.identity): its numbers are not this job's
+``interrupted``  results.json with status interrupted (Ctrl-C; the detail names the stage): the same command resumes
 ``running``      the job has started (Hydra wrote its ``.hydra/`` folder, or submitit its log) and has no result yet
                  (a job whose launcher was killed looks the same)
 ``not started``  no trace of the job yet (``queued`` when submitit has submitted it to SLURM)
@@ -37,7 +40,7 @@ from kaft.errors import KaftError
 from kaft.results import ERROR_FILE, RESULTS_FILE, error_last_line, hydra_job, job_dirs, read_results
 from kaft.track import redact
 
-STATES = ("done", "running", "failed", "not started")
+STATES = ("done", "stale", "running", "interrupted", "failed", "not started")
 
 
 class PathError(KaftError):
@@ -276,11 +279,18 @@ def job_states(sweep_dir: str | os.PathLike) -> list[dict]:
 
 def _state(res: dict | None, run_dir: Path | None, sub: Mapping) -> tuple[str, str]:
     """``(state, detail)`` of one job from its results.json, its error.txt and submitit's view of it."""
+    from kaft.identity import stale
+
+    differs = stale(res, run_dir) if res is not None and run_dir is not None and res.get("status") == "done" else None
+    if differs:
+        return "stale", f"results.json is of another config than .hydra/config.yaml ({differs})"
     if res is not None and res.get("status") == "done":
         avg = (res.get("metrics") or {}).get("average")
         return "done", "" if avg is None else f"average {float(avg):.4f}"
     if res is not None and res.get("status") == "failed":
         return "failed", str(res.get("error") or "")
+    if res is not None and res.get("status") == "interrupted":
+        return "interrupted", f"during {res.get('stage') or 'a stage'}; re-run the same command to resume"
     if run_dir is not None and (run_dir / ERROR_FILE).exists():
         return "failed", error_last_line(run_dir)
     if sub.get("error"):

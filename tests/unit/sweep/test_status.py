@@ -121,8 +121,9 @@ def test_record_failure_and_one_line(tmp_path):
 # ----------------------------------------------------------------------------------------------- a real multirun
 @pytest.mark.slow
 def test_failing_jobs_are_recorded_and_do_not_stop_the_sweep(tmp_path):
-    """Four jobs on the basic launcher: one runs, two have an impossible alpha (user error), one a model whose
-    weights are corrupt (an exception while loading). All four are recorded; the sweep exits 1 after all ran."""
+    """Four jobs on the basic launcher: one runs, two ask for more shots than the data has (a user error only the
+    data shows: a config error fails the whole sweep up front, kaft.sweep.preflight), one a model whose weights are
+    corrupt (an exception while loading). All four are recorded; the sweep exits 1 after all ran."""
     from conftest import save_tiny_model
 
     for name in ("good", "corrupt"):
@@ -132,22 +133,23 @@ def test_failing_jobs_are_recorded_and_do_not_stop_the_sweep(tmp_path):
              "answer": i % 4} for i in range(8)]
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     env = {**os.environ, "KAFT_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    args = [sys.executable, "-m", "kaft.run", "-m", f"model.path={tmp_path}/good,{tmp_path}/corrupt", "alpha=0.1,7",
+    args = [sys.executable, "-m", "kaft.run", "-m", f"model.path={tmp_path}/good,{tmp_path}/corrupt",
+            "detection.shots=2,8",
             "model=local", "dataset=local", f"dataset.train.path={tmp_path / 'd.jsonl'}",
             f"dataset.eval.test.path={tmp_path / 'd.jsonl'}", "detection.num_orders=2", "detection.num_samples=2",
-            "detection.shots=2", "detection.max_new_tokens=2", "train.batch_size=4", "train.max_length=256",
+            "detection.max_new_tokens=2", "train.batch_size=4", "train.max_length=256",
             "evaluation.batch_size=4", "logger=none", "hydra.sweep.dir=sweep", "progress=false"]
     out = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
     sweep = tmp_path / "sweep"
     res = {r["job"]["num"]: r for r in (json.loads(p.read_text()) for p in sweep.rglob("results.json"))}
     assert [res[n]["status"] for n in range(4)] == ["done", "failed", "failed", "failed"]
-    assert "'alpha' must be in [0, 1], got 7" in res[1]["error"] and res[1]["error"] == res[3]["error"]
+    assert "detection.shots=8 needs at least 9 training items" in res[1]["error"] and res[1]["error"] == res[3]["error"]
     assert "corrupt" not in res[1]["error"]
     assert res[2]["error_type"] not in ("ConfigError", "ModelError")  # a real crash, traceback kept
     err2 = next(sweep.glob("2_*/error.txt")).read_text()
     assert err2.startswith("Traceback") and res[2]["error"] == err2.strip().splitlines()[-1].strip()
-    assert out.stderr.count("kaft: error: loss kaft: 'alpha' must be in [0, 1], got 7") == 2
+    assert out.stderr.count("kaft: error: detection.shots=8 needs at least 9 training items") == 2
     assert "(1 done, 3 failed)" in out.stdout and out.stdout.count("failed: job ") == 3
     st = status.job_states(sweep)
     assert [r["state"] for r in st] == ["done", "failed", "failed", "failed"]
