@@ -17,7 +17,8 @@ def _job(tmp_path):
     ((_, _, cfg),) = plan.compose_jobs([f"cache_dir={tmp_path / 'cache'}", "seed=3"], False)
     job = job_mod.Job(preflight.task_config(cfg), Cache(str(tmp_path / "cache")))
     job.timer.seconds.update({"data": 0.1, "model": 0.0, "detect": 2.5})  # detection was running
-    job.fps, job.status = {"train": "f"}, {"detect": False}
+    job.ctx = job_mod.S.StageContext(job.cfg, job.cache, None, None, {"train": "f"})  # set once data and model are
+    job.cache_hits = {"detect": False}
     return job
 
 
