@@ -122,13 +122,16 @@ def test_record_failure_and_one_line(tmp_path):
 @pytest.mark.slow
 def test_failing_jobs_are_recorded_and_do_not_stop_the_sweep(tmp_path):
     """Four jobs on the basic launcher: one runs, two ask for more shots than the data has (a user error only the
-    data shows: a config error fails the whole sweep up front, kaft.sweep.preflight), one a model whose weights are
-    corrupt (an exception while loading). All four are recorded; the sweep exits 1 after all ran."""
+    data shows: a config error fails the whole sweep up front, kaft.sweep.preflight), one a model whose weights do
+    not fit its config (an exception while loading). All four are recorded; the sweep exits 1 after all ran."""
     from conftest import save_tiny_model
 
     for name in ("good", "corrupt"):
         save_tiny_model(tmp_path / name)
-    (tmp_path / "corrupt" / "model.safetensors").write_bytes(b"this is not a safetensors file")
+    # weights whose shapes disagree with config.json: whole files (the one-line damaged-file check passes), and a
+    # real crash inside transformers' loader
+    conf = tmp_path / "corrupt" / "config.json"
+    conf.write_text(json.dumps({**json.loads(conf.read_text()), "intermediate_size": 96}))
     rows = [{"question": f"What is the capital of Zorvia {i} ?", "options": ["red", "green", "blue", "yellow"],
              "answer": i % 4} for i in range(8)]
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
