@@ -23,7 +23,7 @@ def _jsonl(rows) -> str:
 @pytest.fixture(scope="module")
 def good(tmp_path_factory):
     """A saved tiny model and a valid data file: every case breaks one thing on top of these."""
-    from conftest import save_tiny_model
+    from helpers import save_tiny_model
 
     root = tmp_path_factory.mktemp("good")
     save_tiny_model(root / "model")

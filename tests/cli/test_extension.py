@@ -13,7 +13,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 import kaft.resolvers  # noqa: F401  (the resolvers conf/ uses)
-from conftest import write_tiny_job
+from helpers import write_tiny_job
 from kaft import job as job_mod
 from kaft.cache import Cache
 from kaft.detection import DETECTORS, Detector, Layout, Need

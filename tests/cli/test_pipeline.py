@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import write_tiny_job
+from helpers import write_tiny_job
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,7 @@ def slurm_cluster():
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from conftest import write_tiny_job
+    from helpers import write_tiny_job
 
     return write_tiny_job(tmp_path_factory.mktemp("slurm"))
 

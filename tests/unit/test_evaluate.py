@@ -12,7 +12,7 @@ import copy  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from conftest import make_model, make_tokenizer  # noqa: E402
+from helpers import make_model, make_tokenizer  # noqa: E402
 
 from kaft.data import MCItem  # noqa: E402
 from kaft.evaluate import EvalError, evaluate, task_config, task_name, write_task_file  # noqa: E402

@@ -57,7 +57,7 @@ def _probe(hf_home):
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    from conftest import save_tiny_model
+    from helpers import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 

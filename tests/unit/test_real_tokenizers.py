@@ -1,5 +1,5 @@
 """Every stage on real tokenizers (Mistral 7B's SentencePiece, a tiktoken-style byte-level BPE with and without BOS)
-and tiny random models of the real architectures, loaded the way kaft loads a checkpoint (tests/unit/real_tokenizers.py).
+and tiny random models of the real architectures, loaded the way kaft loads a checkpoint (tests/helpers/real_tokenizers.py).
 
 What the testbed's word-level tokenizer cannot show: BOS handling, the space before the letter ("▁A", "ĠA"),
 several tokens decoding to one letter ("<0x41>", "(A", "\\tA"), SentencePiece's "▁" at the start of a text."""
@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from real_tokenizers import MODELS, make_real_model, make_real_tokenizer, save_pair
+from helpers.real_tokenizers import MODELS, make_real_model, make_real_tokenizer, save_pair
 
 from kaft import detection, modeling, train
 from kaft.data import MCItem

@@ -35,7 +35,7 @@ def _plan(args: list[str], multirun: bool = False) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from conftest import save_tiny_model, tiny_train_rows
+    from helpers import save_tiny_model, tiny_train_rows
 
     root = tmp_path_factory.mktemp("plan")
     save_tiny_model(root / "model")
@@ -62,7 +62,7 @@ def test_every_model_config_plans_offline(model, tiny, tmp_path, monkeypatch):
     elif model == "testbed":
         assert p.total == _testbed_params()
     else:
-        from conftest import make_model, make_tokenizer
+        from helpers import make_model, make_tokenizer
 
         assert p.total == sum(t.numel() for t in make_model(len(make_tokenizer())).parameters())
     assert p.lora == _lora_by_hand(job["arch"], model)

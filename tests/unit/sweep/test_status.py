@@ -123,7 +123,7 @@ def test_record_failure_and_one_line(tmp_path):
 def test_failing_jobs_are_recorded_and_do_not_stop_the_sweep(tmp_path):
     """Four jobs on the basic launcher: one runs, two have an impossible alpha (user error), one a model whose
     weights are corrupt (an exception while loading). All four are recorded; the sweep exits 1 after all ran."""
-    from conftest import save_tiny_model
+    from helpers import save_tiny_model
 
     for name in ("good", "corrupt"):
         save_tiny_model(tmp_path / name)

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-import conftest as tiny
+import helpers as tiny
 
 from kaft import losses, train
 from kaft.data import MCItem
