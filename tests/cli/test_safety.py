@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import tiny_job_args
 from test_pipeline import setup  # noqa: F401  (module fixture: tiny saved model + local data)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -110,11 +111,8 @@ def secret_run(setup):  # noqa: F811
            "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     # a W&B service started by an earlier test in this process would write the job's W&B files with its own umask
     env.pop("WANDB_SERVICE", None)
-    args = ["model=local", f"model.path={setup / 'model'}", "dataset=local",
-            f"dataset.train.path={setup / 'train.jsonl'}", f"dataset.eval.test.path={setup / 'test.csv'}",
-            "detection.num_orders=2", "detection.num_samples=3", "detection.shots=2", "detection.max_new_tokens=2",
-            "train.batch_size=4", "train.max_length=256", "train.lr=1e-3", "evaluation.batch_size=4",
-            "train.save_steps=1", "logger=wandb", "+model.hub_token=${oc.env:HF_TOKEN}", "hydra.run.dir=safety_run"]
+    args = [*tiny_job_args(setup, "test.csv"), "train.save_steps=1", "logger=wandb",
+            "+model.hub_token=${oc.env:HF_TOKEN}", "hydra.run.dir=safety_run"]
     out = subprocess.run([sys.executable, "-m", "kaft.run", *args], cwd=setup, env=env, capture_output=True,
                          text=True, timeout=600, preexec_fn=lambda: os.umask(0o027))
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]

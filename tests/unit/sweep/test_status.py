@@ -134,9 +134,7 @@ def test_failing_jobs_are_recorded_and_do_not_stop_the_sweep(tmp_path):
     env = {**os.environ, "KAFT_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     args = [sys.executable, "-m", "kaft.run", "-m", f"model.path={tmp_path}/good,{tmp_path}/corrupt", "alpha=0.1,7",
             "model=local", "dataset=local", f"dataset.train.path={tmp_path / 'd.jsonl'}",
-            f"dataset.eval.test.path={tmp_path / 'd.jsonl'}", "detection.num_orders=2", "detection.num_samples=2",
-            "detection.shots=2", "detection.max_new_tokens=2", "train.batch_size=4", "train.max_length=256",
-            "evaluation.batch_size=4", "logger=none", "hydra.sweep.dir=sweep", "progress=false"]
+            f"dataset.eval.test.path={tmp_path / 'd.jsonl'}", "experiment=tiny", "hydra.sweep.dir=sweep"]
     out = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
     sweep = tmp_path / "sweep"
