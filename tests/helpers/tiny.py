@@ -84,5 +84,6 @@ def write_tiny_job(root, n_train: int = 12, n_test: int = 6, test_format: str | 
 def tiny_job_args(root, test_file: str = "test.jsonl") -> list[str]:
     """The overrides that run the job of :func:`write_tiny_job`'s ``root`` on its own model and data, at the tiny
     settings of ``conf/experiment/tiny.yaml`` (defined there once; a test appends what it changes)."""
-    return ["model=local", f"model.path={root / 'model'}", "dataset=local", f"dataset.train.path={root / 'train.jsonl'}",
-            f"dataset.eval.test.path={root / test_file}", "experiment=tiny"]
+    return ["model=local", f"model.path={root / 'model'}", "dataset=local",
+            f"dataset.train.path={root / 'train.jsonl'}", f"dataset.eval.test.path={root / test_file}",
+            "experiment=tiny"]
