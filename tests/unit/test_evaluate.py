@@ -67,6 +67,7 @@ def _reference_logprobs(model, tok, item: MCItem) -> list[float]:
     return out
 
 
+@pytest.mark.slow
 def test_evaluate_matches_direct_loglikelihood(setup, tmp_path):
     model, tok, benches = setup
     res = evaluate(model, tok, benches, tmp_path / "eval", DOMAIN, batch_size=4, per_item=True)
@@ -114,6 +115,7 @@ def test_requests_are_prompt_plus_answer_text(setup, tmp_path):
         assert by_doc[i] == [(prompt, answer_text(k)) for k in range(len(it.options))]
 
 
+@pytest.mark.slow
 def test_evaluate_peft_model_and_limit(setup, tmp_path):
     peft = pytest.importorskip("peft")
     model, tok, benches = setup

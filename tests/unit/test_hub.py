@@ -62,6 +62,7 @@ def tiny_dir(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
+@pytest.mark.slow
 def test_a_complete_cached_snapshot_passes_and_loads_offline(tmp_path, tiny_dir):
     out = _probe(_hf_cache(tmp_path, tiny_dir))
     assert out["None"] == "ok" and out["loaded"] == "LlamaForCausalLM"

@@ -40,7 +40,11 @@ def _family(kind: str) -> str:
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module", params=list(MODELS))
+# spm (32k) stays in the quick loop; the two 131k-token BPE vocabularies cost over a minute on 2 cores: slow
+PARAMS = [k if k == "spm" else pytest.param(k, marks=pytest.mark.slow) for k in MODELS]
+
+
+@pytest.fixture(scope="module", params=PARAMS)
 def real(request, tmp_path_factory):
     """``(kind, model, tokenizer)`` as :func:`kaft.modeling.load` returns them from a saved checkpoint."""
     kind = request.param

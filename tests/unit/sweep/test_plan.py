@@ -129,6 +129,7 @@ def test_bad_settings_are_one_line(tmp_path):
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
+@pytest.mark.slow
 def test_paper_sweep_on_slurm_prints_a_plan_per_job_offline(tmp_path):
     cmd = [sys.executable, "-m", "kaft.sweep.plan", "-m", "+sweeps=table2_main", "model=llama3_8b", "dataset=medqa",
            "hydra/launcher=slurm", "plan.gpu_memory_gb=36"]
@@ -155,6 +156,7 @@ def test_paper_sweep_on_slurm_prints_a_plan_per_job_offline(tmp_path):
     assert not any(tmp_path.glob("multirun")) and not any(tmp_path.glob("outputs"))  # nothing created, submitted
 
 
+@pytest.mark.slow
 def test_after_a_run_the_plan_sees_the_finished_job_and_its_cache(tiny, tmp_path):
     data = tiny / "train.jsonl"
     common = ["model=local", f"model.path={tiny / 'model'}", "dataset=local", f"dataset.train.path={data}",

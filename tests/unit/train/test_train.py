@@ -345,6 +345,7 @@ def _interrupt_after_checkpoint(step: int):
     return Interrupt()
 
 
+@pytest.mark.slow
 def test_interrupted_training_resumes_from_its_checkpoint_to_the_same_adapter(tok, tmp_path):
     """Killed after step 9 of 30 (mid-epoch: 2 steps per epoch), the resumed run restores the optimizer, scheduler,
     RNG states (LoRA dropout is on) and data order, and ends with the adapter of an uninterrupted run."""
