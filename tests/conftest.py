@@ -4,6 +4,7 @@ import ...``); conftest re-exports them for the tests that still ``from conftest
 from __future__ import annotations
 
 import os
+import re
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -16,6 +17,22 @@ import pytest
 
 from helpers import (make_model, make_tokenizer, save_tiny_model, tiny_job_args, tiny_train_rows,  # noqa: F401
                      write_tiny_job)
+
+
+#: tiers that need what a laptop or CI box lacks: they run only when ``-m`` names them (``pytest -m slurm``)
+HARDWARE_TIERS = ("gpu", "vllm", "slurm")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Deselect the hardware tiers unless the ``-m`` expression names them, so that any other selection
+    (``pytest -m "not slow"``, the quick loop) keeps them out as plain ``pytest`` does, with no need to repeat
+    ``and not gpu and not vllm and not slurm`` (a command-line ``-m`` replaces the one in addopts)."""
+    expr = config.getoption("markexpr") or ""
+    tiers = [t for t in HARDWARE_TIERS if not re.search(rf"\b{t}\b", expr)]
+    out = [it for it in items if any(it.get_closest_marker(t) for t in tiers)]
+    if out:
+        config.hook.pytest_deselected(items=out)
+        items[:] = [it for it in items if not any(it.get_closest_marker(t) for t in tiers)]
 
 
 @pytest.fixture(scope="module")
