@@ -1,6 +1,7 @@
 """The whole job through the real CLI on a tiny random model saved to disk (model=local) and local data files:
 every stage runs, results.json is complete, a second run is all cache hits, and changing the loss re-trains but
-reuses detection. Fast enough for the default loop; the testbed runs live in test_e2e.py."""
+reuses detection. Each job is a subprocess (seconds of imports), so all are slow: in plain pytest, not the quick
+loop; the testbed runs live in test_e2e.py."""
 
 import json
 import os
@@ -29,6 +30,7 @@ def _kaft(root, *args):
     return out
 
 
+@pytest.mark.slow
 def test_pipeline_runs_caches_and_logs(setup):
     _kaft(setup, "hydra.run.dir=r1", "logger=wandb")
     r1 = json.loads((setup / "r1" / "results.json").read_text())
@@ -79,6 +81,7 @@ def test_two_by_two_multirun_shares_detection(setup, launcher):
     assert "logged to W&B as table_losses" in out.stdout
 
 
+@pytest.mark.slow
 def test_finished_job_is_skipped_unless_forced(setup):
     """The run directory is derived from the overrides, so the same command finds its finished job and skips it."""
     first = _kaft(setup, "loss=constant")

@@ -123,6 +123,7 @@ def _all_files(root: Path):
     return [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
 
 
+@pytest.mark.slow
 def test_secrets_never_reach_the_run_dir_results_or_wandb(secret_run):
     run_dir, cache, out = secret_run
     files = _all_files(run_dir)
@@ -137,6 +138,7 @@ def test_secrets_never_reach_the_run_dir_results_or_wandb(secret_run):
     assert res["config"]["model"]["hub_token"] == "***"  # the interpolated secret was there, masked
 
 
+@pytest.mark.slow
 def test_adapters_and_checkpoints_are_safetensors(secret_run):
     run_dir, cache, _ = secret_run
     res = json.loads((run_dir / "results.json").read_text())
@@ -146,6 +148,7 @@ def test_adapters_and_checkpoints_are_safetensors(secret_run):
     assert not pickled, pickled  # nothing in the cache needs a pickle loader (checkpoints are gone: training finished)
 
 
+@pytest.mark.slow
 def test_run_dir_follows_the_umask_and_nothing_is_world_writable(secret_run):
     run_dir, cache, _ = secret_run
     too_open = []
