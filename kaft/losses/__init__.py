@@ -8,7 +8,7 @@ wrong answers into rejected responses (:mod:`~kaft.losses.preference`: ``dpo``, 
 ``label``, the hyperparameters it ``reads``, what it ``needs`` ("weights" or "pairs"), whether it needs sampled
 answers, and a typed settings dataclass (:mod:`~kaft.losses.settings`); the functions below read those
 declarations, so adding a loss is one class in one file. Every half is a pure function on plain numbers or
-tensors, checked against its closed form in ``tests/unit/losses/test_losses.py``.
+tensors, checked against its closed form in ``tests/unit/losses/ (test_token.py, test_base.py)``.
 
 One config names one loss: combinations are losses of their own (``kaft_eaft``), never implied by extra keys, and
 a key of another loss is an error that names the combination to use.

@@ -5,7 +5,7 @@ scratch dir in the cache, ``<cache>/train/.partial-<key>/``, removed once the ad
 saves a checkpoint every ``train.save_steps`` optimizer steps (adapter as safetensors, optimizer, scheduler, RNG
 states, trainer state; ``train.save_total_limit`` kept), and a restarted run — killed, preempted, requeued — resumes
 from the newest complete one: the Trainer restores the RNG states and skips the batches already seen in the current
-epoch, so the final adapter equals an uninterrupted run's (tests/unit/train/test_train.py).
+epoch, so the final adapter equals an uninterrupted run's (tests/unit/train/test_lora.py).
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers.marks import slow_after_first
+
 ROWS = [{"id": f"q{i}", "question": f"What is the capital of Zorvia {i} ?",
          "options": ["red", "green", "blue", "yellow"], "answer": i % 4} for i in range(8)]
 
@@ -23,7 +25,7 @@ def _jsonl(rows) -> str:
 @pytest.fixture(scope="module")
 def good(tmp_path_factory):
     """A saved tiny model and a valid data file: every case breaks one thing on top of these."""
-    from conftest import save_tiny_model
+    from helpers import save_tiny_model
 
     root = tmp_path_factory.mktemp("good")
     save_tiny_model(root / "model")
@@ -88,7 +90,7 @@ DATA_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(DATA_CASES))
+@pytest.mark.parametrize("case", slow_after_first(DATA_CASES))
 def test_bad_data(tmp_path, good, case):
     name, content, message = DATA_CASES[case]
     out, cache = _run(tmp_path, good, [], train=_write(tmp_path, name, content))
@@ -116,7 +118,7 @@ CONFIG_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CONFIG_CASES))
+@pytest.mark.parametrize("case", slow_after_first(CONFIG_CASES))
 def test_impossible_config(tmp_path, good, case):
     args, message = CONFIG_CASES[case]
     out, cache = _run(tmp_path, good, args)
@@ -130,6 +132,7 @@ def test_launcher_field_wrong_type_in_a_sweep(tmp_path, good):
     assert out.returncode == 2 and not list((tmp_path / "sweep").rglob("results.json"))
 
 
+@pytest.mark.slow
 def test_impossible_testbed_world(tmp_path, good):
     """The testbed's world is built with the data, before any model: a world too small for its splits says which
     knob to turn."""
@@ -139,11 +142,13 @@ def test_impossible_testbed_world(tmp_path, good):
     _check(out, cache, "testbed world.train_mix: unknown kinds ['fake']", tmp_path)
 
 
+@pytest.mark.slow
 def test_local_dataset_without_paths(tmp_path, good):
     out, cache = _run(tmp_path, good, ["dataset.train.path=???", "dataset.eval.test.path=???"])
     _check(out, cache, "a local data set needs a path: set dataset.train.path=", tmp_path)
 
 
+@pytest.mark.slow
 def test_local_model_without_path(tmp_path, good):
     out, cache = _run(tmp_path, good, ["model.path=???"])
     _check(out, cache, "model.path is required for a local model", tmp_path)
@@ -184,6 +189,7 @@ def test_unwritable_cache_dir(tmp_path, good):
     assert blocker.is_file() and blocker.read_text() == ""
 
 
+@pytest.mark.slow
 def test_unwritable_run_dir(tmp_path, good):
     blocker = _write(tmp_path, "a_file", "")
     out, cache = _run(tmp_path, good, [f"hydra.run.dir={blocker}/run"])
@@ -197,6 +203,7 @@ def _empty_hf_home(tmp: Path) -> dict:
             "HF_DATASETS_CACHE": str(tmp / "hf_home" / "datasets")}
 
 
+@pytest.mark.slow
 def test_hub_model_offline_and_not_cached(tmp_path, good):
     """The paper's model on an offline compute node with an empty cache: the cause and the command to run."""
     out, cache = _run(tmp_path, good, ["model=llama3_8b"], local_data=False, local_model=False,

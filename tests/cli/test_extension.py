@@ -13,7 +13,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 import kaft.resolvers  # noqa: F401  (the resolvers conf/ uses)
-from conftest import write_tiny_job
+from helpers import tiny_job_args, write_tiny_job
 from kaft import job as job_mod
 from kaft.cache import Cache
 from kaft.detection import DETECTORS, Detector, Layout, Need
@@ -57,10 +57,7 @@ def toys():
 
 
 def _job(root: Path, *overrides: str) -> dict:
-    base = ["model=local", f"model.path={root / 'model'}", "dataset=local", f"dataset.train.path={root / 'train.jsonl'}",
-            f"dataset.eval.test.path={root / 'test.jsonl'}", "detection.num_orders=4", "detection.shots=2",
-            "detection.batch_size=8", "train.batch_size=4", "train.max_length=256", "evaluation.batch_size=4",
-            "logger=none", "progress=false", f"cache_dir={root / 'cache'}"]
+    base = [*tiny_job_args(root), "detection.num_orders=4", "detection.batch_size=8", f"cache_dir={root / 'cache'}"]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[*base, *overrides])
     return job_mod.run(cfg)

@@ -1,6 +1,7 @@
 """The whole job through the real CLI on a tiny random model saved to disk (model=local) and local data files:
 every stage runs, results.json is complete, a second run is all cache hits, and changing the loss re-trains but
-reuses detection. Fast enough for the default loop; the testbed runs live in test_e2e.py."""
+reuses detection. Each job is a subprocess (seconds of imports), so all are slow: in plain pytest, not the quick
+loop; the testbed runs live in test_e2e.py."""
 
 import json
 import os
@@ -9,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import write_tiny_job
+from helpers import tiny_job_args, write_tiny_job
 
 
 @pytest.fixture(scope="module")
@@ -20,10 +21,7 @@ def setup(tmp_path_factory):
 def _kaft(root, *args):
     env = {**os.environ, "KAFT_CACHE_DIR": str(root / "cache"), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
            "WANDB_SILENT": "true"}
-    base = ["model=local", f"model.path={root / 'model'}", "dataset=local", f"dataset.train.path={root / 'train.jsonl'}",
-            f"dataset.eval.test.path={root / 'test.csv'}", "detection.num_orders=2", "detection.num_samples=3",
-            "detection.shots=2", "detection.max_new_tokens=2", "train.batch_size=4", "train.max_length=256",
-            "train.lr=1e-3", "evaluation.batch_size=4"]
+    base = tiny_job_args(root, "test.csv")
     flags = [a for a in args if a == "-m"]  # Hydra flags go before the overrides
     args = [a for a in args if a != "-m"]
     out = subprocess.run([sys.executable, "-m", "kaft.run", *flags, *base, *args], cwd=root, env=env,
@@ -32,8 +30,9 @@ def _kaft(root, *args):
     return out
 
 
+@pytest.mark.slow
 def test_pipeline_runs_caches_and_logs(setup):
-    _kaft(setup, "hydra.run.dir=r1")
+    _kaft(setup, "hydra.run.dir=r1", "logger=wandb")
     r1 = json.loads((setup / "r1" / "results.json").read_text())
     assert r1["status"] == "done" and r1["data"]["n_train"] == 12 and r1["data"]["n_eval"] == {"test": 6}
     assert r1["subsets"] == {"wrong": 3, "might-wrong": 3, "might-right": 3, "right": 3}
@@ -44,12 +43,12 @@ def test_pipeline_runs_caches_and_logs(setup):
     assert r1["versions"]["torch"] and r1["config"]["loss"]["name"] == "kaft"
     assert list((setup / "r1" / "wandb").glob("offline-run-*"))
 
-    out = _kaft(setup, "hydra.run.dir=r2", "logger=none")
+    out = _kaft(setup, "hydra.run.dir=r2")
     r2 = json.loads((setup / "r2" / "results.json").read_text())
     assert set(r2["cache"].values()) == {"hit"} and r2["metrics"] == r1["metrics"]
     assert "loaded model" not in out.stdout + out.stderr  # a fully cached re-run never loads the model
 
-    _kaft(setup, "hydra.run.dir=r3", "logger=none", "loss=constant")
+    _kaft(setup, "hydra.run.dir=r3", "loss=constant")
     r3 = json.loads((setup / "r3" / "results.json").read_text())
     assert r3["cache"] == {"detect": "hit", "evaluate_base": "hit", "train": "miss", "evaluate": "miss"}
     assert r3["cache_keys"]["detect"] == r1["cache_keys"]["detect"]
@@ -82,19 +81,20 @@ def test_two_by_two_multirun_shares_detection(setup, launcher):
     assert "logged to W&B as table_losses" in out.stdout
 
 
+@pytest.mark.slow
 def test_finished_job_is_skipped_unless_forced(setup):
     """The run directory is derived from the overrides, so the same command finds its finished job and skips it."""
-    first = _kaft(setup, "logger=none", "loss=constant")
+    first = _kaft(setup, "loss=constant")
     dirs = list((setup / "outputs").glob("run_*"))
     assert len(dirs) == 1 and (dirs[0] / "results.json").exists()
     saved = (dirs[0] / "results.json").read_text()
-    again = _kaft(setup, "logger=none", "loss=constant")
+    again = _kaft(setup, "loss=constant")
     log = again.stdout + again.stderr
     assert "already complete" in log and (dirs[0] / "results.json").read_text() == saved
     assert "loaded model" not in log and "average" in first.stdout and "average" in again.stdout
-    forced = _kaft(setup, "logger=none", "loss=constant", "force=true")
+    forced = _kaft(setup, "loss=constant", "force=true")
     assert "already complete" not in forced.stdout + forced.stderr
-    other_seed = _kaft(setup, "logger=none", "loss=constant", "seed=1")  # seed is not in the dir name: the hash is
+    other_seed = _kaft(setup, "loss=constant", "seed=1")  # seed is not in the dir name: the hash is
     assert "already complete" not in other_seed.stdout + other_seed.stderr and len(list((setup / "outputs").glob("run_*"))) == 2
 
 
@@ -103,7 +103,7 @@ def test_strategies_and_fine_grained_evaluation(setup):
     """Each data strategy through the CLI: the selection lands in results.json, `none` trains nothing and reports
     the base model, and fine-grained evaluation reports accuracy per conflict subset of the probed test set."""
     sweep = "sweep_strategies"
-    _kaft(setup, "-m", "strategy=none,no_conflict,self_align,wrong_ratio", "loss=constant", "logger=none",
+    _kaft(setup, "-m", "strategy=none,no_conflict,self_align,wrong_ratio", "loss=constant",
           "evaluation.fine_grained=true", f"hydra.sweep.dir={sweep}")
     res = {r["config"]["strategy"]["name"]: r
            for r in (json.loads(p.read_text()) for p in (setup / sweep).rglob("results.json"))}
@@ -127,11 +127,11 @@ def test_every_loss_runs_end_to_end(setup):
     """dft, kaft_eaft and dpo (SMA's own samples; and pairs from the probe's samples) through the CLI; dpo on the
     probe's samples with an estimator that saves none is a config error before any model loads."""
     sweep = "sweep_losses"
-    _kaft(setup, "-m", "loss=dft,kaft_eaft,dpo,auto_adapt", "logger=none", f"hydra.sweep.dir={sweep}")
+    _kaft(setup, "-m", "loss=dft,kaft_eaft,dpo,auto_adapt", f"hydra.sweep.dir={sweep}")
     res = {r["config"]["loss"]["name"]: r for r in (json.loads(p.read_text()) for p in (setup / sweep).rglob("results.json"))}
     assert set(res) == {"dft", "kaft_eaft", "dpo", "auto_adapt"} and all(r["status"] == "done" for r in res.values())
     assert res["dpo"]["cache"]["dpo_samples"] == "miss" and "dpo_samples" not in res["dft"]["cache"]
-    _kaft(setup, "loss=dpo", "loss.pair_source=detection", "loss.pairs=dataset_self", "logger=none",
+    _kaft(setup, "loss=dpo", "loss.pair_source=detection", "loss.pairs=dataset_self",
           "hydra.run.dir=dpo_detection")
     det = json.loads((setup / "dpo_detection" / "results.json").read_text())
     assert det["status"] == "done" and "dpo_samples" not in det["cache"]

@@ -10,19 +10,17 @@ import time
 
 import pytest
 
+from helpers import tiny_job_args
 from test_pipeline import setup  # noqa: F401  (module fixture: tiny saved model + local data)
 
 pytestmark = pytest.mark.slow
 
-ARGS = ["detection.num_orders=2", "detection.num_samples=150", "detection.chunk_size=2", "detection.shots=2",
-        "detection.max_new_tokens=2", "train.batch_size=4", "train.max_length=256", "train.lr=1e-3",
-        "train.epochs=15", "evaluation.batch_size=1", "logger=none", "progress=false"]
+# the tiny run, slowed down enough to be killed at each stage
+ARGS = ["detection.num_samples=150", "detection.chunk_size=2", "train.epochs=15", "evaluation.batch_size=1"]
 
 
 def _cmd(root, run_dir):
-    return [sys.executable, "-m", "kaft.run", "model=local", f"model.path={root / 'model'}", "dataset=local",
-            f"dataset.train.path={root / 'train.jsonl'}", f"dataset.eval.test.path={root / 'test.csv'}", *ARGS,
-            f"hydra.run.dir={run_dir}"]
+    return [sys.executable, "-m", "kaft.run", *tiny_job_args(root, "test.csv"), *ARGS, f"hydra.run.dir={run_dir}"]
 
 
 def _env(cache):

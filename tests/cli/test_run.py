@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from helpers.marks import slow_after_first
+
 from kaft.results import auroc
 
 
@@ -16,7 +18,7 @@ def _kaft(args, tmp_path):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("args, message", [
+@pytest.mark.parametrize("args, message", slow_after_first([
     (["partition.k=1"], "partition.k must be at least 2"),
     (["partition.k=100000", "loss=constant"], "is larger than the training set"),  # kaft's rewards need K=4
     (["detection.num_orders=0"], "detection.num_orders must be ≥ 1"),
@@ -25,7 +27,7 @@ def _kaft(args, tmp_path):
     (["dataset=local", "dataset.train.path=/nonexistent/train.jsonl", "dataset.eval.test.path=/nonexistent/t.jsonl"],
      "no such file"),
     (["train.lr=0"], "train.lr must be > 0"),
-])
+]))
 def test_bad_config_fails_fast_with_one_line(tmp_path, args, message):
     out = _kaft(args, tmp_path)
     assert out.returncode == 2, out.stderr[-2000:]
@@ -36,6 +38,7 @@ def test_bad_config_fails_fast_with_one_line(tmp_path, args, message):
     assert not (tmp_path / "cache" / "testbed_model").exists()  # failed before building or loading a model
 
 
+@pytest.mark.slow
 def test_malformed_row_names_file_row_field(tmp_path):
     train = tmp_path / "train.jsonl"
     train.write_text('{"question": "Q", "options": ["a", "b"], "answer": 0}\n'

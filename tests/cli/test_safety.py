@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import tiny_job_args
 from test_pipeline import setup  # noqa: F401  (module fixture: tiny saved model + local data)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -110,11 +111,8 @@ def secret_run(setup):  # noqa: F811
            "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     # a W&B service started by an earlier test in this process would write the job's W&B files with its own umask
     env.pop("WANDB_SERVICE", None)
-    args = ["model=local", f"model.path={setup / 'model'}", "dataset=local",
-            f"dataset.train.path={setup / 'train.jsonl'}", f"dataset.eval.test.path={setup / 'test.csv'}",
-            "detection.num_orders=2", "detection.num_samples=3", "detection.shots=2", "detection.max_new_tokens=2",
-            "train.batch_size=4", "train.max_length=256", "train.lr=1e-3", "evaluation.batch_size=4",
-            "train.save_steps=1", "logger=wandb", "+model.hub_token=${oc.env:HF_TOKEN}", "hydra.run.dir=safety_run"]
+    args = [*tiny_job_args(setup, "test.csv"), "train.save_steps=1", "logger=wandb",
+            "+model.hub_token=${oc.env:HF_TOKEN}", "hydra.run.dir=safety_run"]
     out = subprocess.run([sys.executable, "-m", "kaft.run", *args], cwd=setup, env=env, capture_output=True,
                          text=True, timeout=600, preexec_fn=lambda: os.umask(0o027))
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
@@ -125,6 +123,7 @@ def _all_files(root: Path):
     return [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
 
 
+@pytest.mark.slow
 def test_secrets_never_reach_the_run_dir_results_or_wandb(secret_run):
     run_dir, cache, out = secret_run
     files = _all_files(run_dir)
@@ -139,6 +138,7 @@ def test_secrets_never_reach_the_run_dir_results_or_wandb(secret_run):
     assert res["config"]["model"]["hub_token"] == "***"  # the interpolated secret was there, masked
 
 
+@pytest.mark.slow
 def test_adapters_and_checkpoints_are_safetensors(secret_run):
     run_dir, cache, _ = secret_run
     res = json.loads((run_dir / "results.json").read_text())
@@ -148,6 +148,7 @@ def test_adapters_and_checkpoints_are_safetensors(secret_run):
     assert not pickled, pickled  # nothing in the cache needs a pickle loader (checkpoints are gone: training finished)
 
 
+@pytest.mark.slow
 def test_run_dir_follows_the_umask_and_nothing_is_world_writable(secret_run):
     run_dir, cache, _ = secret_run
     too_open = []

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_tiny_job
+from helpers import write_tiny_job
 
 ROOT = Path(__file__).resolve().parents[2]
 SWEEPS = sorted(p.stem for p in (ROOT / "sweeps").glob("*.yaml"))

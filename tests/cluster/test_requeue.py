@@ -21,19 +21,17 @@ from pathlib import Path
 
 import pytest
 
+from helpers import tiny_job_args
 from test_slurm import setup, slurm_cluster  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.slurm
 
 # 12 items, batch 4: 3 steps per epoch, 900 steps, a checkpoint every 60
-ARGS = ["detection.num_orders=2", "detection.num_samples=3", "detection.shots=2", "detection.max_new_tokens=2",
-        "train.batch_size=4", "train.max_length=256", "train.lr=1e-3", "train.epochs=300", "train.save_steps=60",
-        "train.logging_steps=60", "evaluation.batch_size=4", "logger=none", "progress=false"]
+ARGS = ["train.epochs=300", "train.save_steps=60", "train.logging_steps=60"]
 
 
 def _base(root: Path) -> list[str]:
-    return ["model=local", f"model.path={root / 'model'}", "dataset=local", f"dataset.train.path={root / 'train.jsonl'}",
-            f"dataset.eval.test.path={root / 'test.jsonl'}", *ARGS]
+    return [*tiny_job_args(root), *ARGS]
 
 
 def _env(root: Path, cache: str) -> dict:

@@ -43,7 +43,7 @@ def slurm_cluster():
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from conftest import write_tiny_job
+    from helpers import write_tiny_job
 
     return write_tiny_job(tmp_path_factory.mktemp("slurm"))
 
@@ -51,11 +51,9 @@ def setup(tmp_path_factory):
 def _kaft(root, cache, *args, expect=0):
     env = {**os.environ, "KAFT_CACHE_DIR": str(root / cache), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    base = ["model=local", f"model.path={root / 'model'}", "dataset=local",
-            f"dataset.train.path={root / 'train.jsonl'}",
-            f"dataset.eval.test.path={root / 'test.jsonl'}", "detection.num_orders=2", "detection.num_samples=3",
-            "detection.shots=2", "detection.max_new_tokens=2", "train.batch_size=4", "train.max_length=256",
-            "train.lr=1e-3", "evaluation.batch_size=4", "logger=none"]
+    from helpers import tiny_job_args
+
+    base = tiny_job_args(root)
     out = subprocess.run([sys.executable, "-m", "kaft.run", "-m", *base, *args], cwd=root, env=env,
                          capture_output=True, text=True, timeout=800)
     assert out.returncode == expect, out.stdout[-3000:] + out.stderr[-5000:]

@@ -132,6 +132,7 @@ def test_which_benchmarks_use_lm_evals_task():
     assert all(declared[k][1].startswith("以下是中国关于") for k in chinese)
 
 
+@pytest.mark.slow
 def test_evaluate_scores_lm_evals_prompt_over_all_subjects(tmp_path):
     """MMLU* runs as six lm-eval tasks; its accuracy and per-item rows cover all items in input order, and each
     row's log-likelihoods are those of lm-eval's prompt + " X" computed directly."""

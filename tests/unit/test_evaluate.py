@@ -12,7 +12,7 @@ import copy  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from conftest import make_model, make_tokenizer  # noqa: E402
+from helpers import make_model, make_tokenizer  # noqa: E402
 
 from kaft.data import MCItem  # noqa: E402
 from kaft.evaluate import EvalError, evaluate, task_config, task_name, write_task_file  # noqa: E402
@@ -67,6 +67,7 @@ def _reference_logprobs(model, tok, item: MCItem) -> list[float]:
     return out
 
 
+@pytest.mark.slow
 def test_evaluate_matches_direct_loglikelihood(setup, tmp_path):
     model, tok, benches = setup
     res = evaluate(model, tok, benches, tmp_path / "eval", DOMAIN, batch_size=4, per_item=True)
@@ -114,6 +115,7 @@ def test_requests_are_prompt_plus_answer_text(setup, tmp_path):
         assert by_doc[i] == [(prompt, answer_text(k)) for k in range(len(it.options))]
 
 
+@pytest.mark.slow
 def test_evaluate_peft_model_and_limit(setup, tmp_path):
     peft = pytest.importorskip("peft")
     model, tok, benches = setup

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import save_tiny_model, tiny_train_rows
+from helpers import save_tiny_model, tiny_train_rows
 
 pytestmark = pytest.mark.slow
 README = Path(__file__).resolve().parents[2] / "docs" / "export.md"  # the recipes moved from README to the docs

@@ -57,11 +57,12 @@ def _probe(hf_home):
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    from conftest import save_tiny_model
+    from helpers import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
+@pytest.mark.slow
 def test_a_complete_cached_snapshot_passes_and_loads_offline(tmp_path, tiny_dir):
     out = _probe(_hf_cache(tmp_path, tiny_dir))
     assert out["None"] == "ok" and out["loaded"] == "LlamaForCausalLM"

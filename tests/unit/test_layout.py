@@ -79,7 +79,7 @@ def test_no_import_cycle_inside_kaft():
     assert _cycles() == []
 
 
-@pytest.mark.parametrize("forbidden", ["analysis", "perf", "tests", "conftest"])
+@pytest.mark.parametrize("forbidden", ["analysis", "perf", "tests", "conftest", "helpers"])
 def test_kaft_never_imports_what_sits_above_it(forbidden):
     bad = {m: sorted(i for i in _imports(p) if i == forbidden or i.startswith(forbidden + "."))
            for m, p in MODULES.items()}

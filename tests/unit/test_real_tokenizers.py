@@ -1,5 +1,5 @@
 """Every stage on real tokenizers (Mistral 7B's SentencePiece, a tiktoken-style byte-level BPE with and without BOS)
-and tiny random models of the real architectures, loaded the way kaft loads a checkpoint (tests/unit/real_tokenizers.py).
+and tiny random models of the real architectures, loaded the way kaft loads a checkpoint (tests/helpers/real_tokenizers.py).
 
 What the testbed's word-level tokenizer cannot show: BOS handling, the space before the letter ("▁A", "ĠA"),
 several tokens decoding to one letter ("<0x41>", "(A", "\\tA"), SentencePiece's "▁" at the start of a text."""
@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from real_tokenizers import MODELS, make_real_model, make_real_tokenizer, save_pair
+from helpers.real_tokenizers import MODELS, make_real_model, make_real_tokenizer, save_pair
 
 from kaft import detection, modeling, train
 from kaft.data import MCItem
@@ -40,7 +40,11 @@ def _family(kind: str) -> str:
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module", params=list(MODELS))
+# spm (32k) stays in the quick loop; the two 131k-token BPE vocabularies cost over a minute on 2 cores: slow
+PARAMS = [k if k == "spm" else pytest.param(k, marks=pytest.mark.slow) for k in MODELS]
+
+
+@pytest.fixture(scope="module", params=PARAMS)
 def real(request, tmp_path_factory):
     """``(kind, model, tokenizer)`` as :func:`kaft.modeling.load` returns them from a saved checkpoint."""
     kind = request.param

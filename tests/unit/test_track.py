@@ -103,6 +103,7 @@ def test_resolve_mode(monkeypatch):
         track.resolve_mode("sometimes")
 
 
+@pytest.mark.slow
 def test_wandb_offline_two_jobs_in_one_process(tmp_path, offline_wandb):
     pytest.importorskip("wandb")
     run_names = []

@@ -35,7 +35,7 @@ def _plan(args: list[str], multirun: bool = False) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from conftest import save_tiny_model, tiny_train_rows
+    from helpers import save_tiny_model, tiny_train_rows
 
     root = tmp_path_factory.mktemp("plan")
     save_tiny_model(root / "model")
@@ -62,7 +62,7 @@ def test_every_model_config_plans_offline(model, tiny, tmp_path, monkeypatch):
     elif model == "testbed":
         assert p.total == _testbed_params()
     else:
-        from conftest import make_model, make_tokenizer
+        from helpers import make_model, make_tokenizer
 
         assert p.total == sum(t.numel() for t in make_model(len(make_tokenizer())).parameters())
     assert p.lora == _lora_by_hand(job["arch"], model)
@@ -129,6 +129,7 @@ def test_bad_settings_are_one_line(tmp_path):
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
+@pytest.mark.slow
 def test_paper_sweep_on_slurm_prints_a_plan_per_job_offline(tmp_path):
     cmd = [sys.executable, "-m", "kaft.sweep.plan", "-m", "+sweeps=table2_main", "model=llama3_8b", "dataset=medqa",
            "hydra/launcher=slurm", "plan.gpu_memory_gb=36"]
@@ -155,6 +156,7 @@ def test_paper_sweep_on_slurm_prints_a_plan_per_job_offline(tmp_path):
     assert not any(tmp_path.glob("multirun")) and not any(tmp_path.glob("outputs"))  # nothing created, submitted
 
 
+@pytest.mark.slow
 def test_after_a_run_the_plan_sees_the_finished_job_and_its_cache(tiny, tmp_path):
     data = tiny / "train.jsonl"
     common = ["model=local", f"model.path={tiny / 'model'}", "dataset=local", f"dataset.train.path={data}",

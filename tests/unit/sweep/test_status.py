@@ -124,7 +124,7 @@ def test_failing_jobs_are_recorded_and_do_not_stop_the_sweep(tmp_path):
     """Four jobs on the basic launcher: one runs, two ask for more shots than the data has (a user error only the
     data shows: a config error fails the whole sweep up front, kaft.sweep.preflight), one a model whose weights do
     not fit its config (an exception while loading). All four are recorded; the sweep exits 1 after all ran."""
-    from conftest import save_tiny_model
+    from helpers import save_tiny_model
 
     for name in ("good", "corrupt"):
         save_tiny_model(tmp_path / name)
@@ -139,9 +139,7 @@ def test_failing_jobs_are_recorded_and_do_not_stop_the_sweep(tmp_path):
     args = [sys.executable, "-m", "kaft.run", "-m", f"model.path={tmp_path}/good,{tmp_path}/corrupt",
             "detection.shots=2,8",
             "model=local", "dataset=local", f"dataset.train.path={tmp_path / 'd.jsonl'}",
-            f"dataset.eval.test.path={tmp_path / 'd.jsonl'}", "detection.num_orders=2", "detection.num_samples=2",
-            "detection.max_new_tokens=2", "train.batch_size=4", "train.max_length=256",
-            "evaluation.batch_size=4", "logger=none", "hydra.sweep.dir=sweep", "progress=false"]
+            f"dataset.eval.test.path={tmp_path / 'd.jsonl'}", "experiment=tiny", "hydra.sweep.dir=sweep"]
     out = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
     sweep = tmp_path / "sweep"

@@ -231,6 +231,7 @@ def test_tokenizer_letters_and_split(world, tok, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- binding heads
+@pytest.mark.slow
 def test_binding_heads_bind_and_stay_fixed(world, tok):
     """At initialisation (no training): head P links each option value to its letter, and if the code of the gold
     value is put where the model recalls it (after "?"), "Answer:" puts the most weight on the gold letter."""
