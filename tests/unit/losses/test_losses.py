@@ -133,16 +133,16 @@ def test_kaft_rewards_override_and_other_k():
     ({"name": "kaft", "alpha": 0.1, "beta": -0.1}, 4, "beta"),
     ({"name": "kaft", "rewards": [0.1, -1, 1, 1]}, 4, "rewards\\[1\\]"),
     ({"name": "kaft", "alhpa": 0.1}, 4, "unknown key.*alhpa"),
-    ({"name": "eaft", "eaft_alpha": 1.0, "k": 1}, 4, "'k'"),
+    ({"name": "eaft", "eaft_alpha": 1.0, "top_k": 1}, 4, "'top_k'"),
     ({"name": "eaft", "eaft_alpha": -1.0}, 4, "eaft_alpha"),
     ({"name": "eaft", "alpha": 0.5}, 4, "loss eaft: .alpha. is now .eaft_alpha. \\(set loss.eaft_alpha"),
     ({"name": "focal"}, 4, "unknown loss 'focal'; choose one of"),
     ({}, 4, "unknown loss None"),
-    ({"name": "eaft", "normalize": "ln20"}, 4, "unknown normalize 'ln20'.*const3.*lnk.*none"),
-    ({"name": "eaft", "variant": "focal"}, 4, "unknown variant 'focal'.*masked.*power.*sigmoid"),
+    ({"name": "eaft", "normalize": "ln20"}, 4, "'normalize' must be one of.*const3.*lnk.*none.*got 'ln20'"),
+    ({"name": "eaft", "variant": "focal"}, 4, "'variant' must be one of.*masked.*power.*sigmoid.*got 'focal'"),
     ({"name": "eaft", "variant": "masked", "mask_quantile": 1.0}, 4, "mask_quantile.*\\[0, 1\\)"),
-    ({"name": "eaft", "k": 2.5}, 4, "'k'.*integer"),
-    ({"name": "kaft", "k": 20}, 4, "unknown key.*'k'.*eaft.*use loss=kaft_eaft"),
+    ({"name": "eaft", "top_k": 2.5}, 4, "'top_k'.*integer"),
+    ({"name": "kaft", "top_k": 20}, 4, "unknown key.*'top_k'.*eaft.*use loss=kaft_eaft"),
     ({"name": "eaft", "beta": 0.5}, 4, "unknown key.*'beta'.*use loss=kaft_eaft"),
     ({"name": "constant", "variant": "power"}, 4, "unknown key.*'variant'.*set loss.name"),
     ({"name": "kaft_eaft", "alpha": 2.0}, 4, "alpha.*\\[0, 1\\]"),
@@ -150,7 +150,7 @@ def test_kaft_rewards_override_and_other_k():
     ({"name": "kaft_eaft", "eaft_alpha": -1}, 4, "eaft_alpha"),
     ({"name": "dft", "alpha": 1.0}, 4, "loss dft: unknown key.*alpha"),
     ({"name": "dpo", "dpo_beta": 0.0}, 4, "dpo_beta.*> 0"),
-    ({"name": "dpo", "pairs": "self_other"}, 4, "unknown pairs 'self_other'.*dataset_self.*self_self"),
+    ({"name": "dpo", "pairs": "self_other"}, 4, "'pairs' must be one of.*dataset_self.*self_self.*got 'self_other'"),
     ({"name": "dpo", "max_pairs": 0}, 4, "max_pairs"),
     ({"name": "dpo", "weight_by_subset": "yes"}, 4, "weight_by_subset.*true or false"),
     ({"name": "dpo", "weight_by_subset": True}, 3, "K=3.*rewards"),
@@ -171,9 +171,9 @@ def test_unknown_loss_lists_every_registered_loss(name):
 
 
 def test_valid_configs_pass():
-    for cfg in (CONSTANT, KAFT, {"name": "auto_adapt"}, {"name": "eaft", "eaft_alpha": 1.0, "k": 20}, {"name": "dft"},
-                {"name": "eaft", "eaft_alpha": 0.5, "k": 5, "normalize": "none", "variant": "masked", "mask_quantile": 0.3},
-                {"name": "kaft_eaft", "alpha": 0.1, "beta": 0.5, "rewards": None, "eaft_alpha": 1.0, "k": 20,
+    for cfg in (CONSTANT, KAFT, {"name": "auto_adapt"}, {"name": "eaft", "eaft_alpha": 1.0, "top_k": 20}, {"name": "dft"},
+                {"name": "eaft", "eaft_alpha": 0.5, "top_k": 5, "normalize": "none", "variant": "masked", "mask_quantile": 0.3},
+                {"name": "kaft_eaft", "alpha": 0.1, "beta": 0.5, "rewards": None, "eaft_alpha": 1.0, "top_k": 20,
                  "normalize": "lnk", "variant": "sigmoid", "mask_quantile": 0.15},
                 {"name": "dpo", "dpo_beta": 0.5, "pairs": "self_self", "max_pairs": 2, "weight_by_subset": False,
                  "alpha": 0.1, "beta": 0.5, "rewards": None}):
@@ -199,7 +199,7 @@ def test_auto_adapt_weights_are_scores():
 
 def test_constant_and_eaft_sample_weights_are_one():
     assert sample_weights(CONSTANT, [0, 3], [0.1, 0.9], 4) == [1.0, 1.0]
-    assert sample_weights({"name": "eaft", "eaft_alpha": 1.0, "k": 20}, [0, 3], [0.1, 0.9], 4) == [1.0, 1.0]
+    assert sample_weights({"name": "eaft", "eaft_alpha": 1.0, "top_k": 20}, [0, 3], [0.1, 0.9], 4) == [1.0, 1.0]
 
 
 # ----------------------------------------------------------------------------------------------- eaft
@@ -211,7 +211,7 @@ def test_eaft_weight_on_uniform_logits(alpha):
     # the loss on uniform logits: every token has CE ln(V) and weight (ln20/3)^alpha
     labels = torch.full((1, 4), -100)
     labels[0, 2:] = torch.tensor([7, 9])
-    got = compute_loss({"name": "eaft", "eaft_alpha": alpha, "k": 20}, torch.zeros(1, 4, 50), labels, [1.0])
+    got = compute_loss({"name": "eaft", "eaft_alpha": alpha, "top_k": 20}, torch.zeros(1, 4, 50), labels, [1.0])
     assert got.item() == pytest.approx((math.log(20) / 3.0) ** alpha * math.log(50), rel=1e-6)
 
 
@@ -243,12 +243,12 @@ def test_eaft_matches_reference_formula(alpha, k, normalize, norm):
     logits, labels = _ragged_batch(seed=3, v=64)
     logits = logits * 1.5
     ref, _ = _eaft_reference(logits, labels, alpha, k, norm(k))
-    cfg = {"name": "eaft", "eaft_alpha": alpha, "k": k, "normalize": normalize}
+    cfg = {"name": "eaft", "eaft_alpha": alpha, "top_k": k, "normalize": normalize}
     got = compute_loss(cfg, logits, labels, [1.0, 1.0, 1.0])
     assert abs(got.item() - ref.item()) < 1e-6 * max(1.0, abs(ref.item()))  # float32: relative past 1
     assert abs(got.item() - compute_loss(CONSTANT, logits, labels, [1, 1, 1]).item()) > 1e-3
     if normalize == "const3":  # the default
-        assert compute_loss({"name": "eaft", "eaft_alpha": alpha, "k": k}, logits, labels, [1, 1, 1]).item() == got.item()
+        assert compute_loss({"name": "eaft", "eaft_alpha": alpha, "top_k": k}, logits, labels, [1, 1, 1]).item() == got.item()
 
 
 def _label_tokens(logits, labels):
@@ -348,7 +348,7 @@ def test_dft_matches_trl_formula_and_gradient():
 # ----------------------------------------------------------------------------------------------- kaft_eaft
 def test_kaft_eaft_is_reward_times_eaft_weight():
     logits, labels = _ragged_batch(seed=8, v=64)
-    cfg = {"name": "kaft_eaft", "alpha": 0.1, "beta": 0.5, "eaft_alpha": 2.0, "k": 10, "normalize": "lnk"}
+    cfg = {"name": "kaft_eaft", "alpha": 0.1, "beta": 0.5, "eaft_alpha": 2.0, "top_k": 10, "normalize": "lnk"}
     w = sample_weights(cfg, [0, 1, 3], [0.1, 0.4, 0.9], 4)
     assert w == pytest.approx([0.1, 0.5, 1.0])
     rows, _, ce = _label_tokens(logits, labels)
@@ -358,7 +358,7 @@ def test_kaft_eaft_is_reward_times_eaft_weight():
     got = compute_loss(cfg, logits, labels, w)
     assert abs(got.item() - ref.item()) < 1e-6
     # with all rewards 1 it is eaft
-    eaft = {"name": "eaft", "eaft_alpha": 2.0, "k": 10, "normalize": "lnk"}
+    eaft = {"name": "eaft", "eaft_alpha": 2.0, "top_k": 10, "normalize": "lnk"}
     assert abs(compute_loss(cfg, logits, labels, [1, 1, 1]).item() - compute_loss(eaft, logits, labels,
                                                                                   [1, 1, 1]).item()) < 1e-7
 
@@ -416,7 +416,7 @@ def test_dpo_config_and_needs_samples():
     assert losses.sma_sampling(cfg) == {"num_samples": 8, "temperature": 1.4, "top_k": 50, "top_p": 0.9,
                                         "max_new_tokens": 4}
     assert losses.sma_sampling({**cfg, "pair_source": "detection"}) is None and losses.sma_sampling(KAFT) is None
-    for bad, match in (({"pair_source": "both"}, "unknown pair_source"), ({"top_p": 0.0}, "top_p"),
+    for bad, match in (({"pair_source": "both"}, "'pair_source' must be one of"), ({"top_p": 0.0}, "top_p"),
                        ({"top_k": -1}, "top_k"), ({"temperature": 0}, "temperature"), ({"num_samples": 0}, "num_samp")):
         with pytest.raises(ValueError, match=match):
             validate_loss_cfg({**cfg, **bad}, 4)
@@ -427,7 +427,7 @@ def test_dpo_config_and_needs_samples():
 def test_eaft_no_gradient_through_weight():
     logits, labels = _ragged_batch(seed=4, v=64)
     x1 = logits.clone().requires_grad_(True)
-    compute_loss({"name": "eaft", "eaft_alpha": 1.0, "k": 20}, x1, labels, [1, 1, 1]).backward()
+    compute_loss({"name": "eaft", "eaft_alpha": 1.0, "top_k": 20}, x1, labels, [1, 1, 1]).backward()
     # reference: the same weights as constants, gradient only through the CE
     _, w = _eaft_reference(logits, labels)
     x2 = logits.clone().requires_grad_(True)
@@ -509,10 +509,10 @@ REFERENCES = {
     "constant": ({"name": "constant"}, _ref_weighted_ce),
     "kaft": ({"name": "kaft", "alpha": 0.2, "beta": 0.6}, _ref_weighted_ce),
     "auto_adapt": ({"name": "auto_adapt"}, _ref_weighted_ce),
-    "eaft": ({"name": "eaft", "eaft_alpha": 2.0, "k": 10},
+    "eaft": ({"name": "eaft", "eaft_alpha": 2.0, "top_k": 10},
              lambda x, lab, w: _ref_token_weighted(x, lab, w, _ref_eaft_gate)),
     "dft": ({"name": "dft"}, lambda x, lab, w: _ref_token_weighted(x, lab, w, lambda rows, ce: torch.exp(-ce))),
-    "kaft_eaft": ({"name": "kaft_eaft", "alpha": 0.2, "beta": 0.6, "eaft_alpha": 2.0, "k": 10},
+    "kaft_eaft": ({"name": "kaft_eaft", "alpha": 0.2, "beta": 0.6, "eaft_alpha": 2.0, "top_k": 10},
                   lambda x, lab, w: _ref_token_weighted(x, lab, w, _ref_eaft_gate)),
     "dpo": ({"name": "dpo", "dpo_beta": 0.3, "weight_by_subset": True, "alpha": 0.2, "beta": 0.6}, None),
 }
@@ -600,7 +600,7 @@ def test_a_loss_registered_in_a_test_trains_end_to_end(tiny_tokenizer, tiny_mode
         constant = compute_loss(CONSTANT, logits, batch["labels"], batch["weights"]).item()
         train_cfg = {"batch_size": 8, "lr": 1e-2, "warmup_ratio": 0.0, "epochs": 3, "max_length": 256,
                      "weight_decay": 0.0, "grad_accum": 1, "lr_scheduler": "linear", "logging_steps": 1,
-                     "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}}
+                     "lora": {"r": 4, "lora_alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}}
         out = tmp_path / "adapter"
         model = train.train_lora(copy.deepcopy(tiny_model), tiny_tokenizer, mc_items, weights, cfg, train_cfg, out,
                                  seed=0, domain="geography")
