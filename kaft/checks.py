@@ -33,6 +33,16 @@ def _check_device(label: str, value: Any) -> Any:
     return value
 
 
+def _check_k(label: str, value: Any) -> int:
+    from kaft.partition import PartitionError
+
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PartitionError(f"{label} must be an integer (the number of conflict subsets), got {value!r}")
+    if value < 2:
+        raise PartitionError(f"{label} must be at least 2, got {value}")
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class TopSettings:
     """The top-level keys of conf/config.yaml (the groups are checked by their own schemas)."""
@@ -61,7 +71,8 @@ class EvaluationSettings:
 class PartitionSettings:
     """``partition.*`` (conf/partition/): K and the rewards loss=kaft gives each subset (checked by the loss)."""
 
-    k: int = schema.integer(4, 2, "the number of conflict subsets", help="split by Score into k even subsets")
+    k: int = schema.unchecked(4, check=_check_k,
+                              help="the number of conflict subsets: split by Score into k even subsets")
     rewards: list | None = schema.unchecked(None, help="what loss=kaft gives each subset, subset 0 first")
 
 

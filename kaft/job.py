@@ -11,13 +11,14 @@ import logging
 import math
 import os
 import statistics
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
-from kaft import diagnostics, losses
+from kaft import diagnostics, losses, schema
 from kaft import partition as partition_mod
 from kaft import stages as S
 from kaft import strategy as strategy_mod
@@ -211,6 +212,9 @@ def run(cfg: DictConfig) -> dict:
     from kaft import track
 
     info = job_info()
+    for line in schema.check_config(cfg):  # the whole config, before anything is built or loaded
+        print(f"kaft: warning: {line}", file=sys.stderr)
+    schema.check_method(info["choices"])
     run_dir = Path(info["run_dir"])
     done = finished(run_dir)
     if done is not None and not cfg.get("force", False):

@@ -191,6 +191,30 @@ def parse(settings_cls: type, cfg: Mapping, label: Callable[[str], str] | str, e
     return settings_cls(**values)
 
 
+def renamed_keys() -> dict[str, str]:
+    """Old dotted key -> new one, for keys renamed in every group they lived in (``train.lora.alpha``, EAFT's
+    ``loss.k``); a key that another loss still has (``loss.alpha``: KaFT's) is not listed."""
+    from kaft.losses import LOSSES
+    from kaft.train.config import LORA_RENAMED
+
+    out = {f"train.lora.{old}": f"train.lora.{new}" for old, new in LORA_RENAMED.items()}
+    current = {key for _, cls in LOSSES.items() for key in cls.keys()}
+    for _, cls in LOSSES.items():
+        out.update({f"loss.{old}": f"loss.{new}" for old, new in cls.renamed.items() if old not in current})
+    return out
+
+
+def explain_override_error(line: str) -> str:
+    """Hydra's one-line error for an override of a key the config lacks, with the key's new name when it was
+    renamed (Hydra alone would suggest ``+old=...``, which only leads to the next error)."""
+    import re
+
+    m = re.search(r"Could not override '([^']+)'", line) or re.search(r"Could not append to config. An item is "
+                                                                       r"already at '([^']+)'", line)
+    new = renamed_keys().get(m.group(1)) if m else None
+    return f"{m.group(1)} is now {new}; set {new}=... instead" if new else line
+
+
 def check_config(cfg: Any) -> list[str]:
     """Check a composed job config (no data, no model, fast): the first error is raised as one line; returns the
     warning lines (legal but implausible settings, settings the chosen components do not read)."""

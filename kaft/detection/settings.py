@@ -64,9 +64,9 @@ class ProbeSettings:
         extra = sorted(k for k in plain if k not in cls.keys())
         if extra:
             near = schema.suggest(extra[0], cls.keys())
-            raise DetectionError(f"unknown detection settings {extra} for detection={plain.get('name', cls.name)}; "
-                                 + (f"did you mean detection.{near}? " if near else "")
-                                 + f"known: {sorted(cls.keys())}")
+            raise DetectionError(f"unknown detection settings {extra} for detection={plain.get('name', cls.name)}"
+                                 + (f"; did you mean detection.{near}?" if near else "")
+                                 + f"; known: {sorted(cls.keys())}")
         return {**cls.defaults(), **plain}
 
     @classmethod
