@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
+from kaft.checks import method_spec
 from kaft.results import dig, read_results, sweep_frame
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -50,10 +51,8 @@ def methods() -> dict[str, Method]:
     the defaults list and the ``strategy:`` block)."""
     out = {}
     for path in sorted((CONF / "method").glob("*.yaml")):
-        cfg = OmegaConf.to_container(OmegaConf.load(path))
-        groups = {k.split()[-1].strip("/"): v for d in cfg.get("defaults") or [] if isinstance(d, dict)
-                  for k, v in d.items()}
-        out[path.stem] = Method(path.stem, groups["strategy"], groups["loss"], dict(cfg.get("strategy") or {}))
+        groups, settings = method_spec(path)
+        out[path.stem] = Method(path.stem, groups["strategy"], groups["loss"], settings)
     return out
 
 

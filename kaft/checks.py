@@ -148,7 +148,13 @@ def strategy_trains(strategy_cfg: Mapping) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------- method= rows
-_OVERRIDE = re.compile(r"^\s*-\s*override\s+/(strategy|loss)\s*:\s*(\S+)", re.M)
+def method_spec(path: Path) -> tuple[dict[str, str], dict]:
+    """One ``conf/method/<name>.yaml``: the groups it overrides (``override /strategy: x`` lines of its defaults
+    list: ``{"strategy": ..., "loss": ...}``) and the strategy settings it fixes (its ``strategy:`` block)."""
+    cfg = OmegaConf.to_container(OmegaConf.load(path))
+    groups = {k.split()[-1].strip("/"): v for d in cfg.get("defaults") or [] if isinstance(d, dict)
+              for k, v in d.items()}
+    return groups, dict(cfg.get("strategy") or {})
 
 
 @lru_cache(maxsize=None)
@@ -157,7 +163,8 @@ def method_table(conf: Path = CONF) -> dict[str, dict[str, str]]:
     table cannot drift from what ``method=`` composes)."""
     out = {}
     for path in sorted((conf / "method").glob("*.yaml")):
-        out[path.stem] = dict(_OVERRIDE.findall(path.read_text()))
+        groups = method_spec(path)[0]
+        out[path.stem] = {g: groups[g] for g in ("strategy", "loss") if g in groups}
     return out
 
 
