@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
-from kaft.checks import method_spec
+from kaft.schema import method_spec
 from kaft.results import dig, read_results, sweep_frame
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

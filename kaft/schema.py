@@ -1,194 +1,193 @@
-"""One schema style for every config group, and :func:`check_config`: the whole config checked before anything runs.
+"""One entry point for config checks: :func:`check_config` (the whole composed config, no data, no model, fast) and
+:func:`check_method` (a ``method=`` row is what ran); also the schemas of the groups without a package of their own
+(top level, evaluation, partition).
 
-Why: a group's keys, defaults, help and checks were kept four ways (loss dataclasses, detection's type table, strategy
-``keys=`` / ``check=``, train's key tuple and loops), so an unknown key was silently ignored in some groups and the
-same check was written twice. Now each group is one frozen dataclass whose fields are made by :func:`number`,
-:func:`integer`, :func:`choice`, :func:`flag`, :func:`text` or :func:`unchecked` (default, help text and check in one
-call); :func:`parse` fills and checks one, and an unknown key is an error that suggests the nearest known one.
-
-:func:`check_config` reads only the composed config (no data, no model): ``kaft.job`` calls it first thing and the
-sweep preflight calls it for every job before the first one runs. Data-size checks stay in ``kaft.stages.validate``.
+Every group is declared once, in :mod:`kaft.fields`' style, beside the code that reads it: train and LoRA in
+:mod:`kaft.train.config`, detection in :mod:`kaft.detection.settings` (+ MC conversion's in
+:mod:`kaft.detection.convert`), each strategy beside its function (:mod:`kaft.strategy.subsets`,
+:mod:`kaft.strategy.relabel`), each loss beside its class (:mod:`kaft.losses`), ``plan.*`` in
+:mod:`kaft.sweep.plan`. This module walks a composed config through all of them, in the order a user reads it, and
+adds the checks that span groups. ``kaft.job`` calls :func:`check_config` first thing and the sweep preflight calls it
+for every job before the first one runs; the checks that need the data size stay in ``kaft.stages.validate``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
-from functools import partial
-from typing import Any, Callable, Collection, Mapping
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Mapping
 
+from omegaconf import DictConfig, OmegaConf
+
+from kaft import fields
 from kaft.errors import ConfigError
-from kaft.registry import Registry
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+#: the config groups a composed job holds at its top level (each checked by its own schema)
+GROUPS = ("testbed", "dataset", "detection", "partition", "strategy", "loss", "train", "evaluation", "logger",
+          "model")
+_DEVICE = re.compile(r"^(cpu|cuda|cuda:\d+|mps)$")
 
 
-def _err(label: str, must: str, value: Any, hint: str) -> ConfigError:
-    return ConfigError(f"{label} must be {must}, got {value!r}{hint}")
-
-
-def _range(lo, hi, lo_open, hi_open) -> str:
-    if lo is None and hi is None:
-        return "a finite number"
-    if hi is None:
-        return f"> {lo:g}" if lo_open else f">= {lo:g}"
-    if lo is None:
-        return f"< {hi:g}" if hi_open else f"<= {hi:g}"
-    return f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-
-
-def check_number(label: str, value: Any, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-                 hi_open: bool = False, hint: str = "") -> float:
-    """``value`` as a float, or a :class:`ConfigError` naming ``label`` and the allowed range."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
-        raise _err(label, "a finite number" + ("" if lo is None and hi is None else
-                                                f" {_range(lo, hi, lo_open, hi_open)}"), value, hint)
-    value = float(value)
-    low = lo is not None and (value < lo or (lo_open and value == lo))
-    high = hi is not None and (value > hi or (hi_open and value == hi))
-    if low or high:
-        raise ConfigError(f"{label} must be {_range(lo, hi, lo_open, hi_open)}, got {value:g}{hint}")
+def _check_device(label: str, value: Any) -> Any:
+    if value is not None and not (isinstance(value, str) and _DEVICE.match(value)):
+        raise ConfigError(f"{label} must be null (cuda if available, else cpu), cpu, cuda, cuda:N or mps, "
+                          f"got {value!r}")
     return value
 
 
-def _check_integer(label: str, value: Any, lo: int | None, what: str, hint: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or (lo is not None and value < lo):
-        what = f" ({what})" if what else ""
-        raise _err(label + what, "an integer" + (f" >= {lo}" if lo is not None else ""), value, hint)
+def _check_k(label: str, value: Any) -> int:
+    from kaft.partition import PartitionError
+
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PartitionError(f"{label} must be an integer (the number of conflict subsets), got {value!r}")
+    if value < 2:
+        raise PartitionError(f"{label} must be at least 2, got {value}")
     return value
-
-
-def _check_choice(label: str, value: Any, choices: Registry | Collection[str] | Callable, hint: str) -> str:
-    names = (choices.names() if isinstance(choices, Registry) else list(choices() if callable(choices) else choices))
-    if not isinstance(value, str) or value not in names:
-        raise _err(label, f"one of {names}", value, hint)
-    return value
-
-
-def _check_flag(label: str, value: Any, hint: str) -> bool:
-    if not isinstance(value, bool):
-        raise _err(label, "true or false", value, hint)
-    return value
-
-
-def _check_text(label: str, value: Any, hint: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise _err(label, "a non-empty string", value, hint)
-    return value
-
-
-def _nullable(check: Callable, label: str, value: Any) -> Any:
-    return None if value is None else check(label, value)
-
-
-def _field(default: Any, check: Callable | None, help: str, nullable: bool) -> Any:
-    if check is not None and nullable:
-        check = partial(_nullable, check)
-    kw = {"default_factory": lambda: list(default)} if isinstance(default, list) else {"default": default}
-    return dataclasses.field(**kw, metadata={"check": check, "help": help, "nullable": nullable})
-
-
-def number(default: float | None, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
-           hi_open: bool = False, help: str = "", hint: str = "", nullable: bool = False) -> Any:
-    """A finite float in ``[lo, hi]`` (``lo_open`` / ``hi_open`` exclude an end; ``None`` = unbounded)."""
-    return _field(default, partial(check_number, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open, hint=hint), help,
-                  nullable)
-
-
-def integer(default: int | None, lo: int | None = None, what: str = "", *, help: str = "", hint: str = "",
-            nullable: bool = False) -> Any:
-    """An int ``>= lo``; ``what`` says what it counts (it goes into the error)."""
-    return _field(default, partial(_check_integer, lo=lo, what=what, hint=hint), help or what, nullable)
-
-
-def choice(default: str | None, choices: Registry | Collection[str] | Callable, *, help: str = "", hint: str = "",
-           nullable: bool = False) -> Any:
-    """One name of ``choices`` (a :class:`~kaft.registry.Registry`'s names are read when the config is checked)."""
-    return _field(default, partial(_check_choice, choices=choices, hint=hint), help, nullable)
-
-
-def flag(default: bool, *, help: str = "", hint: str = "") -> Any:
-    """``true`` or ``false`` (no truthy strings: ``"yes"`` is a typo, not a yes)."""
-    return _field(default, partial(_check_flag, hint=hint), help, False)
-
-
-def text(default: str | None, *, help: str = "", hint: str = "", nullable: bool = False) -> Any:
-    """A non-empty string."""
-    return _field(default, partial(_check_text, hint=hint), help, nullable)
-
-
-def unchecked(default: Any = None, *, help: str = "", check: Callable | None = None) -> Any:
-    """A value checked by ``check(label, value)``, or later by its reader (e.g. rewards, whose length depends on K)."""
-    return _field(default, check, help, True)
 
 
 @dataclasses.dataclass(frozen=True)
-class NoSettings:
-    """The settings of a component with no keys besides ``name``."""
+class TopSettings:
+    """The top-level keys of conf/config.yaml (the groups are checked by their own schemas)."""
+
+    seed: int = fields.integer(0, 0, help="the run's seed (on the testbed also its world and pretrained model)")
+    alpha: float | None = fields.number(None, nullable=True, help="KaFT's wrong-subset reward / EAFT's exponent")
+    beta: float | None = fields.number(None, nullable=True, help="KaFT's might-wrong reward")
+    cache_dir: str = fields.text("~/.cache/kaft", help="the shared artifact cache")
+    progress: bool = fields.flag(True, help="progress bars")
+    force: bool = fields.flag(False, help="re-run a job whose run directory holds a complete results.json")
+    device: str | None = fields.unchecked(None, check=_check_device, help="null = cuda if available, else cpu")
 
 
-def keys_of(settings_cls: type) -> tuple[str, ...]:
-    """The config keys a settings dataclass accepts, in declaration order."""
-    return tuple(f.name for f in dataclasses.fields(settings_cls))
+@dataclasses.dataclass(frozen=True)
+class EvaluationSettings:
+    """``evaluation.*`` (conf/evaluation/default.yaml)."""
+
+    batch_size: int = fields.integer(16, 1, help="evaluation batch size")
+    limit: int | None = fields.integer(None, 1, nullable=True, hint=" (null evaluates every item)",
+                                       help="evaluate only the first N items of each benchmark")
+    base: bool = fields.flag(True, help="also evaluate the base model")
+    fine_grained: bool = fields.flag(False, help="KaFT Table 1: accuracy per conflict subset of each benchmark")
 
 
-def defaults_of(settings_cls: type) -> dict[str, Any]:
-    """Each key's default."""
-    return {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
-            for f in dataclasses.fields(settings_cls)}
+@dataclasses.dataclass(frozen=True)
+class PartitionSettings:
+    """``partition.*`` (conf/partition/): K and the rewards loss=kaft gives each subset (checked by the loss)."""
+
+    k: int = fields.unchecked(4, check=_check_k,
+                              help="the number of conflict subsets: split by Score into k even subsets")
+    rewards: list | None = fields.unchecked(None, help="what loss=kaft gives each subset, subset 0 first")
 
 
-def help_of(settings_cls: type) -> dict[str, str]:
-    """Each key's help text."""
-    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(settings_cls)}
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
-def suggest(key: str, known: Collection[str]) -> str:
-    """The nearest known key to a typo, or ``""``: a known key spelling the typo's initials (``learning_rate`` ->
-    ``lr``) first, else difflib's closest."""
-    initials = "".join(w[:1] for w in key.split("_"))
-    if "_" in key and initials in known:
-        return initials
-    near = difflib.get_close_matches(key, list(known), n=1, cutoff=0.5)
-    return near[0] if near else ""
-
-
-def unknown_key_error(group: str, key: str, known: Collection[str], renamed: Mapping[str, str] | None = None,
-                      what: str | None = None) -> ConfigError:
-    """The one line for a key no setting of ``group`` has: a renamed key names its new name, else the nearest."""
-    what, at = what or f"a {group} setting", f"{group}." if group else ""
-    if renamed and key in renamed:
-        return ConfigError(f"{at}{key} is now {at}{renamed[key]}; set {at}{renamed[key]}=... instead")
-    near = suggest(key, known)
-    fix = f"did you mean {at}{near}?" if near else f"known: {', '.join(sorted(known)) or 'none'}"
-    return ConfigError(f"{at}{key} is not {what}; {fix}")
-
-
-def reject_unknown(settings_cls: type, group: str, cfg: Mapping, skip: Collection[str] = (),
-                   renamed: Mapping[str, str] | None = None, error: type[ConfigError] | None = None) -> None:
-    """Raise for the first key of ``cfg`` (besides ``skip``) that ``settings_cls`` has no field for."""
-    known = keys_of(settings_cls)
+def _top(cfg: Mapping) -> None:
+    known = {*fields.keys_of(TopSettings), *GROUPS}
     for key in cfg:
-        if key not in known and key not in skip:
-            e = unknown_key_error(group, key, known, renamed)
-            raise (error(str(e)) if error is not None else e) from None
+        if key not in known:
+            raise fields.unknown_key_error("", key, known, what="a kaft setting")
+    fields.parse(TopSettings, {k: cfg.get(k) for k in fields.keys_of(TopSettings) if k in cfg}, lambda k: k)
 
 
-def parse(settings_cls: type, cfg: Mapping, label: Callable[[str], str] | str, error: type[Exception] = ConfigError,
-          none_is_default: bool = False) -> Any:
-    """``settings_cls`` filled from ``cfg`` (a missing key -> its default; ``None`` too with ``none_is_default``),
-    each field checked; ``label`` is the group (``"train"`` -> ``train.lr``) or ``key -> label``. Unknown keys are
-    the caller's to reject (:func:`reject_unknown`), since some groups know who owns them."""
-    name = label if callable(label) else (lambda key: f"{label}.{key}")
-    values, defaults = {}, defaults_of(settings_cls)
-    for f in dataclasses.fields(settings_cls):
-        value = cfg.get(f.name, defaults[f.name]) if hasattr(cfg, "get") else defaults[f.name]
-        value = defaults[f.name] if value is None and none_is_default else value
-        check = f.metadata.get("check")
-        try:
-            values[f.name] = check(name(f.name), value) if check is not None else value
-        except ConfigError as e:
-            raise (e if isinstance(e, error) else error(str(e))) from None
-    return settings_cls(**values)
+def _group(settings_cls: type, group: str, cfg: Mapping) -> Any:
+    fields.reject_unknown(settings_cls, group, cfg)
+    return fields.parse(settings_cls, cfg, group)
+
+
+def check_config(cfg: Any) -> list[str]:
+    """Check a composed job config (no data, no model, fast): the first error is raised as one line; returns the
+    warning lines (legal but implausible settings, settings the chosen components do not read)."""
+    from kaft import detection, losses, strategy
+    from kaft.train import validate_train_cfg
+
+    _top(cfg)
+    validate_train_cfg(_plain(cfg.train))
+    _group(EvaluationSettings, "evaluation", _plain(cfg.evaluation))
+    detection.validate(_plain(cfg.detection))
+    k = _group(PartitionSettings, "partition", _plain(cfg.partition)).k
+    strategy.validate(_plain(cfg.strategy), k)
+    losses.validate_loss_cfg(_plain(cfg.loss), k)
+    needs = [what for what, yes in (("strategy=" + cfg.strategy.name, strategy.needs_samples(_plain(cfg.strategy))),
+                                    ("loss=" + cfg.loss.name, losses.needs_samples(_plain(cfg.loss)))) if yes]
+    if needs and not detection.saves_samples(_plain(cfg.detection)):
+        raise ConfigError(f"{' and '.join(needs)} needs the model's sampled answers, but detection "
+                          f"(estimator={cfg.detection.get('estimator', 'sample')}) saves none; "
+                          f"use detection.estimator=sample or detection=icl")
+    return warnings(cfg)
+
+
+def _reads(cfg: Any, key: str) -> bool:
+    """Whether the composed loss takes the top-level ``key`` (its YAML interpolates ``${key}``, directly or through
+    ``partition.rewards``)."""
+    raw = OmegaConf.to_container(cfg.loss, resolve=False) if isinstance(cfg.loss, DictConfig) else dict(cfg.loss)
+    text = repr(raw)
+    if "partition.rewards" in text and isinstance(cfg, DictConfig):
+        text += repr(OmegaConf.to_container(cfg.partition, resolve=False).get("rewards"))
+    return "${" + key + "}" in text
+
+
+def warnings(cfg: Any) -> list[str]:
+    """The config-level plausibility lines: an lr above 1, a top-level alpha/beta the loss does not read, a loss
+    that strategy=none never uses."""
+    out = []
+    lr = cfg.train.lr
+    if isinstance(lr, (int, float)) and lr > 1:
+        out.append(f"train.lr={lr:g} is above 1: LoRA fine-tuning usually uses 1e-5 .. 1e-3 (KaFT: 1e-4)")
+    trains = strategy_trains(_plain(cfg.strategy))
+    for key in ("alpha", "beta"):
+        if cfg.get(key) is not None and trains and not _reads(cfg, key):
+            out.append(f"{key}={cfg.get(key)} is not read by loss={cfg.loss.name}; it changes nothing "
+                       f"(alpha/beta feed loss=kaft, kaft_eaft, dpo, and alpha eaft's exponent)")
+    if not trains and cfg.loss.name != "constant":
+        out.append(f"strategy={cfg.strategy.name}: nothing is trained, loss={cfg.loss.name} is not used")
+    return out
+
+
+def strategy_trains(strategy_cfg: Mapping) -> bool:
+    from kaft import strategy
+
+    return strategy.get(strategy_cfg).train
+
+
+# ----------------------------------------------------------------------------------------------- method= rows
+def method_spec(path: Path) -> tuple[dict[str, str], dict]:
+    """One ``conf/method/<name>.yaml``: the groups it overrides (``override /strategy: x`` lines of its defaults
+    list: ``{"strategy": ..., "loss": ...}``) and the strategy settings it fixes (its ``strategy:`` block)."""
+    cfg = OmegaConf.to_container(OmegaConf.load(path))
+    groups = {k.split()[-1].strip("/"): v for d in cfg.get("defaults") or [] if isinstance(d, dict)
+              for k, v in d.items()}
+    return groups, dict(cfg.get("strategy") or {})
+
+
+@lru_cache(maxsize=None)
+def method_table(conf: Path = CONF) -> dict[str, dict[str, str]]:
+    """``method -> {"strategy": ..., "loss": ...}`` as conf/method/*.yaml declare them (read from the YAML, so the
+    table cannot drift from what ``method=`` composes)."""
+    out = {}
+    for path in sorted((conf / "method").glob("*.yaml")):
+        groups = method_spec(path)[0]
+        out[path.stem] = {g: groups[g] for g in ("strategy", "loss") if g in groups}
+    return out
+
+
+def check_method(choices: Mapping[str, Any], conf: Path = CONF) -> None:
+    """Refuse a ``method=`` row whose strategy or loss the command line overrode (its label would name what did
+    not run); ``choices`` are Hydra's composed choices (``HydraConfig.get().runtime.choices``)."""
+    method = choices.get("method")
+    declared = method_table(conf).get(str(method)) if method not in (None, "null") else None
+    if not declared:
+        return
+    differ = [f"{g}={choices.get(g)}" for g, v in declared.items() if choices.get(g) not in (None, v)]
+    if differ:
+        own = " ".join(f"{g}={v}" for g, v in declared.items())
+        ran = " ".join(f"{g}={choices.get(g, v)}" for g, v in declared.items())
+        raise ConfigError(f"method={method} means {own}, but the command line chose {' '.join(differ)}: its rows "
+                          f"would be labelled with what did not run; drop method= and give {ran}, or drop "
+                          f"{' '.join(differ)}")
 
 
 def renamed_keys() -> dict[str, str]:
@@ -213,19 +212,3 @@ def explain_override_error(line: str) -> str:
                                                                        r"already at '([^']+)'", line)
     new = renamed_keys().get(m.group(1)) if m else None
     return f"{m.group(1)} is now {new}; set {new}=... instead" if new else line
-
-
-def check_config(cfg: Any) -> list[str]:
-    """Check a composed job config (no data, no model, fast): the first error is raised as one line; returns the
-    warning lines (legal but implausible settings, settings the chosen components do not read)."""
-    from kaft.checks import check_job
-
-    return check_job(cfg)
-
-
-def check_method(choices: Mapping[str, Any]) -> None:
-    """Refuse a ``method=`` row whose strategy or loss the command line overrode (its label would name what did
-    not run); ``choices`` are Hydra's composed choices (``HydraConfig.get().runtime.choices``)."""
-    from kaft.checks import check_method_choices
-
-    check_method_choices(choices)

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 from kaft import data as data_mod
-from kaft import schema
+from kaft.fields import integer, unchecked
 from kaft.data import DataError
 from kaft.detection.core import DetectionError, seeded_rng
 from kaft.detection.detectors import DETECTORS, Diversified
@@ -177,11 +177,11 @@ def generate_distractors(backend, items: Sequence[FreeFormItem], n_samples: int,
 class ConversionSettings(ProbeSettings):
     """Diversified probing's settings plus the conversion's (conf/detection/mc_conversion.yaml documents them)."""
 
-    n_distractors: int = schema.integer(3, 1, help="wrong options per converted item")
-    distractor_sources: list = schema.unchecked(["dataset", "group"], help="where distractors come from, in "
+    n_distractors: int = integer(3, 1, help="wrong options per converted item")
+    distractor_sources: list = unchecked(["dataset", "group"], help="where distractors come from, in "
                                                                             "priority order")
-    generate_samples: int = schema.integer(8, 1, help="free-form samples per item when `model` is a source")
-    generate_max_new_tokens: int = schema.integer(8, 1, help="tokens per free-form sample")
+    generate_samples: int = integer(8, 1, help="free-form samples per item when `model` is a source")
+    generate_max_new_tokens: int = integer(8, 1, help="tokens per free-form sample")
 
     def check(self) -> None:
         super().check()

@@ -11,11 +11,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from kaft import schema
+from kaft import fields
 from kaft.detection.backends import BACKENDS
 from kaft.detection.core import ORDER_SCHEMES, DetectionError
 from kaft.prompts import PROMPTS
-from kaft.schema import choice, flag, integer, number, unchecked
+from kaft.fields import choice, flag, integer, number, unchecked
 
 ESTIMATORS = ("sample", "exact")
 _KINDS = {"int": int, "float": float, "bool": bool}  # a YAML 1 for a float setting is converted, not refused
@@ -51,11 +51,11 @@ class ProbeSettings:
 
     @classmethod
     def keys(cls) -> list[str]:
-        return list(schema.keys_of(cls))
+        return list(fields.keys_of(cls))
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
-        return schema.defaults_of(cls)
+        return fields.defaults_of(cls)
 
     @classmethod
     def resolve(cls, cfg: Mapping) -> dict:
@@ -63,7 +63,7 @@ class ProbeSettings:
         plain = dict(cfg)
         extra = sorted(k for k in plain if k not in cls.keys())
         if extra:
-            near = schema.suggest(extra[0], cls.keys())
+            near = fields.suggest(extra[0], cls.keys())
             raise DetectionError(f"unknown detection settings {extra} for detection={plain.get('name', cls.name)}"
                                  + (f"; did you mean detection.{near}?" if near else "")
                                  + f"; known: {sorted(cls.keys())}")
@@ -80,7 +80,7 @@ class ProbeSettings:
                 values[f.name] = kind(v) if kind is not None else v
             except (TypeError, ValueError):
                 raise DetectionError(f"detection.{f.name} must be {f.type}, got {v!r}") from None
-        out = schema.parse(cls, values, "detection", DetectionError)
+        out = fields.parse(cls, values, "detection", DetectionError)
         out.check()
         return out
 

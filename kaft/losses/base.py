@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from kaft.losses.settings import LossError, NoSettings, keys_of, parse
-from kaft.schema import suggest
+from kaft.fields import suggest
 from kaft.registry import Registry
 
 IGNORE_INDEX = -100

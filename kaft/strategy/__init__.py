@@ -39,7 +39,7 @@ import hashlib
 import math
 from typing import Mapping, Sequence
 
-from kaft import schema
+from kaft import fields
 from kaft.items import MCItem
 from kaft.partition import subset_names
 # importing .subsets and .relabel registers kaft's own strategies
@@ -69,11 +69,11 @@ def validate(cfg: Mapping | None, names: Sequence[str] | int) -> None:
     unknown = sorted(set(cfg) - {"name"} - strat.keys)
     if unknown:
         allowed = sorted(strat.keys)
-        near = schema.suggest(unknown[0], allowed)
+        near = fields.suggest(unknown[0], allowed)
         raise StrategyError(f"strategy={strat.name} does not take {', '.join(map(repr, unknown))}; "
                             f"{'allowed keys: ' + ', '.join(allowed) if allowed else 'it takes no keys besides name'}"
                             + (f"; did you mean strategy.{near}?" if near else ""))
-    schema.parse(strat.settings, cfg, "strategy", StrategyError)
+    fields.parse(strat.settings, cfg, "strategy", StrategyError)
     strat.check(cfg, _names(names))
 
 

@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
-from kaft import schema
+from kaft import fields
 from kaft.errors import KaftError
 from kaft.items import MCItem
 from kaft.registry import Registry
@@ -68,7 +68,7 @@ class Pick:
 class Strategy:
     name: str
     fn: Callable[[Context], Pick]
-    settings: type                               # its keys besides ``name``: a kaft.schema settings dataclass
+    settings: type                               # its keys besides ``name``: a kaft.fields settings dataclass
     check: Callable[[Mapping, list[str]], None]  # checks against the partition's subset names (after the fields')
     train: bool = True
     # needs the sampled answers of detection (``records[i]["answers"]``): a flag, or a function of the config
@@ -79,7 +79,7 @@ class Strategy:
     @property
     def keys(self) -> frozenset[str]:
         """The config keys it accepts besides ``name``."""
-        return frozenset(schema.keys_of(self.settings))
+        return frozenset(fields.keys_of(self.settings))
 
     def declares(self, what: str, cfg: Mapping) -> bool:
         """The flag ``what`` (``needs_samples`` / ``needs_greedy``) for this config."""
@@ -94,12 +94,12 @@ def _no_check(cfg: Mapping, names: list[str]) -> None:
     return None
 
 
-def register(name: str, *, settings: type = schema.NoSettings,
+def register(name: str, *, settings: type = fields.NoSettings,
              check: Callable[[Mapping, list[str]], None] = _no_check, train: bool = True,
              needs_samples: bool | Callable[[Mapping], bool] = False,
              needs_greedy: bool | Callable[[Mapping], bool] = False):
     """Add the decorated ``fn(ctx: Context) -> Pick`` to :data:`STRATEGIES` as ``name``; ``settings`` declares its
-    keys (fields made with :mod:`kaft.schema`'s helpers: type, default, help and check in one place)."""
+    keys (fields made with :mod:`kaft.fields`' helpers: type, default, help and check in one place)."""
 
     def deco(fn: Callable[[Context], Pick]) -> Callable[[Context], Pick]:
         STRATEGIES.register(name, Strategy(name, fn, settings, check, train, needs_samples, needs_greedy))
@@ -110,7 +110,7 @@ def register(name: str, *, settings: type = schema.NoSettings,
 
 def data_seed() -> int | None:
     """The ``data_seed`` field every sampling strategy declares."""
-    return schema.integer(None, nullable=True, hint=" (null = the run's seed)",
+    return fields.integer(None, nullable=True, hint=" (null = the run's seed)",
                           help="the seed of the strategy's draws (null = the run's seed)")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping
 
-from kaft import schema
+from kaft import fields
 from kaft.strategy.base import ID_LIST_LIMIT, WRONG, Context, Pick, StrategyError, data_seed, draw, register
 
 ANSWER_SOURCES = ("greedy", "majority")
@@ -14,7 +14,7 @@ CONFIDENCE = 0.5  # Ren et al. App. A.1: "responses with a confidence level exce
 
 @dataclasses.dataclass(frozen=True)
 class SelfAlignSettings:
-    answer_source: str = schema.choice("greedy", ANSWER_SOURCES, hint=(
+    answer_source: str = fields.choice("greedy", ANSWER_SOURCES, hint=(
         " (greedy: the argmax letter of the original-order query, KaFT §2.2's r_i; majority: the most frequent "
         "sampled answer)"), help="where the replacing answer r_i comes from")
 
@@ -22,7 +22,7 @@ class SelfAlignSettings:
 @dataclasses.dataclass(frozen=True)
 class RenSettings:
     data_seed: int | None = data_seed()
-    confident_only: bool = schema.flag(True, hint=" (Ren et al. App. A.1: true keeps answers with confidence > 0.5)",
+    confident_only: bool = fields.flag(True, hint=" (Ren et al. App. A.1: true keeps answers with confidence > 0.5)",
                                        help="keep only answers with confidence > 0.5")
 
 

@@ -6,19 +6,19 @@ import dataclasses
 import math
 from typing import Mapping
 
-from kaft import schema
+from kaft import fields
 from kaft.strategy.base import RANDOM, WRONG, Context, Pick, StrategyError, data_seed, draw, register
 
 
 @dataclasses.dataclass(frozen=True)
 class SubsetSettings:
-    subset: str | None = schema.unchecked(None, help="a subset name of the partition, or random")
+    subset: str | None = fields.unchecked(None, help="a subset name of the partition, or random")
     data_seed: int | None = data_seed()
 
 
 @dataclasses.dataclass(frozen=True)
 class RatioSettings:
-    ratio: float | None = schema.number(None, 0.0, 1.0, hint=" (the share of the wrong subset kept)",
+    ratio: float | None = fields.number(None, 0.0, 1.0, hint=" (the share of the wrong subset kept)",
                                         help="λ: the share of the wrong subset kept")
     data_seed: int | None = data_seed()
 

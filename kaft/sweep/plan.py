@@ -23,7 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from kaft import schema
+from kaft import fields as kfields
 from kaft.cache import Cache, Hit
 from kaft.errors import KaftError
 from kaft.sweep import plan_estimate as est
@@ -34,11 +34,11 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 @dataclass(frozen=True)
 class Settings:
     """``plan.*`` settings: the GPU a job gets and how fast it runs (GB = GiB)."""
-    gpu_memory_gb: float = schema.number(80.0, 0.0, lo_open=True,
+    gpu_memory_gb: float = kfields.number(80.0, 0.0, lo_open=True,
                                          help="an A100/H100 80 GB; 141 for an H200, 40 for an A100 40 GB")
-    peak_tflops: float = schema.number(989.0, 0.0, lo_open=True, help="dense bf16 peak (A100: 312, H200: 989)")
-    mfu: float = schema.number(0.35, 0.0, 1.0, lo_open=True, help="model FLOP utilisation assumed for every stage")
-    probe_items: int = schema.integer(32, 1, help="items whose prompts are tokenised to measure prompt lengths")
+    peak_tflops: float = kfields.number(989.0, 0.0, lo_open=True, help="dense bf16 peak (A100: 312, H200: 989)")
+    mfu: float = kfields.number(0.35, 0.0, 1.0, lo_open=True, help="model FLOP utilisation assumed for every stage")
+    probe_items: int = kfields.integer(32, 1, help="items whose prompts are tokenised to measure prompt lengths")
 
     @classmethod
     def parse(cls, args: list[str]) -> "Settings":
@@ -46,12 +46,12 @@ class Settings:
         for a in args:
             key, _, value = a[len("plan."):].partition("=")
             if key not in known:
-                raise est.PlanError(str(schema.unknown_key_error("plan", key, known)))
+                raise est.PlanError(str(kfields.unknown_key_error("plan", key, known)))
             try:
                 out[key] = int(value) if known[key] == "int" else float(value)
             except ValueError:
                 raise est.PlanError(f"plan.{key} must be a number, got {value!r}") from None
-        return schema.parse(cls, out, "plan", est.PlanError)
+        return kfields.parse(cls, out, "plan", est.PlanError)
 
 
 # ----------------------------------------------------------------------------------------------- Hydra jobs

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from kaft import schema
+from kaft import fields
 from kaft.errors import ConfigError
 
 LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
@@ -30,10 +30,10 @@ def _check_targets(label: str, value: Any) -> Any:
 class LoraSettings:
     """``train.lora.*``: the peft ``LoraConfig`` (keys named as peft names them)."""
 
-    r: int = schema.integer(16, 1, help="LoRA rank")
-    lora_alpha: float = schema.number(32, 0.0, lo_open=True, help="LoRA scaling numerator (peft's lora_alpha)")
-    dropout: float = schema.number(0.05, 0.0, 1.0, hi_open=True, help="LoRA dropout")
-    target_modules: Any = schema.unchecked(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+    r: int = fields.integer(16, 1, help="LoRA rank")
+    lora_alpha: float = fields.number(32, 0.0, lo_open=True, help="LoRA scaling numerator (peft's lora_alpha)")
+    dropout: float = fields.number(0.05, 0.0, 1.0, hi_open=True, help="LoRA dropout")
+    target_modules: Any = fields.unchecked(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                             "down_proj"], check=_check_targets, help="modules LoRA adapts")
 
 
@@ -43,11 +43,11 @@ LORA_RENAMED = {"alpha": "lora_alpha"}
 def _check_lora(label: str, value: Any) -> Any:
     if not isinstance(value, Mapping):
         raise TrainError(f"{label} must be a mapping of LoRA settings, got {value!r}")
-    schema.reject_unknown(LoraSettings, label, value, renamed=LORA_RENAMED, error=TrainError)
-    missing = [k for k in schema.keys_of(LoraSettings) if k not in value]
+    fields.reject_unknown(LoraSettings, label, value, renamed=LORA_RENAMED, error=TrainError)
+    missing = [k for k in fields.keys_of(LoraSettings) if k not in value]
     if missing:
         raise TrainError(f"{label} is missing {missing[0]!r}")
-    schema.parse(LoraSettings, value, label, TrainError)
+    fields.parse(LoraSettings, value, label, TrainError)
     return value
 
 
@@ -56,36 +56,36 @@ class TrainSettings:
     """``train.*`` (conf/train/lora.yaml; KaFT App. A.2 defaults, model configs override them). ``None`` is not a
     default here: a config states every required key, because it is part of the train cache key as written."""
 
-    batch_size: int = schema.integer(16, 1, help="per-device batch size")
-    grad_accum: int = schema.integer(1, 1, help="gradient accumulation steps")
-    lr: float = schema.number(1.0e-4, 0.0, lo_open=True, help="peak learning rate")
-    lr_scheduler: str = schema.choice("cosine", LR_SCHEDULERS, help="transformers' scheduler name")
-    warmup_ratio: float = schema.number(0.1, 0.0, 1.0, hi_open=True, help="fraction of steps warming up")
-    epochs: int = schema.integer(1, 1, help="passes over the training set")
-    max_length: int = schema.integer(2048, 1, help="tokens per training sequence")
-    weight_decay: float = schema.number(0.0, 0.0, help="AdamW weight decay")
-    logging_steps: int = schema.integer(10, 1, help="steps between loss log lines")
-    save_steps: int = schema.integer(50, 0, hint=" (0 turns checkpoints off)", help="steps between checkpoints")
-    save_total_limit: int = schema.integer(1, 1, help="checkpoints kept")
-    gradient_checkpointing: bool = schema.flag(False, help="recompute activations (less memory, ~1/3 slower)")
-    lora: dict = schema.unchecked(None, check=_check_lora, help="the LoRA adapter (train.lora.*)")
+    batch_size: int = fields.integer(16, 1, help="per-device batch size")
+    grad_accum: int = fields.integer(1, 1, help="gradient accumulation steps")
+    lr: float = fields.number(1.0e-4, 0.0, lo_open=True, help="peak learning rate")
+    lr_scheduler: str = fields.choice("cosine", LR_SCHEDULERS, help="transformers' scheduler name")
+    warmup_ratio: float = fields.number(0.1, 0.0, 1.0, hi_open=True, help="fraction of steps warming up")
+    epochs: int = fields.integer(1, 1, help="passes over the training set")
+    max_length: int = fields.integer(2048, 1, help="tokens per training sequence")
+    weight_decay: float = fields.number(0.0, 0.0, help="AdamW weight decay")
+    logging_steps: int = fields.integer(10, 1, help="steps between loss log lines")
+    save_steps: int = fields.integer(50, 0, hint=" (0 turns checkpoints off)", help="steps between checkpoints")
+    save_total_limit: int = fields.integer(1, 1, help="checkpoints kept")
+    gradient_checkpointing: bool = fields.flag(False, help="recompute activations (less memory, ~1/3 slower)")
+    lora: dict = fields.unchecked(None, check=_check_lora, help="the LoRA adapter (train.lora.*)")
 
 
 # optional train settings that only decide how often progress is saved, not the adapter (left out of cache keys)
 CHECKPOINT_KEYS = ("save_steps", "save_total_limit")
-CHECKPOINT_DEFAULTS = {k: v for k, v in schema.defaults_of(TrainSettings).items() if k in CHECKPOINT_KEYS}
+CHECKPOINT_DEFAULTS = {k: v for k, v in fields.defaults_of(TrainSettings).items() if k in CHECKPOINT_KEYS}
 #: the keys every train config holds (the optional ones: the checkpoint keys and gradient_checkpointing)
-TRAIN_KEYS = tuple(k for k in schema.keys_of(TrainSettings) if k not in (*CHECKPOINT_KEYS, "gradient_checkpointing"))
+TRAIN_KEYS = tuple(k for k in fields.keys_of(TrainSettings) if k not in (*CHECKPOINT_KEYS, "gradient_checkpointing"))
 
 
 def validate_train_cfg(train_cfg: Mapping) -> None:
     """Raise :class:`TrainError` (one actionable line) for an impossible training config; call before models
     load. Every key but the checkpoint ones is required: the config is part of the train cache key as written."""
-    schema.reject_unknown(TrainSettings, "train", train_cfg, error=TrainError)
+    fields.reject_unknown(TrainSettings, "train", train_cfg, error=TrainError)
     missing = [k for k in TRAIN_KEYS if k not in train_cfg]
     if missing:
         raise TrainError(f"train config is missing {missing}")
-    schema.parse(TrainSettings, train_cfg, "train", TrainError)
+    fields.parse(TrainSettings, train_cfg, "train", TrainError)
 
 
 def lora_config(lora: Mapping):

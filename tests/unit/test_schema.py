@@ -9,7 +9,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from kaft import checks, schema
+from kaft import fields, schema
 from kaft.detection.api import _detector_class
 from kaft.errors import ConfigError, KaftError
 from kaft.losses import LOSSES
@@ -43,7 +43,7 @@ def _value(v):
 def _in_step(path: Path, settings_cls: type, variant: bool, group: str) -> None:
     """Every key of the YAML is a schema key; unless the YAML is a named variant, each value is the schema's
     default (a default of None is a value the YAML supplies: required, or null = decided at run time)."""
-    known, defaults = schema.keys_of(settings_cls), schema.defaults_of(settings_cls)
+    known, defaults = fields.keys_of(settings_cls), fields.defaults_of(settings_cls)
     raw = _yaml(path)
     assert not set(raw) - set(known), f"{path}: {sorted(set(raw) - set(known))} not in {group}'s schema"
     if variant:
@@ -76,43 +76,43 @@ def test_detection_yaml_is_its_schema(path):
 
 @pytest.mark.parametrize("path", _files("partition"), ids=lambda p: p.stem)
 def test_partition_yaml_is_its_schema(path):
-    _in_step(path, checks.PartitionSettings, variant=path.stem != "default", group="partition")
+    _in_step(path, schema.PartitionSettings, variant=path.stem != "default", group="partition")
 
 
 def test_train_evaluation_and_top_level_yaml_are_their_schemas():
     train = _yaml(CONF / "train" / "lora.yaml")
     _in_step(CONF / "train" / "lora.yaml", TrainSettings, variant=False, group="train")
-    assert train["lora"] == schema.defaults_of(LoraSettings)
-    assert set(schema.keys_of(TrainSettings)) - set(train) == {"gradient_checkpointing"}  # the one optional key
-    _in_step(CONF / "evaluation" / "default.yaml", checks.EvaluationSettings, variant=False, group="evaluation")
+    assert train["lora"] == fields.defaults_of(LoraSettings)
+    assert set(fields.keys_of(TrainSettings)) - set(train) == {"gradient_checkpointing"}  # the one optional key
+    _in_step(CONF / "evaluation" / "default.yaml", schema.EvaluationSettings, variant=False, group="evaluation")
     top = _yaml(CONF / "config.yaml")
-    top = {k: v for k, v in top.items() if k in schema.keys_of(checks.TopSettings) and k != "cache_dir"}
-    assert top == {k: v for k, v in schema.defaults_of(checks.TopSettings).items() if k != "cache_dir"}
+    top = {k: v for k, v in top.items() if k in fields.keys_of(schema.TopSettings) and k != "cache_dir"}
+    assert top == {k: v for k, v in fields.defaults_of(schema.TopSettings).items() if k != "cache_dir"}
 
 
 @pytest.mark.parametrize("path", sorted((CONF / "model").glob("*.yaml")), ids=lambda p: p.stem)
 def test_model_configs_override_only_train_keys_that_exist(path):
     train = OmegaConf.to_container(OmegaConf.load(path), resolve=False).get("train") or {}
-    assert not set(train) - set(schema.keys_of(TrainSettings)), path
-    assert not set(train.get("lora") or {}) - set(schema.keys_of(LoraSettings)), path
+    assert not set(train) - set(fields.keys_of(TrainSettings)), path
+    assert not set(train.get("lora") or {}) - set(fields.keys_of(LoraSettings)), path
 
 
 def test_every_group_declares_help_for_every_key():
-    classes = [TrainSettings, LoraSettings, checks.EvaluationSettings, checks.PartitionSettings, checks.TopSettings,
+    classes = [TrainSettings, LoraSettings, schema.EvaluationSettings, schema.PartitionSettings, schema.TopSettings,
                PlanSettings, _detector_class({"name": "mc_conversion"}).Settings,
                *(s.settings for _, s in STRATEGIES.items())]
     for cls in classes:
-        missing = [k for k, h in schema.help_of(cls).items() if not h]
+        missing = [k for k, h in fields.help_of(cls).items() if not h]
         assert not missing, f"{cls.__name__}: no help for {missing}"
 
 
 # ----------------------------------------------------------------------------------------------- field helpers
 def test_unknown_key_suggests_the_nearest_and_renamed_keys_name_the_new_one():
-    assert str(schema.unknown_key_error("train", "learning_rate", schema.keys_of(TrainSettings))) == \
+    assert str(fields.unknown_key_error("train", "learning_rate", fields.keys_of(TrainSettings))) == \
         "train.learning_rate is not a train setting; did you mean train.lr?"
-    assert "did you mean train.warmup_ratio?" in str(schema.unknown_key_error("train", "warmup_ration",
-                                                                               schema.keys_of(TrainSettings)))
-    assert str(schema.unknown_key_error("train.lora", "alpha", ["r"], {"alpha": "lora_alpha"})) == \
+    assert "did you mean train.warmup_ratio?" in str(fields.unknown_key_error("train", "warmup_ration",
+                                                                               fields.keys_of(TrainSettings)))
+    assert str(fields.unknown_key_error("train.lora", "alpha", ["r"], {"alpha": "lora_alpha"})) == \
         "train.lora.alpha is now train.lora.lora_alpha; set train.lora.lora_alpha=... instead"
     assert schema.explain_override_error("Could not override 'loss.k'. To append ...") == \
         "loss.k is now loss.top_k; set loss.top_k=... instead"
@@ -120,12 +120,12 @@ def test_unknown_key_suggests_the_nearest_and_renamed_keys_name_the_new_one():
 
 
 def test_parse_checks_each_field_and_raises_the_groups_error():
-    assert schema.parse(checks.EvaluationSettings, {"limit": None}, "evaluation").batch_size == 16
+    assert fields.parse(schema.EvaluationSettings, {"limit": None}, "evaluation").batch_size == 16
     for bad, says in (({"limit": 0}, "evaluation.limit must be an integer >= 1, got 0"),
                       ({"batch_size": 2.5}, "evaluation.batch_size must be an integer >= 1, got 2.5"),
                       ({"base": "yes"}, "evaluation.base must be true or false, got 'yes'")):
         with pytest.raises(ConfigError, match=re.escape(says)):
-            schema.parse(checks.EvaluationSettings, bad, "evaluation")
+            fields.parse(schema.EvaluationSettings, bad, "evaluation")
     with pytest.raises(KaftError, match=r"plan.mfu must be in \(0, 1\], got 2"):
         PlanSettings.parse(["plan.mfu=2"])
     with pytest.raises(KaftError, match="plan.gpu_memory is not a plan setting; did you mean plan.gpu_memory_gb"):
@@ -135,7 +135,7 @@ def test_parse_checks_each_field_and_raises_the_groups_error():
 # ----------------------------------------------------------------------------------------------- check_config
 def test_default_and_every_method_config_pass_without_warnings():
     assert schema.check_config(_compose([])) == []
-    for method in checks.method_table():
+    for method in schema.method_table():
         assert schema.check_config(_compose([f"method={method}"])) == [], method
 
 
@@ -193,7 +193,7 @@ def test_alpha_that_a_loss_reads_is_no_warning():
 
 # ----------------------------------------------------------------------------------------------- method= rows
 def test_method_table_is_what_the_method_yaml_composes():
-    for method, declared in checks.method_table().items():
+    for method, declared in schema.method_table().items():
         cfg = _compose([f"method={method}"])
         assert declared == {"strategy": cfg.strategy.name, "loss": cfg.loss.name}, method
 
