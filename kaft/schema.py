@@ -86,7 +86,7 @@ def _plain(node: Any) -> Any:
 
 
 def _top(cfg: Mapping) -> None:
-    known = {*fields.keys_of(TopSettings), *GROUPS}
+    known = {*fields.keys_of(TopSettings), *GROUPS, "hydra"}  # hydra: a config composed with its Hydra node
     for key in cfg:
         if key not in known:
             raise fields.unknown_key_error("", key, known, what="a kaft setting")
@@ -139,7 +139,9 @@ def warnings(cfg: Any) -> list[str]:
         out.append(f"train.lr={lr:g} is above 1: LoRA fine-tuning usually uses 1e-5 .. 1e-3 (KaFT: 1e-4)")
     trains = strategy_trains(_plain(cfg.strategy))
     for key in ("alpha", "beta"):
-        if cfg.get(key) is not None and trains and not _reads(cfg, key):
+        if cfg.get(key) is not None and not trains:
+            out.append(f"{key}={cfg.get(key)} changes nothing: strategy={cfg.strategy.name} trains nothing")
+        elif cfg.get(key) is not None and not _reads(cfg, key):
             out.append(f"{key}={cfg.get(key)} is not read by loss={cfg.loss.name}; it changes nothing "
                        f"(alpha/beta feed loss=kaft, kaft_eaft, dpo, and alpha eaft's exponent)")
     if not trains and cfg.loss.name != "constant":

@@ -89,11 +89,11 @@ class TokenWeighted(Loss):
 class EaftSettings:
     """EAFT's options (``eaft_alpha``: the entropy exponent, default 1.0 as in EAFT §3)."""
 
-    eaft_alpha: float = number(1.0, lo=0.0)
+    eaft_alpha: float = number(1.0, lo=0.0, help="entropy exponent of variant=power")
     top_k: int = integer(20, 2, "top-k tokens for the entropy")
-    normalize: str = choice("const3", EAFT_NORMALIZERS)
-    variant: str = choice("power", EAFT_VARIANTS)
-    mask_quantile: float = number(0.15, 0.0, 1.0, hi_open=True)
+    normalize: str = choice("const3", EAFT_NORMALIZERS, help="divisor of the top-k entropy")
+    variant: str = choice("power", EAFT_VARIANTS, help="token weight f(H~)")
+    mask_quantile: float = number(0.15, 0.0, 1.0, hi_open=True, help="variant=masked: entropy quantile dropped")
 
 
 def _eaft_weights(s: EaftSettings, logits: torch.Tensor) -> torch.Tensor:

@@ -100,7 +100,7 @@ def test_model_configs_override_only_train_keys_that_exist(path):
 def test_every_group_declares_help_for_every_key():
     classes = [TrainSettings, LoraSettings, schema.EvaluationSettings, schema.PartitionSettings, schema.TopSettings,
                PlanSettings, _detector_class({"name": "mc_conversion"}).Settings,
-               *(s.settings for _, s in STRATEGIES.items())]
+               *(s.settings for _, s in STRATEGIES.items()), *(c.Settings for _, c in LOSSES.items())]
     for cls in classes:
         missing = [k for k, h in fields.help_of(cls).items() if not h]
         assert not missing, f"{cls.__name__}: no help for {missing}"
@@ -166,6 +166,11 @@ BAD = {
 }
 
 
+def test_config_composed_with_its_hydra_node_passes():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        assert schema.check_config(compose(config_name="config", return_hydra_config=True)) == []
+
+
 @pytest.mark.parametrize("case", list(BAD))
 def test_check_config_raises_one_line(case):
     overrides, says = BAD[case]
@@ -179,6 +184,7 @@ def test_check_config_raises_one_line(case):
     (["loss=constant", "alpha=0.5"], "alpha=0.5 is not read by loss=constant"),
     (["loss=eaft", "beta=0.5"], "beta=0.5 is not read by loss=eaft"),
     (["strategy=none", "loss=dpo"], "strategy=none: nothing is trained, loss=dpo is not used"),
+    (["method=base", "alpha=0.5"], "alpha=0.5 changes nothing: strategy=none trains nothing"),
 ])
 def test_check_config_warns_once(overrides, says):
     lines = schema.check_config(_compose(overrides))
