@@ -11,7 +11,9 @@
 
 Rows, means and stds are those of :mod:`analysis.table`; the paper's numbers, where it reports the same model on
 the same data, are drawn as black markers (bars, curve) or printed in brackets (heatmap).
-Writes ``fig<id>_<name>.png`` and ``.pdf`` into DIR and prints their paths.
+Writes ``fig<id>_<name>.png`` and ``.pdf`` into DIR and prints their paths. DIR may hold other files; a figure
+file already there is replaced only if this tool wrote it and nobody changed it since, anything else is refused in
+one ``kaft: error:`` line (the rule of :mod:`kaft.outputs`), checked for every figure before any is drawn.
 """
 
 from __future__ import annotations
@@ -38,14 +40,19 @@ FIGURES = {"2a": "score_distribution", "2b": "subsets", "2c": "wrong_ratio", "3"
 LAYOUT = {"2b": "9", "2c": "10", "3": "12", "4": "13"}
 
 
+def _paths(out: Path, fid: str) -> list[Path]:
+    return [out / f"fig{fid}_{FIGURES[fid]}.{ext}" for ext in ("png", "pdf")]
+
+
 def _save(fig, out: Path, fid: str) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for ext in ("png", "pdf"):
-        p = out / f"fig{fid}_{FIGURES[fid]}.{ext}"
+    from kaft.outputs import write_file
+
+    paths = _paths(Path(out), fid)
+    for p in paths:
+        ext = p.suffix[1:]
         # no creation date in the PDF: re-rendering the same results gives the same file
-        fig.savefig(p, dpi=150, bbox_inches="tight", metadata={"CreationDate": None} if ext == "pdf" else None)
-        paths.append(p)
+        write_file(p, "analysis.figures", lambda tmp, ext=ext: fig.savefig(
+            tmp, format=ext, dpi=150, bbox_inches="tight", metadata={"CreationDate": None} if ext == "pdf" else None))
     plt.close(fig)
     return paths
 
@@ -213,6 +220,15 @@ def main(argv=None) -> int:
     ap.add_argument("--figure", required=True, choices=[*FIGURES, "all"])
     ap.add_argument("--out", required=True, help="output folder")
     args = ap.parse_args(argv)
+    from kaft.outputs import OutputError, check_target
+
+    try:
+        for fid in (FIGURES if args.figure == "all" else [args.figure]):
+            for p in _paths(Path(args.out), fid):
+                check_target(p, "analysis.figures")
+    except OutputError as e:
+        print(f"kaft: error: {e}", file=sys.stderr)
+        return 2
     jobs = jobs_frame(*args.root)
     if jobs.empty:
         print(f"no results.json under {' '.join(args.root)}", file=sys.stderr)

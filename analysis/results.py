@@ -4,6 +4,8 @@
 accuracy, average, Δ vs base, conflict-score statistics and timings — the raw material for the paper's tables
 (``python -m analysis.table`` lays them out as the paper does, ``python -m analysis.figures`` draws its figures).
 The rows are :func:`kaft.results.sweep_frame`'s: kaft's results contract decides what a job is and how it reads.
+``--csv FILE`` writes a new file or replaces one this tool wrote; any other file is refused in one ``kaft: error:``
+line, nothing written (the rule of :mod:`kaft.outputs`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,14 @@ def main(argv=None) -> int:
     ap.add_argument("root", help="a run dir, a sweep dir, or a folder of sweeps")
     ap.add_argument("--csv", help="also write the table to this CSV file")
     args = ap.parse_args(argv)
+    from kaft.outputs import OutputError, check_target, write_text
+
+    try:
+        if args.csv:
+            check_target(args.csv, "analysis.results")
+    except OutputError as e:
+        print(f"kaft: error: {e}", file=sys.stderr)
+        return 2
     frame = sweep_frame(args.root)
     if frame.empty:
         print(f"no results.json under {args.root}", file=sys.stderr)
@@ -33,7 +43,7 @@ def main(argv=None) -> int:
     text = frame.to_csv(index=False, lineterminator="\n")
     print(text, end="")
     if args.csv:
-        Path(args.csv).write_text(text)
+        write_text(args.csv, text, "analysis.results")
     return 0
 
 

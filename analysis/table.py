@@ -13,6 +13,11 @@ Layouts (:data:`analysis.layouts.LAYOUTS`): 2/3/6/7/14 = main comparison; 4/11 =
 (the Fig. 4 heatmap matrix of Avg., then the long table); ren = Ren et al.'s HAR / INC / SELF. ``auto`` (default)
 guesses the layout from what the sweep varies.
 
+``--out FILE`` writes a new file or replaces one this tool wrote there before and nobody changed since; any other
+existing file, a folder or a path below a regular file is refused in one ``kaft: error:`` line (the rule of
+:mod:`kaft.outputs`, whose ``.kaft-written.json`` beside the file records what kaft wrote). The sweep-end hook's
+``paper_table.md`` / ``.csv`` follow the same rule.
+
 Python: :func:`build_table` (a list of :class:`Section`, each holding its rows as a DataFrame), :func:`render`,
 :func:`flat_frame` / :func:`flat_rows`, :func:`log_table_to_wandb` and :func:`log_sweep_tables` (the
 sweep-end hook, :mod:`analysis.callback`).
@@ -290,10 +295,11 @@ def log_sweep_tables(sweep_dir: str | os.PathLike, table: str = "auto", logger_c
         return []
     sweep = Path(sweep_dir)
     if write_files:
-        from kaft.cache import atomic_write_text
+        from kaft.outputs import write_text
 
-        atomic_write_text(sweep / "paper_table.md", render(sections, "md"))
-        atomic_write_text(sweep / "paper_table.csv", render(sections, "csv"))
+        write_text(sweep / "paper_table.md", render(sections, "md"), "the paper-table hook", legacy_header="### ")
+        write_text(sweep / "paper_table.csv", render(sections, "csv"), "the paper-table hook",
+                   legacy_header="table,model,dataset,row,label,")
     cfg = dict(logger_cfg or {})
     if cfg.get("name") == "none":
         return sections
@@ -308,6 +314,17 @@ def log_sweep_tables(sweep_dir: str | os.PathLike, table: str = "auto", logger_c
 
 # ----------------------------------------------------------------------------------------------- CLI
 def main(argv=None) -> int:
+    """The CLI; an output path it may not write (see kaft/outputs.py) is one ``kaft: error:`` line, exit 2."""
+    from kaft.outputs import OutputError
+
+    try:
+        return _main(argv)
+    except OutputError as e:
+        print(f"kaft: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m analysis.table", description=__doc__.splitlines()[0])
     ap.add_argument("root", nargs="+", help="sweep dir(s), run dir(s) or folders of sweeps (searched recursively)")
     ap.add_argument("--table", default="auto", choices=table_choices(),
@@ -317,6 +334,10 @@ def main(argv=None) -> int:
     ap.add_argument("--paper", default=str(PAPER_FILE), help="published numbers (YAML)")
     ap.add_argument("--no-paper", action="store_true", help="do not show the paper's numbers")
     args = ap.parse_args(argv)
+    if args.out:
+        from kaft.outputs import check_target
+
+        check_target(args.out, "analysis.table")  # before the work: a refused path fails at once
     jobs = jobs_frame(*args.root)
     if jobs.empty:
         print(f"no results.json under {' '.join(args.root)}", file=sys.stderr)
@@ -324,8 +345,9 @@ def main(argv=None) -> int:
     sections = build_table(jobs, args.table, paper=[] if args.no_paper else load_paper(args.paper))
     text = render(sections, args.format)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text, encoding="utf-8")
+        from kaft.outputs import write_text
+
+        write_text(args.out, text, "analysis.table")
         print(f"wrote {args.out}", file=sys.stderr)
     else:
         print(text, end="")

@@ -45,6 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from kaft import diskspace
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -419,9 +421,8 @@ class Cache:
                 atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2, default=str))
                 os.replace(tmp, final)
                 shutil.rmtree(final.parent / f".partial-{key}", ignore_errors=True)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
+            except BaseException as e:  # tmp removed; a full disk becomes one line (kaft/diskspace.py)
+                raise diskspace.failed_build(e, tmp, self.root, f"{stage}/{key}") or e
         log.info("cache miss: computed %s/%s in %.1fs", stage, key, time.time() - t0)
         return Hit(final, False, time.time() - t0)
 

@@ -6,26 +6,25 @@ is loaded. Sources are a registry (``local`` files, the Hugging Face ``hub``; pl
 embedded testbed's ``testbed``). A source is ``reader(**spec_keys, cache_dir=..., config=...) -> rows``: it gets the
 data spec's own keys plus the job's context (the cache root and the whole job config as a plain dict) and takes
 ``**_`` for what it does not use, so this module never needs to know what a source reads.
+
+Data is read as written (:mod:`kaft.choices`): an options object keeps a numeric order for numeric keys ("1".."10"),
+letter order for letter keys and the written order otherwise; ``true`` / ``false`` answers are errors, not 1 / 0;
+text files may start with a UTF-8 byte-order mark (Excel writes one), which is not part of the first column's name.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from kaft import hub
-from kaft.errors import KaftError
+from kaft import choices, hub
+from kaft.datafiles import DataError, folder_message, read_local
 from kaft.items import MCItem
 from kaft.prompts import LETTERS
 from kaft.registry import Registry
-
-
-class DataError(KaftError):
-    """A data set row or file that cannot be used; the message says where and what to fix."""
 
 
 DEFAULT_FIELDS = {"id": "id", "question": "question", "options": "options", "answer": "answer",
@@ -53,8 +52,8 @@ def _options(raw: Mapping, spec, source: str, row: int) -> list[str]:
                 opts = json.loads(opts)
             except json.JSONDecodeError:
                 raise _err(source, row, "options", "not a list (a CSV cell must hold a JSON list or object)")
-        if isinstance(opts, Mapping):  # {"A": "...", "B": "..."} as in MedQA on the hub
-            opts = [opts[k] for k in sorted(opts)]
+        if isinstance(opts, Mapping):  # {"A": "...", "B": "..."} as in MedQA on the hub; {"1": ..., "10": ...}
+            opts = choices.as_list(opts)
     if not isinstance(opts, (list, tuple)):
         raise _err(source, row, "options", f"expected a list of strings, got {type(opts).__name__}")
     if len(opts) < 2:
@@ -69,19 +68,12 @@ def _options(raw: Mapping, spec, source: str, row: int) -> list[str]:
     return out
 
 
-def _answer(value: Any, n: int, base: int, source: str, row: int) -> int:
-    """An answer given as an index (``answer_base`` 0 or 1) or as a letter ("B")."""
-    if isinstance(value, str) and value.strip().upper() in LETTERS[:n] and not value.strip().isdigit():
-        return LETTERS.index(value.strip().upper())
+def _answer(value: Any, options: list[str], base: int, source: str, row: int) -> int:
+    """An answer given as an index (``answer_base`` 0 or 1) or as a letter ("B"); see :mod:`kaft.choices`."""
     try:
-        idx = int(value) - base
-        if isinstance(value, float) and value != int(value):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise _err(source, row, "answer", f"{value!r} is neither an index nor a letter A-{LETTERS[n - 1]}")
-    if not 0 <= idx < n:
-        raise _err(source, row, "answer", f"index {idx} out of range for {n} options")
-    return idx
+        return choices.answer_index(value, options, base)
+    except ValueError as e:
+        raise _err(source, row, "answer", str(e)) from None
 
 
 def normalize_rows(rows: Iterable[Mapping], source: str, fields: Mapping | None = None, answer_base: int = 0,
@@ -99,7 +91,7 @@ def normalize_rows(rows: Iterable[Mapping], source: str, fields: Mapping | None 
         seen[item_id] = row
         question = str(_get(raw, f["question"], source, row, "question"))
         opts = _options(raw, f["options"], source, row)
-        ans = _answer(_get(raw, f["answer"], source, row, "answer"), len(opts), answer_base, source, row)
+        ans = _answer(_get(raw, f["answer"], source, row, "answer"), opts, answer_base, source, row)
         subject = raw.get(f["subject"]) if f.get("subject") else None
         dom = raw.get(f["domain"]) if f.get("domain") else None
         meta = raw.get("meta") if isinstance(raw.get("meta"), Mapping) else {}
@@ -116,42 +108,8 @@ def normalize_rows(rows: Iterable[Mapping], source: str, fields: Mapping | None 
 SOURCES: Registry[Callable[..., Iterator[Mapping]]] = Registry("data source", error=DataError)
 
 
-@SOURCES.register("local")
-def _read_local(path: str, **_) -> Iterator[Mapping]:
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise DataError(f"{p}: no such file (check dataset paths; relative paths resolve against the launch dir)")
-    suffix = p.suffix.lower()
-    try:
-        if suffix == ".jsonl":
-            with p.open(encoding="utf-8") as fh:
-                for n, line in enumerate(fh, start=1):
-                    if line.strip():
-                        try:
-                            yield json.loads(line)
-                        except json.JSONDecodeError as e:
-                            raise DataError(f"{p}: row {n}: not valid JSON ({e.msg})") from None
-        elif suffix == ".json":
-            try:
-                data = json.loads(p.read_text(encoding="utf-8") or "null")
-            except json.JSONDecodeError as e:
-                raise DataError(f"{p}: not valid JSON ({e.msg} at line {e.lineno})") from None
-            if isinstance(data, Mapping) and "data" in data:
-                data = data["data"]
-            if not isinstance(data, list):
-                raise DataError(f"{p}: expected a JSON list of rows (or {{'data': [...]}})")
-            yield from data
-        elif suffix == ".csv":
-            with p.open(encoding="utf-8", newline="") as fh:
-                yield from csv.DictReader(fh)
-        elif suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            yield from pq.read_table(p).to_pylist()
-        else:
-            raise DataError(f"{p}: unsupported file type '{suffix}' (use .json, .jsonl, .csv or .parquet)")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{p}: not UTF-8 text (byte {e.start}); re-encode the file as UTF-8") from None
+SOURCES.register("local")(read_local)
+_read_local = read_local  # the subsets and join readers read local files too
 
 
 @SOURCES.register("hub")
@@ -186,8 +144,12 @@ def check_spec(spec: Mapping) -> None:
         if not spec.get("path") or spec.get("path") == "???":
             raise DataError("a local data set needs a path: set dataset.train.path=/abs/train.jsonl and "
                             "dataset.eval.<benchmark>.path=/abs/test.jsonl")
-        if not Path(str(spec["path"])).expanduser().exists():
+        path = Path(str(spec["path"])).expanduser()
+        if not path.exists():
             raise DataError(f"{spec['path']}: no such file (check the dataset config's path)")
+        if path.is_dir() and not spec.get("subsets") and path.suffix.lower() != ".parquet":
+            raise DataError(folder_message(path))
+    _base(spec)
     if src == "hub" and not spec.get("path"):
         raise DataError("a hub data set needs 'path' (the hub id, e.g. GBaker/MedQA-USMLE-4-options)")
 
@@ -204,8 +166,16 @@ def load_items(spec: Mapping, domain: str | None = None, **ctx) -> list[MCItem]:
     limit = spec.get("limit")
     if limit:
         rows = (r for i, r in enumerate(rows) if i < int(limit))
-    return normalize_rows(rows, describe(spec), spec.get("fields"), int(spec.get("answer_base", 0)),
+    return normalize_rows(rows, describe(spec), spec.get("fields"), _base(spec),
                           domain=domain, id_prefix=str(spec.get("id_prefix", "")))
+
+
+def _base(spec: Mapping) -> int:
+    """The spec's ``answer_base`` (0 or 1), or one DataError line naming the key."""
+    try:
+        return choices.parse_base(spec.get("answer_base", 0), "answer_base")
+    except ValueError as e:
+        raise DataError(f"{describe(spec)}: {e}") from None
 
 
 def fingerprint(items: Iterable[MCItem]) -> str:
@@ -339,7 +309,7 @@ def _drop_empty(opts):
         return o is None or (isinstance(o, str) and not o.strip())
 
     if isinstance(opts, Mapping):
-        keys = sorted(opts)
+        keys = choices.ordered_keys(opts)
         while keys and blank(opts[keys[-1]]):
             keys.pop()
         return {k: opts[k] for k in keys}
@@ -384,8 +354,9 @@ def adapt_option_lines(rows: Iterable[Mapping], spec: Mapping) -> Iterator[Mappi
             else:
                 row[col] = [ln.strip() for ln in lines]
         elif isinstance(opts, (list, tuple)) and opts and all(isinstance(o, Mapping) for o in opts):
-            ordered = sorted(opts, key=lambda o: str(o.get("key", o.get("label"))))
-            row[col] = [o.get("value", o.get("text")) for o in ordered]
+            keyed = {o.get("key", o.get("label")): o.get("value", o.get("text")) for o in opts}
+            row[col] = (choices.as_list(keyed) if len(keyed) == len(opts)  # by number / letter (kaft/choices.py)
+                        else [o.get("value", o.get("text")) for o in opts])
         if spec.get("answer_text") and isinstance(row.get(col), list) and row.get(ans) is not None:
             text = str(row[ans]).strip()
             matches = [i for i, o in enumerate(row[col]) if str(o).strip() == text]

@@ -254,8 +254,7 @@ def evaluate(model, tokenizer, benchmarks: Mapping[str, Sequence[MCItem]], work_
     ``per_item=True`` each benchmark also gets ``"items"``: ``[{"id", "answer", "pred", "logprobs"}]`` in input
     order. ``model``'s train/eval mode and the global RNG states are restored afterwards.
     """
-    import lm_eval
-    from lm_eval.tasks import TaskManager
+    import lm_eval.tasks  # noqa: F401 - first, so that without lm-eval no task file is written
 
     sets = _check(benchmarks, limit)
     if int(batch_size) < 1:
@@ -263,6 +262,20 @@ def evaluate(model, tokenizer, benchmarks: Mapping[str, Sequence[MCItem]], work_
     work_dir = Path(work_dir).expanduser().resolve()
 
     configs, plan = plan_tasks(sets, work_dir, domain, instruction)
+    out = _simple_evaluate(model, tokenizer, configs, batch_size, max_length, per_item=per_item, progress=progress)
+    res = {name: _collect(out, parts, sets[name], per_item) for name, parts in plan.items()}
+    average = sum(v["acc"] for v in res.values()) / len(res)
+    log.info("evaluation: %s | average %.4f", ", ".join(f"{k} {v['acc']:.4f}" for k, v in res.items()), average)
+    return {"benchmarks": res, "average": average}
+
+
+def _simple_evaluate(model, tokenizer, configs: list[dict], batch_size: int, max_length: int | None, *,
+                     per_item: bool, progress: bool) -> dict:
+    """lm-eval's raw output for the task ``configs`` (0-shot, fixed seeds, no request cache), quiet unless
+    ``progress``, with the model's train/eval mode and the global RNG states given back afterwards."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
     was_training = bool(getattr(model, "training", False))
     try:
         with _quiet(progress), _keep_rng():
@@ -277,11 +290,7 @@ def evaluate(model, tokenizer, benchmarks: Mapping[str, Sequence[MCItem]], work_
             model.train()
     if out is None:  # only non-zero ranks of a distributed launch get None
         raise RuntimeError("lm-eval returned no results (not rank 0?)")
-
-    res = {name: _collect(out, parts, sets[name], per_item) for name, parts in plan.items()}
-    average = sum(v["acc"] for v in res.values()) / len(res)
-    log.info("evaluation: %s | average %.4f", ", ".join(f"{k} {v['acc']:.4f}" for k, v in res.items()), average)
-    return {"benchmarks": res, "average": average}
+    return out
 
 
 def _collect(out: dict, parts: list[tuple[str, list[int]]], items: list[MCItem], per_item: bool) -> dict:

@@ -9,12 +9,20 @@ names (``cache_keys``) in the kaft cache, the questions from the job's training 
 checked against the fingerprint the job recorded. A sweep dir gets one export per finished job, in a folder named
 like the job's (its ``reward`` follows that job's loss), plus ``index.json``. Everything is written into a temporary
 directory that is renamed into place, so a failed export leaves nothing behind.
+
+An export is recognised by its manifest, ``export.json`` at its top: ``"kind": "kaft-export"`` and ``"files"``, every
+file kaft wrote there (relative paths). ``--out`` may name a new path or an empty folder; ``--force`` replaces only a
+folder whose manifest says it is a kaft export and which holds nothing but the files listed in it. Anything else --
+a folder holding other files (a run dir, a sweep dir, a parent of runs, an export someone added files to, one written
+before the manifest existed), a regular file, a path below a regular file, a symbolic link -- is refused with one
+``kaft: error:`` line and nothing is touched: kaft never deletes what it did not write.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -183,6 +191,60 @@ def _schema():
     return pa.schema([(name, types[name]) for name in COLUMNS])
 
 
+EXPORT_KIND = "kaft-export"  #: the manifest's ``kind``: what marks a folder as an export kaft wrote
+MANIFEST = "export.json"
+
+
+def _files(folder: Path) -> list[str]:
+    """Every entry under ``folder`` that is not a folder (symbolic links included), as sorted relative paths."""
+    out = []
+    for top, dirs, names in os.walk(folder):
+        links = [d for d in dirs if (Path(top) / d).is_symlink()]
+        out += [(Path(top) / n).relative_to(folder).as_posix() for n in [*names, *links]]
+    return sorted(out)
+
+
+def _seal(folder: Path, info: dict) -> None:
+    """Write the manifest last: ``info`` plus the kind and the files written (see the module docstring)."""
+    atomic_write_json(folder / MANIFEST, {"kind": EXPORT_KIND, "files": [f for f in _files(folder) if f != MANIFEST],
+                                          **info})
+
+
+def _foreign(folder: Path) -> str | None:
+    """Why ``folder`` is not an export kaft wrote (None if it is one, untouched but for its own files)."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        manifest = None
+    if not isinstance(manifest, dict) or manifest.get("kind") != EXPORT_KIND or not isinstance(
+            manifest.get("files"), list):
+        return (f"it holds no kaft export manifest ({MANIFEST} with \"kind\": \"{EXPORT_KIND}\"; an export from "
+                f"before kaft recorded its files has none: delete it yourself if that is what it is)")
+    extra = sorted(set(_files(folder)) - {*map(str, manifest["files"]), MANIFEST})
+    if extra:
+        return f"it holds {len(extra)} file(s) the export did not write (e.g. {extra[0]})"
+    return None
+
+
+def check_out(out: Path, force: bool) -> None:
+    """Refuse a target that is not free, an empty folder, or (with ``force``) an export kaft wrote."""
+    above = next((p for p in out.parents if p.exists() or p.is_symlink()), None)
+    if above is not None and not above.is_dir():
+        raise ExportError(f"{out}: {above} is a file, not a folder; pass --out a new folder")
+    if out.is_symlink():
+        raise ExportError(f"{out} is a symbolic link; pass --out a new folder (kaft does not write through links)")
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not out.is_dir():
+        raise ExportError(f"{out} is a file; pass --out a new folder (kaft never replaces a file it did not write)")
+    problem = _foreign(out)
+    if problem:
+        raise ExportError(f"{out} exists and is not an export kaft wrote: {problem}; kaft never deletes what it did "
+                          f"not write, so --force does not apply: pass --out a new folder")
+    if not force:
+        raise ExportError(f"{out} exists; pass --force to replace it, or --out another directory")
+
+
 def write_export(rows: list[dict], info: dict, out: Path) -> None:
     """``train.parquet``, ``train.jsonl``, ``dataset/`` (datasets' save_to_disk) and ``export.json`` into ``out``."""
     import datasets
@@ -195,7 +257,7 @@ def write_export(rows: list[dict], info: dict, out: Path) -> None:
     with open(out / "train.jsonl", "w", encoding="utf-8") as fh:
         fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     datasets.Dataset(table).save_to_disk(str(out / "dataset"))
-    atomic_write_json(out / "export.json", info)
+    _seal(out, info)
 
 
 def export(path: Path, out: Path | None = None, cache_dir: Path | None = None, force: bool = False) -> Path:
@@ -203,13 +265,15 @@ def export(path: Path, out: Path | None = None, cache_dir: Path | None = None, f
     path = Path(path).expanduser()
     jobs, sweep = find_jobs(path)
     out = Path(out).expanduser() if out else path / "export"
-    if out.exists() and not force:
-        raise ExportError(f"{out} exists; pass --force to replace it, or --out another directory")
+    check_out(out, force)
     done = [(d, r) for d, r in jobs if r.get("status") == "done"]
     if sweep and not done:
         raise ExportError(f"{path}: no job of the sweep has finished (python -m kaft.sweep.status {path})")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as e:
+        raise ExportError(f"{out}: cannot write there ({e.strerror or e}); pass --out a folder you can write") from None
     try:
         if not sweep:
             rows, info = job_rows(*jobs[0], cache_dir)
@@ -225,8 +289,10 @@ def export(path: Path, out: Path | None = None, cache_dir: Path | None = None, f
                 index.append({"dir": rel, **{k: info[k] for k in ("job", "cache_keys", "n_items")}})
             skipped = [d.relative_to(path).as_posix() for d, r in jobs if r.get("status") != "done"]
             atomic_write_json(tmp / "index.json", {"sweep_dir": str(path), "exports": index, "skipped": skipped})
+            _seal(tmp, {"sweep_dir": str(path)})
             for name in skipped:
                 print(f"kaft: skipped {name}: the job did not finish", file=sys.stderr)
+        check_out(out, force)  # again: the target may have changed while the export was written
         _swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -235,7 +301,8 @@ def export(path: Path, out: Path | None = None, cache_dir: Path | None = None, f
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished export to ``out``; an old export there (``--force``) is moved aside first, then deleted."""
+    """Rename the finished export to ``out``; an old export there (``--force``, checked by :func:`check_out`) or an
+    empty folder is moved aside first, then deleted."""
     aside = None
     if out.exists():
         aside = out.with_name(f".{out.name}.old-{tmp.name[-8:]}")

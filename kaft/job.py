@@ -11,14 +11,13 @@ import logging
 import math
 import os
 import statistics
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
-from kaft import diagnostics, losses, schema
+from kaft import diagnostics, losses, plausibility, schema
 from kaft import partition as partition_mod
 from kaft import stages as S
 from kaft import strategy as strategy_mod
@@ -93,6 +92,7 @@ def _load(job: Job) -> None:
     with job.timer("data"):
         job.train, job.evals, job.fps = S.stage_data(cfg, job.cache)
         S.validate(cfg, len(job.train))
+        plausibility.warn(cfg, job.train, job.evals, job.fps)  # legal but implausible data: one line each
     log.info("data: %d training items, benchmarks %s", len(job.train), {n: len(v) for n, v in job.evals.items()})
     with job.timer("model"):
         job.model, job.keys["model"] = S.stage_model(cfg)
@@ -212,8 +212,7 @@ def run(cfg: DictConfig) -> dict:
     from kaft import track
 
     info = job_info()
-    for line in schema.check_config(cfg):  # the whole config, before anything is built or loaded
-        print(f"kaft: warning: {line}", file=sys.stderr)
+    plausibility.emit(schema.check_config(cfg))  # the whole config, before anything is built or loaded
     schema.check_method(info["choices"])
     run_dir = Path(info["run_dir"])
     done = finished(run_dir)

@@ -9,7 +9,9 @@ is the whole job config as a plain dict, so a source that builds its model (the 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import struct
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -52,6 +54,10 @@ def _dir_identity(path: Path) -> str:
 #: a source that builds its model (a plugin's) returns its identity without building (path "" until built)
 SOURCES: Registry[Callable[[Mapping, str, Mapping], tuple[str, str]]] = Registry("model source", error=ModelError)
 
+#: name -> ``fn(model_cfg, config) -> (tokenizer, context_length)``: what a source that builds its model can tell
+#: about it without building it (kaft.plausibility measures prompts with it before anything is built or loaded)
+PREVIEWS: Registry[Callable[[Mapping, Mapping], tuple[Any, int]]] = Registry("model preview", error=ModelError)
+
 
 @SOURCES.register("hub")
 def _resolve_hub(cfg: Mapping, cache_root: str, config: Mapping, build: bool = True) -> tuple[str, str]:
@@ -83,6 +89,53 @@ def _check_model_dir(local: Path) -> None:
     if not any((local / f).exists() for f in TOKENIZER_FILES):
         raise ModelError(f"{local}: no tokenizer in the model directory (none of {', '.join(TOKENIZER_FILES[:3])}, "
                          f"...); save it there too: tokenizer.save_pretrained({str(local)!r})")
+    for weights in sorted(local.glob("*.safetensors")):
+        problem = safetensors_problem(weights)
+        if problem:
+            raise ModelError(f"{weights}: {problem}: the file is truncated or damaged; save the model again "
+                             f"(model.save_pretrained) or download it again")
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why a .safetensors file cannot be whole (None if its header and size agree): its header -- 8 bytes of length,
+    then JSON naming each tensor's byte range -- says how long the file must be, so a truncated copy (an interrupted
+    download or copy, a full disk) is caught before transformers' loader fails on it with a traceback."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n)) if 8 + n <= size else None
+    except (OSError, struct.error, ValueError) as e:
+        return f"unreadable safetensors header ({e})"
+    if header is None:
+        return f"{size} bytes, shorter than its own header ({8 + n} bytes)"
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
+            and "data_offsets" in v]
+    need = 8 + n + max(ends, default=0)
+    return None if size >= need else f"{size} bytes where its header says {need} bytes"
+
+
+def check_device(device: str | None) -> None:
+    """``device`` must exist on this machine before anything loads: ``device=cuda`` on a CPU-only torch would
+    otherwise fail deep inside the model load, after the data and detection work (null picks cuda when torch sees
+    a GPU, else cpu)."""
+    if device in (None, "", "cpu"):
+        return
+    import torch
+
+    try:
+        dev = torch.device(str(device))
+    except (RuntimeError, ValueError):
+        raise ModelError(f"device={device}: not a torch device; use device=cpu, device=cuda[:N] or device=null "
+                         f"(cuda when there is a GPU, else cpu)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device={device}: this torch ({torch.__version__}) sees no CUDA GPU; use device=cpu, or "
+                         f"device=null to use a GPU only where there is one")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ModelError(f"device={device}: this machine has {torch.cuda.device_count()} visible CUDA GPU(s); use "
+                         f"device=cuda:0 .. cuda:{torch.cuda.device_count() - 1}, or device=null")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelError(f"device={device}: MPS is not available here; use device=cpu or device=null")
 
 
 @SOURCES.register("local")
@@ -112,8 +165,11 @@ def trust_remote_code(cfg: Mapping) -> bool:
 
 def resolve(model_cfg: Mapping, cache_root: str, config: Mapping, build: bool = True) -> tuple[str, str]:
     """``(path_or_hub_id, identity)`` for a model config. A source that builds its model does so on first use;
-    ``build=False`` (kaft.sweep.plan) asks for the identity only."""
+    ``build=False`` (kaft.sweep.plan, which may run on a login node without the jobs' GPUs) asks for the identity
+    only; otherwise ``config``'s ``device`` is checked first."""
     check_model_cfg(model_cfg)
+    if build:
+        check_device((config or {}).get("device"))
     return SOURCES.get(model_cfg["source"])(model_cfg, cache_root, config, build=build)
 
 

@@ -86,7 +86,7 @@ def redact(obj: Any, secrets: list[str] | None = None) -> Any:
 
 
 _DISTRIBUTIONS = {"torch": "torch", "transformers": "transformers", "peft": "peft", "lm_eval": "lm_eval",
-                  "hydra": "hydra-core", "wandb": "wandb", "datasets": "datasets", "kaft": "kaft"}
+                  "hydra": "hydra-core", "wandb": "wandb", "datasets": "datasets", "kaft": "kaft-sft"}
 
 
 def package_versions() -> dict[str, str | None]:

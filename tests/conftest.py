@@ -124,3 +124,24 @@ def mc_items():
         items.append(MCItem(id=f"q{i}", question=f"What is the capital of Zorvia {i} ?", options=list(opts),
                             answer=i % 4, domain="geography"))
     return items
+
+
+def small_disk(path, size: str):
+    """A real filesystem of ``size`` (e.g. "64k") mounted at ``path`` for a full-disk test: a context manager
+    yielding the mount point, unmounted afterwards; the test is skipped where mounting is not permitted (not root)."""
+    import contextlib
+    import subprocess
+
+    @contextlib.contextmanager
+    def mounted():
+        path.mkdir(parents=True, exist_ok=True)
+        out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
+                             text=True)
+        if out.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({out.stderr.strip()}); the raised-error cases still run")
+        try:
+            yield path
+        finally:
+            subprocess.run(["umount", "-l", str(path)], check=False)
+
+    return mounted()

@@ -23,6 +23,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
+from kaft import choices
 from kaft import data as data_mod
 from kaft.fields import integer, unchecked
 from kaft.data import DataError
@@ -70,10 +71,14 @@ def normalize_freeform(rows: Iterable[Mapping], source: str, fields: Mapping | N
         if not isinstance(raw, Mapping):
             raise DataError(f"{source}: row {n}: expected an object with fields {list(FIELDS[:3])}")
         question, answer = raw.get(f["question"]), raw.get(f["answer"])
-        if "options" in raw and isinstance(answer, int) and not isinstance(answer, bool):
-            if not 0 <= answer < len(raw["options"]):
+        if isinstance(answer, bool):  # Python's 1 / 0: never an index, nor a reference text as written
+            raise err(f["answer"], f"{str(answer).lower()} is not an answer: write the reference answer text (quoted)")
+        if "options" in raw and isinstance(answer, int):
+            opts = raw["options"]
+            opts = choices.as_list(opts) if isinstance(opts, Mapping) else list(opts or [])  # the order of kaft/data.py
+            if not 0 <= answer < len(opts):
                 raise err(f["answer"], f"index {answer} out of range")
-            answer = raw["options"][answer]
+            answer = opts[answer]
         if not isinstance(question, str) or not question.strip():
             raise err(f["question"], "missing or empty (a free-form item needs a question string)")
         if not isinstance(answer, (str, int, float)) or isinstance(answer, bool) or not str(answer).strip():

@@ -1,4 +1,5 @@
-"""A sweep job's run directory name (``conf/hydra/default.yaml``: ``${kaft_subdir:...}`` and ``${kaft_hash:...}``).
+"""A sweep job's run directory name (``conf/config.yaml``, ``hydra.run.dir`` and ``hydra.sweep.subdir``:
+``${kaft_subdir:...}`` and ``${kaft_hash:...}``).
 
 Run directories are derived from the overrides alone, so a re-run of the same command finds the jobs that already
 finished, and a resubmitted SLURM job lands in its own directory.

@@ -1,8 +1,8 @@
 """The arithmetic behind ``python -m kaft.sweep.plan``: a model built on PyTorch's ``meta`` device for its parameter
 counts, GPU memory per stage and FLOP-based times. No weights are loaded, so it runs on a login node.
 
-The formulas are upper bounds meant to catch a job that cannot fit before it waits in a queue; README ("Plan a sweep
-before submitting") states them. GB here are GiB (2^30 bytes), as nvidia-smi counts.
+The formulas are upper bounds meant to catch a job that cannot fit before it waits in a queue; docs/slurm.md
+("Plan a sweep before submitting") states them. GB here are GiB (2^30 bytes), as nvidia-smi counts.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 :class:`SummaryCallback` is a Hydra callback (``hydra.callbacks.summary`` in ``conf/config.yaml``); when a multirun
 ends it collects every job under the sweep directory (:func:`kaft.results.job_dirs`), prints one table and writes
-``summary.csv`` and ``summary.md`` beside ``multirun.yaml``. A job without ``results.json`` (crashed, killed, still
-queued) is listed as ``missing``. :func:`summarize` and :func:`format_table` work without Hydra:
+``summary.csv`` and ``summary.md`` beside ``multirun.yaml`` (replacing only summaries kaft wrote: kaft/outputs.py).
+A job without ``results.json`` (crashed, killed, still queued) is listed as ``missing``. :func:`summarize` and :func:`format_table` work without Hydra:
 ``python -m kaft.sweep.summary SWEEP_DIR`` prints the table of a finished (or running) sweep. The paper's table of
 the sweep is a callback of its own (``analysis.callback.PaperTableCallback``), and kaft does not depend on it.
 """
@@ -20,7 +20,8 @@ from typing import Any, Sequence
 
 from hydra.experimental.callback import Callback
 
-from kaft.cache import atomic_write_text
+from kaft.errors import KaftError
+from kaft.outputs import write_text
 from kaft.results import ERROR_FILE, SUMMARY_CSV, SUMMARY_MD, error_last_line, hydra_job, job_dirs, load_results
 
 log = logging.getLogger(__name__)
@@ -166,8 +167,10 @@ def write_summary(sweep_dir: str | os.PathLike, rows: Sequence[dict] | None = No
     sweep_dir = Path(sweep_dir)
     rows = summarize(sweep_dir) if rows is None else rows
     csv_path, md_path = sweep_dir / SUMMARY_CSV, sweep_dir / SUMMARY_MD
-    atomic_write_text(csv_path, format_csv(rows))
-    atomic_write_text(md_path, f"# Sweep summary: {sweep_dir}\n\n" + format_markdown(rows))
+    # never over a user's file of the same name (kaft/outputs.py); the first lines mark summaries from before that
+    write_text(csv_path, format_csv(rows), "the sweep summary", legacy_header="job,override_dirname,overrides,status,")
+    write_text(md_path, f"# Sweep summary: {sweep_dir}\n\n" + format_markdown(rows), "the sweep summary",
+               legacy_header="# Sweep summary: ")
     return csv_path, md_path
 
 
@@ -233,7 +236,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = summarize(args[0])
     print(format_table(rows))
     if rows:
-        write_summary(args[0], rows)
+        try:
+            write_summary(args[0], rows)
+        except KaftError as e:  # a summary.csv / .md there that kaft did not write (kaft/outputs.py)
+            print(f"kaft: error: {e}", file=sys.stderr)
+            return 2
     return 0
 
 

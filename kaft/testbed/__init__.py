@@ -4,6 +4,8 @@ A plugin (:mod:`kaft.testbed.plugin`, the ``kaft.plugins`` entry point): kaft ne
 registries do when a config names ``source: testbed``. Layers, each importing only those above it:
 
 * :mod:`~kaft.testbed.config` - the defaults and :func:`~kaft.testbed.config.resolve_config`;
+* :mod:`~kaft.testbed.templates` (relations, templates, made-up words) and :mod:`~kaft.testbed.worldgen` (the
+  seeded draws that fill them in);
 * :mod:`~kaft.testbed.world` - :func:`~kaft.testbed.world.build_world` -> :class:`~kaft.testbed.world.World` with
   ``splits()`` / ``split(name)`` (``train``, ``test_id``, ``test_ood``: lists of :class:`kaft.items.MCItem`);
 * :mod:`~kaft.testbed.tokenizer`, :mod:`~kaft.testbed.binding` (the built-in heads), :mod:`~kaft.testbed.accuracy`,

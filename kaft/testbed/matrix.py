@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from kaft.outputs import OutputError, check_target, write_text
 from kaft.testbed.report import targets
 from kaft.testbed.config import resolve_config
 
@@ -49,30 +50,42 @@ def _env(capability: str, pin_blas: bool) -> dict:
     return env
 
 
+def _report(seed: int, precision: str, cache: Path, env: dict, tmp: Path) -> dict:
+    """The cell's model built (or reused) and measured by ``python -m kaft.testbed.report`` in a fresh process (so
+    that ``env`` fixes its kernel family); its numbers with the wall time of that call."""
+    conf = tmp / "testbed.json"  # JSON is YAML: the report reads it with yaml.safe_load
+    conf.write_text(json.dumps({"seed": seed, "pretrain": {"precision": precision}}))
+    out = tmp / "report.json"
+    t0 = time.time()
+    subprocess.run([sys.executable, "-m", "kaft.testbed.report", "--cache", str(cache), "--config", str(conf),
+                    "--json", str(out)], env=env, check=True, capture_output=True, text=True)
+    res = json.loads(out.read_text())
+    res["report_seconds"] = time.time() - t0
+    return res
+
+
+def _job(seed: int, precision: str, cache: Path, env: dict, tmp: Path) -> tuple[dict, dict]:
+    """The default job ``python -m kaft.run`` on the cell's model in a fresh process: its base and tuned averages
+    with its wall time, and the ``detection`` block of its results.json (what :func:`targets` checks)."""
+    t1 = time.time()
+    subprocess.run([sys.executable, "-m", "kaft.run", f"seed={seed}", f"testbed.pretrain.precision={precision}",
+                    f"cache_dir={cache}", "logger=none", "progress=false", f"hydra.run.dir={tmp}/run"],
+                   env=env, check=True, capture_output=True, text=True)
+    done = json.loads((tmp / "run" / "results.json").read_text())
+    summary = {"base": done["base_metrics"]["average"], "tuned": done["metrics"]["average"],
+               "seconds": time.time() - t1}
+    return summary, done["detection"]
+
+
 def cell(seed: int, precision: str, capability: str, cache: Path, pin_blas: bool = False,
          job: bool = True) -> dict:
     """Build, measure and (``job``) run the default job for one cell; returns its numbers and targets."""
     env = _env(capability, pin_blas)
     with tempfile.TemporaryDirectory() as tmp:
-        conf = Path(tmp) / "testbed.json"  # JSON is YAML: the report reads it with yaml.safe_load
-        conf.write_text(json.dumps({"seed": seed, "pretrain": {"precision": precision}}))
-        out = Path(tmp) / "report.json"
-        t0 = time.time()
-        subprocess.run([sys.executable, "-m", "kaft.testbed.report", "--cache", str(cache), "--config", str(conf),
-                        "--json", str(out)], env=env, check=True, capture_output=True, text=True)
-        res = json.loads(out.read_text())
-        res["report_seconds"] = time.time() - t0
+        res = _report(seed, precision, cache, env, Path(tmp))
         det = None
         if job:
-            t1 = time.time()
-            subprocess.run([sys.executable, "-m", "kaft.run", f"seed={seed}",
-                            f"testbed.pretrain.precision={precision}", f"cache_dir={cache}", "logger=none",
-                            "progress=false", f"hydra.run.dir={tmp}/run"], env=env, check=True,
-                           capture_output=True, text=True)
-            done = json.loads((Path(tmp) / "run" / "results.json").read_text())
-            det = done["detection"]
-            res["job"] = {"base": done["base_metrics"]["average"], "tuned": done["metrics"]["average"],
-                          "seconds": time.time() - t1}
+            res["job"], det = _job(seed, precision, cache, env, Path(tmp))
     release = float(resolve_config({})["model"]["binding"]["release_accuracy"])
     return {"seed": seed, "precision": precision, "capability": capability,
             "built_with": res["build"].get("build_env", {}).get("cpu_capability"),
@@ -112,6 +125,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     ap.add_argument("--cache", default=None, help="cache root (default: a fresh temporary directory)")
     ap.add_argument("--out", default=None, help="also write the table (.md) and the numbers (.json) here")
     args = ap.parse_args(argv)
+    try:
+        for ext in (".md", ".json") if args.out else ():
+            check_target(Path(args.out).with_suffix(ext), "kaft.testbed.matrix")  # before hours of runs
+    except OutputError as e:
+        sys.exit(f"kaft: error: {e}")
     root = Path(args.cache or tempfile.mkdtemp(prefix="kaft-matrix-"))
     bf16_ok = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     cells = []
@@ -127,9 +145,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                     f"{t['name']} {t['value']:.3f}{'' if t['ok'] else ' MISSED'}" for t in c["targets"]), flush=True)
     text = table(cells)
     print(text)
-    if args.out:
-        Path(args.out).with_suffix(".md").write_text(text + "\n")
-        Path(args.out).with_suffix(".json").write_text(json.dumps(cells, indent=2))
+    if args.out:  # never over a file kaft did not write (kaft/outputs.py)
+        write_text(Path(args.out).with_suffix(".md"), text + "\n", "kaft.testbed.matrix")
+        write_text(Path(args.out).with_suffix(".json"), json.dumps(cells, indent=2), "kaft.testbed.matrix")
     return cells
 
 

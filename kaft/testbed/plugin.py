@@ -3,7 +3,8 @@ import.
 
 * data source ``testbed``: ``{source: testbed, split: train | test_id | test_ood}`` reads a split of the world of the
   job's ``testbed`` config;
-* model source ``testbed``: the model pretrained on that world (built on first use, cached);
+* model source ``testbed``: the model pretrained on that world (built on first use, cached), and its preview (the
+  tokenizer and context length, without building it: what kaft.plausibility measures prompts with);
 * diagnostic ``testbed``: how well detection finds the contradicting items the world planted (items whose ``meta``
   names a ``kind``); ``{}`` for items without kinds.
 
@@ -20,7 +21,9 @@ from kaft.cache import make_key
 from kaft.diagnostics import DIAGNOSTICS
 from kaft.items import MCItem
 from kaft.results import auroc
+from kaft.testbed.config import resolve_config
 from kaft.testbed.model import VERSION, build_model
+from kaft.testbed.tokenizer import build_tokenizer
 from kaft.testbed.world import build_world
 
 
@@ -38,6 +41,15 @@ def resolve_model(model_cfg: Mapping, cache_root: str, config: Mapping, build: b
     stays what it was."""
     testbed = config.get("testbed") or {}
     return (str(build_model(testbed, cache_root)) if build else ""), make_key("testbed", testbed, VERSION)
+
+
+@modeling.PREVIEWS.register("testbed")
+def preview_model(model_cfg: Mapping, config: Mapping) -> tuple[object, int]:
+    """The tokenizer and context length of the model ``resolve_model`` would build, without building it: the
+    tokenizer is a function of the world (memoised, the data stage built it) and the context is configured."""
+    full = resolve_config(config.get("testbed"))
+    n = int(full["model"]["max_position_embeddings"])
+    return build_tokenizer(build_world(full), n), n
 
 
 class ContradictionDiagnostic:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from kaft.items import MCItem
+from kaft.outputs import OutputError, check_target, write_text
 from kaft.prompts import few_shot_prompt
 from kaft.results import auroc
 from kaft.testbed.accuracy import _correct, _by_kind, accuracy_by_kind, letter_probs  # noqa: F401
@@ -56,12 +57,10 @@ def _orders(n: int, k: int, rng: random.Random) -> list[list[int]]:
     return [list(range(n))] + rng.sample(rest, min(k, len(rest) + 1) - 1)
 
 
-def measure(world: World, model, tok, shots: int = 3, n_orders: int = 10, temperature: float = 0.7,
-            seed: int = 0, splits: Sequence[str] | None = None) -> dict:
-    """Accuracies by split/kind (``shots``-shot and 0-shot, and ``pooled`` by kind over all splits), diversified
-    scores and their contradict AUROC."""
-    rng = random.Random(f"kaft-testbed-report|{seed}")
-    train = world.split("train")
+def _accuracies(world: World, model, tok, train: Sequence[MCItem], shots: int, rng: random.Random,
+                splits: Sequence[str] | None) -> dict:
+    """Accuracy by split and kind, ``shots``-shot (``acc``) and 0-shot (``acc0``), and ``pooled`` by kind over all
+    the splits together: the tightest estimate of how a kind of fact is answered."""
     res: dict = {"acc": {}, "acc0": {}, "pooled": {"acc": {}, "acc0": {}}}
     hits: dict = {"acc": {}, "acc0": {}}
     for name in splits or world.splits():
@@ -73,9 +72,15 @@ def measure(world: World, model, tok, shots: int = 3, n_orders: int = 10, temper
             res[key][name] = _by_kind(items, correct)
             for it, c in zip(items, correct):
                 hits[key].setdefault(it.meta["kind"], []).append(c)
-    for key in hits:  # every split together: the tightest estimate of how a kind of fact is answered
+    for key in hits:
         res["pooled"][key] = {kind: statistics.fmean(v) for kind, v in sorted(hits[key].items())}
-    # exact diversified score on train (KaFT Eq. 1 in expectation)
+    return res
+
+
+def _diversified(model, tok, train: Sequence[MCItem], shots: int, n_orders: int, temperature: float,
+                 rng: random.Random) -> dict:
+    """The exact diversified score of every train item (KaFT Eq. 1 in expectation: the mean over ``n_orders``
+    option orders of P(gold letter)), by kind, and its AUROC for finding the ``contradict`` items."""
     prompts, gold_pos, owner = [], [], []
     for i, it in enumerate(train):
         sh = _shots(train, it.id, shots, rng)
@@ -89,10 +94,21 @@ def measure(world: World, model, tok, shots: int = 3, n_orders: int = 10, temper
         per_item[i].append(row[g])
     scores = [statistics.fmean(v) for v in per_item]
     kinds = [it.meta["kind"] for it in train]
-    res["score_by_kind"] = {k: statistics.fmean([s for s, kk in zip(scores, kinds) if kk == k])
-                            for k in sorted(set(kinds))}
-    res["auroc_contradict"] = auroc([s for s, k in zip(scores, kinds) if k == "contradict"],
-                                    [s for s, k in zip(scores, kinds) if k != "contradict"])
+    return {"score_by_kind": {k: statistics.fmean([s for s, kk in zip(scores, kinds) if kk == k])
+                              for k in sorted(set(kinds))},
+            "auroc_contradict": auroc([s for s, k in zip(scores, kinds) if k == "contradict"],
+                                      [s for s, k in zip(scores, kinds) if k != "contradict"])}
+
+
+def measure(world: World, model, tok, shots: int = 3, n_orders: int = 10, temperature: float = 0.7,
+            seed: int = 0, splits: Sequence[str] | None = None) -> dict:
+    """Accuracies by split/kind (``shots``-shot and 0-shot, and ``pooled`` by kind over all splits), diversified
+    scores and their contradict AUROC, and how often a contradict item gets the memorised distractor. One seeded
+    stream feeds the shots and option orders of all three, in this order."""
+    rng = random.Random(f"kaft-testbed-report|{seed}")
+    train = world.split("train")
+    res = _accuracies(world, model, tok, train, shots, rng, splits)
+    res.update(_diversified(model, tok, train, shots, n_orders, temperature, rng))
     # contradict items: does the model pick the memorised distractor?
     contra = [it for it in train if it.meta["kind"] == "contradict"]
     if contra:
@@ -176,6 +192,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--config", default=None, help="a YAML file with testbed config overrides")
     ap.add_argument("--json", default=None, help="also write the numbers to this file")
     args = ap.parse_args(argv)
+    if args.json:  # before the build: never over a file kaft did not write (kaft/outputs.py)
+        try:
+            check_target(args.json, "kaft.testbed.report")
+        except OutputError as e:
+            raise SystemExit(f"kaft: error: {e}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import yaml
@@ -206,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             print(f"target {'met   ' if t['ok'] else 'MISSED'} {t['name']}: {t['value']:.3f} (target {t['target']})")
     print(f"measured in {res['measure_seconds']:.1f}s")
     if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2))
+        write_text(args.json, json.dumps(res, indent=2), "kaft.testbed.report")
     return res
 
 

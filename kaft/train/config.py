@@ -1,7 +1,7 @@
 """The ``train`` config: its keys, the checks run before any model loads, and the LoRA config it names.
 
 ``train.save_steps`` and ``train.save_total_limit`` (:data:`CHECKPOINT_KEYS`) only decide how often progress is
-saved, not the adapter, so kaft.run leaves them out of the train cache key.
+saved, not the adapter, so the train stage (kaft/stages.py) leaves them out of the train cache key.
 """
 
 from __future__ import annotations

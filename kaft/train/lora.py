@@ -1,11 +1,11 @@
 """:func:`train_lora`: wrap a causal LM in a peft LoRA adapter and train it with the feed its loss needs.
 
-**Checkpoints and resume.** With a ``checkpoint_dir`` (kaft.run passes the train key's scratch dir in the cache,
-``<cache>/train/.partial-<key>/``, removed once the adapter is in the cache) the Trainer saves a checkpoint every
-``train.save_steps`` optimizer steps (adapter as safetensors, optimizer, scheduler, RNG states, trainer state;
-``train.save_total_limit`` kept), and a restarted run — killed, preempted, requeued — resumes from the newest
-complete one: the Trainer restores the RNG states and skips the batches already seen in the current epoch, so the
-final adapter equals an uninterrupted run's (tests/unit/train/test_train.py).
+**Checkpoints and resume.** With a ``checkpoint_dir`` (the train stage in kaft/stages.py passes the train key's
+scratch dir in the cache, ``<cache>/train/.partial-<key>/``, removed once the adapter is in the cache) the Trainer
+saves a checkpoint every ``train.save_steps`` optimizer steps (adapter as safetensors, optimizer, scheduler, RNG
+states, trainer state; ``train.save_total_limit`` kept), and a restarted run — killed, preempted, requeued — resumes
+from the newest complete one: the Trainer restores the RNG states and skips the batches already seen in the current
+epoch, so the final adapter equals an uninterrupted run's (tests/unit/train/test_train.py).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import pytest
 from conftest import save_tiny_model, tiny_train_rows
 
 pytestmark = pytest.mark.slow
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[2] / "docs" / "export.md"  # the recipes moved from README to the docs
 
 
 def _env(root: Path) -> dict:

@@ -106,7 +106,7 @@ def test_memory_formulas_for_llama3_8b():
     assert det["weights"] == pytest.approx(8.03e9 * 2 / est.GB, rel=0.01)
     t = est.training_memory(arch, prm, 2, batch=16, max_length=2048, lora_dropout=0.05)
     assert t["checkpointing"]["lora_optimizer"] == pytest.approx(prm.lora * 16 / est.GB)
-    # the README's "about 40 GB with LoRA, bf16, batch 16, length 2048" for an 8B model with checkpointing
+    # docs/slurm.md's "about 40 GB with LoRA, bf16, batch 16, length 2048" for an 8B model with checkpointing
     assert 30 < sum(t["checkpointing"].values()) < 45 < 200 < sum(t["no_checkpointing"].values())
     assert est.max_batch(sum(det.values()), det["weights"] + det["overhead"], 24.0, 16) < 16
 
