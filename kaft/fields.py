@@ -13,8 +13,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+from collections.abc import Callable, Collection, Mapping
 from functools import partial
-from typing import Any, Callable, Collection, Mapping
+from typing import Any
 
 from kaft.errors import ConfigError
 from kaft.registry import Registry

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from functools import lru_cache
+from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -165,7 +166,7 @@ def method_spec(path: Path) -> tuple[dict[str, str], dict]:
     return groups, dict(cfg.get("strategy") or {})
 
 
-@lru_cache(maxsize=None)
+@cache
 def method_table(conf: Path = CONF) -> dict[str, dict[str, str]]:
     """``method -> {"strategy": ..., "loss": ...}`` as conf/method/*.yaml declare them (read from the YAML, so the
     table cannot drift from what ``method=`` composes)."""
