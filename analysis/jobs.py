@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
+from kaft.schema import method_spec
 from kaft.results import dig, read_results, sweep_frame
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -50,10 +51,8 @@ def methods() -> dict[str, Method]:
     the defaults list and the ``strategy:`` block)."""
     out = {}
     for path in sorted((CONF / "method").glob("*.yaml")):
-        cfg = OmegaConf.to_container(OmegaConf.load(path))
-        groups = {k.split()[-1].strip("/"): v for d in cfg.get("defaults") or [] if isinstance(d, dict)
-                  for k, v in d.items()}
-        out[path.stem] = Method(path.stem, groups["strategy"], groups["loss"], dict(cfg.get("strategy") or {}))
+        groups, settings = method_spec(path)
+        out[path.stem] = Method(path.stem, groups["strategy"], groups["loss"], settings)
     return out
 
 
@@ -68,9 +67,13 @@ def method_id(job: dict) -> str:
     """The main table's row of a job: its configured method, else the method whose strategy, loss and strategy
     settings it ran with (the base model for an untrained job, whatever its loss), else ``strategy[:setting]+loss``.
     A configured method whose strategy settings were changed is the sibling method they match (``self_align`` run
-    on the majority answer is ``self_align_majority``)."""
+    on the majority answer is ``self_align_majority``). A configured method whose strategy or loss is not what
+    results.json says ran (``method=base strategy=full``, from before kaft refused it) is labelled by what ran: a
+    trained model is never the "Base" row."""
     ms = methods()
     named = ms.get(job["method"]) if job["method"] else None
+    if named is not None and (named.strategy, named.loss) != (job["strategy"], job["loss"]):
+        named, job = None, {**job, "method": None}
     if named is not None and not named.matches(job):
         sibling = next((m for m in ms.values() if m.matches(job) and (m.strategy, m.loss) ==
                         (named.strategy, named.loss)), None)

@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from kaft import diagnostics, identity, interrupt, losses, plausibility, track
+from kaft import diagnostics, identity, interrupt, losses, plausibility, schema, track
 from kaft import partition as partition_mod
 from kaft import stages as S
 from kaft import strategy as strategy_mod
@@ -249,6 +249,8 @@ def run(cfg: DictConfig) -> dict:
     holds a done results.json of the same identity is skipped; of another identity, refused (:mod:`kaft.identity`).
     A Ctrl-C marks the run dir interrupted (:mod:`kaft.interrupt`)."""
     info = job_info()
+    plausibility.emit(schema.check_config(cfg))  # the whole config, before anything is built or loaded
+    schema.check_method(info["choices"])
     run_dir = Path(info["run_dir"])
     done = identity.reusable(run_dir, cfg, info["choices"].get("method"), info["group"] is not None)
     if done is not None:

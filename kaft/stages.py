@@ -133,31 +133,15 @@ def load_train(cfg: DictConfig) -> list:
 
 
 def validate(cfg: DictConfig, n_train: int) -> None:
-    """Config checks that need only the data size: run before the model loads."""
-    from kaft import losses  # lazy: kaft.losses imports torch, which the sweep plan's checks need not load
+    """The whole config (:func:`kaft.schema.check_config`) and the checks that need the data size: run before the
+    model loads."""
+    from kaft.schema import check_config
 
-    detect_mod.validate(plain(cfg.detection))
+    check_config(cfg)
     if int(cfg.detection.shots) + 1 > n_train:
         raise ConfigError(f"detection.shots={cfg.detection.shots} needs at least {cfg.detection.shots + 1} "
                           f"training items, the data set has {n_train}")
     partition_mod.validate(int(cfg.partition.k), n_train)
-    strategy_mod.validate(plain(cfg.strategy), int(cfg.partition.k))
-    needs = [what for what, yes in (("strategy=" + cfg.strategy.name, strategy_mod.needs_samples(plain(cfg.strategy))),
-                                    ("loss=" + cfg.loss.name, losses.needs_samples(
-                                        plain(cfg.loss)))) if yes]
-    if needs and not detect_mod.saves_samples(plain(cfg.detection)):
-        raise ConfigError(f"{' and '.join(needs)} needs the model's sampled answers, but detection "
-                          f"(estimator={cfg.detection.get('estimator', 'sample')}) saves none; "
-                          f"use detection.estimator=sample or detection=icl")
-    try:
-        losses.validate_loss_cfg(plain(cfg.loss), int(cfg.partition.k))
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    for key in ("batch_size", "epochs"):
-        if not float(cfg.train[key]) > 0:
-            raise ConfigError(f"train.{key} must be > 0, got {cfg.train[key]}")
-    if not float(cfg.train.lr) > 0:
-        raise ConfigError(f"train.lr must be > 0, got {cfg.train.lr}")
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import time
 LOSS_CFGS = {
     "constant": {"name": "constant"},
     "kaft": {"name": "kaft", "alpha": 0.1, "beta": 0.5},
-    "eaft": {"name": "eaft", "eaft_alpha": 1.0, "k": 20},
+    "eaft": {"name": "eaft", "eaft_alpha": 1.0, "top_k": 20},
     "dft": {"name": "dft"},
 }
 TARGETS = {"constant": 1.05, "kaft": 1.05, "eaft": 1.15, "dft": 1.10}

@@ -47,7 +47,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("train", "probe", "eval", "sweep", "e2e", "scaling")
-LORA = {"r": 16, "alpha": 32, "dropout": 0.05,
+LORA = {"r": 16, "lora_alpha": 32, "dropout": 0.05,
         "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
 TRAIN_CFG = {"batch_size": 16, "grad_accum": 1, "lr": 1e-4, "lr_scheduler": "cosine", "warmup_ratio": 0.1,
              "epochs": 1, "max_length": 2048, "weight_decay": 0.0, "logging_steps": 10, "lora": LORA}
@@ -270,7 +270,7 @@ def run_trl_train(base, tok, items, train_cfg, out_dir, copy_model: bool = True)
                     data_seed=0, bf16=bf16, use_cpu=not use_cuda, dataloader_num_workers=0, log_level="warning",
                     gradient_checkpointing=False, max_length=train_cfg["max_length"], packing=False,
                     padding_free=False, disable_tqdm=True)
-    peft_cfg = LoraConfig(task_type="CAUSAL_LM", r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+    peft_cfg = LoraConfig(task_type="CAUSAL_LM", r=lora["r"], lora_alpha=lora["lora_alpha"], lora_dropout=lora["dropout"],
                           target_modules=list(lora["target_modules"]), bias="none")
     model = copy.deepcopy(base) if copy_model else base
     t0 = time.perf_counter()

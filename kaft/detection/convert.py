@@ -25,6 +25,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from kaft import choices
 from kaft import data as data_mod
+from kaft.fields import integer, unchecked
 from kaft.data import DataError
 from kaft.detection.core import DetectionError, seeded_rng
 from kaft.detection.detectors import DETECTORS, Diversified
@@ -181,17 +182,15 @@ def generate_distractors(backend, items: Sequence[FreeFormItem], n_samples: int,
 class ConversionSettings(ProbeSettings):
     """Diversified probing's settings plus the conversion's (conf/detection/mc_conversion.yaml documents them)."""
 
-    n_distractors: int = 3
-    distractor_sources: list = field(default_factory=lambda: ["dataset", "group"])  # in priority order
-    generate_samples: int = 8              # free-form samples per item when ``model`` is a source
-    generate_max_new_tokens: int = 8
+    n_distractors: int = integer(3, 1, help="wrong options per converted item")
+    distractor_sources: list = unchecked(["dataset", "group"], help="where distractors come from, in "
+                                                                            "priority order")
+    generate_samples: int = integer(8, 1, help="free-form samples per item when `model` is a source")
+    generate_max_new_tokens: int = integer(8, 1, help="tokens per free-form sample")
 
     def check(self) -> None:
         super().check()
         check_conversion(self.n_distractors, self.sources())
-        for key in ("generate_samples", "generate_max_new_tokens"):
-            if getattr(self, key) < 1:
-                raise DetectionError(f"detection.{key} must be ≥ 1, got {getattr(self, key)}")
 
     def sources(self) -> list[str]:
         return list(self.distractor_sources or ["dataset", "group"])

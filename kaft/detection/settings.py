@@ -9,52 +9,53 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Any, Mapping
 
+from kaft import fields
 from kaft.detection.backends import BACKENDS
 from kaft.detection.core import ORDER_SCHEMES, DetectionError
 from kaft.prompts import PROMPTS
+from kaft.fields import choice, flag, integer, number, unchecked
 
 ESTIMATORS = ("sample", "exact")
-_KINDS = {"int": int, "float": float, "bool": bool}
+_KINDS = {"int": int, "float": float, "bool": bool}  # a YAML 1 for a float setting is converted, not refused
+
+
+def _prompts() -> list[str]:
+    return sorted(PROMPTS)
 
 
 @dataclass(frozen=True)
 class ProbeSettings:
     """The probing settings every detector reads (conf/detection/diversified.yaml documents each)."""
 
-    name: str = "diversified"
-    estimator: str = "sample"
-    backend: str = "hf"
-    prompt: str = "kaft"
-    num_orders: int = 10
-    num_samples: int = 10
-    temperature: float = 0.7
-    shots: int = 3
-    max_new_tokens: int = 4
-    batch_size: int = 16
-    diverse_query: bool = True
-    response_sampling: bool = True
-    order_scheme: str = "random"
-    chunk_size: int = 512
-    share_prefix: bool = True
-    confidence_threshold: float = 0.5
-    high_conf_threshold: float = 0.8
-    dtype: str | None = None
-
-    AT_LEAST_ONE: ClassVar[tuple[str, ...]] = ("num_orders", "num_samples", "max_new_tokens", "batch_size",
-                                               "chunk_size")
+    name: str = unchecked("diversified", help="the detector (DETECTORS registry)")
+    estimator: str = choice("sample", ESTIMATORS, help="sample = paper-faithful; exact = expected Score")
+    backend: str = choice("hf", BACKENDS, help="hf | vllm")
+    prompt: str = choice("kaft", _prompts, help="kaft = App. A.3 layout; ren = Ren et al. (2024) ICL layout")
+    num_orders: int = integer(10, 1, help="No: option orders per item")
+    num_samples: int = integer(10, 1, help="Nr: sampled responses per order")
+    temperature: float = number(0.7, 0.0, lo_open=True, hint=" (use detection.response_sampling=false for greedy)",
+                                help="sampling temperature")
+    shots: int = integer(3, 0, help="k-shot demonstrations drawn from the training set")
+    max_new_tokens: int = integer(4, 1, help="response length")
+    batch_size: int = integer(16, 1, help="prompts per forward pass")
+    diverse_query: bool = flag(True, help="false = the paper's 'w/o diverse query' ablation")
+    response_sampling: bool = flag(True, help="false = the paper's 'w/o response sampling' ablation")
+    order_scheme: str = choice("random", ORDER_SCHEMES, help="random | cyclic")
+    chunk_size: int = integer(512, 1, help="items per saved chunk")
+    share_prefix: bool = flag(True, help="encode the shared demonstrations once per batch (hf)")
+    confidence_threshold: float = number(0.5, 0.0, 1.0, help="share of samples that makes an answer confident")
+    high_conf_threshold: float = number(0.8, 0.0, 1.0, help="tau_c of the high-confidence error flag")
+    dtype: str | None = unchecked(None, help="the model dtype for probing (null = the model's)")
 
     @classmethod
     def keys(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
+        return list(fields.keys_of(cls))
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
-        out = {}
-        for f in dataclasses.fields(cls):
-            out[f.name] = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        return out
+        return fields.defaults_of(cls)
 
     @classmethod
     def resolve(cls, cfg: Mapping) -> dict:
@@ -62,13 +63,15 @@ class ProbeSettings:
         plain = dict(cfg)
         extra = sorted(k for k in plain if k not in cls.keys())
         if extra:
-            raise DetectionError(f"unknown detection settings {extra} for detection={plain.get('name', cls.name)}; "
-                                 f"known: {sorted(cls.keys())}")
+            near = fields.suggest(extra[0], cls.keys())
+            raise DetectionError(f"unknown detection settings {extra} for detection={plain.get('name', cls.name)}"
+                                 + (f"; did you mean detection.{near}?" if near else "")
+                                 + f"; known: {sorted(cls.keys())}")
         return {**cls.defaults(), **plain}
 
     @classmethod
     def parse(cls, resolved: Mapping) -> "ProbeSettings":
-        """The typed settings of a :meth:`resolve` dict, checked."""
+        """The typed settings of a :meth:`resolve` dict, checked (field by field, then :meth:`check`)."""
         values = {}
         for f in dataclasses.fields(cls):
             v = resolved[f.name]
@@ -77,28 +80,9 @@ class ProbeSettings:
                 values[f.name] = kind(v) if kind is not None else v
             except (TypeError, ValueError):
                 raise DetectionError(f"detection.{f.name} must be {f.type}, got {v!r}") from None
-        out = cls(**values)
+        out = fields.parse(cls, values, "detection", DetectionError)
         out.check()
         return out
 
     def check(self) -> None:
-        if self.estimator not in ESTIMATORS:
-            raise DetectionError(f"detection.estimator must be one of {list(ESTIMATORS)}, got {self.estimator!r}")
-        if self.backend not in BACKENDS:
-            raise DetectionError(f"detection.backend must be one of {BACKENDS.names()}, got {self.backend!r}")
-        if self.prompt not in PROMPTS:
-            raise DetectionError(f"detection.prompt must be one of {sorted(PROMPTS)}, got {self.prompt!r}")
-        if self.order_scheme not in ORDER_SCHEMES:
-            raise DetectionError(f"detection.order_scheme must be one of {list(ORDER_SCHEMES)}, "
-                                 f"got {self.order_scheme!r}")
-        for key in self.AT_LEAST_ONE:
-            if getattr(self, key) < 1:
-                raise DetectionError(f"detection.{key} must be ≥ 1, got {getattr(self, key)}")
-        if self.shots < 0:
-            raise DetectionError(f"detection.shots must be ≥ 0, got {self.shots}")
-        if not self.temperature > 0:
-            raise DetectionError(f"detection.temperature must be > 0 (use detection.response_sampling=false for "
-                                 f"greedy), got {self.temperature}")
-        for key in ("confidence_threshold", "high_conf_threshold"):
-            if not 0.0 <= getattr(self, key) <= 1.0:
-                raise DetectionError(f"detection.{key} must be in [0, 1], got {getattr(self, key)}")
+        """Checks across settings (each setting's own check is its field's)."""

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from kaft.losses.settings import LossError, NoSettings, keys_of, parse
+from kaft.fields import suggest
 from kaft.registry import Registry
 
 IGNORE_INDEX = -100
@@ -87,10 +88,13 @@ def _unknown_keys_message(cls: type[Loss], name: str, unknown: list[str]) -> str
     moved = [k for k in unknown if k in cls.renamed]
     if moved:
         old, new = moved[0], cls.renamed[moved[0]]
-        return (f"loss {name}: '{old}' is now '{new}' (set loss.{new}=..., or the top-level {old}=... which "
-                f"feeds it); it accepts: {allowed}")
+        top = f", or the top-level {old}=... which feeds it" if old in ("alpha", "beta") else ""
+        return f"loss {name}: '{old}' is now '{new}' (set loss.{new}=...{top}); it accepts: {allowed}"
     msg = f"loss {name}: unknown key(s) {unknown}; it accepts: {allowed}"
     others = [(n, c) for n, c in LOSSES.items() if n != name and set(unknown) <= set(c.keys())]
+    near = suggest(unknown[0], cls.keys())
+    if near and not others:
+        msg += f"; did you mean loss.{near}?"
     if others:
         combos = sorted(n for n, c in others if name in c.combines)
         msg += f". {unknown} belong to loss {', '.join(n for n, _ in others)}; a config names one loss"

@@ -72,13 +72,13 @@ class PairSettings:
     T = 1.4 for Qwen2, top-k 50, top-p 0.9) are checked whatever ``pair_source`` is, so a typo is caught either
     way."""
 
-    pairs: str = choice("self_self", PAIR_MODES)
-    pair_source: str = choice("sma", PAIR_SOURCES)
+    pairs: str = choice("self_self", PAIR_MODES, help="chosen response: a correct self-sample or the reference")
+    pair_source: str = choice("sma", PAIR_SOURCES, help="sma: fresh samples | detection: detection's own")
     max_pairs: int = integer(8, 1, "pairs per item")
     num_samples: int = integer(8, 1, "SMA responses per query")
-    temperature: float = number(1.4, lo=0.0, lo_open=True)
+    temperature: float = number(1.4, lo=0.0, lo_open=True, help="SMA sampling temperature")
     top_k: int = integer(50, 0, "top-k of the sampling, 0 = off")
-    top_p: float = number(0.9, 0.0, 1.0, lo_open=True)
+    top_p: float = number(0.9, 0.0, 1.0, lo_open=True, help="SMA nucleus sampling")
     max_new_tokens: int = integer(4, 1, "tokens per sampled response")
 
 
@@ -129,8 +129,8 @@ class DpoSettings(PairSettings, KaftSettings):
     """DPO's strength ``dpo_beta`` (SMA App. B: 0.1; the global ``beta`` is KaFT's might-wrong reward), and KaFT's
     rewards, which weigh each pair with ``weight_by_subset``."""
 
-    dpo_beta: float = number(0.1, lo=0.0, lo_open=True)
-    weight_by_subset: bool = flag(False)
+    dpo_beta: float = number(0.1, lo=0.0, lo_open=True, help="DPO's beta (KL strength)")
+    weight_by_subset: bool = flag(False, help="weight each pair by its item's KaFT reward")
 
 
 @LOSSES.register("dpo")

@@ -60,7 +60,7 @@ def eaft_token_weights(logits: torch.Tensor, alpha: float = 1.0, k: int = 20, no
     """EAFT's token weights per row of ``logits`` [..., V], detached (the defaults are LLaMA-Factory's
     ``(H_topk / 3.0) ** alpha``)."""
     if logits.size(-1) < k:
-        raise LossError(f"loss eaft: k={k} exceeds the vocabulary size {logits.size(-1)}; lower loss.k")
+        raise LossError(f"loss eaft: top_k={k} exceeds the vocabulary size {logits.size(-1)}; lower loss.top_k")
     h = topk_entropy(logits, k) / EAFT_NORMALIZERS.get(normalize)(k)
     return EAFT_VARIANTS.get(variant)(h, alpha, mask_quantile)
 
@@ -89,15 +89,15 @@ class TokenWeighted(Loss):
 class EaftSettings:
     """EAFT's options (``eaft_alpha``: the entropy exponent, default 1.0 as in EAFT §3)."""
 
-    eaft_alpha: float = number(1.0, lo=0.0)
-    k: int = integer(20, 2, "top-k tokens for the entropy")
-    normalize: str = choice("const3", EAFT_NORMALIZERS)
-    variant: str = choice("power", EAFT_VARIANTS)
-    mask_quantile: float = number(0.15, 0.0, 1.0, hi_open=True)
+    eaft_alpha: float = number(1.0, lo=0.0, help="entropy exponent of variant=power")
+    top_k: int = integer(20, 2, "top-k tokens for the entropy")
+    normalize: str = choice("const3", EAFT_NORMALIZERS, help="divisor of the top-k entropy")
+    variant: str = choice("power", EAFT_VARIANTS, help="token weight f(H~)")
+    mask_quantile: float = number(0.15, 0.0, 1.0, hi_open=True, help="variant=masked: entropy quantile dropped")
 
 
 def _eaft_weights(s: EaftSettings, logits: torch.Tensor) -> torch.Tensor:
-    return eaft_token_weights(logits, s.eaft_alpha, s.k, s.normalize, s.variant, s.mask_quantile)
+    return eaft_token_weights(logits, s.eaft_alpha, s.top_k, s.normalize, s.variant, s.mask_quantile)
 
 
 @LOSSES.register("eaft")
@@ -107,7 +107,7 @@ class EAFT(TokenWeighted):
     label = "EAFT"
     reads = ("eaft_alpha",)
     Settings = EaftSettings
-    renamed = {"alpha": "eaft_alpha"}
+    renamed = {"alpha": "eaft_alpha", "k": "top_k"}
 
     def token_weights(self, logits, targets, ce):
         return _eaft_weights(self.s, logits)
@@ -137,6 +137,7 @@ class KaFTEAFT(TokenWeighted):
     reads = ("alpha", "beta", "eaft_alpha")
     Settings = KaftEaftSettings
     combines = ("kaft", "eaft")
+    renamed = {"k": "top_k"}
 
     check, weights = KaFT.check, KaFT.weights  # KaFT's rewards (its settings are a superset of KaFT's)
 

@@ -21,9 +21,10 @@ class KaftSettings:
     """KaFT's rewards: ``alpha`` for subset 0 ("wrong"), ``beta`` for subset 1 ("might-wrong"), 1 otherwise, or
     one reward per subset in ``rewards`` (checked against K by :func:`kaft_rewards`)."""
 
-    alpha: float = number(KAFT_ALPHA, 0.0, 1.0)  # checked even when `rewards` overrides them: a bad value is a typo
-    beta: float = number(KAFT_BETA, 0.0, 1.0)
-    rewards: object = unchecked(None)
+    # alpha / beta are checked even when `rewards` overrides them: a bad value is a typo
+    alpha: float = number(KAFT_ALPHA, 0.0, 1.0, help="reward of the wrong subset")
+    beta: float = number(KAFT_BETA, 0.0, 1.0, help="reward of the might-wrong subset")
+    rewards: object = unchecked(None, help="per-subset rewards, subset 0 first (overrides alpha/beta)")
 
 
 def kaft_rewards(loss: str, s: KaftSettings, k: int) -> list[float]:

@@ -19,7 +19,7 @@ har / inc      items the model answers right / wrong, confidently (equal sizes) 
 self           INC's items with the model's own answers                         Ren et al. (2024) SELF (§3.3)
 =============  ===============================================================  ==================================
 
-Strategies live in the registry :data:`STRATEGIES`; add one with ``@register(name, keys=...)`` in any module
+Strategies live in the registry :data:`STRATEGIES`; add one with ``@register(name, settings=...)`` in any module
 (:mod:`.subsets` and :mod:`.relabel` hold kaft's own). Each is a pure function of the config, the partition and the detection records that returns the item indices to keep
 and any replaced answers; :func:`select` turns that into a :class:`Selection` whose lists stay aligned.
 
@@ -39,6 +39,7 @@ import hashlib
 import math
 from typing import Mapping, Sequence
 
+from kaft import fields
 from kaft.items import MCItem
 from kaft.partition import subset_names
 # importing .subsets and .relabel registers kaft's own strategies
@@ -68,8 +69,11 @@ def validate(cfg: Mapping | None, names: Sequence[str] | int) -> None:
     unknown = sorted(set(cfg) - {"name"} - strat.keys)
     if unknown:
         allowed = sorted(strat.keys)
+        near = fields.suggest(unknown[0], allowed)
         raise StrategyError(f"strategy={strat.name} does not take {', '.join(map(repr, unknown))}; "
-                            f"{'allowed keys: ' + ', '.join(allowed) if allowed else 'it takes no keys besides name'}")
+                            f"{'allowed keys: ' + ', '.join(allowed) if allowed else 'it takes no keys besides name'}"
+                            + (f"; did you mean strategy.{near}?" if near else ""))
+    fields.parse(strat.settings, cfg, "strategy", StrategyError)
     strat.check(cfg, _names(names))
 
 

@@ -6,6 +6,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
+from kaft import fields
 from kaft.errors import KaftError
 from kaft.items import MCItem
 from kaft.registry import Registry
@@ -67,13 +68,18 @@ class Pick:
 class Strategy:
     name: str
     fn: Callable[[Context], Pick]
-    keys: frozenset[str]                         # config keys accepted besides ``name``
-    check: Callable[[Mapping, list[str]], None]  # key-specific validation (after the unknown-key check)
+    settings: type                               # its keys besides ``name``: a kaft.fields settings dataclass
+    check: Callable[[Mapping, list[str]], None]  # checks against the partition's subset names (after the fields')
     train: bool = True
     # needs the sampled answers of detection (``records[i]["answers"]``): a flag, or a function of the config
     needs_samples: bool | Callable[[Mapping], bool] = False
     # needs each item's greedy answer to the original query (``records[i]["greedy"]``, kaft.stages probes for it)
     needs_greedy: bool | Callable[[Mapping], bool] = False
+
+    @property
+    def keys(self) -> frozenset[str]:
+        """The config keys it accepts besides ``name``."""
+        return frozenset(fields.keys_of(self.settings))
 
     def declares(self, what: str, cfg: Mapping) -> bool:
         """The flag ``what`` (``needs_samples`` / ``needs_greedy``) for this config."""
@@ -88,16 +94,24 @@ def _no_check(cfg: Mapping, names: list[str]) -> None:
     return None
 
 
-def register(name: str, *, keys: Sequence[str] = (), check: Callable[[Mapping, list[str]], None] = _no_check,
-             train: bool = True, needs_samples: bool | Callable[[Mapping], bool] = False,
+def register(name: str, *, settings: type = fields.NoSettings,
+             check: Callable[[Mapping, list[str]], None] = _no_check, train: bool = True,
+             needs_samples: bool | Callable[[Mapping], bool] = False,
              needs_greedy: bool | Callable[[Mapping], bool] = False):
-    """Add the decorated ``fn(ctx: Context) -> Pick`` to :data:`STRATEGIES` as ``name``."""
+    """Add the decorated ``fn(ctx: Context) -> Pick`` to :data:`STRATEGIES` as ``name``; ``settings`` declares its
+    keys (fields made with :mod:`kaft.fields`' helpers: type, default, help and check in one place)."""
 
     def deco(fn: Callable[[Context], Pick]) -> Callable[[Context], Pick]:
-        STRATEGIES.register(name, Strategy(name, fn, frozenset(keys), check, train, needs_samples, needs_greedy))
+        STRATEGIES.register(name, Strategy(name, fn, settings, check, train, needs_samples, needs_greedy))
         return fn
 
     return deco
+
+
+def data_seed() -> int | None:
+    """The ``data_seed`` field every sampling strategy declares."""
+    return fields.integer(None, nullable=True, hint=" (null = the run's seed)",
+                          help="the seed of the strategy's draws (null = the run's seed)")
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -109,9 +123,3 @@ def draw(ctx: Context, pool: Sequence[int], n: int, tag: str, seed: int) -> list
     """``n`` of the ``pool`` indices, chosen by their seeded hash rank, returned in original order."""
     chosen = sorted(pool, key=lambda i: _rank(seed, tag, ctx.items[i].id))[:n]
     return sorted(chosen)
-
-
-def check_seed(cfg: Mapping) -> None:
-    ds = cfg.get("data_seed")
-    if ds is not None and (isinstance(ds, bool) or not isinstance(ds, int)):
-        raise StrategyError(f"strategy.data_seed must be an integer or null (null = the run's seed), got {ds!r}")

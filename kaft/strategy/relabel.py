@@ -2,29 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Mapping
 
+from kaft import fields
 from kaft.detection import majority
-from kaft.strategy.base import ID_LIST_LIMIT, WRONG, Context, Pick, StrategyError, check_seed, draw, register
+from kaft.strategy.base import ID_LIST_LIMIT, WRONG, Context, Pick, StrategyError, data_seed, draw, register
 
 ANSWER_SOURCES = ("greedy", "majority")
 CONFIDENCE = 0.5  # Ren et al. App. A.1: "responses with a confidence level exceeding 0.5"
 
 
-def _check_answer_source(cfg: Mapping, names: list[str]) -> None:
-    src = cfg.get("answer_source", "greedy")
-    if src not in ANSWER_SOURCES:
-        raise StrategyError(f"strategy.answer_source must be one of {list(ANSWER_SOURCES)} (greedy: the argmax letter "
-                            f"of the original-order query, KaFT §2.2's r_i; majority: the most frequent sampled "
-                            f"answer), got {src!r}")
+@dataclasses.dataclass(frozen=True)
+class SelfAlignSettings:
+    answer_source: str = fields.choice("greedy", ANSWER_SOURCES, hint=(
+        " (greedy: the argmax letter of the original-order query, KaFT §2.2's r_i; majority: the most frequent "
+        "sampled answer)"), help="where the replacing answer r_i comes from")
 
 
-def _check_ren(cfg: Mapping, names: list[str]) -> None:
-    check_seed(cfg)
-    flag = cfg.get("confident_only", True)
-    if not isinstance(flag, bool):
-        raise StrategyError(f"strategy.confident_only must be true (Ren et al. App. A.1: keep answers with "
-                            f"confidence > 0.5) or false, got {flag!r}")
+@dataclasses.dataclass(frozen=True)
+class RenSettings:
+    data_seed: int | None = data_seed()
+    confident_only: bool = fields.flag(True, hint=" (Ren et al. App. A.1: true keeps answers with confidence > 0.5)",
+                                       help="keep only answers with confidence > 0.5")
 
 
 def greedy_answer(rec: Mapping) -> int | None:
@@ -57,7 +57,7 @@ def _self_answer(ctx: Context, i: int, source: str) -> int:
     return majority(rec["answers"])[0]
 
 
-@register("self_align", keys=("answer_source",), check=_check_answer_source,
+@register("self_align", settings=SelfAlignSettings,
           needs_samples=lambda cfg: cfg.get("answer_source", "greedy") == "majority",
           needs_greedy=lambda cfg: cfg.get("answer_source", "greedy") == "greedy")
 def _self_align(ctx: Context) -> Pick:
@@ -139,19 +139,19 @@ def _ren_pick(ctx: Context, name: str) -> Pick:
     return Pick(keep, answers, info={**info, "replaced": len(answers)})
 
 
-@register("har", keys=("data_seed", "confident_only"), check=_check_ren, needs_samples=True)
+@register("har", settings=RenSettings, needs_samples=True)
 def _har(ctx: Context) -> Pick:
     """Ren et al. (2024) HAR: items the model already answers right (harmonious), as many as INC has."""
     return _ren_pick(ctx, "har")
 
 
-@register("inc", keys=("data_seed", "confident_only"), check=_check_ren, needs_samples=True)
+@register("inc", settings=RenSettings, needs_samples=True)
 def _inc(ctx: Context) -> Pick:
     """Ren et al. (2024) INC: items the model answers with another option than gold (incompatible)."""
     return _ren_pick(ctx, "inc")
 
 
-@register("self", keys=("data_seed", "confident_only"), check=_check_ren, needs_samples=True)
+@register("self", settings=RenSettings, needs_samples=True)
 def _self(ctx: Context) -> Pick:
     """Ren et al. (2024) SELF: INC's items (same ids at the same ``data_seed``), each answer replaced by the model's
     own, so every training answer is wrong and consistent with the model."""

@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Mapping
 
-from kaft.strategy.base import RANDOM, WRONG, Context, Pick, StrategyError, check_seed, draw, register
+from kaft import fields
+from kaft.strategy.base import RANDOM, WRONG, Context, Pick, StrategyError, data_seed, draw, register
+
+
+@dataclasses.dataclass(frozen=True)
+class SubsetSettings:
+    subset: str | None = fields.unchecked(None, help="a subset name of the partition, or random")
+    data_seed: int | None = data_seed()
+
+
+@dataclasses.dataclass(frozen=True)
+class RatioSettings:
+    ratio: float | None = fields.number(None, 0.0, 1.0, hint=" (the share of the wrong subset kept)",
+                                        help="λ: the share of the wrong subset kept")
+    data_seed: int | None = data_seed()
 
 
 def _check_subset(cfg: Mapping, names: list[str]) -> None:
-    check_seed(cfg)
     sub = cfg.get("subset")
     if sub not in (*names, RANDOM):
         raise StrategyError(f"strategy.subset={sub!r} is not a subset of this partition (k={len(names)}); "
                             f"choose one of {[*names, RANDOM]}")
-
-
-def _check_ratio(cfg: Mapping, names: list[str]) -> None:
-    check_seed(cfg)
-    r = cfg.get("ratio")
-    if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= float(r) <= 1.0:
-        raise StrategyError(f"strategy.ratio must be a number in [0, 1] (the share of the wrong subset kept), "
-                            f"got {r!r}")
 
 
 def n_wrong_kept(ratio: float, n_wrong: int) -> int:
@@ -48,7 +54,7 @@ def _wrong_only(ctx: Context) -> Pick:
     return Pick(ctx.indices_in(WRONG))
 
 
-@register("subset", keys=("subset", "data_seed"), check=_check_subset)
+@register("subset", settings=SubsetSettings, check=_check_subset)
 def _subset(ctx: Context) -> Pick:
     """One subset by name, or ``random``: the size of subset 0 (the largest when K does not divide N) drawn from
     all items with ``data_seed`` (null: the run's seed), so every row of Table 9 trains on equally many items."""
@@ -60,7 +66,7 @@ def _subset(ctx: Context) -> Pick:
     return Pick(ctx.indices_in(list(ctx.names).index(sub)))
 
 
-@register("wrong_ratio", keys=("ratio", "data_seed"), check=_check_ratio)
+@register("wrong_ratio", settings=RatioSettings)
 def _wrong_ratio(ctx: Context) -> Pick:
     """Keep ``n_wrong_kept(λ, |wrong|)`` wrong items, drawn with ``data_seed`` (null: the run's seed), plus every item
     of the other subsets: λ = 0 is ``no_conflict``, λ = 1 is ``full`` (Table 10)."""

@@ -27,6 +27,7 @@ from kaft import job as job_mod
 from kaft import losses, modeling
 from kaft import stages as S
 from kaft import strategy as strategy_mod
+from kaft import fields as kfields
 from kaft.cache import Cache, Hit
 from kaft.errors import KaftError
 from kaft.sweep import plan_estimate as est
@@ -36,13 +37,14 @@ from kaft.sweep.status import hydra_errors_as_one_line
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Settings:
     """``plan.*`` settings: the GPU a job gets and how fast it runs (GB = GiB)."""
-    gpu_memory_gb: float = 80.0   # an A100/H100 80 GB; 141 for an H200, 40 for an A100 40 GB
-    peak_tflops: float = 989.0    # dense bf16 peak of that GPU (A100: 312, H200: 989)
-    mfu: float = 0.35             # model FLOP utilisation assumed for every stage
-    probe_items: int = 32         # items whose prompts are tokenised to measure prompt lengths
+    gpu_memory_gb: float = kfields.number(80.0, 0.0, lo_open=True,
+                                         help="an A100/H100 80 GB; 141 for an H200, 40 for an A100 40 GB")
+    peak_tflops: float = kfields.number(989.0, 0.0, lo_open=True, help="dense bf16 peak (A100: 312, H200: 989)")
+    mfu: float = kfields.number(0.35, 0.0, 1.0, lo_open=True, help="model FLOP utilisation assumed for every stage")
+    probe_items: int = kfields.integer(32, 1, help="items whose prompts are tokenised to measure prompt lengths")
 
     @classmethod
     def parse(cls, args: list[str]) -> "Settings":
@@ -50,16 +52,12 @@ class Settings:
         for a in args:
             key, _, value = a[len("plan."):].partition("=")
             if key not in known:
-                raise est.PlanError(f"unknown plan setting {key!r}; known: {', '.join(known)}")
+                raise est.PlanError(str(kfields.unknown_key_error("plan", key, known)))
             try:
                 out[key] = int(value) if known[key] == "int" else float(value)
             except ValueError:
                 raise est.PlanError(f"plan.{key} must be a number, got {value!r}") from None
-        s = cls(**out)
-        if not (s.gpu_memory_gb > 0 and s.peak_tflops > 0 and 0 < s.mfu <= 1 and s.probe_items >= 1):
-            raise est.PlanError(f"plan settings out of range: {s} (gpu_memory_gb, peak_tflops > 0; 0 < mfu <= 1; "
-                                f"probe_items >= 1)")
-        return s
+        return kfields.parse(cls, out, "plan", est.PlanError)
 
 
 # ----------------------------------------------------------------------------------------------- Hydra jobs

@@ -89,14 +89,17 @@ def task_config(cfg: DictConfig) -> DictConfig:
 # ----------------------------------------------------------------------------------------------- one job
 def check_job_config(cfg: DictConfig) -> None:
     """Raise a :class:`~kaft.errors.KaftError` for a job config that cannot run — the checks that need no data and
-    no model: the pre-model checks of :func:`kaft.stages.validate` (detection, partition, strategy, loss, train;
-    its data-size checks are left to the job), the training config's own checks and the model config's."""
-    from kaft import modeling, stages as S
-    from kaft.train.config import validate_train_cfg
+    no model: every config group's schema (:func:`kaft.schema.check_config`; the data-size checks of
+    :func:`kaft.stages.validate` are left to the job), a ``method=`` whose strategy or loss was overridden
+    (:func:`kaft.schema.check_method`, from the job's composed choices) and the model config's own checks."""
+    from kaft import modeling, schema
+    from kaft.stages import plain
 
-    S.validate(cfg, UNKNOWN_SIZE)
-    validate_train_cfg(S.plain(cfg.train))
-    modeling.check_model_cfg(S.plain(cfg.model))
+    schema.check_config(cfg)
+    choices = OmegaConf.select(cfg, "hydra.runtime.choices")
+    if choices is not None:
+        schema.check_method({k: v for k, v in plain(choices).items() if not str(k).startswith("hydra/")})
+    modeling.check_model_cfg(plain(cfg.model))
 
 
 def job_problems(cfg: DictConfig, multirun: bool) -> tuple[str | None, str | None, Path | None]:

@@ -148,7 +148,9 @@ def hydra_errors_as_one_line() -> Iterator[None]:
     except (HydraException, oc_errors.OmegaConfBaseException) as e:
         if was == "1":
             raise
-        print(f"kaft: error: {one_line(e)}", file=sys.stderr)
+        from kaft.schema import explain_override_error
+
+        print(f"kaft: error: {explain_override_error(one_line(e))}", file=sys.stderr)
         sys.exit(2)
     except OSError as e:  # e.g. Hydra cannot create the run dir; an OSError inside a job keeps its traceback
         if _started or was == "1":

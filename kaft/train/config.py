@@ -6,20 +6,16 @@ saved, not the adapter, so the train stage (kaft/stages.py) leaves them out of t
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
+from kaft import fields
 from kaft.errors import ConfigError
 
-TRAIN_KEYS = ("batch_size", "lr", "warmup_ratio", "epochs", "max_length", "weight_decay", "grad_accum",
-              "lr_scheduler", "logging_steps", "lora")
 LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
-# optional train settings that only decide how often progress is saved, not the adapter (left out of cache keys)
-CHECKPOINT_KEYS = ("save_steps", "save_total_limit")
-CHECKPOINT_DEFAULTS = {"save_steps": 50, "save_total_limit": 1}
 
 
 @dataclass(frozen=True)
@@ -39,44 +35,73 @@ class TrainError(ConfigError):
     """An impossible training setting or training input (printed as one ``kaft: error:`` line)."""
 
 
-def _check_numbers(train_cfg: Mapping) -> None:
-    for key in ("batch_size", "epochs", "max_length", "grad_accum", "logging_steps"):
-        v = train_cfg[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise TrainError(f"train.{key} must be a positive integer, got {v!r}")
-    for key, lo, hi in (("lr", 0.0, None), ("warmup_ratio", 0.0, 1.0), ("weight_decay", 0.0, None)):
-        v = train_cfg[key]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < lo or \
-                (hi is not None and v >= hi):
-            rng = f"[{lo:g}, {hi:g})" if hi is not None else f">= {lo:g}"
-            raise TrainError(f"train.{key} must be a number in {rng}, got {v!r}")
-    for key, lo in (("save_steps", 0), ("save_total_limit", 1)):
-        v = train_cfg.get(key, CHECKPOINT_DEFAULTS[key])
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise TrainError(f"train.{key} must be an integer >= {lo}, got {v!r}"
-                             + (" (0 turns checkpoints off)" if key == "save_steps" else ""))
+def _check_targets(label: str, value: Any) -> Any:
+    if isinstance(value, str) and value or (isinstance(value, (list, tuple)) and value
+                                            and all(isinstance(v, str) and v for v in value)):
+        return value
+    raise TrainError(f"{label} must be \"all-linear\" or a non-empty list of module names, got {value!r}")
 
 
-def _check_lora(lora: Mapping) -> None:
-    for key in ("r", "alpha", "dropout", "target_modules"):
-        if key not in lora:
-            raise TrainError(f"train.lora is missing '{key}'")
-    if isinstance(lora["r"], bool) or not isinstance(lora["r"], int) or lora["r"] < 1:
-        raise TrainError(f"train.lora.r must be a positive integer, got {lora['r']!r}")
-    if not 0.0 <= float(lora["dropout"]) < 1.0:
-        raise TrainError(f"train.lora.dropout must be in [0, 1), got {lora['dropout']!r}")
+@dataclasses.dataclass(frozen=True)
+class LoraSettings:
+    """``train.lora.*``: the peft ``LoraConfig`` (keys named as peft names them)."""
+
+    r: int = fields.integer(16, 1, help="LoRA rank")
+    lora_alpha: float = fields.number(32, 0.0, lo_open=True, help="LoRA scaling numerator (peft's lora_alpha)")
+    dropout: float = fields.number(0.05, 0.0, 1.0, hi_open=True, help="LoRA dropout")
+    target_modules: Any = fields.unchecked(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                            "down_proj"], check=_check_targets, help="modules LoRA adapts")
+
+
+LORA_RENAMED = {"alpha": "lora_alpha"}
+
+
+def _check_lora(label: str, value: Any) -> Any:
+    if not isinstance(value, Mapping):
+        raise TrainError(f"{label} must be a mapping of LoRA settings, got {value!r}")
+    fields.reject_unknown(LoraSettings, label, value, renamed=LORA_RENAMED, error=TrainError)
+    missing = [k for k in fields.keys_of(LoraSettings) if k not in value]
+    if missing:
+        raise TrainError(f"{label} is missing {missing[0]!r}")
+    fields.parse(LoraSettings, value, label, TrainError)
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """``train.*`` (conf/train/lora.yaml; KaFT App. A.2 defaults, model configs override them). ``None`` is not a
+    default here: a config states every required key, because it is part of the train cache key as written."""
+
+    batch_size: int = fields.integer(16, 1, help="per-device batch size")
+    grad_accum: int = fields.integer(1, 1, help="gradient accumulation steps")
+    lr: float = fields.number(1.0e-4, 0.0, lo_open=True, help="peak learning rate")
+    lr_scheduler: str = fields.choice("cosine", LR_SCHEDULERS, help="transformers' scheduler name")
+    warmup_ratio: float = fields.number(0.1, 0.0, 1.0, hi_open=True, help="fraction of steps warming up")
+    epochs: int = fields.integer(1, 1, help="passes over the training set")
+    max_length: int = fields.integer(2048, 1, help="tokens per training sequence")
+    weight_decay: float = fields.number(0.0, 0.0, help="AdamW weight decay")
+    logging_steps: int = fields.integer(10, 1, help="steps between loss log lines")
+    save_steps: int = fields.integer(50, 0, hint=" (0 turns checkpoints off)", help="steps between checkpoints")
+    save_total_limit: int = fields.integer(1, 1, help="checkpoints kept")
+    gradient_checkpointing: bool = fields.flag(False, help="recompute activations (less memory, ~1/3 slower)")
+    lora: dict = fields.unchecked(None, check=_check_lora, help="the LoRA adapter (train.lora.*)")
+
+
+# optional train settings that only decide how often progress is saved, not the adapter (left out of cache keys)
+CHECKPOINT_KEYS = ("save_steps", "save_total_limit")
+CHECKPOINT_DEFAULTS = {k: v for k, v in fields.defaults_of(TrainSettings).items() if k in CHECKPOINT_KEYS}
+#: the keys every train config holds (the optional ones: the checkpoint keys and gradient_checkpointing)
+TRAIN_KEYS = tuple(k for k in fields.keys_of(TrainSettings) if k not in (*CHECKPOINT_KEYS, "gradient_checkpointing"))
 
 
 def validate_train_cfg(train_cfg: Mapping) -> None:
     """Raise :class:`TrainError` (one actionable line) for an impossible training config; call before models
-    load."""
+    load. Every key but the checkpoint ones is required: the config is part of the train cache key as written."""
+    fields.reject_unknown(TrainSettings, "train", train_cfg, error=TrainError)
     missing = [k for k in TRAIN_KEYS if k not in train_cfg]
     if missing:
         raise TrainError(f"train config is missing {missing}")
-    _check_numbers(train_cfg)
-    if train_cfg["lr_scheduler"] not in LR_SCHEDULERS:
-        raise TrainError(f"train.lr_scheduler must be one of {list(LR_SCHEDULERS)}, got {train_cfg['lr_scheduler']!r}")
-    _check_lora(train_cfg["lora"])
+    fields.parse(TrainSettings, train_cfg, "train", TrainError)
 
 
 @contextmanager
@@ -90,10 +115,10 @@ def peft_wrap() -> Iterator[None]:
 
 
 def lora_config(lora: Mapping):
-    """The peft ``LoraConfig`` of ``train.lora`` (``{r, alpha, dropout, target_modules}``)."""
+    """The peft ``LoraConfig`` of ``train.lora`` (``{r, lora_alpha, dropout, target_modules}``)."""
     from peft import LoraConfig  # lazy: peft imports torch; needed only to make or load an adapter
 
     targets = lora["target_modules"]
     targets = targets if isinstance(targets, str) else list(targets)  # "all-linear" or a list of module names
-    return LoraConfig(task_type="CAUSAL_LM", r=int(lora["r"]), lora_alpha=float(lora["alpha"]),
+    return LoraConfig(task_type="CAUSAL_LM", r=int(lora["r"]), lora_alpha=float(lora["lora_alpha"]),
                       lora_dropout=float(lora["dropout"]), target_modules=targets, bias="none")

@@ -142,7 +142,7 @@ def train_lora(model, tokenizer, items: Sequence[MCItem], weights: Sequence[floa
     (in memory, in eval mode) after saving its adapter to ``out_dir``.
 
     ``weights[i]`` is item i's reward from :func:`kaft.losses.sample_weights`. ``spec.train`` holds
-    :data:`~kaft.train.config.TRAIN_KEYS` (``lora`` = ``{r, alpha, dropout, target_modules}``); optional
+    :data:`~kaft.train.config.TRAIN_KEYS` (``lora`` = ``{r, lora_alpha, dropout, target_modules}``); optional
     ``gradient_checkpointing``. ``records`` hold sampled answers of ``items`` (same order): SMA's own samples or the
     detection's; a loss that needs pairs (``dpo``) builds its pairs from them and needs them; then
     ``train.batch_size`` counts pairs, the pairs go to ``out_dir/pairs.jsonl`` and their counts to

@@ -36,7 +36,7 @@ def test_top_level_alpha_beta_feed_the_losses():
     cfg = _compose(["loss=kaft", "alpha=0.3", "beta=0.7"])
     assert (cfg.loss.alpha, cfg.loss.beta) == (0.3, 0.7) and list(cfg.partition.rewards) == [0.3, 0.7, 1.0, 1.0]
     cfg = _compose(["loss=eaft", "alpha=0.5"])
-    assert cfg.loss.eaft_alpha == 0.5 and cfg.loss.k == 20 and "alpha" not in cfg.loss
+    assert cfg.loss.eaft_alpha == 0.5 and cfg.loss.top_k == 20 and "alpha" not in cfg.loss
     cfg = _compose(["loss=kaft_eaft", "alpha=0.3"])
     assert (cfg.loss.alpha, cfg.loss.beta, cfg.loss.eaft_alpha) == (0.3, 0.5, 1.0)
 

@@ -37,7 +37,7 @@ ITEMS = [
 def train_cfg(**over):
     cfg = {"batch_size": 4, "lr": 1e-2, "warmup_ratio": 0.0, "epochs": 1, "max_length": 256, "weight_decay": 0.0,
            "grad_accum": 1, "lr_scheduler": "linear", "logging_steps": 1,
-           "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}}
+           "lora": {"r": 4, "lora_alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}}
     cfg.update(over)
     return cfg
 

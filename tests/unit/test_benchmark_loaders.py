@@ -46,7 +46,7 @@ def test_medqa_is_the_papers_suite_and_llama3_8b_the_papers_recipe():
     assert c.dataset.eval.medqa.split == "test" and c.dataset.eval.medmcqa.split == "validation"
     t = c.train
     assert (t.lr, t.batch_size * t.grad_accum, t.epochs, t.max_length, t.warmup_ratio) == (1e-4, 16, 1, 2048, 0.1)
-    assert (t.lora.r, t.lora.alpha) == (16, 32) and "q_proj" in t.lora.target_modules
+    assert (t.lora.r, t.lora.lora_alpha) == (16, 32) and "q_proj" in t.lora.target_modules
     assert c.model.path == "meta-llama/Meta-Llama-3-8B" and c.model.dtype == "bfloat16"
     assert (c.detection.num_orders, c.detection.num_samples, c.detection.temperature) == (10, 10, 0.7)
 

@@ -146,7 +146,7 @@ def test_dpo_pairs_and_training(real, tmp_path):
             [tok.convert_tokens_to_ids(fmt.format("ABCD"[p["rejected_option"]]))]
     cfg = {"batch_size": 4, "lr": 1e-2, "warmup_ratio": 0.0, "epochs": 1, "max_length": 512, "weight_decay": 0.0,
            "grad_accum": 1, "lr_scheduler": "constant", "logging_steps": 1,
-           "lora": {"r": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}}
+           "lora": {"r": 2, "lora_alpha": 4, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}}
     for loss, recs in (({"name": "constant"}, None), ({"name": "dpo", "pair_source": "sma", "pairs": "dataset_self"},
                                                    records)):
         tuned = train.train_lora(copy.deepcopy(model), tok, ITEMS[:4], [1.0] * 4,

@@ -146,10 +146,10 @@ REFERENCES = {
     "constant": ({"name": "constant"}, _ref_weighted_ce),
     "kaft": ({"name": "kaft", "alpha": 0.2, "beta": 0.6}, _ref_weighted_ce),
     "auto_adapt": ({"name": "auto_adapt"}, _ref_weighted_ce),
-    "eaft": ({"name": "eaft", "eaft_alpha": 2.0, "k": 10},
+    "eaft": ({"name": "eaft", "eaft_alpha": 2.0, "top_k": 10},
              lambda x, lab, w: _ref_token_weighted(x, lab, w, _ref_eaft_gate)),
     "dft": ({"name": "dft"}, lambda x, lab, w: _ref_token_weighted(x, lab, w, lambda rows, ce: torch.exp(-ce))),
-    "kaft_eaft": ({"name": "kaft_eaft", "alpha": 0.2, "beta": 0.6, "eaft_alpha": 2.0, "k": 10},
+    "kaft_eaft": ({"name": "kaft_eaft", "alpha": 0.2, "beta": 0.6, "eaft_alpha": 2.0, "top_k": 10},
                   lambda x, lab, w: _ref_token_weighted(x, lab, w, _ref_eaft_gate)),
     "dpo": ({"name": "dpo", "dpo_beta": 0.3, "weight_by_subset": True, "alpha": 0.2, "beta": 0.6}, None),
 }
@@ -237,7 +237,7 @@ def test_a_loss_registered_in_a_test_trains_end_to_end(tiny_tokenizer, tiny_mode
         constant = compute_loss(CONSTANT, logits, batch["labels"], batch["weights"]).item()
         train_cfg = {"batch_size": 8, "lr": 1e-2, "warmup_ratio": 0.0, "epochs": 3, "max_length": 256,
                      "weight_decay": 0.0, "grad_accum": 1, "lr_scheduler": "linear", "logging_steps": 1,
-                     "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}}
+                     "lora": {"r": 4, "lora_alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}}
         out = tmp_path / "adapter"
         model = train.train_lora(copy.deepcopy(tiny_model), tiny_tokenizer, mc_items, weights,
                                  train.TrainSpec(loss=cfg, train=train_cfg, seed=0, domain="geography"), out)

@@ -66,7 +66,7 @@ def test_dpo_config_and_needs_samples():
     assert losses.sma_sampling(cfg) == {"num_samples": 8, "temperature": 1.4, "top_k": 50, "top_p": 0.9,
                                         "max_new_tokens": 4}
     assert losses.sma_sampling({**cfg, "pair_source": "detection"}) is None and losses.sma_sampling(KAFT) is None
-    for bad, match in (({"pair_source": "both"}, "unknown pair_source"), ({"top_p": 0.0}, "top_p"),
+    for bad, match in (({"pair_source": "both"}, "'pair_source' must be one of"), ({"top_p": 0.0}, "top_p"),
                        ({"top_k": -1}, "top_k"), ({"temperature": 0}, "temperature"), ({"num_samples": 0}, "num_samp")):
         with pytest.raises(ValueError, match=match):
             validate_loss_cfg({**cfg, **bad}, 4)

@@ -22,7 +22,7 @@ def test_eaft_weight_on_uniform_logits(alpha):
     # the loss on uniform logits: every token has CE ln(V) and weight (ln20/3)^alpha
     labels = torch.full((1, 4), -100)
     labels[0, 2:] = torch.tensor([7, 9])
-    got = compute_loss({"name": "eaft", "eaft_alpha": alpha, "k": 20}, torch.zeros(1, 4, 50), labels, [1.0])
+    got = compute_loss({"name": "eaft", "eaft_alpha": alpha, "top_k": 20}, torch.zeros(1, 4, 50), labels, [1.0])
     assert got.item() == pytest.approx((math.log(20) / 3.0) ** alpha * math.log(50), rel=1e-6)
 
 
@@ -54,12 +54,12 @@ def test_eaft_matches_reference_formula(alpha, k, normalize, norm):
     logits, labels = ragged_batch(seed=3, v=64)
     logits = logits * 1.5
     ref, _ = _eaft_reference(logits, labels, alpha, k, norm(k))
-    cfg = {"name": "eaft", "eaft_alpha": alpha, "k": k, "normalize": normalize}
+    cfg = {"name": "eaft", "eaft_alpha": alpha, "top_k": k, "normalize": normalize}
     got = compute_loss(cfg, logits, labels, [1.0, 1.0, 1.0])
     assert abs(got.item() - ref.item()) < 1e-6 * max(1.0, abs(ref.item()))  # float32: relative past 1
     assert abs(got.item() - compute_loss(CONSTANT, logits, labels, [1, 1, 1]).item()) > 1e-3
     if normalize == "const3":  # the default
-        assert compute_loss({"name": "eaft", "eaft_alpha": alpha, "k": k}, logits, labels, [1, 1, 1]).item() == got.item()
+        assert compute_loss({"name": "eaft", "eaft_alpha": alpha, "top_k": k}, logits, labels, [1, 1, 1]).item() == got.item()
 
 
 def _label_tokens(logits, labels):
@@ -159,7 +159,7 @@ def test_dft_matches_trl_formula_and_gradient():
 # ----------------------------------------------------------------------------------------------- kaft_eaft
 def test_kaft_eaft_is_reward_times_eaft_weight():
     logits, labels = ragged_batch(seed=8, v=64)
-    cfg = {"name": "kaft_eaft", "alpha": 0.1, "beta": 0.5, "eaft_alpha": 2.0, "k": 10, "normalize": "lnk"}
+    cfg = {"name": "kaft_eaft", "alpha": 0.1, "beta": 0.5, "eaft_alpha": 2.0, "top_k": 10, "normalize": "lnk"}
     w = sample_weights(cfg, [0, 1, 3], [0.1, 0.4, 0.9], 4)
     assert w == pytest.approx([0.1, 0.5, 1.0])
     rows, _, ce = _label_tokens(logits, labels)
@@ -169,7 +169,7 @@ def test_kaft_eaft_is_reward_times_eaft_weight():
     got = compute_loss(cfg, logits, labels, w)
     assert abs(got.item() - ref.item()) < 1e-6
     # with all rewards 1 it is eaft
-    eaft = {"name": "eaft", "eaft_alpha": 2.0, "k": 10, "normalize": "lnk"}
+    eaft = {"name": "eaft", "eaft_alpha": 2.0, "top_k": 10, "normalize": "lnk"}
     assert abs(compute_loss(cfg, logits, labels, [1, 1, 1]).item() - compute_loss(eaft, logits, labels,
                                                                                   [1, 1, 1]).item()) < 1e-7
 
@@ -177,7 +177,7 @@ def test_kaft_eaft_is_reward_times_eaft_weight():
 def test_eaft_no_gradient_through_weight():
     logits, labels = ragged_batch(seed=4, v=64)
     x1 = logits.clone().requires_grad_(True)
-    compute_loss({"name": "eaft", "eaft_alpha": 1.0, "k": 20}, x1, labels, [1, 1, 1]).backward()
+    compute_loss({"name": "eaft", "eaft_alpha": 1.0, "top_k": 20}, x1, labels, [1, 1, 1]).backward()
     # reference: the same weights as constants, gradient only through the CE
     _, w = _eaft_reference(logits, labels)
     x2 = logits.clone().requires_grad_(True)

@@ -43,4 +43,4 @@ def test_auto_adapt_weights_are_scores():
 
 def test_constant_and_eaft_sample_weights_are_one():
     assert sample_weights(CONSTANT, [0, 3], [0.1, 0.9], 4) == [1.0, 1.0]
-    assert sample_weights({"name": "eaft", "eaft_alpha": 1.0, "k": 20}, [0, 3], [0.1, 0.9], 4) == [1.0, 1.0]
+    assert sample_weights({"name": "eaft", "eaft_alpha": 1.0, "top_k": 20}, [0, 3], [0.1, 0.9], 4) == [1.0, 1.0]

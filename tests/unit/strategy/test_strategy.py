@@ -187,7 +187,7 @@ def test_self_align_answer_out_of_range():
     ({"name": "subset", "subset": "wrongg", "data_seed": None}, r"not a subset of this partition \(k=4\).*'random'"),
     ({"name": "subset", "data_seed": None}, "not a subset"),
     ({"name": "subset", "subset": "wrong", "data_seed": 1.5}, "data_seed must be an integer"),
-    ({"name": "wrong_ratio", "ratio": 1.5, "data_seed": 0}, r"ratio must be a number in \[0, 1\]"),
+    ({"name": "wrong_ratio", "ratio": 1.5, "data_seed": 0}, r"ratio must be in \[0, 1\], got 1.5"),
     ({"name": "wrong_ratio", "ratio": -0.1, "data_seed": 0}, "ratio must be"),
     ({"name": "wrong_ratio", "ratio": "half", "data_seed": 0}, "ratio must be"),
     ({"name": "wrong_ratio", "ratio": True, "data_seed": 0}, "ratio must be"),

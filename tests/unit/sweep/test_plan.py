@@ -96,7 +96,7 @@ def test_memory_formulas_for_llama3_8b():
     arch = est.Arch.from_fields({"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32,
                                  "num_attention_heads": 32, "num_key_value_heads": 8, "intermediate_size": 14336,
                                  "vocab_size": 128256}, "test")
-    prm = est.count_params(arch, {"r": 16, "alpha": 32, "dropout": 0.05,
+    prm = est.count_params(arch, {"r": 16, "lora_alpha": 32, "dropout": 0.05,
                                   "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                      "down_proj"]})
     assert prm.lora == 32 * 16 * (2 * 8192 + 2 * 5120 + 3 * 18432)  # r × (in + out) of each adapted projection
@@ -121,7 +121,7 @@ def test_wrong_lora_targets_fail_in_the_plan(monkeypatch, tmp_path):
 
 
 def test_bad_settings_are_one_line(tmp_path):
-    for args, says in ((["plan.mfu=2"], "plan settings out of range"), (["plan.gpus=4"], "unknown plan setting 'gpus'"),
+    for args, says in ((["plan.mfu=2"], "plan.mfu must be in (0, 1], got 2"), (["plan.gpus=4"], "plan.gpus is not a plan setting"),
                        (["--cfg", "job"], "kaft.sweep.plan takes kaft.run's overrides"), (["loss=nope"], "loss")):
         out = subprocess.run([sys.executable, "-m", "kaft.sweep.plan", *args], cwd=tmp_path, env=_env(tmp_path),
                              capture_output=True, text=True, timeout=300)

@@ -29,7 +29,7 @@ def test_trainer_sliced_logits_loss_equals_full_logits_loss(tok, tmp_path):
     batch = train.WeightedCollator(tok.pad_token_id)(rows)
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True,
                              remove_unused_columns=False)
-    for cfg in ({"name": "kaft", "alpha": 0.1, "beta": 0.5}, {"name": "eaft", "eaft_alpha": 1.0, "k": 20}):
+    for cfg in ({"name": "kaft", "alpha": 0.1, "beta": 0.5}, {"name": "eaft", "eaft_alpha": 1.0, "top_k": 20}):
         trainer = train.weighted_trainer_class()(model=model, args=args, data_collator=None, loss_cfg=cfg)
         assert trainer._slice_logits
         with torch.no_grad():
@@ -64,8 +64,8 @@ def test_zero_weight_leaves_lora_unchanged_and_weight_one_changes_it(tok, tmp_pa
 
 @pytest.mark.parametrize("loss_cfg", [
     {"name": "kaft", "alpha": 0.5, "beta": 0.5},
-    {"name": "eaft", "eaft_alpha": 1.0, "k": 20},
-    {"name": "kaft_eaft", "alpha": 0.5, "beta": 0.5, "eaft_alpha": 1.0, "k": 20, "normalize": "lnk"},
+    {"name": "eaft", "eaft_alpha": 1.0, "top_k": 20},
+    {"name": "kaft_eaft", "alpha": 0.5, "beta": 0.5, "eaft_alpha": 1.0, "top_k": 20, "normalize": "lnk"},
     {"name": "dft"},
 ], ids=lambda c: c["name"])
 def test_train_lora_end_to_end(tok, tmp_path, loss_cfg):
@@ -122,7 +122,7 @@ def test_interrupted_training_resumes_from_its_checkpoint_to_the_same_adapter(to
 
     cfg = train_cfg(epochs=15, batch_size=2, grad_accum=2, lr=3e-2, warmup_ratio=0.1, lr_scheduler="cosine",
                     save_steps=3, save_total_limit=1,
-                    lora={"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]})
+                    lora={"r": 4, "lora_alpha": 8, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]})
     weights = [0.1, 0.5, 1.0, 1.0, 0.1, 0.5, 1.0, 1.0]
     base = make_model(len(tok))
     ref = lora_state(train.train_lora(copy.deepcopy(base), tok, ITEMS, weights, spec({"name": "constant"}, cfg, 3),
