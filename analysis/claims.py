@@ -9,9 +9,9 @@ so. :func:`findings` turns every claim into :class:`Finding` s — mean differen
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import pandas as pd
 
@@ -32,8 +32,9 @@ def per_seed(jobs: pd.DataFrame, layout: str) -> Rows:
     seeds = done["seed"].map(str)
     keyed = pd.DataFrame({"row": layout_of(layout).row_keys(done), "seed": seeds, "avg": done["avg"]})
     base = done["base_avg"].notna()
-    keyed = pd.concat([keyed, pd.DataFrame({"row": "_base_metrics", "seed": seeds[base],
-                                            "avg": done.loc[base, "base_avg"]})])
+    keyed = pd.concat(
+        [keyed, pd.DataFrame({"row": "_base_metrics", "seed": seeds[base], "avg": done.loc[base, "base_avg"]})]
+    )
     out: Rows = {}
     for (row, seed), vals in keyed.groupby(["row", "seed"], sort=False)["avg"]:
         out.setdefault(row, {})[seed] = statistics.fmean(vals.tolist())
@@ -83,8 +84,8 @@ class Finding:
     """One claim of the paper as a paired difference over seeds: the paper says ``diffs`` > ``margin``."""
 
     claim: str
-    paper: str     # the paper's direction and where it says so
-    testbed: str   # the compared rows, mean ± std over seeds
+    paper: str  # the paper's direction and where it says so
+    testbed: str  # the compared rows, mean ± std over seeds
     diffs: list[float]
     margin: float = 0.0
 
@@ -124,12 +125,18 @@ class Claim:
     def check(self, rows: Rows) -> list[Finding]:
         rows = VIEWS[self.view](rows)
         out = []
-        for hi, lo in (self.pairs(rows) if callable(self.pairs) else self.pairs):
+        for hi, lo in self.pairs(rows) if callable(self.pairs) else self.pairs:
             if all(r.format(hi=hi, lo=lo) in rows for r in self.requires):
                 a, b, la, lb = rows.get(hi, {}), rows.get(lo, {}), self.label(hi), self.label(lo)
-                out.append(Finding(self.text.format(hi=la, lo=lb), f"{la} − {lb} > {self.margin:g}: {self.paper}",
-                                   f"{la} {ms(list(a.values()))}, {lb} {ms(list(b.values()))}", paired(a, b),
-                                   self.margin))
+                out.append(
+                    Finding(
+                        self.text.format(hi=la, lo=lb),
+                        f"{la} − {lb} > {self.margin:g}: {self.paper}",
+                        f"{la} {ms(list(a.values()))}, {lb} {ms(list(b.values()))}",
+                        paired(a, b),
+                        self.margin,
+                    )
+                )
         return out
 
 
@@ -159,51 +166,148 @@ def middle_beta(rows: Rows) -> list[tuple[str, str]]:
     return [("β=0.5", k) for k in keys if k != "β=0.5"] if "β=0.5" in keys and len(keys) > 2 else []
 
 
-MAIN = {"base": "base", "wrong_only": "wrong-only", "vanilla": "vanilla", "no_conflict": "no-conflict",
-        "self_align": "self-aligning", "self_align_majority": "self-aligning (majority)", "kaft": "KaFT",
-        "constant": "constant", "auto_adapt": "auto-adapt"}
-DETECTORS = {"icl": "ICL (Ren et al.)", "no_diverse_query": "w/o diverse query", "no_sampling": "w/o sampling",
-             "no_both": "w/o both", "diversified": "diversified", "random": "random"}
+MAIN = {
+    "base": "base",
+    "wrong_only": "wrong-only",
+    "vanilla": "vanilla",
+    "no_conflict": "no-conflict",
+    "self_align": "self-aligning",
+    "self_align_majority": "self-aligning (majority)",
+    "kaft": "KaFT",
+    "constant": "constant",
+    "auto_adapt": "auto-adapt",
+}
+DETECTORS = {
+    "icl": "ICL (Ren et al.)",
+    "no_diverse_query": "w/o diverse query",
+    "no_sampling": "w/o sampling",
+    "no_both": "w/o both",
+    "diversified": "diversified",
+    "random": "random",
+}
 KAFT_VS_NO_CONFLICT = "KaFT beats no-conflict"
 ADDING_WRONG = "Adding some wrong data (λ = 25%) beats none (λ = 0)"
 BOTH = ("{hi}", "{lo}")
 
 CLAIMS: tuple[Claim, ...] = (
-    Claim("table6_halueval", "Training on the wrong subset alone collapses the model",
-          "by 2.8 to 27 points (Tables 6/9)", (("base", "wrong_only"),), labels=MAIN),
-    Claim("table6_halueval", "Fine-tuning helps: vanilla SFT beats the base model", "by 0.3-3.3 points (Table 2)",
-          (("vanilla", "base"),), labels=MAIN),
-    Claim("table6_halueval", "Conflicting data hurts: no-conflict beats vanilla SFT", "3 of 4 models (Table 2)",
-          (("no_conflict", "vanilla"),), labels=MAIN),
+    Claim(
+        "table6_halueval",
+        "Training on the wrong subset alone collapses the model",
+        "by 2.8 to 27 points (Tables 6/9)",
+        (("base", "wrong_only"),),
+        labels=MAIN,
+    ),
+    Claim(
+        "table6_halueval",
+        "Fine-tuning helps: vanilla SFT beats the base model",
+        "by 0.3-3.3 points (Table 2)",
+        (("vanilla", "base"),),
+        labels=MAIN,
+    ),
+    Claim(
+        "table6_halueval",
+        "Conflicting data hurts: no-conflict beats vanilla SFT",
+        "3 of 4 models (Table 2)",
+        (("no_conflict", "vanilla"),),
+        labels=MAIN,
+    ),
     Claim("table6_halueval", "KaFT beats vanilla SFT", "all models (Tables 2/3)", (("kaft", "vanilla"),), labels=MAIN),
-    Claim("table6_halueval", KAFT_VS_NO_CONFLICT, "all models, by 0.6-1.3 points (Table 2)",
-          (("kaft", "no_conflict"),), labels=MAIN),
-    Claim("table6_halueval", "KaFT beats {lo}", "all models, by 0.4-1.7 points (Table 2)",
-          (("kaft", "self_align"), ("kaft", "self_align_majority")), ("{lo}",), MAIN),
-    Claim("table12_rewards", "Reward strategies: {hi} > {lo}", "all models (Table 12, Fig. 3)",
-          tuple(S.adjacent(["kaft", "auto_adapt", "constant"])), labels=MAIN),
-    Claim("table13_alpha_beta", "Accuracy falls as α (the wrong subset's reward) rises (mean over β): {hi} > {lo}",
-          "a continuous decline (Fig. 4)", ascending, view="mean over β"),
-    Claim("table13_alpha_beta", "A middle β (0.5, the might-wrong reward) is best (mean over α): {hi} > {lo}",
-          "on Mistral-7B; Qwen1.5-7B peaks at β = 0.1 (Fig. 4, Table 13)", middle_beta, view="mean over α"),
-    Claim("table4_detection", "Training on diversified detection's wrong set hurts more than on {hi}'s",
-          "27.2 vs 30.2-49.0; random 54.4 (Table 4)",
-          tuple((k, "diversified") for k in ("icl", "no_diverse_query", "no_sampling", "no_both", "random")), BOTH,
-          DETECTORS),
-    Claim("table9_subsets", "One subset only: might-right beats right", "3 of 4 models (Fig. 2b, Table 9)",
-          (("might-right", "right"),)),
-    Claim("table9_subsets", "One subset only: wrong is the worst (below {hi})", "all models (Fig. 2b, Table 9)",
-          tuple((k, "wrong") for k in ("right", "might-right", "might-wrong", "random")), BOTH),
-    Claim("table10_wrong_ratio", ADDING_WRONG, "slightly (Fig. 2c; Table 10: +0.2, +0.6)", (("0.25", "0"),), BOTH,
-          lambda k: f"λ={float(k):.0%}"),
-    Claim("table10_wrong_ratio", "All wrong data (λ = 100%) is worse than none",
-          "on one of two models (Table 10, an extraction marked doubtful)", extremes, labels=lambda k: f"λ={float(k):.0%}"),
-    Claim("table5_partitions", "More conflict subsets help: {hi} > {lo}", "+0.16, +0.20 (Table 5)",
-          tuple(S.adjacent(["k8", "k4", "k2"])), ("k2", "k4", "k8"), {"k2": "K=2", "k4": "K=4", "k8": "K=8"}),
-    Claim("ren_har_inc_self", "Ren et al.: harmonious data (HAR) beats incompatible data (INC)",
-          "every model and domain (Ren et al. Table 1)", (("har", "inc"),), BOTH, {"har": "HAR", "inc": "INC"}),
-    Claim("ren_har_inc_self", "Ren et al.: self-aligned data (SELF) beats INC", "mostly (Ren et al. Table 1)",
-          (("self", "inc"),), ("har", *BOTH), {"self": "SELF", "inc": "INC"}),
+    Claim(
+        "table6_halueval",
+        KAFT_VS_NO_CONFLICT,
+        "all models, by 0.6-1.3 points (Table 2)",
+        (("kaft", "no_conflict"),),
+        labels=MAIN,
+    ),
+    Claim(
+        "table6_halueval",
+        "KaFT beats {lo}",
+        "all models, by 0.4-1.7 points (Table 2)",
+        (("kaft", "self_align"), ("kaft", "self_align_majority")),
+        ("{lo}",),
+        MAIN,
+    ),
+    Claim(
+        "table12_rewards",
+        "Reward strategies: {hi} > {lo}",
+        "all models (Table 12, Fig. 3)",
+        tuple(S.adjacent(["kaft", "auto_adapt", "constant"])),
+        labels=MAIN,
+    ),
+    Claim(
+        "table13_alpha_beta",
+        "Accuracy falls as α (the wrong subset's reward) rises (mean over β): {hi} > {lo}",
+        "a continuous decline (Fig. 4)",
+        ascending,
+        view="mean over β",
+    ),
+    Claim(
+        "table13_alpha_beta",
+        "A middle β (0.5, the might-wrong reward) is best (mean over α): {hi} > {lo}",
+        "on Mistral-7B; Qwen1.5-7B peaks at β = 0.1 (Fig. 4, Table 13)",
+        middle_beta,
+        view="mean over α",
+    ),
+    Claim(
+        "table4_detection",
+        "Training on diversified detection's wrong set hurts more than on {hi}'s",
+        "27.2 vs 30.2-49.0; random 54.4 (Table 4)",
+        tuple((k, "diversified") for k in ("icl", "no_diverse_query", "no_sampling", "no_both", "random")),
+        BOTH,
+        DETECTORS,
+    ),
+    Claim(
+        "table9_subsets",
+        "One subset only: might-right beats right",
+        "3 of 4 models (Fig. 2b, Table 9)",
+        (("might-right", "right"),),
+    ),
+    Claim(
+        "table9_subsets",
+        "One subset only: wrong is the worst (below {hi})",
+        "all models (Fig. 2b, Table 9)",
+        tuple((k, "wrong") for k in ("right", "might-right", "might-wrong", "random")),
+        BOTH,
+    ),
+    Claim(
+        "table10_wrong_ratio",
+        ADDING_WRONG,
+        "slightly (Fig. 2c; Table 10: +0.2, +0.6)",
+        (("0.25", "0"),),
+        BOTH,
+        lambda k: f"λ={float(k):.0%}",
+    ),
+    Claim(
+        "table10_wrong_ratio",
+        "All wrong data (λ = 100%) is worse than none",
+        "on one of two models (Table 10, an extraction marked doubtful)",
+        extremes,
+        labels=lambda k: f"λ={float(k):.0%}",
+    ),
+    Claim(
+        "table5_partitions",
+        "More conflict subsets help: {hi} > {lo}",
+        "+0.16, +0.20 (Table 5)",
+        tuple(S.adjacent(["k8", "k4", "k2"])),
+        ("k2", "k4", "k8"),
+        {"k2": "K=2", "k4": "K=4", "k8": "K=8"},
+    ),
+    Claim(
+        "ren_har_inc_self",
+        "Ren et al.: harmonious data (HAR) beats incompatible data (INC)",
+        "every model and domain (Ren et al. Table 1)",
+        (("har", "inc"),),
+        BOTH,
+        {"har": "HAR", "inc": "INC"},
+    ),
+    Claim(
+        "ren_har_inc_self",
+        "Ren et al.: self-aligned data (SELF) beats INC",
+        "mostly (Ren et al. Table 1)",
+        (("self", "inc"),),
+        ("har", *BOTH),
+        {"self": "SELF", "inc": "INC"},
+    ),
 )
 
 

@@ -21,22 +21,26 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
 import pandas as pd  # noqa: E402
 
 from analysis import table as T  # noqa: E402
 from analysis.jobs import jobs_frame  # noqa: E402
 from kaft.results import read_results  # noqa: E402
 
-FIGURES = {"2a": "score_distribution", "2b": "subsets", "2c": "wrong_ratio", "3": "reward_strategies",
-           "4": "alpha_beta"}
+FIGURES = {
+    "2a": "score_distribution",
+    "2b": "subsets",
+    "2c": "wrong_ratio",
+    "3": "reward_strategies",
+    "4": "alpha_beta",
+}
 LAYOUT = {"2b": "9", "2c": "10", "3": "12", "4": "13"}
 
 
@@ -51,8 +55,13 @@ def _save(fig, out: Path, fid: str) -> list[Path]:
     for p in paths:
         ext = p.suffix[1:]
         # no creation date in the PDF: re-rendering the same results gives the same file
-        write_file(p, "analysis.figures", lambda tmp, ext=ext: fig.savefig(
-            tmp, format=ext, dpi=150, bbox_inches="tight", metadata={"CreationDate": None} if ext == "pdf" else None))
+        write_file(
+            p,
+            "analysis.figures",
+            lambda tmp, ext=ext: fig.savefig(
+                tmp, format=ext, dpi=150, bbox_inches="tight", metadata={"CreationDate": None} if ext == "pdf" else None
+            ),
+        )
     plt.close(fig)
     return paths
 
@@ -93,7 +102,8 @@ def fig_2a(jobs: pd.DataFrame, out: Path) -> list[Path]:
         if counts is not None:
             probe = (res.get("cache_keys") or {}).get("detect") or job["job_dir"]
             groups.setdefault((job["model"], job["dataset"]), {}).setdefault(job["detection"], {}).setdefault(
-                probe, counts)
+                probe, counts
+            )
     if not groups:
         raise ValueError("no results.json with detection.histogram_10bins or detection.scores")
     fig, axes = _panels(len(groups))
@@ -108,8 +118,11 @@ def fig_2a(jobs: pd.DataFrame, out: Path) -> list[Path]:
         ax.set_xlim(0, 1)
         ax.set_xlabel("conflict Score (fraction of answers = gold)")
         ax.set_ylabel("fraction of training items")
-        ax.set_title(f"{model} · {dataset}\n({det}; {len(fracs)} probe{'s' if len(fracs) > 1 else ''}"
-                     f"{', one line each' if len(fracs) > 1 else ''})", fontsize=9)
+        ax.set_title(
+            f"{model} · {dataset}\n({det}; {len(fracs)} probe{'s' if len(fracs) > 1 else ''}"
+            f"{', one line each' if len(fracs) > 1 else ''})",
+            fontsize=9,
+        )
     fig.suptitle("Fig. 2(a): distribution of the conflict Score", fontsize=10, y=1.08)
     return _save(fig, out, "2a")
 
@@ -143,12 +156,19 @@ def _bar_fig(sections: Sequence[T.Section], out: Path, fid: str, title: str) -> 
 def fig_2c(sections: Sequence[T.Section], out: Path) -> list[Path]:
     fig, axes = _panels(len(sections))
     for ax, sec in zip(axes, sections):
-        pts = sorted(((r["ratio"], r, p) for r, p in _pairs(sec) if r["ratio"] is not None and r.get("avg") is not None),
-                     key=lambda t: t[0])
+        pts = sorted(
+            ((r["ratio"], r, p) for r, p in _pairs(sec) if r["ratio"] is not None and r.get("avg") is not None),
+            key=lambda t: t[0],
+        )
         if pts:
-            ax.errorbar([100 * x for x, _, _ in pts], [r["avg"] for _, r, _ in pts],
-                        yerr=[r.get("avg_std") or 0.0 for _, r, _ in pts], marker="o", capsize=3,
-                        label="ours (mean ± std over data seeds)")
+            ax.errorbar(
+                [100 * x for x, _, _ in pts],
+                [r["avg"] for _, r, _ in pts],
+                yerr=[r.get("avg_std") or 0.0 for _, r, _ in pts],
+                marker="o",
+                capsize=3,
+                label="ours (mean ± std over data seeds)",
+            )
         pp = [(100 * x, p["avg"]) for x, _, p in pts if p is not None and p.get("avg") is not None]
         if pp:
             ax.plot(*zip(*pp), ls="--", marker="D", color="black", ms=4, label="paper")
@@ -223,7 +243,7 @@ def main(argv=None) -> int:
     from kaft.outputs import OutputError, check_target
 
     try:
-        for fid in (FIGURES if args.figure == "all" else [args.figure]):
+        for fid in FIGURES if args.figure == "all" else [args.figure]:
             for p in _paths(Path(args.out), fid):
                 check_target(p, "analysis.figures")
     except OutputError as e:
@@ -234,7 +254,7 @@ def main(argv=None) -> int:
         print(f"no results.json under {' '.join(args.root)}", file=sys.stderr)
         return 1
     rc = 0
-    for fid in (FIGURES if args.figure == "all" else [args.figure]):
+    for fid in FIGURES if args.figure == "all" else [args.figure]:
         try:
             for p in make_figure(jobs, fid, args.out):
                 print(p)

@@ -20,8 +20,8 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
-from kaft.schema import method_spec
 from kaft.results import dig, read_results, sweep_frame
+from kaft.schema import method_spec
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 ACC, BASE_ACC = "acc/", "base/"  # column prefixes: accuracy (%) per benchmark, fine-tuned and base model
@@ -42,10 +42,11 @@ class Method:
 
     def matches(self, job: dict) -> bool:
         return (job["strategy"], job["loss"]) == (self.strategy, self.loss) and all(
-            job.get(k) == v for k, v in self.settings.items())
+            job.get(k) == v for k, v in self.settings.items()
+        )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def methods() -> dict[str, Method]:
     """Every ``conf/method/*.yaml`` as a :class:`Method`, read with OmegaConf (``override /strategy: x`` lines of
     the defaults list and the ``strategy:`` block)."""
@@ -56,7 +57,7 @@ def methods() -> dict[str, Method]:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def partition_k(name: str) -> int:
     """K of ``conf/partition/<name>.yaml`` (4, the paper's, for a name without a file)."""
     path = CONF / "partition" / f"{name}.yaml"
@@ -75,8 +76,9 @@ def method_id(job: dict) -> str:
     if named is not None and (named.strategy, named.loss) != (job["strategy"], job["loss"]):
         named, job = None, {**job, "method": None}
     if named is not None and not named.matches(job):
-        sibling = next((m for m in ms.values() if m.matches(job) and (m.strategy, m.loss) ==
-                        (named.strategy, named.loss)), None)
+        sibling = next(
+            (m for m in ms.values() if m.matches(job) and (m.strategy, m.loss) == (named.strategy, named.loss)), None
+        )
         return sibling.name if sibling else named.name
     if job["method"]:
         return job["method"]
@@ -121,8 +123,12 @@ def detector_id(det: dict, override: str | None = None) -> str:
     if name != "diversified":
         return name
     dq, rs = det.get("diverse_query", True) is not False, det.get("response_sampling", True) is not False
-    return {(True, True): name, (False, True): "no_diverse_query", (True, False): "no_sampling",
-            (False, False): "no_both"}[(dq, rs)]
+    return {
+        (True, True): name,
+        (False, True): "no_diverse_query",
+        (True, False): "no_sampling",
+        (False, False): "no_both",
+    }[(dq, rs)]
 
 
 def loss_params(flat: dict, cfg: dict, ov: dict, loss: str) -> tuple[float, float, float | None]:
@@ -177,15 +183,22 @@ def job_record(flat: dict, res: dict) -> dict:
         v = ov.get(key) if v is None else v
         return default if v is None else v
 
-    job = {"job_dir": flat["job_dir"], "status": str(flat.get("status") or "done"), "method": method,
-           "strategy": str(pick("strategy", "strategy", spec.strategy if spec else LEGACY["strategy"])),
-           "loss": str(pick("loss", "loss", spec.loss if spec else LEGACY["loss"]))}
+    job = {
+        "job_dir": flat["job_dir"],
+        "status": str(flat.get("status") or "done"),
+        "method": method,
+        "strategy": str(pick("strategy", "strategy", spec.strategy if spec else LEGACY["strategy"])),
+        "loss": str(pick("loss", "loss", spec.loss if spec else LEGACY["loss"])),
+    }
     settings = spec.settings if spec else {}
     job["subset"] = pick("subset", "strategy.subset", settings.get("subset"))
     job["ratio"] = num(pick("ratio", "strategy.ratio"))
     job["data_seed"] = pick("data_seed", "strategy.data_seed")
-    job["answer_source"] = (dig(cfg, ("strategy", "answer_source")) or ov.get("strategy.answer_source") or
-                            ("majority" if job["strategy"] == "self_align" else None))  # older: majority
+    job["answer_source"] = (
+        dig(cfg, ("strategy", "answer_source"))
+        or ov.get("strategy.answer_source")
+        or ("majority" if job["strategy"] == "self_align" else None)
+    )  # older: majority
     job["alpha"], job["beta"], job["eaft_alpha"] = loss_params(flat, cfg, ov, job["loss"])
     k = flat.get("partition")
     job["k"] = int(ov.get("partition.k") or partition_k(ov.get("partition", "default")) if k is None else k)
@@ -196,8 +209,11 @@ def job_record(flat: dict, res: dict) -> dict:
     avg, base_avg, delta = num(flat.get("average")), num(flat.get("base_average")), num(flat.get("delta_vs_base"))
     if delta is None and avg is not None and base_avg is not None:
         delta = avg - base_avg
-    job.update(avg=None if avg is None else 100 * avg, delta=None if delta is None else 100 * delta,
-               base_avg=None if base_avg is None else 100 * base_avg)
+    job.update(
+        avg=None if avg is None else 100 * avg,
+        delta=None if delta is None else 100 * delta,
+        base_avg=None if base_avg is None else 100 * base_avg,
+    )
     job["method_id"] = method_id(job)
     job.update(_accs(flat, res.get("base_metrics") or {}))
     return job
@@ -223,4 +239,4 @@ def jobs_frame(*roots: str | os.PathLike) -> pd.DataFrame:
 
 def benchmarks(frame: pd.DataFrame, prefix: str = ACC) -> list[str]:
     """The benchmarks with a value in ``frame``, in column order."""
-    return [c[len(prefix):] for c in frame.columns if c.startswith(prefix) and frame[c].notna().any()]
+    return [c[len(prefix) :] for c in frame.columns if c.startswith(prefix) and frame[c].notna().any()]

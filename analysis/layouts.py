@@ -6,8 +6,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import pandas as pd
 
@@ -16,11 +16,26 @@ from kaft.errors import ConfigError
 from kaft.registry import Registry
 
 # the main comparison's rows (KaFT Tables 2/3/6/7/14), in the paper's order; also every layout's fallback labels
-METHOD_ORDER = ("base", "wrong_only", "vanilla", "no_conflict", "self_align", "self_align_majority", "kaft",
-                "random_subset")
-METHOD_LABELS = {"base": "Base", "wrong_only": "Wrong-only", "vanilla": "Vanilla SFT", "no_conflict": "No-conflict",
-                 "self_align": "Self-aligning", "self_align_majority": "Self-aligning (majority of samples)",
-                 "kaft": "KaFT (Ours)", "random_subset": "Random subset"}
+METHOD_ORDER = (
+    "base",
+    "wrong_only",
+    "vanilla",
+    "no_conflict",
+    "self_align",
+    "self_align_majority",
+    "kaft",
+    "random_subset",
+)
+METHOD_LABELS = {
+    "base": "Base",
+    "wrong_only": "Wrong-only",
+    "vanilla": "Vanilla SFT",
+    "no_conflict": "No-conflict",
+    "self_align": "Self-aligning",
+    "self_align_majority": "Self-aligning (majority of samples)",
+    "kaft": "KaFT (Ours)",
+    "random_subset": "Random subset",
+}
 SETTING_NAMES = {"alpha": "α", "beta": "β", "eaft_alpha": "eaft_alpha"}  # loss settings a row can be split by
 ANY = object()  # a Rule condition: the column has a value
 
@@ -91,19 +106,19 @@ class Layout:
 
     name: str
     title: str
-    first: str                       # the row column's header
+    first: str  # the row column's header
     order: tuple
-    paper: tuple                     # the paper's tables to show beside ours (this layout's own first)
-    aliases: tuple = ()              # the paper table numbers that select this layout (--table)
+    paper: tuple  # the paper's tables to show beside ours (this layout's own first)
+    aliases: tuple = ()  # the paper table numbers that select this layout (--table)
     labels: dict = field(default_factory=dict)
     rules: tuple = ()
     default: str = "{method_id}"
     label_of: Callable[[str], str | None] = lambda key: None
     sort: Callable = _by_name
     base_from_metrics: bool = False  # no base job: a Base row from the jobs' own base evaluation
-    versus_random: bool = False      # a "Δ vs Random" column (Table 4)
-    matrix: bool = False             # the α × β grid of Avg. before the long table (Table 13, Fig. 4)
-    name_settings: bool = False      # every row names the settings its loss used ("EAFT (eaft_alpha=1)")
+    versus_random: bool = False  # a "Δ vs Random" column (Table 4)
+    matrix: bool = False  # the α × β grid of Avg. before the long table (Table 13, Fig. 4)
+    name_settings: bool = False  # every row names the settings its loss used ("EAFT (eaft_alpha=1)")
 
     def row_keys(self, jobs: pd.DataFrame) -> pd.Series:
         """Each job's row id (shared with paper_numbers.yaml)."""
@@ -124,8 +139,7 @@ class Layout:
         if self.name_settings:  # a row named with its settings sits where its loss does
             first = [k for head in self.order for k in keys if k.split(" (", 1)[0] == head]
             return first + sorted((k for k in keys if k not in first), key=self.sort)
-        return [k for k in self.order if k in keys] + sorted((k for k in keys if k not in self.order),
-                                                             key=self.sort)
+        return [k for k in self.order if k in keys] + sorted((k for k in keys if k not in self.order), key=self.sort)
 
     def split_by_settings(self, key: str, jobs: pd.DataFrame) -> pd.Series:
         """Jobs that share a row but not their loss's settings (a loss swept over α, say) are rows of their own,
@@ -165,44 +179,128 @@ def _k_label(key: str) -> str | None:
 
 
 LAYOUTS: Registry[Layout] = Registry("table layout")
-_WRONG_SET = (Rule({"method_id": "random_subset"}, "random"),
-              Rule({"strategy": "wrong_only", "loss": "constant"}, "{detection}"),
-              Rule({"strategy": "wrong_only"}, "{detection}+{loss}"),
-              Rule({"strategy": "subset", "subset": "wrong", "loss": "constant"}, "{detection}"),
-              Rule({"strategy": "subset", "subset": "wrong"}, "{detection}+{loss}"))
+_WRONG_SET = (
+    Rule({"method_id": "random_subset"}, "random"),
+    Rule({"strategy": "wrong_only", "loss": "constant"}, "{detection}"),
+    Rule({"strategy": "wrong_only"}, "{detection}+{loss}"),
+    Rule({"strategy": "subset", "subset": "wrong", "loss": "constant"}, "{detection}"),
+    Rule({"strategy": "subset", "subset": "wrong"}, "{detection}+{loss}"),
+)
 for _layout in (
-    Layout("main", "Main comparison (KaFT Tables 2/3/6/7/14)", "Method", METHOD_ORDER, (2, 3, 6, 7, 14),
-           ("2", "3", "6", "7", "14", "main"), base_from_metrics=True),
-    Layout("4", "Wrong sets chosen by each conflict detector vs a random set (KaFT Tables 4/11)",
-           "Detector (wrong set)", ("base", "random", "diversified", "no_diverse_query", "no_sampling", "no_both",
-                                    "icl", "mc_conversion"), (11,), ("4", "11"),
-           {"base": "Base", "random": "Random", "diversified": "Ours (diversified)",
-            "no_diverse_query": "-w/o diverse query", "no_sampling": "-w/o response sampling",
-            "no_both": "-w/o both", "icl": "ICL (Ren et al.)", "mc_conversion": "MC conversion"},
-           _WRONG_SET, versus_random=True),
-    Layout("5", "KaFT with K conflict subsets (KaFT Table 5)", "Method", ("base", "k2", "k4", "k8"), (5, 2), ("5",),
-           {"base": "Base", "k2": "KaFT-2 subsets", "k4": "KaFT-4 subsets", "k8": "KaFT-8 subsets"},
-           (Rule({"method_id": "kaft"}, "k{k}"),), "k{k}:{method_id}", _k_label, _by_k, base_from_metrics=True),
-    Layout("9", "One conflict subset only (KaFT Table 9, Fig. 2b)", "Subset",
-           ("base", "random", "right", "might-right", "might-wrong", "wrong"), (9, 2), ("9",),
-           {"base": "Base", "random": "Random"},
-           (Rule({"strategy": "subset", "loss": "constant"}, "{subset}"), Rule({"method_id": "wrong_only"}, "wrong"))),
-    Layout("10", "Ratio λ of the wrong subset (KaFT Table 10, Fig. 2c)", "Ratio", ("base",), (10, 2), ("10",),
-           {"base": "Base"}, (Rule({"strategy": "wrong_ratio", "loss": "constant", "ratio": ANY}, "{ratio:g}"),
-                              Rule({"method_id": "no_conflict"}, "0"), Rule({"method_id": "vanilla"}, "1")),
-           label_of=_lambda_label, sort=_by_number),
-    Layout("12", "Reward strategies (KaFT Table 12, Fig. 3)", "Reward", ("base", "kaft", "constant", "auto_adapt"),
-           (12, 2), ("12",), {"base": "Base", "kaft": "KaFT (Ours)", "constant": "-w. constant",
-                              "auto_adapt": "-w. auto-adapt"}, (Rule({"strategy": "full"}, "{loss}"),)),
-    Layout("losses", "Training objectives", "Loss",  # the losses in the order the report has always shown them
-           ("base", "constant", "kaft", "auto_adapt", "eaft", "dft", "dpo", "kaft_eaft"), (12, 2), ("losses",),
-           {"base": "Base"}, (Rule({"strategy": "full"}, "{loss}"),), label_of=loss_label, name_settings=True),
-    Layout("13", "KaFT rewards α (wrong) × β (might-wrong) (KaFT Table 13, Fig. 4)", "Rewards", ("base",), (13, 2),
-           ("13",), {"base": "Base"}, (Rule({"method_id": "kaft"}, "a{alpha:g}_b{beta:g}"),),
-           label_of=_alpha_beta_label, sort=_by_alpha_beta, matrix=True),
-    Layout("ren", "HAR / INC / SELF (Ren et al. 2024, Table 1)", "Setting", ("base", "har", "inc", "self"),
-           ("ren1",), ("ren",), {"base": "Base", "har": "HAR", "inc": "INC", "self": "SELF"},
-           (Rule({"strategy": ("har", "inc", "self"), "loss": "constant"}, "{strategy}"),)),
+    Layout(
+        "main",
+        "Main comparison (KaFT Tables 2/3/6/7/14)",
+        "Method",
+        METHOD_ORDER,
+        (2, 3, 6, 7, 14),
+        ("2", "3", "6", "7", "14", "main"),
+        base_from_metrics=True,
+    ),
+    Layout(
+        "4",
+        "Wrong sets chosen by each conflict detector vs a random set (KaFT Tables 4/11)",
+        "Detector (wrong set)",
+        ("base", "random", "diversified", "no_diverse_query", "no_sampling", "no_both", "icl", "mc_conversion"),
+        (11,),
+        ("4", "11"),
+        {
+            "base": "Base",
+            "random": "Random",
+            "diversified": "Ours (diversified)",
+            "no_diverse_query": "-w/o diverse query",
+            "no_sampling": "-w/o response sampling",
+            "no_both": "-w/o both",
+            "icl": "ICL (Ren et al.)",
+            "mc_conversion": "MC conversion",
+        },
+        _WRONG_SET,
+        versus_random=True,
+    ),
+    Layout(
+        "5",
+        "KaFT with K conflict subsets (KaFT Table 5)",
+        "Method",
+        ("base", "k2", "k4", "k8"),
+        (5, 2),
+        ("5",),
+        {"base": "Base", "k2": "KaFT-2 subsets", "k4": "KaFT-4 subsets", "k8": "KaFT-8 subsets"},
+        (Rule({"method_id": "kaft"}, "k{k}"),),
+        "k{k}:{method_id}",
+        _k_label,
+        _by_k,
+        base_from_metrics=True,
+    ),
+    Layout(
+        "9",
+        "One conflict subset only (KaFT Table 9, Fig. 2b)",
+        "Subset",
+        ("base", "random", "right", "might-right", "might-wrong", "wrong"),
+        (9, 2),
+        ("9",),
+        {"base": "Base", "random": "Random"},
+        (Rule({"strategy": "subset", "loss": "constant"}, "{subset}"), Rule({"method_id": "wrong_only"}, "wrong")),
+    ),
+    Layout(
+        "10",
+        "Ratio λ of the wrong subset (KaFT Table 10, Fig. 2c)",
+        "Ratio",
+        ("base",),
+        (10, 2),
+        ("10",),
+        {"base": "Base"},
+        (
+            Rule({"strategy": "wrong_ratio", "loss": "constant", "ratio": ANY}, "{ratio:g}"),
+            Rule({"method_id": "no_conflict"}, "0"),
+            Rule({"method_id": "vanilla"}, "1"),
+        ),
+        label_of=_lambda_label,
+        sort=_by_number,
+    ),
+    Layout(
+        "12",
+        "Reward strategies (KaFT Table 12, Fig. 3)",
+        "Reward",
+        ("base", "kaft", "constant", "auto_adapt"),
+        (12, 2),
+        ("12",),
+        {"base": "Base", "kaft": "KaFT (Ours)", "constant": "-w. constant", "auto_adapt": "-w. auto-adapt"},
+        (Rule({"strategy": "full"}, "{loss}"),),
+    ),
+    Layout(
+        "losses",
+        "Training objectives",
+        "Loss",  # the losses in the order the report has always shown them
+        ("base", "constant", "kaft", "auto_adapt", "eaft", "dft", "dpo", "kaft_eaft"),
+        (12, 2),
+        ("losses",),
+        {"base": "Base"},
+        (Rule({"strategy": "full"}, "{loss}"),),
+        label_of=loss_label,
+        name_settings=True,
+    ),
+    Layout(
+        "13",
+        "KaFT rewards α (wrong) × β (might-wrong) (KaFT Table 13, Fig. 4)",
+        "Rewards",
+        ("base",),
+        (13, 2),
+        ("13",),
+        {"base": "Base"},
+        (Rule({"method_id": "kaft"}, "a{alpha:g}_b{beta:g}"),),
+        label_of=_alpha_beta_label,
+        sort=_by_alpha_beta,
+        matrix=True,
+    ),
+    Layout(
+        "ren",
+        "HAR / INC / SELF (Ren et al. 2024, Table 1)",
+        "Setting",
+        ("base", "har", "inc", "self"),
+        ("ren1",),
+        ("ren",),
+        {"base": "Base", "har": "HAR", "inc": "INC", "self": "SELF"},
+        (Rule({"strategy": ("har", "inc", "self"), "loss": "constant"}, "{strategy}"),),
+    ),
 ):
     LAYOUTS.register(_layout.name, _layout)
 

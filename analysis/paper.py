@@ -4,16 +4,28 @@ ours: same table family, model, dataset and row id."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 PAPER_FILE = Path(__file__).with_name("paper_numbers.yaml")
 
 
 def _record(t: dict, model: str, row: str, columns: list, values: dict, **extra) -> dict:
-    rec = {"table": t["table"], "caption": t.get("caption", ""), "model": model, "dataset": t.get("dataset"),
-           "row": str(row), "columns": columns, "values": values, "avg": None, "delta": None,
-           "delta_vs_random": None, "delta_derived": False, "doubt": None, "doubt_cols": set()}
+    rec = {
+        "table": t["table"],
+        "caption": t.get("caption", ""),
+        "model": model,
+        "dataset": t.get("dataset"),
+        "row": str(row),
+        "columns": columns,
+        "values": values,
+        "avg": None,
+        "delta": None,
+        "delta_vs_random": None,
+        "delta_derived": False,
+        "doubt": None,
+        "doubt_cols": set(),
+    }
     rec.update(extra)
     return rec
 
@@ -28,7 +40,7 @@ def _kaft_records(t: dict) -> list[dict]:
         for row, vals in rows.items():
             vals = list(vals)
             rec = _record(t, model, row, cols, {c: v for c, v in zip(cols, vals) if v is not None})
-            for name, v in zip(extra, vals[len(cols):]):
+            for name, v in zip(extra, vals[len(cols) :]):
                 rec[name] = v
             if t.get("doubt"):
                 rec["doubt"] = " ".join(str(t["doubt"]).split())
@@ -46,15 +58,24 @@ def _ren_records(t: dict) -> list[dict]:
     recs = []
     for model, domains in (t.get("rows") or {}).items():
         for domain, rows in domains.items():
+
             def bench(c):
                 return t["homo_benchmark"][domain] if c == "homo" else c
 
             names = [bench(c) for c in cols]
             for row, vals in rows.items():
                 dc = {bench(c) for c in cells.get((model, domain, row), set())}
-                recs.append(_record({**t, "table": "ren1", "dataset": t["domains"][domain]}, model, row, names,
-                                    dict(zip(names, vals)), doubt_cols=dc,
-                                    doubt=" ".join(str(t.get("doubt", "")).split()) if dc else None))
+                recs.append(
+                    _record(
+                        {**t, "table": "ren1", "dataset": t["domains"][domain]},
+                        model,
+                        row,
+                        names,
+                        dict(zip(names, vals)),
+                        doubt_cols=dc,
+                        doubt=" ".join(str(t.get("doubt", "")).split()) if dc else None,
+                    )
+                )
     return recs
 
 
@@ -81,13 +102,15 @@ def table_ref(t) -> str:
     return "Ren et al. Tab. 1" if t == "ren1" else f"Tab. {t}"
 
 
-def match_paper(paper: Sequence[dict], tables: Sequence, model: str, dataset: str, row: str,
-                benches: Sequence[str]) -> dict | None:
+def match_paper(
+    paper: Sequence[dict], tables: Sequence, model: str, dataset: str, row: str, benches: Sequence[str]
+) -> dict | None:
     """The paper record for a row: one of ``tables``, same model, dataset and row id; the one sharing the most
     benchmarks with ours (earlier tables first)."""
     tables = list(tables)
-    cands = [r for r in paper if r["table"] in tables and r["model"] == model and r["dataset"] == dataset
-             and r["row"] == row]
+    cands = [
+        r for r in paper if r["table"] in tables and r["model"] == model and r["dataset"] == dataset and r["row"] == row
+    ]
     if not cands:
         return None
     return max(cands, key=lambda r: (len(set(r["columns"]) & set(benches)), -tables.index(r["table"])))

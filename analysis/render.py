@@ -7,12 +7,28 @@ tabulate version is installed.
 
 from __future__ import annotations
 
-BENCH_LABELS = {"medqa": "MedQA", "medmcqa": "MedMCQA", "mmlu_star": "MMLU*", "cmb": "CMB", "cmexam": "CMExam",
-                "cmmlu_star": "CMMLU*", "xiezhi_history": "History", "xiezhi_engineering": "Engineering",
-                "xiezhi_law": "Law", "halueval_qa": "QA", "halueval_dialogue": "Dialogue",
-                "halueval_summarization": "Summarization", "mmedbench_zh": "Chinese", "mmedbench_en": "English",
-                "mmedbench_fr": "French", "mmedbench_ja": "Japanese", "mmedbench_ru": "Russian",
-                "mmedbench_es": "Spanish", "mmlu_id": "ID", "mmlu_ood": "OOD"}
+BENCH_LABELS = {
+    "medqa": "MedQA",
+    "medmcqa": "MedMCQA",
+    "mmlu_star": "MMLU*",
+    "cmb": "CMB",
+    "cmexam": "CMExam",
+    "cmmlu_star": "CMMLU*",
+    "xiezhi_history": "History",
+    "xiezhi_engineering": "Engineering",
+    "xiezhi_law": "Law",
+    "halueval_qa": "QA",
+    "halueval_dialogue": "Dialogue",
+    "halueval_summarization": "Summarization",
+    "mmedbench_zh": "Chinese",
+    "mmedbench_en": "English",
+    "mmedbench_fr": "French",
+    "mmedbench_ja": "Japanese",
+    "mmedbench_ru": "Russian",
+    "mmedbench_es": "Spanish",
+    "mmlu_id": "ID",
+    "mmlu_ood": "OOD",
+}
 
 
 def fmt(row: dict, col: str, signed: bool = False) -> str:
@@ -39,13 +55,26 @@ def _n(row: dict) -> str:
 def grid(sec) -> tuple[list[str], list[list[str]]]:
     """The long table: one line per row, benchmarks, Avg., Δ vs base (Δ vs Random), n."""
     spec = sec.spec
-    header = [spec.first, *(BENCH_LABELS.get(b, b) for b in sec.columns), "Avg.", "Δ vs base",
-              *["Δ vs Random"] * spec.versus_random, "n"]
+    header = [
+        spec.first,
+        *(BENCH_LABELS.get(b, b) for b in sec.columns),
+        "Avg.",
+        "Δ vs base",
+        *["Δ vs Random"] * spec.versus_random,
+        "n",
+    ]
     body = []
     for row in sec.rows.to_dict("records"):
-        body.append([row["label"] + (" (base_metrics)" if row["note"] == "from base_metrics" else ""),
-                     *(fmt(row, b) for b in sec.columns), fmt(row, "avg"), fmt(row, "delta", signed=True),
-                     *[fmt(row, "delta_vs_random", signed=True)] * spec.versus_random, _n(row)])
+        body.append(
+            [
+                row["label"] + (" (base_metrics)" if row["note"] == "from base_metrics" else ""),
+                *(fmt(row, b) for b in sec.columns),
+                fmt(row, "avg"),
+                fmt(row, "delta", signed=True),
+                *[fmt(row, "delta_vs_random", signed=True)] * spec.versus_random,
+                _n(row),
+            ]
+        )
     return header, body
 
 
@@ -83,9 +112,23 @@ def markdown(header, body) -> str:
     return "\n".join(out)
 
 
-_TEX = [("\\", "\\textbackslash{}"), ("&", "\\&"), ("%", "\\%"), ("_", "\\_"), ("#", "\\#"), ("$", "\\$"),
-        ("±", "$\\pm$"), ("Δ", "$\\Delta$"), ("α", "$\\alpha$"), ("β", "$\\beta$"), ("λ", "$\\lambda$"),
-        ("↳", "$\\hookrightarrow$"), ("†", "$^\\dagger$"), ("×", "$\\times$"), ("—", "---")]
+_TEX = [
+    ("\\", "\\textbackslash{}"),
+    ("&", "\\&"),
+    ("%", "\\%"),
+    ("_", "\\_"),
+    ("#", "\\#"),
+    ("$", "\\$"),
+    ("±", "$\\pm$"),
+    ("Δ", "$\\Delta$"),
+    ("α", "$\\alpha$"),
+    ("β", "$\\beta$"),
+    ("λ", "$\\lambda$"),
+    ("↳", "$\\hookrightarrow$"),
+    ("†", "$^\\dagger$"),
+    ("×", "$\\times$"),
+    ("—", "---"),
+]
 
 
 def tex(s: str) -> str:
@@ -95,8 +138,15 @@ def tex(s: str) -> str:
 
 
 def latex(header, body, caption: str) -> str:
-    out = ["\\begin{table}[t]", "\\centering", "\\small", "\\begin{tabular}{l" + "r" * (len(header) - 1) + "}",
-           "\\toprule", " & ".join(tex(h) for h in header) + " \\\\", "\\midrule"]
+    out = [
+        "\\begin{table}[t]",
+        "\\centering",
+        "\\small",
+        "\\begin{tabular}{l" + "r" * (len(header) - 1) + "}",
+        "\\toprule",
+        " & ".join(tex(h) for h in header) + " \\\\",
+        "\\midrule",
+    ]
     out += [" & ".join(tex(c) for c in line) + " \\\\" for line in body]
     out += ["\\bottomrule", "\\end{tabular}", f"\\caption{{{tex(caption)}}}", "\\end{table}"]
     return "\n".join(out)

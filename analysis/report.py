@@ -23,13 +23,13 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from analysis import stats as S
 from analysis import table as T
-from analysis.claims import (ADDING_WRONG, KAFT_VS_NO_CONFLICT, Finding, alpha_beta_grid, findings as _findings,
-                             ms, paired, sweep_rows)
+from analysis.claims import ADDING_WRONG, KAFT_VS_NO_CONFLICT, Finding, alpha_beta_grid, ms, paired, sweep_rows
+from analysis.claims import findings as _findings
 from analysis.jobs import jobs_frame
 from analysis.testbed_section import n_contradict, probes, testbed_models, testbed_section, wrong_subset_share
 from kaft.testbed.cpu import describe_cpu
@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # sweep -> (paper table for analysis.table, extra overrides). Order: the main comparison first (its jobs are
 # reused by the others through the cache).
 SWEEPS: dict[str, tuple[str, list[str]]] = {
-    "table6_halueval": ("2", []),        # base, wrong-only, vanilla, no-conflict, self-aligning, KaFT
+    "table6_halueval": ("2", []),  # base, wrong-only, vanilla, no-conflict, self-aligning, KaFT
     "table12_rewards": ("12", []),
     "table13_alpha_beta": ("13", []),
     "table4_detection": ("4", []),
@@ -49,16 +49,31 @@ SWEEPS: dict[str, tuple[str, list[str]]] = {
     "losses": ("losses", []),
     "ren_har_inc_self": ("ren", []),
 }
-FIGURES = (("2a", "table6_halueval"), ("2b", "table9_subsets"), ("2c", "table10_wrong_ratio"),
-           ("3", "table12_rewards"), ("4", "table13_alpha_beta"))
+FIGURES = (
+    ("2a", "table6_halueval"),
+    ("2b", "table9_subsets"),
+    ("2c", "table10_wrong_ratio"),
+    ("3", "table12_rewards"),
+    ("4", "table13_alpha_beta"),
+)
 
 REPORT_HEADER = "# kaft testbed reproduction report"  #: its first line, what marks a report this tool wrote
 
 
 def run_sweep(name: str, out: Path, seeds: list[int], extra: list[str]) -> float:
     """One multirun of ``sweeps/<name>.yaml`` over ``seeds`` (one process, Hydra's basic launcher)."""
-    cmd = [sys.executable, "-m", "kaft.run", "-m", f"+sweeps={name}", f"seed={','.join(map(str, seeds))}",
-           "logger=none", "progress=false", f"hydra.sweep.dir={out / name}", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "kaft.run",
+        "-m",
+        f"+sweeps={name}",
+        f"seed={','.join(map(str, seeds))}",
+        "logger=none",
+        "progress=false",
+        f"hydra.sweep.dir={out / name}",
+        *extra,
+    ]
     t0 = time.time()
     print(f"[report] {' '.join(cmd[2:])}", flush=True)
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -100,8 +115,10 @@ def _beta_steps(out: Path) -> list[str]:
         iv = S.t_interval(paired(grid[a][hi], grid[a][lo]))
         if iv is not None:
             word = S.effect(iv, "raises", "lowers", "does not resolvably change")
-            out_.append(f"at α = {a:g}, raising β (the might-wrong subset's reward) from {lo:g} to {hi:g} {word} "
-                        f"accuracy ({iv.text()} points)")
+            out_.append(
+                f"at α = {a:g}, raising β (the might-wrong subset's reward) from {lo:g} to {hi:g} {word} "
+                f"accuracy ({iv.text()} points)"
+            )
     return out_
 
 
@@ -114,20 +131,32 @@ def why_not_above_no_conflict(rows: Sequence[Finding], out: Path, n_contradict: 
     facts = []
     recall, precision = wrong_subset_share(probes(out), n_contradict)
     if recall:
-        facts.append(f"diversified probing's wrong subset holds {ms(recall)} % of the planted contradictions "
-                     f"(recall); " + (f"{ms(precision)} % of its items are contradictions (precision)" if precision
-                                      else "its precision is not known (no count of contradicting items)"))
+        facts.append(
+            f"diversified probing's wrong subset holds {ms(recall)} % of the planted contradictions "
+            f"(recall); "
+            + (
+                f"{ms(precision)} % of its items are contradictions (precision)"
+                if precision
+                else "its precision is not known (no count of contradicting items)"
+            )
+        )
     lam = next((r for r in rows if r.claim == ADDING_WRONG), None)
     if lam is not None and lam.diffs:
-        facts.append("adding wrong data to the no-conflict set (λ = 0 → 25 %) " +
-                     S.effect(lam.interval, "raises", "lowers", "does not resolvably change") +
-                     f" accuracy ({lam.difference()} points)")
+        facts.append(
+            "adding wrong data to the no-conflict set (λ = 0 → 25 %) "
+            + S.effect(lam.interval, "raises", "lowers", "does not resolvably change")
+            + f" accuracy ({lam.difference()} points)"
+        )
     facts += _beta_steps(out)
     if not facts:
         return []
-    return ["", f"KaFT − no-conflict is {f.verdict} here ({f.difference()} points). The paper credits its margin to "
-            "conflicting data that still teaches something; the testbed's numbers on that (each verb follows its "
-            "95 % interval):", ""] + [f"- {x}." for x in facts]
+    return [
+        "",
+        f"KaFT − no-conflict is {f.verdict} here ({f.difference()} points). The paper credits its margin to "
+        "conflicting data that still teaches something; the testbed's numbers on that (each verb follows its "
+        "95 % interval):",
+        "",
+    ] + [f"- {x}." for x in facts]
 
 
 # ----------------------------------------------------------------------------------------------- rendering
@@ -135,30 +164,44 @@ def claims_table(rows: Sequence[Finding]) -> list[str]:
     """The claims as paired differences: mean ± half-width [low, high] of the 95 % t interval over seeds."""
     if not rows:
         return ["## The paper's claims on the testbed", ""]
-    return ["## The paper's claims on the testbed", "",
+    return (
+        [
+            "## The paper's claims on the testbed",
+            "",
             "Each claim is a difference between two rows, paired on every seed (the same world, model and "
             "probing): its mean over seeds ± the half-width of a 95 % Student-t interval [low, high], in points. "
             "*reproduced*: the interval lies wholly on the paper's side of its threshold; *contradicted*: wholly on "
             "the other side; *not resolved*: it contains the threshold. Orderings of more than two rows are checked "
-            "pair by pair.", "",
+            "pair by pair.",
+            "",
             "| claim | paper's direction | testbed (mean ± std) | paired difference | seeds | verdict |",
-            "|---|---|---|---|---:|---|"] + [
-        f"| {f.claim} | {f.paper} | {f.testbed} | {f.difference()} | {len(f.diffs)} | {f.verdict} |" for f in rows
-    ] + [""]
+            "|---|---|---|---|---:|---|",
+        ]
+        + [f"| {f.claim} | {f.paper} | {f.testbed} | {f.difference()} | {len(f.diffs)} | {f.verdict} |" for f in rows]
+        + [""]
+    )
 
 
 def render(out: Path, seeds: list[int], timings: dict, report: Path, models: Sequence[dict] = ()) -> str:
-    lines = [REPORT_HEADER, "",
-             f"Generated by `python -m analysis.report --seeds {','.join(map(str, seeds))}` "
-             f"({time.strftime('%Y-%m-%d')}, {describe_cpu()}; sweep results in "
-             f"`{_rel(out)}`). Every number below is computed from the sweeps' results.json files: the average "
-             f"zero-shot accuracy (%) over the two testbed benchmarks (testbed_id: held-out facts of the training "
-             f"relations; testbed_ood: facts of other relations), mean ± std over {len(seeds)} seeds, each seed a "
-             f"world and model of its own.", ""]
+    lines = [
+        REPORT_HEADER,
+        "",
+        f"Generated by `python -m analysis.report --seeds {','.join(map(str, seeds))}` "
+        f"({time.strftime('%Y-%m-%d')}, {describe_cpu()}; sweep results in "
+        f"`{_rel(out)}`). Every number below is computed from the sweeps' results.json files: the average "
+        f"zero-shot accuracy (%) over the two testbed benchmarks (testbed_id: held-out facts of the training "
+        f"relations; testbed_ood: facts of other relations), mean ± std over {len(seeds)} seeds, each seed a "
+        f"world and model of its own.",
+        "",
+    ]
     if timings:
         total = sum(timings.values())
-        lines += [f"Wall time of the sweeps: {total / 60:.1f} min (" +
-                  ", ".join(f"{k} {v / 60:.1f}" for k, v in timings.items()) + ").", ""]
+        lines += [
+            f"Wall time of the sweeps: {total / 60:.1f} min ("
+            + ", ".join(f"{k} {v / 60:.1f}" for k, v in timings.items())
+            + ").",
+            "",
+        ]
     rows = findings(out)
     lines += claims_table(rows) + disagreements(rows, out, n_contradict(models))
     lines += testbed_section(models, out) + tables_and_figures(out, report.parent / "figures")

@@ -29,9 +29,9 @@ import argparse
 import os
 import statistics
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
@@ -85,8 +85,7 @@ def _cell(values) -> dict:
     vals = [v for v in values if v is not None and v == v]
     if not vals:
         return {"mean": None, "std": None, "n": 0}
-    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else None,
-            "n": len(vals)}
+    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else None, "n": len(vals)}
 
 
 def replicate_key(jobs: pd.DataFrame) -> pd.Series:
@@ -99,7 +98,7 @@ def replicates(jobs: pd.DataFrame, base: bool = False) -> pd.DataFrame:
     """One row per replicate: accuracy per benchmark (columns named without prefix), avg, delta (None for the base
     model's own evaluation)."""
     prefix = BASE_ACC if base else ACC
-    cols = {c: c[len(prefix):] for c in jobs.columns if c.startswith(prefix) and jobs[c].notna().any()}
+    cols = {c: c[len(prefix) :] for c in jobs.columns if c.startswith(prefix) and jobs[c].notna().any()}
     values = jobs[list(cols)].rename(columns=cols)
     values["avg"] = jobs["base_avg" if base else "avg"]
     values["delta"] = None if base else jobs["delta"]
@@ -111,8 +110,16 @@ def our_row(spec: Layout, key: str, jobs: pd.DataFrame, base_from: pd.DataFrame 
     ``base_from`` when the sweep has no base job."""
     ok = (jobs["status"] == "done") & jobs["avg"].notna()
     done, failed = jobs[ok], jobs[~ok]
-    row = {"id": key, "label": spec.label(key), "source": "ours", "ref": "", "note": "", "ratio": num(key),
-           "alpha": None, "beta": None}
+    row = {
+        "id": key,
+        "label": spec.label(key),
+        "source": "ours",
+        "ref": "",
+        "note": "",
+        "ratio": num(key),
+        "alpha": None,
+        "beta": None,
+    }
     if len(done):
         reps = replicates(done)
     elif base_from is not None and len(base_from):
@@ -136,8 +143,16 @@ def our_row(spec: Layout, key: str, jobs: pd.DataFrame, base_from: pd.DataFrame 
 def paper_row(rec: dict, benches: Sequence[str]) -> dict:
     """The paper's numbers for one of our rows (doubtful ones flagged)."""
     doubt = rec["doubt_cols"]
-    row = {"id": rec["row"], "label": f"↳ paper ({table_ref(rec['table'])})", "source": "paper", "status": "done",
-           "ref": table_ref(rec["table"]), "note": "", "n": 0, "n_failed": 0}
+    row = {
+        "id": rec["row"],
+        "label": f"↳ paper ({table_ref(rec['table'])})",
+        "source": "paper",
+        "status": "done",
+        "ref": table_ref(rec["table"]),
+        "note": "",
+        "n": 0,
+        "n_failed": 0,
+    }
     for col, v in [*((b, rec["values"].get(b)) for b in benches), *((v, rec.get(v)) for v in VALUES)]:
         if v is not None:
             row[col], row[f"{col}_doubt"] = float(v), "*" in doubt or col in doubt
@@ -183,14 +198,25 @@ def _section(spec: Layout, model: str, dataset: str, jobs: pd.DataFrame, paper: 
             if rec["doubt"]:
                 notes.append(f"† {table_ref(rec['table'])}: {rec['doubt']}")
             if rec["delta_derived"]:
-                notes.append(f"Paper Δ of {table_ref(rec['table'])} (which prints none) = its Avg. minus the same "
-                             f"model's Base Avg. in {table_ref(rec['delta_derived'])}.")
+                notes.append(
+                    f"Paper Δ of {table_ref(rec['table'])} (which prints none) = its Avg. minus the same "
+                    f"model's Base Avg. in {table_ref(rec['delta_derived'])}."
+                )
     if any(r["note"] == "from base_metrics" for r in rows):
-        notes.append("Base: the base-model evaluation stored in the fine-tuned jobs' results.json (base_metrics); "
-                     "the sweep has no strategy=none job.")
+        notes.append(
+            "Base: the base-model evaluation stored in the fine-tuned jobs' results.json (base_metrics); "
+            "the sweep has no strategy=none job."
+        )
     frame = pd.DataFrame(rows, columns=list(dict.fromkeys(c for r in rows for c in r)), dtype=object)
-    return Section(spec.name, model, dataset, benches, frame.where(frame.notna(), None),
-                   list(dict.fromkeys(refs)), list(dict.fromkeys(notes)))
+    return Section(
+        spec.name,
+        model,
+        dataset,
+        benches,
+        frame.where(frame.notna(), None),
+        list(dict.fromkeys(refs)),
+        list(dict.fromkeys(notes)),
+    )
 
 
 def build_table(jobs: pd.DataFrame, table: str = "auto", paper: Sequence[dict] | None = None) -> list[Section]:
@@ -200,8 +226,10 @@ def build_table(jobs: pd.DataFrame, table: str = "auto", paper: Sequence[dict] |
         return []
     spec = infer_layout(jobs) if table == "auto" else layout_of(table)
     paper = load_paper() if paper is None else paper
-    return [_section(spec, model, dataset, group, paper)
-            for (model, dataset), group in jobs.groupby(["model", "dataset"], sort=False)]
+    return [
+        _section(spec, model, dataset, group, paper)
+        for (model, dataset), group in jobs.groupby(["model", "dataset"], sort=False)
+    ]
 
 
 # ----------------------------------------------------------------------------------------------- output
@@ -211,9 +239,18 @@ def flat_frame(sections: Sequence[Section]) -> pd.DataFrame:
     for sec in sections:
         for row in sec.rows.to_dict("records"):
             ours = row["source"] == "ours"
-            d = {"table": sec.layout, "model": sec.model, "dataset": sec.dataset, "row": row["id"],
-                 "label": row["label"], "source": row["source"], "paper_table": row["ref"], "status": row["status"],
-                 "n": row["n"] if ours else None, "n_failed": row["n_failed"] if ours else None}
+            d = {
+                "table": sec.layout,
+                "model": sec.model,
+                "dataset": sec.dataset,
+                "row": row["id"],
+                "label": row["label"],
+                "source": row["source"],
+                "paper_table": row["ref"],
+                "status": row["status"],
+                "n": row["n"] if ours else None,
+                "n_failed": row["n_failed"] if ours else None,
+            }
             for col in [*sec.columns, *VALUES[:2], *VALUES[2:] * sec.spec.versus_random]:
                 for name in (col, f"{col}_std"):
                     d[name] = None if row.get(name) is None else round(row[name], 4)
@@ -269,8 +306,12 @@ def log_table_to_wandb(rows: Sequence[dict] | Sequence[Section], name: str, run=
     if own:
         kw = {"job_type": "table", **(init or {})}
         kw["mode"] = resolve_mode(kw.get("mode"))
-        kw.setdefault("settings", wandb.Settings(console="off", quiet=True, silent=True, x_disable_stats=True,
-                                                 disable_git=True, save_code=False))
+        kw.setdefault(
+            "settings",
+            wandb.Settings(
+                console="off", quiet=True, silent=True, x_disable_stats=True, disable_git=True, save_code=False
+            ),
+        )
         if kw.get("dir"):
             Path(kw["dir"]).mkdir(parents=True, exist_ok=True)
         run = wandb.init(**kw)
@@ -283,8 +324,13 @@ def log_table_to_wandb(rows: Sequence[dict] | Sequence[Section], name: str, run=
     return table
 
 
-def log_sweep_tables(sweep_dir: str | os.PathLike, table: str = "auto", logger_cfg: dict | None = None, run=None,
-                     write_files: bool = True) -> list[Section]:
+def log_sweep_tables(
+    sweep_dir: str | os.PathLike,
+    table: str = "auto",
+    logger_cfg: dict | None = None,
+    run=None,
+    write_files: bool = True,
+) -> list[Section]:
     """The sweep-end hook: build the paper table of ``sweep_dir`` (layout guessed from the jobs unless given), write
     ``paper_table.md`` / ``paper_table.csv`` into the sweep dir, and log it to W&B as ``table_<layout>`` in a run
     of its own (name ``table_<layout>``, job_type "table") in the sweep's group (the jobs' group: the sweep dir
@@ -298,16 +344,26 @@ def log_sweep_tables(sweep_dir: str | os.PathLike, table: str = "auto", logger_c
         from kaft.outputs import write_text
 
         write_text(sweep / "paper_table.md", render(sections, "md"), "the paper-table hook", legacy_header="### ")
-        write_text(sweep / "paper_table.csv", render(sections, "csv"), "the paper-table hook",
-                   legacy_header="table,model,dataset,row,label,")
+        write_text(
+            sweep / "paper_table.csv",
+            render(sections, "csv"),
+            "the paper-table hook",
+            legacy_header="table,model,dataset,row,label,",
+        )
     cfg = dict(logger_cfg or {})
     if cfg.get("name") == "none":
         return sections
     layout = sections[0].layout
     group = str(Path(sweep_dir)).replace(os.sep, "-").strip("-")  # = the jobs' W&B group
-    init = {"project": cfg.get("project") or "kaft", "entity": cfg.get("entity") or None, "group": group,
-            "name": f"table_{layout}", "tags": list(cfg.get("tags") or []) or None, "mode": cfg.get("mode"),
-            "dir": str(sweep.resolve())}
+    init = {
+        "project": cfg.get("project") or "kaft",
+        "entity": cfg.get("entity") or None,
+        "group": group,
+        "name": f"table_{layout}",
+        "tags": list(cfg.get("tags") or []) or None,
+        "mode": cfg.get("mode"),
+        "dir": str(sweep.resolve()),
+    }
     log_table_to_wandb(flat_rows(sections), f"table_{layout}", run=run, init=init)
     return sections
 
@@ -327,8 +383,12 @@ def main(argv=None) -> int:
 def _main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m analysis.table", description=__doc__.splitlines()[0])
     ap.add_argument("root", nargs="+", help="sweep dir(s), run dir(s) or folders of sweeps (searched recursively)")
-    ap.add_argument("--table", default="auto", choices=table_choices(),
-                    help="the paper table whose layout to use (auto: guessed from what the sweep varies)")
+    ap.add_argument(
+        "--table",
+        default="auto",
+        choices=table_choices(),
+        help="the paper table whose layout to use (auto: guessed from what the sweep varies)",
+    )
     ap.add_argument("--format", default="md", choices=["md", "latex", "csv"])
     ap.add_argument("--out", help="write here instead of stdout")
     ap.add_argument("--paper", default=str(PAPER_FILE), help="published numbers (YAML)")

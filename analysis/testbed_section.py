@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from analysis.claims import ms
 from analysis.jobs import jobs_frame
@@ -53,7 +53,7 @@ def probes(out: Path) -> dict[str, dict]:
     d = out / MAIN_SWEEP
     jobs = jobs_frame(d) if d.exists() else None
     found: dict[str, dict] = {}
-    for job in ([] if jobs is None or jobs.empty else jobs[jobs["status"] == "done"].to_dict("records")):
+    for job in [] if jobs is None or jobs.empty else jobs[jobs["status"] == "done"].to_dict("records"):
         res = read_results(job["job_dir"]) or {}
         if "mean_by_kind" in (res.get("detection") or {}):
             found.setdefault(str(job["seed"]), res)
@@ -91,25 +91,36 @@ def score_by_kind(out: Path, n_contradict: dict[str, int] | None = None) -> list
     vals = {k: [100 * det["mean_by_kind"][k] for det in dets if k in det["mean_by_kind"]] for k in kinds}
     au = [100 * det["auroc_contradict"] for det in dets if "auroc_contradict" in det]
     recall, precision = wrong_subset_share(found, n_contradict or {})
-    prec = (f"precision (contradictions among the wrong subset's items) {ms(precision)} %"
-            + (f" on {len(precision)} of {len(recall)} seeds" if len(precision) < len(recall) else "")
-            if precision else "precision n/a (the number of contradicting items is in neither results.json nor "
-                              "a cached testbed world)")
-    return ["Diversified probing (the paper's detector, No = Nr = 10) on the training set, mean ± std over seeds: "
-            "Score (%) by kind of item " + ", ".join(f"{k} {ms(v)}" for k, v in vals.items()) +
-            f"; AUROC of a low Score for the contradicting items {ms(au)}; the wrong subset's recall (share of all "
-            f"contradicting items that it holds) {ms(recall)} %, {prec}.", ""]
+    prec = (
+        f"precision (contradictions among the wrong subset's items) {ms(precision)} %"
+        + (f" on {len(precision)} of {len(recall)} seeds" if len(precision) < len(recall) else "")
+        if precision
+        else "precision n/a (the number of contradicting items is in neither results.json nor a cached testbed world)"
+    )
+    return [
+        "Diversified probing (the paper's detector, No = Nr = 10) on the training set, mean ± std over seeds: "
+        "Score (%) by kind of item "
+        + ", ".join(f"{k} {ms(v)}" for k, v in vals.items())
+        + f"; AUROC of a low Score for the contradicting items {ms(au)}; the wrong subset's recall (share of all "
+        f"contradicting items that it holds) {ms(recall)} %, {prec}.",
+        "",
+    ]
 
 
 def testbed_section(models: Sequence[dict], out: Path) -> list[str]:
     if not models:
         return []
-    lines = ["## The testbed models", "",
-             "One world and one pretrained model per seed (`kaft/testbed/`). *Released*: the model the pipeline "
-             "fine-tunes, whose multiple-choice readout (head M) is weakened after pretraining to answer "
-             "well-known format facts at `release_accuracy`; *knows*: the same model with its pretraining "
-             "readout — the ceiling fine-tuning can restore. 0-shot accuracy (%) by kind of fact:", "",
-             "| seed | build s | head M gain | split | kind | released | knows |", "|---:|---:|---:|---|---|---:|---:|"]
+    lines = [
+        "## The testbed models",
+        "",
+        "One world and one pretrained model per seed (`kaft/testbed/`). *Released*: the model the pipeline "
+        "fine-tunes, whose multiple-choice readout (head M) is weakened after pretraining to answer "
+        "well-known format facts at `release_accuracy`; *knows*: the same model with its pretraining "
+        "readout — the ceiling fine-tuning can restore. 0-shot accuracy (%) by kind of fact:",
+        "",
+        "| seed | build s | head M gain | split | kind | released | knows |",
+        "|---:|---:|---:|---|---|---:|---:|",
+    ]
     for m in models:
         first = True
         for split, by in m["acc0"].items():
@@ -117,15 +128,22 @@ def testbed_section(models: Sequence[dict], out: Path) -> list[str]:
                 if kind in ("n", "all"):
                     continue
                 full = m["readout"]["acc0_full"][split][kind]
-                lead = (f"| {m['seed']} | {m['stats'].get('build_seconds', float('nan')):.0f} | "
-                        f"{m['readout']['gain']:.2f} |" if first else "| | | |")
+                lead = (
+                    f"| {m['seed']} | {m['stats'].get('build_seconds', float('nan')):.0f} | "
+                    f"{m['readout']['gain']:.2f} |"
+                    if first
+                    else "| | | |"
+                )
                 lines.append(f"{lead} {split} | {kind} | {100 * v:.1f} | {100 * full:.1f} |")
                 first = False
     bench = ("test_id", "test_ood")  # the splits behind the testbed_id / testbed_ood benchmarks
     rel = [statistics.fmean(100 * m["acc0"][sp]["all"] for sp in bench) for m in models]
     full = [statistics.fmean(100 * m["readout"]["acc0_full"][sp]["all"] for sp in bench) for m in models]
-    lines += ["", f"Average over the two benchmarks: released {ms(rel)}, knows {ms(full)} — the room fine-tuning "
-              f"has to restore.", ""]
+    lines += [
+        "",
+        f"Average over the two benchmarks: released {ms(rel)}, knows {ms(full)} — the room fine-tuning has to restore.",
+        "",
+    ]
     return lines + score_by_kind(out, n_contradict(models))
 
 

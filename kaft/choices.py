@@ -16,12 +16,14 @@ nothing is guessed. Errors are ValueError with the message kaft/data.py puts aft
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from kaft.prompts import LETTERS
 
-ORDER_RULE = ("an options object is ordered by number for numeric keys, by letter for single-letter keys, "
-              "else as written")
+ORDER_RULE = (
+    "an options object is ordered by number for numeric keys, by letter for single-letter keys, else as written"
+)
 
 
 def _number(key) -> int | None:
@@ -53,16 +55,17 @@ def parse_base(value: Any, where: str) -> int:
     """``answer_base`` as 0 or 1; anything else is a ValueError naming ``where`` and the fix."""
     if not isinstance(value, bool) and str(value).strip() in ("0", "1"):
         return int(str(value).strip())
-    raise ValueError(f"{where}={value!r}: must be 0 or 1 (the number the answer column gives the first "
-                     f"option)")
+    raise ValueError(f"{where}={value!r}: must be 0 or 1 (the number the answer column gives the first option)")
 
 
 def answer_index(value: Any, options: list[str], base: int) -> int:
     """The 0-based index of ``value`` among ``options`` (see the module docstring)."""
     n = len(options)
     if isinstance(value, bool):
-        raise ValueError(f"{str(value).lower()} is not an answer: give the correct option's index (answer_base "
-                         f"{base}) or its letter A-{LETTERS[n - 1]}")
+        raise ValueError(
+            f"{str(value).lower()} is not an answer: give the correct option's index (answer_base "
+            f"{base}) or its letter A-{LETTERS[n - 1]}"
+        )
     if isinstance(value, str) and value.strip().upper() in LETTERS[:n] and not value.strip().isdigit():
         return LETTERS.index(value.strip().upper())
     try:
@@ -72,8 +75,10 @@ def answer_index(value: Any, options: list[str], base: int) -> int:
     except (TypeError, ValueError):
         same = [i for i, o in enumerate(options) if str(value).strip() == str(o).strip()]
         if isinstance(value, str) and len(same) == 1:
-            raise ValueError(f"{value!r} is the text of option {LETTERS[same[0]]}; write its letter "
-                             f"{LETTERS[same[0]]!r} or its index {same[0] + base} (answer_base {base})") from None
+            raise ValueError(
+                f"{value!r} is the text of option {LETTERS[same[0]]}; write its letter "
+                f"{LETTERS[same[0]]!r} or its index {same[0] + base} (answer_base {base})"
+            ) from None
         raise ValueError(f"{value!r} is neither an index nor a letter A-{LETTERS[n - 1]}") from None
     if not 0 <= idx < n:
         raise ValueError(f"index {idx} out of range for {n} options")

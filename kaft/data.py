@@ -17,19 +17,26 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 import re
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
 
 from kaft import choices, hub
+from kaft.adapters import ADAPTERS, HALUEVAL_TASKS, adapt_halueval, describe  # noqa: F401 (re-exported)
 from kaft.datafiles import DataError, folder_message, read_local
 from kaft.items import MCItem
 from kaft.prompts import LETTERS
 from kaft.registry import Registry
 
-
-DEFAULT_FIELDS = {"id": "id", "question": "question", "options": "options", "answer": "answer",
-                  "subject": "subject", "domain": "domain"}
+DEFAULT_FIELDS = {
+    "id": "id",
+    "question": "question",
+    "options": "options",
+    "answer": "answer",
+    "subject": "subject",
+    "domain": "domain",
+}
 
 
 # ----------------------------------------------------------------------------------------------- normalising
@@ -77,8 +84,14 @@ def _answer(value: Any, options: list[str], base: int, source: str, row: int) ->
         raise _err(source, row, "answer", str(e)) from None
 
 
-def normalize_rows(rows: Iterable[Mapping], source: str, fields: Mapping | None = None, answer_base: int = 0,
-                   domain: str | None = None, id_prefix: str = "") -> list[MCItem]:
+def normalize_rows(
+    rows: Iterable[Mapping],
+    source: str,
+    fields: Mapping | None = None,
+    answer_base: int = 0,
+    domain: str | None = None,
+    id_prefix: str = "",
+) -> list[MCItem]:
     """Validate and convert raw rows; row numbers in errors are 1-based as a person counts them."""
     f = {**DEFAULT_FIELDS, **(fields or {})}
     items, seen = [], {}
@@ -96,9 +109,17 @@ def normalize_rows(rows: Iterable[Mapping], source: str, fields: Mapping | None 
         subject = raw.get(f["subject"]) if f.get("subject") else None
         dom = raw.get(f["domain"]) if f.get("domain") else None
         meta = raw.get("meta") if isinstance(raw.get("meta"), Mapping) else {}
-        items.append(MCItem(id=str(item_id), question=question, options=opts, answer=ans,
-                            subject=None if subject in (None, "") else str(subject),
-                            domain=str(dom) if dom not in (None, "") else domain, meta=dict(meta)))
+        items.append(
+            MCItem(
+                id=str(item_id),
+                question=question,
+                options=opts,
+                answer=ans,
+                subject=None if subject in (None, "") else str(subject),
+                domain=str(dom) if dom not in (None, "") else domain,
+                meta=dict(meta),
+            )
+        )
     if not items:
         raise DataError(f"{source}: no rows")
     return items
@@ -114,27 +135,19 @@ _read_local = read_local  # the subsets and join readers read local files too
 
 
 @SOURCES.register("hub")
-def _read_hub(path: str, name: str | None = None, split: str = "train", revision: str | None = None,
-              **_) -> Iterator[Mapping]:
+def _read_hub(
+    path: str, name: str | None = None, split: str = "train", revision: str | None = None, **_
+) -> Iterator[Mapping]:
     """Rows from the Hugging Face hub (or its local cache when HF_DATASETS_OFFLINE=1)."""
     import datasets  # lazy: datasets is slow to import; needed only for hub or parquet data
 
     try:
         ds = datasets.load_dataset(path, name, split=split, revision=revision)
     except Exception as e:  # noqa: BLE001 - the cause and what to do, in one line (kaft/hub.py)
-        raise DataError(hub.dataset_error(e, path, name, split, revision, f"config {name!r}, split {split!r}")) \
-            from None
+        raise DataError(
+            hub.dataset_error(e, path, name, split, revision, f"config {name!r}, split {split!r}")
+        ) from None
     yield from ds
-
-
-def describe(spec: Mapping) -> str:
-    """A short human name for a data spec, used in error messages."""
-    src = spec.get("source", "local")
-    if src == "local":
-        return str(spec.get("path"))
-    if src == "hub":
-        return f"hub:{spec.get('path')}[{spec.get('split', 'train')}]"
-    return f"{src}:{spec.get('split')}"
 
 
 def check_spec(spec: Mapping) -> None:
@@ -143,8 +156,10 @@ def check_spec(spec: Mapping) -> None:
     SOURCES.get(src)  # an unknown name: one DataError line listing the sources (plugins included)
     if src == "local":
         if not spec.get("path") or spec.get("path") == "???":
-            raise DataError("a local data set needs a path: set dataset.train.path=/abs/train.jsonl and "
-                            "dataset.eval.<benchmark>.path=/abs/test.jsonl")
+            raise DataError(
+                "a local data set needs a path: set dataset.train.path=/abs/train.jsonl and "
+                "dataset.eval.<benchmark>.path=/abs/test.jsonl"
+            )
         path = Path(str(spec["path"])).expanduser()
         if not path.exists():
             raise DataError(f"{spec['path']}: no such file (check the dataset config's path)")
@@ -167,8 +182,9 @@ def load_items(spec: Mapping, domain: str | None = None, **ctx) -> list[MCItem]:
     limit = spec.get("limit")
     if limit:
         rows = (r for i, r in enumerate(rows) if i < int(limit))
-    return normalize_rows(rows, describe(spec), spec.get("fields"), _base(spec),
-                          domain=domain, id_prefix=str(spec.get("id_prefix", "")))
+    return normalize_rows(
+        rows, describe(spec), spec.get("fields"), _base(spec), domain=domain, id_prefix=str(spec.get("id_prefix", ""))
+    )
 
 
 def _base(spec: Mapping) -> int:
@@ -217,19 +233,28 @@ def read_jsonl(path: str | os.PathLike) -> list[MCItem]:
 #   drop_empty_options: true  drop null / blank options (dict or list), e.g. the unused E/F slots that a
 #                          datasets struct column fills with None. A blank option before a non-blank one is
 #                          kept (and then rejected by normalize_rows), since dropping it would shift letters.
-ROW_SPEC_KEYS = ("subsets", "data_files", "join", "filter", "adapter", "drop_empty_options", "answer_text",
-                 "halueval_seed", "option_lines")
+ROW_SPEC_KEYS = (
+    "subsets",
+    "data_files",
+    "join",
+    "filter",
+    "adapter",
+    "drop_empty_options",
+    "answer_text",
+    "halueval_seed",
+    "option_lines",
+)
 
 #: name -> ``adapter(rows, spec)`` yielding reshaped rows
-ADAPTERS: Registry[Callable[[Iterable[Mapping], Mapping], Iterator[Mapping]]] = Registry("adapter", error=DataError)
 
 
 def _spec_fields(spec: Mapping) -> dict:
     return {**DEFAULT_FIELDS, **(spec.get("fields") or {})}
 
 
-def _read_hub_data_files(path: str, data_files, split: str = "train", revision: str | None = None,
-                         name: str | None = None) -> Iterator[Mapping]:
+def _read_hub_data_files(
+    path: str, data_files, split: str = "train", revision: str | None = None, name: str | None = None
+) -> Iterator[Mapping]:
     import datasets  # lazy: datasets is slow to import; needed only for hub or parquet data
 
     try:
@@ -250,8 +275,9 @@ def _read_subset_dir(directory: str, subset: str) -> Iterator[Mapping]:
 def _read_source(src: str, kwargs: Mapping, spec: Mapping, ctx: Mapping) -> Iterator[Mapping]:
     kw = {k: v for k, v in kwargs.items() if k not in ROW_SPEC_KEYS}
     if src == "hub" and spec.get("data_files"):
-        return _read_hub_data_files(kw["path"], spec["data_files"], kw.get("split", "train"), kw.get("revision"),
-                                    kw.get("name"))
+        return _read_hub_data_files(
+            kw["path"], spec["data_files"], kw.get("split", "train"), kw.get("revision"), kw.get("name")
+        )
     return SOURCES[src](**kw, **ctx)
 
 
@@ -344,51 +370,25 @@ def adapt_option_lines(rows: Iterable[Mapping], spec: Mapping) -> Iterator[Mappi
         if isinstance(opts, str):
             lines = [ln for ln in opts.replace("\r\n", "\n").split("\n") if ln.strip()]
             parsed = [re.match(_LETTER_PREFIX, ln) for ln in lines]
-            lettered = bool(lines) and all(m and (m.group(1) or m.group(2)) == LETTERS[i]
-                                           for i, m in enumerate(parsed[:len(LETTERS)]))
+            lettered = bool(lines) and all(
+                m and (m.group(1) or m.group(2)) == LETTERS[i] for i, m in enumerate(parsed[: len(LETTERS)])
+            )
             if lettered:  # "A 选项": strip the letters (they must run A, B, C, ... to count as letters)
-                row[col] = [ln[m.end():].strip() for ln, m in zip(lines, parsed)]
+                row[col] = [ln[m.end() :].strip() for ln, m in zip(lines, parsed)]
             else:
                 row[col] = [ln.strip() for ln in lines]
         elif isinstance(opts, (list, tuple)) and opts and all(isinstance(o, Mapping) for o in opts):
             keyed = {o.get("key", o.get("label")): o.get("value", o.get("text")) for o in opts}
-            row[col] = (choices.as_list(keyed) if len(keyed) == len(opts)  # by number / letter (kaft/choices.py)
-                        else [o.get("value", o.get("text")) for o in opts])
+            row[col] = (
+                choices.as_list(keyed)
+                if len(keyed) == len(opts)  # by number / letter (kaft/choices.py)
+                else [o.get("value", o.get("text")) for o in opts]
+            )
         if spec.get("answer_text") and isinstance(row.get(col), list) and row.get(ans) is not None:
             text = str(row[ans]).strip()
             matches = [i for i, o in enumerate(row[col]) if str(o).strip() == text]
             row[ans] = matches[0] if len(matches) == 1 else f"<answer text {text!r} matches {len(matches)} options>"
         yield row
-
-
-HALUEVAL_TASKS = {  # task: (right column, hallucinated column, [(label, context column)], what is judged)
-    "qa": ("right_answer", "hallucinated_answer", [("Knowledge", "knowledge"), ("Question", "question")], "Answer"),
-    "dialogue": ("right_response", "hallucinated_response",
-                 [("Knowledge", "knowledge"), ("Dialogue History", "dialogue_history")], "Response"),
-    "summarization": ("right_summary", "hallucinated_summary", [("Document", "document")], "Summary"),
-}
-
-
-@ADAPTERS.register("halueval")
-def adapt_halueval(rows: Iterable[Mapping], spec: Mapping) -> Iterator[Mapping]:
-    """HaluEval (qa / dialogue / summarization rows, each with a right and a hallucinated output) as a 2-option
-    question, as in KaFT App. A.1: per row one of the two outputs is drawn (seeded by ``halueval_seed`` and the
-    row number, so the set is the same in every run); options ["Yes", "No"] (does it contain hallucinated
-    content?), gold "Yes" (index 0) for the hallucinated output. The task is read off the row's columns."""
-    seed = int(spec.get("halueval_seed", 0))
-    for n, row in enumerate(rows):
-        task = next((t for t, (right, *_) in HALUEVAL_TASKS.items() if right in row), None)
-        if task is None:
-            raise DataError(f"{describe(spec)}: row {n + 1}: not a HaluEval qa/dialogue/summarization row "
-                            f"(no right_answer / right_response / right_summary column)")
-        right, halluc, context, what = HALUEVAL_TASKS[task]
-        pick_halluc = int(hashlib.sha256(f"{seed}:{n}".encode()).hexdigest(), 16) % 2 == 1
-        output = row.get(halluc if pick_halluc else right)
-        parts = [f"#{label}#: {row.get(c)}" for label, c in context]
-        parts.append(f"#{what}#: {output}")
-        parts.append(f"Does the {what.lower()} contain non-factual or hallucinated information?")
-        yield {"id": f"{task}-{n}", "question": "\n".join(parts), "options": ["Yes", "No"],
-               "answer": 0 if pick_halluc else 1, "subject": f"halueval_{task}"}
 
 
 def read_spec_rows(spec: Mapping, kwargs: Mapping, ctx: Mapping) -> Iterator[Mapping]:

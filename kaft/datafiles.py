@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Iterator, Mapping
 
 from kaft.errors import KaftError
 
@@ -64,8 +64,10 @@ def read_local(path: str, **_) -> Iterator[Mapping]:
 
 def folder_message(p) -> str:
     """The one line for a folder given as a data file (also checked at config time, kaft/data.py)."""
-    return (f"{p} is a folder, not a data file; point the path at a .jsonl, .json, .csv or .parquet file (a folder "
-            f"of <subset> files needs 'subsets: [...]')")
+    return (
+        f"{p} is a folder, not a data file; point the path at a .jsonl, .json, .csv or .parquet file (a folder "
+        f"of <subset> files needs 'subsets: [...]')"
+    )
 
 
 def _read_parquet(p: Path) -> Iterator[Mapping]:

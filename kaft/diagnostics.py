@@ -7,7 +7,8 @@ are not its kind, and its numbers join ``results.json``'s ``detection`` block. T
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 from kaft.items import MCItem
 from kaft.registry import Registry

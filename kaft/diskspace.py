@@ -68,6 +68,8 @@ def failed_build(exc: BaseException, tmp: Path, root: Path, what: str) -> DiskFu
         return None
     now = _free(tmp.parent)
     room = f"{_mib(now)} are free there now, so it needs more than that" if now is not None else "no free space"
-    return DiskFullError(f"the disk holding the kaft cache ({root}) is full: writing {what} stopped after "
-                         f"{_mib(written)} (removed again); {room}. Free space on that disk or set cache_dir / "
-                         f"KAFT_CACHE_DIR to a larger one, then run the same command again")
+    return DiskFullError(
+        f"the disk holding the kaft cache ({root}) is full: writing {what} stopped after "
+        f"{_mib(written)} (removed again); {room}. Free space on that disk or set cache_dir / "
+        f"KAFT_CACHE_DIR to a larger one, then run the same command again"
+    )

@@ -25,14 +25,14 @@ from __future__ import annotations
 import functools
 import logging
 import string
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from kaft.data import DataError, MCItem, describe, load_items
 from kaft.prompts import LETTERS
 
-LM_EVAL = "lm_eval"          # item.meta key: {"task": registered name, "doc": the row in the task's schema}
-PROMPT = "eval_prompt"       # item.meta key: kaft's own task's prompt for this item
+LM_EVAL = "lm_eval"  # item.meta key: {"task": registered name, "doc": the row in the task's schema}
+PROMPT = "eval_prompt"  # item.meta key: kaft's own task's prompt for this item
 ITEM_FIELDS = ("question", "options", "answer", "answer_letter", "subject", "id")
 
 
@@ -50,7 +50,7 @@ def registry() -> dict:
         logging.getLogger("lm_eval").setLevel(level)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def registered_config(task: str) -> dict:
     """The registered task's full config (includes and ``!function`` resolved), as lm-eval's factory loads it."""
     # lazy: lm-eval imports torch and datasets; needed only by an uncached evaluation
@@ -58,8 +58,10 @@ def registered_config(task: str) -> dict:
 
     entry = registry().get(task)
     if entry is None or entry.yaml_path is None or getattr(entry.kind, "name", None) != "TASK":
-        raise DataError(f"lm_eval.task {task!r} is not a task in lm-eval's registry (lm_eval --tasks list shows "
-                        "them); fix the benchmark's lm_eval.task or drop lm_eval to use kaft's own task")
+        raise DataError(
+            f"lm_eval.task {task!r} is not a task in lm-eval's registry (lm_eval --tasks list shows "
+            "them); fix the benchmark's lm_eval.task or drop lm_eval to use kaft's own task"
+        )
     cfg = dict(load_yaml(entry.yaml_path, resolve_func=True))
     for key in ("tag", "group", "task_list"):
         cfg.pop(key, None)
@@ -69,10 +71,18 @@ def registered_config(task: str) -> dict:
 def task_override(task: str, name: str, data_file: str | Path) -> dict:
     """Registered ``task`` renamed to ``name``, reading its test docs from the local JSONL ``data_file``."""
     path = Path(data_file).resolve()
-    return {**registered_config(task), "task": name, "dataset_path": "json", "dataset_name": None,
-            "dataset_kwargs": {"data_files": {"test": str(path)}, "cache_dir": str(path.parent / "hf_datasets_cache")},
-            "test_split": "test", "validation_split": None, "training_split": None, "fewshot_split": None,
-            "num_fewshot": 0}
+    return {
+        **registered_config(task),
+        "task": name,
+        "dataset_path": "json",
+        "dataset_name": None,
+        "dataset_kwargs": {"data_files": {"test": str(path)}, "cache_dir": str(path.parent / "hf_datasets_cache")},
+        "test_split": "test",
+        "validation_split": None,
+        "training_split": None,
+        "fewshot_split": None,
+        "num_fewshot": 0,
+    }
 
 
 # ----------------------------------------------------------------------------------------------- spec -> items
@@ -80,8 +90,9 @@ def _value(item: MCItem, src: str, where: str):
     if src.startswith("options."):
         k = src.split(".", 1)[1]
         if not k.isdigit() or int(k) >= len(item.options):
-            raise DataError(f"{where}: item {item.id!r}: lm_eval.doc wants {src!r}, the item has "
-                            f"{len(item.options)} options")
+            raise DataError(
+                f"{where}: item {item.id!r}: lm_eval.doc wants {src!r}, the item has {len(item.options)} options"
+            )
         return item.options[int(k)]
     if src == "answer_letter":
         return LETTERS[item.answer]
@@ -100,20 +111,25 @@ def _lm_eval_meta(item: MCItem, cfg: Mapping, where: str) -> dict:
     except DataError as e:
         raise DataError(f"{where}: {e}") from None
     if isinstance(choices, list) and len(choices) != len(item.options):
-        raise DataError(f"{where}: item {item.id!r} has {len(item.options)} options, lm-eval's {task} scores "
-                        f"{len(choices)} ({''.join(map(str, choices))})")
+        raise DataError(
+            f"{where}: item {item.id!r} has {len(item.options)} options, lm-eval's {task} scores "
+            f"{len(choices)} ({''.join(map(str, choices))})"
+        )
     return {"task": task, "doc": {k: _value(item, str(v), where) for k, v in cfg["doc"].items()}}
 
 
 def _check_lm_eval(cfg, where: str) -> None:
-    if not isinstance(cfg, Mapping) or not cfg.get("task") or not isinstance(cfg.get("doc"), Mapping) \
-            or not cfg["doc"]:
-        raise DataError(f"{where}: lm_eval needs 'task' (an lm-eval task name) and 'doc' (its row fields <- item "
-                        f"fields), e.g. {{task: medmcqa, doc: {{question: question, opa: options.0, cop: answer}}}}")
+    if not isinstance(cfg, Mapping) or not cfg.get("task") or not isinstance(cfg.get("doc"), Mapping) or not cfg["doc"]:
+        raise DataError(
+            f"{where}: lm_eval needs 'task' (an lm-eval task name) and 'doc' (its row fields <- item "
+            f"fields), e.g. {{task: medmcqa, doc: {{question: question, opa: options.0, cop: answer}}}}"
+        )
     for k, v in cfg["doc"].items():
         if str(v) not in ITEM_FIELDS and not str(v).startswith("options."):
-            raise DataError(f"{where}: lm_eval.doc.{k}: {v!r} is not an item field; use one of "
-                            f"{', '.join(ITEM_FIELDS)} or options.<i>")
+            raise DataError(
+                f"{where}: lm_eval.doc.{k}: {v!r} is not an item field; use one of "
+                f"{', '.join(ITEM_FIELDS)} or options.<i>"
+            )
 
 
 def render_prompt(template: str, item: MCItem) -> str:
@@ -123,11 +139,13 @@ def render_prompt(template: str, item: MCItem) -> str:
 
 
 def _check_prompt(template, where: str) -> None:
-    names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None} \
-        if isinstance(template, str) else None
+    names = (
+        {f for _, f, _, _ in string.Formatter().parse(template) if f is not None} if isinstance(template, str) else None
+    )
     if names is None or not names <= {"question", "options", "last"} or "question" not in names:
-        raise DataError(f"{where}: prompt must be a string with {{question}} (and {{options}}, {{last}}), "
-                        f"got {template!r}")
+        raise DataError(
+            f"{where}: prompt must be a string with {{question}} (and {{options}}, {{last}}), got {template!r}"
+        )
 
 
 def tag_items(items: Sequence[MCItem], spec: Mapping, where: str) -> list[MCItem]:
@@ -151,4 +169,13 @@ def load_benchmark(spec: Mapping, domain: str | None = None, **ctx) -> list[MCIt
     return tag_items(load_items(spec, domain, **ctx), spec, describe(spec))
 
 
-__all__ = ["LM_EVAL", "PROMPT", "load_benchmark", "registered_config", "registry", "render_prompt", "tag_items", "task_override"]
+__all__ = [
+    "LM_EVAL",
+    "PROMPT",
+    "load_benchmark",
+    "registered_config",
+    "registry",
+    "render_prompt",
+    "tag_items",
+    "task_override",
+]

@@ -31,8 +31,9 @@ import logging
 import math
 import random
 import re
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 from kaft.cache import atomic_write_text
 from kaft.errors import KaftError
@@ -62,8 +63,12 @@ def task_name(name: str, taken: set[str] | None = None) -> str:
 
 def _doc(item: MCItem, domain: str, instruction: str) -> dict:
     prompt = item.meta.get(PROMPT) or format_question(item.question, item.options, item.domain or domain, instruction)
-    return {"id": str(item.id), "prompt": prompt, "choices": list(LETTERS[:len(item.options)]),
-            "answer": int(item.answer)}
+    return {
+        "id": str(item.id),
+        "prompt": prompt,
+        "choices": list(LETTERS[: len(item.options)]),
+        "answer": int(item.answer),
+    }
 
 
 def write_docs(docs: Sequence[Mapping], work_dir: str | Path, stem: str) -> Path:
@@ -82,15 +87,17 @@ def write_docs(docs: Sequence[Mapping], work_dir: str | Path, stem: str) -> Path
     return path
 
 
-def write_task_file(items: Sequence[MCItem], work_dir: str | Path, name: str, domain: str,
-                    instruction: str | None = None) -> Path:
+def write_task_file(
+    items: Sequence[MCItem], work_dir: str | Path, name: str, domain: str, instruction: str | None = None
+) -> Path:
     """kaft's own task's docs (``id``, ``prompt``, ``choices``, ``answer``) as a JSONL under ``work_dir``."""
     instruction = DEFAULT_INSTRUCTION if instruction is None else instruction
     return write_docs([_doc(it, domain, instruction) for it in items], work_dir, task_name(name))
 
 
-def plan_tasks(sets: Mapping[str, Sequence[MCItem]], work_dir: Path, domain: str,
-               instruction: str | None) -> tuple[list[dict], dict[str, list[tuple[str, list[int]]]]]:
+def plan_tasks(
+    sets: Mapping[str, Sequence[MCItem]], work_dir: Path, domain: str, instruction: str | None
+) -> tuple[list[dict], dict[str, list[tuple[str, list[int]]]]]:
     """lm-eval configs, and per benchmark its ``(task, item indices)``: kaft's own task for untagged items, one
     override of lm-eval's registered task per task name that tagged items carry (MMLU*: one per subject)."""
     configs, plan, taken = [], {}, set()
@@ -118,8 +125,10 @@ def task_config(task: str, data_file: str | Path) -> dict:
         "task": task,
         "dataset_path": "json",
         # the datasets json builder's arrow cache goes beside the data file, not into ~/.cache/huggingface
-        "dataset_kwargs": {"data_files": {"test": str(Path(data_file).resolve())},
-                           "cache_dir": str(Path(data_file).resolve().parent / "hf_datasets_cache")},
+        "dataset_kwargs": {
+            "data_files": {"test": str(Path(data_file).resolve())},
+            "cache_dir": str(Path(data_file).resolve().parent / "hf_datasets_cache"),
+        },
         "test_split": "test",
         "output_type": "multiple_choice",
         "doc_to_text": "prompt",
@@ -148,9 +157,10 @@ def _check(benchmarks: Mapping[str, Sequence[MCItem]], limit: int | None) -> dic
             if not isinstance(it, MCItem):
                 raise EvalError(f"benchmark {name!r}: item {k} is a {type(it).__name__}, not an MCItem")
             if not 2 <= len(it.options) <= len(LETTERS) or not 0 <= int(it.answer) < len(it.options):
-                raise EvalError(f"benchmark {name!r}: item {it.id!r} has answer {it.answer} "
-                                f"for {len(it.options)} options")
-        out[str(name)] = items[:int(limit)] if limit else items
+                raise EvalError(
+                    f"benchmark {name!r}: item {it.id!r} has answer {it.answer} for {len(it.options)} options"
+                )
+        out[str(name)] = items[: int(limit)] if limit else items
     return out
 
 
@@ -240,9 +250,20 @@ def _num(x) -> float | None:
 
 
 # ----------------------------------------------------------------------------------------------- evaluate
-def evaluate(model, tokenizer, benchmarks: Mapping[str, Sequence[MCItem]], work_dir: str | Path, domain: str,
-             instruction: str | None = None, batch_size: int = 16, limit: int | None = None, *,
-             per_item: bool = False, progress: bool = False, max_length: int | None = None) -> dict:
+def evaluate(
+    model,
+    tokenizer,
+    benchmarks: Mapping[str, Sequence[MCItem]],
+    work_dir: str | Path,
+    domain: str,
+    instruction: str | None = None,
+    batch_size: int = 16,
+    limit: int | None = None,
+    *,
+    per_item: bool = False,
+    progress: bool = False,
+    max_length: int | None = None,
+) -> dict:
     """Zero-shot accuracy of the in-memory ``model`` on each benchmark, through lm-eval.
 
     Items of kaft's own task are formatted with their own ``domain`` (else the run's) and ``instruction``
@@ -273,8 +294,9 @@ def evaluate(model, tokenizer, benchmarks: Mapping[str, Sequence[MCItem]], work_
     return {"benchmarks": res, "average": average}
 
 
-def _simple_evaluate(model, tokenizer, configs: list[dict], batch_size: int, max_length: int | None, *,
-                     per_item: bool, progress: bool) -> dict:
+def _simple_evaluate(
+    model, tokenizer, configs: list[dict], batch_size: int, max_length: int | None, *, per_item: bool, progress: bool
+) -> dict:
     """lm-eval's raw output for the task ``configs`` (0-shot, fixed seeds, no request cache), quiet unless
     ``progress``, with the model's train/eval mode and the global RNG states given back afterwards."""
     import lm_eval
@@ -285,10 +307,20 @@ def _simple_evaluate(model, tokenizer, configs: list[dict], batch_size: int, max
         with _quiet(progress), _keep_rng():
             lm = _make_lm(model, tokenizer, batch_size, max_length, progress)
             out = lm_eval.simple_evaluate(
-                model=lm, tasks=configs, num_fewshot=0, task_manager=TaskManager(include_defaults=False),
-                batch_size=int(batch_size), log_samples=per_item, bootstrap_iters=1000, cache_requests=False,
-                write_out=False, random_seed=0, numpy_random_seed=1234, torch_random_seed=1234,
-                fewshot_random_seed=1234)
+                model=lm,
+                tasks=configs,
+                num_fewshot=0,
+                task_manager=TaskManager(include_defaults=False),
+                batch_size=int(batch_size),
+                log_samples=per_item,
+                bootstrap_iters=1000,
+                cache_requests=False,
+                write_out=False,
+                random_seed=0,
+                numpy_random_seed=1234,
+                torch_random_seed=1234,
+                fewshot_random_seed=1234,
+            )
     finally:
         if was_training:
             model.train()
@@ -324,10 +356,22 @@ def _items(samples: list[dict], idx: list[int], items: list[MCItem]) -> dict[int
     for s in samples:
         lls = [float(r[0]) for r in s["filtered_resps"]]
         it = items[idx[s["doc_id"]]]
-        rows[idx[s["doc_id"]]] = {"id": it.id, "answer": int(it.answer),
-                                  "pred": max(range(len(lls)), key=lls.__getitem__), "logprobs": lls}
+        rows[idx[s["doc_id"]]] = {
+            "id": it.id,
+            "answer": int(it.answer),
+            "pred": max(range(len(lls)), key=lls.__getitem__),
+            "logprobs": lls,
+        }
     return rows
 
 
-__all__ = ["EvalError", "TASK_PREFIX", "evaluate", "plan_tasks", "task_config", "task_name", "write_docs",
-           "write_task_file"]
+__all__ = [
+    "EvalError",
+    "TASK_PREFIX",
+    "evaluate",
+    "plan_tasks",
+    "task_config",
+    "task_name",
+    "write_docs",
+    "write_task_file",
+]

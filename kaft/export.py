@@ -27,8 +27,8 @@ import shutil
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from omegaconf import OmegaConf
 
@@ -42,20 +42,25 @@ from kaft.stages import load_train, partition_key
 #: column -> what it holds (also written to export.json)
 COLUMNS = {
     "id": "the item's id in the training set",
-    "question": "question text", "options": "option texts, in the data set's order", "answer": "gold option index",
-    "answer_letter": "gold option letter", "subject": "subject (or null)", "domain": "domain (or null)",
-    "prompt": "the zero-shot prompt kaft trains on (ends in 'Answer:')", "completion": "the target: ' ' + letter",
+    "question": "question text",
+    "options": "option texts, in the data set's order",
+    "answer": "gold option index",
+    "answer_letter": "gold option letter",
+    "subject": "subject (or null)",
+    "domain": "domain (or null)",
+    "prompt": "the zero-shot prompt kaft trains on (ends in 'Answer:')",
+    "completion": "the target: ' ' + letter",
     "score": "conflict Score: share of the model's answers that were gold (0 = conflicts most)",
-    "subset": "conflict subset index (0 = most conflicts)", "subset_name": "wrong / might-wrong / might-right / right "
-                                                                           "for K = 4, subset1..K otherwise",
+    "subset": "conflict subset index (0 = most conflicts)",
+    "subset_name": "wrong / might-wrong / might-right / right for K = 4, subset1..K otherwise",
     "reward": "the per-sample reward R_i the job's loss gave the item (loss=kaft: Eq. 2)",
     "kaft_reward": "KaFT's Eq. 2 reward of the item's subset (partition.rewards), whatever loss the job ran",
     "majority_answer": "the model's most likely option index (-1 when no answer parsed)",
     "majority_letter": "its letter (null when none)",
     "answer_dist": "the model's probability of each option: sampled answers' shares, or the exact letter "
-                   "probabilities (what is left of 1 went to unparsable answers)",
-    "dist_source": "samples | exact | letter_probs (icl)", "n_samples": "sampled answers behind answer_dist "
-                                                                       "(0 for exact)",
+    "probabilities (what is left of 1 went to unparsable answers)",
+    "dist_source": "samples | exact | letter_probs (icl)",
+    "n_samples": "sampled answers behind answer_dist (0 for exact)",
     "n_unparsed": "sampled answers that named no option",
 }
 
@@ -81,8 +86,10 @@ def find_jobs(path: Path) -> tuple[list[tuple[Path, dict]], bool]:
     if jobs and jobs[0][0] == path:
         return jobs, False
     if not jobs:
-        raise ExportError(f"{path}: not a kaft run or sweep directory (no results.json in it or its job "
-                          f"subdirectories); pass the directory a job printed ('results: .../results.json')")
+        raise ExportError(
+            f"{path}: not a kaft run or sweep directory (no results.json in it or its job "
+            f"subdirectories); pass the directory a job printed ('results: .../results.json')"
+        )
     return jobs, True
 
 
@@ -92,9 +99,11 @@ def _artifact(cache_root: Path, stage: str, key: str | None, run_dir: Path) -> P
     problem = "not in the cache" if not key or not path.is_dir() else verify(path)
     if problem:
         state = problem if problem == "not in the cache" else f"damaged ({problem})"
-        raise ExportError(f"{run_dir}: the {stage} artifact {stage}/{key} is {state} at {cache_root}; pass "
-                          f"--cache-dir if the run used another cache (its KAFT_CACHE_DIR), or re-run the job with "
-                          f"force=true to recompute it")
+        raise ExportError(
+            f"{run_dir}: the {stage} artifact {stage}/{key} is {state} at {cache_root}; pass "
+            f"--cache-dir if the run used another cache (its KAFT_CACHE_DIR), or re-run the job with "
+            f"force=true to recompute it"
+        )
     return path
 
 
@@ -106,11 +115,14 @@ def _train_items(cfg, records: list[dict], results: dict, run_dir: Path) -> list
     want = (results.get("data") or {}).get("fingerprints", {}).get("train")
     have = data_mod.fingerprint(items)
     if want and have != want:
-        raise ExportError(f"{run_dir}: the training data changed since the job ran (fingerprint {have}, the job's "
-                          f"{want}); restore it, or re-run the job with force=true and export again")
+        raise ExportError(
+            f"{run_dir}: the training data changed since the job ran (fingerprint {have}, the job's "
+            f"{want}); restore it, or re-run the job with force=true and export again"
+        )
     if [it.id for it in items] != [r["id"] for r in records]:
-        raise ExportError(f"{run_dir}: the detection records do not match the training set's ids; re-run the job "
-                          f"with force=true")
+        raise ExportError(
+            f"{run_dir}: the detection records do not match the training set's ids; re-run the job with force=true"
+        )
     return items
 
 
@@ -132,8 +144,10 @@ def job_rows(run_dir: Path, results: dict, cache_root: Path | None) -> tuple[lis
     from kaft import losses  # lazy: kaft.losses imports torch, which an export needs only here
 
     if results.get("status") != "done":
-        raise ExportError(f"{run_dir}: the job did not finish (status {results.get('status')!r}; see error.txt); "
-                          f"re-run it before exporting")
+        raise ExportError(
+            f"{run_dir}: the job did not finish (status {results.get('status')!r}; see error.txt); "
+            f"re-run it before exporting"
+        )
     config = results["config"]
     cfg = OmegaConf.create({k: v for k, v in config.items() if k != "method"})
     root = Path(cache_root or config["cache_dir"]).expanduser()
@@ -150,13 +164,19 @@ def job_rows(run_dir: Path, results: dict, cache_root: Path | None) -> tuple[lis
     rows = []
     for it, rec, sub, rew in zip(items, records, part["subsets"], rewards):
         rows.append(_row(it, rec, sub, part["names"], rew, kaft_rewards, config))
-    info = {"run_dir": str(run_dir), "job": (results.get("job") or {}).get("name"),
-            "overrides": results.get("overrides"), "cache_dir": str(root),
-            "cache_keys": {"detect": keys.get("detect"), "partition": part_key, "model": keys.get("model")},
-            "model": config.get("model", {}).get("path") or config.get("model", {}).get("name"),
-            "detection": config.get("detection", {}).get("name"), "loss": config.get("loss", {}).get("name"),
-            "n_items": len(rows), "subsets": {n: sum(r["subset_name"] == n for r in rows) for n in part["names"]},
-            "columns": COLUMNS}
+    info = {
+        "run_dir": str(run_dir),
+        "job": (results.get("job") or {}).get("name"),
+        "overrides": results.get("overrides"),
+        "cache_dir": str(root),
+        "cache_keys": {"detect": keys.get("detect"), "partition": part_key, "model": keys.get("model")},
+        "model": config.get("model", {}).get("path") or config.get("model", {}).get("name"),
+        "detection": config.get("detection", {}).get("name"),
+        "loss": config.get("loss", {}).get("name"),
+        "n_items": len(rows),
+        "subsets": {n: sum(r["subset_name"] == n for r in rows) for n in part["names"]},
+        "columns": COLUMNS,
+    }
     return rows, info
 
 
@@ -164,17 +184,36 @@ def _row(it, rec: dict, sub: int, names: Sequence[str], reward: float, kaft_rewa
     ds = config.get("dataset") or {}
     instruction = ds.get("instruction")
     dist, source, n_samples, n_unparsed = _distribution(rec, len(it.options))
-    pred = int(rec["pred"]) if "pred" in rec else (max(range(len(dist)), key=lambda a: (dist[a], -a))
-                                                    if any(dist) else -1)
-    return {"id": it.id, "question": it.question, "options": list(it.options), "answer": it.answer,
-            "answer_letter": LETTERS[it.answer], "subject": it.subject, "domain": it.domain,
-            "prompt": format_question(it.question, it.options, it.domain or ds.get("domain") or "general",
-                                      DEFAULT_INSTRUCTION if instruction is None else instruction),
-            "completion": answer_text(it.answer), "score": float(rec["score"]), "subset": int(sub),
-            "subset_name": names[sub], "reward": float(reward),
-            "kaft_reward": float(kaft_rewards[sub]) if len(kaft_rewards) == len(names) else None,
-            "majority_answer": pred, "majority_letter": LETTERS[pred] if pred >= 0 else None,
-            "answer_dist": dist, "dist_source": source, "n_samples": n_samples, "n_unparsed": n_unparsed}
+    pred = (
+        int(rec["pred"]) if "pred" in rec else (max(range(len(dist)), key=lambda a: (dist[a], -a)) if any(dist) else -1)
+    )
+    return {
+        "id": it.id,
+        "question": it.question,
+        "options": list(it.options),
+        "answer": it.answer,
+        "answer_letter": LETTERS[it.answer],
+        "subject": it.subject,
+        "domain": it.domain,
+        "prompt": format_question(
+            it.question,
+            it.options,
+            it.domain or ds.get("domain") or "general",
+            DEFAULT_INSTRUCTION if instruction is None else instruction,
+        ),
+        "completion": answer_text(it.answer),
+        "score": float(rec["score"]),
+        "subset": int(sub),
+        "subset_name": names[sub],
+        "reward": float(reward),
+        "kaft_reward": float(kaft_rewards[sub]) if len(kaft_rewards) == len(names) else None,
+        "majority_answer": pred,
+        "majority_letter": LETTERS[pred] if pred >= 0 else None,
+        "answer_dist": dist,
+        "dist_source": source,
+        "n_samples": n_samples,
+        "n_unparsed": n_unparsed,
+    }
 
 
 # ----------------------------------------------------------------------------------------------- writing
@@ -182,10 +221,28 @@ def _schema():
     import pyarrow as pa  # lazy: pyarrow is slow to import; needed only for parquet files
 
     s, i, f = pa.string(), pa.int64(), pa.float64()
-    types = {"id": s, "question": s, "options": pa.list_(s), "answer": i, "answer_letter": s, "subject": s,
-             "domain": s, "prompt": s, "completion": s, "score": f, "subset": i, "subset_name": s, "reward": f,
-             "kaft_reward": f, "majority_answer": i, "majority_letter": s, "answer_dist": pa.list_(f),
-             "dist_source": s, "n_samples": i, "n_unparsed": i}
+    types = {
+        "id": s,
+        "question": s,
+        "options": pa.list_(s),
+        "answer": i,
+        "answer_letter": s,
+        "subject": s,
+        "domain": s,
+        "prompt": s,
+        "completion": s,
+        "score": f,
+        "subset": i,
+        "subset_name": s,
+        "reward": f,
+        "kaft_reward": f,
+        "majority_answer": i,
+        "majority_letter": s,
+        "answer_dist": pa.list_(f),
+        "dist_source": s,
+        "n_samples": i,
+        "n_unparsed": i,
+    }
     return pa.schema([(name, types[name]) for name in COLUMNS])
 
 
@@ -204,8 +261,9 @@ def _files(folder: Path) -> list[str]:
 
 def _seal(folder: Path, info: dict) -> None:
     """Write the manifest last: ``info`` plus the kind and the files written (see the module docstring)."""
-    atomic_write_json(folder / MANIFEST, {"kind": EXPORT_KIND, "files": [f for f in _files(folder) if f != MANIFEST],
-                                          **info})
+    atomic_write_json(
+        folder / MANIFEST, {"kind": EXPORT_KIND, "files": [f for f in _files(folder) if f != MANIFEST], **info}
+    )
 
 
 def _foreign(folder: Path) -> str | None:
@@ -214,10 +272,15 @@ def _foreign(folder: Path) -> str | None:
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         manifest = None
-    if not isinstance(manifest, dict) or manifest.get("kind") != EXPORT_KIND or not isinstance(
-            manifest.get("files"), list):
-        return (f"it holds no kaft export manifest ({MANIFEST} with \"kind\": \"{EXPORT_KIND}\"; an export from "
-                f"before kaft recorded its files has none: delete it yourself if that is what it is)")
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("kind") != EXPORT_KIND
+        or not isinstance(manifest.get("files"), list)
+    ):
+        return (
+            f'it holds no kaft export manifest ({MANIFEST} with "kind": "{EXPORT_KIND}"; an export from '
+            f"before kaft recorded its files has none: delete it yourself if that is what it is)"
+        )
     extra = sorted(set(_files(folder)) - {*map(str, manifest["files"]), MANIFEST})
     if extra:
         return f"it holds {len(extra)} file(s) the export did not write (e.g. {extra[0]})"
@@ -237,8 +300,10 @@ def check_out(out: Path, force: bool) -> None:
         raise ExportError(f"{out} is a file; pass --out a new folder (kaft never replaces a file it did not write)")
     problem = _foreign(out)
     if problem:
-        raise ExportError(f"{out} exists and is not an export kaft wrote: {problem}; kaft never deletes what it did "
-                          f"not write, so --force does not apply: pass --out a new folder")
+        raise ExportError(
+            f"{out} exists and is not an export kaft wrote: {problem}; kaft never deletes what it did "
+            f"not write, so --force does not apply: pass --out a new folder"
+        )
     if not force:
         raise ExportError(f"{out} exists; pass --force to replace it, or --out another directory")
 
@@ -318,9 +383,12 @@ def _report(rows: list[dict], info: dict, out: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The CLI. Bad input ends in one ``kaft: error: ...`` line and exit code 2."""
-    ap = argparse.ArgumentParser(prog="python -m kaft.export", description="Write a finished job's training set "
-                                 "with conflict scores, subsets, rewards and the model's answers (Parquet, JSONL, "
-                                 "a datasets Dataset) for other trainers.")
+    ap = argparse.ArgumentParser(
+        prog="python -m kaft.export",
+        description="Write a finished job's training set "
+        "with conflict scores, subsets, rewards and the model's answers (Parquet, JSONL, "
+        "a datasets Dataset) for other trainers.",
+    )
     ap.add_argument("path", type=Path, help="a run dir (holding results.json) or a sweep dir")
     ap.add_argument("--out", type=Path, default=None, help="where to write (default: <path>/export)")
     ap.add_argument("--cache-dir", type=Path, default=None, help="the kaft cache (default: the job's cache_dir)")

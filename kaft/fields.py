@@ -35,12 +35,23 @@ def _range(lo, hi, lo_open, hi_open) -> str:
     return f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
 
 
-def check_number(label: str, value: Any, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-                 hi_open: bool = False, hint: str = "") -> float:
+def check_number(
+    label: str,
+    value: Any,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    hint: str = "",
+) -> float:
     """``value`` as a float, or a :class:`ConfigError` naming ``label`` and the allowed range."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
-        raise _err(label, "a finite number" + ("" if lo is None and hi is None else
-                                                f" {_range(lo, hi, lo_open, hi_open)}"), value, hint)
+        raise _err(
+            label,
+            "a finite number" + ("" if lo is None and hi is None else f" {_range(lo, hi, lo_open, hi_open)}"),
+            value,
+            hint,
+        )
     value = float(value)
     low = lo is not None and (value < lo or (lo_open and value == lo))
     high = hi is not None and (value > hi or (hi_open and value == hi))
@@ -57,7 +68,7 @@ def _check_integer(label: str, value: Any, lo: int | None, what: str, hint: str)
 
 
 def _check_choice(label: str, value: Any, choices: Registry | Collection[str] | Callable, hint: str) -> str:
-    names = (choices.names() if isinstance(choices, Registry) else list(choices() if callable(choices) else choices))
+    names = choices.names() if isinstance(choices, Registry) else list(choices() if callable(choices) else choices)
     if not isinstance(value, str) or value not in names:
         raise _err(label, f"one of {names}", value, hint)
     return value
@@ -86,21 +97,44 @@ def _field(default: Any, check: Callable | None, help: str, nullable: bool) -> A
     return dataclasses.field(**kw, metadata={"check": check, "help": help, "nullable": nullable})
 
 
-def number(default: float | None, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
-           hi_open: bool = False, help: str = "", hint: str = "", nullable: bool = False) -> Any:
+def number(
+    default: float | None,
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    help: str = "",
+    hint: str = "",
+    nullable: bool = False,
+) -> Any:
     """A finite float in ``[lo, hi]`` (``lo_open`` / ``hi_open`` exclude an end; ``None`` = unbounded)."""
-    return _field(default, partial(check_number, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open, hint=hint), help,
-                  nullable)
+    return _field(
+        default, partial(check_number, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open, hint=hint), help, nullable
+    )
 
 
-def integer(default: int | None, lo: int | None = None, what: str = "", *, help: str = "", hint: str = "",
-            nullable: bool = False) -> Any:
+def integer(
+    default: int | None,
+    lo: int | None = None,
+    what: str = "",
+    *,
+    help: str = "",
+    hint: str = "",
+    nullable: bool = False,
+) -> Any:
     """An int ``>= lo``; ``what`` says what it counts (it goes into the error)."""
     return _field(default, partial(_check_integer, lo=lo, what=what, hint=hint), help or what, nullable)
 
 
-def choice(default: str | None, choices: Registry | Collection[str] | Callable, *, help: str = "", hint: str = "",
-           nullable: bool = False) -> Any:
+def choice(
+    default: str | None,
+    choices: Registry | Collection[str] | Callable,
+    *,
+    help: str = "",
+    hint: str = "",
+    nullable: bool = False,
+) -> Any:
     """One name of ``choices`` (a :class:`~kaft.registry.Registry`'s names are read when the config is checked)."""
     return _field(default, partial(_check_choice, choices=choices, hint=hint), help, nullable)
 
@@ -132,8 +166,10 @@ def keys_of(settings_cls: type) -> tuple[str, ...]:
 
 def defaults_of(settings_cls: type) -> dict[str, Any]:
     """Each key's default."""
-    return {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
-            for f in dataclasses.fields(settings_cls)}
+    return {
+        f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+        for f in dataclasses.fields(settings_cls)
+    }
 
 
 def help_of(settings_cls: type) -> dict[str, str]:
@@ -151,8 +187,9 @@ def suggest(key: str, known: Collection[str]) -> str:
     return near[0] if near else ""
 
 
-def unknown_key_error(group: str, key: str, known: Collection[str], renamed: Mapping[str, str] | None = None,
-                      what: str | None = None) -> ConfigError:
+def unknown_key_error(
+    group: str, key: str, known: Collection[str], renamed: Mapping[str, str] | None = None, what: str | None = None
+) -> ConfigError:
     """The one line for a key no setting of ``group`` has: a renamed key names its new name, else the nearest."""
     what, at = what or f"a {group} setting", f"{group}." if group else ""
     if renamed and key in renamed:
@@ -162,8 +199,14 @@ def unknown_key_error(group: str, key: str, known: Collection[str], renamed: Map
     return ConfigError(f"{at}{key} is not {what}; {fix}")
 
 
-def reject_unknown(settings_cls: type, group: str, cfg: Mapping, skip: Collection[str] = (),
-                   renamed: Mapping[str, str] | None = None, error: type[ConfigError] | None = None) -> None:
+def reject_unknown(
+    settings_cls: type,
+    group: str,
+    cfg: Mapping,
+    skip: Collection[str] = (),
+    renamed: Mapping[str, str] | None = None,
+    error: type[ConfigError] | None = None,
+) -> None:
     """Raise for the first key of ``cfg`` (besides ``skip``) that ``settings_cls`` has no field for."""
     known = keys_of(settings_cls)
     for key in cfg:
@@ -172,8 +215,13 @@ def reject_unknown(settings_cls: type, group: str, cfg: Mapping, skip: Collectio
             raise (error(str(e)) if error is not None else e) from None
 
 
-def parse(settings_cls: type, cfg: Mapping, label: Callable[[str], str] | str, error: type[Exception] = ConfigError,
-          none_is_default: bool = False) -> Any:
+def parse(
+    settings_cls: type,
+    cfg: Mapping,
+    label: Callable[[str], str] | str,
+    error: type[Exception] = ConfigError,
+    none_is_default: bool = False,
+) -> Any:
     """``settings_cls`` filled from ``cfg`` (a missing key -> its default; ``None`` too with ``none_is_default``),
     each field checked; ``label`` is the group (``"train"`` -> ``train.lr``) or ``key -> label``. Unknown keys are
     the caller's to reject (:func:`reject_unknown`), since some groups know who owns them."""

@@ -14,8 +14,8 @@ import fnmatch
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from kaft.errors import KaftError
 
@@ -42,13 +42,18 @@ def hub_cache() -> str:
     return str(constants.HF_HUB_CACHE)
 
 
-def download_cmd(repo: str, kind: str, revision: str | None = None, name: str | None = None,
-                 split: str | None = None) -> str:
+def download_cmd(
+    repo: str, kind: str, revision: str | None = None, name: str | None = None, split: str | None = None
+) -> str:
     """The command that puts ``repo`` into the cache a job reads (run it where there is network, same HF_HOME)."""
     if kind == "dataset":  # datasets reads its own prepared cache offline, not the hub's snapshot: load it once
-        args = [repr(repo)] + ([repr(name)] if name else []) + ([f"split={split!r}"] if split else []) + \
-               ([f"revision={revision!r}"] if revision else [])
-        return f"python -c \"import datasets; datasets.load_dataset({', '.join(args)})\""
+        args = (
+            [repr(repo)]
+            + ([repr(name)] if name else [])
+            + ([f"split={split!r}"] if split else [])
+            + ([f"revision={revision!r}"] if revision else [])
+        )
+        return f'python -c "import datasets; datasets.load_dataset({", ".join(args)})"'
     return f"hf download {repo}" + (f" --revision {revision}" if revision else "")
 
 
@@ -60,9 +65,12 @@ def _where() -> str:
 def _gated_hint(repo: str, kind: str) -> str:
     url = f"https://huggingface.co/{'datasets/' if kind == 'dataset' else ''}{repo}"
     has_token = bool(os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN"))
-    return (f"accept its licence at {url} with the account whose token is in HF_TOKEN (the token set here has no "
-            f"access yet)" if has_token else f"accept its licence at {url} and set HF_TOKEN to a token of that "
-                                              f"account (or run `hf auth login`)")
+    return (
+        f"accept its licence at {url} with the account whose token is in HF_TOKEN (the token set here has no "
+        f"access yet)"
+        if has_token
+        else f"accept its licence at {url} and set HF_TOKEN to a token of that account (or run `hf auth login`)"
+    )
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -85,52 +93,81 @@ def _cause(exc: BaseException) -> str | None:
             return "revision"
         if isinstance(e, OSError) and (e.errno == errno.ENOSPC or "no space left" in text):
             return "disk"
-        if isinstance(e, (errors.RepositoryNotFoundError,)) or type(e).__name__ == "DatasetNotFoundError" or \
-                "is not a valid model identifier" in text:
+        if (
+            isinstance(e, (errors.RepositoryNotFoundError,))
+            or type(e).__name__ == "DatasetNotFoundError"
+            or "is not a valid model identifier" in text
+        ):
             return "not_found"
-        if isinstance(e, (errors.OfflineModeIsEnabled, errors.LocalEntryNotFoundError, ConnectionError,
-                          TimeoutError)) or "couldn't connect" in text or "couldn't reach" in text or \
-                any(w in type(e).__name__.lower() for w in ("connect", "timeout")):  # httpx's transport errors
+        if (
+            isinstance(e, (errors.OfflineModeIsEnabled, errors.LocalEntryNotFoundError, ConnectionError, TimeoutError))
+            or "couldn't connect" in text
+            or "couldn't reach" in text
+            or any(w in type(e).__name__.lower() for w in ("connect", "timeout"))
+        ):  # httpx's transport errors
             return "offline"
     return None
 
 
-def message(cause: str, repo: str, kind: str, revision: str | None = None, name: str | None = None,
-            split: str | None = None, detail: str = "") -> str:
+def message(
+    cause: str,
+    repo: str,
+    kind: str,
+    revision: str | None = None,
+    name: str | None = None,
+    split: str | None = None,
+    detail: str = "",
+) -> str:
     """The one line for ``cause`` (see :func:`_cause`); ``kind`` is model or dataset."""
     what = f"{kind} {repo!r}" + (f" (revision {revision!r})" if revision else "")
     cmd = download_cmd(repo, kind, revision, name, split)
     if cause == "gated":
         return f"{what} is a gated repository: {_gated_hint(repo, kind)}"
     if cause == "not_found":
-        return (f"{what} does not exist on the Hugging Face hub, or it is private (set HF_TOKEN); check the "
-                f"{kind} config's path")
+        return (
+            f"{what} does not exist on the Hugging Face hub, or it is private (set HF_TOKEN); check the "
+            f"{kind} config's path"
+        )
     if cause == "revision":
         key = "model.revision" if kind == "model" else "the data set spec's revision"
         return f"{what}: that revision does not exist{detail}; check {key} (a branch, tag or commit hash)"
     if cause == "disk":
-        return (f"{what}: out of disk space{detail}; free space or point HF_HOME (or HF_HUB_CACHE) at a larger "
-                f"filesystem")
+        return (
+            f"{what}: out of disk space{detail}; free space or point HF_HOME (or HF_HUB_CACHE) at a larger filesystem"
+        )
     if cause == "offline":
         flags = [v for v in OFFLINE_VARS if os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")]
-        state = f"the hub is offline here ({', '.join(f + '=1' for f in flags)})" if flags else \
-            "the hub could not be reached"
-        where = f"is only partly in the local Hugging Face cache ({_where()}; {detail})" if detail else \
-            f"is not in the local Hugging Face cache ({_where()})"
-        return (f"{what} {where} and {state}; on a machine with network (a login node), with the same HF_HOME, "
-                f"run: {cmd} (if the repo is gated, accept its licence and set HF_TOKEN first)")
+        state = (
+            f"the hub is offline here ({', '.join(f + '=1' for f in flags)})"
+            if flags
+            else "the hub could not be reached"
+        )
+        where = (
+            f"is only partly in the local Hugging Face cache ({_where()}; {detail})"
+            if detail
+            else f"is not in the local Hugging Face cache ({_where()})"
+        )
+        return (
+            f"{what} {where} and {state}; on a machine with network (a login node), with the same HF_HOME, "
+            f"run: {cmd} (if the repo is gated, accept its licence and set HF_TOKEN first)"
+        )
     raise ValueError(f"unknown cause {cause!r}")
 
 
-def explain(exc: BaseException, repo: str, kind: str, revision: str | None = None, name: str | None = None,
-            split: str | None = None) -> str | None:
+def explain(
+    exc: BaseException,
+    repo: str,
+    kind: str,
+    revision: str | None = None,
+    name: str | None = None,
+    split: str | None = None,
+) -> str | None:
     """The one line for an exception raised while loading ``repo``, or None when it is not a loading problem."""
     cause = _cause(exc)
     return message(cause, repo, kind, revision, name, split) if cause else None
 
 
-def dataset_error(exc: BaseException, repo: str, name: str | None, split: str, revision: str | None,
-                  what: str) -> str:
+def dataset_error(exc: BaseException, repo: str, name: str | None, split: str, revision: str | None, what: str) -> str:
     """The one line for a hub data set that failed to load (``what`` says which config and split it was)."""
     line = explain(exc, repo, "dataset", revision, name, split)
     if line:
@@ -188,9 +225,15 @@ def _check_online(repo: str, revision: str | None) -> None:
     probe = next((p for p in [cache, *cache.parents] if p.exists()), Path("/"))
     free = shutil.disk_usage(probe).free
     if need > free:
-        raise HubError(message("disk", repo, "model", revision,
-                               detail=f" (the download needs {need / 2**30:.1f} GiB in {cache}, "
-                                      f"{free / 2**30:.1f} GiB are free)"))
+        raise HubError(
+            message(
+                "disk",
+                repo,
+                "model",
+                revision,
+                detail=f" (the download needs {need / 2**30:.1f} GiB in {cache}, {free / 2**30:.1f} GiB are free)",
+            )
+        )
 
 
 def check_model(repo: str, revision: str | None = None) -> None:
@@ -202,8 +245,7 @@ def check_model(repo: str, revision: str | None = None) -> None:
         if not missing:
             return
         if offline():
-            raise HubError(message("offline", repo, "model", revision,
-                                   detail=f"missing {', '.join(missing[:3])}"))
+            raise HubError(message("offline", repo, "model", revision, detail=f"missing {', '.join(missing[:3])}"))
     elif offline():
         raise HubError(message("offline", repo, "model", revision))
     _check_online(repo, revision)

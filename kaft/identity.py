@@ -20,8 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -66,8 +67,12 @@ def code_part() -> dict:
 
 def make(config: dict, fingerprints: Mapping | None, model: str | None) -> dict:
     """results.json's ``identity``: ``{"sha256": <of the parts>, "parts": {config, data, model, code}}``."""
-    parts = {"config": config, "data": dict(fingerprints) if fingerprints is not None else None, "model": model,
-             "code": code_part()}
+    parts = {
+        "config": config,
+        "data": dict(fingerprints) if fingerprints is not None else None,
+        "model": model,
+        "code": code_part(),
+    }
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
     return {"sha256": digest, "parts": parts}
 
@@ -75,7 +80,8 @@ def make(config: dict, fingerprints: Mapping | None, model: str | None) -> dict:
 def of_job(cfg: DictConfig, method: str | None) -> dict:
     """The identity the job ``cfg`` would record, from its data (loaded, not cached) and its model's identity
     (resolved without building or loading a model)."""
-    from kaft import modeling, stages as S
+    from kaft import modeling
+    from kaft import stages as S
 
     _, _, fps = S.stage_data(cfg, None)
     _, model_id = modeling.resolve(S.plain(cfg.model), cfg.cache_dir, S.plain(cfg), build=False)
@@ -101,7 +107,7 @@ def stale(res: Mapping, run_dir: str | Path) -> str | None:
     hydra_dir = Path(run_dir) / ".hydra"
     before = recorded_config(res)
     try:
-        choices = (OmegaConf.load(hydra_dir / "hydra.yaml").hydra.runtime.get("choices") or {})
+        choices = OmegaConf.load(hydra_dir / "hydra.yaml").hydra.runtime.get("choices") or {}
         now = config_part(OmegaConf.load(hydra_dir / "config.yaml"), choices.get("method"))
     except Exception:  # noqa: BLE001 - no Hydra files, or a config that resolves only inside its job
         return None
@@ -150,9 +156,13 @@ def differences(saved: Mapping | None, now: Mapping, parts: tuple[str, ...] = PA
         out += config_differences(a.get("config"), b["config"])
     if "data" in parts and a.get("data") != b["data"]:
         old, new = a.get("data") or {}, b["data"] or {}
-        out += [f"data fingerprint of {n} changed" if n in old and n in new else
-                f"data set {n} {'added' if n in new else 'removed'}"
-                for n in sorted(set(old) | set(new)) if old.get(n) != new.get(n)]
+        out += [
+            f"data fingerprint of {n} changed"
+            if n in old and n in new
+            else f"data set {n} {'added' if n in new else 'removed'}"
+            for n in sorted(set(old) | set(new))
+            if old.get(n) != new.get(n)
+        ]
     if "model" in parts and a.get("model") != b["model"]:
         out.append(f"model identity {a.get('model')} -> {b['model']} (other weights, tokenizer or source)")
     if "code" in parts and a.get("code") != b["code"]:
@@ -167,8 +177,11 @@ def summary(diffs: list[str]) -> str:
 
 
 def way_out(multirun: bool) -> str:
-    return ("force=true replaces those results, or give the sweep another hydra.sweep.dir" if multirun else
-            "force=true replaces its results, or give this run another hydra.run.dir")
+    return (
+        "force=true replaces those results, or give the sweep another hydra.sweep.dir"
+        if multirun
+        else "force=true replaces its results, or give this run another hydra.run.dir"
+    )
 
 
 # ----------------------------------------------------------------------------------------------- the job's check
@@ -184,8 +197,11 @@ def reusable(run_dir: str | Path, cfg: DictConfig, method: str | None, multirun:
         return None
     status = res.get("status")
     if status != "done" or not res.get("metrics"):
-        why = f"the previous run {status}" if status in ("failed", "interrupted") else \
-            f"results.json is not a finished run's (status {status!r})"
+        why = (
+            f"the previous run {status}"
+            if status in ("failed", "interrupted")
+            else f"results.json is not a finished run's (status {status!r})"
+        )
         log.warning("re-running: %s%s", why, f" ({res['error']})" if res.get("error") else "")
         return None
     if cfg.get("force", False):
@@ -194,10 +210,25 @@ def reusable(run_dir: str | Path, cfg: DictConfig, method: str | None, multirun:
     diffs = differences(res.get("identity"), of_job(cfg, method))
     if diffs:
         raise RerunError(f"{run_dir} holds the results of another run: {summary(diffs)}; {way_out(multirun)}")
-    log.info("already complete: %s (same config, data, model and code; force=true re-runs it)",
-             run_dir / "results.json")
+    log.info(
+        "already complete: %s (same config, data, model and code; force=true re-runs it)", run_dir / "results.json"
+    )
     return res
 
 
-__all__ = ["NOT_IN_IDENTITY", "PARTS", "RerunError", "code_part", "config_differences", "config_part",
-           "differences", "make", "of_job", "recorded_config", "reusable", "stale", "summary", "way_out"]
+__all__ = [
+    "NOT_IN_IDENTITY",
+    "PARTS",
+    "RerunError",
+    "code_part",
+    "config_differences",
+    "config_part",
+    "differences",
+    "make",
+    "of_job",
+    "recorded_config",
+    "reusable",
+    "stale",
+    "summary",
+    "way_out",
+]

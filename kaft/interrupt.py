@@ -36,7 +36,8 @@ def line(exc: BaseException) -> str:
 
 def record(run_dir: str | Path, job: Any, info: dict) -> Interrupted:
     """Mark ``run_dir`` interrupted (see the module doc); returns the exception to raise. Never raises itself."""
-    from kaft import stages as S, track
+    from kaft import stages as S
+    from kaft import track
 
     stage = next(reversed(job.timer.seconds), None) or "start"  # a stage's time is recorded when it ends or stops
     run_dir = Path(run_dir)
@@ -46,13 +47,24 @@ def record(run_dir: str | Path, job: Any, info: dict) -> Interrupted:
             log.warning("interrupted: %s keeps the finished run's results.json", run_dir)
             return Interrupted(stage)
         method = info["choices"].get("method")
-        ident = identity.make(identity.config_part(job.cfg, method), job.ctx.fps if job.ctx else None, job.keys.get("model"))
-        track.write_results(run_dir, {
-            "status": "interrupted", "stage": stage, "error": f"interrupted during {stage}",
-            "job": {k: info.get(k) for k in ("name", "override_dirname", "num", "run_dir")},
-            "overrides": info.get("overrides", []), "metrics": None, "identity": ident,
-            "cache": {s: ("hit" if hit else "miss") for s, hit in job.cache_hits.items()}, "timings": job.timer.seconds,
-            "config": {**S.plain(job.cfg), "method": method}})
+        ident = identity.make(
+            identity.config_part(job.cfg, method), job.ctx.fps if job.ctx else None, job.keys.get("model")
+        )
+        track.write_results(
+            run_dir,
+            {
+                "status": "interrupted",
+                "stage": stage,
+                "error": f"interrupted during {stage}",
+                "job": {k: info.get(k) for k in ("name", "override_dirname", "num", "run_dir")},
+                "overrides": info.get("overrides", []),
+                "metrics": None,
+                "identity": ident,
+                "cache": {s: ("hit" if hit else "miss") for s, hit in job.cache_hits.items()},
+                "timings": job.timer.seconds,
+                "config": {**S.plain(job.cfg), "method": method},
+            },
+        )
     except Exception as e:  # noqa: BLE001 - recording must not hide the interrupt
         log.warning("interrupted: could not record it in %s: %s", run_dir, e)
     return Interrupted(stage)

@@ -3,8 +3,8 @@ so that data sources such as the embedded testbed can build items without import
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Mapping
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,13 @@ class MCItem:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "MCItem":
-        return cls(id=d["id"], question=d["question"], options=list(d["options"]), answer=int(d["answer"]),
-                   subject=d.get("subject"), domain=d.get("domain"), meta=dict(d.get("meta") or {}))
+    def from_dict(cls, d: Mapping) -> MCItem:
+        return cls(
+            id=d["id"],
+            question=d["question"],
+            options=list(d["options"]),
+            answer=int(d["answer"]),
+            subject=d.get("subject"),
+            domain=d.get("domain"),
+            meta=dict(d.get("meta") or {}),
+        )

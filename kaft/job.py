@@ -34,11 +34,12 @@ log = logging.getLogger("kaft")
 class Job:
     """A job's config, cache and what its stages have produced so far; ``ctx`` (what every stage after data and
     model reads) exists once those two have run."""
+
     cfg: DictConfig
     cache: Cache
     timer: S.Timer = field(default_factory=S.Timer)
-    cache_hits: dict = field(default_factory=dict)   # stage -> came from the cache? (results.json's "cache")
-    keys: dict = field(default_factory=dict)         # stage -> cache key
+    cache_hits: dict = field(default_factory=dict)  # stage -> came from the cache? (results.json's "cache")
+    keys: dict = field(default_factory=dict)  # stage -> cache key
     ctx: S.StageContext | None = None
     train: list = field(default_factory=list)
     evals: dict = field(default_factory=dict)
@@ -58,14 +59,25 @@ def job_info() -> dict:
     try:
         hc = HydraConfig.get()
         multirun = hc.mode == RunMode.MULTIRUN
-        return {"run_dir": hc.runtime.output_dir, "override_dirname": hc.job.override_dirname,
-                "num": hc.job.get("num", 0), "overrides": list(hc.overrides.task),
-                "group": str(Path(hc.sweep.dir)).replace(os.sep, "-").strip("-") if multirun else None,
-                "choices": {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra/")},
-                "name": hc.job.override_dirname or "default"}
+        return {
+            "run_dir": hc.runtime.output_dir,
+            "override_dirname": hc.job.override_dirname,
+            "num": hc.job.get("num", 0),
+            "overrides": list(hc.overrides.task),
+            "group": str(Path(hc.sweep.dir)).replace(os.sep, "-").strip("-") if multirun else None,
+            "choices": {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra/")},
+            "name": hc.job.override_dirname or "default",
+        }
     except ValueError:  # called outside Hydra (tests): fall back to the cwd
-        return {"run_dir": os.getcwd(), "override_dirname": "", "num": 0, "overrides": [], "group": None,
-                "name": "default", "choices": {}}
+        return {
+            "run_dir": os.getcwd(),
+            "override_dirname": "",
+            "num": 0,
+            "overrides": [],
+            "group": None,
+            "name": "default",
+            "choices": {},
+        }
 
 
 def score_stats(records: list[dict], items: list[MCItem], subsets: list[int], names: list[str]) -> dict:
@@ -75,10 +87,17 @@ def score_stats(records: list[dict], items: list[MCItem], subsets: list[int], na
     hist = [0] * 10
     for s in scores:
         hist[min(int(s * 10), 9)] += 1
-    out = {"mean": statistics.fmean(scores), "std": statistics.pstdev(scores), "min": min(scores),
-           "max": max(scores), "histogram_10bins": hist,
-           "mean_by_subset": {names[k]: statistics.fmean([s for s, g in zip(scores, subsets) if g == k] or [math.nan])
-                              for k in range(len(names))}}
+    out = {
+        "mean": statistics.fmean(scores),
+        "std": statistics.pstdev(scores),
+        "min": min(scores),
+        "max": max(scores),
+        "histogram_10bins": hist,
+        "mean_by_subset": {
+            names[k]: statistics.fmean([s for s, g in zip(scores, subsets) if g == k] or [math.nan])
+            for k in range(len(names))
+        },
+    }
     for flag in ("pass_at_n", "high_conf_error", "confident"):  # strategy-specific per-item flags, as rates
         vals = [float(r[flag]) for r in records if flag in r]
         if vals:
@@ -123,10 +142,12 @@ def _partition(job: Job) -> None:
 
 def _select(job: Job) -> strategy_mod.Selection:
     cfg = job.cfg
-    weights = losses.sample_weights(S.plain(cfg.loss), job.subsets, [r["score"] for r in job.records],
-                                    int(cfg.partition.k))
-    sel = strategy_mod.select(S.plain(cfg.strategy), job.train, job.records, job.subsets, job.names, weights,
-                              int(cfg.seed))
+    weights = losses.sample_weights(
+        S.plain(cfg.loss), job.subsets, [r["score"] for r in job.records], int(cfg.partition.k)
+    )
+    sel = strategy_mod.select(
+        S.plain(cfg.strategy), job.train, job.records, job.subsets, job.names, weights, int(cfg.seed)
+    )
     log.info("strategy %s: training on %d of %d items", cfg.strategy.name, len(sel.items), len(job.train))
     return sel
 
@@ -136,8 +157,10 @@ def _evaluate_base(job: Job, sel: strategy_mod.Selection, run_dir: Path) -> dict
     if not (job.cfg.evaluation.get("base", True) or not sel.train):
         return None
     with job.timer("evaluate_base"):
-        return job.hit("evaluate_base", S.stage_evaluate(job.ctx, job.ctx.model.get, job.evals,
-                                                         ("base", job.keys["model"]), run_dir))
+        return job.hit(
+            "evaluate_base",
+            S.stage_evaluate(job.ctx, job.ctx.model.get, job.evals, ("base", job.keys["model"]), run_dir),
+        )
 
 
 def _train(job: Job, sel: strategy_mod.Selection) -> S.Trained | None:
@@ -175,8 +198,9 @@ def _evaluate(job: Job, trained: S.Trained | None, base: dict | None, run_dir: P
         return tuned, job.ctx.model.get()[1]
 
     with job.timer("evaluate"):
-        return job.hit("evaluate", S.stage_evaluate(job.ctx, tuned_model, job.evals, ("tuned", job.keys["train"]),
-                                                    run_dir))
+        return job.hit(
+            "evaluate", S.stage_evaluate(job.ctx, tuned_model, job.evals, ("tuned", job.keys["train"]), run_dir)
+        )
 
 
 def _fine_grained(job: Job, metrics: dict, base: dict | None) -> dict | None:
@@ -209,12 +233,13 @@ def _drop_items(metrics: dict | None) -> dict | None:
     """Metrics without the per-item rows (kept in the cache, too long for results.json and W&B)."""
     if not metrics:
         return metrics
-    return {**metrics, "benchmarks": {n: {k: v for k, v in b.items() if k != "items"}
-                                      for n, b in metrics["benchmarks"].items()}}
+    return {
+        **metrics,
+        "benchmarks": {n: {k: v for k, v in b.items() if k != "items"} for n, b in metrics["benchmarks"].items()},
+    }
 
 
-def _results(job: Job, info: dict, sel, metrics: dict, base: dict | None, fine: dict | None,
-             detection: dict) -> dict:
+def _results(job: Job, info: dict, sel, metrics: dict, base: dict | None, fine: dict | None, detection: dict) -> dict:
     """The job's results.json (schema: :mod:`kaft.results`)."""
     k = int(job.cfg.partition.k)
     names = job.names
@@ -222,8 +247,11 @@ def _results(job: Job, info: dict, sel, metrics: dict, base: dict | None, fine: 
         "status": "done",
         "job": {key: info[key] for key in ("name", "override_dirname", "num", "run_dir")},
         "overrides": info["overrides"],
-        "data": {"n_train": len(job.train), "n_eval": {n: len(v) for n, v in job.evals.items()},
-                 "fingerprints": job.ctx.fps},
+        "data": {
+            "n_train": len(job.train),
+            "n_eval": {n: len(v) for n, v in job.evals.items()},
+            "fingerprints": job.ctx.fps,
+        },
         "metrics": _drop_items(metrics),
         "base_metrics": _drop_items(base),
         "delta_vs_base": (metrics["average"] - base["average"]) if base else None,
@@ -231,16 +259,20 @@ def _results(job: Job, info: dict, sel, metrics: dict, base: dict | None, fine: 
         "strategy": sel.info,
         "detection": detection,
         "subsets": partition_mod.subset_sizes(job.subsets, k),
-        "weights_by_subset": {names[s]: statistics.fmean([w for w, g in zip(sel.weights, sel.subsets) if g == s])
-                              for s in range(k) if s in sel.subsets},
+        "weights_by_subset": {
+            names[s]: statistics.fmean([w for w, g in zip(sel.weights, sel.subsets) if g == s])
+            for s in range(k)
+            if s in sel.subsets
+        },
         "cache": {stage: ("hit" if hit else "miss") for stage, hit in job.cache_hits.items()},
         "cache_keys": {"detect": job.keys["detect"], "train": job.keys.get("train"), "model": job.keys["model"]},
         "timings": job.timer.seconds,
         "versions": track.package_versions(),
-        "choices": info["choices"],   # the config group options this job composed (model, dataset, method, ...)
+        "choices": info["choices"],  # the config group options this job composed (model, dataset, method, ...)
         "config": {**S.plain(job.cfg), "method": info["choices"].get("method")},
-        "identity": identity.make(identity.config_part(job.cfg, info["choices"].get("method")), job.ctx.fps,
-                                  job.keys["model"]),
+        "identity": identity.make(
+            identity.config_part(job.cfg, info["choices"].get("method")), job.ctx.fps, job.keys["model"]
+        ),
     }
 
 

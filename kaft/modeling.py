@@ -12,8 +12,9 @@ import hashlib
 import json
 import logging
 import struct
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from kaft import hub
 from kaft.cache import make_key
@@ -75,8 +76,15 @@ def _resolve_hub(cfg: Mapping, cache_root: str, config: Mapping, build: bool = T
 
 
 # files any Hugging Face tokenizer directory holds at least one of
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
-                   "spiece.model", "sentencepiece.bpe.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
 
 
 def _check_model_dir(local: Path) -> None:
@@ -86,13 +94,17 @@ def _check_model_dir(local: Path) -> None:
     if not (local / "config.json").exists():
         raise ModelError(f"{local}: not a model directory (no config.json); set model.path to a saved model")
     if not any((local / f).exists() for f in TOKENIZER_FILES):
-        raise ModelError(f"{local}: no tokenizer in the model directory (none of {', '.join(TOKENIZER_FILES[:3])}, "
-                         f"...); save it there too: tokenizer.save_pretrained({str(local)!r})")
+        raise ModelError(
+            f"{local}: no tokenizer in the model directory (none of {', '.join(TOKENIZER_FILES[:3])}, "
+            f"...); save it there too: tokenizer.save_pretrained({str(local)!r})"
+        )
     for weights in sorted(local.glob("*.safetensors")):
         problem = safetensors_problem(weights)
         if problem:
-            raise ModelError(f"{weights}: {problem}: the file is truncated or damaged; save the model again "
-                             f"(model.save_pretrained) or download it again")
+            raise ModelError(
+                f"{weights}: {problem}: the file is truncated or damaged; save the model again "
+                f"(model.save_pretrained) or download it again"
+            )
 
 
 def safetensors_problem(path: Path) -> str | None:
@@ -108,8 +120,11 @@ def safetensors_problem(path: Path) -> str | None:
         return f"unreadable safetensors header ({e})"
     if header is None:
         return f"{size} bytes, shorter than its own header ({8 + n} bytes)"
-    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
-            and "data_offsets" in v]
+    ends = [
+        v["data_offsets"][1]
+        for k, v in header.items()
+        if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v
+    ]
     need = 8 + n + max(ends, default=0)
     return None if size >= need else f"{size} bytes where its header says {need} bytes"
 
@@ -125,14 +140,20 @@ def check_device(device: str | None) -> None:
     try:
         dev = torch.device(str(device))
     except (RuntimeError, ValueError):
-        raise ModelError(f"device={device}: not a torch device; use device=cpu, device=cuda[:N] or device=null "
-                         f"(cuda when there is a GPU, else cpu)") from None
+        raise ModelError(
+            f"device={device}: not a torch device; use device=cpu, device=cuda[:N] or device=null "
+            f"(cuda when there is a GPU, else cpu)"
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"device={device}: this torch ({torch.__version__}) sees no CUDA GPU; use device=cpu, or "
-                         f"device=null to use a GPU only where there is one")
+        raise ModelError(
+            f"device={device}: this torch ({torch.__version__}) sees no CUDA GPU; use device=cpu, or "
+            f"device=null to use a GPU only where there is one"
+        )
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ModelError(f"device={device}: this machine has {torch.cuda.device_count()} visible CUDA GPU(s); use "
-                         f"device=cuda:0 .. cuda:{torch.cuda.device_count() - 1}, or device=null")
+        raise ModelError(
+            f"device={device}: this machine has {torch.cuda.device_count()} visible CUDA GPU(s); use "
+            f"device=cuda:0 .. cuda:{torch.cuda.device_count() - 1}, or device=null"
+        )
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ModelError(f"device={device}: MPS is not available here; use device=cpu or device=null")
 
@@ -198,10 +219,10 @@ def _load(cfg: Mapping, path: str, device: str | None = None) -> tuple[Any, Any]
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(path, revision=rev, dtype=_dtype(cfg.get("dtype")),
-                                                 trust_remote_code=trust)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, revision=rev, dtype=_dtype(cfg.get("dtype")), trust_remote_code=trust
+    )
     model.to(device)
     model.eval()
-    log.info("loaded model %s on %s (%.1fM parameters)", path, device,
-             sum(p.numel() for p in model.parameters()) / 1e6)
+    log.info("loaded model %s on %s (%.1fM parameters)", path, device, sum(p.numel() for p in model.parameters()) / 1e6)
     return model, tok

@@ -19,8 +19,8 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from kaft.errors import KaftError
 
@@ -69,13 +69,16 @@ def check_target(path: str | os.PathLike, tool: str, legacy_header: str | None =
     if path.is_dir() and not path.is_symlink():
         raise OutputError(f"{path} is a folder; {tool} writes a file: name the file (e.g. {path / 'table.md'})")
     if (path.exists() or path.is_symlink()) and not written_by_kaft(path, legacy_header):
-        raise OutputError(f"{path} exists and was not written by {tool} (or was changed since); kaft never replaces "
-                          f"a file it did not write: move it away or choose another output path")
+        raise OutputError(
+            f"{path} exists and was not written by {tool} (or was changed since); kaft never replaces "
+            f"a file it did not write: move it away or choose another output path"
+        )
     return path
 
 
-def write_file(path: str | os.PathLike, tool: str, write: Callable[[Path], None],
-               legacy_header: str | None = None) -> Path:
+def write_file(
+    path: str | os.PathLike, tool: str, write: Callable[[Path], None], legacy_header: str | None = None
+) -> Path:
     """Check ``path`` (:func:`check_target`), let ``write(tmp)`` fill a temporary file in the same folder, rename it
     into place and record it as written by ``tool``."""
     path = check_target(path, tool, legacy_header)

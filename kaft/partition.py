@@ -8,7 +8,7 @@ not fall into subsets by file order. When K does not divide N the first subsets 
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from collections.abc import Sequence
 
 from kaft.errors import KaftError
 
@@ -47,7 +47,7 @@ def partition(ids: Sequence[str], scores: Sequence[float], k: int, seed: int) ->
     pos = 0
     for s in range(k):
         size = base + (1 if s < extra else 0)
-        for i in order[pos:pos + size]:
+        for i in order[pos : pos + size]:
             subsets[i] = s
         pos += size
     return subsets

@@ -25,8 +25,7 @@ PREFIX = "kaft: warning: "
 #: a benchmark sharing more than this share of its items (question + options) with the training set is flagged
 OVERLAP_WARN = 0.5
 #: config.json fields that give a model's context length, in the order transformers' model families use them
-CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "max_seq_len",
-                  "n_ctx")
+CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "max_seq_len", "n_ctx")
 #: how many of the longest questions (plus the demonstrations' own items) get their detection prompt built
 DETECTION_CANDIDATES = 4
 
@@ -60,22 +59,28 @@ def overlap_warnings(train: Sequence, evals: Mapping[str, Sequence], fps: Mappin
         ev = [item_key(it) for it in items]
         where = f"benchmark {name!r} (dataset.eval.{name})"
         if (fps and fps.get(name) is not None and fps.get(name) == fps.get("train")) or sorted(ev) == sorted(keys):
-            out.append(f"{where} is identical to the training set ({len(items)} items): its accuracy measures "
-                       f"recall of the trained answers, not generalisation; evaluate on held-out data")
+            out.append(
+                f"{where} is identical to the training set ({len(items)} items): its accuracy measures "
+                f"recall of the trained answers, not generalisation; evaluate on held-out data"
+            )
             continue
         shared = sum(k in have for k in ev)
         if shared / len(items) > OVERLAP_WARN:
-            out.append(f"{where} shares {shared} of its {len(items)} items ({shared / len(items):.0%}) with the "
-                       f"training set (same question and options): its accuracy is mostly recall of trained answers; "
-                       f"remove them from one of the two files")
+            out.append(
+                f"{where} shares {shared} of its {len(items)} items ({shared / len(items):.0%}) with the "
+                f"training set (same question and options): its accuracy is mostly recall of trained answers; "
+                f"remove them from one of the two files"
+            )
     return out
 
 
 # ----------------------------------------------------------------------------------------------- prompt lengths
 def _counter(tokenizer):
     """Token counts of a batch of texts, with and without the tokenizer's special prefix (``<s>``)."""
+
     def count(texts: Sequence[str], special: bool) -> list[int]:
         return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=special)["input_ids"]] if texts else []
+
     return count
 
 
@@ -93,8 +98,12 @@ def _detection_longest(cfg: Mapping, train: Sequence, count, train_lens: list[in
     seed, dom, ins = int(cfg["seed"]), cfg["dataset"].get("domain", "general"), cfg["dataset"].get("instruction")
     top = sorted(range(len(train)), key=lambda i: -train_lens[i])[:DETECTION_CANDIDATES]
     pick = sorted(set(top) | set(detect_mod.choose_shots(len(train), lay.shots, seed)))
-    prompts = [detect_mod.build_queries([train[i]], 1, lay.shots, seed, dom, ins, lay.prompt, lay.order_scheme,
-                                        shot_pool=train, index_offset=i)[0].prompt for i in pick]
+    prompts = [
+        detect_mod.build_queries(
+            [train[i]], 1, lay.shots, seed, dom, ins, lay.prompt, lay.order_scheme, shot_pool=train, index_offset=i
+        )[0].prompt
+        for i in pick
+    ]
     lens = count(prompts, True)
     best = max(range(len(pick)), key=lambda j: lens[j])
     return lens[best], train[pick[best]].id, lay.shots
@@ -134,15 +143,20 @@ def prompt_lengths(cfg: Mapping, train: Sequence, evals: Mapping[str, Sequence],
         lens = [n + special for n in count([p + answer_text(it.answer) for p, it in zip(prompts, train)], False)]
         i = max(range(len(train)), key=lambda j: lens[j])
         limit = int(cfg["train"]["max_length"])
-        out["train"] = {"tokens": lens[i], "id": train[i].id, "n_over": sum(n > limit for n in lens), "n": len(train),
-                        "cut": _cut_part(count, prompts[i], lens[i] - limit) if lens[i] > limit else None}
+        out["train"] = {
+            "tokens": lens[i],
+            "id": train[i].id,
+            "n_over": sum(n > limit for n in lens),
+            "n": len(train),
+            "cut": _cut_part(count, prompts[i], lens[i] - limit) if lens[i] > limit else None,
+        }
         if int(cfg["detection"].get("shots", 0)) + 1 <= len(train):
             tokens, item_id, shots = _detection_longest(cfg, train, count, lens)
             out["detection"] = {"tokens": tokens, "id": item_id, "shots": shots}
     limit = (cfg.get("evaluation") or {}).get("limit")
     best = None
     for name, items in evals.items():
-        items = list(items)[:int(limit)] if limit else list(items)
+        items = list(items)[: int(limit)] if limit else list(items)
         texts = [(it.meta.get(PROMPT) or _prompt(it, dom, ins)) + answer_text(it.answer) for it in items]
         for it, n in zip(items, count(texts, True)):
             if best is None or n > best["tokens"]:
@@ -152,8 +166,9 @@ def prompt_lengths(cfg: Mapping, train: Sequence, evals: Mapping[str, Sequence],
     return out
 
 
-def length_warnings(cfg: Mapping, lengths: Mapping[str, dict], context_len: int | None,
-                    context_how: str = "config.json") -> list[str]:
+def length_warnings(
+    cfg: Mapping, lengths: Mapping[str, dict], context_len: int | None, context_how: str = "config.json"
+) -> list[str]:
     """At most two lines: the prompts over the model's context (one line for all stages), and the training
     examples over ``train.max_length`` (when that is the tighter limit: kaft cuts them, says which part)."""
     max_len = int(cfg["train"]["max_length"])
@@ -164,26 +179,41 @@ def length_warnings(cfg: Mapping, lengths: Mapping[str, dict], context_len: int 
             over.append(f"detection's {det['shots']}-shot prompt up to {det['tokens']:,} tokens (item {det['id']!r})")
             fixes.append("lower detection.shots")
         if tr and tr["tokens"] > context_len and max_len > context_len:
-            over.append(f"training prompt + answer up to {tr['tokens']:,} (item {tr['id']!r}; train.max_length="
-                        f"{max_len} cuts none of it)")
+            over.append(
+                f"training prompt + answer up to {tr['tokens']:,} (item {tr['id']!r}; train.max_length="
+                f"{max_len} cuts none of it)"
+            )
             fixes.append(f"set train.max_length={context_len}")
         if ev and ev["tokens"] > context_len:
-            over.append(f"evaluation prompt + answer up to {ev['tokens']:,} (benchmark {ev['benchmark']!r}, item "
-                        f"{ev['id']!r}; lm-eval cuts it from the left)")
+            over.append(
+                f"evaluation prompt + answer up to {ev['tokens']:,} (benchmark {ev['benchmark']!r}, item "
+                f"{ev['id']!r}; lm-eval cuts it from the left)"
+            )
     if over:
-        out.append(f"prompts longer than the model's context of {context_len:,} tokens ({context_how}): "
-                   f"{'; '.join(over)}; the model was never trained on positions past {context_len:,}: "
-                   f"{', '.join(fixes)} or use a model with a longer context")
+        out.append(
+            f"prompts longer than the model's context of {context_len:,} tokens ({context_how}): "
+            f"{'; '.join(over)}; the model was never trained on positions past {context_len:,}: "
+            f"{', '.join(fixes)} or use a model with a longer context"
+        )
     if tr and tr["tokens"] > max_len and not (context_len and max_len > context_len):
         ctx = f" (the model's context is {context_len:,} tokens)" if context_len else ""
-        out.append(f"{tr['n_over']} of {tr['n']} training examples are longer than train.max_length={max_len} "
-                   f"tokens (the longest, item {tr['id']!r}, has {tr['tokens']:,}): kaft cuts their prompts from the "
-                   f"left (the longest loses {tr['cut']}); raise train.max_length{ctx}")
+        out.append(
+            f"{tr['n_over']} of {tr['n']} training examples are longer than train.max_length={max_len} "
+            f"tokens (the longest, item {tr['id']!r}, has {tr['tokens']:,}): kaft cuts their prompts from the "
+            f"left (the longest loses {tr['cut']}); raise train.max_length{ctx}"
+        )
     return out
 
 
-def data_warnings(cfg: Any, train: Sequence, evals: Mapping[str, Sequence], fps: Mapping[str, str] | None = None,
-                  tokenizer=None, context_len: int | None = None, context_how: str = "config.json") -> list[str]:
+def data_warnings(
+    cfg: Any,
+    train: Sequence,
+    evals: Mapping[str, Sequence],
+    fps: Mapping[str, str] | None = None,
+    tokenizer=None,
+    context_len: int | None = None,
+    context_how: str = "config.json",
+) -> list[str]:
     """Every warning about this data with this model (without ``tokenizer``: the overlap checks only), as lines
     without the ``kaft: warning:`` prefix."""
     cfg = _plain(cfg)

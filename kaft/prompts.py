@@ -7,7 +7,7 @@ answer multiple-choice questions at all.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from kaft.registry import Registry
 
@@ -23,8 +23,9 @@ def letters(n: int) -> str:
     return LETTERS[:n]
 
 
-def format_question(question: str, options: Sequence[str], domain: str = "general",
-                    instruction: str = DEFAULT_INSTRUCTION) -> str:
+def format_question(
+    question: str, options: Sequence[str], domain: str = "general", instruction: str = DEFAULT_INSTRUCTION
+) -> str:
     """One question block ending in ``"Answer:"`` (no trailing space: the answer token carries it)."""
     ls = letters(len(options))
     head = instruction.format(domain=domain, last=ls[-1])
@@ -39,14 +40,20 @@ def answer_text(index: int) -> str:
     return " " + LETTERS[index]
 
 
-def format_example(question: str, options: Sequence[str], answer: int, domain: str = "general",
-                   instruction: str = DEFAULT_INSTRUCTION) -> str:
+def format_example(
+    question: str, options: Sequence[str], answer: int, domain: str = "general", instruction: str = DEFAULT_INSTRUCTION
+) -> str:
     """A solved example (a few-shot demonstration): the question block followed by its answer."""
     return format_question(question, options, domain, instruction) + answer_text(answer)
 
 
-def few_shot_prompt(shots: Sequence[tuple[str, Sequence[str], int]], question: str, options: Sequence[str],
-                    domain: str = "general", instruction: str = DEFAULT_INSTRUCTION) -> str:
+def few_shot_prompt(
+    shots: Sequence[tuple[str, Sequence[str], int]],
+    question: str,
+    options: Sequence[str],
+    domain: str = "general",
+    instruction: str = DEFAULT_INSTRUCTION,
+) -> str:
     """k solved examples, a blank line between each, then the open question (paper App. A.3)."""
     parts = [format_example(q, o, a, domain, instruction) for q, o, a in shots]
     parts.append(format_question(question, options, domain, instruction))
@@ -56,8 +63,13 @@ def few_shot_prompt(shots: Sequence[tuple[str, Sequence[str], int]], question: s
 ICL_HEADER = "The following are multiple choice questions about {domain}. Please choose the correct answer."
 
 
-def icl_prompt(shots: Sequence[tuple[str, Sequence[str], int]], question: str, options: Sequence[str],
-               domain: str = "general", header: str = ICL_HEADER) -> str:
+def icl_prompt(
+    shots: Sequence[tuple[str, Sequence[str], int]],
+    question: str,
+    options: Sequence[str],
+    domain: str = "general",
+    header: str = ICL_HEADER,
+) -> str:
     """Ren et al. (2024) probing prompt: one header line, then k solved examples and the open question, each
     ``Question: … / A. … / Answer: X`` (the MMLU layout their ICL probing uses)."""
 

@@ -11,8 +11,9 @@ asked for a name it lacks or for its full list, and register themselves on impor
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
 from importlib import metadata
-from typing import Generic, Iterator, TypeVar
+from typing import Generic, TypeVar
 
 from kaft.errors import ConfigError
 

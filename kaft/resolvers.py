@@ -16,5 +16,5 @@ def or_default(value, default):
 
 
 OmegaConf.register_new_resolver("kaft_default", or_default, replace=True)
-OmegaConf.register_new_resolver("kaft_subdir", job_subdir, replace=True)   # a sweep job's run dir name
+OmegaConf.register_new_resolver("kaft_subdir", job_subdir, replace=True)  # a sweep job's run dir name
 OmegaConf.register_new_resolver("kaft_hash", config_hash, replace=True)

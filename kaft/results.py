@@ -13,8 +13,9 @@ import json
 import os
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import yaml
 
@@ -22,8 +23,8 @@ if TYPE_CHECKING:  # pandas is imported by sweep_frame only: the job-state reade
     import pandas as pd  # lazy: pandas is slow to import; only sweep_frame needs it
 
 RESULTS_FILE = "results.json"  # a job's results, in its run directory
-ERROR_FILE = "error.txt"       # a failed job's traceback, beside its results.json
-SUMMARY_CSV = "summary.csv"    # the sweep summary, in the sweep directory
+ERROR_FILE = "error.txt"  # a failed job's traceback, beside its results.json
+SUMMARY_CSV = "summary.csv"  # the sweep summary, in the sweep directory
 SUMMARY_MD = "summary.md"
 SKIP_DIRS = frozenset({"wandb", ".hydra", ".submitit", "__pycache__"})  # never hold jobs
 
@@ -33,28 +34,28 @@ class Results(TypedDict, total=False):
     :func:`kaft.sweep.status.record_failure`, which writes status, error, error_type, error_file, job, overrides,
     ``metrics: null`` and config)."""
 
-    status: str                  # "done" | "failed" | "interrupted" (Ctrl-C: kaft.interrupt; ``stage`` names where)
-    job: dict                    # name, override_dirname, num, run_dir (Hydra's view of the job)
-    overrides: list[str]         # the job's command-line overrides
-    data: dict                   # n_train, n_eval {benchmark: n}, fingerprints {train, <benchmark>: ...}
-    metrics: dict | None         # the evaluated model: benchmarks {name: {acc, acc_stderr, n, ...}}, average
-    base_metrics: dict | None    # the same for the base model (null when not evaluated)
+    status: str  # "done" | "failed" | "interrupted" (Ctrl-C: kaft.interrupt; ``stage`` names where)
+    job: dict  # name, override_dirname, num, run_dir (Hydra's view of the job)
+    overrides: list[str]  # the job's command-line overrides
+    data: dict  # n_train, n_eval {benchmark: n}, fingerprints {train, <benchmark>: ...}
+    metrics: dict | None  # the evaluated model: benchmarks {name: {acc, acc_stderr, n, ...}}, average
+    base_metrics: dict | None  # the same for the base model (null when not evaluated)
     delta_vs_base: float | None  # metrics.average - base_metrics.average
-    fine_grained: dict | None    # per-subset accuracies (evaluation.fine_grained)
-    strategy: dict               # what the data strategy selected
-    detection: dict              # Score statistics: mean, std, min, max, histogram_10bins, mean_by_subset, flag
-                                 # rates, and the registered diagnostics' values (testbed: auroc_contradict, ...)
-    subsets: dict                # subset name -> items in it
-    weights_by_subset: dict      # mean sample weight per subset name
-    cache: dict                  # stage -> "hit" | "miss"
-    cache_keys: dict             # detect, train, model: the artifacts behind the result (kaft.export reads them)
-    timings: dict                # stage -> seconds
-    versions: dict               # package -> version
-    choices: dict                # config group -> option the job composed (model, dataset, method, ...)
-    config: dict                 # the resolved job config, plus the method's name
-    identity: dict               # sha256 + parts {config, data, model, code}: what a re-run compares (kaft.identity)
-    stage: str                   # interrupted jobs: the stage that was running
-    error: str                   # failed jobs: the error's last line
+    fine_grained: dict | None  # per-subset accuracies (evaluation.fine_grained)
+    strategy: dict  # what the data strategy selected
+    detection: dict  # Score statistics: mean, std, min, max, histogram_10bins, mean_by_subset, flag
+    # rates, and the registered diagnostics' values (testbed: auroc_contradict, ...)
+    subsets: dict  # subset name -> items in it
+    weights_by_subset: dict  # mean sample weight per subset name
+    cache: dict  # stage -> "hit" | "miss"
+    cache_keys: dict  # detect, train, model: the artifacts behind the result (kaft.export reads them)
+    timings: dict  # stage -> seconds
+    versions: dict  # package -> version
+    choices: dict  # config group -> option the job composed (model, dataset, method, ...)
+    config: dict  # the resolved job config, plus the method's name
+    identity: dict  # sha256 + parts {config, data, model, code}: what a re-run compares (kaft.identity)
+    stage: str  # interrupted jobs: the stage that was running
+    error: str  # failed jobs: the error's last line
     error_type: str
     error_file: str
 
@@ -136,7 +137,7 @@ def error_last_line(job_dir: str | os.PathLike) -> str:
 # ----------------------------------------------------------------------------------------------- one row per job
 KEYS = {  # column -> path into results.json
     "loss": ("config", "loss", "name"),
-    "alpha": ("config", "loss", "alpha"),        # what the loss used (each loss resolves its own default)
+    "alpha": ("config", "loss", "alpha"),  # what the loss used (each loss resolves its own default)
     "beta": ("config", "loss", "beta"),
     "eaft_alpha": ("config", "loss", "eaft_alpha"),
     "partition": ("config", "partition", "k"),
@@ -194,7 +195,7 @@ def result_dirs(root: str | os.PathLike) -> list[Path]:
     return [d for d in job_dirs(root) if (d / RESULTS_FILE).is_file()]
 
 
-def sweep_frame(root: str | os.PathLike) -> "pd.DataFrame":
+def sweep_frame(root: str | os.PathLike) -> pd.DataFrame:
     """One row per readable results.json under ``root`` (:func:`result_dirs`): the :func:`flatten` columns (in the
     order first seen) and last ``job_dir`` (the job's directory, as a string under ``root``). An unreadable file is reported on stderr and
     skipped. No results: an empty frame with the :data:`KEYS` columns, ``run_dir`` and ``job_dir``."""
@@ -223,6 +224,22 @@ def auroc(pos_scores: Sequence[float], neg_scores: Sequence[float]) -> float:
     return wins / (len(pos_scores) * len(neg_scores))
 
 
-__all__ = ["ERROR_FILE", "KEYS", "RESULTS_FILE", "Results", "SKIP_DIRS", "SUMMARY_CSV", "SUMMARY_MD", "auroc",
-           "dig", "error_last_line", "flatten", "hydra_job", "job_dirs", "load_results", "read_results",
-           "result_dirs", "sweep_frame"]
+__all__ = [
+    "ERROR_FILE",
+    "KEYS",
+    "RESULTS_FILE",
+    "Results",
+    "SKIP_DIRS",
+    "SUMMARY_CSV",
+    "SUMMARY_MD",
+    "auroc",
+    "dig",
+    "error_last_line",
+    "flatten",
+    "hydra_job",
+    "job_dirs",
+    "load_results",
+    "read_results",
+    "result_dirs",
+    "sweep_frame",
+]

@@ -13,7 +13,8 @@ import hydra
 from omegaconf import DictConfig
 
 import kaft.resolvers  # noqa: F401  (the resolvers conf/ uses)
-from kaft import identity, interrupt, job as job_mod
+from kaft import identity, interrupt
+from kaft import job as job_mod
 from kaft.errors import KaftError
 from kaft.sweep import status as status_mod
 from kaft.sweep.status import hydra_errors_as_one_line
@@ -50,8 +51,10 @@ def _main(cfg: DictConfig) -> float:
         log.exception("job failed: %s", e)
         job = job_mod.job_info()
         line = status_mod.record_failure(job["run_dir"], e, job, cfg)
-        print(f"kaft: job {job['num']} failed: {line} (traceback in {Path(job['run_dir']) / 'error.txt'})",
-              file=sys.stderr)
+        print(
+            f"kaft: job {job['num']} failed: {line} (traceback in {Path(job['run_dir']) / 'error.txt'})",
+            file=sys.stderr,
+        )
         return math.nan
     except KeyboardInterrupt as e:  # Ctrl-C: the run dir says interrupted (kaft.interrupt); the sweep stops too
         print(interrupt.line(e), file=sys.stderr)
@@ -65,7 +68,7 @@ def _resolve_cfg_job(argv: list[str]) -> list[str]:
     for flag in ("--cfg", "-c"):
         at = argv.index(flag) + 1 if flag in argv[:-1] else 0
         if at and argv[at] == "job" and "--resolve" not in argv:
-            return [*argv[:at + 1], "--resolve", *argv[at + 1:]]
+            return [*argv[: at + 1], "--resolve", *argv[at + 1 :]]
     return argv
 
 

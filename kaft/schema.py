@@ -27,15 +27,15 @@ from kaft.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 #: the config groups a composed job holds at its top level (each checked by its own schema)
-GROUPS = ("testbed", "dataset", "detection", "partition", "strategy", "loss", "train", "evaluation", "logger",
-          "model")
+GROUPS = ("testbed", "dataset", "detection", "partition", "strategy", "loss", "train", "evaluation", "logger", "model")
 _DEVICE = re.compile(r"^(cpu|cuda|cuda:\d+|mps)$")
 
 
 def _check_device(label: str, value: Any) -> Any:
     if value is not None and not (isinstance(value, str) and _DEVICE.match(value)):
-        raise ConfigError(f"{label} must be null (cuda if available, else cpu), cpu, cuda, cuda:N or mps, "
-                          f"got {value!r}")
+        raise ConfigError(
+            f"{label} must be null (cuda if available, else cpu), cpu, cuda, cuda:N or mps, got {value!r}"
+        )
     return value
 
 
@@ -67,8 +67,13 @@ class EvaluationSettings:
     """``evaluation.*`` (conf/evaluation/default.yaml)."""
 
     batch_size: int = fields.integer(16, 1, help="evaluation batch size")
-    limit: int | None = fields.integer(None, 1, nullable=True, hint=" (null evaluates every item)",
-                                       help="evaluate only the first N items of each benchmark")
+    limit: int | None = fields.integer(
+        None,
+        1,
+        nullable=True,
+        hint=" (null evaluates every item)",
+        help="evaluate only the first N items of each benchmark",
+    )
     base: bool = fields.flag(True, help="also evaluate the base model")
     fine_grained: bool = fields.flag(False, help="KaFT Table 1: accuracy per conflict subset of each benchmark")
 
@@ -77,8 +82,9 @@ class EvaluationSettings:
 class PartitionSettings:
     """``partition.*`` (conf/partition/): K and the rewards loss=kaft gives each subset (checked by the loss)."""
 
-    k: int = fields.unchecked(4, check=_check_k,
-                              help="the number of conflict subsets: split by Score into k even subsets")
+    k: int = fields.unchecked(
+        4, check=_check_k, help="the number of conflict subsets: split by Score into k even subsets"
+    )
     rewards: list | None = fields.unchecked(None, help="what loss=kaft gives each subset, subset 0 first")
 
 
@@ -112,12 +118,20 @@ def check_config(cfg: Any) -> list[str]:
     k = _group(PartitionSettings, "partition", _plain(cfg.partition)).k
     strategy.validate(_plain(cfg.strategy), k)
     losses.validate_loss_cfg(_plain(cfg.loss), k)
-    needs = [what for what, yes in (("strategy=" + cfg.strategy.name, strategy.needs_samples(_plain(cfg.strategy))),
-                                    ("loss=" + cfg.loss.name, losses.needs_samples(_plain(cfg.loss)))) if yes]
+    needs = [
+        what
+        for what, yes in (
+            ("strategy=" + cfg.strategy.name, strategy.needs_samples(_plain(cfg.strategy))),
+            ("loss=" + cfg.loss.name, losses.needs_samples(_plain(cfg.loss))),
+        )
+        if yes
+    ]
     if needs and not detection.saves_samples(_plain(cfg.detection)):
-        raise ConfigError(f"{' and '.join(needs)} needs the model's sampled answers, but detection "
-                          f"(estimator={cfg.detection.get('estimator', 'sample')}) saves none; "
-                          f"use detection.estimator=sample or detection=icl")
+        raise ConfigError(
+            f"{' and '.join(needs)} needs the model's sampled answers, but detection "
+            f"(estimator={cfg.detection.get('estimator', 'sample')}) saves none; "
+            f"use detection.estimator=sample or detection=icl"
+        )
     return warnings(cfg)
 
 
@@ -143,8 +157,10 @@ def warnings(cfg: Any) -> list[str]:
         if cfg.get(key) is not None and not trains:
             out.append(f"{key}={cfg.get(key)} changes nothing: strategy={cfg.strategy.name} trains nothing")
         elif cfg.get(key) is not None and not _reads(cfg, key):
-            out.append(f"{key}={cfg.get(key)} is not read by loss={cfg.loss.name}; it changes nothing "
-                       f"(alpha/beta feed loss=kaft, kaft_eaft, dpo, and alpha eaft's exponent)")
+            out.append(
+                f"{key}={cfg.get(key)} is not read by loss={cfg.loss.name}; it changes nothing "
+                f"(alpha/beta feed loss=kaft, kaft_eaft, dpo, and alpha eaft's exponent)"
+            )
     if not trains and cfg.loss.name != "constant":
         out.append(f"strategy={cfg.strategy.name}: nothing is trained, loss={cfg.loss.name} is not used")
     return out
@@ -161,8 +177,9 @@ def method_spec(path: Path) -> tuple[dict[str, str], dict]:
     """One ``conf/method/<name>.yaml``: the groups it overrides (``override /strategy: x`` lines of its defaults
     list: ``{"strategy": ..., "loss": ...}``) and the strategy settings it fixes (its ``strategy:`` block)."""
     cfg = OmegaConf.to_container(OmegaConf.load(path))
-    groups = {k.split()[-1].strip("/"): v for d in cfg.get("defaults") or [] if isinstance(d, dict)
-              for k, v in d.items()}
+    groups = {
+        k.split()[-1].strip("/"): v for d in cfg.get("defaults") or [] if isinstance(d, dict) for k, v in d.items()
+    }
     return groups, dict(cfg.get("strategy") or {})
 
 
@@ -188,9 +205,11 @@ def check_method(choices: Mapping[str, Any], conf: Path = CONF) -> None:
     if differ:
         own = " ".join(f"{g}={v}" for g, v in declared.items())
         ran = " ".join(f"{g}={choices.get(g, v)}" for g, v in declared.items())
-        raise ConfigError(f"method={method} means {own}, but the command line chose {' '.join(differ)}: its rows "
-                          f"would be labelled with what did not run; drop method= and give {ran}, or drop "
-                          f"{' '.join(differ)}")
+        raise ConfigError(
+            f"method={method} means {own}, but the command line chose {' '.join(differ)}: its rows "
+            f"would be labelled with what did not run; drop method= and give {ran}, or drop "
+            f"{' '.join(differ)}"
+        )
 
 
 def renamed_keys() -> dict[str, str]:
@@ -211,7 +230,10 @@ def explain_override_error(line: str) -> str:
     renamed (Hydra alone would suggest ``+old=...``, which only leads to the next error)."""
     import re
 
-    m = re.search(r"Could not override '([^']+)'", line) or re.search(r"Could not append to config. An item is "
-                                                                       r"already at '([^']+)'", line)
+    m = re.search(r"Could not override '([^']+)'", line) or re.search(
+        r"Could not append to config. An item is "
+        r"already at '([^']+)'",
+        line,
+    )
     new = renamed_keys().get(m.group(1)) if m else None
     return f"{m.group(1)} is now {new}; set {new}=... instead" if new else line

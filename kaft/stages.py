@@ -14,17 +14,17 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 
 from kaft import data as data_mod
 from kaft import detection as detect_mod
-from kaft import eval_tasks
-from kaft import modeling
+from kaft import eval_tasks, modeling
 from kaft import partition as partition_mod
 from kaft import strategy as strategy_mod
 from kaft.cache import Cache, atomic_write_json, make_key
@@ -82,13 +82,13 @@ def source_context(cfg: DictConfig) -> dict:
 
 class BaseModel(NamedTuple):
     model: LazyModel
-    model_id: str          # the model's identity in every cache key
+    model_id: str  # the model's identity in every cache key
 
 
 class Data(NamedTuple):
-    train: list                   # the training items
-    evals: dict[str, list]        # benchmark name -> items
-    fps: dict[str, str]           # ``train`` and each benchmark -> fingerprint
+    train: list  # the training items
+    evals: dict[str, list]  # benchmark name -> items
+    fps: dict[str, str]  # ``train`` and each benchmark -> fingerprint
 
 
 def stage_model(cfg: DictConfig) -> BaseModel:
@@ -109,10 +109,13 @@ def stage_data(cfg: DictConfig, cache: Cache) -> Data:
         raise ConfigError(f"dataset {ds.name!r} has no eval benchmarks (dataset.eval is empty)")
     freeform = ds.train.get("format", "mc") == "freeform"
     if freeform != (cfg.detection.name == "mc_conversion"):
-        raise ConfigError("free-form training data (dataset.train.format: freeform) needs detection=mc_conversion, "
-                          "and detection=mc_conversion needs free-form training data" if freeform else
-                          "detection=mc_conversion needs free-form training data (dataset.train.format: freeform, "
-                          "e.g. dataset=testbed_freeform)")
+        raise ConfigError(
+            "free-form training data (dataset.train.format: freeform) needs detection=mc_conversion, "
+            "and detection=mc_conversion needs free-form training data"
+            if freeform
+            else "detection=mc_conversion needs free-form training data (dataset.train.format: freeform, "
+            "e.g. dataset=testbed_freeform)"
+        )
     for spec in [ds.train, *ds.eval.values()]:
         data_mod.check_spec({k: v for k, v in plain(spec).items() if k != "format"})
     train = load_train(cfg)
@@ -139,8 +142,10 @@ def validate(cfg: DictConfig, n_train: int) -> None:
 
     check_config(cfg)
     if int(cfg.detection.shots) + 1 > n_train:
-        raise ConfigError(f"detection.shots={cfg.detection.shots} needs at least {cfg.detection.shots + 1} "
-                          f"training items, the data set has {n_train}")
+        raise ConfigError(
+            f"detection.shots={cfg.detection.shots} needs at least {cfg.detection.shots + 1} "
+            f"training items, the data set has {n_train}"
+        )
     partition_mod.validate(int(cfg.partition.k), n_train)
 
 
@@ -152,10 +157,10 @@ class StageContext:
     The sweep plan (:mod:`kaft.sweep.plan`) builds one with a dry cache and no model to find the same keys."""
 
     cfg: DictConfig
-    cache: Any                 # a kaft.cache.Cache (or the plan's dry cache)
-    model: Any                 # a LazyModel (or the plan's stand-in that loads nothing)
+    cache: Any  # a kaft.cache.Cache (or the plan's dry cache)
+    model: Any  # a LazyModel (or the plan's stand-in that loads nothing)
     model_id: str
-    fps: Mapping[str, str]     # data set name (``train`` and each benchmark) -> fingerprint
+    fps: Mapping[str, str]  # data set name (``train`` and each benchmark) -> fingerprint
 
     @property
     def domain(self) -> str:
@@ -185,12 +190,12 @@ class StageResult:
 
 
 class Partition(NamedTuple):
-    subsets: list[int]     # per record, its conflict subset
-    names: list[str]       # subset index -> name
+    subsets: list[int]  # per record, its conflict subset
+    names: list[str]  # subset index -> name
 
 
 class Trained(NamedTuple):
-    model: Any             # the tuned peft model in memory, or None when the adapter came from the cache
+    model: Any  # the tuned peft model in memory, or None when the adapter came from the cache
     adapter_dir: Path
 
 
@@ -198,15 +203,30 @@ def stage_detect(ctx: StageContext, items: list, which: str = "train", det: Mapp
     """Probe ``items`` (the training set, or for fine-grained evaluation the benchmark ``which``) with ``det``
     (default ``cfg.detection``); cached per data fingerprint and detection settings. Value: the records."""
     det = ctx.plain("detection") if det is None else dict(det)
-    key = make_key("detect", STAGE_VERSIONS["detect"], ctx.model_id, ctx.fps[which], detect_mod.settings(det),
-                   ctx.seed, ctx.domain, ctx.instruction)
+    key = make_key(
+        "detect",
+        STAGE_VERSIONS["detect"],
+        ctx.model_id,
+        ctx.fps[which],
+        detect_mod.settings(det),
+        ctx.seed,
+        ctx.domain,
+        ctx.instruction,
+    )
 
     def build(tmp: Path):
         backend = detect_mod.make_backend(det, ctx.model.get, ctx.model.path, ctx.seed)
         try:
-            records = detect_mod.run_detection(backend, items, det, ctx.seed, ctx.domain, ctx.instruction,
-                                               progress=bool(ctx.cfg.progress),
-                                               work_dir=ctx.cache.scratch("detect", key))
+            records = detect_mod.run_detection(
+                backend,
+                items,
+                det,
+                ctx.seed,
+                ctx.domain,
+                ctx.instruction,
+                progress=bool(ctx.cfg.progress),
+                work_dir=ctx.cache.scratch("detect", key),
+            )
         finally:
             getattr(backend, "close", lambda: None)()  # a vLLM engine frees its process and KV cache
         detect_mod.write_records(records, tmp / "scores.jsonl")
@@ -227,19 +247,24 @@ def stage_greedy(ctx: StageContext, items: list, records: list[dict]) -> StageRe
     det = detect_mod.greedy_probe(ctx.plain("detection"))
     probe_ctx = replace(ctx, fps={"greedy": data_mod.fingerprint(items)})
     probe = stage_detect(probe_ctx, items, which="greedy", det=det)
-    return StageResult([{**r, "greedy": strategy_mod.greedy_answer(g)} for r, g in zip(records, probe.value)],
-                       probe.cache_hit, probe.key)
+    return StageResult(
+        [{**r, "greedy": strategy_mod.greedy_answer(g)} for r, g in zip(records, probe.value)],
+        probe.cache_hit,
+        probe.key,
+    )
 
 
 def stage_dpo_samples(ctx: StageContext, items: list, sampling: Mapping) -> StageResult:
     """SMA's diversity sampling for ``loss=dpo pair_source=sma``: ``num_samples`` responses per training item (after
     the strategy: answers as trained) to its training prompt; cached per model, items and sampling settings."""
-    key = make_key("dpo_samples", 1, ctx.model_id, data_mod.fingerprint(items), sampling, ctx.seed, ctx.domain,
-                   ctx.instruction)
+    key = make_key(
+        "dpo_samples", 1, ctx.model_id, data_mod.fingerprint(items), sampling, ctx.seed, ctx.domain, ctx.instruction
+    )
 
     def build(tmp: Path):  # zero-shot prompts share no demonstrations: batch them without prefix grouping
-        backend = detect_mod.make_backend({**ctx.plain("detection"), "share_prefix": False}, ctx.model.get,
-                                          ctx.model.path, ctx.seed)
+        backend = detect_mod.make_backend(
+            {**ctx.plain("detection"), "share_prefix": False}, ctx.model.get, ctx.model.path, ctx.seed
+        )
         try:
             recs = sample_responses(backend, items, sampling, ctx.seed, ctx.domain, ctx.instruction)
         finally:
@@ -261,8 +286,10 @@ def stage_partition(ctx: StageContext, records: list[dict], detect_key: str) -> 
 
     def build(tmp: Path):
         subsets = partition_mod.partition([r["id"] for r in records], [r["score"] for r in records], k, ctx.seed)
-        atomic_write_json(tmp / "partition.json", {"k": k, "names": partition_mod.subset_names(k),
-                                                   "ids": [r["id"] for r in records], "subsets": subsets})
+        atomic_write_json(
+            tmp / "partition.json",
+            {"k": k, "names": partition_mod.subset_names(k), "ids": [r["id"] for r in records], "subsets": subsets},
+        )
 
     hit = ctx.cache.get_or_create("partition", key, build)
     saved = json.loads((hit.path / "partition.json").read_text())
@@ -278,46 +305,73 @@ def stage_train(ctx: StageContext, items: list, weights: list[float], records: l
     samples = [(r["id"], r.get("answers")) for r in records] if records is not None else None
     # how often progress is saved does not change the adapter
     train_cfg = {k: v for k, v in ctx.plain("train").items() if k not in CHECKPOINT_KEYS}
-    key = make_key("train", STAGE_VERSIONS["train"], ctx.model_id, data_mod.fingerprint(items),
-                   [round(w, 8) for w in weights], samples, ctx.plain("loss"), train_cfg, ctx.seed, ctx.domain,
-                   ctx.instruction)
+    key = make_key(
+        "train",
+        STAGE_VERSIONS["train"],
+        ctx.model_id,
+        data_mod.fingerprint(items),
+        [round(w, 8) for w in weights],
+        samples,
+        ctx.plain("loss"),
+        train_cfg,
+        ctx.seed,
+        ctx.domain,
+        ctx.instruction,
+    )
     tuned = {}
 
     def build(tmp: Path):
         m, tok = ctx.model.get()
-        spec = TrainSpec(loss=ctx.plain("loss"), train=ctx.plain("train"), seed=ctx.seed, domain=ctx.domain,
-                         instruction=ctx.instruction)
-        tuned["model"] = train_lora(m, tok, items, weights, spec, tmp, records=records,
-                                    checkpoint_dir=ctx.cache.scratch("train", key))
+        spec = TrainSpec(
+            loss=ctx.plain("loss"),
+            train=ctx.plain("train"),
+            seed=ctx.seed,
+            domain=ctx.domain,
+            instruction=ctx.instruction,
+        )
+        tuned["model"] = train_lora(
+            m, tok, items, weights, spec, tmp, records=records, checkpoint_dir=ctx.cache.scratch("train", key)
+        )
 
     hit = ctx.cache.get_or_create("train", key, build, meta={"n_items": len(items)})
     return StageResult(Trained(tuned.get("model"), hit.path), hit.cached, key)
 
 
-def stage_evaluate(ctx: StageContext, get_model, evals: Mapping[str, list], tag_key: tuple[str, str],
-                   run_dir: Path) -> StageResult:
+def stage_evaluate(
+    ctx: StageContext, get_model, evals: Mapping[str, list], tag_key: tuple[str, str], run_dir: Path
+) -> StageResult:
     """Accuracy on every benchmark of the model ``get_model()`` returns (called only on a cache miss), cached per
     ``tag_key`` (``("base", model id)`` or ``("tuned", train key)``). Value: the metrics."""
     ev = {k: v for k, v in ctx.plain("evaluation").items() if k not in ("base", "fine_grained")}
     per_item = bool(ctx.cfg.evaluation.get("fine_grained", False))
     if per_item:
         ev["per_item"] = True
-    key = make_key("evaluate", STAGE_VERSIONS["evaluate"], tag_key, {n: ctx.fps[n] for n in evals}, ev,
-                   ctx.domain, ctx.instruction)
+    key = make_key(
+        "evaluate", STAGE_VERSIONS["evaluate"], tag_key, {n: ctx.fps[n] for n in evals}, ev, ctx.domain, ctx.instruction
+    )
 
     def build(tmp: Path):
         m, tok = get_model()
-        metrics = evaluate(m, tok, evals, work_dir=tmp / "tasks", domain=ctx.domain, instruction=ctx.instruction,
-                           batch_size=int(ctx.cfg.evaluation.batch_size), limit=ctx.cfg.evaluation.get("limit"),
-                           per_item=per_item)
+        metrics = evaluate(
+            m,
+            tok,
+            evals,
+            work_dir=tmp / "tasks",
+            domain=ctx.domain,
+            instruction=ctx.instruction,
+            batch_size=int(ctx.cfg.evaluation.batch_size),
+            limit=ctx.cfg.evaluation.get("limit"),
+            per_item=per_item,
+        )
         atomic_write_json(tmp / "metrics.json", metrics)
 
     hit = ctx.cache.get_or_create("evaluate", key, build)
     return StageResult(json.loads((hit.path / "metrics.json").read_text()), hit.cached, key)
 
 
-def fine_grained(ctx: StageContext, evals: Mapping[str, list], metrics: dict, base_metrics: dict | None,
-                 names: list[str]) -> tuple[dict, dict[str, bool]]:
+def fine_grained(
+    ctx: StageContext, evals: Mapping[str, list], metrics: dict, base_metrics: dict | None, names: list[str]
+) -> tuple[dict, dict[str, bool]]:
     """KaFT Table 1: probe each benchmark with the same detection, split it into the same K conflict subsets and
     report base and tuned accuracy per subset (needs ``evaluation.fine_grained=true``: per-item predictions).
     Returns (the table, ``detect_<benchmark>`` -> cache hit)."""
@@ -327,6 +381,9 @@ def fine_grained(ctx: StageContext, evals: Mapping[str, list], metrics: dict, ba
         hits[f"detect_{name}"] = det.cache_hit
         subsets = stage_partition(ctx, det.value, det.key).value.subsets
         ids = [r["id"] for r in det.value]
-        out[name] = {tag: strategy_mod.accuracy_by_subset(m["benchmarks"][name]["items"], ids, subsets, names)
-                     for tag, m in (("base", base_metrics), ("tuned", metrics)) if m}
+        out[name] = {
+            tag: strategy_mod.accuracy_by_subset(m["benchmarks"][name]["items"], ids, subsets, names)
+            for tag, m in (("base", base_metrics), ("tuned", metrics))
+            if m
+        }
     return out, hits

@@ -26,8 +26,9 @@ import math
 import os
 import platform
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -88,8 +89,16 @@ def redact(obj: Any, secrets: list[str] | None = None) -> Any:
     return scrub(obj)
 
 
-_DISTRIBUTIONS = {"torch": "torch", "transformers": "transformers", "peft": "peft", "lm_eval": "lm_eval",
-                  "hydra": "hydra-core", "wandb": "wandb", "datasets": "datasets", "kaft": "kaft-sft"}
+_DISTRIBUTIONS = {
+    "torch": "torch",
+    "transformers": "transformers",
+    "peft": "peft",
+    "lm_eval": "lm_eval",
+    "hydra": "hydra-core",
+    "wandb": "wandb",
+    "datasets": "datasets",
+    "kaft": "kaft-sft",
+}
 
 
 def package_versions() -> dict[str, str | None]:
@@ -177,20 +186,35 @@ class WandbLogger:
         self.mode = resolve_mode(cfg.get("mode"))
         run_dir = Path(run_dir).resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
-        settings = {"console": "off", "quiet": True, "silent": not cfg.get("verbose", False),
-                    "reinit": "finish_previous", "x_disable_stats": True, "disable_git": True,
-                    "save_code": False, **dict(cfg.get("settings") or {})}
+        settings = {
+            "console": "off",
+            "quiet": True,
+            "silent": not cfg.get("verbose", False),
+            "reinit": "finish_previous",
+            "x_disable_stats": True,
+            "disable_git": True,
+            "save_code": False,
+            **dict(cfg.get("settings") or {}),
+        }
         # one W&B run per job directory: a requeued or re-run job resumes the same run id
         id_file = run_dir / "wandb_id.txt"
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
         if not id_file.exists():
             id_file.write_text(run_id + "\n")
         self.run = wandb.init(
-            id=run_id, resume="allow",
-            project=cfg.get("project") or "kaft", entity=cfg.get("entity") or None, name=redact(run_name),
+            id=run_id,
+            resume="allow",
+            project=cfg.get("project") or "kaft",
+            entity=cfg.get("entity") or None,
+            name=redact(run_name),
             group=redact(group),
-            job_type=cfg.get("job_type") or "kaft", tags=list(cfg.get("tags") or []) or None,
-            dir=str(run_dir), mode=self.mode, config=redact(_plain(config)), settings=wandb.Settings(**settings))
+            job_type=cfg.get("job_type") or "kaft",
+            tags=list(cfg.get("tags") or []) or None,
+            dir=str(run_dir),
+            mode=self.mode,
+            config=redact(_plain(config)),
+            settings=wandb.Settings(**settings),
+        )
         self._finished = False
         log.info("wandb run %s (%s) in %s", self.run.name, self.mode, getattr(self.run, "dir", run_dir))
 
@@ -233,5 +257,15 @@ def make_logger(logger_cfg: Mapping | None, run_dir, run_name: str, group: str |
     return LOGGERS.get(str(cfg.get("name") or "none"))(cfg, run_dir, run_name, group, config)
 
 
-__all__ = ["LOGGERS", "NoneLogger", "WandbLogger", "make_logger", "package_versions", "redact", "resolve_mode",
-           "secret_values", "summary_metrics", "write_results"]
+__all__ = [
+    "LOGGERS",
+    "NoneLogger",
+    "WandbLogger",
+    "make_logger",
+    "package_versions",
+    "redact",
+    "resolve_mode",
+    "secret_values",
+    "summary_metrics",
+    "write_results",
+]

@@ -56,16 +56,27 @@ def main(argv=None) -> None:
     tb = OmegaConf.to_container(OmegaConf.load(os.path.join(root, "conf/testbed/default.yaml")))
     path = build_model(tb, args.cache, progress=False)
     model, tok = modeling.load({"source": "local", "dtype": "float32"}, str(path), "cpu")
-    items = load_items({"source": "testbed", "split": "train"}, domain="geography", config={"testbed": tb}, cache_dir=args.cache)
+    items = load_items(
+        {"source": "testbed", "split": "train"}, domain="geography", config={"testbed": tb}, cache_dir=args.cache
+    )
     if args.quick:
         items = items[:40]
     contradict = [it.meta.get("kind") == "contradict" for it in items]
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    base = {"num_orders": 10, "num_samples": 10, "temperature": 0.7, "shots": 3, "max_new_tokens": 2,
-            "batch_size": 64, "chunk_size": 10_000}
+    base = {
+        "num_orders": 10,
+        "num_samples": 10,
+        "temperature": 0.7,
+        "shots": 3,
+        "max_new_tokens": 2,
+        "batch_size": 64,
+        "chunk_size": 10_000,
+    }
 
     def run(cfg, label):
-        b = detection.HFBackend(model, tok, batch_size=cfg.get("batch_size", 64), share_prefix=cfg.get("share_prefix", True))
+        b = detection.HFBackend(
+            model, tok, batch_size=cfg.get("batch_size", 64), share_prefix=cfg.get("share_prefix", True)
+        )
         t0 = time.perf_counter()
         recs = detection.run_detection(b, items, cfg, 0, "geography", progress=False)
         dt = time.perf_counter() - t0
@@ -82,9 +93,16 @@ def main(argv=None) -> None:
         t0 = time.perf_counter()
         with torch.inference_mode():
             for s in range(0, len(qs), 16):
-                enc = tok([q.prompt for q in qs[s:s + 16]], return_tensors="pt", padding=True)
-                model.generate(**enc, do_sample=True, temperature=0.7, top_k=0, num_return_sequences=cfg["num_samples"],
-                               max_new_tokens=cfg["max_new_tokens"], pad_token_id=tok.pad_token_id)
+                enc = tok([q.prompt for q in qs[s : s + 16]], return_tensors="pt", padding=True)
+                model.generate(
+                    **enc,
+                    do_sample=True,
+                    temperature=0.7,
+                    top_k=0,
+                    num_return_sequences=cfg["num_samples"],
+                    max_new_tokens=cfg["max_new_tokens"],
+                    pad_token_id=tok.pad_token_id,
+                )
         return {"label": label, "seconds": time.perf_counter() - t0}
 
     n_ref = 40 if args.quick else 200
@@ -97,22 +115,30 @@ def main(argv=None) -> None:
         run({**base, "response_sampling": False}, "w/o response sampling (greedy, No=10)"),
         run({**base, "diverse_query": False, "response_sampling": False}, "w/o both (greedy, No=1)"),
         run({"name": "icl", "shots": 3, "prompt": "ren", "batch_size": 64, "chunk_size": 10_000}, "icl (Ren et al.)"),
-        run({"name": "icl", "shots": 3, "prompt": "kaft", "batch_size": 64, "chunk_size": 10_000},
-            "icl, KaFT prompt layout"),
+        run(
+            {"name": "icl", "shots": 3, "prompt": "kaft", "batch_size": 64, "chunk_size": 10_000},
+            "icl, KaFT prompt layout",
+        ),
     ]
     gen = naive(base, "sample via HF generate (No x Nr generations)")
     sample_s = rows[2]["seconds"]
-    print(f"\ntestbed train set: {len(items)} items ({sum(contradict)} contradicting), 3-shot, "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"\ntestbed train set: {len(items)} items ({sum(contradict)} contradicting), 3-shot, "
+        f"torch threads {torch.get_num_threads()}"
+    )
     print(f"{'detector':<42} {'wall s':>8} {'vs sample':>10} {'ρ vs ref':>9} {'AUROC':>7} {'unparsed':>9}")
     for r in [ref, *rows]:
         rho = spearman(r["scores"], ref["scores"]) if r is not ref else 1.0
-        print(f"{r['label']:<42} {r['seconds']:>8.2f} {sample_s / r['seconds']:>9.1f}x {rho:>9.3f} "
-              f"{r['auroc']:>7.3f} {r['unparsed']:>9d}")
+        print(
+            f"{r['label']:<42} {r['seconds']:>8.2f} {sample_s / r['seconds']:>9.1f}x {rho:>9.3f} "
+            f"{r['auroc']:>7.3f} {r['unparsed']:>9d}"
+        )
     print(f"{gen['label']:<42} {gen['seconds']:>8.2f} {sample_s / gen['seconds']:>9.1f}x   (timing only)")
     ex = rows[0]["seconds"]
-    print(f"\nexact is {sample_s / ex:.1f}x faster than kaft's sampler (one prefill shared by the Nr samples) and "
-          f"{gen['seconds'] / ex:.1f}x faster than No x Nr generations with HF generate")
+    print(
+        f"\nexact is {sample_s / ex:.1f}x faster than kaft's sampler (one prefill shared by the Nr samples) and "
+        f"{gen['seconds'] / ex:.1f}x faster than No x Nr generations with HF generate"
+    )
 
 
 if __name__ == "__main__":

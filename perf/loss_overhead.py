@@ -37,8 +37,14 @@ FULL = ("constant", "eaft", "dft")
 def _lora(model):
     from peft import LoraConfig, get_peft_model
 
-    cfg = LoraConfig(task_type="CAUSAL_LM", r=16, lora_alpha=32, lora_dropout=0.05, bias="none",
-                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    cfg = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=16,
+        lora_alpha=32,
+        lora_dropout=0.05,
+        bias="none",
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    )
     return get_peft_model(model, cfg)
 
 
@@ -48,8 +54,12 @@ def _sft_batch(input_ids, n_answer: int, weights):
 
     labels = torch.full_like(input_ids, -100)
     labels[:, -n_answer:] = input_ids[:, -n_answer:]
-    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels,
-            "weights": torch.as_tensor(weights, dtype=torch.float32)}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+        "labels": labels,
+        "weights": torch.as_tensor(weights, dtype=torch.float32),
+    }
 
 
 def _pair_batch(sft: dict, vocab: int, seed: int = 0):
@@ -63,8 +73,15 @@ def _pair_batch(sft: dict, vocab: int, seed: int = 0):
     for ids, lab, w in zip(sft["input_ids"].tolist(), sft["labels"].tolist(), sft["weights"].tolist()):
         n = sum(t != -100 for t in lab)
         wrong = ids[:-n] + [(t + 1 + int(torch.randint(0, vocab - 1, (1,), generator=g))) % vocab for t in ids[-n:]]
-        rows.append({"chosen_ids": ids, "chosen_labels": lab, "rejected_ids": wrong,
-                     "rejected_labels": lab[:-n] + wrong[-n:], "weights": w})
+        rows.append(
+            {
+                "chosen_ids": ids,
+                "chosen_labels": lab,
+                "rejected_ids": wrong,
+                "rejected_labels": lab[:-n] + wrong[-n:],
+                "weights": w,
+            }
+        )
     return PairCollator(pad_id=0)(rows)
 
 
@@ -102,8 +119,10 @@ def measure(model, sft: dict, pairs: dict, rounds: int, warmup: int, full: bool 
             for n in names:
                 times[n].append(got[n])
     ref = times[names[0]]
-    return {n: {"ms": 1000 * statistics.median(t), "ratio": statistics.median(a / b for a, b in zip(t, ref))}
-            for n, t in times.items()}
+    return {
+        n: {"ms": 1000 * statistics.median(t), "ratio": statistics.median(a / b for a, b in zip(t, ref))}
+        for n, t in times.items()
+    }
 
 
 def _print_table(title: str, rows: dict[str, dict], note: str) -> None:
@@ -122,9 +141,18 @@ def mid_model(hidden: int, layers: int, vocab: int, seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=int(hidden * 8 / 3) // 32 * 32 + 32,
-                      num_hidden_layers=layers, num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64,
-                      max_position_embeddings=1024, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=int(hidden * 8 / 3) // 32 * 32 + 32,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 64,
+        num_key_value_heads=hidden // 64,
+        max_position_embeddings=1024,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     return LlamaForCausalLM(cfg)
 
 
@@ -133,9 +161,13 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="a smoke run: a small random model, 2 rounds")
     ap.add_argument("--rounds", type=int, default=None, help="timed rounds (default 5, quick 2)")
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (default 1: on a shared machine more threads than free cores make OpenMP "
-                         "spin and the timings meaningless)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: on a shared machine more threads than free cores make OpenMP "
+        "spin and the timings meaningless)",
+    )
     ap.add_argument("--skip-testbed", action="store_true", help="only the random-init model")
     ap.add_argument("--cache", default=os.environ.get("KAFT_CACHE_DIR", os.path.expanduser("~/.cache/kaft")))
     args = ap.parse_args(argv)
@@ -160,19 +192,24 @@ def main(argv=None) -> None:
         tb = OmegaConf.to_container(OmegaConf.load(os.path.join(root, "conf/testbed/default.yaml")))
         path = build_model(tb, args.cache, progress=False)
         model, tok = modeling.load({"source": "local", "dtype": "float32"}, str(path), "cpu")
-        items = load_items({"source": "testbed", "split": "train"}, domain="geography", config={"testbed": tb},
-                           cache_dir=args.cache)[:16]
+        items = load_items(
+            {"source": "testbed", "split": "train"}, domain="geography", config={"testbed": tb}, cache_dir=args.cache
+        )[:16]
         rows = train.build_examples(tok, items, [0.1, 0.5, 1.0, 1.0] * 4, "geography", None, 2048)
         sft = train.WeightedCollator(tok.pad_token_id)(rows)
-        records = [{"id": it.id, "gold": it.answer, "answers": [[(it.answer + 1) % len(it.options)]]}
-                   for it in items]  # one wrong sample per item: one pair each, through the real pair builder
+        records = [
+            {"id": it.id, "gold": it.answer, "answers": [[(it.answer + 1) % len(it.options)]]} for it in items
+        ]  # one wrong sample per item: one pair each, through the real pair builder
         pair_list = build_pairs(items, records, "dataset_self", 1, 0, domain="geography")
         pairs = train.PairCollator(tok.pad_token_id)(train.build_pair_examples(tok, pair_list, [1.0] * 16, 2048))
         res = measure(_lora(model), sft, pairs, rounds, args.warmup)
-        _print_table(f"(a) testbed model ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, vocab "
-                     f"{len(tok)}), batch {len(rows)}, prompts of {min(len(r['input_ids']) for r in rows)}-"
-                     f"{max(len(r['input_ids']) for r in rows)} tokens, 1 answer token", res,
-                     "(full) = full-logits path; dpo = 16 one-letter pairs")
+        _print_table(
+            f"(a) testbed model ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, vocab "
+            f"{len(tok)}), batch {len(rows)}, prompts of {min(len(r['input_ids']) for r in rows)}-"
+            f"{max(len(r['input_ids']) for r in rows)} tokens, 1 answer token",
+            res,
+            "(full) = full-logits path; dpo = 16 one-letter pairs",
+        )
 
     hidden, layers, vocab, seq, batch = (64, 2, 1000, 32, 4) if args.quick else (512, 8, 32000, 256, 8)
     model = _lora(mid_model(hidden, layers, vocab))
@@ -182,9 +219,12 @@ def main(argv=None) -> None:
     for n_answer in (1, seq // 2):
         sft = _sft_batch(ids, n_answer, weights)
         res = measure(model, sft, _pair_batch(sft, vocab), rounds, args.warmup)
-        _print_table(f"(b) random Llama hidden {hidden}, {layers} layers, vocab {vocab}, seq {seq}, batch {batch}, "
-                     f"{n_answer} answer token(s) per example", res,
-                     f"dpo = {batch} pairs ({'one row each' if n_answer == 1 else 'two rows each'})")
+        _print_table(
+            f"(b) random Llama hidden {hidden}, {layers} layers, vocab {vocab}, seq {seq}, batch {batch}, "
+            f"{n_answer} answer token(s) per example",
+            res,
+            f"dpo = {batch} pairs ({'one row each' if n_answer == 1 else 'two rows each'})",
+        )
 
 
 if __name__ == "__main__":

@@ -30,12 +30,10 @@ not for numbers.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import os
 import random
-import re
 import shutil
 import statistics
 import subprocess
@@ -47,12 +45,26 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("train", "probe", "eval", "sweep", "e2e", "scaling")
-LORA = {"r": 16, "lora_alpha": 32, "dropout": 0.05,
-        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
-TRAIN_CFG = {"batch_size": 16, "grad_accum": 1, "lr": 1e-4, "lr_scheduler": "cosine", "warmup_ratio": 0.1,
-             "epochs": 1, "max_length": 2048, "weight_decay": 0.0, "logging_steps": 10, "lora": LORA}
+LORA = {
+    "r": 16,
+    "lora_alpha": 32,
+    "dropout": 0.05,
+    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+}
+TRAIN_CFG = {
+    "batch_size": 16,
+    "grad_accum": 1,
+    "lr": 1e-4,
+    "lr_scheduler": "cosine",
+    "warmup_ratio": 0.1,
+    "epochs": 1,
+    "max_length": 2048,
+    "weight_decay": 0.0,
+    "logging_steps": 10,
+    "lora": LORA,
+}
 KAFT_LOSS = {"name": "kaft", "alpha": 0.1, "beta": 0.5}
-GIB = 1024 ** 3
+GIB = 1024**3
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -61,8 +73,16 @@ class Row(dict):
 
 
 def row(section, what, value="", reference="", ratio=None, target="", ok=None, note="") -> Row:
-    return Row(section=section, what=what, value=value, reference=reference, ratio=ratio, target=target,
-               status="" if ok is None else ("met" if ok else "MISSED"), note=note)
+    return Row(
+        section=section,
+        what=what,
+        value=value,
+        reference=reference,
+        ratio=ratio,
+        target=target,
+        status="" if ok is None else ("met" if ok else "MISSED"),
+        note=note,
+    )
 
 
 class PeakMemory:
@@ -142,8 +162,15 @@ def fmt(x, unit="") -> str:
 
 
 def env() -> dict:
-    e = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-         "WANDB_MODE": "offline", "WANDB_SILENT": "true", "TOKENIZERS_PARALLELISM": "false"}
+    e = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     e["PYTHONPATH"] = os.pathsep.join([str(ROOT), e.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return e
 
@@ -187,11 +214,21 @@ class Ctx:
             path = build_model(tb, self.args.cache, progress=False)
             device = "cuda" if _cuda() else "cpu"
             model, tok = modeling.load({"source": "local", "dtype": "float32"}, str(path), device)
-            items = load_items({"source": "testbed", "split": "train"}, domain="geography", config={"testbed": tb},
-                               cache_dir=self.args.cache)
-            evals = {n: load_items({"source": "testbed", "split": s}, domain="geography", config={"testbed": tb},
-                                   cache_dir=self.args.cache) for n, s in (("testbed_id", "test_id"),
-                                                                           ("testbed_ood", "test_ood"))}
+            items = load_items(
+                {"source": "testbed", "split": "train"},
+                domain="geography",
+                config={"testbed": tb},
+                cache_dir=self.args.cache,
+            )
+            evals = {
+                n: load_items(
+                    {"source": "testbed", "split": s},
+                    domain="geography",
+                    config={"testbed": tb},
+                    cache_dir=self.args.cache,
+                )
+                for n, s in (("testbed_id", "test_id"), ("testbed_ood", "test_ood"))
+            }
             self._tb = (path, model, tok, items, evals)
         return self._tb
 
@@ -221,10 +258,19 @@ def mid_llama(vocab: int = 32000, hidden: int = 512, layers: int = 8, tok=None, 
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 11 // 4,
-                      num_hidden_layers=layers, num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64,
-                      max_position_embeddings=2048, tie_word_embeddings=False,
-                      pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=hidden * 11 // 4,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 64,
+        num_key_value_heads=hidden // 64,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     m = LlamaForCausalLM(cfg)
     return m.to("cuda") if _cuda() else m
 
@@ -232,13 +278,15 @@ def mid_llama(vocab: int = 32000, hidden: int = 512, layers: int = 8, tok=None, 
 def run_kaft_train(base, tok, items, weights, train_cfg, out_dir, copy_model: bool = True) -> dict:
     from kaft.train import TrainSpec, build_examples, train_lora
 
-    tokens = sum(len(r["input_ids"]) for r in build_examples(tok, items, weights, "geography", None,
-                                                             train_cfg["max_length"]))
+    tokens = sum(
+        len(r["input_ids"]) for r in build_examples(tok, items, weights, "geography", None, train_cfg["max_length"])
+    )
     model = copy.deepcopy(base) if copy_model else base
     t0 = time.perf_counter()
     with PeakMemory() as mem:
-        train_lora(model, tok, items, weights, TrainSpec(loss=KAFT_LOSS, train=train_cfg, seed=0, domain="geography"),
-                   out_dir)
+        train_lora(
+            model, tok, items, weights, TrainSpec(loss=KAFT_LOSS, train=train_cfg, seed=0, domain="geography"), out_dir
+        )
     wall = time.perf_counter() - t0
     log = json.loads((Path(out_dir) / "train_log.json").read_text())
     runtime = next(h["train_runtime"] for h in reversed(log["log_history"]) if "train_runtime" in h)
@@ -256,22 +304,50 @@ def run_trl_train(base, tok, items, train_cfg, out_dir, copy_model: bool = True)
 
     from kaft.prompts import DEFAULT_INSTRUCTION, answer_text, format_question
 
-    ds = Dataset.from_list([{"prompt": format_question(it.question, it.options, it.domain or "geography",
-                                                       DEFAULT_INSTRUCTION),
-                             "completion": answer_text(it.answer)} for it in items])
+    ds = Dataset.from_list(
+        [
+            {
+                "prompt": format_question(it.question, it.options, it.domain or "geography", DEFAULT_INSTRUCTION),
+                "completion": answer_text(it.answer),
+            }
+            for it in items
+        ]
+    )
     use_cuda = torch.cuda.is_available()
     bf16 = bool(use_cuda and torch.cuda.is_bf16_supported())
     lora = train_cfg["lora"]
-    cfg = SFTConfig(output_dir=str(out_dir), per_device_train_batch_size=train_cfg["batch_size"],
-                    gradient_accumulation_steps=train_cfg["grad_accum"], learning_rate=train_cfg["lr"],
-                    warmup_steps=train_cfg["warmup_ratio"], num_train_epochs=train_cfg["epochs"],
-                    weight_decay=train_cfg["weight_decay"], lr_scheduler_type=train_cfg["lr_scheduler"],
-                    logging_steps=train_cfg["logging_steps"], save_strategy="no", report_to="none", seed=0,
-                    data_seed=0, bf16=bf16, use_cpu=not use_cuda, dataloader_num_workers=0, log_level="warning",
-                    gradient_checkpointing=False, max_length=train_cfg["max_length"], packing=False,
-                    padding_free=False, disable_tqdm=True)
-    peft_cfg = LoraConfig(task_type="CAUSAL_LM", r=lora["r"], lora_alpha=lora["lora_alpha"], lora_dropout=lora["dropout"],
-                          target_modules=list(lora["target_modules"]), bias="none")
+    cfg = SFTConfig(
+        output_dir=str(out_dir),
+        per_device_train_batch_size=train_cfg["batch_size"],
+        gradient_accumulation_steps=train_cfg["grad_accum"],
+        learning_rate=train_cfg["lr"],
+        warmup_steps=train_cfg["warmup_ratio"],
+        num_train_epochs=train_cfg["epochs"],
+        weight_decay=train_cfg["weight_decay"],
+        lr_scheduler_type=train_cfg["lr_scheduler"],
+        logging_steps=train_cfg["logging_steps"],
+        save_strategy="no",
+        report_to="none",
+        seed=0,
+        data_seed=0,
+        bf16=bf16,
+        use_cpu=not use_cuda,
+        dataloader_num_workers=0,
+        log_level="warning",
+        gradient_checkpointing=False,
+        max_length=train_cfg["max_length"],
+        packing=False,
+        padding_free=False,
+        disable_tqdm=True,
+    )
+    peft_cfg = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=lora["r"],
+        lora_alpha=lora["lora_alpha"],
+        lora_dropout=lora["dropout"],
+        target_modules=list(lora["target_modules"]),
+        bias="none",
+    )
     model = copy.deepcopy(base) if copy_model else base
     t0 = time.perf_counter()
     with PeakMemory() as mem:
@@ -327,9 +403,10 @@ def child_train(ctx: Ctx, spec: str) -> None:
     import resource
 
     variant, which = spec.split(":")
-    (_, base, its), = _train_models(ctx, which)
+    ((_, base, its),) = _train_models(ctx, which)
     tok = ctx.testbed()[2]
     import peft  # noqa: F401 - both variants import peft/transformers' Trainer; TRL is imported by its runner
+
     if variant == "trl":
         import trl  # noqa: F401
     before = _reset_hwm()
@@ -365,48 +442,95 @@ def section_train(ctx: Ctx) -> list[Row]:
     for which, base, its in _train_models(ctx):
         name = f"{which} ({sum(p.numel() for p in base.parameters()) / 1e6:.1f}M)"
         weights = kaft_weights(len(its))
-        variants = {"kaft": lambda: run_kaft_train(base, tok, its, weights, TRAIN_CFG, tmp / "kaft"),
-                    "trl": lambda: run_trl_train(base, tok, its, TRAIN_CFG, tmp / "trl")}
+        variants = {
+            "kaft": lambda: run_kaft_train(base, tok, its, weights, TRAIN_CFG, tmp / "kaft"),
+            "trl": lambda: run_trl_train(base, tok, its, TRAIN_CFG, tmp / "trl"),
+        }
         # warm-up (untimed): first-call costs (lazy imports, allocator growth, kernel selection) hit neither side
-        w = {"kaft": lambda: run_kaft_train(base, tok, its[:16], weights[:16], TRAIN_CFG, tmp / "kaft"),
-             "trl": lambda: run_trl_train(base, tok, its[:16], TRAIN_CFG, tmp / "trl")}
+        w = {
+            "kaft": lambda: run_kaft_train(base, tok, its[:16], weights[:16], TRAIN_CFG, tmp / "kaft"),
+            "trl": lambda: run_trl_train(base, tok, its[:16], TRAIN_CFG, tmp / "trl"),
+        }
         interleave(w, 1)
         res = interleave(variants, rounds)
         k, t = res["kaft"], res["trl"]
         r = ratio_median([x["tok_s"] for x in k], [x["tok_s"] for x in t])
-        rows.append(row("train", f"{name}: tokens/s (train loop), {len(its)} items, batch 16",
-                        f"{med([x['tok_s'] for x in k]):,.0f} kaft", f"{med([x['tok_s'] for x in t]):,.0f} TRL",
-                        r, ">= 1.0x", r >= 1.0,
-                        note=f"tokens/epoch kaft {k[0]['tokens']}, TRL {t[0]['tokens']} (TRL appends EOS)"))
+        rows.append(
+            row(
+                "train",
+                f"{name}: tokens/s (train loop), {len(its)} items, batch 16",
+                f"{med([x['tok_s'] for x in k]):,.0f} kaft",
+                f"{med([x['tok_s'] for x in t]):,.0f} TRL",
+                r,
+                ">= 1.0x",
+                r >= 1.0,
+                note=f"tokens/epoch kaft {k[0]['tokens']}, TRL {t[0]['tokens']} (TRL appends EOS)",
+            )
+        )
         w = ratio_median([x["wall"] for x in t], [x["wall"] for x in k])
-        rows.append(row("train", f"{name}: whole call (tokenise+wrap+train+save), speed",
-                        f"{med([x['wall'] for x in k]):.2f} s kaft", f"{med([x['wall'] for x in t]):.2f} s TRL",
-                        w, ">= 1.0x", w >= 1.0))
+        rows.append(
+            row(
+                "train",
+                f"{name}: whole call (tokenise+wrap+train+save), speed",
+                f"{med([x['wall'] for x in k]):.2f} s kaft",
+                f"{med([x['wall'] for x in t]):.2f} s TRL",
+                w,
+                ">= 1.0x",
+                w >= 1.0,
+            )
+        )
         if _cuda():
             mk, mt = med([x["mem"] for x in k]), med([x["mem"] for x in t])
-            rows.append(row("train", f"{name}: peak GPU memory allocated", f"{mk / 2**20:.0f} MiB kaft",
-                            f"{mt / 2**20:.0f} MiB TRL", mk / mt, "<= 1.0x", mk <= mt))
+            rows.append(
+                row(
+                    "train",
+                    f"{name}: peak GPU memory allocated",
+                    f"{mk / 2**20:.0f} MiB kaft",
+                    f"{mt / 2**20:.0f} MiB TRL",
+                    mk / mt,
+                    "<= 1.0x",
+                    mk <= mt,
+                )
+            )
         elif not (ctx.quick and which != "testbed"):  # RSS peaks need a fresh process each (freed memory stays)
             ck, ct = _child_rss(ctx, "kaft", which), _child_rss(ctx, "trl", which)
             dk, dt = ck["peak"] - ck["before"], ct["peak"] - ct["before"]
-            rows.append(row("train", f"{name}: peak RSS of a fresh process (training only)",
-                            f"{ck['peak'] / 2**20:,.0f} MiB kaft", f"{ct['peak'] / 2**20:,.0f} MiB TRL",
-                            ck["peak"] / ct["peak"], "<= 1.0x", ck["peak"] <= ct["peak"],
-                            note=f"increase over the RSS before training (model loaded, libraries imported): "
-                                 f"kaft {dk / 2**20:.0f} MiB, TRL {dt / 2**20:.0f} MiB"))
+            rows.append(
+                row(
+                    "train",
+                    f"{name}: peak RSS of a fresh process (training only)",
+                    f"{ck['peak'] / 2**20:,.0f} MiB kaft",
+                    f"{ct['peak'] / 2**20:,.0f} MiB TRL",
+                    ck["peak"] / ct["peak"],
+                    "<= 1.0x",
+                    ck["peak"] <= ct["peak"],
+                    note=f"increase over the RSS before training (model loaded, libraries imported): "
+                    f"kaft {dk / 2**20:.0f} MiB, TRL {dt / 2**20:.0f} MiB",
+                )
+            )
     shutil.rmtree(tmp, ignore_errors=True)
     return rows
 
 
 # ----------------------------------------------------------------------------------------------- probe
-PROBE_CFG = {"name": "diversified", "num_orders": 10, "num_samples": 10, "temperature": 0.7, "shots": 3,
-             "max_new_tokens": 4, "batch_size": 16, "chunk_size": 100_000}
+PROBE_CFG = {
+    "name": "diversified",
+    "num_orders": 10,
+    "num_samples": 10,
+    "temperature": 0.7,
+    "shots": 3,
+    "max_new_tokens": 4,
+    "batch_size": 16,
+    "chunk_size": 100_000,
+}
 
 
 def time_probe(model, tok, items, cfg) -> float:
     from kaft import detection
 
-    b = detection.HFBackend(model, tok, batch_size=cfg.get("batch_size", 16), share_prefix=cfg.get("share_prefix", True))
+    b = detection.HFBackend(
+        model, tok, batch_size=cfg.get("batch_size", 16), share_prefix=cfg.get("share_prefix", True)
+    )
     t0 = time.perf_counter()
     detection.run_detection(b, items, cfg, 0, "geography", progress=False)
     return time.perf_counter() - t0
@@ -417,15 +541,28 @@ def section_probe(ctx: Ctx) -> list[Row]:
     its = items[:24] if ctx.quick else items
     cfg = {**PROBE_CFG, **({"num_orders": 2, "num_samples": 2} if ctx.quick else {})}
     time_probe(model, tok, its[:8], {**cfg, "estimator": "exact"})  # warm-up
-    res = interleave({"exact": lambda: time_probe(model, tok, its, {**cfg, "estimator": "exact"}),
-                      "sample": lambda: time_probe(model, tok, its, {**cfg, "estimator": "sample"})},
-                     1 if ctx.quick else ctx.args.rounds)
+    res = interleave(
+        {
+            "exact": lambda: time_probe(model, tok, its, {**cfg, "estimator": "exact"}),
+            "sample": lambda: time_probe(model, tok, its, {**cfg, "estimator": "sample"}),
+        },
+        1 if ctx.quick else ctx.args.rounds,
+    )
     e, s = med(res["exact"]), med(res["sample"])
     r = ratio_median(res["sample"], res["exact"])
-    return [row("probe", f"items/s, exact vs sample (No={cfg['num_orders']}, Nr={cfg['num_samples']}, 3-shot, "
-                         f"batch {cfg['batch_size']}), {len(its)} items", f"{len(its) / e:.1f} exact",
-                f"{len(its) / s:.1f} sample", r, "exact faster", r > 1.0,
-                note=f"wall exact {e:.2f} s, sample {s:.2f} s")]
+    return [
+        row(
+            "probe",
+            f"items/s, exact vs sample (No={cfg['num_orders']}, Nr={cfg['num_samples']}, 3-shot, "
+            f"batch {cfg['batch_size']}), {len(its)} items",
+            f"{len(its) / e:.1f} exact",
+            f"{len(its) / s:.1f} sample",
+            r,
+            "exact faster",
+            r > 1.0,
+            note=f"wall exact {e:.2f} s, sample {s:.2f} s",
+        )
+    ]
 
 
 # ----------------------------------------------------------------------------------------------- eval
@@ -483,9 +620,22 @@ def section_eval(ctx: Ctx) -> list[Row]:
 
     def fresh():
         t0 = time.perf_counter()
-        p = subprocess.run([sys.executable, "-c", KAFT_EVAL_CHILD, str(path), str(ROOT / "conf/testbed/default.yaml"),
-                            ctx.args.cache, str(tmp / "fresh"), str(limit)], cwd=tmp, env=env(),
-                           capture_output=True, text=True)
+        p = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                KAFT_EVAL_CHILD,
+                str(path),
+                str(ROOT / "conf/testbed/default.yaml"),
+                ctx.args.cache,
+                str(tmp / "fresh"),
+                str(limit),
+            ],
+            cwd=tmp,
+            env=env(),
+            capture_output=True,
+            text=True,
+        )
         dt = time.perf_counter() - t0
         line = [x for x in p.stdout.splitlines() if x.startswith("PERF_CHILD ")]
         if p.returncode or not line:
@@ -497,8 +647,23 @@ def section_eval(ctx: Ctx) -> list[Row]:
         out = tmp / "cli_out"
         shutil.rmtree(out, ignore_errors=True)
         exe = shutil.which("lm_eval", path=os.path.dirname(sys.executable)) or shutil.which("lm_eval") or "lm_eval"
-        cmd = [exe, "--model", "hf", "--model_args", f"pretrained={path},dtype=float32", "--tasks", ",".join(tasks),
-               "--include_path", str(inc), "--batch_size", "16", "--device", device, "--output_path", str(out)]
+        cmd = [
+            exe,
+            "--model",
+            "hf",
+            "--model_args",
+            f"pretrained={path},dtype=float32",
+            "--tasks",
+            ",".join(tasks),
+            "--include_path",
+            str(inc),
+            "--batch_size",
+            "16",
+            "--device",
+            device,
+            "--output_path",
+            str(out),
+        ]
         t0 = time.perf_counter()
         p = subprocess.run(cmd, cwd=tmp, env=env(), capture_output=True, text=True)
         dt = time.perf_counter() - t0
@@ -512,15 +677,33 @@ def section_eval(ctx: Ctx) -> list[Row]:
     res = interleave({"inmem": inmem, "fresh": fresh, "cli": cli}, 1 if ctx.quick else ctx.args.rounds)
     same = len({json.dumps(v, sort_keys=True) for v in accs.values()}) == 1
     n = sum(len(v) for v in evals.values())
-    note = f"{n} items, {len(tasks)} tasks, batch 16; accuracies " + \
-        ("identical: " + json.dumps(accs["lm_eval CLI"]) if same else "DIFFER: " + json.dumps(accs))
+    note = f"{n} items, {len(tasks)} tasks, batch 16; accuracies " + (
+        "identical: " + json.dumps(accs["lm_eval CLI"]) if same else "DIFFER: " + json.dumps(accs)
+    )
     r1 = ratio_median(res["inmem"], res["cli"])
     r2 = ratio_median(res["fresh"], res["cli"])
     shutil.rmtree(tmp, ignore_errors=True)
-    return [row("eval", "wall, kaft.evaluate in-memory / lm_eval CLI", f"{med(res['inmem']):.2f} s kaft",
-                f"{med(res['cli']):.2f} s CLI", r1, "<= 1.0x", r1 <= 1.0 and same, note=note),
-            row("eval", "wall, kaft fresh process (import+load+eval) / lm_eval CLI", f"{med(res['fresh']):.2f} s kaft",
-                f"{med(res['cli']):.2f} s CLI", r2, "<= 1.0x", r2 <= 1.0 and same)]
+    return [
+        row(
+            "eval",
+            "wall, kaft.evaluate in-memory / lm_eval CLI",
+            f"{med(res['inmem']):.2f} s kaft",
+            f"{med(res['cli']):.2f} s CLI",
+            r1,
+            "<= 1.0x",
+            r1 <= 1.0 and same,
+            note=note,
+        ),
+        row(
+            "eval",
+            "wall, kaft fresh process (import+load+eval) / lm_eval CLI",
+            f"{med(res['fresh']):.2f} s kaft",
+            f"{med(res['cli']):.2f} s CLI",
+            r2,
+            "<= 1.0x",
+            r2 <= 1.0 and same,
+        ),
+    ]
 
 
 # ----------------------------------------------------------------------------------------------- sweep / e2e
@@ -581,22 +764,47 @@ def section_sweep(ctx: Ctx) -> list[Row]:
     stages = detect + base + sum(te)
     # one job alone, in its own fresh cache: process start + detection + base eval + one train + eval
     solo_dir = tmp / "solo"
-    ws, _, _ = kaft_cli(["loss=kaft", "alpha=0.1", *common, f"hydra.run.dir={solo_dir}"],
-                        fresh_cache(ctx, tmp / "cache_solo"), tmp)
+    ws, _, _ = kaft_cli(
+        ["loss=kaft", "alpha=0.1", *common, f"hydra.run.dir={solo_dir}"], fresh_cache(ctx, tmp / "cache_solo"), tmp
+    )
     solo = json.loads((solo_dir / "results.json").read_text())["timings"]
     alone = ws + 3 * statistics.fmean(te)
     # re-run the finished sweep: every job finds its results.json
     w2, _, _ = kaft_cli(args, tmp / "cache_sweep", tmp)
     shutil.rmtree(tmp, ignore_errors=True)
     r_a, r_b, r_c = w1 / stages, w1 / alone, w2 / w1
-    return [row("sweep", "2x2 sweep wall / stage seconds (1 detect + base eval + 4 x (train+eval))",
-                f"{w1:.1f} s", f"{stages:.1f} s", r_a, "<= 1.1x", r_a <= 1.1,
-                note=f"detect {detect:.1f} s, base eval {base:.1f} s, train+eval per job "
-                     f"{', '.join(f'{x:.1f}' for x in te)} s; solo job timings {solo}"),
-            row("sweep", "2x2 sweep wall / (one job alone + 3 x (train+eval))", f"{w1:.1f} s", f"{alone:.1f} s",
-                r_b, "<= 1.1x", r_b <= 1.1, note=f"one job alone (fresh process and cache): {ws:.1f} s wall"),
-            row("sweep", "re-run of the finished sweep / first run", f"{w2:.1f} s", f"{w1:.1f} s", r_c, "< 0.05x",
-                r_c < 0.05)]
+    return [
+        row(
+            "sweep",
+            "2x2 sweep wall / stage seconds (1 detect + base eval + 4 x (train+eval))",
+            f"{w1:.1f} s",
+            f"{stages:.1f} s",
+            r_a,
+            "<= 1.1x",
+            r_a <= 1.1,
+            note=f"detect {detect:.1f} s, base eval {base:.1f} s, train+eval per job "
+            f"{', '.join(f'{x:.1f}' for x in te)} s; solo job timings {solo}",
+        ),
+        row(
+            "sweep",
+            "2x2 sweep wall / (one job alone + 3 x (train+eval))",
+            f"{w1:.1f} s",
+            f"{alone:.1f} s",
+            r_b,
+            "<= 1.1x",
+            r_b <= 1.1,
+            note=f"one job alone (fresh process and cache): {ws:.1f} s wall",
+        ),
+        row(
+            "sweep",
+            "re-run of the finished sweep / first run",
+            f"{w2:.1f} s",
+            f"{w1:.1f} s",
+            r_c,
+            "< 0.05x",
+            r_c < 0.05,
+        ),
+    ]
 
 
 def _rss_gib(fields: dict) -> float:
@@ -611,14 +819,24 @@ def section_e2e(ctx: Ctx) -> list[Row]:
     runs = [("warm testbed model", True)] + ([] if ctx.quick or ctx.args.no_cold else [("cold, empty cache", False)])
     for what, warm in runs:
         cache = fresh_cache(ctx, tmp / f"cache_{int(warm)}", with_model=warm)
-        wall, fields, _ = kaft_cli(["logger=none", *extra, f"hydra.run.dir={tmp / f'run_{int(warm)}'}"], cache, tmp,
-                                   timed=True)
+        wall, fields, _ = kaft_cli(
+            ["logger=none", *extra, f"hydra.run.dir={tmp / f'run_{int(warm)}'}"], cache, tmp, timed=True
+        )
         rss = _rss_gib(fields)
         timings = json.loads((tmp / f"run_{int(warm)}" / "results.json").read_text())["timings"]
-        rows.append(row("e2e", f"{label} wall ({what})", f"{wall:.1f} s", "300 s", wall / 300, "<= 5 min",
-                        wall <= 300, note="stage seconds " + json.dumps(timings)))
-        rows.append(row("e2e", f"{label} peak RSS ({what})", f"{rss:.2f} GiB", "4 GiB", rss / 4, "<= 4 GiB",
-                        rss <= 4))
+        rows.append(
+            row(
+                "e2e",
+                f"{label} wall ({what})",
+                f"{wall:.1f} s",
+                "300 s",
+                wall / 300,
+                "<= 5 min",
+                wall <= 300,
+                note="stage seconds " + json.dumps(timings),
+            )
+        )
+        rows.append(row("e2e", f"{label} peak RSS ({what})", f"{rss:.2f} GiB", "4 GiB", rss / 4, "<= 4 GiB", rss <= 4))
     shutil.rmtree(tmp, ignore_errors=True)
     return rows
 
@@ -655,23 +873,64 @@ def section_scaling(ctx: Ctx) -> list[Row]:
     per_item = lambda x: x  # noqa: E731 - ratio = cost per item (per order) relative to the first row
     const = lambda x: 1  # noqa: E731 - ratio = cost relative to the first row
 
-    series(f"probe exact No={ex['num_orders']}", sizes,
-           lambda x: time_probe(model, tok, replicate(base_items, x), ex), per_item, "~1 (linear)", "items x")
-    series(f"probe sample No={sa['num_orders']} Nr={sa['num_samples']}", sizes,
-           lambda x: time_probe(model, tok, replicate(base_items, x), sa), per_item, "~1 (linear)", "items x")
-    series("train kaft (1 epoch)", sizes,
-           lambda x: train_cost(replicate(base_items, x), kaft_weights(len(base_items) * x)), per_item,
-           "~1 (linear)", "items x")
+    series(
+        f"probe exact No={ex['num_orders']}",
+        sizes,
+        lambda x: time_probe(model, tok, replicate(base_items, x), ex),
+        per_item,
+        "~1 (linear)",
+        "items x",
+    )
+    series(
+        f"probe sample No={sa['num_orders']} Nr={sa['num_samples']}",
+        sizes,
+        lambda x: time_probe(model, tok, replicate(base_items, x), sa),
+        per_item,
+        "~1 (linear)",
+        "items x",
+    )
+    series(
+        "train kaft (1 epoch)",
+        sizes,
+        lambda x: train_cost(replicate(base_items, x), kaft_weights(len(base_items) * x)),
+        per_item,
+        "~1 (linear)",
+        "items x",
+    )
     nrs = (1, 4, 16) if ctx.quick else (1, 10, 40)
-    series(f"probe exact No={ex['num_orders']}", nrs,
-           lambda n: time_probe(model, tok, base_items, {**ex, "num_samples": n}), const, "~1 (no Nr)", "Nr")
-    series(f"probe sample No={sa['num_orders']}", (2, 4, 8),
-           lambda n: time_probe(model, tok, base_items, {**sa, "num_samples": n}), const, "<= Nr/Nr0", "Nr")
+    series(
+        f"probe exact No={ex['num_orders']}",
+        nrs,
+        lambda n: time_probe(model, tok, base_items, {**ex, "num_samples": n}),
+        const,
+        "~1 (no Nr)",
+        "Nr",
+    )
+    series(
+        f"probe sample No={sa['num_orders']}",
+        (2, 4, 8),
+        lambda n: time_probe(model, tok, base_items, {**sa, "num_samples": n}),
+        const,
+        "<= Nr/Nr0",
+        "Nr",
+    )
     nos = (2, 4, 8)
-    series("probe exact", nos, lambda n: time_probe(model, tok, base_items, {**ex, "num_orders": n}),
-           lambda n: n, "~1 (linear)", "No")
-    series(f"probe sample Nr={sa['num_samples']}", nos,
-           lambda n: time_probe(model, tok, base_items, {**sa, "num_orders": n}), lambda n: n, "~1 (linear)", "No")
+    series(
+        "probe exact",
+        nos,
+        lambda n: time_probe(model, tok, base_items, {**ex, "num_orders": n}),
+        lambda n: n,
+        "~1 (linear)",
+        "No",
+    )
+    series(
+        f"probe sample Nr={sa['num_samples']}",
+        nos,
+        lambda n: time_probe(model, tok, base_items, {**sa, "num_orders": n}),
+        lambda n: n,
+        "~1 (linear)",
+        "No",
+    )
     scores = [random.Random(i).random() for i in range(len(base_items))]
 
     def k_cost(k):
@@ -689,10 +948,27 @@ def section_scaling(ctx: Ctx) -> list[Row]:
 
 # ----------------------------------------------------------------------------------------------- main
 def print_table(rows: list[Row]) -> None:
-    cols = [("section", "section"), ("measurement", "what"), ("value", "value"), ("reference", "reference"),
-            ("ratio", "ratio"), ("target", "target"), ("status", "status")]
-    cells = [[r["section"], r["what"], fmt(r["value"]), fmt(r["reference"]),
-              "" if r["ratio"] is None else f"{r['ratio']:.2f}x", r["target"], r["status"]] for r in rows]
+    cols = [
+        ("section", "section"),
+        ("measurement", "what"),
+        ("value", "value"),
+        ("reference", "reference"),
+        ("ratio", "ratio"),
+        ("target", "target"),
+        ("status", "status"),
+    ]
+    cells = [
+        [
+            r["section"],
+            r["what"],
+            fmt(r["value"]),
+            fmt(r["reference"]),
+            "" if r["ratio"] is None else f"{r['ratio']:.2f}x",
+            r["target"],
+            r["status"],
+        ]
+        for r in rows
+    ]
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, (h, _) in enumerate(cols)]
     line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
     print(line([h for h, _ in cols]))
@@ -709,8 +985,11 @@ def main(argv=None) -> list[Row]:
     ap.add_argument("--quick", action="store_true", help="smoke sizes: every section in seconds (not for numbers)")
     ap.add_argument("--only", default="", help=f"comma-separated sections of {', '.join(SECTIONS)} (default all)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per comparison (full run)")
-    ap.add_argument("--cache", default=os.environ.get("KAFT_CACHE_DIR", os.path.expanduser("~/.cache/kaft")),
-                    help="cache dir holding (or receiving) the testbed model")
+    ap.add_argument(
+        "--cache",
+        default=os.environ.get("KAFT_CACHE_DIR", os.path.expanduser("~/.cache/kaft")),
+        help="cache dir holding (or receiving) the testbed model",
+    )
     ap.add_argument("--no-cold", action="store_true", help="e2e: skip the cold (empty cache) run")
     ap.add_argument("--scaling-reps", type=int, default=1, help="scaling: repetitions (min taken) per point")
     ap.add_argument("--child-train", default=None, help=argparse.SUPPRESS)  # internal: one training run's RSS
@@ -740,15 +1019,23 @@ def main(argv=None) -> list[Row]:
         new = SECTION_FNS[name](ctx)
         rows += new
         print(f"[perf] {name}: {time.perf_counter() - ts:.0f} s", file=sys.stderr, flush=True)
-    print(f"\nkaft perf{' --quick' if args.quick else ''} — {machine()}; "
-          f"{time.perf_counter() - t0:.0f} s in all; ratios = median over interleaved rounds "
-          f"({1 if args.quick else args.rounds}); speed ratios > 1 = kaft faster\n")
+    print(
+        f"\nkaft perf{' --quick' if args.quick else ''} — {machine()}; "
+        f"{time.perf_counter() - t0:.0f} s in all; ratios = median over interleaved rounds "
+        f"({1 if args.quick else args.rounds}); speed ratios > 1 = kaft faster\n"
+    )
     print_table(rows)
     return rows
 
 
-SECTION_FNS = {"train": section_train, "probe": section_probe, "eval": section_eval, "sweep": section_sweep,
-               "e2e": section_e2e, "scaling": section_scaling}
+SECTION_FNS = {
+    "train": section_train,
+    "probe": section_probe,
+    "eval": section_eval,
+    "sweep": section_sweep,
+    "e2e": section_e2e,
+    "scaling": section_scaling,
+}
 
 if __name__ == "__main__":
     main()

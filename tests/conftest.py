@@ -14,10 +14,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
-
-from helpers import (make_model, make_tokenizer, save_tiny_model, tiny_job_args, tiny_train_rows,  # noqa: F401
-                     write_tiny_job)
-
+from helpers import make_model, make_tokenizer, save_tiny_model, tiny_job_args, tiny_train_rows, write_tiny_job  # noqa: F401
 
 #: tiers that need what a laptop or CI box lacks: they run only when ``-m`` names them (``pytest -m slurm``)
 HARDWARE_TIERS = ("gpu", "vllm", "slurm")
@@ -65,8 +62,15 @@ def mc_items():
     items = []
     for i in range(8):
         opts = colors if i % 2 == 0 else animals
-        items.append(MCItem(id=f"q{i}", question=f"What is the capital of Zorvia {i} ?", options=list(opts),
-                            answer=i % 4, domain="geography"))
+        items.append(
+            MCItem(
+                id=f"q{i}",
+                question=f"What is the capital of Zorvia {i} ?",
+                options=list(opts),
+                answer=i % 4,
+                domain="geography",
+            )
+        )
     return items
 
 
@@ -79,8 +83,9 @@ def small_disk(path, size: str):
     @contextlib.contextmanager
     def mounted():
         path.mkdir(parents=True, exist_ok=True)
-        out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
-                             text=True)
+        out = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
+        )
         if out.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here ({out.stderr.strip()}); the raised-error cases still run")
         try:

@@ -14,14 +14,34 @@ Layers, each importing only those above it:
   sampling for DPO pairs.
 """
 
-from kaft.detection.api import (detector_for, greedy_probe, holds_greedy, make_backend, run_detection, saves_samples,
-                                settings, validate)
+from kaft.detection.api import (
+    detector_for,
+    greedy_probe,
+    holds_greedy,
+    make_backend,
+    run_detection,
+    saves_samples,
+    settings,
+    validate,
+)
 from kaft.detection.backends import BACKENDS
-from kaft.detection.convert import (CONVERSION_KEYS, FreeFormItem, load_freeform, normalize_freeform,
-                                    to_multiple_choice)
-from kaft.detection.core import (ORDER_SCHEMES, DetectionError, Query, build_queries, choose_shots,
-                                 letter_token_ids, majority, option_orders, parse_answer, read_records, score,
-                                 seeded_rng, to_original, write_records)
+from kaft.detection.convert import CONVERSION_KEYS, FreeFormItem, load_freeform, normalize_freeform, to_multiple_choice
+from kaft.detection.core import (
+    ORDER_SCHEMES,
+    DetectionError,
+    Query,
+    build_queries,
+    choose_shots,
+    letter_token_ids,
+    majority,
+    option_orders,
+    parse_answer,
+    read_records,
+    score,
+    seeded_rng,
+    to_original,
+    write_records,
+)
 from kaft.detection.detectors import DETECTORS, ICL, Detector, Diversified
 from kaft.detection.hf_backend import HFBackend, filter_logits
 from kaft.detection.probing import Layout, Need, probe, probe_chunk
@@ -30,10 +50,46 @@ from kaft.detection.settings import ESTIMATORS, ProbeSettings
 from kaft.detection.vllm_backend import VLLMBackend
 
 __all__ = [
-    "BACKENDS", "CONVERSION_KEYS", "DETECTORS", "ESTIMATORS", "ICL", "ORDER_SCHEMES", "DetectionError", "Detector",
-    "Diversified", "FreeFormItem", "HFBackend", "Layout", "Need", "ProbeSettings", "Query", "VLLMBackend",
-    "build_queries", "choose_shots", "detector_for", "filter_logits", "greedy_probe", "holds_greedy", "letter_token_ids",
-    "load_freeform", "majority", "make_backend", "normalize_freeform", "option_orders", "parse_answer", "probe",
-    "probe_chunk", "read_records", "run_detection", "sample_responses", "saves_samples", "score", "seeded_rng",
-    "settings", "to_multiple_choice", "to_original", "validate", "write_records",
+    "BACKENDS",
+    "CONVERSION_KEYS",
+    "DETECTORS",
+    "ESTIMATORS",
+    "ICL",
+    "ORDER_SCHEMES",
+    "DetectionError",
+    "Detector",
+    "Diversified",
+    "FreeFormItem",
+    "HFBackend",
+    "Layout",
+    "Need",
+    "ProbeSettings",
+    "Query",
+    "VLLMBackend",
+    "build_queries",
+    "choose_shots",
+    "detector_for",
+    "filter_logits",
+    "greedy_probe",
+    "holds_greedy",
+    "letter_token_ids",
+    "load_freeform",
+    "majority",
+    "make_backend",
+    "normalize_freeform",
+    "option_orders",
+    "parse_answer",
+    "probe",
+    "probe_chunk",
+    "read_records",
+    "run_detection",
+    "sample_responses",
+    "saves_samples",
+    "score",
+    "seeded_rng",
+    "settings",
+    "to_multiple_choice",
+    "to_original",
+    "validate",
+    "write_records",
 ]

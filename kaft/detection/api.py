@@ -6,7 +6,8 @@ it up in :data:`~kaft.detection.detectors.DETECTORS` and asks it; none knows a m
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from kaft.detection.backends import BACKENDS
 from kaft.detection.convert import CONVERSION_KEYS
@@ -48,13 +49,19 @@ def greedy_probe(cfg: Mapping) -> dict:
     """The detection settings of the probe for each item's greedy answer to the original order (KaFT §2.2's r_i)
     when ``cfg``'s records lack it: one exact forward pass per item, original order only, with ``cfg``'s prompt,
     shots and model settings (part of that probe's cache key)."""
-    det = {**settings(cfg), "name": "diversified", "estimator": "exact", "diverse_query": False,
-           "response_sampling": True}
+    det = {
+        **settings(cfg),
+        "name": "diversified",
+        "estimator": "exact",
+        "diverse_query": False,
+        "response_sampling": True,
+    }
     return {k: v for k, v in det.items() if k not in CONVERSION_KEYS}
 
 
-def make_backend(cfg: Mapping, model_loader: Callable[[], tuple[Any, Any]], model_path: str | None = None,
-                 seed: int = 0):
+def make_backend(
+    cfg: Mapping, model_loader: Callable[[], tuple[Any, Any]], model_path: str | None = None, seed: int = 0
+):
     """The probing backend of ``detection.backend`` (:data:`~kaft.detection.backends.BACKENDS`): ``model_loader()``
     gives the in-memory model and tokenizer to backends that use them; ``model_path`` is the directory or hub id
     for those that start an engine of their own."""
@@ -62,7 +69,8 @@ def make_backend(cfg: Mapping, model_loader: Callable[[], tuple[Any, Any]], mode
     return BACKENDS.get(s["backend"]).from_settings(s, model_loader, model_path, seed)
 
 
-def run_detection(backend, items, cfg: Mapping, seed: int, domain: str, instruction=None, progress: bool = True,
-                  work_dir=None) -> list[dict]:
+def run_detection(
+    backend, items, cfg: Mapping, seed: int, domain: str, instruction=None, progress: bool = True, work_dir=None
+) -> list[dict]:
     """One record per item (in item order) by the detector of ``cfg``; ``work_dir`` makes the probing resumable."""
     return detector_for(cfg).run(backend, items, seed, domain, instruction, progress, work_dir)

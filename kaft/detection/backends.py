@@ -17,4 +17,3 @@ from kaft.detection.core import DetectionError
 from kaft.registry import Registry
 
 BACKENDS: Registry = Registry("detection backend", DetectionError)
-

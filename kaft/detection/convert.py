@@ -20,17 +20,18 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from kaft import choices
 from kaft import data as data_mod
-from kaft.fields import integer, unchecked
 from kaft.data import DataError
 from kaft.detection.core import DetectionError, seeded_rng
 from kaft.detection.detectors import DETECTORS, Diversified
 from kaft.detection.probing import probe
 from kaft.detection.settings import ProbeSettings
+from kaft.fields import integer, unchecked
 from kaft.items import MCItem
 
 log = logging.getLogger(__name__)
@@ -57,14 +58,16 @@ def _norm(text: str) -> str:
     return " ".join(str(text).lower().split())
 
 
-def normalize_freeform(rows: Iterable[Mapping], source: str, fields: Mapping | None = None,
-                       domain: str | None = None) -> list[FreeFormItem]:
+def normalize_freeform(
+    rows: Iterable[Mapping], source: str, fields: Mapping | None = None, domain: str | None = None
+) -> list[FreeFormItem]:
     """Validate free-form rows into items; multiple-choice rows (``options`` + integer ``answer``) are accepted too,
     their correct option becoming the reference. Errors name the source, row and field."""
     f = {k: k for k in FIELDS}
     f.update(dict(fields or {}))
     items, seen = [], set()
     for n, raw in enumerate(rows, start=1):
+
         def err(fld: str, msg: str) -> DataError:
             return DataError(f"{source}: row {n}: field '{fld}': {msg}")
 
@@ -92,8 +95,17 @@ def normalize_freeform(rows: Iterable[Mapping], source: str, fields: Mapping | N
         if item_id in seen:
             raise err(f["id"], f"duplicate id {item_id!r}")
         seen.add(item_id)
-        items.append(FreeFormItem(item_id, question.strip(), str(answer).strip(), tuple(dis),
-                                  str(group) if group is not None else None, raw.get("domain") or domain, meta))
+        items.append(
+            FreeFormItem(
+                item_id,
+                question.strip(),
+                str(answer).strip(),
+                tuple(dis),
+                str(group) if group is not None else None,
+                raw.get("domain") or domain,
+                meta,
+            )
+        )
     if not items:
         raise DataError(f"{source}: no rows")
     return items
@@ -116,14 +128,20 @@ def load_freeform(spec: Mapping, domain: str | None = None, **ctx) -> list[FreeF
 def check_conversion(n_distractors: int, sources: Sequence[str]) -> None:
     unknown = [s for s in sources if s not in DISTRACTOR_SOURCES]
     if unknown or not sources:
-        raise DetectionError(f"detection.distractor_sources must be a non-empty list of {list(DISTRACTOR_SOURCES)}, "
-                             f"got {list(sources)}")
+        raise DetectionError(
+            f"detection.distractor_sources must be a non-empty list of {list(DISTRACTOR_SOURCES)}, got {list(sources)}"
+        )
     if n_distractors < 1:
         raise DetectionError(f"detection.n_distractors must be ≥ 1, got {n_distractors}")
 
 
-def to_multiple_choice(items: Sequence[FreeFormItem], n_distractors: int, sources: Sequence[str], seed: int,
-                       generated: Mapping[str, Sequence[str]] | None = None) -> list[MCItem]:
+def to_multiple_choice(
+    items: Sequence[FreeFormItem],
+    n_distractors: int,
+    sources: Sequence[str],
+    seed: int,
+    generated: Mapping[str, Sequence[str]] | None = None,
+) -> list[MCItem]:
     """The multiple-choice version of each item (see the module docstring for the rules)."""
     check_conversion(n_distractors, sources)
     by_group: dict[str, list[str]] = {}
@@ -149,13 +167,21 @@ def to_multiple_choice(items: Sequence[FreeFormItem], n_distractors: int, source
         if len(chosen) < n_distractors:
             raise DetectionError(
                 f"item {it.id!r}: only {len(chosen)} distinct distractor(s) from {list(sources)}, "
-                f"need {n_distractors}; add a source to detection.distractor_sources or lower detection.n_distractors")
+                f"need {n_distractors}; add a source to detection.distractor_sources or lower detection.n_distractors"
+            )
         gold = rng.randrange(n_distractors + 1)
         options = [c for c, _ in chosen]
         options.insert(gold, it.answer)
-        out.append(MCItem(id=it.id, question=it.question, options=options, answer=gold, domain=it.domain,
-                          meta={**it.meta, "freeform_answer": it.answer,
-                                "distractor_sources": [s for _, s in chosen]}))
+        out.append(
+            MCItem(
+                id=it.id,
+                question=it.question,
+                options=options,
+                answer=gold,
+                domain=it.domain,
+                meta={**it.meta, "freeform_answer": it.answer, "distractor_sources": [s for _, s in chosen]},
+            )
+        )
     return out
 
 
@@ -165,8 +191,14 @@ def _clean(text: str) -> str:
     return text.strip()
 
 
-def generate_distractors(backend, items: Sequence[FreeFormItem], n_samples: int, max_new_tokens: int,
-                         seed: int, template: str = "Question: {question}") -> dict[str, list[str]]:
+def generate_distractors(
+    backend,
+    items: Sequence[FreeFormItem],
+    n_samples: int,
+    max_new_tokens: int,
+    seed: int,
+    template: str = "Question: {question}",
+) -> dict[str, list[str]]:
     """The model's own free-form answers (sampled at T = 1, cut at the first newline or full stop) that differ
     from the reference, most frequent first."""
     prompts = [template.format(question=it.question) for it in items]
@@ -183,8 +215,7 @@ class ConversionSettings(ProbeSettings):
     """Diversified probing's settings plus the conversion's (conf/detection/mc_conversion.yaml documents them)."""
 
     n_distractors: int = integer(3, 1, help="wrong options per converted item")
-    distractor_sources: list = unchecked(["dataset", "group"], help="where distractors come from, in "
-                                                                            "priority order")
+    distractor_sources: list = unchecked(["dataset", "group"], help="where distractors come from, in priority order")
     generate_samples: int = integer(8, 1, help="free-form samples per item when `model` is a source")
     generate_max_new_tokens: int = integer(8, 1, help="tokens per free-form sample")
 
@@ -206,12 +237,21 @@ class MCConversion(Diversified):
 
     Settings = ConversionSettings
 
-    def run(self, backend, items: Sequence[FreeFormItem], seed: int, domain: str, instruction: str | None = None,
-            progress: bool = True, work_dir=None) -> list[dict[str, Any]]:
+    def run(
+        self,
+        backend,
+        items: Sequence[FreeFormItem],
+        seed: int,
+        domain: str,
+        instruction: str | None = None,
+        progress: bool = True,
+        work_dir=None,
+    ) -> list[dict[str, Any]]:
         """Records of the converted items, each with its multiple-choice ``item``."""
         if items and not isinstance(items[0], FreeFormItem):
-            raise DetectionError("detection=mc_conversion needs free-form training data "
-                                 "(dataset.train.format: freeform)")
+            raise DetectionError(
+                "detection=mc_conversion needs free-form training data (dataset.train.format: freeform)"
+            )
         s = self.settings
         generated = None
         if "model" in s.sources():

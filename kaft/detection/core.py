@@ -18,9 +18,9 @@ import random
 import re
 import weakref
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from kaft.errors import KaftError
 from kaft.items import MCItem
@@ -33,8 +33,8 @@ class DetectionError(KaftError):
 
 @dataclass(frozen=True)
 class Query:
-    item: int          # index into the item list
-    order: list[int]   # order[j] = original index of the option shown at position j
+    item: int  # index into the item list
+    order: list[int]  # order[j] = original index of the option shown at position j
     prompt: str
 
 
@@ -80,14 +80,24 @@ def choose_shots(n_items: int, k: int, seed: int) -> list[int]:
     if k == 0:
         return []
     if n_items < k + 1:
-        raise DetectionError(f"a {k}-shot prompt needs at least {k + 1} training items, got {n_items}; "
-                             f"lower detection.shots")
+        raise DetectionError(
+            f"a {k}-shot prompt needs at least {k + 1} training items, got {n_items}; lower detection.shots"
+        )
     return seeded_rng(seed, "shots").sample(range(n_items), k + 1)
 
 
-def build_queries(items: Sequence[MCItem], n_orders: int, k: int, seed: int, domain: str,
-                  instruction: str | None = None, prompt: str = "kaft", scheme: str = "random",
-                  shot_pool: Sequence[MCItem] | None = None, index_offset: int = 0) -> list[Query]:
+def build_queries(
+    items: Sequence[MCItem],
+    n_orders: int,
+    k: int,
+    seed: int,
+    domain: str,
+    instruction: str | None = None,
+    prompt: str = "kaft",
+    scheme: str = "random",
+    shot_pool: Sequence[MCItem] | None = None,
+    index_offset: int = 0,
+) -> list[Query]:
     """One query per (item, order). Demonstrations come from ``shot_pool`` (default: ``items``); an item never
     demonstrates itself (``index_offset`` = the items' position in the pool when probing a chunk)."""
     pool = items if shot_pool is None else shot_pool
@@ -145,7 +155,7 @@ def to_original(per_position: Sequence[float], order: Sequence[int]) -> list[flo
     return out
 
 
-_LETTER_TABLES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_LETTER_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _letter_table(tokenizer) -> list[list[int]]:
@@ -173,8 +183,9 @@ def letter_token_ids(tokenizer, n_options: int) -> list[list[int]]:
     out = [list(ids) for ids in _letter_table(tokenizer)[:n_options]]
     missing = [LETTERS[j] for j, ids in enumerate(out) if not ids]
     if missing:
-        raise DetectionError(f"the tokenizer has no single token for option letter(s) {missing}; "
-                             f"use detection.estimator=sample")
+        raise DetectionError(
+            f"the tokenizer has no single token for option letter(s) {missing}; use detection.estimator=sample"
+        )
     return [sorted(ids) for ids in out]
 
 

@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 from kaft.detection.core import DetectionError, majority, score
 from kaft.detection.probing import Layout, Need, probe
@@ -72,8 +73,16 @@ class Detector(ABC):
         """Whether the records hold the greedy answer to the original order (else the pipeline probes for it)."""
         return False
 
-    def run(self, backend, items: Sequence, seed: int, domain: str, instruction: str | None = None,
-            progress: bool = True, work_dir=None) -> list[dict]:
+    def run(
+        self,
+        backend,
+        items: Sequence,
+        seed: int,
+        domain: str,
+        instruction: str | None = None,
+        progress: bool = True,
+        work_dir=None,
+    ) -> list[dict]:
         return probe(self, backend, items, seed, domain, instruction, progress, work_dir)
 
 
@@ -88,11 +97,15 @@ class Diversified(Detector):
     def need(self) -> Need:
         s = self.settings
         if s.estimator == "exact":
-            return Need(letter_probs=True, temperature=s.temperature if s.response_sampling else 1.0,
-                        greedy=not s.response_sampling)
+            return Need(
+                letter_probs=True,
+                temperature=s.temperature if s.response_sampling else 1.0,
+                greedy=not s.response_sampling,
+            )
         if s.response_sampling:
-            return Need(letter_probs=False, temperature=s.temperature, samples=s.num_samples,
-                        max_new_tokens=s.max_new_tokens)
+            return Need(
+                letter_probs=False, temperature=s.temperature, samples=s.num_samples, max_new_tokens=s.max_new_tokens
+            )
         return Need(letter_probs=False, temperature=0.0, samples=1, max_new_tokens=s.max_new_tokens)
 
     def record(self, item: MCItem, per_query: Sequence[dict]) -> dict[str, Any]:
@@ -103,20 +116,28 @@ class Diversified(Detector):
     def _answered(self, item: MCItem, answers: list[list[int]]) -> dict[str, Any]:
         gold = item.answer
         pred, conf = majority(answers)
-        return {"answers": answers, "score": score(answers, gold),
-                "unparsed": sum(a == -1 for per in answers for a in per),
-                "pred": pred, "pass_at_n": any(a == gold for per in answers for a in per),
-                "high_conf_error": pred != gold and conf > self.settings.high_conf_threshold}
+        return {
+            "answers": answers,
+            "score": score(answers, gold),
+            "unparsed": sum(a == -1 for per in answers for a in per),
+            "pred": pred,
+            "pass_at_n": any(a == gold for per in answers for a in per),
+            "high_conf_error": pred != gold and conf > self.settings.high_conf_threshold,
+        }
 
     def _expected(self, item: MCItem, probs: list[list[float]]) -> dict[str, Any]:
         """The exact estimator under sampling: the expected Score, and pass@N = P(one of No × Nr samples is gold)."""
         gold, n, nr = item.answer, len(probs), self.settings.num_samples
         mean = [sum(p[a] for p in probs) / n for a in range(len(item.options))]
         pred = max(range(len(mean)), key=lambda a: (mean[a], -a))
-        return {"probs": probs, "score": sum(p[gold] for p in probs) / n, "pred": pred,
-                "pass_at_n": 1.0 - math.prod((1.0 - p[gold]) ** nr for p in probs),
-                "high_conf_error": pred != gold and mean[pred] > self.settings.high_conf_threshold,
-                "n_equivalent_samples": nr * n}
+        return {
+            "probs": probs,
+            "score": sum(p[gold] for p in probs) / n,
+            "pred": pred,
+            "pass_at_n": 1.0 - math.prod((1.0 - p[gold]) ** nr for p in probs),
+            "high_conf_error": pred != gold and mean[pred] > self.settings.high_conf_threshold,
+            "n_equivalent_samples": nr * n,
+        }
 
     def saves_samples(self) -> bool:
         return self.settings.estimator == "sample" or not self.settings.response_sampling
@@ -135,10 +156,15 @@ class ICL(Detector):
     def record(self, item: MCItem, per_query: Sequence[dict]) -> dict[str, Any]:
         p = per_query[0]["probs"]
         total = sum(p) or 1.0
-        dist = [x / total for x in p]                    # restricted to the option letters
+        dist = [x / total for x in p]  # restricted to the option letters
         pred = max(range(len(dist)), key=lambda a: (dist[a], -a))
-        return {"score": float(pred == item.answer), "pred": pred, "letter_probs": dist, "answers": [[pred]],
-                "confident": dist[pred] > self.settings.confidence_threshold}
+        return {
+            "score": float(pred == item.answer),
+            "pred": pred,
+            "letter_probs": dist,
+            "answers": [[pred]],
+            "confident": dist[pred] > self.settings.confidence_threshold,
+        }
 
     def saves_samples(self) -> bool:
         return True

@@ -9,7 +9,7 @@ decodes ``n`` continuations from one prefill per prompt instead of calling ``gen
 from __future__ import annotations
 
 import inspect
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from kaft.detection.backends import BACKENDS
 
@@ -27,7 +27,7 @@ class HFBackend:
         self.tokenizer.padding_side = "left"
 
     @classmethod
-    def from_settings(cls, s: Mapping, model_loader, model_path=None, seed: int = 0) -> "HFBackend":
+    def from_settings(cls, s: Mapping, model_loader, model_path=None, seed: int = 0) -> HFBackend:
         model, tok = model_loader()
         return cls(model, tok, int(s["batch_size"]), bool(s["share_prefix"]))
 
@@ -49,7 +49,7 @@ class HFBackend:
 
     def _split(self, prompt: str) -> tuple[str, str] | None:
         cut = prompt.rfind("\n\n")
-        return (prompt[:cut + 2], prompt[cut + 2:]) if cut > 0 else None
+        return (prompt[: cut + 2], prompt[cut + 2 :]) if cut > 0 else None
 
     def _suffix_ids(self, prefix: str, prompts: Sequence[str]) -> list[list[int]] | None:
         """Each prompt's tokens after ``prefix``'s, cut from the whole prompt's tokens (a suffix tokenized alone may
@@ -57,9 +57,9 @@ class HFBackend:
         start with the prefix's, i.e. unless sharing is exact."""
         p = self.tokenizer(prefix)["input_ids"]
         wholes = self.tokenizer(list(prompts))["input_ids"]
-        if any(len(w) <= len(p) or w[:len(p)] != p for w in wholes):
+        if any(len(w) <= len(p) or w[: len(p)] != p for w in wholes):
             return None
-        return [w[len(p):] for w in wholes]
+        return [w[len(p) :] for w in wholes]
 
     def _prefix_ok(self, prefix: str, suffix: str) -> bool:
         return self._suffix_ids(prefix, [prefix + suffix]) is not None
@@ -80,8 +80,7 @@ class HFBackend:
         mask = torch.cat([p_mask.expand(n, -1), s_mask], dim=1)
         pos = (plen + s_mask.cumsum(-1) - 1).clamp(min=plen)
         kw = {"logits_to_keep": 1} if _accepts(self.model, "logits_to_keep") else {}
-        out = self.model(input_ids=s_ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
-                         **kw)
+        out = self.model(input_ids=s_ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True, **kw)
         return out.logits[:, -1, :].float()
 
     def last_logits(self, prompts: Sequence[str]):
@@ -106,12 +105,13 @@ class HFBackend:
             groups.setdefault(p[:cut] if self.share_prefix else "", []).append(i)
         for idx in groups.values():
             for s in range(0, len(idx), self.batch_size):
-                part = idx[s:s + self.batch_size]
+                part = idx[s : s + self.batch_size]
                 yield part, [prompts[i] for i in part]
 
     # -- the backend interface (kaft.detection.backends)
-    def letter_probs(self, prompts: Sequence[str], letter_ids: Sequence[Sequence[int]],
-                     temperature: float) -> list[list[float]]:
+    def letter_probs(
+        self, prompts: Sequence[str], letter_ids: Sequence[Sequence[int]], temperature: float
+    ) -> list[list[float]]:
         """p_T(next token ∈ letter_ids[j]) under softmax(logits / T) over the full vocabulary, per prompt."""
         import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
 
@@ -130,8 +130,16 @@ class HFBackend:
                 out[i] = int(t)
         return out
 
-    def sample(self, prompts: Sequence[str], n: int, temperature: float, max_new_tokens: int,
-               seed: int, top_k: int = 0, top_p: float = 1.0) -> list[list[str]]:
+    def sample(
+        self,
+        prompts: Sequence[str],
+        n: int,
+        temperature: float,
+        max_new_tokens: int,
+        seed: int,
+        top_k: int = 0,
+        top_p: float = 1.0,
+    ) -> list[list[str]]:
         """``n`` continuations per prompt (temperature 0 = greedy), one prefill per prompt shared by its samples;
         ``top_k`` > 0 / ``top_p`` < 1 restrict each draw as HF ``generate`` does (SMA's sampling)."""
         import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
@@ -140,8 +148,10 @@ class HFBackend:
         out: list[list[str]] = [[] for _ in prompts]
         with torch.inference_mode():
             for idx, batch in self._batches(prompts):
-                for i, texts in zip(idx, _sample_batch(self.model, self.tokenizer, batch, n, temperature,
-                                                       max_new_tokens, gen, top_k, top_p)):
+                for i, texts in zip(
+                    idx,
+                    _sample_batch(self.model, self.tokenizer, batch, n, temperature, max_new_tokens, gen, top_k, top_p),
+                ):
                     out[i] = texts
         return out
 
@@ -171,8 +181,17 @@ def filter_logits(logits, top_k: int = 0, top_p: float = 1.0):
     return logits
 
 
-def _sample_batch(model, tokenizer, prompts: Sequence[str], n: int, temperature: float, max_new_tokens: int,
-                  generator, top_k: int = 0, top_p: float = 1.0) -> list[list[str]]:
+def _sample_batch(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    n: int,
+    temperature: float,
+    max_new_tokens: int,
+    generator,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> list[list[str]]:
     """``n`` sampled continuations per prompt, decoding from one shared prefill per prompt (temperature 0: greedy)."""
     import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
 
@@ -200,10 +219,9 @@ def _sample_batch(model, tokenizer, prompts: Sequence[str], n: int, temperature:
             break
         mask = torch.cat([mask, torch.ones_like(tok)], dim=1)
         last_pos = last_pos + 1
-        out = model(input_ids=tok, attention_mask=mask, position_ids=last_pos[:, None],
-                    cache=cache, use_cache=True)
+        out = model(input_ids=tok, attention_mask=mask, position_ids=last_pos[:, None], cache=cache, use_cache=True)
         cache = out.cache
         logits = out.logits[:, -1, :].float()
     gen = torch.cat(generated, dim=1).cpu()
     texts = tokenizer.batch_decode(gen, skip_special_tokens=True)
-    return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
+    return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]

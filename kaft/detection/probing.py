@@ -14,9 +14,10 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from kaft.cache import atomic_write_text
 from kaft.detection.core import Query, build_queries, letter_token_ids, parse_answer, read_records, to_original
@@ -72,19 +73,30 @@ def _read_letters(backend, queries: Sequence[Query], need: Need) -> list[dict]:
 
 def _read_samples(backend, queries: Sequence[Query], need: Need, chunk_seed: int) -> list[dict]:
     """Per query ``answers``: the original option index each sampled response names (-1 unparsable)."""
-    texts = backend.sample([q.prompt for q in queries], need.samples, need.temperature, need.max_new_tokens,
-                           chunk_seed)
-    return [{"answers": [q.order[p] if p >= 0 else -1 for p in (parse_answer(t, len(q.order)) for t in resp)]}
-            for q, resp in zip(queries, texts)]
+    texts = backend.sample([q.prompt for q in queries], need.samples, need.temperature, need.max_new_tokens, chunk_seed)
+    return [
+        {"answers": [q.order[p] if p >= 0 else -1 for p in (parse_answer(t, len(q.order)) for t in resp)]}
+        for q, resp in zip(queries, texts)
+    ]
 
 
-def probe_chunk(detector, backend, items: Sequence[MCItem], seed: int, domain: str, instruction: str | None,
-                shot_pool: Sequence[MCItem], offset: int, chunk_seed: int) -> list[dict]:
+def probe_chunk(
+    detector,
+    backend,
+    items: Sequence[MCItem],
+    seed: int,
+    domain: str,
+    instruction: str | None,
+    shot_pool: Sequence[MCItem],
+    offset: int,
+    chunk_seed: int,
+) -> list[dict]:
     """Records of one chunk of items: ``id``, ``gold``, ``orders`` and what ``detector.record`` makes of the
     item's per-query results."""
     lay, need = detector.layout(), detector.need()
-    queries = build_queries(items, lay.n_orders, lay.shots, seed, domain, instruction, lay.prompt,
-                            lay.order_scheme, shot_pool, offset)
+    queries = build_queries(
+        items, lay.n_orders, lay.shots, seed, domain, instruction, lay.prompt, lay.order_scheme, shot_pool, offset
+    )
     if need.letter_probs:
         per_query = _read_letters(backend, queries, need)
     else:
@@ -108,8 +120,16 @@ def _chunk_seed(seed: int, chunk: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}|chunk|{chunk}".encode()).digest()[:4], "big")
 
 
-def probe(detector, backend, items: Sequence[MCItem], seed: int, domain: str, instruction: str | None = None,
-          progress: bool = True, work_dir: str | Path | None = None) -> list[dict]:
+def probe(
+    detector,
+    backend,
+    items: Sequence[MCItem],
+    seed: int,
+    domain: str,
+    instruction: str | None = None,
+    progress: bool = True,
+    work_dir: str | Path | None = None,
+) -> list[dict]:
     """Probe every item in chunks; with ``work_dir`` each finished chunk is saved there and reused on restart."""
     from tqdm.auto import tqdm  # lazy: tqdm.auto is slow to import; needed only when a stage computes
 
@@ -119,16 +139,18 @@ def probe(detector, backend, items: Sequence[MCItem], seed: int, domain: str, in
         work.mkdir(parents=True, exist_ok=True)
     records: list[dict] = []
     t0, resumed = time.time(), 0
-    bar = tqdm(total=len(items), desc=f"detect[{s.name}/{s.estimator}]", unit="item", disable=not progress,
-               mininterval=1.0)
+    bar = tqdm(
+        total=len(items), desc=f"detect[{s.name}/{s.estimator}]", unit="item", disable=not progress, mininterval=1.0
+    )
     for c, (a, b) in enumerate(_chunks(len(items), s.chunk_size)):
         path = work / f"chunk_{c:05d}.jsonl" if work is not None else None
         if path is not None and path.exists():
             chunk = read_records(path)
             resumed += 1
         else:
-            chunk = probe_chunk(detector, backend, items[a:b], seed, domain, instruction, items, a,
-                                chunk_seed=_chunk_seed(seed, c))
+            chunk = probe_chunk(
+                detector, backend, items[a:b], seed, domain, instruction, items, a, chunk_seed=_chunk_seed(seed, c)
+            )
             if path is not None:
                 atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in chunk))
         records += chunk

@@ -8,14 +8,15 @@ compute with. A detector with settings of its own (MC conversion) subclasses :cl
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from kaft import fields
 from kaft.detection.backends import BACKENDS
 from kaft.detection.core import ORDER_SCHEMES, DetectionError
-from kaft.prompts import PROMPTS
 from kaft.fields import choice, flag, integer, number, unchecked
+from kaft.prompts import PROMPTS
 
 ESTIMATORS = ("sample", "exact")
 _KINDS = {"int": int, "float": float, "bool": bool}  # a YAML 1 for a float setting is converted, not refused
@@ -35,8 +36,9 @@ class ProbeSettings:
     prompt: str = choice("kaft", _prompts, help="kaft = App. A.3 layout; ren = Ren et al. (2024) ICL layout")
     num_orders: int = integer(10, 1, help="No: option orders per item")
     num_samples: int = integer(10, 1, help="Nr: sampled responses per order")
-    temperature: float = number(0.7, 0.0, lo_open=True, hint=" (use detection.response_sampling=false for greedy)",
-                                help="sampling temperature")
+    temperature: float = number(
+        0.7, 0.0, lo_open=True, hint=" (use detection.response_sampling=false for greedy)", help="sampling temperature"
+    )
     shots: int = integer(3, 0, help="k-shot demonstrations drawn from the training set")
     max_new_tokens: int = integer(4, 1, help="response length")
     batch_size: int = integer(16, 1, help="prompts per forward pass")
@@ -64,13 +66,15 @@ class ProbeSettings:
         extra = sorted(k for k in plain if k not in cls.keys())
         if extra:
             near = fields.suggest(extra[0], cls.keys())
-            raise DetectionError(f"unknown detection settings {extra} for detection={plain.get('name', cls.name)}"
-                                 + (f"; did you mean detection.{near}?" if near else "")
-                                 + f"; known: {sorted(cls.keys())}")
+            raise DetectionError(
+                f"unknown detection settings {extra} for detection={plain.get('name', cls.name)}"
+                + (f"; did you mean detection.{near}?" if near else "")
+                + f"; known: {sorted(cls.keys())}"
+            )
         return {**cls.defaults(), **plain}
 
     @classmethod
-    def parse(cls, resolved: Mapping) -> "ProbeSettings":
+    def parse(cls, resolved: Mapping) -> ProbeSettings:
         """The typed settings of a :meth:`resolve` dict, checked (field by field, then :meth:`check`)."""
         values = {}
         for f in dataclasses.fields(cls):

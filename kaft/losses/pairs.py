@@ -33,8 +33,8 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
 
 from kaft.data import MCItem
 from kaft.errors import KaftError
@@ -59,8 +59,13 @@ class ChosenRule:
 #: ``pairs`` mode -> its :class:`ChosenRule`
 PAIR_MODES: Registry[ChosenRule] = Registry("pairs mode")
 PAIR_MODES.register("dataset_self", ChosenRule(distinct=lambda gold, counts: gold, product=lambda gold, flat: [gold]))
-PAIR_MODES.register("self_self", ChosenRule(distinct=lambda gold, counts: gold if counts.get(gold, 0) > 0 else None,
-                                            product=lambda gold, flat: [a for a in flat if a == gold]))
+PAIR_MODES.register(
+    "self_self",
+    ChosenRule(
+        distinct=lambda gold, counts: gold if counts.get(gold, 0) > 0 else None,
+        product=lambda gold, flat: [a for a in flat if a == gold],
+    ),
+)
 
 
 def _rng(seed: int, item_id: str) -> random.Random:
@@ -115,21 +120,33 @@ PAIR_SOURCES.register("detection", PairSource(_distinct_options, own_sampling=Fa
 
 def _flat_answers(i: int, it: MCItem, rec: Mapping) -> list[int]:
     if str(rec.get("id")) != str(it.id):
-        raise PairError(f"build_pairs: record {i} is for item {rec.get('id')!r} but item {i} is {it.id!r}; the "
-                        f"detection records do not belong to these items")
+        raise PairError(
+            f"build_pairs: record {i} is for item {rec.get('id')!r} but item {i} is {it.id!r}; the "
+            f"detection records do not belong to these items"
+        )
     if "gold" in rec and int(rec["gold"]) != it.answer:
-        raise PairError(f"build_pairs: record {i} ({it.id!r}) has gold {rec['gold']} but the item's answer is "
-                        f"{it.answer}")
+        raise PairError(
+            f"build_pairs: record {i} ({it.id!r}) has gold {rec['gold']} but the item's answer is {it.answer}"
+        )
     flat = [int(a) for per in (rec.get("answers") or []) for a in per]
     bad = [a for a in flat if not -1 <= a < len(it.options)]
     if bad:
-        raise PairError(f"build_pairs: record {i} ({it.id!r}) names option {bad[0]} but the item has "
-                        f"{len(it.options)} options")
+        raise PairError(
+            f"build_pairs: record {i} ({it.id!r}) names option {bad[0]} but the item has {len(it.options)} options"
+        )
     return flat
 
 
-def build_pairs(items: Sequence[MCItem], records: Sequence[Mapping], mode: str, max_pairs: int, seed: int,
-                domain: str = "general", instruction: str | None = None, source: str = "detection") -> list[dict]:
+def build_pairs(
+    items: Sequence[MCItem],
+    records: Sequence[Mapping],
+    mode: str,
+    max_pairs: int,
+    seed: int,
+    domain: str = "general",
+    instruction: str | None = None,
+    source: str = "detection",
+) -> list[dict]:
     """DPO pairs, in item order, at most ``max_pairs`` per item (see the module docstring for ``mode`` and
     ``source``).
 
@@ -146,8 +163,10 @@ def build_pairs(items: Sequence[MCItem], records: Sequence[Mapping], mode: str, 
     if isinstance(max_pairs, bool) or not isinstance(max_pairs, int) or max_pairs < 1:
         raise PairError(f"build_pairs: max_pairs must be a positive integer, got {max_pairs!r}")
     if len(items) != len(records):
-        raise PairError(f"build_pairs: {len(items)} items but {len(records)} detection records; they must be the "
-                        f"same items in the same order")
+        raise PairError(
+            f"build_pairs: {len(items)} items but {len(records)} detection records; they must be the "
+            f"same items in the same order"
+        )
     instruction = DEFAULT_INSTRUCTION if instruction is None else instruction
     out: list[dict] = []
     for i, (it, rec) in enumerate(zip(items, records)):
@@ -158,7 +177,16 @@ def build_pairs(items: Sequence[MCItem], records: Sequence[Mapping], mode: str, 
         counts = Counter(flat)
         prompt = format_question(it.question, it.options, it.domain or domain, instruction)
         for c, a in options:
-            out.append({"index": i, "id": it.id, "prompt": prompt, "chosen": answer_text(c),
-                        "rejected": answer_text(a), "chosen_option": c, "rejected_option": a, "count": counts[a]})
+            out.append(
+                {
+                    "index": i,
+                    "id": it.id,
+                    "prompt": prompt,
+                    "chosen": answer_text(c),
+                    "rejected": answer_text(a),
+                    "chosen_option": c,
+                    "rejected_option": a,
+                    "count": counts[a],
+                }
+            )
     return out
-

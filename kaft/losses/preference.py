@@ -9,7 +9,7 @@ weighted SFT batches, so the trainer builds pair batches for it and scores them 
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,8 +23,14 @@ from kaft.losses.weighted import KaFT, KaftSettings, kaft_rewards
 SMA_SAMPLING = ("num_samples", "temperature", "top_k", "top_p", "max_new_tokens")
 
 
-def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-             ref_rejected: torch.Tensor, beta: float, weights: torch.Tensor | None = None) -> torch.Tensor:
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
     """DPO (Rafailov et al. 2023): ``(1/P) * sum_p w_p * -log sigmoid(beta * ((pc - rc) - (pr - rr)))``.
 
     Arguments are the [P] sequence log-probabilities of the chosen / rejected answers under the policy and the
@@ -37,8 +43,14 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
     return (weights.to(per_pair) * per_pair).sum() / per_pair.numel()
 
 
-def dpo_pair_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-                  ref_rejected: torch.Tensor, weights: torch.Tensor | None, beta: float):
+def dpo_pair_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    weights: torch.Tensor | None,
+    beta: float,
+):
     """``(loss, margin)``: :func:`dpo_loss` and the detached implicit reward margin of each pair (for logging)."""
     loss = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta, weights)
     with torch.no_grad():
@@ -46,8 +58,9 @@ def dpo_pair_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, re
     return loss, margin
 
 
-def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor | None = None,
-                   labels_shifted: bool = False) -> torch.Tensor:
+def sequence_logps(
+    logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor | None = None, labels_shifted: bool = False
+) -> torch.Tensor:
     """``[P]`` sums of ``log p(label)`` over each label row's tokens (``-100`` skipped).
 
     ``labels`` [P, T] is scored against ``logits[rows[p]]`` (``rows`` default ``arange(P)``; two label rows may
@@ -90,8 +103,10 @@ class PreferenceLoss(Loss):
     Settings = PairSettings
 
     def batch_loss(self, logits, targets, sample_idx, weights, batch_size):
-        raise LossError(f"loss {self.name} trains on preference pairs: use kaft.train.train_lora(..., records=...) "
-                        f"(or kaft.losses.dpo_loss), not compute_loss")
+        raise LossError(
+            f"loss {self.name} trains on preference pairs: use kaft.train.train_lora(..., records=...) "
+            f"(or kaft.losses.dpo_loss), not compute_loss"
+        )
 
     def needs_detection_samples(self) -> bool:
         return not PAIR_SOURCES.get(self.s.pair_source).own_sampling
@@ -101,24 +116,41 @@ class PreferenceLoss(Loss):
             return None
         return {k: getattr(self.s, k) for k in SMA_SAMPLING}
 
-    def make_pairs(self, items: Sequence[MCItem], records: Sequence[Mapping] | None, seed: int, domain: str,
-                   instruction: str | None) -> list[dict]:
+    def make_pairs(
+        self,
+        items: Sequence[MCItem],
+        records: Sequence[Mapping] | None,
+        seed: int,
+        domain: str,
+        instruction: str | None,
+    ) -> list[dict]:
         """The preference pairs of ``items`` from their sampled answers ``records`` (same order)."""
         if not has_samples(records):
-            raise PairError(f"train_lora: loss {self.name} builds its pairs from the detection's sampled answers, "
-                            f"but {'no records were passed' if records is None else 'no record has any'}; pass "
-                            f"records= (kaft.detection.sample_responses, or a detection that saves samples: "
-                            f"estimator=sample or icl)")
+            raise PairError(
+                f"train_lora: loss {self.name} builds its pairs from the detection's sampled answers, "
+                f"but {'no records were passed' if records is None else 'no record has any'}; pass "
+                f"records= (kaft.detection.sample_responses, or a detection that saves samples: "
+                f"estimator=sample or icl)"
+            )
         s = self.s
-        pairs = build_pairs(items, records, s.pairs, s.max_pairs, seed, domain=domain, instruction=instruction,
-                            source=s.pair_source)
+        pairs = build_pairs(
+            items, records, s.pairs, s.max_pairs, seed, domain=domain, instruction=instruction, source=s.pair_source
+        )
         if not pairs:
-            raise PairError(f"train_lora: loss {self.name} (pairs={s.pairs}, pair_source={s.pair_source}): no item "
-                            f"has both a chosen and a wrong sampled answer, so there is no preference pair to train on")
+            raise PairError(
+                f"train_lora: loss {self.name} (pairs={s.pairs}, pair_source={s.pair_source}): no item "
+                f"has both a chosen and a wrong sampled answer, so there is no preference pair to train on"
+            )
         return pairs
 
-    def pair_loss(self, policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-                  ref_rejected: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def pair_loss(
+        self,
+        policy_chosen: torch.Tensor,
+        policy_rejected: torch.Tensor,
+        ref_chosen: torch.Tensor,
+        ref_rejected: torch.Tensor,
+        weights: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(loss, margin)`` of a batch of P pairs from their [P] sequence log-probabilities under the policy and
         the reference, and the detached [P] implicit reward margins that training logs."""
         raise NotImplementedError

@@ -7,14 +7,25 @@ value means "the default" (a composed config writes ``null`` for an unset option
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from kaft import fields
 from kaft.errors import ConfigError
 from kaft.fields import NoSettings, choice, flag, integer, keys_of, number, unchecked
 
-__all__ = ["LossError", "NoSettings", "check_number", "choice", "flag", "integer", "keys_of", "number", "parse",
-           "unchecked"]
+__all__ = [
+    "LossError",
+    "NoSettings",
+    "check_number",
+    "choice",
+    "flag",
+    "integer",
+    "keys_of",
+    "number",
+    "parse",
+    "unchecked",
+]
 
 
 class LossError(ConfigError):
@@ -25,8 +36,15 @@ def _label(loss: str):
     return lambda key: f"loss {loss}: '{key}'"
 
 
-def check_number(loss: str, key: str, value: Any, lo: float | None = None, hi: float | None = None,
-                 lo_open: bool = False, hi_open: bool = False) -> float:
+def check_number(
+    loss: str,
+    key: str,
+    value: Any,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> float:
     """``value`` as a float, or a :class:`LossError` naming loss ``loss``'s key ``key`` and the allowed range."""
     try:
         return fields.check_number(_label(loss)(key), value, lo, hi, lo_open, hi_open)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +36,8 @@ EAFT_SIGMOID_SCALE, EAFT_SIGMOID_CENTER = 30.0, 0.17  # the EAFT paper's sigmoid
 #: ``normalize`` -> the divisor of the top-k entropy, given k
 EAFT_NORMALIZERS: Registry[Callable[[int], float]] = Registry("EAFT normalize")
 EAFT_NORMALIZERS.register("const3", lambda k: EAFT_ENTROPY_NORM)  # LLaMA-Factory / EAFT paper
-EAFT_NORMALIZERS.register("lnk", lambda k: math.log(k))           # the maximum top-k entropy: H~ in [0, 1]
-EAFT_NORMALIZERS.register("none", lambda k: 1.0)                  # axolotl
+EAFT_NORMALIZERS.register("lnk", lambda k: math.log(k))  # the maximum top-k entropy: H~ in [0, 1]
+EAFT_NORMALIZERS.register("none", lambda k: 1.0)  # axolotl
 
 #: ``variant`` -> gate(H~ [...], alpha, mask_quantile) -> token weights of the same shape
 EAFT_VARIANTS: Registry[Callable[[torch.Tensor, float, float], torch.Tensor]] = Registry("EAFT variant")
@@ -55,8 +55,14 @@ def topk_entropy(logits: torch.Tensor, k: int) -> torch.Tensor:
         return -(logp.exp() * logp).sum(dim=-1)
 
 
-def eaft_token_weights(logits: torch.Tensor, alpha: float = 1.0, k: int = 20, normalize: str = "const3",
-                       variant: str = "power", mask_quantile: float = 0.15) -> torch.Tensor:
+def eaft_token_weights(
+    logits: torch.Tensor,
+    alpha: float = 1.0,
+    k: int = 20,
+    normalize: str = "const3",
+    variant: str = "power",
+    mask_quantile: float = 0.15,
+) -> torch.Tensor:
     """EAFT's token weights per row of ``logits`` [..., V], detached (the defaults are LLaMA-Factory's
     ``(H_topk / 3.0) ** alpha``)."""
     if logits.size(-1) < k:
@@ -77,8 +83,14 @@ class TokenWeighted(Loss):
     def token_weights(self, logits: torch.Tensor, targets: torch.Tensor, ce: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def batch_loss(self, logits: torch.Tensor, targets: torch.Tensor, sample_idx: torch.Tensor,
-                   weights: torch.Tensor, batch_size: int) -> torch.Tensor:
+    def batch_loss(
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        sample_idx: torch.Tensor,
+        weights: torch.Tensor,
+        batch_size: int,
+    ) -> torch.Tensor:
         ce = F.cross_entropy(logits, targets, reduction="none")
         with torch.no_grad():
             gate = self.token_weights(logits.detach(), targets, ce.detach())

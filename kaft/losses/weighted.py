@@ -8,7 +8,7 @@ items). With all ``R_i = 1`` and one label token per sample this is the plain me
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 from kaft.losses.base import LOSSES, Loss
 from kaft.losses.settings import LossError, check_number, number, unchecked
@@ -31,16 +31,20 @@ def kaft_rewards(loss: str, s: KaftSettings, k: int) -> list[float]:
     """The reward of each of the ``k`` subsets (subset 0 first) under KaFT settings ``s`` of loss ``loss``."""
     if s.rewards is None:
         if k != 4:
-            raise LossError(f"loss {loss}: alpha/beta define rewards for K=4 subsets only; with K={k} set "
-                            f"loss.rewards to a list of {k} numbers (subset 0 = most conflicts first)")
+            raise LossError(
+                f"loss {loss}: alpha/beta define rewards for K=4 subsets only; with K={k} set "
+                f"loss.rewards to a list of {k} numbers (subset 0 = most conflicts first)"
+            )
         return [s.alpha, s.beta, 1.0, 1.0]
     rewards = s.rewards
     if isinstance(rewards, (str, bytes)) or not hasattr(rewards, "__len__"):
         raise LossError(f"loss {loss}: 'rewards' must be a list of {k} numbers (one per subset), got {rewards!r}")
     rewards = list(rewards)
     if len(rewards) != k:
-        raise LossError(f"loss {loss}: 'rewards' has {len(rewards)} entries but the data is split into K={k} "
-                        f"subsets; give exactly {k} (subset 0 = most conflicts first)")
+        raise LossError(
+            f"loss {loss}: 'rewards' has {len(rewards)} entries but the data is split into K={k} "
+            f"subsets; give exactly {k} (subset 0 = most conflicts first)"
+        )
     return [check_number(loss, f"rewards[{i}]", 1.0 if r is None else r, lo=0.0) for i, r in enumerate(rewards)]
 
 

@@ -37,14 +37,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from kaft import fields
 from kaft.items import MCItem
 from kaft.partition import subset_names
+
 # importing .subsets and .relabel registers kaft's own strategies
-from kaft.strategy.base import (ID_LIST_LIMIT, RANDOM, STRATEGIES, Context, Selection, Strategy, StrategyError,
-                                register)
+from kaft.strategy.base import ID_LIST_LIMIT, RANDOM, STRATEGIES, Context, Selection, Strategy, StrategyError, register
 from kaft.strategy.relabel import ANSWER_SOURCES, greedy_answer
 from kaft.strategy.subsets import n_wrong_kept
 
@@ -70,9 +70,11 @@ def validate(cfg: Mapping | None, names: Sequence[str] | int) -> None:
     if unknown:
         allowed = sorted(strat.keys)
         near = fields.suggest(unknown[0], allowed)
-        raise StrategyError(f"strategy={strat.name} does not take {', '.join(map(repr, unknown))}; "
-                            f"{'allowed keys: ' + ', '.join(allowed) if allowed else 'it takes no keys besides name'}"
-                            + (f"; did you mean strategy.{near}?" if near else ""))
+        raise StrategyError(
+            f"strategy={strat.name} does not take {', '.join(map(repr, unknown))}; "
+            f"{'allowed keys: ' + ', '.join(allowed) if allowed else 'it takes no keys besides name'}"
+            + (f"; did you mean strategy.{near}?" if near else "")
+        )
     fields.parse(strat.settings, cfg, "strategy", StrategyError)
     strat.check(cfg, _names(names))
 
@@ -97,38 +99,61 @@ def _ids_sha(ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
 
 
-def select(cfg: Mapping | None, items: Sequence[MCItem], records: Sequence[Mapping], subsets: Sequence[int],
-           names: Sequence[str] | int, weights: Sequence[float], seed: int) -> Selection:
+def select(
+    cfg: Mapping | None,
+    items: Sequence[MCItem],
+    records: Sequence[Mapping],
+    subsets: Sequence[int],
+    names: Sequence[str] | int,
+    weights: Sequence[float],
+    seed: int,
+) -> Selection:
     """Apply the strategy; all inputs aligned with ``items`` (``records[i]["id"] == items[i].id``)."""
     cfg = _cfg(cfg)
     names = _names(names)
     validate(cfg, names)
     if not len(items) == len(records) == len(subsets) == len(weights):
-        raise StrategyError(f"select: {len(items)} items, {len(records)} records, {len(subsets)} subsets and "
-                            f"{len(weights)} weights; give one of each per item")
+        raise StrategyError(
+            f"select: {len(items)} items, {len(records)} records, {len(subsets)} subsets and "
+            f"{len(weights)} weights; give one of each per item"
+        )
     for it, rec in zip(items, records):
         if rec.get("id") != it.id:
-            raise StrategyError(f"select: record {rec.get('id')!r} is aligned with item {it.id!r}; "
-                                f"the detection records do not match the training set")
+            raise StrategyError(
+                f"select: record {rec.get('id')!r} is aligned with item {it.id!r}; "
+                f"the detection records do not match the training set"
+            )
     strat = STRATEGIES[cfg["name"]]
     pick = strat.fn(Context(cfg, items, records, subsets, names, int(seed)))
     keep = list(pick.keep)
     kept = set(keep)
-    sel_items = [dataclasses.replace(items[i], answer=pick.answers[i]) if i in pick.answers else items[i]
-                 for i in keep]
+    sel_items = [dataclasses.replace(items[i], answer=pick.answers[i]) if i in pick.answers else items[i] for i in keep]
     kept_ids = [items[i].id for i in keep]
     dropped = [items[i].id for i in range(len(items)) if i not in kept]
-    info = {"strategy": strat.name, "n_in": len(items), "n_kept": len(keep),
-            "kept_by_subset": {n: sum(1 for i in keep if subsets[i] == s) for s, n in enumerate(names)},
-            "kept_ids_sha256": _ids_sha(kept_ids), "dropped": len(dropped), "dropped_ids": dropped[:ID_LIST_LIMIT],
-            **pick.info}
-    return Selection(items=sel_items, weights=[float(weights[i]) for i in keep],
-                     records=[dict(records[i]) for i in keep], subsets=[int(subsets[i]) for i in keep],
-                     indices=keep, train=strat.train, info=info)
+    info = {
+        "strategy": strat.name,
+        "n_in": len(items),
+        "n_kept": len(keep),
+        "kept_by_subset": {n: sum(1 for i in keep if subsets[i] == s) for s, n in enumerate(names)},
+        "kept_ids_sha256": _ids_sha(kept_ids),
+        "dropped": len(dropped),
+        "dropped_ids": dropped[:ID_LIST_LIMIT],
+        **pick.info,
+    }
+    return Selection(
+        items=sel_items,
+        weights=[float(weights[i]) for i in keep],
+        records=[dict(records[i]) for i in keep],
+        subsets=[int(subsets[i]) for i in keep],
+        indices=keep,
+        train=strat.train,
+        info=info,
+    )
 
 
-def accuracy_by_subset(per_item: Sequence[Mapping], test_ids: Sequence[str], test_subsets: Sequence[int],
-                       names: Sequence[str] | int) -> dict[str, dict]:
+def accuracy_by_subset(
+    per_item: Sequence[Mapping], test_ids: Sequence[str], test_subsets: Sequence[int], names: Sequence[str] | int
+) -> dict[str, dict]:
     """Accuracy per conflict subset of a probed and partitioned test set (Table 1): ``{name: {"acc", "n"}}`` over
     the evaluated rows (``{"id", "answer", "pred"}``, as ``evaluate(per_item=True)`` gives) of each subset; a
     subset with no evaluated row gets ``acc`` NaN and ``n`` 0 (``evaluation.limit`` may evaluate only a prefix)."""
@@ -139,14 +164,32 @@ def accuracy_by_subset(per_item: Sequence[Mapping], test_ids: Sequence[str], tes
     hits = [[0, 0] for _ in names]  # [correct, total] per subset
     for row in per_item:
         if row["id"] not in where:
-            raise StrategyError(f"accuracy_by_subset: evaluated item {row['id']!r} is not in the partitioned test "
-                                f"set; evaluate the same benchmark that was probed")
+            raise StrategyError(
+                f"accuracy_by_subset: evaluated item {row['id']!r} is not in the partitioned test "
+                f"set; evaluate the same benchmark that was probed"
+            )
         h = hits[int(where[row["id"]])]
         h[0] += int(int(row["pred"]) == int(row["answer"]))
         h[1] += 1
     return {n: {"acc": (c / t if t else math.nan), "n": t} for n, (c, t) in zip(names, hits)}
 
 
-__all__ = ["ANSWER_SOURCES", "ID_LIST_LIMIT", "RANDOM", "STRATEGIES", "Selection", "Strategy", "StrategyError", "accuracy_by_subset",
-           "get", "greedy_answer", "n_wrong_kept", "needs_greedy", "needs_samples", "register", "select", "trains",
-           "validate"]
+__all__ = [
+    "ANSWER_SOURCES",
+    "ID_LIST_LIMIT",
+    "RANDOM",
+    "STRATEGIES",
+    "Selection",
+    "Strategy",
+    "StrategyError",
+    "accuracy_by_subset",
+    "get",
+    "greedy_answer",
+    "n_wrong_kept",
+    "needs_greedy",
+    "needs_samples",
+    "register",
+    "select",
+    "trains",
+    "validate",
+]

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
 
 from kaft import fields
 from kaft.errors import KaftError
 from kaft.items import MCItem
 from kaft.registry import Registry
 
-WRONG = 0            # subset 0 holds the lowest scores: the items that conflict most with the model
-RANDOM = "random"    # ``strategy.subset`` value for a random sample of one subset's size
-ID_LIST_LIMIT = 20   # at most this many ids are listed in ``Selection.info`` (the sha256 identifies the full set)
+WRONG = 0  # subset 0 holds the lowest scores: the items that conflict most with the model
+RANDOM = "random"  # ``strategy.subset`` value for a random sample of one subset's size
+ID_LIST_LIMIT = 20  # at most this many ids are listed in ``Selection.info`` (the sha256 identifies the full set)
 
 
 class StrategyError(KaftError):
@@ -68,7 +68,7 @@ class Pick:
 class Strategy:
     name: str
     fn: Callable[[Context], Pick]
-    settings: type                               # its keys besides ``name``: a kaft.fields settings dataclass
+    settings: type  # its keys besides ``name``: a kaft.fields settings dataclass
     check: Callable[[Mapping, list[str]], None]  # checks against the partition's subset names (after the fields')
     train: bool = True
     # needs the sampled answers of detection (``records[i]["answers"]``): a flag, or a function of the config
@@ -94,10 +94,15 @@ def _no_check(cfg: Mapping, names: list[str]) -> None:
     return None
 
 
-def register(name: str, *, settings: type = fields.NoSettings,
-             check: Callable[[Mapping, list[str]], None] = _no_check, train: bool = True,
-             needs_samples: bool | Callable[[Mapping], bool] = False,
-             needs_greedy: bool | Callable[[Mapping], bool] = False):
+def register(
+    name: str,
+    *,
+    settings: type = fields.NoSettings,
+    check: Callable[[Mapping, list[str]], None] = _no_check,
+    train: bool = True,
+    needs_samples: bool | Callable[[Mapping], bool] = False,
+    needs_greedy: bool | Callable[[Mapping], bool] = False,
+):
     """Add the decorated ``fn(ctx: Context) -> Pick`` to :data:`STRATEGIES` as ``name``; ``settings`` declares its
     keys (fields made with :mod:`kaft.fields`' helpers: type, default, help and check in one place)."""
 
@@ -110,8 +115,12 @@ def register(name: str, *, settings: type = fields.NoSettings,
 
 def data_seed() -> int | None:
     """The ``data_seed`` field every sampling strategy declares."""
-    return fields.integer(None, nullable=True, hint=" (null = the run's seed)",
-                          help="the seed of the strategy's draws (null = the run's seed)")
+    return fields.integer(
+        None,
+        nullable=True,
+        hint=" (null = the run's seed)",
+        help="the seed of the strategy's draws (null = the run's seed)",
+    )
 
 
 # ----------------------------------------------------------------------------------------------- helpers

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+from collections.abc import Mapping
 
 from kaft import fields
 from kaft.detection import majority
@@ -15,16 +15,25 @@ CONFIDENCE = 0.5  # Ren et al. App. A.1: "responses with a confidence level exce
 
 @dataclasses.dataclass(frozen=True)
 class SelfAlignSettings:
-    answer_source: str = fields.choice("greedy", ANSWER_SOURCES, hint=(
-        " (greedy: the argmax letter of the original-order query, KaFT §2.2's r_i; majority: the most frequent "
-        "sampled answer)"), help="where the replacing answer r_i comes from")
+    answer_source: str = fields.choice(
+        "greedy",
+        ANSWER_SOURCES,
+        hint=(
+            " (greedy: the argmax letter of the original-order query, KaFT §2.2's r_i; majority: the most frequent "
+            "sampled answer)"
+        ),
+        help="where the replacing answer r_i comes from",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class RenSettings:
     data_seed: int | None = data_seed()
-    confident_only: bool = fields.flag(True, hint=" (Ren et al. App. A.1: true keeps answers with confidence > 0.5)",
-                                       help="keep only answers with confidence > 0.5")
+    confident_only: bool = fields.flag(
+        True,
+        hint=" (Ren et al. App. A.1: true keeps answers with confidence > 0.5)",
+        help="keep only answers with confidence > 0.5",
+    )
 
 
 def greedy_answer(rec: Mapping) -> int | None:
@@ -47,19 +56,26 @@ def _self_answer(ctx: Context, i: int, source: str) -> int:
     if source == "greedy":
         g = greedy_answer(rec)
         if g is None:
-            raise StrategyError(f"strategy=self_align answer_source=greedy: record {rec.get('id')!r} holds no greedy "
-                                f"answer to the original query (kaft.run probes for one; pass records with 'greedy')")
+            raise StrategyError(
+                f"strategy=self_align answer_source=greedy: record {rec.get('id')!r} holds no greedy "
+                f"answer to the original query (kaft.run probes for one; pass records with 'greedy')"
+            )
         return g
     if not rec.get("answers") or not any(len(a) for a in rec["answers"]):
-        raise StrategyError(f"strategy=self_align needs the sampled answers of detection, but record "
-                            f"{rec.get('id')!r} has none; use detection.estimator=sample (or detection=icl), or "
-                            f"strategy.answer_source=greedy")
+        raise StrategyError(
+            f"strategy=self_align needs the sampled answers of detection, but record "
+            f"{rec.get('id')!r} has none; use detection.estimator=sample (or detection=icl), or "
+            f"strategy.answer_source=greedy"
+        )
     return majority(rec["answers"])[0]
 
 
-@register("self_align", settings=SelfAlignSettings,
-          needs_samples=lambda cfg: cfg.get("answer_source", "greedy") == "majority",
-          needs_greedy=lambda cfg: cfg.get("answer_source", "greedy") == "greedy")
+@register(
+    "self_align",
+    settings=SelfAlignSettings,
+    needs_samples=lambda cfg: cfg.get("answer_source", "greedy") == "majority",
+    needs_greedy=lambda cfg: cfg.get("answer_source", "greedy") == "greedy",
+)
 def _self_align(ctx: Context) -> Pick:
     """KaFT §4.1 "Self-aligning": each wrong-subset item trained on the model's own response r_i instead of a_i, so
     SFT aligns the format without teaching contradicting facts. ``answer_source``: ``greedy`` — the argmax letter of
@@ -73,25 +89,37 @@ def _self_align(ctx: Context) -> Pick:
         if pred < 0:
             unparsable += 1
         elif not pred < len(item.options):
-            raise StrategyError(f"strategy=self_align: record {ctx.records[i].get('id')!r} names option {pred}, but "
-                                f"item {item.id!r} has {len(item.options)} options; the detection records do not "
-                                f"match the training set (re-run detection, e.g. force a cache miss)")
+            raise StrategyError(
+                f"strategy=self_align: record {ctx.records[i].get('id')!r} names option {pred}, but "
+                f"item {item.id!r} has {len(item.options)} options; the detection records do not "
+                f"match the training set (re-run detection, e.g. force a cache miss)"
+            )
         elif pred == item.answer:
             same += 1
         else:
             answers[i] = pred
             replaced_ids.append(item.id)
-    return Pick(list(range(len(ctx.items))), answers,
-                info={"answer_source": source, "replaced": len(answers), "kept_gold_agrees": same,
-                      "kept_gold_unparsable": unparsable, "replaced_ids": replaced_ids[:ID_LIST_LIMIT]})
+    return Pick(
+        list(range(len(ctx.items))),
+        answers,
+        info={
+            "answer_source": source,
+            "replaced": len(answers),
+            "kept_gold_agrees": same,
+            "kept_gold_unparsable": unparsable,
+            "replaced_ids": replaced_ids[:ID_LIST_LIMIT],
+        },
+    )
 
 
 def _model_answer(rec: Mapping, name: str) -> tuple[int, bool]:
     """An item's own answer by the model and whether it is confident: ICL's argmax letter and its ``confident``
     flag (top letter probability > 0.5), else the majority of the sampled answers with its share > 0.5."""
     if not rec.get("answers"):
-        raise StrategyError(f"strategy={name} needs the model's answers from detection, but record "
-                            f"{rec.get('id')!r} has none; use detection=icl (Ren et al.) or estimator=sample")
+        raise StrategyError(
+            f"strategy={name} needs the model's answers from detection, but record "
+            f"{rec.get('id')!r} has none; use detection=icl (Ren et al.) or estimator=sample"
+        )
     pred, share = majority(rec["answers"])
     return pred, bool(rec["confident"]) if "confident" in rec else share > CONFIDENCE
 
@@ -113,13 +141,17 @@ def _ren_groups(ctx: Context, name: str) -> tuple[list[int], list[int], list[int
         elif 0 <= pred < len(ctx.items[i].options):
             inc.append(i)
     if not har and not inc:
-        raise StrategyError(f"strategy={name}: the model answers none of the {unsure} training items confidently "
-                            f"(top probability > {CONFIDENCE}, Ren et al. App. A.1); set strategy.confident_only=false "
-                            f"to keep every answer")
+        raise StrategyError(
+            f"strategy={name}: the model answers none of the {unsure} training items confidently "
+            f"(top probability > {CONFIDENCE}, Ren et al. App. A.1); set strategy.confident_only=false "
+            f"to keep every answer"
+        )
     if not har or not inc:
-        raise StrategyError(f"strategy={name}: the model agrees with {'all' if not inc else 'none'} of the training "
-                            f"answers it answers ({unsure} set aside as not confident), so harmonious and "
-                            f"incompatible sets of equal size cannot be built")
+        raise StrategyError(
+            f"strategy={name}: the model agrees with {'all' if not inc else 'none'} of the training "
+            f"answers it answers ({unsure} set aside as not confident), so harmonious and "
+            f"incompatible sets of equal size cannot be built"
+        )
     return preds, har, inc, unsure
 
 
@@ -128,8 +160,13 @@ def _ren_pick(ctx: Context, name: str) -> Pick:
     (Ren et al. §3.3: "the queries are exactly the same as those in the incompatible set") with the model's answers."""
     preds, har, inc, unsure = _ren_groups(ctx, name)
     n = min(len(har), len(inc))
-    info = {"ren_size": n, "har": len(har), "inc": len(inc), "not_confident": unsure,
-            "confident_only": ctx.cfg.get("confident_only", True)}
+    info = {
+        "ren_size": n,
+        "har": len(har),
+        "inc": len(inc),
+        "not_confident": unsure,
+        "confident_only": ctx.cfg.get("confident_only", True),
+    }
     if name == "har":
         return Pick(draw(ctx, har, n, "ren-har", ctx.data_seed()), info=info)
     keep = draw(ctx, inc, n, "ren-inc", ctx.data_seed())

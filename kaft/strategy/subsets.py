@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 from kaft import fields
 from kaft.strategy.base import RANDOM, WRONG, Context, Pick, StrategyError, data_seed, draw, register
@@ -18,16 +18,19 @@ class SubsetSettings:
 
 @dataclasses.dataclass(frozen=True)
 class RatioSettings:
-    ratio: float | None = fields.number(None, 0.0, 1.0, hint=" (the share of the wrong subset kept)",
-                                        help="λ: the share of the wrong subset kept")
+    ratio: float | None = fields.number(
+        None, 0.0, 1.0, hint=" (the share of the wrong subset kept)", help="λ: the share of the wrong subset kept"
+    )
     data_seed: int | None = data_seed()
 
 
 def _check_subset(cfg: Mapping, names: list[str]) -> None:
     sub = cfg.get("subset")
     if sub not in (*names, RANDOM):
-        raise StrategyError(f"strategy.subset={sub!r} is not a subset of this partition (k={len(names)}); "
-                            f"choose one of {[*names, RANDOM]}")
+        raise StrategyError(
+            f"strategy.subset={sub!r} is not a subset of this partition (k={len(names)}); "
+            f"choose one of {[*names, RANDOM]}"
+        )
 
 
 def n_wrong_kept(ratio: float, n_wrong: int) -> int:
@@ -61,8 +64,10 @@ def _subset(ctx: Context) -> Pick:
     sub = ctx.cfg.get("subset")
     if sub == RANDOM:
         n = len(ctx.indices_in(WRONG))
-        return Pick(draw(ctx, range(len(ctx.items)), n, "subset-random", ctx.data_seed()),
-                    info={"random_size": n, "data_seed": ctx.data_seed()})
+        return Pick(
+            draw(ctx, range(len(ctx.items)), n, "subset-random", ctx.data_seed()),
+            info={"random_size": n, "data_seed": ctx.data_seed()},
+        )
     return Pick(ctx.indices_in(list(ctx.names).index(sub)))
 
 
@@ -74,5 +79,12 @@ def _wrong_ratio(ctx: Context) -> Pick:
     n = n_wrong_kept(ctx.cfg["ratio"], len(wrong))
     kept_wrong = set(draw(ctx, wrong, n, "wrong-ratio", ctx.data_seed()))
     keep = [i for i, s in enumerate(ctx.subsets) if s != WRONG or i in kept_wrong]
-    return Pick(keep, info={"ratio": float(ctx.cfg["ratio"]), "data_seed": ctx.data_seed(), "wrong_kept": n,
-                            "wrong_total": len(wrong)})
+    return Pick(
+        keep,
+        info={
+            "ratio": float(ctx.cfg["ratio"]),
+            "data_seed": ctx.data_seed(),
+            "wrong_kept": n,
+            "wrong_total": len(wrong),
+        },
+    )

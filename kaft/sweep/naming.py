@@ -28,6 +28,9 @@ def job_subdir(num: Any, override_dirname: str, max_len: int = 80) -> str:
 
 def config_hash(overrides: Any) -> str:
     """A short hash of a job's full override list (including keys left out of its directory name, e.g. seed)."""
-    items = [o for o in (list(overrides) if overrides is not None else [])
-             if str(o).split("=", 1)[0].lstrip("+~") not in _NOT_IN_HASH]
+    items = [
+        o
+        for o in (list(overrides) if overrides is not None else [])
+        if str(o).split("=", 1)[0].lstrip("+~") not in _NOT_IN_HASH
+    ]
     return hashlib.sha256("\n".join(sorted(map(str, items))).encode()).hexdigest()[:8]

@@ -23,11 +23,11 @@ from typing import Any
 from omegaconf import DictConfig
 
 from kaft import data as data_mod
+from kaft import fields as kfields
 from kaft import job as job_mod
 from kaft import losses, modeling
 from kaft import stages as S
 from kaft import strategy as strategy_mod
-from kaft import fields as kfields
 from kaft.cache import Cache, Hit
 from kaft.errors import KaftError
 from kaft.sweep import plan_estimate as est
@@ -40,17 +40,19 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 @dataclass(frozen=True)
 class Settings:
     """``plan.*`` settings: the GPU a job gets and how fast it runs (GB = GiB)."""
-    gpu_memory_gb: float = kfields.number(80.0, 0.0, lo_open=True,
-                                         help="an A100/H100 80 GB; 141 for an H200, 40 for an A100 40 GB")
+
+    gpu_memory_gb: float = kfields.number(
+        80.0, 0.0, lo_open=True, help="an A100/H100 80 GB; 141 for an H200, 40 for an A100 40 GB"
+    )
     peak_tflops: float = kfields.number(989.0, 0.0, lo_open=True, help="dense bf16 peak (A100: 312, H200: 989)")
     mfu: float = kfields.number(0.35, 0.0, 1.0, lo_open=True, help="model FLOP utilisation assumed for every stage")
     probe_items: int = kfields.integer(32, 1, help="items whose prompts are tokenised to measure prompt lengths")
 
     @classmethod
-    def parse(cls, args: list[str]) -> "Settings":
+    def parse(cls, args: list[str]) -> Settings:
         known, out = {f.name: f.type for f in fields(cls)}, {}
         for a in args:
-            key, _, value = a[len("plan."):].partition("=")
+            key, _, value = a[len("plan.") :].partition("=")
             if key not in known:
                 raise est.PlanError(str(kfields.unknown_key_error("plan", key, known)))
             try:
@@ -78,8 +80,9 @@ def compose_jobs(overrides: list[str], multirun: bool) -> list[tuple[int, list[s
         master = loader.load_configuration("config", overrides, run_mode=RunMode.MULTIRUN)
         jobs = preflight.expand(loader, master)
         if not jobs:
-            raise est.PlanError(f"kaft.sweep.plan expands Hydra's basic sweeper only, "
-                                f"not {master.hydra.sweeper._target_}")
+            raise est.PlanError(
+                f"kaft.sweep.plan expands Hydra's basic sweeper only, not {master.hydra.sweeper._target_}"
+            )
         return jobs
 
 
@@ -120,6 +123,7 @@ class DryCache(Cache):
 
 class _NoModel:
     """Stands in for kaft.stages.LazyModel: the plan never loads weights, and a stage that tried would fail loudly."""
+
     path = None
 
     def get(self):
@@ -172,8 +176,12 @@ def _after_detect(ctx: S.StageContext, train: list, records: list[dict], dkey: s
             pairs = S.stage_dpo_samples(ctx, sel.items, sampling).value
             st["dpo_samples"] = "cached"
     except Missing as m:
-        return {**st, m.stage if m.stage != "detect" else "greedy": "compute", "train": f"after {m.stage}",
-                "evaluate": "after train"}
+        return {
+            **st,
+            m.stage if m.stage != "detect" else "greedy": "compute",
+            "train": f"after {m.stage}",
+            "evaluate": "after train",
+        }
     try:
         tkey = S.stage_train(ctx, sel.items, sel.weights, pairs).key
         st["train"] = "cached"
@@ -239,8 +247,10 @@ def plan_job(num: int, overrides: list[str], cfg: DictConfig, multirun: bool, s:
     out["finished"] = job_mod.finished(rdir) is not None and not differs and not cfg.get("force", False)
     model_id, problems = memo(["model", mcfg], lambda: loadable(cfg))
     train, evals, fps, data_problems = load_data(cfg)
-    ahead = [f"config: {config_problem}" if config_problem else "",
-             f"run dir holds the results of another run ({differs}); force=true replaces them" if differs else ""]
+    ahead = [
+        f"config: {config_problem}" if config_problem else "",
+        f"run dir holds the results of another run ({differs}); force=true replaces them" if differs else "",
+    ]
     out["problems"] = list(dict.fromkeys(p for p in ahead + problems + data_problems if p))
     path = str(mcfg.get("path")) if mcfg.get("path") not in (None, "???") else None
     try:
@@ -253,14 +263,25 @@ def plan_job(num: int, overrides: list[str], cfg: DictConfig, multirun: bool, s:
     ln = est.measure(cfg, train, evals, tok, s.probe_items)
     limit = cfg.evaluation.get("limit")
     n_eval = {k: min(len(v), int(limit)) if limit else len(v) for k, v in evals.items()} if evals else None
-    out["shared"] = {"detection": json.dumps([mcfg, plain(cfg.dataset), plain(cfg.detection), cfg.seed], default=str),
-                     "evaluate_base": json.dumps([mcfg, plain(cfg.dataset), plain(cfg.evaluation)], default=str)}
-    out["batch"] = {"detection": int(cfg.detection.batch_size), "train": int(cfg.train.batch_size),
-                    "evaluation": int(cfg.evaluation.batch_size)}
-    out.update(arch=arch, params=prm, lengths=ln, trains=strategy_mod.trains(plain(cfg.strategy)),
-               memory=est.job_memory(cfg, arch, prm, ln), n_train=len(train or []) or None,
-               times=est.job_times(cfg, arch, prm, ln, len(train) if train else None, n_eval, s),
-               ckpt=bool(cfg.train.get("gradient_checkpointing")))
+    out["shared"] = {
+        "detection": json.dumps([mcfg, plain(cfg.dataset), plain(cfg.detection), cfg.seed], default=str),
+        "evaluate_base": json.dumps([mcfg, plain(cfg.dataset), plain(cfg.evaluation)], default=str),
+    }
+    out["batch"] = {
+        "detection": int(cfg.detection.batch_size),
+        "train": int(cfg.train.batch_size),
+        "evaluation": int(cfg.evaluation.batch_size),
+    }
+    out.update(
+        arch=arch,
+        params=prm,
+        lengths=ln,
+        trains=strategy_mod.trains(plain(cfg.strategy)),
+        memory=est.job_memory(cfg, arch, prm, ln),
+        n_train=len(train or []) or None,
+        times=est.job_times(cfg, arch, prm, ln, len(train) if train else None, n_eval, s),
+        ckpt=bool(cfg.train.get("gradient_checkpointing")),
+    )
     out["cache"], out["cache_why"] = None, "needs the model and data loadable here"
     if model_id and train is not None and not data_problems:
         try:
@@ -285,25 +306,36 @@ def _dur(sec: float) -> str:
 
 def render(j: dict, s: Settings) -> list[str]:
     """The lines of one job: status, model, load problems, prompt lengths, memory against the GPU, time, cache."""
-    lines = [f"job {j['num']}: {' '.join(j['overrides']) or '(defaults)'}", f"  run dir     {j['run_dir']}",
-             f"  status      {'finished (results.json done): skipped on resubmission' if j['finished'] else 'to run'}"]
+    lines = [
+        f"job {j['num']}: {' '.join(j['overrides']) or '(defaults)'}",
+        f"  run dir     {j['run_dir']}",
+        f"  status      {'finished (results.json done): skipped on resubmission' if j['finished'] else 'to run'}",
+    ]
     lines += [f"  problem     {p}" for p in j["problems"]]
     if "params" not in j:
         return lines
     a, p, ln, mem = j["arch"], j["params"], j["lengths"], j["memory"]
-    lines.append(f"  model       {p.model_class}: {_count(p.total)} parameters ({a.num_hidden_layers} layers, hidden "
-                 f"{a.hidden_size}, {a.num_attention_heads} heads / {a.num_key_value_heads} KV, vocab {a.vocab_size}); "
-                 f"LoRA trainable {_count(p.lora)} ({100 * p.lora / p.total:.2f}%)")
-    lines.append(f"  prompts     probe {ln.probe} tokens (longest; mean {ln.probe_mean:.0f}), training {ln.train:.0f}, "
-                 f"evaluation {ln.eval:.0f} - {ln.how}")
+    lines.append(
+        f"  model       {p.model_class}: {_count(p.total)} parameters ({a.num_hidden_layers} layers, hidden "
+        f"{a.hidden_size}, {a.num_attention_heads} heads / {a.num_key_value_heads} KV, vocab {a.vocab_size}); "
+        f"LoRA trainable {_count(p.lora)} ({100 * p.lora / p.total:.2f}%)"
+    )
+    lines.append(
+        f"  prompts     probe {ln.probe} tokens (longest; mean {ln.probe_mean:.0f}), training {ln.train:.0f}, "
+        f"evaluation {ln.eval:.0f} - {ln.how}"
+    )
     used = "train_checkpointing" if j["ckpt"] else "train_no_checkpointing"
     seqs = mem["_seqs"]
     for label, key, note in (
-            ("detection", "detection", f"{seqs['seqs']} sequence(s) per prompt, {ln.probe}+{seqs['new']} tokens"),
-            ("training", used, "gradient checkpointing " + ("on" if j["ckpt"] else "off") + ", batch × max_length"),
-            ("(ckpt off)" if j["ckpt"] else "(ckpt on)",
-             "train_no_checkpointing" if j["ckpt"] else "train_checkpointing", "the other setting"),
-            ("evaluation", "evaluation", "lm-eval loglikelihood batch")):
+        ("detection", "detection", f"{seqs['seqs']} sequence(s) per prompt, {ln.probe}+{seqs['new']} tokens"),
+        ("training", used, "gradient checkpointing " + ("on" if j["ckpt"] else "off") + ", batch × max_length"),
+        (
+            "(ckpt off)" if j["ckpt"] else "(ckpt on)",
+            "train_no_checkpointing" if j["ckpt"] else "train_checkpointing",
+            "the other setting",
+        ),
+        ("evaluation", "evaluation", "lm-eval loglikelihood batch"),
+    ):
         if key != "detection" and key != "evaluation" and not j["trains"]:
             lines += [] if label.startswith("(") else ["  training    none (the strategy trains nothing)"]
             continue
@@ -317,12 +349,16 @@ def render(j: dict, s: Settings) -> list[str]:
         lines.append(f"  {label:<11} {_gb(mem[key])} - {note}; {fits}")
     t = j["times"]
     per = "" if j["n_train"] else " per 1,000 training / benchmark items (data not loaded)"
-    lines.append(f"  time        detection {_dur(t['detection'])}, training {_dur(t['train'])}, evaluation "
-                 f"{_dur(t['evaluate_base'] + t['evaluate'])} (base + tuned){per}; FLOP-based at MFU {s.mfu:g} of "
-                 f"{s.peak_tflops:g} TFLOP/s")
+    lines.append(
+        f"  time        detection {_dur(t['detection'])}, training {_dur(t['train'])}, evaluation "
+        f"{_dur(t['evaluate_base'] + t['evaluate'])} (base + tuned){per}; FLOP-based at MFU {s.mfu:g} of "
+        f"{s.peak_tflops:g} TFLOP/s"
+    )
     cache = j["cache"]
-    lines.append("  cache       " + (", ".join(f"{k}: {v}" for k, v in cache.items()) if cache is not None else
-                                     f"not checked ({j['cache_why']})"))
+    lines.append(
+        "  cache       "
+        + (", ".join(f"{k}: {v}" for k, v in cache.items()) if cache is not None else f"not checked ({j['cache_why']})")
+    )
     return lines
 
 
@@ -347,18 +383,22 @@ def _sweep_seconds(plans: list[dict]) -> float:
 def _too_big(j: dict, s: Settings) -> bool:
     if "memory" not in j:
         return False
-    keys = ["detection", "evaluation"] + (["train_checkpointing" if j["ckpt"] else "train_no_checkpointing"]
-                                          if j["trains"] else [])
+    keys = ["detection", "evaluation"] + (
+        ["train_checkpointing" if j["ckpt"] else "train_no_checkpointing"] if j["trains"] else []
+    )
     return any(sum(j["memory"][k].values()) > s.gpu_memory_gb for k in keys)
 
 
 def _launcher_note(cfg: DictConfig) -> str | None:
     choice = cfg.hydra.runtime.choices.get("hydra/launcher")
     launcher = cfg.hydra.launcher
-    if "slurm" in str(launcher.get("_target_", "")).lower() and not (launcher.get("gpus_per_node") or
-                                                                       launcher.get("gres")):
-        return (f"launcher {choice}: hydra.launcher.gpus_per_node is not set, so the jobs get no GPU; add "
-                f"hydra.launcher.gpus_per_node=1")
+    if "slurm" in str(launcher.get("_target_", "")).lower() and not (
+        launcher.get("gpus_per_node") or launcher.get("gres")
+    ):
+        return (
+            f"launcher {choice}: hydra.launcher.gpus_per_node is not set, so the jobs get no GPU; add "
+            f"hydra.launcher.gpus_per_node=1"
+        )
     return None
 
 
@@ -372,8 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("kaft").setLevel(logging.WARNING)
     try:
         if bad:
-            raise est.PlanError(f"kaft.sweep.plan takes kaft.run's overrides, -m and plan.KEY=VALUE only, "
-                                f"not {bad[0]}")
+            raise est.PlanError(f"kaft.sweep.plan takes kaft.run's overrides, -m and plan.KEY=VALUE only, not {bad[0]}")
         s = Settings.parse([a for a in args if a.startswith("plan.")])
         overrides = [a for a in args if not a.startswith(("-", "plan."))]
         with hydra_errors_as_one_line():
@@ -383,17 +422,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kaft: error: {e}", file=sys.stderr)
         return 2
     note = _launcher_note(jobs[0][2])
-    print(f"kaft plan: {len(plans)} job(s); GPU {s.gpu_memory_gb:g} GB, {s.peak_tflops:g} TFLOP/s peak, MFU {s.mfu:g}"
-          + (f"\nwarning: {note}" if note else ""))
+    print(
+        f"kaft plan: {len(plans)} job(s); GPU {s.gpu_memory_gb:g} GB, {s.peak_tflops:g} TFLOP/s peak, MFU {s.mfu:g}"
+        + (f"\nwarning: {note}" if note else "")
+    )
     for j in plans:
         print("\n" + "\n".join(render(j, s)))
     todo = [j for j in plans if not j["finished"]]
     big = sum(_too_big(j, s) for j in todo)
-    print(f"\n{len(plans) - len(todo)} of {len(plans)} job(s) finished; of the {len(todo)} to run, "
-          f"{sum(bool(j['problems']) for j in todo)} cannot run as configured here (see 'problem') and {big} need "
-          f"more than {s.gpu_memory_gb:g} GB in some stage (see 'DOES NOT FIT'); GPU time still to compute "
-          f"{_dur(_sweep_seconds(plans))} at MFU {s.mfu:g}"
-          + ("" if all(j.get("n_train") for j in todo) else " (per 1,000 items where the data was not loaded)"))
+    print(
+        f"\n{len(plans) - len(todo)} of {len(plans)} job(s) finished; of the {len(todo)} to run, "
+        f"{sum(bool(j['problems']) for j in todo)} cannot run as configured here (see 'problem') and {big} need "
+        f"more than {s.gpu_memory_gb:g} GB in some stage (see 'DOES NOT FIT'); GPU time still to compute "
+        f"{_dur(_sweep_seconds(plans))} at MFU {s.mfu:g}"
+        + ("" if all(j.get("n_train") for j in todo) else " (per 1,000 items where the data was not loaded)")
+    )
     return 1 if any(j["problems"] for j in plans) else 0
 
 

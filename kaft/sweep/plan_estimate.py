@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from kaft import detection
 from kaft import stages as S
@@ -18,15 +19,14 @@ from kaft import strategy as strategy_mod
 from kaft.errors import KaftError
 from kaft.prompts import answer_text, format_question
 
-GB = 2 ** 30
-OVERHEAD_GB = 1.5          # CUDA context, cuBLAS workspace and allocator slack per process
-ANSWER_TOKENS = 4          # label tokens per training sample that get logits (the letter, and what follows it)
-LORA_STATE_BYTES = 16      # per trainable LoRA parameter: fp32 weight, fp32 gradient, Adam's two fp32 moments
+GB = 2**30
+OVERHEAD_GB = 1.5  # CUDA context, cuBLAS workspace and allocator slack per process
+ANSWER_TOKENS = 4  # label tokens per training sample that get logits (the letter, and what follows it)
+LORA_STATE_BYTES = 16  # per trainable LoRA parameter: fp32 weight, fp32 gradient, Adam's two fp32 moments
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-CHARS_PER_TOKEN = 4.0          # when no tokenizer is available locally
+CHARS_PER_TOKEN = 4.0  # when no tokenizer is available locally
 ASSUMED_QUESTION_CHARS = 1000  # one question block (question + options) when the data cannot be loaded here
-REQUIRED = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-            "vocab_size")
+REQUIRED = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
 
 
 class PlanError(KaftError):
@@ -36,6 +36,7 @@ class PlanError(KaftError):
 @dataclass(frozen=True)
 class Arch:
     """The architecture facts the plan needs (transformers config names); ``extra`` goes to the config as is."""
+
     model_type: str
     hidden_size: int
     num_hidden_layers: int
@@ -48,7 +49,7 @@ class Arch:
     extra: dict = field(default_factory=dict)
 
     @classmethod
-    def from_fields(cls, fields: Mapping[str, Any], where: str) -> "Arch":
+    def from_fields(cls, fields: Mapping[str, Any], where: str) -> Arch:
         missing = [k for k in REQUIRED if fields.get(k) in (None, "")]
         if missing:
             raise PlanError(f"{where} lacks {', '.join(missing)}; give the published config.json values")
@@ -62,14 +63,17 @@ class Arch:
             ints[k] = v
         heads = ints["num_attention_heads"]
         known = set(REQUIRED) | {"num_key_value_heads", "head_dim", "tie_word_embeddings"}
-        return cls(model_type=str(fields["model_type"]), num_key_value_heads=ints.get("num_key_value_heads", heads),
-                   head_dim=ints.get("head_dim", ints["hidden_size"] // heads),
-                   tie_word_embeddings=bool(fields.get("tie_word_embeddings", False)),
-                   extra={k: v for k, v in fields.items() if k not in known},
-                   **{k: ints[k] for k in REQUIRED[1:]})
+        return cls(
+            model_type=str(fields["model_type"]),
+            num_key_value_heads=ints.get("num_key_value_heads", heads),
+            head_dim=ints.get("head_dim", ints["hidden_size"] // heads),
+            tie_word_embeddings=bool(fields.get("tie_word_embeddings", False)),
+            extra={k: v for k, v in fields.items() if k not in known},
+            **{k: ints[k] for k in REQUIRED[1:]},
+        )
 
     @classmethod
-    def from_config(cls, config: Any) -> "Arch":
+    def from_config(cls, config: Any) -> Arch:
         """From a transformers config (a model's own config.json)."""
         g = lambda k, d=None: getattr(config, k, d)  # noqa: E731
         fields = {k: g(k) for k in REQUIRED + ("num_key_value_heads", "head_dim", "tie_word_embeddings")}
@@ -77,10 +81,17 @@ class Arch:
         return cls.from_fields(fields, "the model's config.json")
 
     def config_kwargs(self) -> dict:
-        return {"hidden_size": self.hidden_size, "num_hidden_layers": self.num_hidden_layers,
-                "num_attention_heads": self.num_attention_heads, "num_key_value_heads": self.num_key_value_heads,
-                "intermediate_size": self.intermediate_size, "vocab_size": self.vocab_size,
-                "head_dim": self.head_dim, "tie_word_embeddings": self.tie_word_embeddings, **self.extra}
+        return {
+            "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "intermediate_size": self.intermediate_size,
+            "vocab_size": self.vocab_size,
+            "head_dim": self.head_dim,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            **self.extra,
+        }
 
     @property
     def kv_dim(self) -> int:
@@ -89,9 +100,9 @@ class Arch:
 
 @dataclass(frozen=True)
 class Params:
-    total: int          # every parameter of the base model (tied embeddings once)
-    lora: int           # trainable LoRA parameters
-    matmul: int         # parameters that cost FLOPs per token (all but the input embedding)
+    total: int  # every parameter of the base model (tied embeddings once)
+    lora: int  # trainable LoRA parameters
+    matmul: int  # parameters that cost FLOPs per token (all but the input embedding)
     model_class: str
 
 
@@ -104,10 +115,17 @@ def _check_targets(peft_model, targets: Any, model_class: str) -> None:
     if unmatched:
         import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
 
-        names = sorted({n.rsplit(".", 1)[-1] for n, m in peft_model.base_model.model.named_modules()
-                        if isinstance(m, torch.nn.Linear)} - {"lm_head"})
-        raise PlanError(f"train.lora.target_modules {unmatched} match no module of {model_class}; its linear layers "
-                        f"are {names}")
+        names = sorted(
+            {
+                n.rsplit(".", 1)[-1]
+                for n, m in peft_model.base_model.model.named_modules()
+                if isinstance(m, torch.nn.Linear)
+            }
+            - {"lm_head"}
+        )
+        raise PlanError(
+            f"train.lora.target_modules {unmatched} match no module of {model_class}; its linear layers are {names}"
+        )
 
 
 def count_params(arch: Arch, lora: Mapping) -> Params:
@@ -126,8 +144,10 @@ def count_params(arch: Arch, lora: Mapping) -> Params:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
     except (ValueError, KeyError, TypeError) as e:
-        raise PlanError(f"cannot build model_type {arch.model_type!r} with this transformers: "
-                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise PlanError(
+            f"cannot build model_type {arch.model_type!r} with this transformers: "
+            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
     total = sum(p.numel() for p in model.parameters())
     embed = model.get_input_embeddings().weight.numel()
     matmul = total - (0 if arch.tie_word_embeddings else embed)
@@ -135,8 +155,9 @@ def count_params(arch: Arch, lora: Mapping) -> Params:
     try:
         peft_model = get_peft_model(model, _lora_config(lora))
     except ValueError as e:
-        raise PlanError(f"train.lora.target_modules {list(lora['target_modules'])} do not fit {cls}: "
-                        f"{str(e).splitlines()[0]}") from None
+        raise PlanError(
+            f"train.lora.target_modules {list(lora['target_modules'])} do not fit {cls}: {str(e).splitlines()[0]}"
+        ) from None
     _check_targets(peft_model, lora["target_modules"], cls)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     return Params(total, trainable, matmul, cls)
@@ -148,10 +169,10 @@ def dtype_bytes(dtype: Any) -> int:
 
 @dataclass
 class Lengths:
-    probe: int       # tokens of the longest probe prompt (detection memory)
+    probe: int  # tokens of the longest probe prompt (detection memory)
     probe_mean: float
-    train: float     # mean tokens of a training sample (zero-shot prompt + answer)
-    eval: float      # mean tokens of a benchmark prompt with its longest option
+    train: float  # mean tokens of a training sample (zero-shot prompt + answer)
+    eval: float  # mean tokens of a benchmark prompt with its longest option
     how: str
 
 
@@ -163,12 +184,13 @@ def arch_of(mcfg: dict, path: str | None) -> Arch:
     from transformers import AutoConfig  # lazy: transformers imports torch; needed only to build or load a model
 
     try:
-        return Arch.from_config(AutoConfig.from_pretrained(path, revision=mcfg.get("revision"),
-                                                           local_files_only=True))
+        return Arch.from_config(AutoConfig.from_pretrained(path, revision=mcfg.get("revision"), local_files_only=True))
     except (OSError, ValueError) as e:
-        raise PlanError(f"model {mcfg.get('name')!r} has no model.architecture and its config.json is not "
-                        f"available here ({str(e).splitlines()[0][:120]}); add model.architecture "
-                        f"(hidden_size, num_hidden_layers, ...) to conf/model/{mcfg.get('name')}.yaml") from None
+        raise PlanError(
+            f"model {mcfg.get('name')!r} has no model.architecture and its config.json is not "
+            f"available here ({str(e).splitlines()[0][:120]}); add model.architecture "
+            f"(hidden_size, num_hidden_layers, ...) to conf/model/{mcfg.get('name')}.yaml"
+        ) from None
 
 
 def local_tokenizer(mcfg: dict, path: str | None):
@@ -186,26 +208,38 @@ def local_tokenizer(mcfg: dict, path: str | None):
 def measure(cfg, train: list | None, evals: dict | None, tok, n: int) -> Lengths:
     """Prompt lengths from real prompts (the detection's k-shot prompt, the training and zero-shot prompts) of the
     first ``n`` items, counted by the model's tokenizer, or characters / 4 when there is none here."""
-    count = (lambda s: len(tok(s)["input_ids"])) if tok is not None else \
-        (lambda s: math.ceil(len(s) / CHARS_PER_TOKEN))
+    count = (lambda s: len(tok(s)["input_ids"])) if tok is not None else (lambda s: math.ceil(len(s) / CHARS_PER_TOKEN))
     shots = int(cfg.detection.shots)
     if not train or len(train) <= shots or not hasattr(train[0], "options"):
         q = math.ceil(ASSUMED_QUESTION_CHARS / CHARS_PER_TOKEN)
-        return Lengths(q * (shots + 1), q * (shots + 1), q + 2, q + 2,
-                       f"assumed {ASSUMED_QUESTION_CHARS} characters per question (data not loadable here, "
-                       f"free-form or too small)")
+        return Lengths(
+            q * (shots + 1),
+            q * (shots + 1),
+            q + 2,
+            q + 2,
+            f"assumed {ASSUMED_QUESTION_CHARS} characters per question (data not loadable here, "
+            f"free-form or too small)",
+        )
     det, dom, ins = detection.settings(dict(cfg.detection)), cfg.dataset.domain, cfg.dataset.get("instruction")
     items = train[:n]
-    how = f"measured with the model's tokenizer on {len(items)} items" if tok is not None else \
-        f"estimated as characters / {CHARS_PER_TOKEN:g} (no tokenizer here)"
-    queries = detection.build_queries(items, 1, shots, int(cfg.seed), dom, ins, det["prompt"], det["order_scheme"],
-                                       shot_pool=train)
+    how = (
+        f"measured with the model's tokenizer on {len(items)} items"
+        if tok is not None
+        else f"estimated as characters / {CHARS_PER_TOKEN:g} (no tokenizer here)"
+    )
+    queries = detection.build_queries(
+        items, 1, shots, int(cfg.seed), dom, ins, det["prompt"], det["order_scheme"], shot_pool=train
+    )
     probe = [count(q.prompt) for q in queries]
     kw = {"instruction": ins} if ins else {}
-    tr = [count(format_question(it.question, it.options, it.domain or dom, **kw) + answer_text(it.answer))
-          for it in items]
-    ev = [count(format_question(it.question, it.options, it.domain or dom, **kw) + " " + max(it.options, key=len))
-          for items_b in (evals or {}).values() for it in items_b[:n]] or tr
+    tr = [
+        count(format_question(it.question, it.options, it.domain or dom, **kw) + answer_text(it.answer)) for it in items
+    ]
+    ev = [
+        count(format_question(it.question, it.options, it.domain or dom, **kw) + " " + max(it.options, key=len))
+        for items_b in (evals or {}).values()
+        for it in items_b[:n]
+    ] or tr
     return Lengths(max(probe), sum(probe) / len(probe), sum(tr) / len(tr), sum(ev) / len(ev), how)
 
 
@@ -219,15 +253,19 @@ def _layer_working_set(arch: Arch, tokens: int, nbytes: int) -> int:
     return tokens * (2 * arch.hidden_size + 2 * arch.kv_dim + 3 * arch.intermediate_size) * nbytes
 
 
-def detection_memory(arch: Arch, p: Params, nbytes: int, batch: int, seqs_per_prompt: int, prompt_tokens: int,
-                     new_tokens: int) -> dict:
+def detection_memory(
+    arch: Arch, p: Params, nbytes: int, batch: int, seqs_per_prompt: int, prompt_tokens: int, new_tokens: int
+) -> dict:
     """Weights + KV cache of ``batch × seqs_per_prompt`` sequences of prompt + new tokens + the prefill's
     working set + the fp32 logits of the last position."""
     seqs = batch * seqs_per_prompt
-    parts = {"weights": p.total * nbytes,
-             "kv_cache": seqs * (prompt_tokens + new_tokens) * kv_bytes_per_token(arch, nbytes),
-             "prefill": _layer_working_set(arch, batch * prompt_tokens, nbytes),
-             "logits": seqs * arch.vocab_size * 4, "overhead": OVERHEAD_GB * GB}
+    parts = {
+        "weights": p.total * nbytes,
+        "kv_cache": seqs * (prompt_tokens + new_tokens) * kv_bytes_per_token(arch, nbytes),
+        "prefill": _layer_working_set(arch, batch * prompt_tokens, nbytes),
+        "logits": seqs * arch.vocab_size * 4,
+        "overhead": OVERHEAD_GB * GB,
+    }
     return {k: v / GB for k, v in parts.items()}
 
 
@@ -248,21 +286,31 @@ def training_memory(arch: Arch, p: Params, nbytes: int, batch: int, max_length: 
     tokens = batch * max_length
     layer = activations_per_token_layer(arch, nbytes, lora_dropout) * tokens
     logits = batch * ANSWER_TOKENS * arch.vocab_size * (nbytes + 4 + 4)  # logits, fp32 upcast, its gradient
-    base = {"weights": p.total * nbytes, "lora_optimizer": p.lora * LORA_STATE_BYTES, "logits": logits,
-            "overhead": OVERHEAD_GB * GB}
+    base = {
+        "weights": p.total * nbytes,
+        "lora_optimizer": p.lora * LORA_STATE_BYTES,
+        "logits": logits,
+        "overhead": OVERHEAD_GB * GB,
+    }
     plain = {**base, "activations": layer * arch.num_hidden_layers}
     ckpt = {**base, "activations": tokens * arch.num_hidden_layers * arch.hidden_size * nbytes + layer}
-    return {"no_checkpointing": {k: v / GB for k, v in plain.items()},
-            "checkpointing": {k: v / GB for k, v in ckpt.items()}}
+    return {
+        "no_checkpointing": {k: v / GB for k, v in plain.items()},
+        "checkpointing": {k: v / GB for k, v in ckpt.items()},
+    }
 
 
 def evaluation_memory(arch: Arch, p: Params, nbytes: int, batch: int, tokens: int) -> dict:
     """lm-eval's loglikelihood batches: weights, the KV cache a forward builds, one layer's working set, and the
     logits with their log-softmax over every position."""
     n = batch * tokens
-    parts = {"weights": p.total * nbytes, "kv_cache": n * kv_bytes_per_token(arch, nbytes),
-             "forward": _layer_working_set(arch, n, nbytes), "logits": n * arch.vocab_size * nbytes * 2,
-             "overhead": OVERHEAD_GB * GB}
+    parts = {
+        "weights": p.total * nbytes,
+        "kv_cache": n * kv_bytes_per_token(arch, nbytes),
+        "forward": _layer_working_set(arch, n, nbytes),
+        "logits": n * arch.vocab_size * nbytes * 2,
+        "overhead": OVERHEAD_GB * GB,
+    }
     return {k: v / GB for k, v in parts.items()}
 
 
@@ -302,12 +350,18 @@ def job_memory(cfg, arch: Arch, prm: Params, ln: Lengths) -> dict[str, dict]:
     d = detection_memory(arch, prm, nb, int(det.batch_size), seqs, ln.probe, new)
     t = training_memory(arch, prm, nb, int(tr.batch_size), int(tr.max_length), float(tr.lora.dropout))
     e = evaluation_memory(arch, prm, nb, int(cfg.evaluation.batch_size), math.ceil(ln.eval))
-    return {"detection": d, "train_checkpointing": t["checkpointing"], "train_no_checkpointing": t["no_checkpointing"],
-            "evaluation": e, "_seqs": {"seqs": seqs, "new": new}}
+    return {
+        "detection": d,
+        "train_checkpointing": t["checkpointing"],
+        "train_no_checkpointing": t["no_checkpointing"],
+        "evaluation": e,
+        "_seqs": {"seqs": seqs, "new": new},
+    }
 
 
-def job_times(cfg, arch: Arch, prm: Params, ln: Lengths, n_train: int | None, n_eval: dict | None,
-              s) -> dict[str, float]:
+def job_times(
+    cfg, arch: Arch, prm: Params, ln: Lengths, n_train: int | None, n_eval: dict | None, s
+) -> dict[str, float]:
     """Seconds per stage (for 1,000 training and benchmark items when the data cannot be loaded here)."""
     det, n = cfg.detection, n_train or 1000
     orders, seqs, new = probe_shape(det)

@@ -20,8 +20,9 @@ import contextlib
 import copy
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -144,8 +145,11 @@ def sweep_problems(jobs: list[tuple[int, list[str], DictConfig]]) -> str | None:
     parts = [f"{len(bad)} of {n} jobs {'is' if len(bad) == 1 else 'are'} invalid: " + "; ".join(bad)] if bad else []
     if taken:
         where = Path(str(jobs[0][2].hydra.sweep.dir))
-        parts.append(f"{len(taken)} of {n} jobs' run dirs under {where} hold the results of another run: "
-                     + "; ".join(taken) + f"; {identity.way_out(True)}")
+        parts.append(
+            f"{len(taken)} of {n} jobs' run dirs under {where} hold the results of another run: "
+            + "; ".join(taken)
+            + f"; {identity.way_out(True)}"
+        )
     return "; and ".join(parts) or None
 
 
@@ -176,5 +180,14 @@ class PreflightCallback(Callback):
             _fail(line)
 
 
-__all__ = ["PreflightCallback", "UNKNOWN_SIZE", "check_job_config", "expand", "hydra_context", "job_problems",
-           "run_dir", "sweep_problems", "task_config"]
+__all__ = [
+    "PreflightCallback",
+    "UNKNOWN_SIZE",
+    "check_job_config",
+    "expand",
+    "hydra_context",
+    "job_problems",
+    "run_dir",
+    "sweep_problems",
+    "task_config",
+]

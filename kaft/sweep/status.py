@@ -29,11 +29,13 @@ import pickle
 import re
 import sys
 import traceback
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import yaml
-from omegaconf import OmegaConf, errors as oc_errors
+from omegaconf import OmegaConf
+from omegaconf import errors as oc_errors
 
 from kaft.cache import atomic_write_json, atomic_write_text
 from kaft.errors import KaftError
@@ -48,8 +50,12 @@ class PathError(KaftError):
 
 
 # config values that cannot be resolved, unusable paths: user errors like kaft's own
-CONFIG_ERRORS = (oc_errors.MissingMandatoryValue, oc_errors.InterpolationResolutionError,
-                 oc_errors.ValidationError, PathError)
+CONFIG_ERRORS = (
+    oc_errors.MissingMandatoryValue,
+    oc_errors.InterpolationResolutionError,
+    oc_errors.ValidationError,
+    PathError,
+)
 
 _started = False  # set when a job function starts: OSErrors before it (Hydra creating the run dir) are user errors
 
@@ -93,12 +99,15 @@ def one_line(exc: BaseException) -> str:
     """A multi-line error message (Hydra's, OmegaConf's) folded into one line."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     if "Config search path:" in lines:  # Hydra's list of config dirs after a missing option: not actionable
-        lines = lines[:lines.index("Config search path:")]
+        lines = lines[: lines.index("Config search path:")]
     lines = [ln for ln in lines if not ln.startswith(("full_key:", "object_type=", "Set the environment variable"))]
     cause = exc.__cause__ or exc.__context__
     if cause is not None and str(cause).strip() and str(cause).strip() not in str(exc):
-        lines += [ln.strip() for ln in str(cause).splitlines() if ln.strip() and not ln.strip().startswith(
-            ("full_key:", "object_type=", "reference_type="))][:1]
+        lines += [
+            ln.strip()
+            for ln in str(cause).splitlines()
+            if ln.strip() and not ln.strip().startswith(("full_key:", "object_type=", "reference_type="))
+        ][:1]
     if not lines:
         return type(exc).__name__
     override = getattr(exc, "override", None)  # Hydra's OverrideParseException names the bad override
@@ -110,8 +119,7 @@ def one_line(exc: BaseException) -> str:
     return ": ".join([head, *rest])
 
 
-def record_failure(run_dir: str | os.PathLike, exc: BaseException, job: Mapping | None = None,
-                   cfg: Any = None) -> str:
+def record_failure(run_dir: str | os.PathLike, exc: BaseException, job: Mapping | None = None, cfg: Any = None) -> str:
     """Write ``error.txt`` (the traceback) and a ``results.json`` with status failed into ``run_dir``; returns the
     error's last line. Never raises (a failure to record must not hide the failure)."""
     line = error_line(exc)
@@ -126,10 +134,19 @@ def record_failure(run_dir: str | os.PathLike, exc: BaseException, job: Mapping 
                 with contextlib.suppress(Exception):
                     config = OmegaConf.to_container(cfg, resolve=False)
         job = dict(job or {})
-        atomic_write_json(run_dir / RESULTS_FILE, {
-            "status": "failed", "error": line, "error_type": type(exc).__name__, "error_file": ERROR_FILE,
-            "job": {k: job.get(k) for k in ("name", "override_dirname", "num", "run_dir")},
-            "overrides": list(job.get("overrides") or []), "metrics": None, "config": redact(config)})
+        atomic_write_json(
+            run_dir / RESULTS_FILE,
+            {
+                "status": "failed",
+                "error": line,
+                "error_type": type(exc).__name__,
+                "error_file": ERROR_FILE,
+                "job": {k: job.get(k) for k in ("name", "override_dirname", "num", "run_dir")},
+                "overrides": list(job.get("overrides") or []),
+                "metrics": None,
+                "config": redact(config),
+            },
+        )
     except Exception as e:  # noqa: BLE001
         print(f"kaft: could not record the failure in {run_dir}: {e}", file=sys.stderr)
     return line
@@ -274,8 +291,9 @@ def job_states(sweep_dir: str | os.PathLike) -> list[dict]:
         if not overrides and d is not None:
             overrides = list((res or {}).get("overrides") or hydra_job(d).get("overrides") or [])
         state, detail = _state(res, d, sub.get(num, {}))
-        rows.append({"num": num, "overrides": overrides, "state": state, "detail": detail,
-                     "path": str(d) if d else None})
+        rows.append(
+            {"num": num, "overrides": overrides, "state": state, "detail": detail, "path": str(d) if d else None}
+        )
     return rows
 
 
@@ -310,8 +328,15 @@ def format_states(rows: Sequence[dict]) -> str:
     sets = [set(r["overrides"]) for r in rows]
     common = set.intersection(*sets) if len(rows) > 1 and all(sets) else set()
     header = ["job", "state", "overrides", "detail"]
-    body = [[str(r["num"]), r["state"], " ".join(o for o in r["overrides"] if o not in common)
-             or ("(shared only)" if common else "(defaults)"), r["detail"]] for r in rows]
+    body = [
+        [
+            str(r["num"]),
+            r["state"],
+            " ".join(o for o in r["overrides"] if o not in common) or ("(shared only)" if common else "(defaults)"),
+            r["detail"],
+        ]
+        for r in rows
+    ]
     widths = [max(len(x) for x in col) for col in zip(header, *body)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip() for cells in [header, *body]]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -336,9 +361,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["CONFIG_ERRORS", "PathError", "STATES", "check_writable_dir", "error_line", "expected_jobs",
-           "format_states", "hydra_errors_as_one_line", "job_started",
-           "in_multirun", "job_states", "one_line", "record_failure"]
+__all__ = [
+    "CONFIG_ERRORS",
+    "PathError",
+    "STATES",
+    "check_writable_dir",
+    "error_line",
+    "expected_jobs",
+    "format_states",
+    "hydra_errors_as_one_line",
+    "job_started",
+    "in_multirun",
+    "job_states",
+    "one_line",
+    "record_failure",
+]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,8 +15,9 @@ import io
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from hydra.experimental.callback import Callback
 
@@ -29,8 +30,16 @@ log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------------------------- collecting
 def _row(sweep_dir: Path, job_dir: Path) -> dict:
-    row: dict[str, Any] = {"path": job_dir.relative_to(sweep_dir).as_posix(), "num": None, "override_dirname": "",
-                           "overrides": [], "status": "missing", "accs": {}, "average": None, "error": None}
+    row: dict[str, Any] = {
+        "path": job_dir.relative_to(sweep_dir).as_posix(),
+        "num": None,
+        "override_dirname": "",
+        "overrides": [],
+        "status": "missing",
+        "accs": {},
+        "average": None,
+        "error": None,
+    }
     res, problem = load_results(job_dir)
     if problem:
         row["status"], row["error"] = "unreadable", problem
@@ -117,8 +126,16 @@ def _cells(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
     def f(v):
         return "-" if v is None else f"{v:.4f}"
 
-    body = [["" if r["num"] is None else str(r["num"]), _label(r, common), r["status"],
-             *(f(r["accs"].get(n)) for n in names), f(r["average"])] for r in rows]
+    body = [
+        [
+            "" if r["num"] is None else str(r["num"]),
+            _label(r, common),
+            r["status"],
+            *(f(r["accs"].get(n)) for n in names),
+            f(r["average"]),
+        ]
+        for r in rows
+    ]
     return header, body
 
 
@@ -143,8 +160,10 @@ def format_markdown(rows: Sequence[dict]) -> str:
     def esc(s: str) -> str:
         return s.replace("|", "\\|")
 
-    out = ["| " + " | ".join(header) + " |",
-           "| " + " | ".join("---:" if i == 0 or i >= 3 else "---" for i in range(len(header))) + " |"]
+    out = [
+        "| " + " | ".join(header) + " |",
+        "| " + " | ".join("---:" if i == 0 or i >= 3 else "---" for i in range(len(header))) + " |",
+    ]
     out += ["| " + " | ".join(esc(c) for c in b) + " |" for b in body]
     return "\n".join(out) + "\n"
 
@@ -153,12 +172,22 @@ def format_csv(rows: Sequence[dict]) -> str:
     names = benchmarks(rows)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["job", "override_dirname", "overrides", "status", *(f"acc/{n}" for n in names), "average", "path",
-                "error"])
+    w.writerow(
+        ["job", "override_dirname", "overrides", "status", *(f"acc/{n}" for n in names), "average", "path", "error"]
+    )
     for r in rows:
-        w.writerow(["" if r["num"] is None else r["num"], r["override_dirname"], " ".join(r["overrides"]),
-                    r["status"], *("" if r["accs"].get(n) is None else repr(r["accs"][n]) for n in names),
-                    "" if r["average"] is None else repr(r["average"]), r["path"], r["error"] or ""])
+        w.writerow(
+            [
+                "" if r["num"] is None else r["num"],
+                r["override_dirname"],
+                " ".join(r["overrides"]),
+                r["status"],
+                *("" if r["accs"].get(n) is None else repr(r["accs"][n]) for n in names),
+                "" if r["average"] is None else repr(r["average"]),
+                r["path"],
+                r["error"] or "",
+            ]
+        )
     return buf.getvalue()
 
 
@@ -169,8 +198,12 @@ def write_summary(sweep_dir: str | os.PathLike, rows: Sequence[dict] | None = No
     csv_path, md_path = sweep_dir / SUMMARY_CSV, sweep_dir / SUMMARY_MD
     # never over a user's file of the same name (kaft/outputs.py); the first lines mark summaries from before that
     write_text(csv_path, format_csv(rows), "the sweep summary", legacy_header="job,override_dirname,overrides,status,")
-    write_text(md_path, f"# Sweep summary: {sweep_dir}\n\n" + format_markdown(rows), "the sweep summary",
-               legacy_header="# Sweep summary: ")
+    write_text(
+        md_path,
+        f"# Sweep summary: {sweep_dir}\n\n" + format_markdown(rows),
+        "the sweep summary",
+        legacy_header="# Sweep summary: ",
+    )
     return csv_path, md_path
 
 
@@ -178,9 +211,12 @@ def write_summary(sweep_dir: str | os.PathLike, rows: Sequence[dict] | None = No
 def format_failures(rows: Sequence[dict]) -> str:
     """One line per failed job: its number, overrides and the error's last line."""
     common = common_overrides(rows)
-    return "\n".join(f"failed: job {r['num']} ({_label(r, common)}): {r['error'] or 'no error recorded'}"
-                     + (f"  [{r['path']}/{ERROR_FILE}]" if r.get("path") else "")
-                     for r in rows if r["status"] == "failed")
+    return "\n".join(
+        f"failed: job {r['num']} ({_label(r, common)}): {r['error'] or 'no error recorded'}"
+        + (f"  [{r['path']}/{ERROR_FILE}]" if r.get("path") else "")
+        for r in rows
+        if r["status"] == "failed"
+    )
 
 
 # the number of failed jobs of the last sweep summarised in this process: ``python -m kaft.run -m`` exits 1 if > 0
@@ -198,8 +234,12 @@ class SummaryCallback(Callback):
         failed = self._summarize(config)
         LAST_SWEEP.update(failed=failed, sweep_dir=str(config.hydra.sweep.dir))
         if failed:
-            print(f"kaft: {failed} job(s) of the sweep failed (error.txt in their run dirs; "
-                  f"python -m kaft.sweep.status {config.hydra.sweep.dir})", file=sys.stderr, flush=True)
+            print(
+                f"kaft: {failed} job(s) of the sweep failed (error.txt in their run dirs; "
+                f"python -m kaft.sweep.status {config.hydra.sweep.dir})",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def _summarize(self, config) -> int:
         """Print and write the summary; returns the number of failed jobs."""
@@ -215,17 +255,30 @@ class SummaryCallback(Callback):
                 counts = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
                 common = common_overrides(rows)
                 shared = f"shared overrides: {' '.join(common)}\n" if common else ""
-                print(f"\nkaft sweep summary: {sweep_dir}  ({', '.join(f'{n} {s}' for s, n in counts.items())})\n"
-                      f"{shared}{format_table(rows)}\n{failures + chr(10) if failures else ''}"
-                      f"(also {csv_path.name}, {md_path.name} there)\n", flush=True)
+                print(
+                    f"\nkaft sweep summary: {sweep_dir}  ({', '.join(f'{n} {s}' for s, n in counts.items())})\n"
+                    f"{shared}{format_table(rows)}\n{failures + chr(10) if failures else ''}"
+                    f"(also {csv_path.name}, {md_path.name} there)\n",
+                    flush=True,
+                )
             return sum(r["status"] == "failed" for r in rows)
         except Exception as e:  # noqa: BLE001 - a summary must never turn a finished sweep into a failure
             log.warning("summary: could not summarise the sweep: %s", e)
             return 0
 
 
-__all__ = ["LAST_SWEEP", "SummaryCallback", "benchmarks", "common_overrides", "format_csv", "format_failures",
-           "format_markdown", "format_table", "summarize", "write_summary"]
+__all__ = [
+    "LAST_SWEEP",
+    "SummaryCallback",
+    "benchmarks",
+    "common_overrides",
+    "format_csv",
+    "format_failures",
+    "format_markdown",
+    "format_table",
+    "summarize",
+    "write_summary",
+]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -32,7 +32,7 @@ The RMSNorm gains of the reserved dimensions are held at 1, so the heads' scores
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 from kaft.prompts import LETTERS
 from kaft.testbed.config import WorldConfigError
@@ -55,7 +55,7 @@ def _fit_rope_profile(theta, kind: str, iters: int, seed: int, peak: float = 20.
         sc = (amp[:, None] * torch.cos(th[:, None] * d[None, :] + phi[:, None])).sum(0) / 8
         if kind != "recent":
             loss = -sum(torch.log_softmax(sc[: q + 1], 0)[2] for q in (2, 3, 5, 8, 13, 30, 100, 300, 1023))
-            loss = loss + 1e-5 * (amp ** 2).sum()
+            loss = loss + 1e-5 * (amp**2).sum()
         else:
             loss = (wt * (sc - target) ** 2).mean()
         opt.zero_grad()
@@ -80,8 +80,18 @@ def _pair_vectors(amp, phi, head_dim: int):
 def binding_layout(b: Mapping) -> dict:
     """Where the reserved residual dimensions start (``F``: the first learned one) for a ``model.binding`` config."""
     n, c = int(b["letters"]), int(b["code_dims"])
-    return {"BIAS": 0, "QMARK": 1, "L_IN": 2, "L_OUT": 2 + n, "C": 2 + 2 * n, "K": 2 + 2 * n + c,
-            "Q": 2 + 2 * n + 2 * c, "F": 2 + 2 * n + 3 * c, "n": n, "c": c}
+    return {
+        "BIAS": 0,
+        "QMARK": 1,
+        "L_IN": 2,
+        "L_OUT": 2 + n,
+        "C": 2 + 2 * n,
+        "K": 2 + 2 * n + c,
+        "Q": 2 + 2 * n + 2 * c,
+        "F": 2 + 2 * n + 3 * c,
+        "n": n,
+        "c": c,
+    }
 
 
 def install_binding_heads(model, tok, world: World, b: Mapping, seed: int):
@@ -102,16 +112,19 @@ def install_binding_heads(model, tok, world: World, b: Mapping, seed: int):
 def _check_room(cfg, lay: Mapping) -> None:
     H, hd, F, c = cfg.hidden_size, cfg.head_dim, lay["F"], lay["c"]
     if F + 32 > H:
-        raise WorldConfigError(f"testbed model: hidden_size {H} leaves too little room next to the {F} reserved "
-                               f"binding dimensions; raise hidden_size or lower model.binding.code_dims")
+        raise WorldConfigError(
+            f"testbed model: hidden_size {H} leaves too little room next to the {F} reserved "
+            f"binding dimensions; raise hidden_size or lower model.binding.code_dims"
+        )
     if c % 2 or c // 2 > hd // 2:
         raise WorldConfigError(f"testbed model.binding.code_dims must be even and <= {hd}")
     if cfg.num_hidden_layers < 3 or cfg.tie_word_embeddings:
         raise WorldConfigError("testbed model.binding needs num_layers >= 3 and tie_word_embeddings: false")
 
 
-def _write_embeddings(model, vocab: Mapping[str, int], world: World, b: Mapping, lay: Mapping,
-                      value_ids: list[int], g) -> float:
+def _write_embeddings(
+    model, vocab: Mapping[str, int], world: World, b: Mapping, lay: Mapping, value_ids: list[int], g
+) -> float:
     """The reserved dimensions of the input embeddings and lm_head rows (bias, "?", letters, value codes); returns
     the typical RMS-normalised bias, which scales the position-only queries and keys."""
     import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
@@ -136,8 +149,8 @@ def _write_embeddings(model, vocab: Mapping[str, int], world: World, b: Mapping,
             else:
                 codes = torch.nn.functional.normalize(torch.randn(len(pool), c, generator=g), dim=-1)
             for v, code in zip(pool, codes):
-                emb[vocab[v], lay["K"]:lay["K"] + c] = float(b["code"]) * code
-                out[vocab[v], lay["C"]:lay["C"] + c] = float(b["code"]) * code
+                emb[vocab[v], lay["K"] : lay["K"] + c] = float(b["code"]) * code
+                out[vocab[v], lay["C"] : lay["C"] + c] = float(b["code"]) * code
         return float((emb[:, 0] / emb.pow(2).mean(-1).sqrt()).median())
 
 
@@ -150,8 +163,7 @@ def _write_heads(model, b: Mapping, lay: Mapping, b0: float, seed: int) -> tuple
     half = hd // 2
     theta = model.model.rotary_emb.inv_freq.detach().float().cpu()
     qP, kP = _pair_vectors(*_fit_rope_profile(theta, "prev2", int(b["fit_iters"]), seed), hd)
-    qR, kR = _pair_vectors(*_fit_rope_profile(theta, "recent", int(b["fit_iters"]), seed + 1,
-                                              float(b["r_peak"])), hd)
+    qR, kR = _pair_vectors(*_fit_rope_profile(theta, "recent", int(b["fit_iters"]), seed + 1, float(b["r_peak"])), hd)
     slow = list(range(half - c // 2, half))  # the slowest RoPE pairs barely rotate over a question's length
     content = slow + [i + half for i in slow]
     P, R, M = (model.model.layers[i].self_attn for i in (0, nl - 2, nl - 1))
@@ -182,7 +194,7 @@ def _write_heads(model, b: Mapping, lay: Mapping, b0: float, seed: int) -> tuple
         # RMSNorm gains of the reserved dimensions stay 1: learned gains there rescaled the built-in heads' scores
         # (head R's by 0.3 in one build), which made few-shot reading depend on rounding
         for norm in [layer.input_layernorm for layer in model.model.layers] + [model.model.norm]:
-            norm.weight[:lay["F"]] = 1.0
+            norm.weight[: lay["F"]] = 1.0
     return P, R, M
 
 
@@ -199,8 +211,12 @@ def _fixed_entries(model, lay: Mapping, value_ids: list[int], heads: tuple) -> l
     fixed += [(layer.input_layernorm.weight, slice(0, F)) for layer in model.model.layers]
     fixed += [(model.model.norm.weight, slice(0, F))]
     for att in heads:
-        fixed += [(att.q_proj.weight, rows), (att.k_proj.weight, rows), (att.v_proj.weight, rows),
-                  (att.o_proj.weight, cols)]
+        fixed += [
+            (att.q_proj.weight, rows),
+            (att.k_proj.weight, rows),
+            (att.v_proj.weight, rows),
+            (att.o_proj.weight, cols),
+        ]
     # the learned parts never write the reserved dimensions (so the built-in heads read exactly what was put
     # there), except C before head R's layer: the value recalled after a question must be complete by then
     for li, layer in enumerate(model.model.layers):
@@ -210,8 +226,10 @@ def _fixed_entries(model, lay: Mapping, value_ids: list[int], heads: tuple) -> l
             layer.mlp.down_proj.weight[idx] = 0.0
             first_free = hd if li in (0, nl - 2, nl - 1) else 0
             layer.self_attn.o_proj.weight[idx, first_free:] = 0.0
-        fixed += [(layer.mlp.down_proj.weight, (idx, slice(None))),
-                  (layer.self_attn.o_proj.weight, (idx, slice(first_free, None)))]
+        fixed += [
+            (layer.mlp.down_proj.weight, (idx, slice(None))),
+            (layer.self_attn.o_proj.weight, (idx, slice(first_free, None))),
+        ]
     return fixed
 
 

@@ -8,7 +8,8 @@ and the model cache can key on the resolved mapping alone.
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -19,11 +20,11 @@ from kaft.errors import ConfigError
 DEFAULT_CONFIG: dict[str, Any] = {
     "seed": 0,
     "world": {
-        "domain": "geography",          # in-domain: countries
-        "ood_domain": "biography",      # out-of-domain: people
+        "domain": "geography",  # in-domain: countries
+        "ood_domain": "biography",  # out-of-domain: people
         "n_countries": 128,
         "n_people": 64,
-        "pool_size": 12,                # values per relation
+        "pool_size": 12,  # values per relation
         "n_train": 200,
         "train_mix": {"known": 0.35, "latent": 0.35, "unseen": 0.1, "contradict": 0.2},
         "n_test_id": 400,
@@ -31,45 +32,45 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "n_test_ood": 200,
         "test_ood_mix": {"known": 0.5, "latent": 0.5},
         "max_unseen_per_entity": 2,
-        "repeats": 30,                  # paragraphs per entity (each states all its frequent facts once)
-        "latent_repeats": 4,            # paragraphs (of ``repeats``) that state a rare ("latent") fact
-        "latent_qa_frac": 0.0,          # share of a rare fact's statements in quiz form
-        "qa_frac": 0.4,                 # share of statements in quiz form "Question: <question> <value>."
-        "n_mc_docs": 800,               # multiple-choice documents about format facts
-        "max_shots": 3,                 # k-shot documents use k = 1..max_shots
+        "repeats": 30,  # paragraphs per entity (each states all its frequent facts once)
+        "latent_repeats": 4,  # paragraphs (of ``repeats``) that state a rare ("latent") fact
+        "latent_qa_frac": 0.0,  # share of a rare fact's statements in quiz form
+        "qa_frac": 0.4,  # share of statements in quiz form "Question: <question> <value>."
+        "n_mc_docs": 800,  # multiple-choice documents about format facts
+        "max_shots": 3,  # k-shot documents use k = 1..max_shots
         "zero_shot_frac": 0.4,
-        "shot_noise": 0.25,             # probability that a demonstration's answer letter is wrong
-        "own_domain_prob": 0.5,         # MC docs name their own domain, else another one (or "general")
+        "shot_noise": 0.25,  # probability that a demonstration's answer letter is wrong
+        "own_domain_prob": 0.5,  # MC docs name their own domain, else another one (or "general")
     },
-    "model": {                          # LlamaForCausalLM; head_dim is fixed at 64
+    "model": {  # LlamaForCausalLM; head_dim is fixed at 64
         "hidden_size": 128,
         "num_heads": 2,
         "num_layers": 4,
         "intermediate_size": 512,
         "max_position_embeddings": 1024,
         "rope_theta": 10000.0,
-        "tie_word_embeddings": False,   # the binding heads need separate input/output embeddings
-        "binding": {                    # built-in multiple-choice binding heads (kaft.testbed.binding)
+        "tie_word_embeddings": False,  # the binding heads need separate input/output embeddings
+        "binding": {  # built-in multiple-choice binding heads (kaft.testbed.binding)
             "enabled": True,
-            "letters": 4,               # option letters A.. with a reserved one-hot
-            "code_dims": 16,            # reserved code per value word
-            "bias": 1.0,                # embedding scales of the reserved dimensions
+            "letters": 4,  # option letters A.. with a reserved one-hot
+            "code_dims": 16,  # reserved code per value word
+            "bias": 1.0,  # embedding scales of the reserved dimensions
             "letter": 0.5,
             "code": 3.0,
-            "free_init": 1.0,           # initial norm of the learned embedding dimensions
-            "match_scale": 1.5,         # head M: weight of the code match
-            "block_match": 1.0,         # head M: weight of the same-question match (k-shot prompts)
-            "p_gain": 0.1,              # output gains of heads P, R, M
+            "free_init": 1.0,  # initial norm of the learned embedding dimensions
+            "match_scale": 1.5,  # head M: weight of the code match
+            "block_match": 1.0,  # head M: weight of the same-question match (k-shot prompts)
+            "p_gain": 0.1,  # output gains of heads P, R, M
             "r_gain": 1.0,
             "m_gain": 5.0,
-            "release_accuracy": 0.75,   # saved model's 0-shot accuracy on format facts (release.release_readout)
+            "release_accuracy": 0.75,  # saved model's 0-shot accuracy on format facts (release.release_readout)
             "release_calibrated": True,  # and its mean confidence there = that accuracy (release.calibrate_letters)
-            "r_peak": 120.0,            # head R: score of the latest "?" (decays with distance)
-            "fit_iters": 1000,          # iterations fitting the RoPE position profiles (deterministic)
+            "r_peak": 120.0,  # head R: score of the latest "?" (decays with distance)
+            "fit_iters": 1000,  # iterations fitting the RoPE position profiles (deterministic)
         },
     },
     "pretrain": {
-        "precision": "fp32",            # fp32 | bf16 (autocast): set here, never chosen by the CPU
+        "precision": "fp32",  # fp32 | bf16 (autocast): set here, never chosen by the CPU
         "steps": 1200,
         "batch_size": 4,
         "seq_len": 256,
@@ -79,10 +80,10 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "weight_decay": 0.01,
         "betas": [0.9, 0.98],
         "grad_clip": 1.0,
-        "residual_penalty": 1.0,        # penalty on residual RMS above residual_max (keeps built-in heads readable)
+        "residual_penalty": 1.0,  # penalty on residual RMS above residual_max (keeps built-in heads readable)
         "residual_max": 0.3,
-        "bos_drop": 0.2,                # fraction of documents without <s> (prompts may come without it)
-        "threads": None,                # torch threads (None = torch's default)
+        "bos_drop": 0.2,  # fraction of documents without <s> (prompts may come without it)
+        "threads": None,  # torch threads (None = torch's default)
         "log_every": 100,
     },
 }
@@ -117,7 +118,12 @@ def resolve_config(cfg: Mapping | None = None, defaults: Mapping | None = None) 
         cfg = OmegaConf.to_container(cfg, resolve=True)
     full = _merge(dict(defaults or DEFAULT_CONFIG), dict(cfg or {}))
     if full["pretrain"]["precision"] not in ("fp32", "bf16"):  # checked here, before any world or model is built
-        raise WorldConfigError(f"testbed pretrain.precision must be fp32 or bf16, got {full['pretrain']['precision']!r}"
-                               + (" ('auto' chose by CPU, so one command built different models on different "
-                                  "machines)" if full["pretrain"]["precision"] == "auto" else ""))
+        raise WorldConfigError(
+            f"testbed pretrain.precision must be fp32 or bf16, got {full['pretrain']['precision']!r}"
+            + (
+                " ('auto' chose by CPU, so one command built different models on different machines)"
+                if full["pretrain"]["precision"] == "auto"
+                else ""
+            )
+        )
     return full

@@ -27,8 +27,10 @@ def describe_cpu() -> str:
     import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
 
     bf16 = "AVX-512 BF16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no AVX-512 BF16"
-    return (f"{cpu_name()}, {os.cpu_count()} cores, {bf16}, torch {torch.__version__} "
-            f"{torch.backends.cpu.get_cpu_capability()} kernels")
+    return (
+        f"{cpu_name()}, {os.cpu_count()} cores, {bf16}, torch {torch.__version__} "
+        f"{torch.backends.cpu.get_cpu_capability()} kernels"
+    )
 
 
 def build_env() -> dict:
@@ -36,7 +38,12 @@ def build_env() -> dict:
     (``ATEN_CPU_CAPABILITY`` forces it), the BLAS / oneDNN pins and the thread count (recorded in testbed.json)."""
     import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
 
-    return {"cpu": cpu_name(), "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "mkldnn_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()), "threads": torch.get_num_threads(),
-            "machine": platform.machine(),
-            **{k.lower(): os.environ.get(k) for k in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")}}
+    return {
+        "cpu": cpu_name(),
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "mkldnn_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        **{k.lower(): os.environ.get(k) for k in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")},
+    }

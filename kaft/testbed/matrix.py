@@ -19,13 +19,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from kaft.outputs import OutputError, check_target, write_text
-from kaft.testbed.report import targets
 from kaft.testbed.config import resolve_config
-
+from kaft.testbed.report import targets
 
 #: MKL_CBWR and ONEDNN_MAX_CPU_ISA values that match each forced ATEN_CPU_CAPABILITY
 BLAS_PINS = {"default": ("COMPATIBLE", "SSE41"), "avx2": ("AVX2", "AVX2"), "avx512": ("AVX512", "AVX512_CORE")}
@@ -57,8 +56,13 @@ def _report(seed: int, precision: str, cache: Path, env: dict, tmp: Path) -> dic
     conf.write_text(json.dumps({"seed": seed, "pretrain": {"precision": precision}}))
     out = tmp / "report.json"
     t0 = time.time()
-    subprocess.run([sys.executable, "-m", "kaft.testbed.report", "--cache", str(cache), "--config", str(conf),
-                    "--json", str(out)], env=env, check=True, capture_output=True, text=True)
+    subprocess.run(
+        [sys.executable, "-m", "kaft.testbed.report", "--cache", str(cache), "--config", str(conf), "--json", str(out)],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     res = json.loads(out.read_text())
     res["report_seconds"] = time.time() - t0
     return res
@@ -68,17 +72,33 @@ def _job(seed: int, precision: str, cache: Path, env: dict, tmp: Path) -> tuple[
     """The default job ``python -m kaft.run`` on the cell's model in a fresh process: its base and tuned averages
     with its wall time, and the ``detection`` block of its results.json (what :func:`targets` checks)."""
     t1 = time.time()
-    subprocess.run([sys.executable, "-m", "kaft.run", f"seed={seed}", f"testbed.pretrain.precision={precision}",
-                    f"cache_dir={cache}", "logger=none", "progress=false", f"hydra.run.dir={tmp}/run"],
-                   env=env, check=True, capture_output=True, text=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kaft.run",
+            f"seed={seed}",
+            f"testbed.pretrain.precision={precision}",
+            f"cache_dir={cache}",
+            "logger=none",
+            "progress=false",
+            f"hydra.run.dir={tmp}/run",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     done = json.loads((tmp / "run" / "results.json").read_text())
-    summary = {"base": done["base_metrics"]["average"], "tuned": done["metrics"]["average"],
-               "seconds": time.time() - t1}
+    summary = {
+        "base": done["base_metrics"]["average"],
+        "tuned": done["metrics"]["average"],
+        "seconds": time.time() - t1,
+    }
     return summary, done["detection"]
 
 
-def cell(seed: int, precision: str, capability: str, cache: Path, pin_blas: bool = False,
-         job: bool = True) -> dict:
+def cell(seed: int, precision: str, capability: str, cache: Path, pin_blas: bool = False, job: bool = True) -> dict:
     """Build, measure and (``job``) run the default job for one cell; returns its numbers and targets."""
     env = _env(capability, pin_blas)
     with tempfile.TemporaryDirectory() as tmp:
@@ -87,11 +107,18 @@ def cell(seed: int, precision: str, capability: str, cache: Path, pin_blas: bool
         if job:
             res["job"], det = _job(seed, precision, cache, env, Path(tmp))
     release = float(resolve_config({})["model"]["binding"]["release_accuracy"])
-    return {"seed": seed, "precision": precision, "capability": capability,
-            "built_with": res["build"].get("build_env", {}).get("cpu_capability"),
-            "build_seconds": res["build"].get("build_seconds"), "targets": targets(res, release, det),
-            "job": res.get("job"), "report": {k: res[k] for k in ("acc", "acc0", "pooled", "score_by_kind",
-                                                                   "auroc_contradict", "readout") if k in res}}
+    return {
+        "seed": seed,
+        "precision": precision,
+        "capability": capability,
+        "built_with": res["build"].get("build_env", {}).get("cpu_capability"),
+        "build_seconds": res["build"].get("build_seconds"),
+        "targets": targets(res, release, det),
+        "job": res.get("job"),
+        "report": {
+            k: res[k] for k in ("acc", "acc0", "pooled", "score_by_kind", "auroc_contradict", "readout") if k in res
+        },
+    }
 
 
 def table(cells: Sequence[dict]) -> str:
@@ -106,8 +133,11 @@ def table(cells: Sequence[dict]) -> str:
         vals = [f"{by[n]['value']:.3f}{'' if by[n]['ok'] else ' ✗'}" if n in by else "—" for n in names]
         job = c.get("job")
         vals.append(f"{job['base']:.3f} → {job['tuned']:.3f}" if job else "—")
-        lines.append(f"| {c['seed']} | {c['precision']} | {c['built_with']} | {c['build_seconds']:.0f} | "
-                     + " | ".join(vals) + " |")
+        lines.append(
+            f"| {c['seed']} | {c['precision']} | {c['built_with']} | {c['build_seconds']:.0f} | "
+            + " | ".join(vals)
+            + " |"
+        )
     missed = sum(not t["ok"] for c in cells for t in c["targets"])
     targets_row = "targets: " + "; ".join(f"{t['name']} {t['target']}" for t in cells[0]["targets"])
     return "\n".join(lines + ["", targets_row, f"missed: {missed}"])
@@ -141,8 +171,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             for seed in _seeds(args.seeds):
                 c = cell(seed, prec, cap, root / cap, args.pin_blas, not args.no_job)
                 cells.append(c)
-                print(f"[matrix] seed {seed} {prec} {cap}: " + ", ".join(
-                    f"{t['name']} {t['value']:.3f}{'' if t['ok'] else ' MISSED'}" for t in c["targets"]), flush=True)
+                print(
+                    f"[matrix] seed {seed} {prec} {cap}: "
+                    + ", ".join(f"{t['name']} {t['value']:.3f}{'' if t['ok'] else ' MISSED'}" for t in c["targets"]),
+                    flush=True,
+                )
     text = table(cells)
     print(text)
     if args.out:  # never over a file kaft did not write (kaft/outputs.py)

@@ -24,8 +24,8 @@ import logging
 import math
 import random
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from kaft.cache import Cache, make_key
 from kaft.testbed.binding import install_binding_heads
@@ -47,18 +47,31 @@ def llama_config(m: Mapping, tok):
 
     hidden, heads = int(m["hidden_size"]), int(m["num_heads"])
     if hidden != 64 * heads:
-        raise WorldConfigError(f"testbed model: hidden_size ({hidden}) must be 64 x num_heads ({heads}): "
-                               f"head_dim 64 is what the vLLM backend supports")
-    return LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=int(m["intermediate_size"]),
-                       num_hidden_layers=int(m["num_layers"]), num_attention_heads=heads, num_key_value_heads=heads,
-                       head_dim=64, max_position_embeddings=int(m["max_position_embeddings"]),
-                       rope_theta=float(m["rope_theta"]), tie_word_embeddings=bool(m["tie_word_embeddings"]),
-                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        raise WorldConfigError(
+            f"testbed model: hidden_size ({hidden}) must be 64 x num_heads ({heads}): "
+            f"head_dim 64 is what the vLLM backend supports"
+        )
+    return LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=int(m["intermediate_size"]),
+        num_hidden_layers=int(m["num_layers"]),
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        head_dim=64,
+        max_position_embeddings=int(m["max_position_embeddings"]),
+        rope_theta=float(m["rope_theta"]),
+        tie_word_embeddings=bool(m["tie_word_embeddings"]),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
 
 
 # ----------------------------------------------------------------------------------------------- pretraining
-def _rows(docs: list[tuple[list[int], list[int]]], seq_len: int, rng: random.Random, bos: int, eos: int,
-          bos_drop: float):
+def _rows(
+    docs: list[tuple[list[int], list[int]]], seq_len: int, rng: random.Random, bos: int, eos: int, bos_drop: float
+):
     """One epoch of training rows ``(ids, labels)``: shuffled whole documents (``<s> doc </s>``, ``<s>``
     sometimes left out, as prompts may come without it) packed greedily into rows of ``seq_len``; none is cut."""
     order = list(range(len(docs)))
@@ -95,9 +108,12 @@ def _optimizer(model, p: Mapping, steps: int):
 
     decay = [q for n, q in model.named_parameters() if q.ndim >= 2 and "embed" not in n]
     no_decay = [q for n, q in model.named_parameters() if not (q.ndim >= 2 and "embed" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": float(p["weight_decay"])},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=float(p["lr"]),
-                            betas=tuple(float(b) for b in p["betas"]), eps=1e-8)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": float(p["weight_decay"])}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=float(p["lr"]),
+        betas=tuple(float(b) for b in p["betas"]),
+        eps=1e-8,
+    )
     warm, floor = int(p["warmup_steps"]), float(p["min_lr_ratio"])
 
     def lr_at(step: int) -> float:
@@ -177,8 +193,10 @@ def pretrain(world: World, tok, cfg: Mapping, progress: bool = True, callback=No
     model, restore = _init_model(world, tok, cfg)
     seq_len, bsz, steps, every = int(p["seq_len"]), int(p["batch_size"]), int(p["steps"]), int(p["log_every"])
     qmark = tok.convert_tokens_to_ids("?")
-    docs = [(d, _labels(d, i >= len(world.paragraphs), qmark))
-            for i, d in enumerate(tok(world.corpus(), add_special_tokens=False)["input_ids"])]
+    docs = [
+        (d, _labels(d, i >= len(world.paragraphs), qmark))
+        for i, d in enumerate(tok(world.corpus(), add_special_tokens=False)["input_ids"])
+    ]
     opt, sched = _optimizer(model, p, steps)
     bf16 = p["precision"] == "bf16"  # resolve_config admits fp32 and bf16 only
     rnorm = float(p["residual_penalty"]) if cfg["model"]["binding"]["enabled"] else 0.0
@@ -198,17 +216,24 @@ def pretrain(world: World, tok, cfg: Mapping, progress: bool = True, callback=No
         if (step + 1) % every == 0 or step + 1 == steps:
             avg = sum(losses[-every:]) / len(losses[-every:])
             bar.set_postfix(loss=f"{avg:.3f}", epoch=epoch)
-            log.info("testbed pretrain step %d/%d loss %.3f (epoch %d, %.0fs)", step + 1, steps, avg, epoch,
-                     time.time() - t0)
+            log.info(
+                "testbed pretrain step %d/%d loss %.3f (epoch %d, %.0fs)", step + 1, steps, avg, epoch, time.time() - t0
+            )
             if callback is not None:
                 model.eval()
                 callback(step + 1, model)
                 model.train()
     model.eval()
-    return model, {"steps": steps, "epochs": epoch, "tokens": tokens, "seconds": time.time() - t0,
-                   "precision": "bf16" if bf16 else "fp32", "build_env": build_env(),
-                   "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])),
-                   "parameters": sum(q.numel() for q in model.parameters())}
+    return model, {
+        "steps": steps,
+        "epochs": epoch,
+        "tokens": tokens,
+        "seconds": time.time() - t0,
+        "precision": "bf16" if bf16 else "fp32",
+        "build_env": build_env(),
+        "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])),
+        "parameters": sum(q.numel() for q in model.parameters()),
+    }
 
 
 # ----------------------------------------------------------------------------------------------- the build
@@ -225,15 +250,23 @@ def build_into(out_dir: str | Path, cfg: Mapping | None = None, progress: bool =
         stats["release_m_gain"] = release_readout(model, tok, world, b)
         if b["release_calibrated"] and b.get("release_accuracy") is not None:
             stats["release_letter_scale"] = calibrate_letters(model, tok, world, b)
-        log.info("testbed readout: head M gain %.3g, letter scale %.3g (0-shot accuracy on format facts %s)",
-                 stats["release_m_gain"], stats.get("release_letter_scale", 1.0), b["release_accuracy"])
+        log.info(
+            "testbed readout: head M gain %.3g, letter scale %.3g (0-shot accuracy on format facts %s)",
+            stats["release_m_gain"],
+            stats.get("release_letter_scale", 1.0),
+            b["release_accuracy"],
+        )
     out = Path(out_dir)
     model.save_pretrained(out)
     tok.save_pretrained(out)
     stats = {**stats, "build_seconds": time.time() - t0, "vocab_size": len(tok), "version": VERSION}
     (out / "testbed.json").write_text(json.dumps({"config": full, "stats": stats}, indent=2))
-    log.info("testbed model built in %.1fs (%d steps, %.0f tokens/s)", stats["build_seconds"], stats["steps"],
-             stats["tokens"] / max(stats["seconds"], 1e-9))
+    log.info(
+        "testbed model built in %.1fs (%d steps, %.0f tokens/s)",
+        stats["build_seconds"],
+        stats["steps"],
+        stats["tokens"] / max(stats["seconds"], 1e-9),
+    )
     return stats
 
 
@@ -244,6 +277,7 @@ def model_key(cfg: Mapping | None = None) -> str:
 def build_model(cfg: Mapping | None, cache_root: str, progress: bool = True) -> Path:
     """The directory of the pretrained testbed model for ``cfg`` (built on first use, then cached)."""
     full = resolve_config(cfg)
-    hit = Cache(cache_root).get_or_create("testbed_model", model_key(full),
-                                          lambda d: build_into(d, full, progress), meta={"version": VERSION})
+    hit = Cache(cache_root).get_or_create(
+        "testbed_model", model_key(full), lambda d: build_into(d, full, progress), meta={"version": VERSION}
+    )
     return hit.path

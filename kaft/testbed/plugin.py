@@ -14,7 +14,7 @@ kaft itself never imports this package: the registries import this module when a
 from __future__ import annotations
 
 import statistics
-from typing import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from kaft import data, modeling
 from kaft.cache import make_key
@@ -60,15 +60,18 @@ class ContradictionDiagnostic:
         kinds = sorted({it.meta.get("kind") for it in items if it.meta.get("kind")})
         if not kinds:
             return {}
-        out: dict = {"mean_by_kind": {k: statistics.fmean([s for s, it in zip(scores, items)
-                                                             if it.meta.get("kind") == k]) for k in kinds}}
+        out: dict = {
+            "mean_by_kind": {
+                k: statistics.fmean([s for s, it in zip(scores, items) if it.meta.get("kind") == k]) for k in kinds
+            }
+        }
         if "contradict" in kinds:
             pos = [s for s, it in zip(scores, items) if it.meta.get("kind") == "contradict"]
             neg = [s for s, it in zip(scores, items) if it.meta.get("kind") != "contradict"]
             out["auroc_contradict"] = auroc(pos, neg)
-            out["contradict_in_lowest_subset"] = (
-                sum(1 for it, g in zip(items, subsets) if it.meta.get("kind") == "contradict" and g == 0)
-                / max(1, len(pos)))
+            out["contradict_in_lowest_subset"] = sum(
+                1 for it, g in zip(items, subsets) if it.meta.get("kind") == "contradict" and g == 0
+            ) / max(1, len(pos))
         return out
 
     def headline(self, detection: dict) -> str:

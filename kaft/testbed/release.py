@@ -7,7 +7,7 @@ knows before instruction tuning, so fine-tuning has a readout to restore. Both s
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from kaft.prompts import few_shot_prompt
 from kaft.testbed.accuracy import accuracy_by_kind, letter_probs
@@ -24,7 +24,7 @@ def readout_accuracy(model, tok, items, gain: float, b: Mapping) -> float:
 
 def _readout_rows(model, b: Mapping):
     lay = binding_layout(b)
-    return model.model.layers[-1].self_attn.o_proj.weight[lay["L_IN"]:lay["L_IN"] + lay["n"], :model.config.head_dim]
+    return model.model.layers[-1].self_attn.o_proj.weight[lay["L_IN"] : lay["L_IN"] + lay["n"], : model.config.head_dim]
 
 
 def readout_gain(model, b: Mapping) -> float:

@@ -34,8 +34,8 @@ import os
 import random
 import statistics
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import yaml
 
@@ -43,7 +43,7 @@ from kaft.items import MCItem
 from kaft.outputs import OutputError, check_target, write_text
 from kaft.prompts import few_shot_prompt
 from kaft.results import auroc
-from kaft.testbed.accuracy import _correct, _by_kind, accuracy_by_kind, letter_probs  # noqa: F401
+from kaft.testbed.accuracy import _by_kind, _correct, accuracy_by_kind, letter_probs  # noqa: F401
 from kaft.testbed.config import resolve_config
 from kaft.testbed.model import build_model
 from kaft.testbed.release import readout_gain, set_readout_gain
@@ -60,8 +60,9 @@ def _orders(n: int, k: int, rng: random.Random) -> list[list[int]]:
     return [list(range(n))] + rng.sample(rest, min(k, len(rest) + 1) - 1)
 
 
-def _accuracies(world: World, model, tok, train: Sequence[MCItem], shots: int, rng: random.Random,
-                splits: Sequence[str] | None) -> dict:
+def _accuracies(
+    world: World, model, tok, train: Sequence[MCItem], shots: int, rng: random.Random, splits: Sequence[str] | None
+) -> dict:
     """Accuracy by split and kind, ``shots``-shot (``acc``) and 0-shot (``acc0``), and ``pooled`` by kind over all
     the splits together: the tightest estimate of how a kind of fact is answered."""
     res: dict = {"acc": {}, "acc0": {}, "pooled": {"acc": {}, "acc0": {}}}
@@ -69,8 +70,12 @@ def _accuracies(world: World, model, tok, train: Sequence[MCItem], shots: int, r
     for name in splits or world.splits():
         items = world.split(name)
         for key, k in (("acc", shots), ("acc0", 0)):
-            prompts = [few_shot_prompt(_shots(train, it.id, k, rng) if k else [], it.question, it.options,
-                                       it.domain or "general") for it in items]
+            prompts = [
+                few_shot_prompt(
+                    _shots(train, it.id, k, rng) if k else [], it.question, it.options, it.domain or "general"
+                )
+                for it in items
+            ]
             correct = _correct(model, tok, items, prompts)
             res[key][name] = _by_kind(items, correct)
             for it, c in zip(items, correct):
@@ -80,8 +85,9 @@ def _accuracies(world: World, model, tok, train: Sequence[MCItem], shots: int, r
     return res
 
 
-def _diversified(model, tok, train: Sequence[MCItem], shots: int, n_orders: int, temperature: float,
-                 rng: random.Random) -> dict:
+def _diversified(
+    model, tok, train: Sequence[MCItem], shots: int, n_orders: int, temperature: float, rng: random.Random
+) -> dict:
     """The exact diversified score of every train item (KaFT Eq. 1 in expectation: the mean over ``n_orders``
     option orders of P(gold letter)), by kind, and its AUROC for finding the ``contradict`` items."""
     prompts, gold_pos, owner = [], [], []
@@ -97,14 +103,27 @@ def _diversified(model, tok, train: Sequence[MCItem], shots: int, n_orders: int,
         per_item[i].append(row[g])
     scores = [statistics.fmean(v) for v in per_item]
     kinds = [it.meta["kind"] for it in train]
-    return {"score_by_kind": {k: statistics.fmean([s for s, kk in zip(scores, kinds) if kk == k])
-                              for k in sorted(set(kinds))},
-            "auroc_contradict": auroc([s for s, k in zip(scores, kinds) if k == "contradict"],
-                                      [s for s, k in zip(scores, kinds) if k != "contradict"])}
+    return {
+        "score_by_kind": {
+            k: statistics.fmean([s for s, kk in zip(scores, kinds) if kk == k]) for k in sorted(set(kinds))
+        },
+        "auroc_contradict": auroc(
+            [s for s, k in zip(scores, kinds) if k == "contradict"],
+            [s for s, k in zip(scores, kinds) if k != "contradict"],
+        ),
+    }
 
 
-def measure(world: World, model, tok, shots: int = 3, n_orders: int = 10, temperature: float = 0.7,
-            seed: int = 0, splits: Sequence[str] | None = None) -> dict:
+def measure(
+    world: World,
+    model,
+    tok,
+    shots: int = 3,
+    n_orders: int = 10,
+    temperature: float = 0.7,
+    seed: int = 0,
+    splits: Sequence[str] | None = None,
+) -> dict:
     """Accuracies by split/kind (``shots``-shot and 0-shot, and ``pooled`` by kind over all splits), diversified
     scores and their contradict AUROC, and how often a contradict item gets the memorised distractor. One seeded
     stream feeds the shots and option orders of all three, in this order."""
@@ -115,8 +134,10 @@ def measure(world: World, model, tok, shots: int = 3, n_orders: int = 10, temper
     # contradict items: does the model pick the memorised distractor?
     contra = [it for it in train if it.meta["kind"] == "contradict"]
     if contra:
-        prompts = [few_shot_prompt(_shots(train, it.id, shots, rng), it.question, it.options, it.domain or "general")
-                   for it in contra]
+        prompts = [
+            few_shot_prompt(_shots(train, it.id, shots, rng), it.question, it.options, it.domain or "general")
+            for it in contra
+        ]
         pred = letter_probs(model, tok, prompts).argmax(-1).tolist()
         mem = [it.options.index(world.memorised(it.meta["entity"], it.meta["relation"])) for it in contra]
         res["contradict_picks_memorised"] = statistics.fmean(int(p == m) for p, m in zip(pred, mem))
@@ -136,14 +157,22 @@ def targets(res: Mapping, release_accuracy: float, job: Mapping | None = None) -
     ro, pooled = res["readout"], res["pooled"]
     known_full = min(by["known"] for by in ro["acc0_full"].values() if "known" in by)
     few_minus_zero = pooled["acc"]["known"] - pooled["acc0"]["known"]
-    rows = [("released 0-shot, format facts", ro["format_acc"], f"{release_accuracy:.2f} +- 0.03",
-             abs(ro["format_acc"] - release_accuracy) <= 0.03 + 1e-9),
-            ("pretraining readout, known facts (worst split)", known_full, ">= 0.90", known_full >= 0.9),
-            ("released 3-shot - 0-shot, known facts", few_minus_zero, ">= -0.05", few_minus_zero >= -0.05 - 1e-9)]
+    rows = [
+        (
+            "released 0-shot, format facts",
+            ro["format_acc"],
+            f"{release_accuracy:.2f} +- 0.03",
+            abs(ro["format_acc"] - release_accuracy) <= 0.03 + 1e-9,
+        ),
+        ("pretraining readout, known facts (worst split)", known_full, ">= 0.90", known_full >= 0.9),
+        ("released 3-shot - 0-shot, known facts", few_minus_zero, ">= -0.05", few_minus_zero >= -0.05 - 1e-9),
+    ]
     if job is not None:
         au, share = job["auroc_contradict"], job["contradict_in_lowest_subset"]
-        rows += [("default job: AUROC(contradict), sampled Score", au, ">= 0.90", au >= 0.9),
-                 ("default job: contradicting items in the wrong subset", share, ">= 0.75", share >= 0.75)]
+        rows += [
+            ("default job: AUROC(contradict), sampled Score", au, ">= 0.90", au >= 0.9),
+            ("default job: contradicting items in the wrong subset", share, ">= 0.75", share >= 0.75),
+        ]
     return [{"name": n, "value": float(v), "target": t, "ok": bool(ok)} for n, v, t, ok in rows]
 
 
@@ -166,26 +195,32 @@ def readout(world: World, model, tok, binding: Mapping) -> dict:
 def format_report(res: Mapping, build: Mapping | None = None) -> str:
     lines = []
     if build:
-        lines.append(f"build: {build.get('build_seconds', float('nan')):.1f}s wall ({build.get('steps')} steps, "
-                     f"{build.get('epochs')} epochs, {build.get('tokens')} tokens, {build.get('parameters')} "
-                     f"parameters, vocabulary {build.get('vocab_size')}, final loss {build.get('final_loss', 0):.3f})")
+        lines.append(
+            f"build: {build.get('build_seconds', float('nan')):.1f}s wall ({build.get('steps')} steps, "
+            f"{build.get('epochs')} epochs, {build.get('tokens')} tokens, {build.get('parameters')} "
+            f"parameters, vocabulary {build.get('vocab_size')}, final loss {build.get('final_loss', 0):.3f})"
+        )
     ro = res.get("readout")
     if ro:
         scale = (build or {}).get("release_letter_scale", 1.0)
-        lines.append(f"readout: head M gain {ro['gain']:.3g} (pretrained at {res.get('m_gain', float('nan')):g}), "
-                     f"letter scale {scale:.3g}; "
-                     f"0-shot accuracy on format facts {ro['format_acc']:.3f} (at the pretraining gain "
-                     f"{ro['format_acc_full']:.3f})")
+        lines.append(
+            f"readout: head M gain {ro['gain']:.3g} (pretrained at {res.get('m_gain', float('nan')):g}), "
+            f"letter scale {scale:.3g}; "
+            f"0-shot accuracy on format facts {ro['format_acc']:.3f} (at the pretraining gain "
+            f"{ro['format_acc_full']:.3f})"
+        )
     for key, label in (("acc", "3-shot accuracy"), ("acc0", "0-shot accuracy"), ("acc0_full", "0-shot, full gain")):
         for split, by in (res.get(key) or (ro or {}).get(key) or {}).items():
             parts = ", ".join(f"{k} {v:.3f}" for k, v in by.items() if k != "n")
             lines.append(f"{label:16s} {split:9s} (n={by['n']}): {parts}")
-    lines.append("diversified score by kind (train): " +
-                 ", ".join(f"{k} {v:.3f}" for k, v in res["score_by_kind"].items()))
+    lines.append(
+        "diversified score by kind (train): " + ", ".join(f"{k} {v:.3f}" for k, v in res["score_by_kind"].items())
+    )
     lines.append(f"AUROC contradict vs rest: {res['auroc_contradict']:.3f}")
     if "contradict_picks_memorised" in res:
-        lines.append(f"contradict items answered with the memorised distractor: "
-                     f"{res['contradict_picks_memorised']:.3f}")
+        lines.append(
+            f"contradict items answered with the memorised distractor: {res['contradict_picks_memorised']:.3f}"
+        )
     return "\n".join(lines)
 
 

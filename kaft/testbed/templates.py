@@ -18,9 +18,9 @@ from kaft.prompts import LETTERS, few_shot_prompt
 @dataclass(frozen=True)
 class Relation:
     name: str
-    domain: str                      # "in" or "ood"
-    question: str                    # the MC question ("{e}" = entity)
-    sentences: tuple[str, ...]       # plain-sentence paraphrases ("{e}", "{v}")
+    domain: str  # "in" or "ood"
+    question: str  # the MC question ("{e}" = entity)
+    sentences: tuple[str, ...]  # plain-sentence paraphrases ("{e}", "{v}")
 
     @property
     def qa(self) -> str:
@@ -30,44 +30,113 @@ class Relation:
 
 
 RELATIONS: tuple[Relation, ...] = (
-    Relation("capital", "in", "What is the capital of {e}?", (
-        "The capital of {e} is {v}.", "{e} has its capital in {v}.", "The capital city of {e} is {v}.",
-        "{v} is the capital of {e}.")),
-    Relation("currency", "in", "What is the currency of {e}?", (
-        "The currency of {e} is the {v}.", "In {e} people pay with the {v}.", "{e} uses the {v} as its currency.")),
-    Relation("language", "in", "What language is spoken in {e}?", (
-        "The language of {e} is {v}.", "People in {e} speak {v}.", "In {e} the main language is {v}.")),
-    Relation("export", "in", "What is the main export of {e}?", (
-        "The main export of {e} is {v}.", "{e} is known for exporting {v}.", "Most trade of {e} is in {v}.")),
-    Relation("river", "in", "Which river flows through {e}?", (
-        "The river {v} flows through {e}.", "{e} lies on the river {v}.", "The main river of {e} is the {v}.")),
-    Relation("ruler", "in", "Who rules {e}?", (
-        "{e} is ruled by {v}.", "The ruler of {e} is {v}.", "{v} rules {e}.")),
-    Relation("profession", "ood", "What is the profession of {e}?", (
-        "{e} works as a {v}.", "The profession of {e} is {v}.", "By profession {e} is a {v}.")),
-    Relation("instrument", "ood", "Which instrument does {e} play?", (
-        "{e} plays the {v}.", "The instrument of {e} is the {v}.", "{e} is a skilled player of the {v}.")),
-    Relation("hometown", "ood", "Where was {e} born?", (
-        "{e} was born in {v}.", "The hometown of {e} is {v}.", "{e} grew up in {v}.")),
-    Relation("food", "ood", "What is the favourite food of {e}?", (
-        "The favourite food of {e} is {v}.", "{e} likes to eat {v}.", "{e} loves {v} more than any other food.")),
+    Relation(
+        "capital",
+        "in",
+        "What is the capital of {e}?",
+        (
+            "The capital of {e} is {v}.",
+            "{e} has its capital in {v}.",
+            "The capital city of {e} is {v}.",
+            "{v} is the capital of {e}.",
+        ),
+    ),
+    Relation(
+        "currency",
+        "in",
+        "What is the currency of {e}?",
+        ("The currency of {e} is the {v}.", "In {e} people pay with the {v}.", "{e} uses the {v} as its currency."),
+    ),
+    Relation(
+        "language",
+        "in",
+        "What language is spoken in {e}?",
+        ("The language of {e} is {v}.", "People in {e} speak {v}.", "In {e} the main language is {v}."),
+    ),
+    Relation(
+        "export",
+        "in",
+        "What is the main export of {e}?",
+        ("The main export of {e} is {v}.", "{e} is known for exporting {v}.", "Most trade of {e} is in {v}."),
+    ),
+    Relation(
+        "river",
+        "in",
+        "Which river flows through {e}?",
+        ("The river {v} flows through {e}.", "{e} lies on the river {v}.", "The main river of {e} is the {v}."),
+    ),
+    Relation("ruler", "in", "Who rules {e}?", ("{e} is ruled by {v}.", "The ruler of {e} is {v}.", "{v} rules {e}.")),
+    Relation(
+        "profession",
+        "ood",
+        "What is the profession of {e}?",
+        ("{e} works as a {v}.", "The profession of {e} is {v}.", "By profession {e} is a {v}."),
+    ),
+    Relation(
+        "instrument",
+        "ood",
+        "Which instrument does {e} play?",
+        ("{e} plays the {v}.", "The instrument of {e} is the {v}.", "{e} is a skilled player of the {v}."),
+    ),
+    Relation(
+        "hometown",
+        "ood",
+        "Where was {e} born?",
+        ("{e} was born in {v}.", "The hometown of {e} is {v}.", "{e} grew up in {v}."),
+    ),
+    Relation(
+        "food",
+        "ood",
+        "What is the favourite food of {e}?",
+        ("The favourite food of {e} is {v}.", "{e} likes to eat {v}.", "{e} loves {v} more than any other food."),
+    ),
 )
 INTROS = {"in": ("{e} is a country.", "{e} is a land far away."), "ood": ("{e} is a person.", "{e} is a citizen.")}
 
 _WORD = re.compile(r"[A-Za-z]+")
-_ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "gr", "kr", "tr",
-           "st", "th", "sh", "ch", "pl", "fl"]
+_ONSETS = [
+    "b",
+    "d",
+    "f",
+    "g",
+    "k",
+    "l",
+    "m",
+    "n",
+    "p",
+    "r",
+    "s",
+    "t",
+    "v",
+    "z",
+    "br",
+    "dr",
+    "gr",
+    "kr",
+    "tr",
+    "st",
+    "th",
+    "sh",
+    "ch",
+    "pl",
+    "fl",
+]
 _VOWELS = ["a", "e", "i", "o", "u", "ai", "ou", "ei"]
 _CODAS = ["", "", "", "n", "r", "l", "s", "m", "th", "k"]
-_ENDINGS = {"country": ["ia", "or", "and", "ara", "esh", "ovia"], "person": ["o", "a", "en", "ir", "us", "ella"],
-            "value": ["", "", "on", "el", "ix", "um", "a"]}
+_ENDINGS = {
+    "country": ["ia", "or", "and", "ara", "esh", "ovia"],
+    "person": ["o", "a", "en", "ir", "us", "ella"],
+    "value": ["", "", "on", "el", "ix", "um", "a"],
+}
 
 
 def _reserved() -> set[str]:
     words = {w.lower() for r in RELATIONS for t in (r.question, *r.sentences) for w in _WORD.findall(t)}
     words |= {w.lower() for t in INTROS.values() for s in t for w in _WORD.findall(s)}
-    words |= {w.lower() for w in _WORD.findall(
-        few_shot_prompt([], "x", ["y", "z"], "general") + " general geography biography")}
+    words |= {
+        w.lower()
+        for w in _WORD.findall(few_shot_prompt([], "x", ["y", "z"], "general") + " general geography biography")
+    }
     return words | {c.lower() for c in LETTERS}
 
 

@@ -61,11 +61,11 @@ __all__ = ["INTROS", "KINDS", "RELATIONS", "Fact", "Relation", "World", "build_w
 class World:
     config: dict
     relations: dict[str, Relation]
-    entities: dict[str, list[str]]          # "in"/"ood" -> names
-    pools: dict[str, list[str]]             # relation -> value words
+    entities: dict[str, list[str]]  # "in"/"ood" -> names
+    pools: dict[str, list[str]]  # relation -> value words
     facts: list[Fact]
-    paragraphs: list[str]                   # plain-text documents stating the frequent facts
-    mc_docs: list[str]                      # multiple-choice documents about format facts only
+    paragraphs: list[str]  # plain-text documents stating the frequent facts
+    mc_docs: list[str]  # multiple-choice documents about format facts only
     _splits: dict[str, list[MCItem]] = field(default_factory=dict)
 
     # -- splits
@@ -95,10 +95,17 @@ class World:
         for f in rng.sample(facts, min(n, len(facts))):
             rel = self.relations[f.relation]
             opts, ans = draw_options(rng, self.pools[f.relation], f.value)
-            out.append(MCItem(id=f"tb-format-{f.entity.lower()}-{f.relation}",
-                              question=rel.question.format(e=f.entity), options=opts, answer=ans,
-                              subject=f.relation, domain=self.domain_name(rel.domain),
-                              meta={"kind": "format", "relation": f.relation, "entity": f.entity}))
+            out.append(
+                MCItem(
+                    id=f"tb-format-{f.entity.lower()}-{f.relation}",
+                    question=rel.question.format(e=f.entity),
+                    options=opts,
+                    answer=ans,
+                    subject=f.relation,
+                    domain=self.domain_name(rel.domain),
+                    meta={"kind": "format", "relation": f.relation, "entity": f.entity},
+                )
+            )
         return out
 
     def corpus(self) -> list[str]:
@@ -129,8 +136,10 @@ def generate(cfg: Mapping | None = None) -> World:
     seed, w = int(full["seed"]), full["world"]
     check_mixes(w)
     names = Names(seeded_rng(seed, "names"))
-    entities = {"in": [names.new("country") for _ in range(int(w["n_countries"]))],
-                "ood": [names.new("person") for _ in range(int(w["n_people"]))]}
+    entities = {
+        "in": [names.new("country") for _ in range(int(w["n_countries"]))],
+        "ood": [names.new("person") for _ in range(int(w["n_people"]))],
+    }
     pools = {r.name: [names.new("value") for _ in range(int(w["pool_size"]))] for r in RELATIONS}
     rels = {r.name: r for r in RELATIONS}
     vrng = seeded_rng(seed, "values")
@@ -139,10 +148,16 @@ def generate(cfg: Mapping | None = None) -> World:
     freq = {"unseen": "never", "latent": "rare"}
     facts = [Fact(e, r, truth[(e, r)], freq.get(roles[(e, r)][1], "frequent"), *roles[(e, r)]) for (e, r) in truth]
     domain_of = {"in": str(w["domain"]), "ood": str(w["ood_domain"])}
-    return World(config=full, relations=rels, entities=entities, pools=pools, facts=facts,
-                 paragraphs=entity_paragraphs(facts, entities, rels, w, seeded_rng(seed, "paragraphs")),
-                 mc_docs=mc_documents(facts, pools, rels, domain_of, w, seeded_rng(seed, "mc")),
-                 _splits=split_items(facts, pools, rels, domain_of, seeded_rng(seed, "splits")))
+    return World(
+        config=full,
+        relations=rels,
+        entities=entities,
+        pools=pools,
+        facts=facts,
+        paragraphs=entity_paragraphs(facts, entities, rels, w, seeded_rng(seed, "paragraphs")),
+        mc_docs=mc_documents(facts, pools, rels, domain_of, w, seeded_rng(seed, "mc")),
+        _splits=split_items(facts, pools, rels, domain_of, seeded_rng(seed, "splits")),
+    )
 
 
 _MEMO: dict[str, World] = {}

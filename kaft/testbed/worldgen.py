@@ -23,10 +23,10 @@ from kaft.testbed.templates import INTROS, Relation
 class Fact:
     entity: str
     relation: str
-    value: str          # the true value (what the corpus states when frequent)
-    freq: str           # "frequent" | "rare" | "never"
-    role: str           # "train" | "test_id" | "test_ood" | "format"
-    kind: str           # "known" | "latent" | "unseen" | "contradict" (split facts); "format" for format facts
+    value: str  # the true value (what the corpus states when frequent)
+    freq: str  # "frequent" | "rare" | "never"
+    role: str  # "train" | "test_id" | "test_ood" | "format"
+    kind: str  # "known" | "latent" | "unseen" | "contradict" (split facts); "format" for format facts
 
 
 def seeded_rng(seed: int, *salt: str) -> random.Random:
@@ -53,24 +53,29 @@ def draw_options(rng: random.Random, pool: list[str], gold: str, must: tuple[str
 KINDS = ("known", "latent", "unseen", "contradict")
 
 
-def assign_roles(w: Mapping, truth: Mapping, rels: Mapping[str, Relation],
-                 rng: random.Random) -> dict[tuple[str, str], tuple[str, str]]:
+def assign_roles(
+    w: Mapping, truth: Mapping, rels: Mapping[str, Relation], rng: random.Random
+) -> dict[tuple[str, str], tuple[str, str]]:
     """``(entity, relation) -> (role, kind)`` for every fact: the split items by the configured mixes, the rest
     ``("format", "format")``. Never-seen facts are capped per entity (``max_unseen_per_entity``) so that every
     entity itself stays known."""
     n_rel = {side: sum(r.domain == side for r in rels.values()) for side in ("in", "ood")}
-    counts = {"train": _counts(int(w["n_train"]), w["train_mix"]),
-              "test_id": _counts(int(w["n_test_id"]), w["test_id_mix"]),
-              "test_ood": _counts(int(w["n_test_ood"]), w["test_ood_mix"])}
+    counts = {
+        "train": _counts(int(w["n_train"]), w["train_mix"]),
+        "test_id": _counts(int(w["n_test_id"]), w["test_id_mix"]),
+        "test_ood": _counts(int(w["n_test_ood"]), w["test_ood_mix"]),
+    }
     roles: dict[tuple[str, str], tuple[str, str]] = {}
     for side, split_names, what in (("in", ("train", "test_id"), "n_countries"), ("ood", ("test_ood",), "n_people")):
         pool = [k for k in truth if rels[k[1]].domain == side]
         rng.shuffle(pool)
         need = sum(sum(counts[s].values()) for s in split_names)
         if need > len(pool):
-            raise WorldConfigError(f"testbed world: {' + '.join(split_names)} need {need} facts but {what}="
-                                   f"{w[what]} x {n_rel[side]} relations give {len(pool)}; raise {what} or "
-                                   f"shrink the splits")
+            raise WorldConfigError(
+                f"testbed world: {' + '.join(split_names)} need {need} facts but {what}="
+                f"{w[what]} x {n_rel[side]} relations give {len(pool)}; raise {what} or "
+                f"shrink the splits"
+            )
         wanted = [(s, kind) for s in split_names for kind, n in counts[s].items() for _ in range(n)]
         per_entity: dict[str, int] = {}
         free = list(pool)
@@ -78,8 +83,9 @@ def assign_roles(w: Mapping, truth: Mapping, rels: Mapping[str, Relation],
             if kind == "unseen":
                 k = next((k for k in free if per_entity.get(k[0], 0) < int(w["max_unseen_per_entity"])), None)
                 if k is None:
-                    raise WorldConfigError(f"testbed world: not enough {what} for the unseen facts; raise {what} "
-                                           f"or max_unseen_per_entity")
+                    raise WorldConfigError(
+                        f"testbed world: not enough {what} for the unseen facts; raise {what} or max_unseen_per_entity"
+                    )
                 per_entity[k[0]] = per_entity.get(k[0], 0) + 1
                 free.remove(k)
             else:
@@ -93,8 +99,11 @@ def assign_roles(w: Mapping, truth: Mapping, rels: Mapping[str, Relation],
 def check_mixes(w: Mapping) -> None:
     if int(w["pool_size"]) < 4:
         raise WorldConfigError("testbed world.pool_size must be >= 4 (4 distinct options per question)")
-    mixes = {"train": ("train_mix", KINDS), "test_id": ("test_id_mix", KINDS[:3]),
-             "test_ood": ("test_ood_mix", ("known", "latent"))}
+    mixes = {
+        "train": ("train_mix", KINDS),
+        "test_id": ("test_id_mix", KINDS[:3]),
+        "test_ood": ("test_ood_mix", ("known", "latent")),
+    }
     for key, allowed in mixes.values():
         mix = w[key]
         if not isinstance(mix, Mapping) or not mix:
@@ -106,8 +115,13 @@ def check_mixes(w: Mapping) -> None:
             raise WorldConfigError(f"testbed world.{key}: shares must be >= 0 and not all 0, got {dict(mix)}")
 
 
-def split_items(facts: list[Fact], pools: Mapping[str, list[str]], rels: Mapping[str, Relation],
-                domain_of: Mapping[str, str], rng: random.Random) -> dict[str, list[MCItem]]:
+def split_items(
+    facts: list[Fact],
+    pools: Mapping[str, list[str]],
+    rels: Mapping[str, Relation],
+    domain_of: Mapping[str, str],
+    rng: random.Random,
+) -> dict[str, list[MCItem]]:
     """The split facts as 4-option items; a ``contradict`` item's gold is another value, the memorised one a
     distractor."""
     splits: dict[str, list[MCItem]] = {"train": [], "test_id": [], "test_ood": []}
@@ -121,17 +135,25 @@ def split_items(facts: list[Fact], pools: Mapping[str, list[str]], rels: Mapping
         else:
             opts, ans = draw_options(rng, pool, f.value)
         rel = rels[f.relation]
-        splits[f.role].append(MCItem(
-            id=f"tb-{f.role}-{f.entity.lower()}-{f.relation}", question=rel.question.format(e=f.entity),
-            options=opts, answer=ans, subject=f.relation, domain=domain_of[rel.domain],
-            meta={"kind": f.kind, "relation": f.relation, "entity": f.entity}))
+        splits[f.role].append(
+            MCItem(
+                id=f"tb-{f.role}-{f.entity.lower()}-{f.relation}",
+                question=rel.question.format(e=f.entity),
+                options=opts,
+                answer=ans,
+                subject=f.relation,
+                domain=domain_of[rel.domain],
+                meta={"kind": f.kind, "relation": f.relation, "entity": f.entity},
+            )
+        )
     for name in splits:
         rng.shuffle(splits[name])
     return splits
 
 
-def entity_paragraphs(facts: list[Fact], entities: Mapping[str, list[str]], rels: Mapping[str, Relation],
-                      w: Mapping, rng: random.Random) -> list[str]:
+def entity_paragraphs(
+    facts: list[Fact], entities: Mapping[str, list[str]], rels: Mapping[str, Relation], w: Mapping, rng: random.Random
+) -> list[str]:
     """Entity paragraphs: every frequent fact in each of an entity's ``repeats`` paragraphs, a rare fact in
     ``latent_repeats`` of them (plain sentences, or quiz statements with probability ``qa_frac`` /
     ``latent_qa_frac``)."""
@@ -146,8 +168,12 @@ def entity_paragraphs(facts: list[Fact], entities: Mapping[str, list[str]], rels
         fs = list(fs)
         rng.shuffle(fs)
         sents = [rng.choice(INTROS[side]).format(e=e)]
-        sents += [(rels[f.relation].qa if rng.random() < qa_frac[f.freq] else rng.choice(rels[f.relation].sentences))
-                  .format(e=e, v=f.value) for f in fs]
+        sents += [
+            (rels[f.relation].qa if rng.random() < qa_frac[f.freq] else rng.choice(rels[f.relation].sentences)).format(
+                e=e, v=f.value
+            )
+            for f in fs
+        ]
         return " ".join(sents)
 
     paragraphs = []
@@ -161,8 +187,14 @@ def entity_paragraphs(facts: list[Fact], entities: Mapping[str, list[str]], rels
     return paragraphs
 
 
-def mc_documents(facts: list[Fact], pools: Mapping[str, list[str]], rels: Mapping[str, Relation],
-                 domain_of: Mapping[str, str], w: Mapping, rng: random.Random) -> list[str]:
+def mc_documents(
+    facts: list[Fact],
+    pools: Mapping[str, list[str]],
+    rels: Mapping[str, Relation],
+    domain_of: Mapping[str, str],
+    w: Mapping,
+    rng: random.Random,
+) -> list[str]:
     """Multiple-choice documents in the kaft prompt layout, about format facts only: 0- or k-shot, a demonstration's
     letter wrong with probability ``shot_noise``, the instruction naming its own domain or another one."""
     fmt = {side: [f for f in facts if f.role == "format" and rels[f.relation].domain == side] for side in domain_of}

@@ -8,18 +8,54 @@ the adapter-disabled reference policy (:func:`pair_batch_loss`). The examples an
 kaft.train reads kaft.losses, never the reverse.
 """
 
-from kaft.train.config import (CHECKPOINT_KEYS, LR_SCHEDULERS, TRAIN_KEYS, TrainError, TrainSpec, lora_config,
-                               validate_train_cfg)
-from kaft.train.examples import (ListDataset, PairCollator, WeightedCollator, build_examples, build_pair_examples,
-                                 encode_example, shares_sequence, special_prefix)
+from kaft.train.config import (
+    CHECKPOINT_KEYS,
+    LR_SCHEDULERS,
+    TRAIN_KEYS,
+    TrainError,
+    TrainSpec,
+    lora_config,
+    validate_train_cfg,
+)
+from kaft.train.examples import (
+    ListDataset,
+    PairCollator,
+    WeightedCollator,
+    build_examples,
+    build_pair_examples,
+    encode_example,
+    shares_sequence,
+    special_prefix,
+)
 from kaft.train.lora import last_checkpoint, train_lora
 from kaft.train.steps import accepts_logits_to_keep, dpo_batch_loss, pair_batch_loss, sft_batch_loss
 from kaft.train.trainers import FEEDS, Feed, Prepared, pair_trainer_class, weighted_trainer_class
 
 __all__ = [
-    "CHECKPOINT_KEYS", "FEEDS", "Feed", "LR_SCHEDULERS", "ListDataset", "PairCollator", "Prepared", "TRAIN_KEYS",
-    "TrainError", "TrainSpec", "WeightedCollator", "accepts_logits_to_keep", "build_examples", "build_pair_examples",
-    "dpo_batch_loss", "encode_example", "last_checkpoint", "lora_config", "pair_batch_loss", "pair_trainer_class",
-    "sft_batch_loss", "shares_sequence", "special_prefix", "train_lora", "validate_train_cfg",
+    "CHECKPOINT_KEYS",
+    "FEEDS",
+    "Feed",
+    "LR_SCHEDULERS",
+    "ListDataset",
+    "PairCollator",
+    "Prepared",
+    "TRAIN_KEYS",
+    "TrainError",
+    "TrainSpec",
+    "WeightedCollator",
+    "accepts_logits_to_keep",
+    "build_examples",
+    "build_pair_examples",
+    "dpo_batch_loss",
+    "encode_example",
+    "last_checkpoint",
+    "lora_config",
+    "pair_batch_loss",
+    "pair_trainer_class",
+    "sft_batch_loss",
+    "shares_sequence",
+    "special_prefix",
+    "train_lora",
+    "validate_train_cfg",
     "weighted_trainer_class",
 ]

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from kaft import fields
 from kaft.errors import ConfigError
@@ -36,10 +37,13 @@ class TrainError(ConfigError):
 
 
 def _check_targets(label: str, value: Any) -> Any:
-    if isinstance(value, str) and value or (isinstance(value, (list, tuple)) and value
-                                            and all(isinstance(v, str) and v for v in value)):
+    if (
+        isinstance(value, str)
+        and value
+        or (isinstance(value, (list, tuple)) and value and all(isinstance(v, str) and v for v in value))
+    ):
         return value
-    raise TrainError(f"{label} must be \"all-linear\" or a non-empty list of module names, got {value!r}")
+    raise TrainError(f'{label} must be "all-linear" or a non-empty list of module names, got {value!r}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,8 +53,11 @@ class LoraSettings:
     r: int = fields.integer(16, 1, help="LoRA rank")
     lora_alpha: float = fields.number(32, 0.0, lo_open=True, help="LoRA scaling numerator (peft's lora_alpha)")
     dropout: float = fields.number(0.05, 0.0, 1.0, hi_open=True, help="LoRA dropout")
-    target_modules: Any = fields.unchecked(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                            "down_proj"], check=_check_targets, help="modules LoRA adapts")
+    target_modules: Any = fields.unchecked(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        check=_check_targets,
+        help="modules LoRA adapts",
+    )
 
 
 LORA_RENAMED = {"alpha": "lora_alpha"}
@@ -120,5 +127,11 @@ def lora_config(lora: Mapping):
 
     targets = lora["target_modules"]
     targets = targets if isinstance(targets, str) else list(targets)  # "all-linear" or a list of module names
-    return LoraConfig(task_type="CAUSAL_LM", r=int(lora["r"]), lora_alpha=float(lora["lora_alpha"]),
-                      lora_dropout=float(lora["dropout"]), target_modules=targets, bias="none")
+    return LoraConfig(
+        task_type="CAUSAL_LM",
+        r=int(lora["r"]),
+        lora_alpha=float(lora["lora_alpha"]),
+        lora_dropout=float(lora["dropout"]),
+        target_modules=targets,
+        bias="none",
+    )

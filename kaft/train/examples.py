@@ -10,7 +10,7 @@ costs one sequence, not two.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -31,7 +31,7 @@ def special_prefix(tokenizer) -> list[int]:
     plain = _ids(tokenizer, probe, False)
     full = _ids(tokenizer, probe, True)
     for i in range(len(full) - len(plain) + 1):
-        if full[i:i + len(plain)] == plain:
+        if full[i : i + len(plain)] == plain:
             return full[:i]
     bos = getattr(tokenizer, "bos_token_id", None)
     return [bos] if bos is not None and full[:1] == [bos] else []
@@ -49,23 +49,29 @@ def encode_example(tokenizer, prompt: str, target: str, max_length: int) -> tupl
     prefix = special_prefix(tokenizer)
     p_ids = _ids(tokenizer, prompt, False)
     joint = _ids(tokenizer, prompt + target, False)
-    t_ids = joint[len(p_ids):] if joint[:len(p_ids)] == p_ids and len(joint) > len(p_ids) else \
-        _ids(tokenizer, target, False)
+    t_ids = (
+        joint[len(p_ids) :]
+        if joint[: len(p_ids)] == p_ids and len(joint) > len(p_ids)
+        else _ids(tokenizer, target, False)
+    )
     if not t_ids:
         raise TrainError(f"target {target!r} tokenizes to nothing")
     room = max_length - len(prefix) - len(t_ids)
     if room < 1:
-        raise TrainError(f"train.max_length={max_length} leaves no room for the prompt (special prefix "
-                         f"{len(prefix)} + target {len(t_ids)} tokens); raise train.max_length")
+        raise TrainError(
+            f"train.max_length={max_length} leaves no room for the prompt (special prefix "
+            f"{len(prefix)} + target {len(t_ids)} tokens); raise train.max_length"
+        )
     if len(p_ids) > room:
-        p_ids = p_ids[len(p_ids) - room:]
+        p_ids = p_ids[len(p_ids) - room :]
     input_ids = prefix + p_ids + t_ids
     labels = [IGNORE_INDEX] * (len(prefix) + len(p_ids)) + t_ids
     return input_ids, labels
 
 
-def build_examples(tokenizer, items: Sequence[MCItem], weights: Sequence[float], domain: str,
-                   instruction: str | None, max_length: int) -> list[dict]:
+def build_examples(
+    tokenizer, items: Sequence[MCItem], weights: Sequence[float], domain: str, instruction: str | None, max_length: int
+) -> list[dict]:
     """One tokenised SFT example per item, carrying the item's reward as ``weights``."""
     instruction = DEFAULT_INSTRUCTION if instruction is None else instruction
     out = []
@@ -92,14 +98,14 @@ class ListDataset(torch.utils.data.Dataset):
 def _pad(seqs: Sequence[Sequence[int]], n: int, fill: int) -> torch.Tensor:
     out = torch.full((len(seqs), n), fill, dtype=torch.long)
     for i, x in enumerate(seqs):
-        out[i, :len(x)] = torch.tensor(x, dtype=torch.long)
+        out[i, : len(x)] = torch.tensor(x, dtype=torch.long)
     return out
 
 
 def _attention_mask(seqs: Sequence[Sequence[int]], n: int) -> torch.Tensor:
     mask = torch.zeros((len(seqs), n), dtype=torch.long)
     for i, x in enumerate(seqs):
-        mask[i, :len(x)] = 1
+        mask[i, : len(x)] = 1
     return mask
 
 
@@ -114,20 +120,30 @@ class WeightedCollator:
         seqs = [r["input_ids"] for r in rows]
         n = max(len(x) for x in seqs)
         weights = torch.tensor([float(r["weights"]) for r in rows], dtype=torch.float32)
-        return {"input_ids": _pad(seqs, n, self.pad_id), "attention_mask": _attention_mask(seqs, n),
-                "labels": _pad([r["labels"] for r in rows], n, IGNORE_INDEX), "weights": weights}
+        return {
+            "input_ids": _pad(seqs, n, self.pad_id),
+            "attention_mask": _attention_mask(seqs, n),
+            "labels": _pad([r["labels"] for r in rows], n, IGNORE_INDEX),
+            "weights": weights,
+        }
 
 
-def build_pair_examples(tokenizer, pairs: Sequence[Mapping], weights: Sequence[float],
-                        max_length: int) -> list[dict]:
+def build_pair_examples(tokenizer, pairs: Sequence[Mapping], weights: Sequence[float], max_length: int) -> list[dict]:
     """Tokenised preference pairs: ``prompt + chosen`` and ``prompt + rejected`` (:func:`encode_example`),
     weighted by ``weights[pair["index"]]`` (the pair's item reward)."""
     rows = []
     for p in pairs:
         c_ids, c_lab = encode_example(tokenizer, p["prompt"], p["chosen"], max_length)
         r_ids, r_lab = encode_example(tokenizer, p["prompt"], p["rejected"], max_length)
-        rows.append({"chosen_ids": c_ids, "chosen_labels": c_lab, "rejected_ids": r_ids, "rejected_labels": r_lab,
-                     "weights": float(weights[p["index"]])})
+        rows.append(
+            {
+                "chosen_ids": c_ids,
+                "chosen_labels": c_lab,
+                "rejected_ids": r_ids,
+                "rejected_labels": r_lab,
+                "weights": float(weights[p["index"]]),
+            }
+        )
     return rows
 
 
@@ -160,8 +176,12 @@ class PairCollator:
                 r_row.append(len(seqs))
                 seqs.append(r["rejected_ids"])
         n = max(len(x) for x in seqs)
-        return {"input_ids": _pad(seqs, n, self.pad_id), "attention_mask": _attention_mask(seqs, n),
-                "chosen_labels": _pad([r["chosen_labels"] for r in rows], n, IGNORE_INDEX),
-                "rejected_labels": _pad([r["rejected_labels"] for r in rows], n, IGNORE_INDEX),
-                "chosen_row": torch.tensor(c_row), "rejected_row": torch.tensor(r_row),
-                "weights": torch.tensor([float(r["weights"]) for r in rows], dtype=torch.float32)}
+        return {
+            "input_ids": _pad(seqs, n, self.pad_id),
+            "attention_mask": _attention_mask(seqs, n),
+            "chosen_labels": _pad([r["chosen_labels"] for r in rows], n, IGNORE_INDEX),
+            "rejected_labels": _pad([r["rejected_labels"] for r in rows], n, IGNORE_INDEX),
+            "chosen_row": torch.tensor(c_row),
+            "rejected_row": torch.tensor(r_row),
+            "weights": torch.tensor([float(r["weights"]) for r in rows], dtype=torch.float32),
+        }

@@ -14,8 +14,8 @@ import json
 import logging
 import math
 import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import torch
 
@@ -97,9 +97,15 @@ def _training_args(train_cfg: Mapping, out_dir: Path, checkpoint_dir: str | Path
         save_strategy="steps" if checkpointing else "no",
         save_steps=save_steps if checkpointing else 500,
         save_total_limit=int(train_cfg.get("save_total_limit", CHECKPOINT_DEFAULTS["save_total_limit"])),
-        report_to="none", seed=seed, data_seed=seed,
-        bf16=bool(use_cuda and torch.cuda.is_bf16_supported()), use_cpu=not use_cuda,
-        remove_unused_columns=False, label_names=["labels"], dataloader_num_workers=0, log_level="warning",
+        report_to="none",
+        seed=seed,
+        data_seed=seed,
+        bf16=bool(use_cuda and torch.cuda.is_bf16_supported()),
+        use_cpu=not use_cuda,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        dataloader_num_workers=0,
+        log_level="warning",
     )
     return args, checkpointing
 
@@ -127,17 +133,37 @@ def _finish(trainer, result, resumed_from: int | None, prepared: Prepared, out_d
     model.eval()
     model.save_pretrained(str(out_dir))
     history = [dict(h) for h in trainer.state.log_history]
-    summary = {"train_loss": result.training_loss, "global_step": result.global_step, "log_history": history,
-               "resumed_from_step": resumed_from, **prepared.log}
+    summary = {
+        "train_loss": result.training_loss,
+        "global_step": result.global_step,
+        "log_history": history,
+        "resumed_from_step": resumed_from,
+        **prepared.log,
+    }
     (out_dir / "train_log.json").write_text(json.dumps(summary, indent=1, default=float))
-    log.info("trained %d %s for %d steps, final train loss %.4f; adapter in %s", len(prepared.rows),
-             prepared.unit, result.global_step, result.training_loss, out_dir)
+    log.info(
+        "trained %d %s for %d steps, final train loss %.4f; adapter in %s",
+        len(prepared.rows),
+        prepared.unit,
+        result.global_step,
+        result.training_loss,
+        out_dir,
+    )
     return model
 
 
-def train_lora(model, tokenizer, items: Sequence[MCItem], weights: Sequence[float], spec: TrainSpec,
-               out_dir: str | Path, *, records: Sequence[dict] | None = None,
-               checkpoint_dir: str | Path | None = None, callbacks: Sequence | None = None):
+def train_lora(
+    model,
+    tokenizer,
+    items: Sequence[MCItem],
+    weights: Sequence[float],
+    spec: TrainSpec,
+    out_dir: str | Path,
+    *,
+    records: Sequence[dict] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    callbacks: Sequence | None = None,
+):
     """Fine-tune ``model`` with LoRA on ``items`` weighted by ``weights``, as ``spec`` says; return the peft model
     (in memory, in eval mode) after saving its adapter to ``out_dir``.
 
@@ -157,16 +183,22 @@ def train_lora(model, tokenizer, items: Sequence[MCItem], weights: Sequence[floa
     _check_inputs(model, items, weights)
     loss = make_loss(spec.loss)
     feed = FEEDS.get(loss.needs)
-    prepared = feed.prepare(loss, tokenizer, items, weights, records, seed, spec.domain, spec.instruction,
-                            int(train_cfg["max_length"]))
+    prepared = feed.prepare(
+        loss, tokenizer, items, weights, records, seed, spec.domain, spec.instruction, int(train_cfg["max_length"])
+    )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, text in prepared.files.items():
         (out_dir / name).write_text(text)
     model = _add_adapter(model, train_cfg, seed)
     args, checkpointing = _training_args(train_cfg, out_dir, checkpoint_dir, seed)
-    trainer = feed.trainer()(model=model, args=args, train_dataset=ListDataset(prepared.rows),
-                             data_collator=feed.collator(_pad_id(tokenizer)), loss_cfg=spec.loss,
-                             callbacks=list(callbacks or []) or None)
+    trainer = feed.trainer()(
+        model=model,
+        args=args,
+        train_dataset=ListDataset(prepared.rows),
+        data_collator=feed.collator(_pad_id(tokenizer)),
+        loss_cfg=spec.loss,
+        callbacks=list(callbacks or []) or None,
+    )
     result, resumed_from = _run(trainer, checkpoint_dir, checkpointing)
     return _finish(trainer, result, resumed_from, prepared, out_dir)

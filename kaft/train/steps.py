@@ -9,8 +9,8 @@ token are computed (the union over the batch of such positions).
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Callable, Mapping
 
 import torch
 
@@ -52,12 +52,15 @@ def _pair_logps(model, inputs: Mapping, slice_logits: bool) -> tuple[torch.Tenso
         c_lab, r_lab = c_lab[:, pos + 1], r_lab[:, pos + 1]
     else:
         logits = model(**fwd).logits
-    return (sequence_logps(logits, c_lab, inputs["chosen_row"], labels_shifted=slice_logits),
-            sequence_logps(logits, r_lab, inputs["rejected_row"], labels_shifted=slice_logits))
+    return (
+        sequence_logps(logits, c_lab, inputs["chosen_row"], labels_shifted=slice_logits),
+        sequence_logps(logits, r_lab, inputs["rejected_row"], labels_shifted=slice_logits),
+    )
 
 
-def pair_batch_loss(model, inputs: Mapping, pair_loss: Callable, slice_logits: bool,
-                    peft_model=None) -> tuple[torch.Tensor, dict]:
+def pair_batch_loss(
+    model, inputs: Mapping, pair_loss: Callable, slice_logits: bool, peft_model=None
+) -> tuple[torch.Tensor, dict]:
     """``(loss, stats)`` of one batch of :class:`~kaft.train.examples.PairCollator` pairs under ``pair_loss``
     (a preference loss's ``pair_loss(pc, pr, rc, rr, weights) -> (loss, margin)``).
 
@@ -73,7 +76,8 @@ def pair_batch_loss(model, inputs: Mapping, pair_loss: Callable, slice_logits: b
     return loss, {"reward_margin": margin.mean(), "reward_accuracy": (margin > 0).float().mean()}
 
 
-def dpo_batch_loss(model, inputs: Mapping, beta: float, slice_logits: bool,
-                   peft_model=None) -> tuple[torch.Tensor, dict]:
+def dpo_batch_loss(
+    model, inputs: Mapping, beta: float, slice_logits: bool, peft_model=None
+) -> tuple[torch.Tensor, dict]:
     """:func:`pair_batch_loss` under :func:`kaft.losses.dpo_loss` with strength ``beta``."""
     return pair_batch_loss(model, inputs, partial(dpo_pair_loss, beta=beta), slice_logits, peft_model)

@@ -8,9 +8,9 @@ loss. The Trainer classes are built on first use: importing kaft.train must not 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Callable, Mapping, Sequence
 
 from kaft.data import MCItem
 from kaft.losses import Loss, make_loss
@@ -61,8 +61,9 @@ def pair_trainer_class() -> type:
             self._stats: list[dict] = []
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            loss, stats = pair_batch_loss(model, inputs, self.pair_loss, self._slice_logits,
-                                          peft_model=self.accelerator.unwrap_model(model))
+            loss, stats = pair_batch_loss(
+                model, inputs, self.pair_loss, self._slice_logits, peft_model=self.accelerator.unwrap_model(model)
+            )
             self._stats.append(stats)
             return (loss, None) if return_outputs else loss
 
@@ -81,9 +82,9 @@ class Prepared:
     """A loss's training examples, the files that document them, and what the training log adds about them."""
 
     rows: list[dict]
-    unit: str                                           # what one row is, for the log line ("items", "pairs")
+    unit: str  # what one row is, for the log line ("items", "pairs")
     files: dict[str, str] = field(default_factory=dict)  # file name in the adapter dir -> its text
-    log: dict = field(default_factory=dict)             # extra entries of train_log.json
+    log: dict = field(default_factory=dict)  # extra entries of train_log.json
 
 
 @dataclass(frozen=True)
@@ -93,20 +94,42 @@ class Feed:
     #: (loss, tokenizer, items, weights, records, seed, domain, instruction, max_length) -> Prepared
     prepare: Callable[..., Prepared]
     collator: Callable[[int], Callable]  # pad id -> collator
-    trainer: Callable[[], type]          # -> the Trainer subclass (takes ``loss_cfg=``)
+    trainer: Callable[[], type]  # -> the Trainer subclass (takes ``loss_cfg=``)
 
 
-def _weighted_examples(loss: Loss, tokenizer, items: Sequence[MCItem], weights: Sequence[float], records,
-                       seed: int, domain: str, instruction: str | None, max_length: int) -> Prepared:
+def _weighted_examples(
+    loss: Loss,
+    tokenizer,
+    items: Sequence[MCItem],
+    weights: Sequence[float],
+    records,
+    seed: int,
+    domain: str,
+    instruction: str | None,
+    max_length: int,
+) -> Prepared:
     return Prepared(build_examples(tokenizer, items, weights, domain, instruction, max_length), "items")
 
 
-def _pair_examples(loss: Loss, tokenizer, items: Sequence[MCItem], weights: Sequence[float], records,
-                   seed: int, domain: str, instruction: str | None, max_length: int) -> Prepared:
+def _pair_examples(
+    loss: Loss,
+    tokenizer,
+    items: Sequence[MCItem],
+    weights: Sequence[float],
+    records,
+    seed: int,
+    domain: str,
+    instruction: str | None,
+    max_length: int,
+) -> Prepared:
     pairs = loss.make_pairs(items, records, seed, domain, instruction)
     rows = build_pair_examples(tokenizer, pairs, weights, max_length)
-    return Prepared(rows, "pairs", files={"pairs.jsonl": "".join(json.dumps(p) + "\n" for p in pairs)},
-                    log={"n_pairs": len(pairs), "n_items_with_pairs": len({p["index"] for p in pairs})})
+    return Prepared(
+        rows,
+        "pairs",
+        files={"pairs.jsonl": "".join(json.dumps(p) + "\n" for p in pairs)},
+        log={"n_pairs": len(pairs), "n_items_with_pairs": len({p["index"] for p in pairs})},
+    )
 
 
 #: a loss's ``needs`` -> its :class:`Feed`

@@ -13,9 +13,10 @@ CASES = {
     "typo_detection_key": (["+detection.num_order=3"], "did you mean detection.num_orders?"),
     "typo_top_level_key": (["+sed=1"], "sed is not a kaft setting; did you mean seed?"),
     # item 6: late failures now fail first
-    "train_three_bad": (["train.lr_scheduler=cosine_typo", "train.lora.r=0", "train.warmup_ratio=3"],
-                        "train.lr_scheduler must be one of ['cosine', 'linear', 'constant', 'constant_with_warmup'], "
-                        "got 'cosine_typo'"),
+    "train_three_bad": (
+        ["train.lr_scheduler=cosine_typo", "train.lora.r=0", "train.warmup_ratio=3"],
+        "train.lr_scheduler must be one of ['cosine', 'linear', 'constant', 'constant_with_warmup'], got 'cosine_typo'",
+    ),
     "eval_limit_zero": (["evaluation.limit=0"], "evaluation.limit must be an integer >= 1, got 0"),
     "eval_batch_size_zero": (["evaluation.batch_size=0"], "evaluation.batch_size must be an integer >= 1, got 0"),
     "seed_text": (["seed=abc"], "seed must be an integer >= 0, got 'abc'"),
@@ -26,11 +27,14 @@ CASES = {
     "old_lora_alpha_appended": (["+train.lora.alpha=16"], "train.lora.alpha is now train.lora.lora_alpha"),
     "old_eaft_k": (["loss=eaft", "loss.k=5"], "loss.k is now loss.top_k"),
     # item 3: a method= row is what ran
-    "method_base_trained": (["method=base", "strategy=full"], "method=base means strategy=none loss=constant, but the "
-                                                               "command line chose strategy=full"),
-    "method_no_conflict_other_loss": (["method=no_conflict", "loss=kaft"], "method=no_conflict means "
-                                                                           "strategy=no_conflict loss=constant, but "
-                                                                           "the command line chose loss=kaft"),
+    "method_base_trained": (
+        ["method=base", "strategy=full"],
+        "method=base means strategy=none loss=constant, but the command line chose strategy=full",
+    ),
+    "method_no_conflict_other_loss": (
+        ["method=no_conflict", "loss=kaft"],
+        "method=no_conflict means strategy=no_conflict loss=constant, but the command line chose loss=kaft",
+    ),
 }
 
 
@@ -52,11 +56,14 @@ def test_bad_config_in_a_sweep_is_one_line_per_job(tmp_path, good):  # noqa: F81
     assert not (cache.is_dir() and any(cache.iterdir()))
 
 
-@pytest.mark.parametrize("args, warning", [
-    (["loss=constant", "alpha=0.5"], "alpha=0.5 is not read by loss=constant"),
-    (["strategy=none", "loss=dpo"], "strategy=none: nothing is trained, loss=dpo is not used"),
-    (["train.lr=1e6"], "train.lr=1e+06 is above 1"),
-])
+@pytest.mark.parametrize(
+    "args, warning",
+    [
+        (["loss=constant", "alpha=0.5"], "alpha=0.5 is not read by loss=constant"),
+        (["strategy=none", "loss=dpo"], "strategy=none: nothing is trained, loss=dpo is not used"),
+        (["train.lr=1e6"], "train.lr=1e+06 is above 1"),
+    ],
+)
 def test_settings_nothing_reads_warn_in_one_line(tmp_path, good, args, warning):  # noqa: F811
     """A legal config whose setting changes nothing: one warning line, printed before the data loads (an empty
     training file then stops the job, so nothing trains here)."""

@@ -11,11 +11,17 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers.marks import slow_after_first
 
-ROWS = [{"id": f"q{i}", "question": f"What is the capital of Zorvia {i} ?",
-         "options": ["red", "green", "blue", "yellow"], "answer": i % 4} for i in range(8)]
+ROWS = [
+    {
+        "id": f"q{i}",
+        "question": f"What is the capital of Zorvia {i} ?",
+        "options": ["red", "green", "blue", "yellow"],
+        "answer": i % 4,
+    }
+    for i in range(8)
+]
 
 
 def _jsonl(rows) -> str:
@@ -39,19 +45,41 @@ def _write(tmp: Path, name: str, content: str | bytes) -> Path:
     return p
 
 
-def _run(tmp: Path, good: Path, args: list[str], train: Path | None = None, model: Path | None = None,
-         cache: Path | None = None, multirun: bool = False, local_data: bool = True, local_model: bool = True,
-         env: dict | None = None):
+def _run(
+    tmp: Path,
+    good: Path,
+    args: list[str],
+    train: Path | None = None,
+    model: Path | None = None,
+    cache: Path | None = None,
+    multirun: bool = False,
+    local_data: bool = True,
+    local_model: bool = True,
+    env: dict | None = None,
+):
     train = train or good / "train.jsonl"
     cache = cache or tmp / "cache"
-    env = {**os.environ, "KAFT_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "offline", **(env or {})}
+    env = {
+        **os.environ,
+        "KAFT_CACHE_DIR": str(cache),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "WANDB_MODE": "offline",
+        **(env or {}),
+    }
     data = ["dataset=local", f"dataset.train.path={train}", f"dataset.eval.test.path={good / 'train.jsonl'}"]
     model_args = ["model=local", f"model.path={model or good / 'model'}"] if local_model else []
     base = [*model_args, *(data if local_data else []), "logger=none", "detection.shots=2"]
     mode = ["-m", "hydra.sweep.dir=sweep"] if multirun else ["hydra.run.dir=run"]
-    out = subprocess.run([sys.executable, "-m", "kaft.run", *mode, *base, *args], cwd=tmp, env=env,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "kaft.run", *mode, *base, *args],
+        cwd=tmp,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return out, cache
 
 
@@ -72,14 +100,26 @@ def _check(out, cache: Path, message: str, tmp: Path):
 DATA_CASES = {
     "empty_file": ("train.jsonl", "", "train.jsonl: no rows"),
     "bad_json_line": ("train.jsonl", _jsonl(ROWS[:2]) + "{'question': oops}\n", "row 3: not valid JSON"),
-    "missing_field": ("train.jsonl", _jsonl([ROWS[0], {k: v for k, v in ROWS[1].items() if k != "question"}]),
-                      "row 2: field 'question': missing"),
-    "answer_out_of_range": ("train.jsonl", _jsonl([ROWS[0], {**ROWS[1], "answer": 7}]),
-                            "row 2: field 'answer': index 7 out of range for 4 options"),
-    "answer_bad_letter": ("train.jsonl", _jsonl([{**ROWS[0], "answer": "Z"}]),
-                          "row 1: field 'answer': 'Z' is neither an index nor a letter A-D"),
-    "duplicate_id": ("train.jsonl", _jsonl([ROWS[0], ROWS[1], {**ROWS[2], "id": "q0"}]),
-                     "row 3: field 'id': duplicate id 'q0' (first seen in row 1)"),
+    "missing_field": (
+        "train.jsonl",
+        _jsonl([ROWS[0], {k: v for k, v in ROWS[1].items() if k != "question"}]),
+        "row 2: field 'question': missing",
+    ),
+    "answer_out_of_range": (
+        "train.jsonl",
+        _jsonl([ROWS[0], {**ROWS[1], "answer": 7}]),
+        "row 2: field 'answer': index 7 out of range for 4 options",
+    ),
+    "answer_bad_letter": (
+        "train.jsonl",
+        _jsonl([{**ROWS[0], "answer": "Z"}]),
+        "row 1: field 'answer': 'Z' is neither an index nor a letter A-D",
+    ),
+    "duplicate_id": (
+        "train.jsonl",
+        _jsonl([ROWS[0], ROWS[1], {**ROWS[2], "id": "q0"}]),
+        "row 3: field 'id': duplicate id 'q0' (first seen in row 1)",
+    ),
     "non_utf8": ("train.jsonl", _jsonl(ROWS[:2]).encode() + b'{"question": "caf\xe9"}\n', "not UTF-8 text"),
     "one_option": ("train.jsonl", _jsonl([{**ROWS[0], "options": ["red"]}]), "needs at least 2 options"),
     "options_not_a_list": ("train.jsonl", _jsonl([{**ROWS[0], "options": 5}]), "expected a list of strings"),
@@ -110,11 +150,14 @@ CONFIG_CASES = {
     "too_many_shots": (["detection.shots=8"], "detection.shots=8 needs at least 9 training items"),
     "eval_without_data": (["~dataset.eval.test"], "has no eval benchmarks"),
     "eval_data_missing": (["dataset.eval.test.path=/nonexistent/test.jsonl"], "/nonexistent/test.jsonl: no such file"),
-    "launcher_field_wrong_type": (["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=many"],
-                                  "hydra.launcher.cpus_per_task=many: Value 'many' of type 'str' could not be "
-                                  "converted to Integer"),
-    "submitit_local_timeout_wrong_type": (["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=soon"],
-                                          "could not be converted to Integer"),
+    "launcher_field_wrong_type": (
+        ["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=many"],
+        "hydra.launcher.cpus_per_task=many: Value 'many' of type 'str' could not be converted to Integer",
+    ),
+    "submitit_local_timeout_wrong_type": (
+        ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=soon"],
+        "could not be converted to Integer",
+    ),
 }
 
 
@@ -126,8 +169,9 @@ def test_impossible_config(tmp_path, good, case):
 
 
 def test_launcher_field_wrong_type_in_a_sweep(tmp_path, good):
-    out, cache = _run(tmp_path, good, ["alpha=0.1,0.5", "hydra/launcher=slurm", "hydra.launcher.mem_gb=lots"],
-                      multirun=True)
+    out, cache = _run(
+        tmp_path, good, ["alpha=0.1,0.5", "hydra/launcher=slurm", "hydra.launcher.mem_gb=lots"], multirun=True
+    )
     _check(out, cache, "hydra.launcher.mem_gb=lots", tmp_path)
     assert out.returncode == 2 and not list((tmp_path / "sweep").rglob("results.json"))
 
@@ -199,15 +243,19 @@ def test_unwritable_run_dir(tmp_path, good):
 # ----------------------------------------------------------------------------------------------- hub, offline
 def _empty_hf_home(tmp: Path) -> dict:
     (tmp / "hf_home").mkdir()
-    return {"HF_HOME": str(tmp / "hf_home"), "HF_HUB_CACHE": str(tmp / "hf_home" / "hub"),
-            "HF_DATASETS_CACHE": str(tmp / "hf_home" / "datasets")}
+    return {
+        "HF_HOME": str(tmp / "hf_home"),
+        "HF_HUB_CACHE": str(tmp / "hf_home" / "hub"),
+        "HF_DATASETS_CACHE": str(tmp / "hf_home" / "datasets"),
+    }
 
 
 @pytest.mark.slow
 def test_hub_model_offline_and_not_cached(tmp_path, good):
     """The paper's model on an offline compute node with an empty cache: the cause and the command to run."""
-    out, cache = _run(tmp_path, good, ["model=llama3_8b"], local_data=False, local_model=False,
-                      env=_empty_hf_home(tmp_path))
+    out, cache = _run(
+        tmp_path, good, ["model=llama3_8b"], local_data=False, local_model=False, env=_empty_hf_home(tmp_path)
+    )
     _check(out, cache, "model 'meta-llama/Meta-Llama-3-8B' is not in the local Hugging Face cache", tmp_path)
     assert "run: hf download meta-llama/Meta-Llama-3-8B" in out.stderr and "HF_HUB_OFFLINE=1" in out.stderr
 

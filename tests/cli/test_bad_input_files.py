@@ -13,14 +13,13 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from test_bad_input import ROWS, _check, _jsonl, _run, _write, good  # noqa: F401  (good: module fixture)
 
 
 def _one_line(out, message: str) -> str:
     """Exactly one ``kaft: error:`` line holding ``message``, a non-zero exit, no traceback. The line may follow a
     progress bar that the failure cut off before its newline (tqdm's, during training)."""
-    errors = [line[line.index("kaft: error:"):] for line in out.stderr.splitlines() if "kaft: error:" in line]
+    errors = [line[line.index("kaft: error:") :] for line in out.stderr.splitlines() if "kaft: error:" in line]
     assert out.returncode != 0 and len(errors) == 1, out.stderr[-3000:]
     assert message in errors[0], errors[0]
     assert "Traceback" not in out.stdout + out.stderr, out.stderr[-3000:]
@@ -59,8 +58,12 @@ def test_truncated_safetensors(tmp_path, good):  # noqa: F811
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])  # an interrupted copy or download
     out, cache = _run(tmp_path, good, [], model=model)
-    _check(out, cache, f"{weights}: {len(data) // 2} bytes where its header says {len(data)} bytes: the file is "
-                       f"truncated or damaged", tmp_path)
+    _check(
+        out,
+        cache,
+        f"{weights}: {len(data) // 2} bytes where its header says {len(data)} bytes: the file is truncated or damaged",
+        tmp_path,
+    )
 
 
 def test_cuda_device_without_a_gpu(tmp_path, good):  # noqa: F811
@@ -87,8 +90,12 @@ def small_disk(tmp_path):
 def test_full_disk_during_a_job(tmp_path, good, small_disk):  # noqa: F811
     """The cache on a 64 KiB disk: the job runs until an artifact no longer fits, then one line names the cache and
     the free space; every artifact left in the cache is complete (has its manifest), no temporary dir remains."""
-    out, _ = _run(tmp_path, good, ["experiment=smoke", "progress=false", "train.batch_size=4", "train.max_length=256",
-                                   "evaluation.batch_size=4"], cache=small_disk / "cache")
+    out, _ = _run(
+        tmp_path,
+        good,
+        ["experiment=smoke", "progress=false", "train.batch_size=4", "train.max_length=256", "evaluation.batch_size=4"],
+        cache=small_disk / "cache",
+    )
     line = _one_line(out, f"the disk holding the kaft cache ({small_disk / 'cache'}) is full: writing ")
     assert "MiB are free there now, so it needs more than that" in line and "KAFT_CACHE_DIR" in line
     for stage in (small_disk / "cache").iterdir():
@@ -99,8 +106,9 @@ def test_full_disk_during_a_job(tmp_path, good, small_disk):  # noqa: F811
 # ----------------------------------------------------------------------------------------------- output paths
 def _tool(tmp: Path, module: str, *args) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline"}
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=tmp, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)], cwd=tmp, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_table_out_below_a_regular_file(tmp_path):
@@ -115,6 +123,8 @@ def test_export_force_onto_a_folder_of_runs(tmp_path):
     run.mkdir(parents=True)
     (run / "results.json").write_text(json.dumps({"status": "done", "config": {}}))
     _write(tmp_path / "runs", "notes.txt", "the only copy\n")
-    _one_line(_tool(tmp_path, "kaft.export", run, "--out", tmp_path / "runs", "--force"),
-              "is not an export kaft wrote: it holds no kaft export manifest")
+    _one_line(
+        _tool(tmp_path, "kaft.export", run, "--out", tmp_path / "runs", "--force"),
+        "is not an export kaft wrote: it holds no kaft export manifest",
+    )
     assert sorted(p.name for p in (tmp_path / "runs").rglob("*")) == ["notes.txt", "results.json", "run_a"]

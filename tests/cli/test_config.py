@@ -11,8 +11,10 @@ from omegaconf import OmegaConf
 CONF = Path(__file__).resolve().parents[2] / "conf"
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
 OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
-REQUIRED = {("model", "local"): ["model.path=/tmp/m"],
-            ("dataset", "local"): ["dataset.train.path=/tmp/a.jsonl", "dataset.eval.test.path=/tmp/b.jsonl"]}
+REQUIRED = {
+    ("model", "local"): ["model.path=/tmp/m"],
+    ("dataset", "local"): ["dataset.train.path=/tmp/a.jsonl", "dataset.eval.test.path=/tmp/b.jsonl"],
+}
 
 
 def _compose(overrides):
@@ -41,12 +43,15 @@ def test_top_level_alpha_beta_feed_the_losses():
     assert (cfg.loss.alpha, cfg.loss.beta, cfg.loss.eaft_alpha) == (0.3, 0.5, 1.0)
 
 
-@pytest.mark.parametrize("loss, expect", [
-    ("kaft", {"alpha": 0.1, "beta": 0.5}),                      # KaFT §3
-    ("eaft", {"eaft_alpha": 1.0}),                              # EAFT §3, LLaMA-Factory eaft_alpha
-    ("kaft_eaft", {"alpha": 0.1, "beta": 0.5, "eaft_alpha": 1.0}),
-    ("dpo", {"alpha": 0.1, "beta": 0.5, "dpo_beta": 0.1}),
-])
+@pytest.mark.parametrize(
+    "loss, expect",
+    [
+        ("kaft", {"alpha": 0.1, "beta": 0.5}),  # KaFT §3
+        ("eaft", {"eaft_alpha": 1.0}),  # EAFT §3, LLaMA-Factory eaft_alpha
+        ("kaft_eaft", {"alpha": 0.1, "beta": 0.5, "eaft_alpha": 1.0}),
+        ("dpo", {"alpha": 0.1, "beta": 0.5, "dpo_beta": 0.1}),
+    ],
+)
 def test_each_loss_has_its_own_paper_defaults(loss, expect):
     cfg = _compose([f"loss={loss}"])
     assert cfg.alpha is None and cfg.beta is None  # nothing given: each loss falls back to its own default
@@ -54,11 +59,17 @@ def test_each_loss_has_its_own_paper_defaults(loss, expect):
     assert list(_compose(["partition=k8"]).partition.rewards)[:3] == [0.1, 0.3, 0.5]
 
 
-@pytest.mark.parametrize("before, after, exponent", [([], [], "1.0"), (["alpha=0.5"], [], "0.5"),
-                                                     ([], ["--resolve"], "1.0")])
+@pytest.mark.parametrize(
+    "before, after, exponent", [([], [], "1.0"), (["alpha=0.5"], [], "0.5"), ([], ["--resolve"], "1.0")]
+)
 def test_cfg_job_shows_the_eaft_exponent(before, after, exponent):
-    out = subprocess.run([sys.executable, "-m", "kaft.run", "loss=eaft", *before, "--cfg", "job", *after],
-                         capture_output=True, text=True, cwd=CONF.parent, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "kaft.run", "loss=eaft", *before, "--cfg", "job", *after],
+        capture_output=True,
+        text=True,
+        cwd=CONF.parent,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert f"  eaft_alpha: {exponent}\n" in out.stdout and "${" not in out.stdout
 
@@ -72,8 +83,9 @@ def test_model_configs_override_stage_defaults():
 
 
 def test_cfg_job_shows_the_groups():
-    out = subprocess.run([sys.executable, "-m", "kaft.run", "--cfg", "job"], capture_output=True, text=True,
-                         cwd=CONF.parent, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "kaft.run", "--cfg", "job"], capture_output=True, text=True, cwd=CONF.parent, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     for key in ["model:", "dataset:", "detection:", "loss:", "partition:", "logger:"]:
         assert f"\n{key}" in "\n" + out.stdout
@@ -102,15 +114,21 @@ def test_every_sweep_file_composes(name):
         assert params["dataset"] == "medqa_xiezhi"
         ds = _compose(["dataset=medqa_xiezhi"]).dataset
         assert ds.train.path == "GBaker/MedQA-USMLE-4-options" and {n: e.domain for n, e in ds.eval.items()} == {
-            "xiezhi_history": "history", "xiezhi_engineering": "engineering", "xiezhi_law": "law"}
+            "xiezhi_history": "history",
+            "xiezhi_engineering": "engineering",
+            "xiezhi_law": "law",
+        }
     if name == "table7_domains":  # KaFT Table 7: each Xiezhi domain's training set, all three test sets
         assert params["dataset"] == "xiezhi_history,xiezhi_engineering,xiezhi_law" and jobs == 15
     if name == "table2_main":  # both readings of self-aligning's r_i
         assert {"self_align", "self_align_majority"} <= set(params["method"].split(","))
 
 
-STAGE_DEFAULTS = {"train": CONF / "train" / "lora.yaml", "detection": CONF / "detection" / "diversified.yaml",
-                  "evaluation": CONF / "evaluation" / "default.yaml"}
+STAGE_DEFAULTS = {
+    "train": CONF / "train" / "lora.yaml",
+    "detection": CONF / "detection" / "diversified.yaml",
+    "evaluation": CONF / "evaluation" / "default.yaml",
+}
 
 
 def _leaves(node, prefix=()):

@@ -18,10 +18,22 @@ def _cache_dir() -> str:
 
 
 def _kaft(args, tmp_path, timeout=900):
-    env = {**os.environ, "KAFT_CACHE_DIR": _cache_dir(), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "WANDB_SILENT": "true"}
-    out = subprocess.run([sys.executable, "-m", "kaft.run", *args], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=timeout)
+    env = {
+        **os.environ,
+        "KAFT_CACHE_DIR": _cache_dir(),
+        "WANDB_MODE": "offline",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "WANDB_SILENT": "true",
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "kaft.run", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
     return out
 
@@ -45,20 +57,39 @@ def test_default_job(tmp_path):
 
 def test_detection_strategies_and_ablations(tmp_path):
     """Every detection strategy and the paper's ablation switches run end to end on the testbed (smoke sizes)."""
-    _kaft(["-m", "detection=icl,no_diverse_query,no_sampling,no_both", "experiment=smoke", "logger=none",
-           "progress=false", "hydra.sweep.dir=sweep"], tmp_path)
+    _kaft(
+        [
+            "-m",
+            "detection=icl,no_diverse_query,no_sampling,no_both",
+            "experiment=smoke",
+            "logger=none",
+            "progress=false",
+            "hydra.sweep.dir=sweep",
+        ],
+        tmp_path,
+    )
     res = _results(tmp_path / "sweep")
     assert len(res) == 4 and all(r["status"] == "done" for r in res)
-    assert len({r["cache_keys"]["detect"] for r in res}) == 4        # four different detections
+    assert len({r["cache_keys"]["detect"] for r in res}) == 4  # four different detections
     by = {tuple(o for o in r["overrides"] if o.startswith("detection=")): r for r in res}
-    assert "confident_rate" in by[("detection=icl",)]["detection"]   # icl's "reflects knowledge" flag, as a rate
+    assert "confident_rate" in by[("detection=icl",)]["detection"]  # icl's "reflects knowledge" flag, as a rate
     for r in res:
         assert 0.5 <= r["detection"]["auroc_contradict"] <= 1.0 or r["overrides"] == ["detection=icl"]
 
 
 def test_mc_conversion_exact_on_free_form_testbed(tmp_path):
-    _kaft(["dataset=testbed_freeform", "detection=mc_conversion", "detection.estimator=exact", "experiment=smoke",
-           "logger=none", "progress=false", "hydra.run.dir=run"], tmp_path)
+    _kaft(
+        [
+            "dataset=testbed_freeform",
+            "detection=mc_conversion",
+            "detection.estimator=exact",
+            "experiment=smoke",
+            "logger=none",
+            "progress=false",
+            "hydra.run.dir=run",
+        ],
+        tmp_path,
+    )
     (res,) = _results(tmp_path / "run")
     assert res["status"] == "done" and res["data"]["n_train"] == 200
     assert {"pass_at_n_rate", "high_conf_error_rate", "auroc_contradict"} <= set(res["detection"])

@@ -10,10 +10,10 @@ import math
 from pathlib import Path
 
 import pytest
+from helpers import tiny_job_args, write_tiny_job
 from hydra import compose, initialize_config_dir
 
 import kaft.resolvers  # noqa: F401  (the resolvers conf/ uses)
-from helpers import tiny_job_args, write_tiny_job
 from kaft import job as job_mod
 from kaft.cache import Cache
 from kaft.detection import DETECTORS, Detector, Layout, Need
@@ -79,8 +79,9 @@ def test_a_toy_loss_and_a_toy_detector_run_a_whole_job(toys, tmp_path, monkeypat
 
     # the toy detector's Score is what diversified's exact estimator computes with the same orders at T = 1
     toy = _records(root, res["cache_keys"]["detect"])
-    ref = _job(root, "detection.estimator=exact", "detection.temperature=1.0", "detection.order_scheme=cyclic",
-               "force=true")
+    ref = _job(
+        root, "detection.estimator=exact", "detection.temperature=1.0", "detection.order_scheme=cyclic", "force=true"
+    )
     exact = _records(root, ref["cache_keys"]["detect"])
     assert [r["id"] for r in toy] == [r["id"] for r in exact]
     assert all(math.isclose(a["score"], b["score"], rel_tol=1e-5, abs_tol=1e-6) for a, b in zip(toy, exact))

@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import tiny_job_args, write_tiny_job
 
 
@@ -19,13 +18,24 @@ def setup(tmp_path_factory):
 
 
 def _kaft(root, *args):
-    env = {**os.environ, "KAFT_CACHE_DIR": str(root / "cache"), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
-           "WANDB_SILENT": "true"}
+    env = {
+        **os.environ,
+        "KAFT_CACHE_DIR": str(root / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+    }
     base = tiny_job_args(root, "test.csv")
     flags = [a for a in args if a == "-m"]  # Hydra flags go before the overrides
     args = [a for a in args if a != "-m"]
-    out = subprocess.run([sys.executable, "-m", "kaft.run", *flags, *base, *args], cwd=root, env=env,
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "kaft.run", *flags, *base, *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     return out
 
@@ -37,7 +47,8 @@ def test_pipeline_runs_caches_and_logs(setup):
     assert r1["status"] == "done" and r1["data"]["n_train"] == 12 and r1["data"]["n_eval"] == {"test": 6}
     assert r1["subsets"] == {"wrong": 3, "might-wrong": 3, "might-right": 3, "right": 3}
     assert r1["weights_by_subset"] == pytest.approx(
-        {"wrong": 0.1, "might-wrong": 0.5, "might-right": 1.0, "right": 1.0})
+        {"wrong": 0.1, "might-wrong": 0.5, "might-right": 1.0, "right": 1.0}
+    )
     assert set(r1["cache"].values()) == {"miss"}
     assert 0 <= r1["metrics"]["benchmarks"]["test"]["acc"] <= 1 and r1["metrics"]["benchmarks"]["test"]["n"] == 6
     assert r1["versions"]["torch"] and r1["config"]["loss"]["name"] == "kaft"
@@ -60,17 +71,32 @@ def test_pipeline_runs_caches_and_logs(setup):
 def test_two_by_two_multirun_shares_detection(setup, launcher):
     """The mission command's shape (-m loss=kaft,eaft alpha=0.1,0.5) on both launchers: 4 jobs, one detection."""
     sweep = f"sweep_{launcher}"
-    args = ["-m", "loss=kaft,eaft", "alpha=0.1,0.5", f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep}",
-            "logger=wandb"]
+    args = [
+        "-m",
+        "loss=kaft,eaft",
+        "alpha=0.1,0.5",
+        f"hydra/launcher={launcher}",
+        f"hydra.sweep.dir={sweep}",
+        "logger=wandb",
+    ]
     if launcher == "submitit_local":
         args += ["hydra.launcher.timeout_min=20", "hydra.launcher.cpus_per_task=1"]
     out = _kaft(setup, *args)
     res = [json.loads(p.read_text()) for p in sorted((setup / sweep).rglob("results.json"))]
     assert len(res) == 4 and all(r["status"] == "done" for r in res)
     assert {(r["config"]["loss"]["name"], r["config"]["alpha"]) for r in res} == {
-        ("kaft", 0.1), ("kaft", 0.5), ("eaft", 0.1), ("eaft", 0.5)}
-    used = {(r["config"]["loss"]["name"], r["config"]["loss"]["alpha" if r["config"]["loss"]["name"] == "kaft"
-                                                              else "eaft_alpha"]) for r in res}
+        ("kaft", 0.1),
+        ("kaft", 0.5),
+        ("eaft", 0.1),
+        ("eaft", 0.5),
+    }
+    used = {
+        (
+            r["config"]["loss"]["name"],
+            r["config"]["loss"]["alpha" if r["config"]["loss"]["name"] == "kaft" else "eaft_alpha"],
+        )
+        for r in res
+    }
     assert used == {("kaft", 0.1), ("kaft", 0.5), ("eaft", 0.1), ("eaft", 0.5)}  # the swept alpha reached each loss
     assert len({r["cache_keys"]["detect"] for r in res}) == 1  # one detection for the sweep
     assert len({r["cache_keys"]["train"] for r in res}) == 4
@@ -95,7 +121,10 @@ def test_finished_job_is_skipped_unless_forced(setup):
     forced = _kaft(setup, "loss=constant", "force=true")
     assert "already complete" not in forced.stdout + forced.stderr
     other_seed = _kaft(setup, "loss=constant", "seed=1")  # seed is not in the dir name: the hash is
-    assert "already complete" not in other_seed.stdout + other_seed.stderr and len(list((setup / "outputs").glob("run_*"))) == 2
+    assert (
+        "already complete" not in other_seed.stdout + other_seed.stderr
+        and len(list((setup / "outputs").glob("run_*"))) == 2
+    )
 
 
 @pytest.mark.slow
@@ -103,13 +132,23 @@ def test_strategies_and_fine_grained_evaluation(setup):
     """Each data strategy through the CLI: the selection lands in results.json, `none` trains nothing and reports
     the base model, and fine-grained evaluation reports accuracy per conflict subset of the probed test set."""
     sweep = "sweep_strategies"
-    _kaft(setup, "-m", "strategy=none,no_conflict,self_align,wrong_ratio", "loss=constant",
-          "evaluation.fine_grained=true", f"hydra.sweep.dir={sweep}")
-    res = {r["config"]["strategy"]["name"]: r
-           for r in (json.loads(p.read_text()) for p in (setup / sweep).rglob("results.json"))}
+    _kaft(
+        setup,
+        "-m",
+        "strategy=none,no_conflict,self_align,wrong_ratio",
+        "loss=constant",
+        "evaluation.fine_grained=true",
+        f"hydra.sweep.dir={sweep}",
+    )
+    res = {
+        r["config"]["strategy"]["name"]: r
+        for r in (json.loads(p.read_text()) for p in (setup / sweep).rglob("results.json"))
+    }
     assert set(res) == {"none", "no_conflict", "self_align", "wrong_ratio"}
     assert res["none"]["metrics"] == res["none"]["base_metrics"] and "train" not in res["none"]["cache"]
-    assert res["no_conflict"]["strategy"]["n_kept"] == 9 and res["no_conflict"]["strategy"]["kept_by_subset"]["wrong"] == 0
+    assert (
+        res["no_conflict"]["strategy"]["n_kept"] == 9 and res["no_conflict"]["strategy"]["kept_by_subset"]["wrong"] == 0
+    )
     assert res["wrong_ratio"]["strategy"]["wrong_kept"] == 2  # round(0.5 * 3) with halves up
     assert res["self_align"]["strategy"]["n_kept"] == 12
     # KaFT §2.2's r_i: the sampled probe holds no greedy answer, so one exact pass over the original order adds it
@@ -128,18 +167,35 @@ def test_every_loss_runs_end_to_end(setup):
     probe's samples with an estimator that saves none is a config error before any model loads."""
     sweep = "sweep_losses"
     _kaft(setup, "-m", "loss=dft,kaft_eaft,dpo,auto_adapt", f"hydra.sweep.dir={sweep}")
-    res = {r["config"]["loss"]["name"]: r for r in (json.loads(p.read_text()) for p in (setup / sweep).rglob("results.json"))}
+    res = {
+        r["config"]["loss"]["name"]: r
+        for r in (json.loads(p.read_text()) for p in (setup / sweep).rglob("results.json"))
+    }
     assert set(res) == {"dft", "kaft_eaft", "dpo", "auto_adapt"} and all(r["status"] == "done" for r in res.values())
     assert res["dpo"]["cache"]["dpo_samples"] == "miss" and "dpo_samples" not in res["dft"]["cache"]
-    _kaft(setup, "loss=dpo", "loss.pair_source=detection", "loss.pairs=dataset_self",
-          "hydra.run.dir=dpo_detection")
+    _kaft(setup, "loss=dpo", "loss.pair_source=detection", "loss.pairs=dataset_self", "hydra.run.dir=dpo_detection")
     det = json.loads((setup / "dpo_detection" / "results.json").read_text())
     assert det["status"] == "done" and "dpo_samples" not in det["cache"]
     env = {**os.environ, "KAFT_CACHE_DIR": str(setup / "cache_dpo_err"), "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, "-m", "kaft.run", "loss=dpo", "loss.pair_source=detection",
-                          "detection.estimator=exact", "model=local",
-                          f"model.path={setup / 'model'}", "dataset=local", f"dataset.train.path={setup / 'train.jsonl'}",
-                          f"dataset.eval.test.path={setup / 'test.csv'}"], cwd=setup, env=env, capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kaft.run",
+            "loss=dpo",
+            "loss.pair_source=detection",
+            "detection.estimator=exact",
+            "model=local",
+            f"model.path={setup / 'model'}",
+            "dataset=local",
+            f"dataset.train.path={setup / 'train.jsonl'}",
+            f"dataset.eval.test.path={setup / 'test.csv'}",
+        ],
+        cwd=setup,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 2 and "loss=dpo needs the model's sampled answers" in out.stderr
     assert not (setup / "cache_dpo_err" / "detect").exists()

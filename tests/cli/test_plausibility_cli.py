@@ -16,14 +16,39 @@ CONTEXT = 64  # the tiny model's max_position_embeddings: below one long questio
 
 
 def _kaft(root, model, train, test, *args):
-    env = {**os.environ, "KAFT_CACHE_DIR": str(root / "cache"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    base = ["model=local", f"model.path={model}", "dataset=local", f"dataset.train.path={train}",
-            f"dataset.eval.test.path={test}", "logger=none", "detection.num_orders=2", "detection.num_samples=2",
-            "detection.shots=2", "detection.max_new_tokens=2", "train.batch_size=4", "train.max_length=256",
-            "evaluation.batch_size=4"]
-    out = subprocess.run([sys.executable, "-m", "kaft.run", *base, *args], cwd=root, env=env, capture_output=True,
-                         text=True, timeout=480, check=False)
+    env = {
+        **os.environ,
+        "KAFT_CACHE_DIR": str(root / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "WANDB_MODE": "offline",
+        "OMP_NUM_THREADS": "1",
+    }
+    base = [
+        "model=local",
+        f"model.path={model}",
+        "dataset=local",
+        f"dataset.train.path={train}",
+        f"dataset.eval.test.path={test}",
+        "logger=none",
+        "detection.num_orders=2",
+        "detection.num_samples=2",
+        "detection.shots=2",
+        "detection.max_new_tokens=2",
+        "train.batch_size=4",
+        "train.max_length=256",
+        "evaluation.batch_size=4",
+    ]
+    out = subprocess.run(
+        [sys.executable, "-m", "kaft.run", *base, *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=480,
+        check=False,
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     return out
 
@@ -65,7 +90,9 @@ def test_test_file_equal_to_training_file_warns_once_and_runs(root):
     out = _kaft(root, root / "model", root / "train.jsonl", root / "train.jsonl", "hydra.run.dir=same")
     lines = _warnings(out)
     assert len(lines) == 1, out.stderr[-3000:]
-    assert f"benchmark 'test' (dataset.eval.test) is identical to the training set " \
+    assert (
+        f"benchmark 'test' (dataset.eval.test) is identical to the training set "
         f"({len(tiny_train_rows())} items)" in lines[0]
+    )
     assert _before_model_load(root / "same", lines[0])
     assert json.loads((root / "same" / "results.json").read_text())["status"] == "done"

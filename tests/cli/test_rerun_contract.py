@@ -15,11 +15,18 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import write_tiny_job
 
-ARGS = ["experiment=smoke", "detection.shots=2", "detection.max_new_tokens=2", "train.batch_size=4",
-        "train.max_length=256", "evaluation.batch_size=4", "logger=none", "progress=false"]
+ARGS = [
+    "experiment=smoke",
+    "detection.shots=2",
+    "detection.max_new_tokens=2",
+    "train.batch_size=4",
+    "train.max_length=256",
+    "evaluation.batch_size=4",
+    "logger=none",
+    "progress=false",
+]
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +36,19 @@ def root(tmp_path_factory):
 
 def _cmd(root: Path, *args: str, train: str = "train.jsonl") -> list[str]:
     flags = [a for a in args if a == "-m"]  # Hydra flags go before the overrides
-    return [sys.executable, "-m", "kaft.run", *flags, "model=local", f"model.path={root / 'model'}", "dataset=local",
-            f"dataset.train.path={root / train}", f"dataset.eval.test.path={root / 'test.jsonl'}", *ARGS,
-            *(a for a in args if a != "-m")]
+    return [
+        sys.executable,
+        "-m",
+        "kaft.run",
+        *flags,
+        "model=local",
+        f"model.path={root / 'model'}",
+        "dataset=local",
+        f"dataset.train.path={root / train}",
+        f"dataset.eval.test.path={root / 'test.jsonl'}",
+        *ARGS,
+        *(a for a in args if a != "-m"),
+    ]
 
 
 def _env(cache: Path) -> dict:
@@ -39,8 +56,9 @@ def _env(cache: Path) -> dict:
 
 
 def _kaft(root: Path, *args: str, rc: int = 0, cache: str = "cache", train: str = "train.jsonl"):
-    out = subprocess.run(_cmd(root, *args, train=train), cwd=root, env=_env(root / cache), capture_output=True,
-                         text=True, timeout=600)
+    out = subprocess.run(
+        _cmd(root, *args, train=train), cwd=root, env=_env(root / cache), capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == rc, out.stdout[-2000:] + out.stderr[-3000:]
     return out
 
@@ -116,8 +134,9 @@ def test_truncated_results_rerun_and_say_why(root, finished):
 def test_sweep_with_an_invalid_job_fails_before_its_first_job(root):
     out = _kaft(root, "-m", "loss=kaft,eaft", "alpha=0.1,2", "hydra.sweep.dir=bad_sweep", cache="cache_bad", rc=2)
     line = _error(out)
-    assert line.startswith("kaft: error: 1 of 4 jobs is invalid: job 1 (loss=kaft alpha=2): loss kaft: 'alpha' "
-                           "must be in [0, 1], got 2"), line
+    assert line.startswith(
+        "kaft: error: 1 of 4 jobs is invalid: job 1 (loss=kaft alpha=2): loss kaft: 'alpha' must be in [0, 1], got 2"
+    ), line
     assert not (root / "bad_sweep").exists() and not (root / "cache_bad").exists()  # nothing ran, nothing written
 
 
@@ -161,14 +180,16 @@ def test_ctrl_c_marks_the_job_interrupted_and_a_rerun_resumes(root):
         proc.kill()
     assert proc.returncode == 130, err[-3000:]
     assert re.findall(r"kaft: [^\r\n]*", err) == [  # (it may follow a progress bar's carriage return)
-        "kaft: interrupted: train; re-run the same command to resume"], err[-3000:]
+        "kaft: interrupted: train; re-run the same command to resume"
+    ], err[-3000:]
     assert "Traceback" not in err
     (job,) = [p.parent for p in sweep.rglob("results.json")]
     res = json.loads((job / "results.json").read_text())
     assert res["status"] == "interrupted" and res["stage"] == "train" and res["metrics"] is None
     assert res["identity"]["parts"]["config"]["train"]["epochs"] == 20
-    shown = subprocess.run([sys.executable, "-m", "kaft.sweep.status", str(sweep)], capture_output=True, text=True,
-                           timeout=120)
+    shown = subprocess.run(
+        [sys.executable, "-m", "kaft.sweep.status", str(sweep)], capture_output=True, text=True, timeout=120
+    )
     assert "interrupted" in shown.stdout and "1 interrupted of 1 jobs" in shown.stdout, shown.stdout + shown.stderr
     rerun = subprocess.run(cmd, cwd=root, env=_env(cache), capture_output=True, text=True, timeout=600)
     log = rerun.stdout + rerun.stderr

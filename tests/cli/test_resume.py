@@ -9,7 +9,6 @@ import sys
 import time
 
 import pytest
-
 from helpers import tiny_job_args
 from test_pipeline import setup  # noqa: F401  (module fixture: tiny saved model + local data)
 
@@ -28,15 +27,15 @@ def _env(cache):
 
 
 def _run(root, run_dir, cache):
-    out = subprocess.run(_cmd(root, run_dir), cwd=root, env=_env(cache), capture_output=True, text=True,
-                         timeout=600)
+    out = subprocess.run(_cmd(root, run_dir), cwd=root, env=_env(cache), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     return out, json.loads((root / run_dir / "results.json").read_text())
 
 
 def _kill_when(root, run_dir, cache, ready, timeout=300):
-    proc = subprocess.Popen(_cmd(root, run_dir), cwd=root, env=_env(cache), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cmd(root, run_dir), cwd=root, env=_env(cache), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     t0 = time.time()
     try:
         while not ready(cache):

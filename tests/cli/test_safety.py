@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import tiny_job_args
 from test_pipeline import setup  # noqa: F401  (module fixture: tiny saved model + local data)
 
@@ -66,8 +65,12 @@ def test_load_passes_trust_remote_code_only_when_the_config_says_true(monkeypatc
 
     monkeypatch.setattr(transformers, "AutoTokenizer", Fake)
     monkeypatch.setattr(transformers, "AutoModelForCausalLM", Fake)
-    for cfg, want in (({}, False), ({"trust_remote_code": False}, False), ({"trust_remote_code": None}, False),
-                      ({"trust_remote_code": True}, True)):
+    for cfg, want in (
+        ({}, False),
+        ({"trust_remote_code": False}, False),
+        ({"trust_remote_code": None}, False),
+        ({"trust_remote_code": True}, True),
+    ):
         calls.clear()
         modeling.load({"source": "hub", "path": "x", **cfg}, "x", "cpu")
         assert calls == [want, want], cfg
@@ -96,8 +99,12 @@ def test_no_code_turns_remote_code_on_and_every_torch_load_is_weights_only():
                 if not (isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True):
                     bad.append(f"{path.relative_to(REPO)}:{call.lineno}: torch.load without weights_only=True")
         for node in ast.walk(tree):
-            if isinstance(node, ast.keyword) and node.arg == "trust_remote_code" and \
-                    isinstance(node.value, ast.Constant) and node.value.value is True:
+            if (
+                isinstance(node, ast.keyword)
+                and node.arg == "trust_remote_code"
+                and isinstance(node.value, ast.Constant)
+                and node.value.value is True
+            ):
                 bad.append(f"{path.relative_to(REPO)}:{node.value.lineno}: trust_remote_code=True")
     assert not bad, bad
 
@@ -107,14 +114,32 @@ def test_no_code_turns_remote_code_on_and_every_torch_load_is_weights_only():
 def secret_run(setup):  # noqa: F811
     """One job (W&B on, offline) with fake secrets in the environment, one of them interpolated into the config,
     under umask 027."""
-    env = {**os.environ, **SECRETS, "KAFT_CACHE_DIR": str(setup / "cache_safety"), "HF_HUB_OFFLINE": "1",
-           "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    env = {
+        **os.environ,
+        **SECRETS,
+        "KAFT_CACHE_DIR": str(setup / "cache_safety"),
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+    }
     # a W&B service started by an earlier test in this process would write the job's W&B files with its own umask
     env.pop("WANDB_SERVICE", None)
-    args = [*tiny_job_args(setup, "test.csv"), "train.save_steps=1", "logger=wandb",
-            "+model.hub_token=${oc.env:HF_TOKEN}", "hydra.run.dir=safety_run"]
-    out = subprocess.run([sys.executable, "-m", "kaft.run", *args], cwd=setup, env=env, capture_output=True,
-                         text=True, timeout=600, preexec_fn=lambda: os.umask(0o027))
+    args = [
+        *tiny_job_args(setup, "test.csv"),
+        "train.save_steps=1",
+        "logger=wandb",
+        "+model.hub_token=${oc.env:HF_TOKEN}",
+        "hydra.run.dir=safety_run",
+    ]
+    out = subprocess.run(
+        [sys.executable, "-m", "kaft.run", *args],
+        cwd=setup,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=lambda: os.umask(0o027),
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     return setup / "safety_run", setup / "cache_safety", out
 
@@ -130,8 +155,12 @@ def test_secrets_never_reach_the_run_dir_results_or_wandb(secret_run):
     names = {p.relative_to(run_dir).as_posix() for p in files}
     assert {"results.json", "run.log", ".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml"} <= names
     assert any(n.startswith("wandb/") and n.endswith(".wandb") for n in names)  # the offline W&B run
-    leaks = [f"{p.relative_to(run_dir)}: {name}" for p in files + _all_files(cache) for name, value in SECRETS.items()
-             if value.encode() in p.read_bytes()]
+    leaks = [
+        f"{p.relative_to(run_dir)}: {name}"
+        for p in files + _all_files(cache)
+        for name, value in SECRETS.items()
+        if value.encode() in p.read_bytes()
+    ]
     leaks += [f"stdout/stderr: {name}" for name, value in SECRETS.items() if value in out.stdout + out.stderr]
     assert not leaks, leaks
     res = json.loads((run_dir / "results.json").read_text())

@@ -10,16 +10,26 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import write_tiny_job
 
 ROOT = Path(__file__).resolve().parents[2]
 SWEEPS = sorted(p.stem for p in (ROOT / "sweeps").glob("*.yaml"))
 # the layout analysis.table picks for each sweep on its own (the paper table it reproduces)
-LAYOUT = {"table2_main": "main", "table6_halueval": "main", "table4_detection": "4", "table5_partitions": "5",
-          "table9_subsets": "9", "table10_wrong_ratio": "10", "table12_rewards": "12", "table13_alpha_beta": "13",
-          "losses": "losses", "ren_har_inc_self": "ren", "mission": "losses", "table3_ood": "main",
-          "table7_domains": "main"}
+LAYOUT = {
+    "table2_main": "main",
+    "table6_halueval": "main",
+    "table4_detection": "4",
+    "table5_partitions": "5",
+    "table9_subsets": "9",
+    "table10_wrong_ratio": "10",
+    "table12_rewards": "12",
+    "table13_alpha_beta": "13",
+    "losses": "losses",
+    "ren_har_inc_self": "ren",
+    "mission": "losses",
+    "table3_ood": "main",
+    "table7_domains": "main",
+}
 COLORS = ["red", "green", "blue", "yellow"]
 
 
@@ -28,14 +38,23 @@ def _medqa_rows(n):  # MedQA's hub row format (answer_idx a letter), for dataset
 
 
 def _xiezhi_rows(n):  # Ren et al.'s Xiezhi release: options one per line, the answer as its text
-    return [{"question": f"What is Tarn {i} ?", "options": "\n".join(COLORS), "answer": COLORS[(i + 1) % 4],
-             "labels": ["x"]} for i in range(n)]
+    return [
+        {
+            "question": f"What is Tarn {i} ?",
+            "options": "\n".join(COLORS),
+            "answer": COLORS[(i + 1) % 4],
+            "labels": ["x"],
+        }
+        for i in range(n)
+    ]
 
 
 # sweeps whose data set is the point run on their own dataset configs, with local files in the sources' formats
 # ($KAFT_DATA_DIR/xiezhi/ for Ren et al.'s Xiezhi files; MedQA's training set from a local file instead of the hub)
-OWN_DATA = {"table3_ood": lambda root: ["++dataset.train.source=local", f"++dataset.train.path={root / 'medqa.jsonl'}"],
-            "table7_domains": lambda root: ["method=base,kaft"]}  # 3 domains x 2 methods: every config, fewer jobs
+OWN_DATA = {
+    "table3_ood": lambda root: ["++dataset.train.source=local", f"++dataset.train.path={root / 'medqa.jsonl'}"],
+    "table7_domains": lambda root: ["method=base,kaft"],
+}  # 3 domains x 2 methods: every config, fewer jobs
 # a random tiny model answers nothing with confidence > 0.5: Ren et al.'s filter would leave no item (unit-tested in
 # test_strategy.py), so the plumbing runs with it off
 EXTRA = {"ren_har_inc_self": ["++strategy.confident_only=false"]}
@@ -53,17 +72,46 @@ def setup(tmp_path_factory):
 
 
 def _sweep(root: Path, name: str, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "KAFT_CACHE_DIR": str(root / "cache"), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
-           "WANDB_SILENT": "true", "KAFT_DATA_DIR": str(root / "data")}
-    data = OWN_DATA[name](root) if name in OWN_DATA else [
-        "dataset=local", f"dataset.train.path={root / 'train.jsonl'}", f"dataset.eval.test.path={root / 'test.jsonl'}"]
-    args = ["-m", f"+sweeps={name}", "model=local", f"model.path={root / 'model'}", *data,
-            "++detection.num_orders=2", "++detection.num_samples=2", "detection.shots=1", "++detection.max_new_tokens=1",
-            "train.batch_size=8", "train.max_length=128", "train.epochs=1", "evaluation.batch_size=8",
-            "progress=false", f"hydra.sweep.dir={root / name}", *EXTRA.get(name, []), *extra]
+    env = {
+        **os.environ,
+        "KAFT_CACHE_DIR": str(root / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "KAFT_DATA_DIR": str(root / "data"),
+    }
+    data = (
+        OWN_DATA[name](root)
+        if name in OWN_DATA
+        else [
+            "dataset=local",
+            f"dataset.train.path={root / 'train.jsonl'}",
+            f"dataset.eval.test.path={root / 'test.jsonl'}",
+        ]
+    )
+    args = [
+        "-m",
+        f"+sweeps={name}",
+        "model=local",
+        f"model.path={root / 'model'}",
+        *data,
+        "++detection.num_orders=2",
+        "++detection.num_samples=2",
+        "detection.shots=1",
+        "++detection.max_new_tokens=1",
+        "train.batch_size=8",
+        "train.max_length=128",
+        "train.epochs=1",
+        "evaluation.batch_size=8",
+        "progress=false",
+        f"hydra.sweep.dir={root / name}",
+        *EXTRA.get(name, []),
+        *extra,
+    ]
     # ++: detection=icl (Ren et al.) has no orders or samples to set
-    return subprocess.run([sys.executable, "-m", "kaft.run", *args], cwd=root, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "kaft.run", *args], cwd=root, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.mark.slow

@@ -50,13 +50,15 @@ def install() -> None:
     if _have_binaries():
         return
     if os.geteuid() != 0:
-        raise Unavailable("SLURM is not installed and installing it needs root (apt-get install "
-                          + " ".join(PACKAGES) + ")")
+        raise Unavailable(
+            "SLURM is not installed and installing it needs root (apt-get install " + " ".join(PACKAGES) + ")"
+        )
     if not shutil.which("apt-get"):
         raise Unavailable("SLURM is not installed and there is no apt-get to install it with")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    out = _run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES], timeout=900, check=False,
-               env=env)
+    out = _run(
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES], timeout=900, check=False, env=env
+    )
     if out.returncode != 0:  # stale package lists: update once and retry
         _run(["apt-get", "update", "-q"], timeout=600, env=env)
         _run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES], timeout=900, env=env)
@@ -118,8 +120,10 @@ def _munge_ok() -> bool:
         return False
     try:
         enc = subprocess.run(["munge", "-n"], capture_output=True, timeout=10)
-        return enc.returncode == 0 and subprocess.run(["unmunge"], input=enc.stdout, capture_output=True,
-                                                       timeout=10).returncode == 0
+        return (
+            enc.returncode == 0
+            and subprocess.run(["unmunge"], input=enc.stdout, capture_output=True, timeout=10).returncode == 0
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -134,8 +138,12 @@ def start_munge() -> bool:
     if not key.exists():
         key.parent.mkdir(parents=True, exist_ok=True)
         key.write_bytes(os.urandom(128))
-    for d, mode in ((Path("/run/munge"), 0o755), (Path("/var/lib/munge"), 0o700), (Path("/var/log/munge"), 0o700),
-                    (key.parent, 0o700)):
+    for d, mode in (
+        (Path("/run/munge"), 0o755),
+        (Path("/var/lib/munge"), 0o700),
+        (Path("/var/log/munge"), 0o700),
+        (key.parent, 0o700),
+    ):
         d.mkdir(parents=True, exist_ok=True)
         shutil.chown(d, "munge", "munge")
         d.chmod(mode)
@@ -155,8 +163,9 @@ def _env(conf: Path) -> dict:
 
 def node_state(conf: Path) -> str | None:
     try:
-        out = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, timeout=10,
-                             env=_env(conf))
+        out = subprocess.run(
+            ["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, timeout=10, env=_env(conf)
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip().splitlines()[0].rstrip("*~#") if out.returncode == 0 and out.stdout.strip() else None
@@ -199,8 +208,9 @@ def start(root: Path) -> dict:
         if state == "idle":
             break
         if state in ("down", "drained", "draining"):
-            subprocess.run(["scontrol", "update", "NodeName=localhost", "State=RESUME"], env=env,
-                           capture_output=True, timeout=10)
+            subprocess.run(
+                ["scontrol", "update", "NodeName=localhost", "State=RESUME"], env=env, capture_output=True, timeout=10
+            )
         time.sleep(0.5)
     else:
         log = ""

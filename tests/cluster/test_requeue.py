@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import tiny_job_args
 from test_slurm import setup, slurm_cluster  # noqa: F401  (fixtures)
 
@@ -35,8 +34,15 @@ def _base(root: Path) -> list[str]:
 
 
 def _env(root: Path, cache: str) -> dict:
-    return {**os.environ, "KAFT_CACHE_DIR": str(root / cache), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    return {
+        **os.environ,
+        "KAFT_CACHE_DIR": str(root / cache),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+    }
 
 
 def _slurm(*args, check=True) -> str:
@@ -60,18 +66,37 @@ def test_requeued_training_job_resumes_from_its_checkpoint(slurm_cluster, setup)
     import torch
 
     # the uninterrupted reference, on the basic launcher, in its own cache
-    ref_out = subprocess.run([sys.executable, "-m", "kaft.run", *_base(setup), "hydra.run.dir=ref_requeue"],
-                             cwd=setup, env=_env(setup, "cache_rq_ref"), capture_output=True, text=True, timeout=900)
+    ref_out = subprocess.run(
+        [sys.executable, "-m", "kaft.run", *_base(setup), "hydra.run.dir=ref_requeue"],
+        cwd=setup,
+        env=_env(setup, "cache_rq_ref"),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert ref_out.returncode == 0, ref_out.stderr[-3000:]
     ref = json.loads((setup / "ref_requeue" / "results.json").read_text())
 
     cache = setup / "cache_rq"
     t_submit = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "kaft.run", "-m", *_base(setup), "hydra/launcher=slurm",
-                             "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2",
-                             "hydra.launcher.timeout_min=20"],  # the default sweep dir: multirun/<date>/<time>
-                            cwd=setup, env=_env(setup, "cache_rq"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kaft.run",
+            "-m",
+            *_base(setup),
+            "hydra/launcher=slurm",
+            "hydra.launcher.cpus_per_task=1",
+            "hydra.launcher.mem_gb=2",
+            "hydra.launcher.timeout_min=20",
+        ],  # the default sweep dir: multirun/<date>/<time>
+        cwd=setup,
+        env=_env(setup, "cache_rq"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         while not _checkpoints(cache):  # mid-training: the first checkpoint is complete
             assert proc.poll() is None, "the sweep ended before a checkpoint: " + proc.stderr.read()[-3000:]
@@ -119,5 +144,7 @@ def test_requeued_training_job_resumes_from_its_checkpoint(slurm_cluster, setup)
     assert "resuming training from checkpoint" in job_log
     assert job_log.count("── data") == 2
     assert not list((cache / "train").glob(".partial-*")), "the finished adapter left its checkpoints behind"
-    print(f"requeued at {first}, resumed from step {log['resumed_from_step']}; "
-          f"{time.time() - t_submit:.0f}s from submit to results")
+    print(
+        f"requeued at {first}, resumed from step {log['resumed_from_step']}; "
+        f"{time.time() - t_submit:.0f}s from submit to results"
+    )

@@ -49,19 +49,36 @@ def setup(tmp_path_factory):
 
 
 def _kaft(root, cache, *args, expect=0):
-    env = {**os.environ, "KAFT_CACHE_DIR": str(root / cache), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    env = {
+        **os.environ,
+        "KAFT_CACHE_DIR": str(root / cache),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+    }
     from helpers import tiny_job_args
 
     base = tiny_job_args(root)
-    out = subprocess.run([sys.executable, "-m", "kaft.run", "-m", *base, *args], cwd=root, env=env,
-                         capture_output=True, text=True, timeout=800)
+    out = subprocess.run(
+        [sys.executable, "-m", "kaft.run", "-m", *base, *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=800,
+    )
     assert out.returncode == expect, out.stdout[-3000:] + out.stderr[-5000:]
     return out
 
 
-SLURM = ["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2",
-         "hydra.launcher.timeout_min=20"]
+SLURM = [
+    "hydra/launcher=slurm",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=2",
+    "hydra.launcher.timeout_min=20",
+]
 
 
 def _results(sweep: Path) -> dict:
@@ -93,8 +110,12 @@ def test_mission_sweep_through_sbatch_matches_basic_launcher(slurm_cluster, setu
     assert (setup / "cache_slurm" / "detect").is_dir() and (setup / "cache_basic" / "detect").is_dir()
     assert "kaft sweep summary" in out.stdout and "(4 done)" in out.stdout
 
-    st = subprocess.run([sys.executable, "-m", "kaft.sweep.status", str(setup / "sweep_slurm")], capture_output=True,
-                        text=True, timeout=120)
+    st = subprocess.run(
+        [sys.executable, "-m", "kaft.sweep.status", str(setup / "sweep_slurm")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert st.returncode == 0 and "4 done of 4 jobs" in st.stdout, st.stdout + st.stderr
 
 
@@ -102,13 +123,16 @@ def test_failed_job_on_slurm_is_recorded_and_the_other_runs(slurm_cluster, setup
     """alpha=7 is impossible for loss=kaft: that job records its error, alpha=0.1 (all cache hits) finishes."""
     out = _kaft(setup, "cache_slurm", "loss=kaft", "alpha=0.1,7", *SLURM, "hydra.sweep.dir=sweep_fail", expect=1)
     sweep = setup / "sweep_fail"
-    res = {r["config"]["alpha"] if r.get("config") else None: r
-           for r in (json.loads(p.read_text()) for p in sweep.rglob("results.json"))}
+    res = {
+        r["config"]["alpha"] if r.get("config") else None: r
+        for r in (json.loads(p.read_text()) for p in sweep.rglob("results.json"))
+    }
     assert res[0.1]["status"] == "done"
     assert res[7]["status"] == "failed" and "'alpha' must be in [0, 1], got 7" in res[7]["error"]
     assert list(sweep.glob("1_*/error.txt"))
     assert "(1 done, 1 failed)" in out.stdout and "failed: job 1" in out.stdout
-    st = subprocess.run([sys.executable, "-m", "kaft.sweep.status", str(sweep)], capture_output=True, text=True,
-                        timeout=120)
+    st = subprocess.run(
+        [sys.executable, "-m", "kaft.sweep.status", str(sweep)], capture_output=True, text=True, timeout=120
+    )
     assert st.returncode == 0 and "1 done, 1 failed of 2 jobs" in st.stdout, st.stdout
     assert "must be in [0, 1], got 7" in st.stdout

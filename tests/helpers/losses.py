@@ -23,8 +23,7 @@ def ragged_batch(seed=1, v=30):
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(3, 8, v, generator=g) * 2
     labels = torch.full((3, 8), -100)
-    labels[0, 7] = 3                                   # 1 label token
-    labels[1, 4:8] = torch.tensor([1, 2, 3, 4])        # 4 label tokens
-    labels[2, 2:4] = torch.tensor([5, 6])              # 2 label tokens
+    labels[0, 7] = 3  # 1 label token
+    labels[1, 4:8] = torch.tensor([1, 2, 3, 4])  # 4 label tokens
+    labels[2, 2:4] = torch.tensor([5, 6])  # 2 label tokens
     return logits, labels
-

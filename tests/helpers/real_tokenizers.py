@@ -31,7 +31,7 @@ def data_dir() -> Path:
     return Path(mistral_common.__file__).parent / "data"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def make_real_tokenizer(kind: str):
     """The HF fast tokenizer of ``kind`` (module docstring), built from package data, no network; cached, so
     tests take the reloaded copy of :func:`save_pair`'s directory to change it."""
@@ -49,12 +49,13 @@ def make_real_tokenizer(kind: str):
     specials = {"bos_token": "<s>"} if kind == "bpe_bos" else {"pad_token": "</s>"}
     tok = PreTrainedTokenizerFast(tokenizer_object=_tekken(), eos_token="</s>", unk_token="<unk>", **specials)
     if kind == "bpe_bos":  # the backend is a copy: the cached one keeps no BOS
-        tok.backend_tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A",
-                                                                            special_tokens=[("<s>", 1)])
+        tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+            single="<s> $A", special_tokens=[("<s>", 1)]
+        )
     return tok
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tekken():
     """``tekken_240718.json`` as a ``tokenizers`` byte-level BPE (transformers' converter: ranks -> merges)."""
     from transformers.integrations.mistral.tokenizer import MistralConverter
@@ -72,16 +73,25 @@ def make_real_model(kind: str, vocab_size: int, seed: int = 0, letter_ids=None):
     arch = MODELS[kind]
     cfg_cls = getattr(transformers, arch.replace("ForCausalLM", "Config"))
     torch.manual_seed(seed)
-    cfg = cfg_cls(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
-                  tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+    cfg = cfg_cls(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     model = getattr(transformers, arch)(cfg).eval()
     if letter_ids:
         with torch.no_grad():
             emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
-            emb[:, 0] = 1.0          # dominates the residual stream: after the final RMSNorm h[0] ≈ sqrt(d)
+            emb[:, 0] = 1.0  # dominates the residual stream: after the final RMSNorm h[0] ≈ sqrt(d)
             head[:, 0] = 0.0
-            scale = cfg.hidden_size ** 0.5
+            scale = cfg.hidden_size**0.5
             for tid, boost in letter_ids.items():
                 head[tid, 0] = boost / scale
     return model

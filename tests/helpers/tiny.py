@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from kaft.prompts import LETTERS
 
-WORDS = ("For the following general geography question , select one correct answer from A to D . "
-         "Question : Options : Answer : What is the capital of ? red green blue yellow cat dog fox owl "
-         "Zorvia Melk Tarn Quill Brisk").split()
+WORDS = (
+    "For the following general geography question , select one correct answer from A to D . "
+    "Question : Options : Answer : What is the capital of ? red green blue yellow cat dog fox owl "
+    "Zorvia Melk Tarn Quill Brisk"
+).split()
 
 
 SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0..3: what make_model's pad / bos / eos ids assume
@@ -21,8 +23,11 @@ def make_tokenizer(texts=WORDS, *, keep_space: bool = False, add_bos: bool = Fal
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    pre = (pre_tokenizers.Split(Regex(r" ?[A-Za-z0-9]+| ?[^\sA-Za-z0-9]|\s"), behavior="isolated") if keep_space
-           else pre_tokenizers.Whitespace())
+    pre = (
+        pre_tokenizers.Split(Regex(r" ?[A-Za-z0-9]+| ?[^\sA-Za-z0-9]|\s"), behavior="isolated")
+        if keep_space
+        else pre_tokenizers.Whitespace()
+    )
     vocab = {t: i for i, t in enumerate(SPECIALS)}
     for text in [*LETTERS, *texts]:
         for piece, _ in pre.pre_tokenize_str(text):
@@ -31,8 +36,9 @@ def make_tokenizer(texts=WORDS, *, keep_space: bool = False, add_bos: bool = Fal
     tk.pre_tokenizer = pre
     if add_bos:
         tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
-    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
 
 
 def make_model(vocab_size: int, seed: int = 0, **config):
@@ -41,10 +47,21 @@ def make_model(vocab_size: int, seed: int = 0, **config):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(**{"vocab_size": vocab_size, "hidden_size": 64, "intermediate_size": 128,
-                         "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
-                         "max_position_embeddings": 512, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
-                         **config})
+    cfg = LlamaConfig(
+        **{
+            "vocab_size": vocab_size,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 512,
+            "pad_token_id": 0,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            **config,
+        }
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -59,8 +76,15 @@ def save_tiny_model(path, seed: int = 0):
 def tiny_train_rows(n: int = 12) -> list[dict]:
     """``n`` valid multiple-choice rows over the tiny tokenizer's words (colours and animals alternate)."""
     colors, animals = ["red", "green", "blue", "yellow"], ["cat", "dog", "fox", "owl"]
-    return [{"id": f"q{i}", "question": f"What is the capital of Zorvia {i} ?",
-             "options": colors if i % 2 else animals, "answer": i % 4} for i in range(n)]
+    return [
+        {
+            "id": f"q{i}",
+            "question": f"What is the capital of Zorvia {i} ?",
+            "options": colors if i % 2 else animals,
+            "answer": i % 4,
+        }
+        for i in range(n)
+    ]
 
 
 def write_tiny_job(root, n_train: int = 12, n_test: int = 6, test_format: str | None = "jsonl"):
@@ -72,18 +96,29 @@ def write_tiny_job(root, n_train: int = 12, n_test: int = 6, test_format: str | 
     (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in tiny_train_rows(n_train)))
     colors = ["red", "green", "blue", "yellow"]
     if test_format == "jsonl":
-        (root / "test.jsonl").write_text("".join(json.dumps({"question": f"What is Tarn {i} ?", "options": colors,
-                                                             "answer": i % 4}) + "\n" for i in range(n_test)))
+        (root / "test.jsonl").write_text(
+            "".join(
+                json.dumps({"question": f"What is Tarn {i} ?", "options": colors, "answer": i % 4}) + "\n"
+                for i in range(n_test)
+            )
+        )
     elif test_format == "csv":  # options as a JSON cell, the answer as a letter
         cell = json.dumps(colors).replace('"', '""')
-        (root / "test.csv").write_text("question,options,answer\n" + "".join(
-            f"\"What is Tarn {i} ?\",\"{cell}\",{'ABCD'[i % 4]}\n" for i in range(n_test)))
+        (root / "test.csv").write_text(
+            "question,options,answer\n"
+            + "".join(f'"What is Tarn {i} ?","{cell}",{"ABCD"[i % 4]}\n' for i in range(n_test))
+        )
     return root
 
 
 def tiny_job_args(root, test_file: str = "test.jsonl") -> list[str]:
     """The overrides that run the job of :func:`write_tiny_job`'s ``root`` on its own model and data, at the tiny
     settings of ``conf/experiment/tiny.yaml`` (defined there once; a test appends what it changes)."""
-    return ["model=local", f"model.path={root / 'model'}", "dataset=local",
-            f"dataset.train.path={root / 'train.jsonl'}", f"dataset.eval.test.path={root / test_file}",
-            "experiment=tiny"]
+    return [
+        "model=local",
+        f"model.path={root / 'model'}",
+        "dataset=local",
+        f"dataset.train.path={root / 'train.jsonl'}",
+        f"dataset.eval.test.path={root / test_file}",
+        "experiment=tiny",
+    ]

@@ -9,9 +9,11 @@ import helpers as tiny
 from kaft import losses, train
 from kaft.data import MCItem
 
-WORDS = ("For the following general question select one correct answer from to Question Options Answer "
-         "what colour is sky grass snow sun blue green white yellow red black which animal barks meows "
-         "dog cat cow fish how many legs has a spider eight six four two").split()
+WORDS = (
+    "For the following general question select one correct answer from to Question Options Answer "
+    "what colour is sky grass snow sun blue green white yellow red black which animal barks meows "
+    "dog cat cow fish how many legs has a spider eight six four two"
+).split()
 
 
 def make_tokenizer():
@@ -35,9 +37,18 @@ ITEMS = [
 
 
 def train_cfg(**over):
-    cfg = {"batch_size": 4, "lr": 1e-2, "warmup_ratio": 0.0, "epochs": 1, "max_length": 256, "weight_decay": 0.0,
-           "grad_accum": 1, "lr_scheduler": "linear", "logging_steps": 1,
-           "lora": {"r": 4, "lora_alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}}
+    cfg = {
+        "batch_size": 4,
+        "lr": 1e-2,
+        "warmup_ratio": 0.0,
+        "epochs": 1,
+        "max_length": 256,
+        "weight_decay": 0.0,
+        "grad_accum": 1,
+        "lr_scheduler": "linear",
+        "logging_steps": 1,
+        "lora": {"r": 4, "lora_alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+    }
     cfg.update(over)
     return cfg
 

@@ -18,26 +18,59 @@ BASE = {b: 0.5 for b in BENCH}
 
 
 def _metrics(accs):
-    return {"benchmarks": {b: {"acc": a, "n": 100} for b, a in accs.items()},
-            "average": statistics.fmean(accs.values())}
+    return {
+        "benchmarks": {b: {"acc": a, "n": 100} for b, a in accs.items()},
+        "average": statistics.fmean(accs.values()),
+    }
 
 
-def _res(*, strategy="full", loss="constant", seed=0, acc=0.6, model="llama3_8b", dataset="medqa", status="done",
-         subset=None, ratio=None, data_seed=None, alpha=0.1, beta=0.5, k=4, detection="diversified", method=None,
-         base=BASE, hist=None):
+def _res(
+    *,
+    strategy="full",
+    loss="constant",
+    seed=0,
+    acc=0.6,
+    model="llama3_8b",
+    dataset="medqa",
+    status="done",
+    subset=None,
+    ratio=None,
+    data_seed=None,
+    alpha=0.1,
+    beta=0.5,
+    k=4,
+    detection="diversified",
+    method=None,
+    base=BASE,
+    hist=None,
+):
     accs = {b: acc + 0.01 * i for i, b in enumerate(BENCH)} if not isinstance(acc, dict) else acc
-    cfg = {"loss": {"name": loss}, "alpha": alpha, "beta": beta, "partition": {"k": k},
-           "strategy": {"name": strategy, "subset": subset, "ratio": ratio, "data_seed": data_seed},
-           "detection": {"name": detection}, "seed": seed, "model": {"name": model}, "dataset": {"name": dataset}}
+    cfg = {
+        "loss": {"name": loss},
+        "alpha": alpha,
+        "beta": beta,
+        "partition": {"k": k},
+        "strategy": {"name": strategy, "subset": subset, "ratio": ratio, "data_seed": data_seed},
+        "detection": {"name": detection},
+        "seed": seed,
+        "model": {"name": model},
+        "dataset": {"name": dataset},
+    }
     if method:
         cfg["method"] = method
     if status == "failed":
         return {"status": "failed", "error": "boom", "overrides": [], "metrics": None, "config": cfg}
     m = _metrics(accs)
     b = _metrics(base) if base else None
-    return {"status": "done", "overrides": [], "config": cfg, "metrics": m, "base_metrics": b,
-            "delta_vs_base": (m["average"] - b["average"]) if b else None,
-            "detection": {"mean": 0.6, "std": 0.2, "histogram_10bins": hist or [5, 3, 2, 2, 3, 4, 6, 8, 10, 20]}}
+    return {
+        "status": "done",
+        "overrides": [],
+        "config": cfg,
+        "metrics": m,
+        "base_metrics": b,
+        "delta_vs_base": (m["average"] - b["average"]) if b else None,
+        "detection": {"mean": 0.6, "std": 0.2, "histogram_10bins": hist or [5, 3, 2, 2, 3, 4, 6, 8, 10, 20]},
+    }
 
 
 def _write(root, jobs):
@@ -60,11 +93,13 @@ def _rows(section):
 def main_sweep(tmp_path):
     jobs = []
     for seed in (0, 1, 2):
-        jobs += [_res(strategy="none", seed=seed, acc=BASE),
-                 _res(strategy="full", loss="kaft", seed=seed, acc=0.60 + 0.01 * seed),
-                 _res(strategy="no_conflict", seed=seed, acc=0.58),
-                 _res(strategy="full", seed=seed, acc=0.55),
-                 _res(strategy="self_align", seed=seed, acc=0.57, status="failed" if seed == 2 else "done")]
+        jobs += [
+            _res(strategy="none", seed=seed, acc=BASE),
+            _res(strategy="full", loss="kaft", seed=seed, acc=0.60 + 0.01 * seed),
+            _res(strategy="no_conflict", seed=seed, acc=0.58),
+            _res(strategy="full", seed=seed, acc=0.55),
+            _res(strategy="self_align", seed=seed, acc=0.57, status="failed" if seed == 2 else "done"),
+        ]
         jobs[-1]["config"]["strategy"]["answer_source"] = "greedy"  # the paper's reading, method=self_align
     return _write(tmp_path / "sweep", jobs)
 
@@ -98,9 +133,14 @@ def test_main_table_rows_stats_and_paper(main_sweep):
 
 
 def test_failed_row_and_unknown_model_has_no_paper(tmp_path):
-    root = _write(tmp_path / "s", [_res(model="testbed", dataset="testbed", strategy="none", acc=BASE),
-                                   _res(model="testbed", dataset="testbed", loss="kaft", status="failed"),
-                                   _res(model="testbed", dataset="testbed", loss="kaft", seed=1, status="failed")])
+    root = _write(
+        tmp_path / "s",
+        [
+            _res(model="testbed", dataset="testbed", strategy="none", acc=BASE),
+            _res(model="testbed", dataset="testbed", loss="kaft", status="failed"),
+            _res(model="testbed", dataset="testbed", loss="kaft", seed=1, status="failed"),
+        ],
+    )
     secs = T.build_table(jobs_frame(root), "2")
     assert all(r["source"] == "ours" for r in _rows(secs[0])) and secs[0].paper_refs == []
     kaft = _ours(secs)[-1]
@@ -110,8 +150,9 @@ def test_failed_row_and_unknown_model_has_no_paper(tmp_path):
 
 
 def test_base_row_from_base_metrics_and_method_in_config(tmp_path):
-    root = _write(tmp_path / "s", [_res(method="kaft", strategy="full", loss="kaft", acc=0.6),
-                                   _res(method="vanilla", acc=0.55)])
+    root = _write(
+        tmp_path / "s", [_res(method="kaft", strategy="full", loss="kaft", acc=0.6), _res(method="vanilla", acc=0.55)]
+    )
     secs = T.build_table(jobs_frame(root), "2")
     ours = _ours(secs)
     assert [r["id"] for r in ours] == ["base", "vanilla", "kaft"] and ours[0]["note"] == "from base_metrics"
@@ -120,8 +161,11 @@ def test_base_row_from_base_metrics_and_method_in_config(tmp_path):
 
 
 def test_wrong_ratio_table_over_data_seeds_and_doubtful_paper(tmp_path):
-    jobs = [_res(strategy="wrong_ratio", ratio=r, data_seed=ds, acc=0.5 + 0.1 * r + 0.01 * ds, model="mistral_7b")
-            for r in (0.0, 0.5, 1.0) for ds in (0, 1, 2)]
+    jobs = [
+        _res(strategy="wrong_ratio", ratio=r, data_seed=ds, acc=0.5 + 0.1 * r + 0.01 * ds, model="mistral_7b")
+        for r in (0.0, 0.5, 1.0)
+        for ds in (0, 1, 2)
+    ]
     runs = jobs_frame(_write(tmp_path / "s", jobs))
     assert Lay.infer_layout(runs).name == "10"
     secs = T.build_table(runs, "10")
@@ -136,18 +180,32 @@ def test_wrong_ratio_table_over_data_seeds_and_doubtful_paper(tmp_path):
 
 
 def test_subsets_detection_partitions_losses_ren_layouts(tmp_path):
-    sub = _write(tmp_path / "t9", [_res(strategy="subset", subset=s, acc=a) for s, a in
-                                   [("wrong", .2), ("right", .55), ("random", .54), ("might-right", .56),
-                                    ("might-wrong", .53)]])
+    sub = _write(
+        tmp_path / "t9",
+        [
+            _res(strategy="subset", subset=s, acc=a)
+            for s, a in [
+                ("wrong", 0.2),
+                ("right", 0.55),
+                ("random", 0.54),
+                ("might-right", 0.56),
+                ("might-wrong", 0.53),
+            ]
+        ],
+    )
     secs = T.build_table(jobs_frame(sub))
     assert secs[0].layout == "9"
     assert [r["id"] for r in _ours(secs)] == ["random", "right", "might-right", "might-wrong", "wrong"]
     assert _rows(secs[0])[1]["ref"] == "Tab. 9" and _rows(secs[0])[1]["avg"] == 54.38
 
-    det = [_res(strategy="wrong_only", detection=d, acc=a) for d, a in
-           [("diversified", .27), ("no_both", .49), ("icl", .45)]]
-    det += [_res(method="random_subset", strategy="subset", subset="random", detection=d, acc=.54)
-            for d in ("diversified", "no_both", "icl")]
+    det = [
+        _res(strategy="wrong_only", detection=d, acc=a)
+        for d, a in [("diversified", 0.27), ("no_both", 0.49), ("icl", 0.45)]
+    ]
+    det += [
+        _res(method="random_subset", strategy="subset", subset="random", detection=d, acc=0.54)
+        for d in ("diversified", "no_both", "icl")
+    ]
     secs = T.build_table(jobs_frame(_write(tmp_path / "t4", det)))
     assert secs[0].layout == "4"
     ours = _ours(secs)
@@ -157,24 +215,36 @@ def test_subsets_detection_partitions_losses_ren_layouts(tmp_path):
     md = T.render(secs, "md")
     assert "Δ vs Random" in md and "Ours (diversified)" in md and "-27.22" in md
 
-    part = _write(tmp_path / "t5", [_res(loss="kaft", k=k, acc=.55) for k in (8, 2, 4)])
+    part = _write(tmp_path / "t5", [_res(loss="kaft", k=k, acc=0.55) for k in (8, 2, 4)])
     secs = T.build_table(jobs_frame(part))
     assert secs[0].layout == "5" and [r["id"] for r in _ours(secs)] == ["base", "k2", "k4", "k8"]
 
-    losses = _write(tmp_path / "tl", [_res(loss=lo, acc=.55) for lo in ("dpo", "kaft", "constant", "eaft")])
+    losses = _write(tmp_path / "tl", [_res(loss=lo, acc=0.55) for lo in ("dpo", "kaft", "constant", "eaft")])
     secs = T.build_table(jobs_frame(losses))
     # every row names what its loss used (the registry's label and reads; an old eaft result read its exponent from
     # alpha)
     assert secs[0].layout == "losses" and [r["id"] for r in _ours(secs)] == [
-        "constant", "kaft (α=0.1, β=0.5)", "eaft (eaft_alpha=0.1)", "dpo"]
-    assert [r["label"] for r in _ours(secs)] == ["constant (vanilla SFT)", "KaFT (α=0.1, β=0.5)",
-                                                 "EAFT (eaft_alpha=0.1)", "DPO"]
+        "constant",
+        "kaft (α=0.1, β=0.5)",
+        "eaft (eaft_alpha=0.1)",
+        "dpo",
+    ]
+    assert [r["label"] for r in _ours(secs)] == [
+        "constant (vanilla SFT)",
+        "KaFT (α=0.1, β=0.5)",
+        "EAFT (eaft_alpha=0.1)",
+        "DPO",
+    ]
     secs = T.build_table(jobs_frame(losses), "12")
     assert [r["ref"] for r in _rows(secs[0]) if r["source"] == "paper"] == ["Tab. 12", "Tab. 12"]
 
-    ren = _write(tmp_path / "ren", [_res(strategy=s, detection="icl", model="mistral_7b", dataset="xiezhi_history",
-                                         acc={"xiezhi_history": a}) for s, a in (("self", .4), ("har", .47),
-                                                                                 ("inc", .33))])
+    ren = _write(
+        tmp_path / "ren",
+        [
+            _res(strategy=s, detection="icl", model="mistral_7b", dataset="xiezhi_history", acc={"xiezhi_history": a})
+            for s, a in (("self", 0.4), ("har", 0.47), ("inc", 0.33))
+        ],
+    )
     secs = T.build_table(jobs_frame(ren))
     assert secs[0].layout == "ren" and [r["id"] for r in _ours(secs)] == ["har", "inc", "self"]
     assert _rows(secs[0])[1]["xiezhi_history"] == 46.80
@@ -187,20 +257,35 @@ def test_self_align_answer_sources_are_rows_of_their_own(tmp_path):
             r["config"]["strategy"]["answer_source"] = source
         return r
 
-    root = _write(tmp_path / "sa", [job("self_align", "greedy", .6), job("self_align_majority", "majority", .5),
-                                    job(None, "majority", .5), job("self_align", None, .4)])
+    root = _write(
+        tmp_path / "sa",
+        [
+            job("self_align", "greedy", 0.6),
+            job("self_align_majority", "majority", 0.5),
+            job(None, "majority", 0.5),
+            job("self_align", None, 0.4),
+        ],
+    )
     runs = jobs_frame(root)
     # older results (no answer_source) were the majority reading
-    assert list(runs["method_id"]) == ["self_align", "self_align_majority", "self_align_majority",
-                                       "self_align_majority"]
+    assert list(runs["method_id"]) == [
+        "self_align",
+        "self_align_majority",
+        "self_align_majority",
+        "self_align_majority",
+    ]
     rows = {r["id"]: r for r in _ours(T.build_table(runs))}
     assert set(rows) == {"base", "self_align", "self_align_majority"} and rows["self_align"]["label"] == "Self-aligning"
     assert rows["self_align_majority"]["label"] == "Self-aligning (majority of samples)"
 
 
 def test_alpha_beta_matrix(tmp_path):
-    jobs = [_res(loss="kaft", alpha=a, beta=b, acc=0.5 + a / 10 + b / 100, model="qwen1_5_7b", seed=s)
-            for a in (0.1, 0.5, 1.0) for b in (0.1, 0.5, 1.0) for s in (0, 1)]
+    jobs = [
+        _res(loss="kaft", alpha=a, beta=b, acc=0.5 + a / 10 + b / 100, model="qwen1_5_7b", seed=s)
+        for a in (0.1, 0.5, 1.0)
+        for b in (0.1, 0.5, 1.0)
+        for s in (0, 1)
+    ]
     secs = T.build_table(jobs_frame(_write(tmp_path / "s", jobs)))
     assert secs[0].layout == "13"
     ids = [r["id"] for r in _ours(secs)]
@@ -266,13 +351,20 @@ def test_figures_written(tmp_path):
     pytest.importorskip("matplotlib")
     from analysis import figures as F
 
-    jobs = [_res(strategy="subset", subset=s, acc=a, seed=sd) for s, a in
-            [("wrong", .2), ("right", .55), ("random", .54)] for sd in (0, 1)]
-    jobs += [_res(strategy="wrong_ratio", ratio=r, data_seed=ds, acc=.5 + .05 * r + .01 * ds, model="mistral_7b")
-             for r in (0.0, 0.5, 1.0) for ds in (0, 1, 2)]
-    jobs += [_res(loss=lo, acc=.55, model="llama3_3b") for lo in ("constant", "auto_adapt", "kaft")]
-    jobs += [_res(loss="kaft", alpha=a, beta=b, acc=.5 + a / 10, model="qwen1_5_7b") for a in (0.1, 1.0)
-             for b in (0.1, 0.5)]
+    jobs = [
+        _res(strategy="subset", subset=s, acc=a, seed=sd)
+        for s, a in [("wrong", 0.2), ("right", 0.55), ("random", 0.54)]
+        for sd in (0, 1)
+    ]
+    jobs += [
+        _res(strategy="wrong_ratio", ratio=r, data_seed=ds, acc=0.5 + 0.05 * r + 0.01 * ds, model="mistral_7b")
+        for r in (0.0, 0.5, 1.0)
+        for ds in (0, 1, 2)
+    ]
+    jobs += [_res(loss=lo, acc=0.55, model="llama3_3b") for lo in ("constant", "auto_adapt", "kaft")]
+    jobs += [
+        _res(loss="kaft", alpha=a, beta=b, acc=0.5 + a / 10, model="qwen1_5_7b") for a in (0.1, 1.0) for b in (0.1, 0.5)
+    ]
     jobs += [_res(strategy="none", acc=BASE, model="llama3_3b", hist=[1] * 10)]
     jobs.append(_res(loss="kaft", status="failed", model="qwen1_5_7b", alpha=1.0, beta=1.0))
     root = _write(tmp_path / "s", jobs)
@@ -297,9 +389,14 @@ def test_figures_written(tmp_path):
 
 
 def test_failed_job_without_config_is_placed_by_its_overrides(tmp_path):
-    failed = {"status": "failed", "error": "CUDA OOM", "config": None, "metrics": None,
-              "overrides": ["method=kaft", "seed=1", "model=llama3_8b", "dataset=medqa"]}
-    root = _write(tmp_path / "s", [_res(loss="kaft", acc=.6), failed])
+    failed = {
+        "status": "failed",
+        "error": "CUDA OOM",
+        "config": None,
+        "metrics": None,
+        "overrides": ["method=kaft", "seed=1", "model=llama3_8b", "dataset=medqa"],
+    }
+    root = _write(tmp_path / "s", [_res(loss="kaft", acc=0.6), failed])
     kaft = [r for r in _ours(T.build_table(jobs_frame(root), "2")) if r["id"] == "kaft"][0]
     assert (kaft["n"], kaft["n_failed"], kaft["status"]) == (1, 1, "partial")
 
@@ -308,30 +405,42 @@ def test_ablation_switches_name_the_detector_and_alpha_splits_rows(tmp_path):
     """detection=no_both is `name: diversified` with both switches off: it must be its own Table 4 row; and a loss
     sweep over α (the mission sweep) gives one row per (loss, α), not replicates of one row."""
     det = []
-    for switches, a in (({}, .27), ({"diverse_query": False}, .39), ({"response_sampling": False}, .30),
-                        ({"diverse_query": False, "response_sampling": False}, .49)):
+    for switches, a in (
+        ({}, 0.27),
+        ({"diverse_query": False}, 0.39),
+        ({"response_sampling": False}, 0.30),
+        ({"diverse_query": False, "response_sampling": False}, 0.49),
+    ):
         r = _res(strategy="wrong_only", acc=a)
         r["config"]["detection"].update(switches)
         det.append(r)
-    det.append(_res(method="random_subset", strategy="subset", subset="random", acc=.54))
+    det.append(_res(method="random_subset", strategy="subset", subset="random", acc=0.54))
     ours = _ours(T.build_table(jobs_frame(_write(tmp_path / "t4", det))))
     assert [r["id"] for r in ours] == ["random", "diversified", "no_diverse_query", "no_sampling", "no_both"]
     assert [round(r["avg"], 2) for r in ours[1:]] == [29.5, 41.5, 32.5, 51.5]
 
-    mission = _write(tmp_path / "m", [_res(loss=lo, alpha=a, acc=.5 + a / 10) for lo in ("kaft", "eaft")
-                                      for a in (0.1, 0.5)])
+    mission = _write(
+        tmp_path / "m", [_res(loss=lo, alpha=a, acc=0.5 + a / 10) for lo in ("kaft", "eaft") for a in (0.1, 0.5)]
+    )
     secs = T.build_table(jobs_frame(mission))
     assert secs[0].layout == "losses"
     # results from before eaft's exponent had its own name: loss=eaft read it from alpha
-    assert [(r["id"], r["n"]) for r in _ours(secs)] == [("kaft (α=0.1, β=0.5)", 1), ("kaft (α=0.5, β=0.5)", 1),
-                                                  ("eaft (eaft_alpha=0.1)", 1), ("eaft (eaft_alpha=0.5)", 1)]
+    assert [(r["id"], r["n"]) for r in _ours(secs)] == [
+        ("kaft (α=0.1, β=0.5)", 1),
+        ("kaft (α=0.5, β=0.5)", 1),
+        ("eaft (eaft_alpha=0.1)", 1),
+        ("eaft (eaft_alpha=0.5)", 1),
+    ]
     assert "KaFT (α=0.5, β=0.5)" in T.render(secs, "md") and "EAFT (eaft_alpha=0.5)" in T.render(secs, "md")
 
     # today's results: each loss's config holds what it used (eaft's own default 1.0 when no alpha was given)
     def used(lo, a):
-        job = _res(loss=lo, alpha=None, beta=None, acc=.5 + (a or 0) / 10)
-        job["config"]["loss"] = {"name": "kaft", "alpha": a, "beta": 0.5} if lo == "kaft" else \
-            {"name": "eaft", "eaft_alpha": 1.0 if a is None else a}
+        job = _res(loss=lo, alpha=None, beta=None, acc=0.5 + (a or 0) / 10)
+        job["config"]["loss"] = (
+            {"name": "kaft", "alpha": a, "beta": 0.5}
+            if lo == "kaft"
+            else {"name": "eaft", "eaft_alpha": 1.0 if a is None else a}
+        )
         return job
 
     now = _write(tmp_path / "now", [used("kaft", 0.1), used("kaft", 0.5), used("eaft", None), used("eaft", None)])
@@ -360,11 +469,15 @@ def test_methods_layouts_and_loss_labels_come_from_config_and_registry(tmp_path)
 
     LOSSES.register("toy_test", Toy)
     try:
-        root = _write(tmp_path / "toy", [_res(loss="toy_test", beta=b, acc=.5 + b / 10) for b in (0.1, 0.5)]
-                      + [_res(loss="kaft", acc=.6)])
+        root = _write(
+            tmp_path / "toy",
+            [_res(loss="toy_test", beta=b, acc=0.5 + b / 10) for b in (0.1, 0.5)] + [_res(loss="kaft", acc=0.6)],
+        )
         ours = _ours(T.build_table(jobs_frame(root), "losses"))
     finally:
         LOSSES.unregister("toy_test")
     assert [(r["id"], r["label"]) for r in ours] == [
-        ("kaft (α=0.1, β=0.5)", "KaFT (α=0.1, β=0.5)"), ("toy_test (β=0.1)", "Toy objective (β=0.1)"),
-        ("toy_test (β=0.5)", "Toy objective (β=0.5)")]
+        ("kaft (α=0.1, β=0.5)", "KaFT (α=0.1, β=0.5)"),
+        ("toy_test (β=0.1)", "Toy objective (β=0.1)"),
+        ("toy_test (β=0.5)", "Toy objective (β=0.5)"),
+    ]

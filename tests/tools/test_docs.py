@@ -36,8 +36,13 @@ def cited_paths(text: str) -> set[str]:
 
 def tracked(pattern: str) -> list[Path]:
     """Files git tracks (or would add: untracked, not ignored) under ``pattern``, so build outputs are skipped."""
-    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "--", pattern], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "--", pattern],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     return [ROOT / p for p in out if (ROOT / p).is_file()]
 
 
@@ -59,10 +64,14 @@ def sources() -> dict[str, str]:
     out = {"README.md": (ROOT / "README.md").read_text()}
     out |= {str(p.relative_to(ROOT)): p.read_text() for p in tracked("docs/*.md")}
     for folder in ("kaft", "analysis", "perf", "tests", "scripts", "hydra_plugins"):
-        out |= {str(p.relative_to(ROOT)): docstrings(p) for p in tracked(folder)
-                if p.suffix == ".py" and p != Path(__file__).resolve()}  # this file names stale paths as test data
-    out |= {str(p.relative_to(ROOT)): yaml_comments(p) for p in tracked("conf") + tracked("sweeps")
-            if p.suffix == ".yaml"}
+        out |= {
+            str(p.relative_to(ROOT)): docstrings(p)
+            for p in tracked(folder)
+            if p.suffix == ".py" and p != Path(__file__).resolve()
+        }  # this file names stale paths as test data
+    out |= {
+        str(p.relative_to(ROOT)): yaml_comments(p) for p in tracked("conf") + tracked("sweeps") if p.suffix == ".yaml"
+    }
     return out
 
 
@@ -74,23 +83,37 @@ def test_cited_paths_exist():
 def test_the_path_pattern_finds_what_a_reader_would_copy():
     """The pattern itself: a stale path is caught, a placeholder is cut at its folder, URLs and home paths are not
     repository paths. (Without this, a pattern that matched nothing would pass the test above.)"""
-    text = ("see ``conf/hydra/default.yaml``. and kaft/sweep/naming.py, conf/loss/<name>.yaml, tests/unit/<pkg>/, "
-            "~/.cache/kaft/x.py, github.com/a/kaft/b.py, kaft.run, kaft/testbed, $KAFT_DATA_DIR/xiezhi/")
+    text = (
+        "see ``conf/hydra/default.yaml``. and kaft/sweep/naming.py, conf/loss/<name>.yaml, tests/unit/<pkg>/, "
+        "~/.cache/kaft/x.py, github.com/a/kaft/b.py, kaft.run, kaft/testbed, $KAFT_DATA_DIR/xiezhi/"
+    )
     assert cited_paths(text) == {"conf/hydra/default.yaml", "kaft/sweep/naming.py", "conf/loss/", "tests/unit/"}
     assert not (ROOT / "conf/hydra/default.yaml").exists()
     assert "conf/config.yaml" in cited_paths(docstrings(ROOT / "kaft/sweep/naming.py"))
 
 
 # The `##` sections of README before the docs site (commit 7ae4514): each must still be a heading of a docs page.
-README_SECTIONS = ("What a run does", "Configuration", "Baselines and paper tables", "Losses", "Conflict detection",
-                   "Running on a SLURM cluster", "Plan a sweep before submitting", "Conflict scores for other trainers",
-                   "Paper tables, figures and the reproduction report", "Performance", "The embedded testbed",
-                   "Layout, and extending kaft", "Tests")
+README_SECTIONS = (
+    "What a run does",
+    "Configuration",
+    "Baselines and paper tables",
+    "Losses",
+    "Conflict detection",
+    "Running on a SLURM cluster",
+    "Plan a sweep before submitting",
+    "Conflict scores for other trainers",
+    "Paper tables, figures and the reproduction report",
+    "Performance",
+    "The embedded testbed",
+    "Layout, and extending kaft",
+    "Tests",
+)
 
 
 def test_every_former_readme_section_is_a_docs_page():
-    headings = {m.group(1).strip() for p in tracked("docs/*.md")
-                for m in re.finditer(r"^#{1,3} (.+)$", p.read_text(), re.M)}
+    headings = {
+        m.group(1).strip() for p in tracked("docs/*.md") for m in re.finditer(r"^#{1,3} (.+)$", p.read_text(), re.M)
+    }
     assert not [s for s in README_SECTIONS if s not in headings]
 
 

@@ -11,19 +11,33 @@ BASE = {"medqa": 0.625, "medmcqa": 0.60}
 
 
 def _metrics(accs):
-    return {"benchmarks": {b: {"acc": a, "n": 100} for b, a in accs.items()},
-            "average": sum(accs.values()) / len(accs)}
+    return {"benchmarks": {b: {"acc": a, "n": 100} for b, a in accs.items()}, "average": sum(accs.values()) / len(accs)}
 
 
 def _results(method, strategy, loss, accs):
     """A hand-written results.json as kaft wrote it for ``method=<method> strategy=<strategy> loss=<loss>``."""
-    cfg = {"method": method, "loss": {"name": loss}, "alpha": None, "beta": None, "partition": {"k": 4},
-           "strategy": {"name": strategy}, "detection": {"name": "diversified"}, "seed": 0,
-           "model": {"name": "llama3_8b"}, "dataset": {"name": "medqa"}}
+    cfg = {
+        "method": method,
+        "loss": {"name": loss},
+        "alpha": None,
+        "beta": None,
+        "partition": {"k": 4},
+        "strategy": {"name": strategy},
+        "detection": {"name": "diversified"},
+        "seed": 0,
+        "model": {"name": "llama3_8b"},
+        "dataset": {"name": "medqa"},
+    }
     m, b = _metrics(accs), _metrics(BASE)
-    return {"status": "done", "overrides": [f"method={method}", f"strategy={strategy}"], "config": cfg,
-            "metrics": m, "base_metrics": b, "delta_vs_base": m["average"] - b["average"],
-            "detection": {"mean": 0.6, "std": 0.2, "histogram_10bins": [10] * 10}}
+    return {
+        "status": "done",
+        "overrides": [f"method={method}", f"strategy={strategy}"],
+        "config": cfg,
+        "metrics": m,
+        "base_metrics": b,
+        "delta_vs_base": m["average"] - b["average"],
+        "detection": {"mean": 0.6, "std": 0.2, "histogram_10bins": [10] * 10},
+    }
 
 
 def _frame(tmp_path, *jobs):
@@ -34,8 +48,9 @@ def _frame(tmp_path, *jobs):
 
 
 def test_overridden_method_is_labelled_by_what_ran(tmp_path):
-    frame = _frame(tmp_path, _results("base", "full", "constant", ACCS),
-                   _results("no_conflict", "no_conflict", "kaft", ACCS))
+    frame = _frame(
+        tmp_path, _results("base", "full", "constant", ACCS), _results("no_conflict", "no_conflict", "kaft", ACCS)
+    )
     ids = sorted(frame["method_id"])
     assert ids == ["no_conflict+kaft", "vanilla"], ids  # base + strategy=full trained with constant: vanilla SFT
     rows = [r for sec in T.build_table(frame, "2") for r in sec.ours().to_dict("records")]

@@ -17,8 +17,11 @@ def keep_threads():
 
 
 def _table_rows(out: str, section: str) -> list[list[str]]:
-    return [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines()
-            if re.match(rf"^\| {section} +\|", line)]
+    return [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in out.splitlines()
+        if re.match(rf"^\| {section} +\|", line)
+    ]
 
 
 @pytest.mark.slow
@@ -68,8 +71,31 @@ def test_gpu_without_cuda_exits_with_a_message(capsys, monkeypatch):
 def test_gpu_code_path_on_cpu(capsys, keep_threads):
     from perf import gpu
 
-    assert gpu.main(["--model", "tiny", "--device", "cpu", "--batch", "2", "--seq", "32", "--steps", "1",
-                     "--warmup", "0", "--probe-items", "4", "--probe-len", "24", "--probe-batch", "2"]) == 0
+    assert (
+        gpu.main(
+            [
+                "--model",
+                "tiny",
+                "--device",
+                "cpu",
+                "--batch",
+                "2",
+                "--seq",
+                "32",
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+                "--probe-items",
+                "4",
+                "--probe-len",
+                "24",
+                "--probe-batch",
+                "2",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     line = [x for x in out.splitlines() if x.startswith("| tiny |")]
     assert line and "nan" not in line[0].split("|")[3]  # train tokens/s measured

@@ -4,12 +4,12 @@ seeds is no test); explanatory text follows the computed intervals."""
 
 import pytest
 from scipy import stats as st
+from test_analysis_tables import _res, _write
 
 from analysis import claims as C
 from analysis import report as R
 from analysis import stats as S
 from analysis import testbed_section as TBS
-from test_analysis_tables import _res, _write
 
 TB = {"model": "testbed", "dataset": "testbed"}
 # per seed: an offset for every row, and KaFT - no-conflict (all positive but tiny next to its spread)
@@ -17,29 +17,50 @@ SEEDS = {0: (0.00, 0.001), 1: (0.02, 0.0005), 2: (0.01, 0.03), 3: (-0.01, 0.0002
 
 
 def _det(recall, wrong):
-    return {"mean": 0.6, "std": 0.2, "histogram_10bins": [1] * 10, "auroc_contradict": 0.9,
-            "mean_by_kind": {"contradict": 0.1, "known": 0.8}, "contradict_in_lowest_subset": recall}, wrong
+    return {
+        "mean": 0.6,
+        "std": 0.2,
+        "histogram_10bins": [1] * 10,
+        "auroc_contradict": 0.9,
+        "mean_by_kind": {"contradict": 0.1, "known": 0.8},
+        "contradict_in_lowest_subset": recall,
+    }, wrong
 
 
 def _sweeps(root, seeds=SEEDS):
     main, rewards, ab, lam = [], [], [], []
     for seed, (bump, gap) in seeds.items():
-        main += [_res(strategy="none", seed=seed, acc=0.50 + bump, **TB),
-                 _res(strategy="wrong_only", seed=seed, acc=0.20 + bump, **TB),
-                 _res(strategy="full", seed=seed, acc=0.60 + bump, **TB),
-                 _res(strategy="no_conflict", seed=seed, acc=0.66 + bump, **TB),
-                 _res(strategy="full", loss="kaft", seed=seed, acc=0.66 + bump + gap, **TB)]
+        main += [
+            _res(strategy="none", seed=seed, acc=0.50 + bump, **TB),
+            _res(strategy="wrong_only", seed=seed, acc=0.20 + bump, **TB),
+            _res(strategy="full", seed=seed, acc=0.60 + bump, **TB),
+            _res(strategy="no_conflict", seed=seed, acc=0.66 + bump, **TB),
+            _res(strategy="full", loss="kaft", seed=seed, acc=0.66 + bump + gap, **TB),
+        ]
         det, wrong = _det(0.8, 50)
         main[-1].update(detection=det, subsets={"wrong": wrong, "might-wrong": 50, "might-right": 50, "right": 50})
         # constant > auto-adapt (contradicted) < KaFT (reproduced)
-        rewards += [_res(strategy="full", loss=lo, seed=seed, acc=a + bump, **TB)
-                    for lo, a in (("constant", 0.63), ("auto_adapt", 0.60), ("kaft", 0.65))]
+        rewards += [
+            _res(strategy="full", loss=lo, seed=seed, acc=a + bump, **TB)
+            for lo, a in (("constant", 0.63), ("auto_adapt", 0.60), ("kaft", 0.65))
+        ]
         # accuracy falls with alpha; flat in beta but at alpha=0.1 a larger beta lowers it
-        ab += [_res(strategy="full", loss="kaft", alpha=a, beta=b, seed=seed,
-                    acc=0.7 - a / 10 + bump - (0.02 * b if a == 0.1 else 0), **TB)
-               for a in (0.1, 0.5, 1.0) for b in (0.1, 0.5, 1.0)]
-        lam += [_res(strategy="wrong_ratio", ratio=r, seed=seed, acc=0.66 - r / 10 + bump, **TB)
-                for r in (0.0, 0.25, 1.0)]
+        ab += [
+            _res(
+                strategy="full",
+                loss="kaft",
+                alpha=a,
+                beta=b,
+                seed=seed,
+                acc=0.7 - a / 10 + bump - (0.02 * b if a == 0.1 else 0),
+                **TB,
+            )
+            for a in (0.1, 0.5, 1.0)
+            for b in (0.1, 0.5, 1.0)
+        ]
+        lam += [
+            _res(strategy="wrong_ratio", ratio=r, seed=seed, acc=0.66 - r / 10 + bump, **TB) for r in (0.0, 0.25, 1.0)
+        ]
     _write(root / "table6_halueval", main)
     _write(root / "table12_rewards", rewards)
     _write(root / "table13_alpha_beta", ab)
@@ -135,8 +156,14 @@ def test_cli_no_run_renders_without_results(tmp_path, monkeypatch):
 def test_claims_are_data(tmp_path):
     out = _sweeps(tmp_path)
     layouts = {"table12_rewards": "12"}
-    claim = C.Claim("table12_rewards", "{hi} beats {lo} by more than a point", "made up", (("kaft", "constant"),),
-                    labels=C.MAIN, margin=1.0)
+    claim = C.Claim(
+        "table12_rewards",
+        "{hi} beats {lo} by more than a point",
+        "made up",
+        (("kaft", "constant"),),
+        labels=C.MAIN,
+        margin=1.0,
+    )
     (f,) = C.findings(out, layouts, [claim])
     assert f.claim == "KaFT beats constant by more than a point" and f.paper == "KaFT − constant > 1: made up"
     assert f.interval.mean == pytest.approx(2.0) and f.verdict == "reproduced"

@@ -18,8 +18,16 @@ CONF = ROOT / "conf"
 HUB = ROOT / "tests" / "fixtures" / "hub"
 
 NEW_DATASETS = ["medqa", "medqa_mmedbench", "medqa_halueval", "xiezhi_history", "xiezhi_engineering", "xiezhi_law"]
-NEW_MODELS = ["llama3_8b", "llama3_3b", "qwen1_5_7b", "mistral_7b", "qwen2_7b_instruct", "qwen3_4b_instruct",
-              "glm4_9b", "qwen2_5_32b_instruct"]
+NEW_MODELS = [
+    "llama3_8b",
+    "llama3_3b",
+    "qwen1_5_7b",
+    "mistral_7b",
+    "qwen2_7b_instruct",
+    "qwen3_4b_instruct",
+    "glm4_9b",
+    "qwen2_5_32b_instruct",
+]
 
 
 def _compose(overrides):
@@ -64,8 +72,12 @@ def test_model_configs_compose_with_the_kaft_recipe(model):
 
 def test_paper_backbones():
     paths = {m: _compose([f"model={m}"]).model.path for m in ["llama3_8b", "llama3_3b", "qwen1_5_7b", "mistral_7b"]}
-    assert paths == {"llama3_8b": "meta-llama/Meta-Llama-3-8B", "llama3_3b": "meta-llama/Llama-3.2-3B",
-                     "qwen1_5_7b": "Qwen/Qwen1.5-7B", "mistral_7b": "mistralai/Mistral-7B-v0.1"}
+    assert paths == {
+        "llama3_8b": "meta-llama/Meta-Llama-3-8B",
+        "llama3_3b": "meta-llama/Llama-3.2-3B",
+        "qwen1_5_7b": "Qwen/Qwen1.5-7B",
+        "mistral_7b": "mistralai/Mistral-7B-v0.1",
+    }
 
 
 @pytest.mark.parametrize("dataset", NEW_DATASETS)
@@ -106,16 +118,27 @@ def test_medmcqa_cop_is_zero_based():
 
 def test_mmlu_star_concatenates_the_six_medical_subjects():
     items = _load(_spec("medqa", "mmlu_star", HUB / "mmlu"))
-    assert [it.subject for it in items] == ["anatomy", "clinical_knowledge", "college_biology", "college_medicine",
-                                            "medical_genetics", "professional_medicine"]
+    assert [it.subject for it in items] == [
+        "anatomy",
+        "clinical_knowledge",
+        "college_biology",
+        "college_medicine",
+        "medical_genetics",
+        "professional_medicine",
+    ]
     assert [it.answer for it in items] == [3, 0, 0, 0, 1, 2]
     assert items[4].options[1].startswith("superior fitness") and len({it.id for it in items}) == 6
 
 
 def test_cmmlu_star_letter_answers_and_option_columns():
     items = _load(_spec("medqa", "cmmlu_star", HUB / "cmmlu"))
-    assert [it.subject for it in items] == ["anatomy", "clinical_knowledge", "college_medical_statistics",
-                                            "college_medicine", "professional_medicine"]
+    assert [it.subject for it in items] == [
+        "anatomy",
+        "clinical_knowledge",
+        "college_medical_statistics",
+        "college_medicine",
+        "professional_medicine",
+    ]
     assert [it.answer for it in items] == [1, 0, 3, 3, 1]
     assert items[0].options == ["肋胸膜", "肺胸膜", "膈胸膜", "胸膜顶"] and items[0].question == "壁胸膜的分部不包括"
     assert [it.id for it in items][:2] == ["anatomy-0", "clinical_knowledge-0"]
@@ -158,9 +181,11 @@ def test_halueval_is_a_seeded_yes_no_question(task, what):
     items = _load(spec)
     raw = [r for r in read_spec_rows({"source": "local", "path": spec["path"]}, {"path": spec["path"]}, {})]
     assert len(items) == len(raw)
-    right, halluc = {"qa": ("right_answer", "hallucinated_answer"),
-                     "dialogue": ("right_response", "hallucinated_response"),
-                     "summarization": ("right_summary", "hallucinated_summary")}[task]
+    right, halluc = {
+        "qa": ("right_answer", "hallucinated_answer"),
+        "dialogue": ("right_response", "hallucinated_response"),
+        "summarization": ("right_summary", "hallucinated_summary"),
+    }[task]
     for it, r in zip(items, raw):
         assert it.options == ["Yes", "No"] and it.domain == "hallucination detection"
         assert f"#{what}#: " in it.question and it.subject == f"halueval_{task}"
@@ -182,6 +207,7 @@ def test_xiezhi_train_and_test(domain):
 # ----------------------------------------------------------------------------------------------- adapter units
 def test_filter_conditions():
     rows = [{"q": "a", "t": "x", "n": 1}, {"q": "b", "t": "y", "n": 2}, {"q": "c", "t": "x", "n": 3}]
+
     def pick(conds):
         return [r["q"] for r in _filter(rows, conds)]
 
@@ -195,8 +221,13 @@ def test_option_lines_formats():
     from kaft.data import adapt_option_lines
 
     spec = {"fields": {"options": "o", "answer": "a"}}
-    rows = [{"o": "A. x\nB. y\n", "a": "B"}, {"o": "(A) x\n(B) y", "a": "A"}, {"o": "A、甲\nB、乙", "a": "A"},
-            {"o": [{"key": "B", "value": "y"}, {"key": "A", "value": "x"}], "a": "A"}, {"o": "Apple\nBanana", "a": "A"}]
+    rows = [
+        {"o": "A. x\nB. y\n", "a": "B"},
+        {"o": "(A) x\n(B) y", "a": "A"},
+        {"o": "A、甲\nB、乙", "a": "A"},
+        {"o": [{"key": "B", "value": "y"}, {"key": "A", "value": "x"}], "a": "A"},
+        {"o": "Apple\nBanana", "a": "A"},
+    ]
     out = list(adapt_option_lines(rows, spec))
     assert [r["o"] for r in out] == [["x", "y"], ["x", "y"], ["甲", "乙"], ["x", "y"], ["Apple", "Banana"]]
     bad = list(adapt_option_lines([{"question": "q", "o": "x\ny", "a": "z"}], {**spec, "answer_text": True}))

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from kaft.cache import Cache, _proc_start, atomic_write_json, make_key, verify
+from kaft.cache import Cache, atomic_write_json, make_key, verify
+from kaft.lock import _proc_start
 
 
 def test_keys_are_stable_and_sensitive():
@@ -68,6 +69,7 @@ def _counting_build(root: str, seconds: float):
         (d / "who").write_text(str(os.getpid()))
         (d / "sub").mkdir()
         (d / "sub" / "data.bin").write_bytes(os.urandom(1000))
+
     return build
 
 
@@ -176,6 +178,7 @@ def _build_counted(calls):
         (d / "a.txt").write_text("hello world")
         (d / "sub").mkdir()
         (d / "sub" / "b.bin").write_bytes(b"\x00" * 4096)
+
     return build
 
 

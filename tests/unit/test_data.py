@@ -29,8 +29,9 @@ def _write(tmp_path, name, rows):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        pq.write_table(pa.Table.from_pylist([{k: r[k] for k in ("id", "question", "options", "answer")}
-                                             for r in rows]), p)
+        pq.write_table(
+            pa.Table.from_pylist([{k: r[k] for k in ("id", "question", "options", "answer")} for r in rows]), p
+        )
     return p
 
 
@@ -51,16 +52,19 @@ def test_letter_answers_dict_options_and_one_based_indices():
     assert items[0].options == ["x", "y"] and items[0].answer == 1
 
 
-@pytest.mark.parametrize("row, field, words", [
-    ({"id": "a", "options": ["x", "y"], "answer": 0}, "question", "missing"),
-    ({"id": "a", "question": "Q", "answer": 0}, "options", "missing"),
-    ({"id": "a", "question": "Q", "options": ["x", "y"]}, "answer", "missing"),
-    ({"id": "a", "question": "Q", "options": ["x", "y"], "answer": 2}, "answer", "out of range"),
-    ({"id": "a", "question": "Q", "options": ["x", "y"], "answer": -1}, "answer", "out of range"),
-    ({"id": "a", "question": "Q", "options": ["x"], "answer": 0}, "options", "at least 2"),
-    ({"id": "a", "question": "Q", "options": ["x", ""], "answer": 0}, "options", "empty"),
-    ({"id": "a", "question": "Q", "options": ["x", "y"], "answer": "maybe"}, "answer", "neither"),
-])
+@pytest.mark.parametrize(
+    "row, field, words",
+    [
+        ({"id": "a", "options": ["x", "y"], "answer": 0}, "question", "missing"),
+        ({"id": "a", "question": "Q", "answer": 0}, "options", "missing"),
+        ({"id": "a", "question": "Q", "options": ["x", "y"]}, "answer", "missing"),
+        ({"id": "a", "question": "Q", "options": ["x", "y"], "answer": 2}, "answer", "out of range"),
+        ({"id": "a", "question": "Q", "options": ["x", "y"], "answer": -1}, "answer", "out of range"),
+        ({"id": "a", "question": "Q", "options": ["x"], "answer": 0}, "options", "at least 2"),
+        ({"id": "a", "question": "Q", "options": ["x", ""], "answer": 0}, "options", "empty"),
+        ({"id": "a", "question": "Q", "options": ["x", "y"], "answer": "maybe"}, "answer", "neither"),
+    ],
+)
 def test_malformed_rows_name_source_row_and_field(row, field, words):
     good = {"id": "g", "question": "Q", "options": ["x", "y"], "answer": 1}
     with pytest.raises(DataError) as e:
@@ -101,8 +105,15 @@ def test_hub_loader_is_real_code_reading_a_local_dataset_dir(tmp_path):
     """The hub loader calls datasets.load_dataset; a local directory stands in for a hub id (offline here)."""
     d = tmp_path / "medqa_like"
     d.mkdir()
-    rows = [{"question": "Q%d" % i, "options": {"A": "x", "B": "y", "C": "z", "D": "w"}, "answer_idx": "ABCD"[i % 4],
-             "meta_info": "step1"} for i in range(5)]
+    rows = [
+        {
+            "question": "Q%d" % i,
+            "options": {"A": "x", "B": "y", "C": "z", "D": "w"},
+            "answer_idx": "ABCD"[i % 4],
+            "meta_info": "step1",
+        }
+        for i in range(5)
+    ]
     (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     items = load_items({"source": "hub", "path": str(d), "split": "train", "fields": {"answer": "answer_idx"}})
     assert [it.answer for it in items] == [0, 1, 2, 3, 0]
@@ -133,8 +144,12 @@ def test_a_registered_source_gets_its_spec_keys_and_the_job_context(tmp_path):
 
     data.SOURCES.register("in_config", reader)
     try:
-        items = load_items({"source": "in_config", "split": "dev", "limit": 1}, domain="d",
-                           cache_dir=str(tmp_path), config={"rows": {"dev": ROWS}})
+        items = load_items(
+            {"source": "in_config", "split": "dev", "limit": 1},
+            domain="d",
+            cache_dir=str(tmp_path),
+            config={"rows": {"dev": ROWS}},
+        )
     finally:
         data.SOURCES.unregister("in_config")
     assert [it.id for it in items] == ["a"] and items[0].domain == "d"
@@ -149,6 +164,7 @@ def test_model_sources_are_a_registry():
     from kaft.errors import KaftError
 
     calls = []
+
     def fake(cfg, root, config, build=True):
         calls.append((cfg, root, config, build))
         return ("p" if build else ""), "id"

@@ -43,8 +43,9 @@ def test_other_keys_keep_the_written_order():
     assert choices.ordered_keys({3: "c", 1: "a", 2: "b"}) == [1, 2, 3]  # integer keys (e.g. from Parquet / YAML)
 
 
-@pytest.mark.parametrize("name, ids", [("bom_id_first.csv", ["b1", "b2"]), ("bom_question_first.csv", ["0"]),
-                                       ("bom.jsonl", ["j1"])])
+@pytest.mark.parametrize(
+    "name, ids", [("bom_id_first.csv", ["b1", "b2"]), ("bom_question_first.csv", ["0"]), ("bom.jsonl", ["j1"])]
+)
 def test_a_byte_order_mark_is_not_part_of_the_first_column(name, ids):
     assert (FIXTURES / name).read_bytes().startswith(b"\xef\xbb\xbf")
     items = _load(name)
@@ -55,8 +56,11 @@ def test_a_byte_order_mark_is_not_part_of_the_first_column(name, ids):
 
 
 def test_a_boolean_answer_is_an_error_not_an_index():
-    with pytest.raises(DataError, match=r"row 2: field 'answer': true is not an answer: give the correct option's "
-                                        r"index \(answer_base 0\) or its letter A-B"):
+    with pytest.raises(
+        DataError,
+        match=r"row 2: field 'answer': true is not an answer: give the correct option's "
+        r"index \(answer_base 0\) or its letter A-B",
+    ):
         _load("answer_true.jsonl")
 
 

@@ -30,15 +30,25 @@ def _build_raising(exc):
     def build(tmp):
         (tmp / "adapter_model.safetensors").write_bytes(b"\0" * 4096)
         raise exc
+
     return build
 
 
-@pytest.mark.parametrize("exc", [OSError(errno.ENOSPC, "No space left on device"),
-                                 RuntimeError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
-                                              'message: "No space left on device" })')])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        OSError(errno.ENOSPC, "No space left on device"),
+        RuntimeError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+        ),
+    ],
+)
 def test_a_full_disk_error_is_one_line_and_the_temp_dir_goes(tmp_path, exc):
-    with pytest.raises(DiskFullError, match=rf"the disk holding the kaft cache \({tmp_path}\) is full: writing "
-                                            r"train/k stopped after 0\.0 MiB \(removed again\); .* MiB are free"):
+    with pytest.raises(
+        DiskFullError,
+        match=rf"the disk holding the kaft cache \({tmp_path}\) is full: writing "
+        r"train/k stopped after 0\.0 MiB \(removed again\); .* MiB are free",
+    ):
         Cache(tmp_path).get_or_create("train", "k", _build_raising(exc))
     assert _left(tmp_path, "train") == []
 
@@ -65,6 +75,7 @@ def test_a_real_full_disk_safetensors_save(small_disk):
 
     Cache(small_disk).get_or_create("detect", "d", lambda tmp: (tmp / "scores.jsonl").write_text("{}\n"))
     with pytest.raises(DiskFullError, match="writing train/k stopped after"):
-        Cache(small_disk).get_or_create("train", "k", lambda tmp: save_file(
-            {"w": torch.zeros(256, 256)}, str(tmp / "adapter_model.safetensors")))
+        Cache(small_disk).get_or_create(
+            "train", "k", lambda tmp: save_file({"w": torch.zeros(256, 256)}, str(tmp / "adapter_model.safetensors"))
+        )
     assert _left(small_disk, "train") == [] and _left(small_disk, "detect") == ["d"]  # the finished one stays

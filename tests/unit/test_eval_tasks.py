@@ -27,8 +27,12 @@ from kaft.prompts import LETTERS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 HUB = ROOT / "tests" / "fixtures" / "hub"
-LM_EVAL_BENCHMARKS = {"medqa": "medqa_4options", "medmcqa": "medmcqa", "mmlu_star": "mmlu_{subject}",
-                      "cmmlu_star": "cmmlu_{subject}"}
+LM_EVAL_BENCHMARKS = {
+    "medqa": "medqa_4options",
+    "medmcqa": "medmcqa",
+    "mmlu_star": "mmlu_{subject}",
+    "cmmlu_star": "cmmlu_{subject}",
+}
 ZH = "以下是中国关于{}的单项选择题，请选出其中的正确答案。\n\n"
 
 
@@ -62,52 +66,125 @@ def _requests(benches: dict, tmp_path) -> dict:
 
 
 CASES = [  # dataset, benchmark, fixture, item, exact prompt, task it runs as
-    ("medqa", "medqa", "medqa.jsonl", 0,
-     "Question: A 23-year-old woman presents with dysuria. Which is the best treatment?\nA. Ampicillin\n"
-     "B. Ceftriaxone\nC. Doxycycline\nD. Nitrofurantoin\nAnswer:", "medqa_4options"),
-    ("medqa", "medmcqa", "medmcqa.jsonl", 0,
-     "Question: Chronic urethral obstruction due to benign prismatic hyperplasia can lead to the following change "
-     "in kidney parenchyma\nChoices:\nA. Hyperplasia\nB. Hyperophy\nC. Atrophy\nD. Dyplasia\nAnswer:", "medmcqa"),
-    ("medqa", "mmlu_star", "mmlu", 0,
-     "The following are multiple choice questions (with answers) about anatomy.\n\nWhat is the embryological origin "
-     "of the hyoid bone?\nA. The first pharyngeal arch\nB. The first and second pharyngeal arches\nC. The second "
-     "pharyngeal arch\nD. The second and third pharyngeal arches\nAnswer:", "mmlu_anatomy"),
-    ("medqa", "mmlu_star", "mmlu", 1,
-     "The following are multiple choice questions (with answers) about clinical knowledge.\n\nThe energy for all "
-     "forms of muscle contraction is provided by:\nA. ATP.\nB. ADP.\nC. phosphocreatine.\nD. oxidative "
-     "phosphorylation.\nAnswer:", "mmlu_clinical_knowledge"),
-    ("medqa", "cmmlu_star", "cmmlu", 0,
-     "以下是关于解剖学的单项选择题，请直接给出正确答案的选项。\n\n壁胸膜的分部不包括\nA. 肋胸膜\nB. 肺胸膜\nC. 膈胸膜\n"
-     "D. 胸膜顶\n答案：", "cmmlu_anatomy"),
-    ("medqa", "cmb", "cmb.jsonl", 0,
-     ZH.format("医学") + "患者，男性，11岁。X线检查发现右肺中部类圆形病灶，肺门淋巴结肿大。此男孩可能患\nA. 小叶型肺炎\n"
-     "B. 浸润性肺结核\nC. 继发性肺结核\nD. 原发性肺结核\nE. 粟粒型肺结核\n答案：", None),
-    ("medqa", "cmexam", "cmexam.jsonl", 0,
-     ZH.format("医学") + "男，60岁。反复咳嗽、咳痰20年，加重伴气促1周。最可能的诊断是\nA. 慢性阻塞性肺疾病\nB. 支气管哮喘\n"
-     "C. 支气管扩张症\nD. 肺结核\nE. 肺癌\n答案：", None),
-    *[(f"xiezhi_{d}", f"xiezhi_{d}", "xiezhi.json", 0,
-       ZH.format(zh) + "秦始皇统一六国是在哪一年？\nA. 公元前221年\nB. 公元前206年\nC. 公元前230年\nD. 公元前202年\n答案：",
-       None) for d, zh in (("history", "历史学"), ("engineering", "工学"), ("law", "法学"))],
-    ("medqa_mmedbench", "mmedbench_zh", "mmedbench.jsonl", 0,
-     ZH.format("医学") + "Quel est le traitement de première intention de l'hypertension artérielle essentielle chez "
-     "le sujet jeune ?\nA. Un IEC\nB. Un bêtabloquant\nC. Un diurétique de l'anse\nD. Un alpha-bloquant\n"
-     "E. La digoxine\n答案：", None),
-    *[("medqa_mmedbench", f"mmedbench_{lang}", "mmedbench.jsonl", 2,
-       "For the following medical question, select one correct answer from A to D.\nQuestion: ¿Cuál es el agente "
-       "causal más frecuente de la neumonía adquirida en la comunidad?\nOptions:\nA. Haemophilus influenzae\n"
-       "B. Streptococcus pneumoniae\nC. Legionella\nD. Mycoplasma\nAnswer:", None)
-      for lang in ("en", "fr", "ja", "ru", "es")],
-    ("medqa_halueval", "halueval_qa", "halueval_qa.jsonl", 0,
-     "For the following hallucination detection question, select one correct answer from A to B.\nQuestion: "
-     "#Knowledge#: Arthur's Magazine (1844-1846) was an American literary periodical. First for Women is a woman's "
-     "magazine published in the USA.\n#Question#: Which magazine was started first Arthur's Magazine or First for "
-     "Women?\n#Answer#: Arthur's Magazine\nDoes the answer contain non-factual or hallucinated information?\n"
-     "Options:\nA. Yes\nB. No\nAnswer:", None),
+    (
+        "medqa",
+        "medqa",
+        "medqa.jsonl",
+        0,
+        "Question: A 23-year-old woman presents with dysuria. Which is the best treatment?\nA. Ampicillin\n"
+        "B. Ceftriaxone\nC. Doxycycline\nD. Nitrofurantoin\nAnswer:",
+        "medqa_4options",
+    ),
+    (
+        "medqa",
+        "medmcqa",
+        "medmcqa.jsonl",
+        0,
+        "Question: Chronic urethral obstruction due to benign prismatic hyperplasia can lead to the following change "
+        "in kidney parenchyma\nChoices:\nA. Hyperplasia\nB. Hyperophy\nC. Atrophy\nD. Dyplasia\nAnswer:",
+        "medmcqa",
+    ),
+    (
+        "medqa",
+        "mmlu_star",
+        "mmlu",
+        0,
+        "The following are multiple choice questions (with answers) about anatomy.\n\nWhat is the embryological origin "
+        "of the hyoid bone?\nA. The first pharyngeal arch\nB. The first and second pharyngeal arches\nC. The second "
+        "pharyngeal arch\nD. The second and third pharyngeal arches\nAnswer:",
+        "mmlu_anatomy",
+    ),
+    (
+        "medqa",
+        "mmlu_star",
+        "mmlu",
+        1,
+        "The following are multiple choice questions (with answers) about clinical knowledge.\n\nThe energy for all "
+        "forms of muscle contraction is provided by:\nA. ATP.\nB. ADP.\nC. phosphocreatine.\nD. oxidative "
+        "phosphorylation.\nAnswer:",
+        "mmlu_clinical_knowledge",
+    ),
+    (
+        "medqa",
+        "cmmlu_star",
+        "cmmlu",
+        0,
+        "以下是关于解剖学的单项选择题，请直接给出正确答案的选项。\n\n壁胸膜的分部不包括\nA. 肋胸膜\nB. 肺胸膜\nC. 膈胸膜\n"
+        "D. 胸膜顶\n答案：",
+        "cmmlu_anatomy",
+    ),
+    (
+        "medqa",
+        "cmb",
+        "cmb.jsonl",
+        0,
+        ZH.format("医学")
+        + "患者，男性，11岁。X线检查发现右肺中部类圆形病灶，肺门淋巴结肿大。此男孩可能患\nA. 小叶型肺炎\n"
+        "B. 浸润性肺结核\nC. 继发性肺结核\nD. 原发性肺结核\nE. 粟粒型肺结核\n答案：",
+        None,
+    ),
+    (
+        "medqa",
+        "cmexam",
+        "cmexam.jsonl",
+        0,
+        ZH.format("医学")
+        + "男，60岁。反复咳嗽、咳痰20年，加重伴气促1周。最可能的诊断是\nA. 慢性阻塞性肺疾病\nB. 支气管哮喘\n"
+        "C. 支气管扩张症\nD. 肺结核\nE. 肺癌\n答案：",
+        None,
+    ),
+    *[
+        (
+            f"xiezhi_{d}",
+            f"xiezhi_{d}",
+            "xiezhi.json",
+            0,
+            ZH.format(zh)
+            + "秦始皇统一六国是在哪一年？\nA. 公元前221年\nB. 公元前206年\nC. 公元前230年\nD. 公元前202年\n答案：",
+            None,
+        )
+        for d, zh in (("history", "历史学"), ("engineering", "工学"), ("law", "法学"))
+    ],
+    (
+        "medqa_mmedbench",
+        "mmedbench_zh",
+        "mmedbench.jsonl",
+        0,
+        ZH.format("医学")
+        + "Quel est le traitement de première intention de l'hypertension artérielle essentielle chez "
+        "le sujet jeune ?\nA. Un IEC\nB. Un bêtabloquant\nC. Un diurétique de l'anse\nD. Un alpha-bloquant\n"
+        "E. La digoxine\n答案：",
+        None,
+    ),
+    *[
+        (
+            "medqa_mmedbench",
+            f"mmedbench_{lang}",
+            "mmedbench.jsonl",
+            2,
+            "For the following medical question, select one correct answer from A to D.\nQuestion: ¿Cuál es el agente "
+            "causal más frecuente de la neumonía adquirida en la comunidad?\nOptions:\nA. Haemophilus influenzae\n"
+            "B. Streptococcus pneumoniae\nC. Legionella\nD. Mycoplasma\nAnswer:",
+            None,
+        )
+        for lang in ("en", "fr", "ja", "ru", "es")
+    ],
+    (
+        "medqa_halueval",
+        "halueval_qa",
+        "halueval_qa.jsonl",
+        0,
+        "For the following hallucination detection question, select one correct answer from A to B.\nQuestion: "
+        "#Knowledge#: Arthur's Magazine (1844-1846) was an American literary periodical. First for Women is a woman's "
+        "magazine published in the USA.\n#Question#: Which magazine was started first Arthur's Magazine or First for "
+        "Women?\n#Answer#: Arthur's Magazine\nDoes the answer contain non-factual or hallucinated information?\n"
+        "Options:\nA. Yes\nB. No\nAnswer:",
+        None,
+    ),
 ]
 
 
-@pytest.mark.parametrize("dataset, bench, fixture, i, prompt, lm_task", CASES,
-                         ids=[f"{c[1]}-{c[3]}" for c in CASES])
+@pytest.mark.parametrize("dataset, bench, fixture, i, prompt, lm_task", CASES, ids=[f"{c[1]}-{c[3]}" for c in CASES])
 def test_a_row_becomes_this_prompt_and_target(dataset, bench, fixture, i, prompt, lm_task, tmp_path):
     items = _bench(dataset, bench, fixture)
     task, args, target = _requests({bench: items}, tmp_path)[(bench, i)]
@@ -158,7 +235,7 @@ def test_evaluate_scores_lm_evals_prompt_over_all_subjects(tmp_path):
 
 def _loglik(model, tok, context: str, cont: str) -> float:
     ctx, whole = tok(context)["input_ids"], tok(context + cont)["input_ids"]
-    assert whole[:len(ctx)] == ctx
+    assert whole[: len(ctx)] == ctx
     with torch.no_grad():
         lp = torch.log_softmax(model(torch.tensor([whole[:-1]])).logits[0].float(), -1)
     return sum(lp[j - 1, whole[j]].item() for j in range(len(ctx), len(whole)))
@@ -167,14 +244,23 @@ def _loglik(model, tok, context: str, cont: str) -> float:
 ITEM = MCItem(id="q1", question="Q?", options=["a", "b", "c", "d", "e"], answer=4, subject="anatomy")
 
 
-@pytest.mark.parametrize("spec, words", [
-    ({"lm_eval": {"task": "no_such_task_xyz", "doc": {"question": "question"}}}, "not a task in lm-eval's registry"),
-    ({"lm_eval": {"task": "mmlu_anatomy"}}, "needs 'task'"),
-    ({"lm_eval": {"task": "mmlu_anatomy", "doc": {"question": "stem"}}}, "'stem' is not an item field"),
-    ({"lm_eval": {"task": "mmlu_anatomy", "doc": {"question": "question"}}}, "has 5 options, lm-eval's mmlu_anatomy"),
-    ({"lm_eval": {"task": "medmcqa", "doc": {"x": "options.7"}}, "prompt": "{question}"}, "not both"),
-    ({"prompt": "{question} {choices}"}, "prompt must be a string"),
-])
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        (
+            {"lm_eval": {"task": "no_such_task_xyz", "doc": {"question": "question"}}},
+            "not a task in lm-eval's registry",
+        ),
+        ({"lm_eval": {"task": "mmlu_anatomy"}}, "needs 'task'"),
+        ({"lm_eval": {"task": "mmlu_anatomy", "doc": {"question": "stem"}}}, "'stem' is not an item field"),
+        (
+            {"lm_eval": {"task": "mmlu_anatomy", "doc": {"question": "question"}}},
+            "has 5 options, lm-eval's mmlu_anatomy",
+        ),
+        ({"lm_eval": {"task": "medmcqa", "doc": {"x": "options.7"}}, "prompt": "{question}"}, "not both"),
+        ({"prompt": "{question} {choices}"}, "prompt must be a string"),
+    ],
+)
 def test_bad_benchmark_specs_fail_at_the_data_stage(spec, words):
     with pytest.raises(DataError, match=words) as e:
         tag_items([ITEM], spec, "bench.jsonl")

@@ -26,8 +26,16 @@ def _items(prefix: str, n: int, n_opts: int = 4) -> list[MCItem]:
     out = []
     for i in range(n):
         opts = [f"{words[(i + j) % len(words)]} {j}" for j in range(n_opts)]
-        out.append(MCItem(id=f"{prefix}{i}", question=f"which organ is number {i} in {prefix} ?", options=opts,
-                          answer=(3 * i + 1) % n_opts, subject="anatomy", domain=DOMAIN))
+        out.append(
+            MCItem(
+                id=f"{prefix}{i}",
+                question=f"which organ is number {i} in {prefix} ?",
+                options=opts,
+                answer=(3 * i + 1) % n_opts,
+                subject="anatomy",
+                domain=DOMAIN,
+            )
+        )
     return out
 
 
@@ -37,15 +45,25 @@ def _make_tokenizer(texts):
 
 
 def _make_model(vocab_size: int, seed: int = 0):
-    return make_model(vocab_size, seed, num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
-                      tie_word_embeddings=False)
+    return make_model(
+        vocab_size,
+        seed,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+    )
 
 
 @pytest.fixture(scope="module")
 def setup():
     benches = {"medqa-test": _items("q", 8), "MMLU med": _items("m", 6, n_opts=5)}
-    texts = [format_question(it.question, it.options, DOMAIN) + answer_text(k)
-             for items in benches.values() for it in items for k in range(len(it.options))]
+    texts = [
+        format_question(it.question, it.options, DOMAIN) + answer_text(k)
+        for items in benches.values()
+        for it in items
+        for k in range(len(it.options))
+    ]
     tok = _make_tokenizer(texts)
     return _make_model(len(tok)), tok, benches
 
@@ -57,8 +75,8 @@ def _reference_logprobs(model, tok, item: MCItem) -> list[float]:
     out = []
     for k in range(len(item.options)):
         whole = tok(prompt + answer_text(k))["input_ids"]
-        assert whole[:len(ctx)] == ctx
-        cont = whole[len(ctx):]
+        assert whole[: len(ctx)] == ctx
+        cont = whole[len(ctx) :]
         assert len(cont) == 1 and tok.convert_ids_to_tokens(cont) == [answer_text(k)]
         with torch.no_grad():
             logits = model(torch.tensor([whole[:-1]])).logits[0].float()
@@ -121,8 +139,9 @@ def test_evaluate_peft_model_and_limit(setup, tmp_path):
     model, tok, benches = setup
     base = evaluate(model, tok, benches, tmp_path / "base", DOMAIN, batch_size=16, limit=5)
     assert all(r["n"] == 5 for r in base["benchmarks"].values())
-    wrapped = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
-                                                                        target_modules=["q_proj", "v_proj"]))
+    wrapped = peft.get_peft_model(
+        copy.deepcopy(model), peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
+    )
     wrapped.train()
     res = evaluate(wrapped, tok, benches, tmp_path / "peft", DOMAIN, batch_size=3, limit=5)
     assert wrapped.training, "the caller's train mode is restored"

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import save_tiny_model, tiny_train_rows
 
 pytestmark = pytest.mark.slow
@@ -21,8 +20,14 @@ README = Path(__file__).resolve().parents[2] / "docs" / "export.md"  # the recip
 
 
 def _env(root: Path) -> dict:
-    return {**os.environ, "KAFT_CACHE_DIR": str(root / "cache"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-            "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    return {
+        **os.environ,
+        "KAFT_CACHE_DIR": str(root / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -31,25 +36,48 @@ def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     save_tiny_model(root / "model")
     (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in tiny_train_rows(12)))
-    args = ["-m", "model=local", f"model.path={root / 'model'}", "dataset=local",
-            f"dataset.train.path={root / 'train.jsonl'}", f"dataset.eval.test.path={root / 'train.jsonl'}",
-            "experiment=smoke", "logger=none", "progress=false", "detection.shots=2", "train.batch_size=4",
-            "train.max_length=256", "evaluation.batch_size=4", "detection.estimator=sample,exact",
-            "loss=kaft,constant", "hydra.sweep.dir=sweep"]
-    out = subprocess.run([sys.executable, "-m", "kaft.run", *args], cwd=root, env=_env(root), capture_output=True,
-                         text=True, timeout=900)
+    args = [
+        "-m",
+        "model=local",
+        f"model.path={root / 'model'}",
+        "dataset=local",
+        f"dataset.train.path={root / 'train.jsonl'}",
+        f"dataset.eval.test.path={root / 'train.jsonl'}",
+        "experiment=smoke",
+        "logger=none",
+        "progress=false",
+        "detection.shots=2",
+        "train.batch_size=4",
+        "train.max_length=256",
+        "evaluation.batch_size=4",
+        "detection.estimator=sample,exact",
+        "loss=kaft,constant",
+        "hydra.sweep.dir=sweep",
+    ]
+    out = subprocess.run(
+        [sys.executable, "-m", "kaft.run", *args], cwd=root, env=_env(root), capture_output=True, text=True, timeout=900
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     return root
 
 
 def _export(root: Path, *args: str):
-    return subprocess.run([sys.executable, "-m", "kaft.export", *map(str, args)], cwd=root, env=_env(root),
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "kaft.export", *map(str, args)],
+        cwd=root,
+        env=_env(root),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _jobs(root: Path) -> dict[str, tuple[Path, dict]]:
-    return {d.name: (d, json.loads((d / "results.json").read_text())) for d in sorted((root / "sweep").iterdir())
-            if (d / "results.json").exists()}
+    return {
+        d.name: (d, json.loads((d / "results.json").read_text()))
+        for d in sorted((root / "sweep").iterdir())
+        if (d / "results.json").exists()
+    }
 
 
 def _check_against_results(export_dir: Path, res: dict) -> list[dict]:
@@ -80,8 +108,11 @@ def _check_against_results(export_dir: Path, res: dict) -> list[dict]:
 
 def test_export_of_one_run_matches_results(sweep):
     jobs = _jobs(sweep)
-    name = next(n for n, (_, r) in jobs.items() if r["config"]["detection"]["estimator"] == "sample"
-                and r["config"]["loss"]["name"] == "kaft")
+    name = next(
+        n
+        for n, (_, r) in jobs.items()
+        if r["config"]["detection"]["estimator"] == "sample" and r["config"]["loss"]["name"] == "kaft"
+    )
     run_dir, res = jobs[name]
     out = _export(sweep, run_dir)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -149,8 +180,11 @@ def test_changed_data_or_a_failed_job_is_refused(sweep, tmp_path):
     rows = tiny_train_rows(12)
     rows[5]["question"] = "What is the capital of Zorvia 5, edited ?"
     (tmp_path / "edited.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    moved = _copy_job(run_dir, tmp_path / "moved",
-                      lambda r: r["config"]["dataset"]["train"].update(path=str(tmp_path / "edited.jsonl")))
+    moved = _copy_job(
+        run_dir,
+        tmp_path / "moved",
+        lambda r: r["config"]["dataset"]["train"].update(path=str(tmp_path / "edited.jsonl")),
+    )
     _one_error(_export(sweep, moved), "the training data changed since the job ran")
     failed = _copy_job(run_dir, tmp_path / "failed", lambda r: r.update(status="failed"))
     _one_error(_export(sweep, failed), "the job did not finish (status 'failed'; see error.txt)")
@@ -189,8 +223,14 @@ def test_readme_trl_snippet_runs(sweep, tmp_path):
     code = code.replace("meta-llama/Meta-Llama-3-8B", str(sweep / "model"))
     code = code.replace("SFTConfig(", "SFTConfig(max_steps=1, use_cpu=True, bf16=False, report_to=[], ")
     code += "\nprint('LOSS', trainer.state.log_history[-1]['train_loss'])\n"
-    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**_env(sweep), "WANDB_MODE": "disabled"},
-                         capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={**_env(sweep), "WANDB_MODE": "disabled"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-4000:]
     loss = float(run.stdout.split("LOSS")[-1])
     assert loss > 0 and (tmp_path / "sft_no_conflict").is_dir() and (tmp_path / "sft_kaft").is_dir()

@@ -32,9 +32,24 @@ def _run_dir(path: Path) -> Path:
 
 def _row(i: int) -> dict:
     row = {name: None for name in E.COLUMNS}
-    row.update(id=f"q{i}", question="q?", options=["a", "b"], answer=0, answer_letter="A", prompt="p", completion=" A",
-               score=0.5, subset=0, subset_name="wrong", reward=1.0, majority_answer=0, answer_dist=[0.5, 0.5],
-               dist_source="samples", n_samples=2, n_unparsed=0)
+    row.update(
+        id=f"q{i}",
+        question="q?",
+        options=["a", "b"],
+        answer=0,
+        answer_letter="A",
+        prompt="p",
+        completion=" A",
+        score=0.5,
+        subset=0,
+        subset_name="wrong",
+        reward=1.0,
+        majority_answer=0,
+        answer_dist=[0.5, 0.5],
+        dist_source="samples",
+        n_samples=2,
+        n_unparsed=0,
+    )
     return row
 
 
@@ -63,16 +78,19 @@ def _refused(capsys, args: list, message: str) -> None:
     assert len(errors) == 1 and message in errors[0], errors
 
 
-@pytest.mark.parametrize("target, message", [
-    (".", "is not an export kaft wrote: it holds no kaft export manifest"),  # the parent of several runs
-    ("run_b", "is not an export kaft wrote"),  # another run dir
-    ("run_a", "is not an export kaft wrote"),  # the exported run itself
-    ("sweep", "is not an export kaft wrote"),
-    ("run_a/.hydra", "is not an export kaft wrote"),  # a folder inside a run dir
-    ("notes.txt", "is a file; pass --out a new folder"),
-    ("run_a/results.json", "is a file; pass --out a new folder"),
-    ("notes.txt/x", "notes.txt is a file, not a folder"),
-])
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        (".", "is not an export kaft wrote: it holds no kaft export manifest"),  # the parent of several runs
+        ("run_b", "is not an export kaft wrote"),  # another run dir
+        ("run_a", "is not an export kaft wrote"),  # the exported run itself
+        ("sweep", "is not an export kaft wrote"),
+        ("run_a/.hydra", "is not an export kaft wrote"),  # a folder inside a run dir
+        ("notes.txt", "is a file; pass --out a new folder"),
+        ("run_a/results.json", "is a file; pass --out a new folder"),
+        ("notes.txt/x", "notes.txt is a file, not a folder"),
+    ],
+)
 def test_force_refuses_what_kaft_did_not_write(runs, capsys, target, message):
     before = _snapshot(runs)
     _refused(capsys, [runs / "run_a", "--out", runs / target, "--force"], message)
@@ -86,8 +104,10 @@ def test_an_export_with_a_file_added_or_without_a_manifest_is_refused(runs, tmp_
     old = _kaft_export(tmp_path / "old")
     manifest = json.loads((old / "export.json").read_text())
     (old / "export.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "kind"}))
-    for target, message in [(added, "1 file(s) the export did not write (e.g. my_analysis.ipynb)"),
-                            (old, "no kaft export manifest")]:
+    for target, message in [
+        (added, "1 file(s) the export did not write (e.g. my_analysis.ipynb)"),
+        (old, "no kaft export manifest"),
+    ]:
         before = _snapshot(target)
         _refused(capsys, [runs / "run_a", "--out", target, "--force"], message)
         assert _snapshot(target) == before

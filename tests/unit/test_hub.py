@@ -113,15 +113,22 @@ def test_loading_errors_map_to_one_line_with_what_to_do(monkeypatch):
 
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
-    gated = hub.explain(_raised_from(_http_error(errors.GatedRepoError, "Access to model x is restricted")),
-                        "meta-llama/Meta-Llama-3-8B", "model")
-    assert gated.startswith("model 'meta-llama/Meta-Llama-3-8B' is a gated repository: accept its licence at "
-                            "https://huggingface.co/meta-llama/Meta-Llama-3-8B and set HF_TOKEN"), gated
+    gated = hub.explain(
+        _raised_from(_http_error(errors.GatedRepoError, "Access to model x is restricted")),
+        "meta-llama/Meta-Llama-3-8B",
+        "model",
+    )
+    assert gated.startswith(
+        "model 'meta-llama/Meta-Llama-3-8B' is a gated repository: accept its licence at "
+        "https://huggingface.co/meta-llama/Meta-Llama-3-8B and set HF_TOKEN"
+    ), gated
     monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token_123")
     assert "the token set here has no access yet" in hub.explain(
-        _http_error(errors.GatedRepoError, "restricted"), "meta-llama/Meta-Llama-3-8B", "model")
-    rev = hub.explain(_raised_from(_http_error(errors.RevisionNotFoundError, "Revision Not Found")), "org/m",
-                      "model", revision="v9")
+        _http_error(errors.GatedRepoError, "restricted"), "meta-llama/Meta-Llama-3-8B", "model"
+    )
+    rev = hub.explain(
+        _raised_from(_http_error(errors.RevisionNotFoundError, "Revision Not Found")), "org/m", "model", revision="v9"
+    )
     assert rev.startswith("model 'org/m' (revision 'v9'): that revision does not exist; check model.revision"), rev
     missing = hub.explain(_http_error(errors.RepositoryNotFoundError, "404"), "org/nope", "model")
     assert "does not exist on the Hugging Face hub, or it is private (set HF_TOKEN)" in missing
@@ -134,12 +141,19 @@ def test_dataset_errors(monkeypatch):
     from datasets.exceptions import DatasetNotFoundError
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    offline = hub.dataset_error(ConnectionError("Couldn't reach 'GBaker/MedQA-USMLE-4-options' on the Hub"),
-                                "GBaker/MedQA-USMLE-4-options", None, "train", None, "config None, split 'train'")
+    offline = hub.dataset_error(
+        ConnectionError("Couldn't reach 'GBaker/MedQA-USMLE-4-options' on the Hub"),
+        "GBaker/MedQA-USMLE-4-options",
+        None,
+        "train",
+        None,
+        "config None, split 'train'",
+    )
     assert "dataset 'GBaker/MedQA-USMLE-4-options' is not in the local Hugging Face cache" in offline
     assert "datasets.load_dataset('GBaker/MedQA-USMLE-4-options', split='train')" in offline
-    gated = hub.dataset_error(DatasetNotFoundError("Dataset 'x/y' is a gated dataset on the Hub."), "x/y", "en",
-                              "test", None, "")
+    gated = hub.dataset_error(
+        DatasetNotFoundError("Dataset 'x/y' is a gated dataset on the Hub."), "x/y", "en", "test", None, ""
+    )
     assert "is a gated repository: accept its licence at https://huggingface.co/datasets/x/y" in gated
     other = hub.dataset_error(KeyError("weird"), "x/y", None, "train", None, "config None, split 'train'")
     assert other == "hub dataset 'x/y' (config None, split 'train') could not be loaded: 'weird'"
@@ -149,11 +163,21 @@ def _llama_files(cached: bool = False):
     from huggingface_hub.file_download import DryRunFileInfo
 
     def f(name, size):
-        return DryRunFileInfo(commit_hash=COMMIT, file_size=size, filename=name, local_path=f"/x/{name}",
-                              is_cached=cached, will_download=not cached)
+        return DryRunFileInfo(
+            commit_hash=COMMIT,
+            file_size=size,
+            filename=name,
+            local_path=f"/x/{name}",
+            is_cached=cached,
+            will_download=not cached,
+        )
 
-    return [f("config.json", 700), f("tokenizer.json", 9_000_000), f("original/consolidated.00.pth", 16 * 2**30),
-            *[f(f"model-0000{i}-of-00004.safetensors", 4 * 2**30) for i in range(1, 5)]]
+    return [
+        f("config.json", 700),
+        f("tokenizer.json", 9_000_000),
+        f("original/consolidated.00.pth", 16 * 2**30),
+        *[f(f"model-0000{i}-of-00004.safetensors", 4 * 2**30) for i in range(1, 5)],
+    ]
 
 
 def test_online_probe_sizes_the_download_against_free_disk(monkeypatch, tmp_path):

@@ -23,9 +23,15 @@ def tiny(tmp_path_factory):
 
 def _cfg(tiny, *args):
     """The task config kaft.run's job function would receive for these overrides."""
-    base = ["model=local", f"model.path={tiny / 'model'}", "dataset=local",
-            f"dataset.train.path={tiny / 'train.jsonl'}",
-            f"dataset.eval.test.path={tiny / 'test.jsonl'}", f"cache_dir={tiny / 'cache'}", "logger=none"]
+    base = [
+        "model=local",
+        f"model.path={tiny / 'model'}",
+        "dataset=local",
+        f"dataset.train.path={tiny / 'train.jsonl'}",
+        f"dataset.eval.test.path={tiny / 'test.jsonl'}",
+        f"cache_dir={tiny / 'cache'}",
+        "logger=none",
+    ]
     ((_, _, cfg),) = plan.compose_jobs([*base, *args], False)
     return preflight.task_config(cfg)
 
@@ -52,8 +58,11 @@ def test_config_part_keeps_what_reaches_a_stage_only(tiny):
 def test_differences_name_what_changed(tiny):
     a = identity.make(identity.config_part(_cfg(tiny), None), {"train": "f1", "test": "f2"}, "local-abc")
     assert identity.differences(a, a) == []
-    b = identity.make(identity.config_part(_cfg(tiny, "seed=1", "loss=constant", "train.lr=0.01"), None),
-                      {"train": "f9", "test": "f2"}, "local-xyz")
+    b = identity.make(
+        identity.config_part(_cfg(tiny, "seed=1", "loss=constant", "train.lr=0.01"), None),
+        {"train": "f9", "test": "f2"},
+        "local-xyz",
+    )
     diffs = identity.differences(a, b)
     assert "seed 0 -> 1" in diffs and "loss kaft -> constant" in diffs
     assert any(d.startswith("train.lr ") and d.endswith(" -> 0.01") for d in diffs)
@@ -85,12 +94,15 @@ def test_reused_only_on_an_equal_identity(tiny, tmp_path):
         identity.reusable(tmp_path / "old", cfg, None)
 
 
-@pytest.mark.parametrize("content, reason", [
-    ('{"status": "done", "metr', "re-running: the previous results.json: "),
-    ('{"status": "failed", "metrics": null, "error": "boom"}', "re-running: the previous run failed (boom)"),
-    ('{"status": "interrupted", "metrics": null}', "re-running: the previous run interrupted"),
-    ('[1, 2]', "re-running: the previous results.json: not a JSON object"),
-])
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        ('{"status": "done", "metr', "re-running: the previous results.json: "),
+        ('{"status": "failed", "metrics": null, "error": "boom"}', "re-running: the previous run failed (boom)"),
+        ('{"status": "interrupted", "metrics": null}', "re-running: the previous run interrupted"),
+        ("[1, 2]", "re-running: the previous results.json: not a JSON object"),
+    ],
+)
 def test_unusable_results_rerun_with_a_reason(tiny, tmp_path, caplog, content, reason):
     (tmp_path / "results.json").write_text(content)
     with caplog.at_level(logging.INFO, logger="kaft"):

@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import json
 
-from kaft import interrupt, job as job_mod
+from kaft import interrupt
+from kaft import job as job_mod
 from kaft.cache import Cache
 from kaft.sweep import plan, preflight
 
-INFO = {"name": "default", "override_dirname": "", "num": 0, "run_dir": "", "overrides": ["seed=3"],
-        "choices": {"method": "kaft"}}
+INFO = {
+    "name": "default",
+    "override_dirname": "",
+    "num": 0,
+    "run_dir": "",
+    "overrides": ["seed=3"],
+    "choices": {"method": "kaft"},
+}
 
 
 def _job(tmp_path):
@@ -31,8 +38,9 @@ def test_interrupt_is_recorded_with_its_stage(tmp_path):
     assert res["overrides"] == ["seed=3"] and res["config"]["method"] == "kaft"
     parts = res["identity"]["parts"]
     assert parts["config"]["seed"] == 3 and parts["data"] == {"train": "f"} and parts["model"] is None
-    assert interrupt.line(KeyboardInterrupt()) == ("kaft: interrupted: before the job started; re-run the same "
-                                                   "command to resume")
+    assert interrupt.line(KeyboardInterrupt()) == (
+        "kaft: interrupted: before the job started; re-run the same command to resume"
+    )
 
 
 def test_a_done_results_json_is_kept(tmp_path):

@@ -81,14 +81,18 @@ def test_no_import_cycle_inside_kaft():
 
 @pytest.mark.parametrize("forbidden", ["analysis", "perf", "tests", "conftest", "helpers"])
 def test_kaft_never_imports_what_sits_above_it(forbidden):
-    bad = {m: sorted(i for i in _imports(p) if i == forbidden or i.startswith(forbidden + "."))
-           for m, p in MODULES.items()}
+    bad = {
+        m: sorted(i for i in _imports(p) if i == forbidden or i.startswith(forbidden + ".")) for m, p in MODULES.items()
+    }
     assert {m: i for m, i in bad.items() if i} == {}
 
 
 def test_only_the_testbed_imports_the_testbed():
-    bad = {m: sorted(i for i in GRAPH[m] if i.startswith("kaft.testbed")) for m in MODULES
-           if not m.startswith("kaft.testbed")}
+    bad = {
+        m: sorted(i for i in GRAPH[m] if i.startswith("kaft.testbed"))
+        for m in MODULES
+        if not m.startswith("kaft.testbed")
+    }
     assert {m: i for m, i in bad.items() if i} == {}
 
 

@@ -62,16 +62,26 @@ def test_tools_refuse_a_users_file(tmp_path, capsys):
     (tmp_path / "figs").mkdir()
     fig = tmp_path / "figs" / "fig2a_score_distribution.png"
     fig.write_bytes(b"a user's png")
-    for main, argv in [(table.main, [str(tmp_path), "--out", str(mine)]),
-                       (results.main, [str(tmp_path), "--csv", str(mine)]),
-                       (figures.main, [str(tmp_path), "--figure", "2a", "--out", str(tmp_path / "figs")])]:
+    for main, argv in [
+        (table.main, [str(tmp_path), "--out", str(mine)]),
+        (results.main, [str(tmp_path), "--csv", str(mine)]),
+        (figures.main, [str(tmp_path), "--figure", "2a", "--out", str(tmp_path / "figs")]),
+    ]:
         assert main(argv) == 2
         errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("kaft: error:")]
         assert len(errors) == 1 and "did not write" in errors[0], errors
     assert mine.read_text() == "precious\n" and fig.read_bytes() == b"a user's png"
     (tmp_path / "summary.csv").write_text("precious\n")
-    row = {"num": 0, "override_dirname": "", "overrides": [], "status": "done", "accs": {}, "average": None,
-           "path": "0", "error": None}
+    row = {
+        "num": 0,
+        "override_dirname": "",
+        "overrides": [],
+        "status": "done",
+        "accs": {},
+        "average": None,
+        "path": "0",
+        "error": None,
+    }
     with pytest.raises(O.OutputError, match="summary.csv exists and was not written by the sweep summary"):
         summary.write_summary(tmp_path, [row])
     assert (tmp_path / "summary.csv").read_text() == "precious\n"

@@ -23,15 +23,26 @@ def _items(n: int = 10, long_at: int | None = None, words: int = 30) -> list[MCI
     out = []
     for i in range(n):
         pad = " ".join(["Melk"] * (words if i == long_at else i))
-        out.append(MCItem(id=f"q{i}", question=f"What is the capital of Zorvia {pad} ?",
-                          options=list(COLORS if i % 2 else ANIMALS), answer=i % 4, domain="geography"))
+        out.append(
+            MCItem(
+                id=f"q{i}",
+                question=f"What is the capital of Zorvia {pad} ?",
+                options=list(COLORS if i % 2 else ANIMALS),
+                answer=i % 4,
+                domain="geography",
+            )
+        )
     return out
 
 
 def _cfg(shots: int = 2, max_length: int = 2048, seed: int = 0, limit=None) -> dict:
-    return {"seed": seed, "dataset": {"domain": "general", "instruction": None},
-            "detection": {"name": "diversified", "shots": shots, "num_orders": 2, "num_samples": 2},
-            "train": {"max_length": max_length}, "evaluation": {"limit": limit}}
+    return {
+        "seed": seed,
+        "dataset": {"domain": "general", "instruction": None},
+        "detection": {"name": "diversified", "shots": shots, "num_orders": 2, "num_samples": 2},
+        "train": {"max_length": max_length},
+        "evaluation": {"limit": limit},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +64,26 @@ def test_longest_prompts_are_those_the_stages_build(tok, seed, long_at):
     det = [len(tok(q.prompt)["input_ids"]) for q in queries]
     assert got["detection"]["tokens"] == max(det)
     assert got["detection"]["id"] == train[det.index(max(det))].id and got["detection"]["shots"] == 2
-    enc = [len(encode_example(tok, format_question(it.question, it.options, it.domain, DEFAULT_INSTRUCTION),
-                              answer_text(it.answer), 10 ** 6)[0]) for it in train]
+    enc = [
+        len(
+            encode_example(
+                tok,
+                format_question(it.question, it.options, it.domain, DEFAULT_INSTRUCTION),
+                answer_text(it.answer),
+                10**6,
+            )[0]
+        )
+        for it in train
+    ]
     assert got["train"]["tokens"] == max(enc) and got["train"]["n_over"] == 0 and got["train"]["cut"] is None
-    ev = [len(tok(format_question(it.question, it.options, it.domain, DEFAULT_INSTRUCTION)
-                  + answer_text(it.answer))["input_ids"]) for it in evals["test"]]
+    ev = [
+        len(
+            tok(format_question(it.question, it.options, it.domain, DEFAULT_INSTRUCTION) + answer_text(it.answer))[
+                "input_ids"
+            ]
+        )
+        for it in evals["test"]
+    ]
     assert got["evaluation"] == {"tokens": max(ev), "id": "q2", "benchmark": "test"}
 
 
@@ -77,18 +103,27 @@ def test_truncation_names_the_part_kaft_cuts(tok):
     train = _items(long_at=4)
     it = train[4]
     prompt = format_question(it.question, it.options, it.domain, DEFAULT_INSTRUCTION)
-    full = encode_example(tok, prompt, answer_text(it.answer), 10 ** 6)[0]
-    head = len(tok(prompt[:prompt.index("\nQuestion: ")], add_special_tokens=False)["input_ids"])
+    full = encode_example(tok, prompt, answer_text(it.answer), 10**6)[0]
+    head = len(tok(prompt[: prompt.index("\nQuestion: ")], add_special_tokens=False)["input_ids"])
     max_len = len(full) - head
     kept = encode_example(tok, prompt, answer_text(it.answer), max_len)[0]
-    rest = tok(prompt[prompt.index("\nQuestion: "):] + answer_text(it.answer), add_special_tokens=False)["input_ids"]
+    rest = tok(prompt[prompt.index("\nQuestion: ") :] + answer_text(it.answer), add_special_tokens=False)["input_ids"]
     assert kept[1:] == rest  # <s> + everything from "Question:" on: exactly the instruction line was cut
     lengths = P.prompt_lengths(_cfg(max_length=max_len), train, {}, tok)
     assert lengths["train"]["cut"] == "the instruction line"
-    n_over = sum(len(encode_example(tok, format_question(x.question, x.options, x.domain, DEFAULT_INSTRUCTION),
-                                    answer_text(x.answer), 10 ** 6)[0]) > max_len for x in train)
+    n_over = sum(
+        len(
+            encode_example(
+                tok, format_question(x.question, x.options, x.domain, DEFAULT_INSTRUCTION), answer_text(x.answer), 10**6
+            )[0]
+        )
+        > max_len
+        for x in train
+    )
     lines = P.length_warnings(_cfg(max_length=max_len), lengths, context_len=4096)
-    assert len(lines) == 1 and f"{n_over} of 10 training examples are longer than train.max_length={max_len}" in lines[0]
+    assert (
+        len(lines) == 1 and f"{n_over} of 10 training examples are longer than train.max_length={max_len}" in lines[0]
+    )
     assert "(the longest loses the instruction line)" in lines[0] and "context is 4,096" in lines[0]
     deeper = P.prompt_lengths(_cfg(max_length=max_len - 3), train, {}, tok)["train"]["cut"]
     assert deeper == "the instruction line and the first 3 tokens of the question"
@@ -122,18 +157,24 @@ def test_freeform_training_items_are_not_measured(tok):
 # ----------------------------------------------------------------------------------------------- overlap
 def test_identical_benchmark_is_flagged_whatever_its_ids_and_option_order():
     train = _items()
-    copy = [MCItem(id=str(i), question=it.question.upper() + "  ", options=it.options[::-1], answer=0)
-            for i, it in enumerate(reversed(train))]
+    copy = [
+        MCItem(id=str(i), question=it.question.upper() + "  ", options=it.options[::-1], answer=0)
+        for i, it in enumerate(reversed(train))
+    ]
     for bench in (train, copy):
         lines = P.overlap_warnings(train, {"test": bench})
-        assert len(lines) == 1 and "benchmark 'test' (dataset.eval.test) is identical to the training set (10 items)" \
-            in lines[0]
+        assert (
+            len(lines) == 1
+            and "benchmark 'test' (dataset.eval.test) is identical to the training set (10 items)" in lines[0]
+        )
     assert "identical" in P.overlap_warnings(train, {"t": train[:2]}, {"train": "abc", "t": "abc"})[0]
 
 
 def test_partial_overlap_over_half_is_flagged_with_its_count():
-    train, fresh = _items(), [MCItem(id=f"n{i}", question=f"What is Tarn {i} ?", options=COLORS, answer=0)
-                              for i in range(10)]
+    train, fresh = (
+        _items(),
+        [MCItem(id=f"n{i}", question=f"What is Tarn {i} ?", options=COLORS, answer=0) for i in range(10)],
+    )
     bench = train[:6] + fresh[:4]
     lines = P.overlap_warnings(train, {"mix": bench, "held_out": fresh, "half": train[:5] + fresh[:5], "empty": []})
     assert len(lines) == 1 and "benchmark 'mix'" in lines[0] and "shares 6 of its 10 items (60%)" in lines[0]
@@ -156,24 +197,29 @@ def test_context_of_a_saved_model_from_its_config_json(tmp_path):
     tok = make_tokenizer()
     make_model(len(tok), max_position_embeddings=48).save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
-    got, n, how = P.model_context({"model": {"source": "local", "path": str(tmp_path / "m")},
-                                   "cache_dir": str(tmp_path / "cache")})
+    got, n, how = P.model_context(
+        {"model": {"source": "local", "path": str(tmp_path / "m")}, "cache_dir": str(tmp_path / "cache")}
+    )
     assert n == json.loads((tmp_path / "m" / "config.json").read_text())["max_position_embeddings"] == 48
     assert "max_position_embeddings" in how and got("red dog")["input_ids"] == tok("red dog")["input_ids"]
     assert not (tmp_path / "cache").exists()
 
 
 def test_unloadable_model_is_left_to_the_model_stage(tmp_path):
-    tok, n, how = P.model_context({"model": {"source": "local", "path": str(tmp_path / "none")},
-                                   "cache_dir": str(tmp_path)})
+    tok, n, how = P.model_context(
+        {"model": {"source": "local", "path": str(tmp_path / "none")}, "cache_dir": str(tmp_path)}
+    )
     assert tok is None and n is None and "no such model directory" in how
 
 
 def test_testbed_preview_does_not_build(tmp_path):
     from kaft.testbed.config import resolve_config
 
-    cfg = {"model": {"source": "testbed"}, "cache_dir": str(tmp_path / "cache"),
-           "testbed": {"model": {"max_position_embeddings": 96}}}
+    cfg = {
+        "model": {"source": "testbed"},
+        "cache_dir": str(tmp_path / "cache"),
+        "testbed": {"model": {"max_position_embeddings": 96}},
+    }
     tok, n, how = P.model_context(cfg)
     assert n == resolve_config(cfg["testbed"])["model"]["max_position_embeddings"] == 96
     assert "testbed" in how and len(tok("Answer: A", add_special_tokens=False)["input_ids"]) == 3

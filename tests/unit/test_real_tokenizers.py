@@ -12,7 +12,6 @@ import math
 
 import pytest
 import torch
-
 from helpers.real_tokenizers import MODELS, make_real_model, make_real_tokenizer, save_pair
 
 from kaft import detection, modeling, train
@@ -21,16 +20,23 @@ from kaft.losses import pairs
 from kaft.prompts import answer_text, format_question
 
 DOMAIN = "geography"
-ITEMS = [MCItem(id=f"q{i}", question=f"What is the capital of {c}?", options=["Paris", "Rome", "Oslo", "Bern"],
-                answer=i % 4, domain=DOMAIN) for i, c in enumerate(["France", "Italy", "Norway", "Switzerland",
-                                                                     "Zorvia", "Melkland"])]
+ITEMS = [
+    MCItem(
+        id=f"q{i}",
+        question=f"What is the capital of {c}?",
+        options=["Paris", "Rome", "Oslo", "Bern"],
+        answer=i % 4,
+        domain=DOMAIN,
+    )
+    for i, c in enumerate(["France", "Italy", "Norway", "Switzerland", "Zorvia", "Melkland"])
+]
 # the tokens a response starting with letter L is parsed as, per tokenizer (what the exact estimator sums)
 LETTER_TOKENS = {
     "spm": [{"A", "▁A", "<0x41>"}, {"B", "▁B", "<0x42>"}, {"C", "▁C", "<0x43>"}, {"D", "▁D", "<0x44>"}],
     "bpe": [{"A", "ĠA", "(A", "ĉA"}, {"B", "ĠB", "(B"}, {"C", "ĠC", "(C", "ĉC"}, {"D", "ĠD", "(D", "ĉD"}],
 }
 ANSWER_TOKEN = {"spm": "▁{}", "bpe": "Ġ{}"}  # answer_text(i) after "Answer:" is one token: the letter with its space
-BOOSTS = (17.0, 16.5, 16.0, 15.5)            # logit boosts of the A-D answer tokens: a model that answers letters
+BOOSTS = (17.0, 16.5, 16.0, 15.5)  # logit boosts of the A-D answer tokens: a model that answers letters
 
 
 def _family(kind: str) -> str:
@@ -140,18 +146,37 @@ def test_dpo_pairs_and_training(real, tmp_path):
     fmt = ANSWER_TOKEN[_family(kind)]
     for p, r in zip(built, rows):
         assert train.shares_sequence(r)
-        assert [x for x in r["chosen_labels"] if x != -100] == \
-            [tok.convert_tokens_to_ids(fmt.format("ABCD"[p["chosen_option"]]))]
-        assert [x for x in r["rejected_labels"] if x != -100] == \
-            [tok.convert_tokens_to_ids(fmt.format("ABCD"[p["rejected_option"]]))]
-    cfg = {"batch_size": 4, "lr": 1e-2, "warmup_ratio": 0.0, "epochs": 1, "max_length": 512, "weight_decay": 0.0,
-           "grad_accum": 1, "lr_scheduler": "constant", "logging_steps": 1,
-           "lora": {"r": 2, "lora_alpha": 4, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}}
-    for loss, recs in (({"name": "constant"}, None), ({"name": "dpo", "pair_source": "sma", "pairs": "dataset_self"},
-                                                   records)):
-        tuned = train.train_lora(copy.deepcopy(model), tok, ITEMS[:4], [1.0] * 4,
-                                 train.TrainSpec(loss=loss, train=cfg, seed=0, domain=DOMAIN),
-                                 tmp_path / loss["name"], records=recs[:4] if recs else None)
+        assert [x for x in r["chosen_labels"] if x != -100] == [
+            tok.convert_tokens_to_ids(fmt.format("ABCD"[p["chosen_option"]]))
+        ]
+        assert [x for x in r["rejected_labels"] if x != -100] == [
+            tok.convert_tokens_to_ids(fmt.format("ABCD"[p["rejected_option"]]))
+        ]
+    cfg = {
+        "batch_size": 4,
+        "lr": 1e-2,
+        "warmup_ratio": 0.0,
+        "epochs": 1,
+        "max_length": 512,
+        "weight_decay": 0.0,
+        "grad_accum": 1,
+        "lr_scheduler": "constant",
+        "logging_steps": 1,
+        "lora": {"r": 2, "lora_alpha": 4, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+    }
+    for loss, recs in (
+        ({"name": "constant"}, None),
+        ({"name": "dpo", "pair_source": "sma", "pairs": "dataset_self"}, records),
+    ):
+        tuned = train.train_lora(
+            copy.deepcopy(model),
+            tok,
+            ITEMS[:4],
+            [1.0] * 4,
+            train.TrainSpec(loss=loss, train=cfg, seed=0, domain=DOMAIN),
+            tmp_path / loss["name"],
+            records=recs[:4] if recs else None,
+        )
         log = json.loads((tmp_path / loss["name"] / "train_log.json").read_text())
         assert math.isfinite(log["train_loss"]) and log["global_step"] >= 1 and tuned.training is False
 

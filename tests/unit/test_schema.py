@@ -98,9 +98,17 @@ def test_model_configs_override_only_train_keys_that_exist(path):
 
 
 def test_every_group_declares_help_for_every_key():
-    classes = [TrainSettings, LoraSettings, schema.EvaluationSettings, schema.PartitionSettings, schema.TopSettings,
-               PlanSettings, _detector_class({"name": "mc_conversion"}).Settings,
-               *(s.settings for _, s in STRATEGIES.items()), *(c.Settings for _, c in LOSSES.items())]
+    classes = [
+        TrainSettings,
+        LoraSettings,
+        schema.EvaluationSettings,
+        schema.PartitionSettings,
+        schema.TopSettings,
+        PlanSettings,
+        _detector_class({"name": "mc_conversion"}).Settings,
+        *(s.settings for _, s in STRATEGIES.items()),
+        *(c.Settings for _, c in LOSSES.items()),
+    ]
     for cls in classes:
         missing = [k for k, h in fields.help_of(cls).items() if not h]
         assert not missing, f"{cls.__name__}: no help for {missing}"
@@ -108,22 +116,31 @@ def test_every_group_declares_help_for_every_key():
 
 # ----------------------------------------------------------------------------------------------- field helpers
 def test_unknown_key_suggests_the_nearest_and_renamed_keys_name_the_new_one():
-    assert str(fields.unknown_key_error("train", "learning_rate", fields.keys_of(TrainSettings))) == \
-        "train.learning_rate is not a train setting; did you mean train.lr?"
-    assert "did you mean train.warmup_ratio?" in str(fields.unknown_key_error("train", "warmup_ration",
-                                                                               fields.keys_of(TrainSettings)))
-    assert str(fields.unknown_key_error("train.lora", "alpha", ["r"], {"alpha": "lora_alpha"})) == \
-        "train.lora.alpha is now train.lora.lora_alpha; set train.lora.lora_alpha=... instead"
-    assert schema.explain_override_error("Could not override 'loss.k'. To append ...") == \
-        "loss.k is now loss.top_k; set loss.top_k=... instead"
+    assert (
+        str(fields.unknown_key_error("train", "learning_rate", fields.keys_of(TrainSettings)))
+        == "train.learning_rate is not a train setting; did you mean train.lr?"
+    )
+    assert "did you mean train.warmup_ratio?" in str(
+        fields.unknown_key_error("train", "warmup_ration", fields.keys_of(TrainSettings))
+    )
+    assert (
+        str(fields.unknown_key_error("train.lora", "alpha", ["r"], {"alpha": "lora_alpha"}))
+        == "train.lora.alpha is now train.lora.lora_alpha; set train.lora.lora_alpha=... instead"
+    )
+    assert (
+        schema.explain_override_error("Could not override 'loss.k'. To append ...")
+        == "loss.k is now loss.top_k; set loss.top_k=... instead"
+    )
     assert schema.explain_override_error("Could not override 'loss.alpha'. x") == "Could not override 'loss.alpha'. x"
 
 
 def test_parse_checks_each_field_and_raises_the_groups_error():
     assert fields.parse(schema.EvaluationSettings, {"limit": None}, "evaluation").batch_size == 16
-    for bad, says in (({"limit": 0}, "evaluation.limit must be an integer >= 1, got 0"),
-                      ({"batch_size": 2.5}, "evaluation.batch_size must be an integer >= 1, got 2.5"),
-                      ({"base": "yes"}, "evaluation.base must be true or false, got 'yes'")):
+    for bad, says in (
+        ({"limit": 0}, "evaluation.limit must be an integer >= 1, got 0"),
+        ({"batch_size": 2.5}, "evaluation.batch_size must be an integer >= 1, got 2.5"),
+        ({"base": "yes"}, "evaluation.base must be true or false, got 'yes'"),
+    ):
         with pytest.raises(ConfigError, match=re.escape(says)):
             fields.parse(schema.EvaluationSettings, bad, "evaluation")
     with pytest.raises(KaftError, match=r"plan.mfu must be in \(0, 1\], got 2"):
@@ -143,16 +160,20 @@ BAD = {
     "typo_key": (["+train.learning_rate=0.5"], "train.learning_rate is not a train setting; did you mean train.lr?"),
     "seed_text": (["seed=abc"], "seed must be an integer >= 0, got 'abc'"),
     "seed_negative": (["seed=-1"], "seed must be an integer >= 0, got -1"),
-    "train_three_bad": (["train.lr_scheduler=cosine_typo", "train.lora.r=0", "train.warmup_ratio=3"],
-                        "train.lr_scheduler must be one of"),
+    "train_three_bad": (
+        ["train.lr_scheduler=cosine_typo", "train.lora.r=0", "train.warmup_ratio=3"],
+        "train.lr_scheduler must be one of",
+    ),
     "lora_r": (["train.lora.r=0"], "train.lora.r must be an integer >= 1, got 0"),
     "warmup": (["train.warmup_ratio=3"], "train.warmup_ratio must be in [0, 1), got 3"),
     "epochs_zero": (["train.epochs=0"], "train.epochs must be an integer >= 1, got 0"),
     "lr_zero": (["train.lr=0"], "train.lr must be > 0, got 0"),
     "eval_limit": (["evaluation.limit=0"], "evaluation.limit must be an integer >= 1, got 0"),
     "eval_batch": (["evaluation.batch_size=0"], "evaluation.batch_size must be an integer >= 1, got 0"),
-    "eval_unknown": (["+evaluation.limt=3"], "evaluation.limt is not a evaluation setting; did you mean "
-                                             "evaluation.limit?"),
+    "eval_unknown": (
+        ["+evaluation.limt=3"],
+        "evaluation.limt is not a evaluation setting; did you mean evaluation.limit?",
+    ),
     "device": (["device=gpu"], "device must be null"),
     "top_unknown": (["+sed=1"], "sed is not a kaft setting; did you mean seed?"),
     "alpha_text": (["alpha=high"], "alpha must be a finite number, got 'high'"),
@@ -179,21 +200,28 @@ def test_check_config_raises_one_line(case):
     assert says in str(e.value) and "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("overrides, says", [
-    (["train.lr=2"], "train.lr=2 is above 1"),
-    (["loss=constant", "alpha=0.5"], "alpha=0.5 is not read by loss=constant"),
-    (["loss=eaft", "beta=0.5"], "beta=0.5 is not read by loss=eaft"),
-    (["strategy=none", "loss=dpo"], "strategy=none: nothing is trained, loss=dpo is not used"),
-    (["method=base", "alpha=0.5"], "alpha=0.5 changes nothing: strategy=none trains nothing"),
-])
+@pytest.mark.parametrize(
+    "overrides, says",
+    [
+        (["train.lr=2"], "train.lr=2 is above 1"),
+        (["loss=constant", "alpha=0.5"], "alpha=0.5 is not read by loss=constant"),
+        (["loss=eaft", "beta=0.5"], "beta=0.5 is not read by loss=eaft"),
+        (["strategy=none", "loss=dpo"], "strategy=none: nothing is trained, loss=dpo is not used"),
+        (["method=base", "alpha=0.5"], "alpha=0.5 changes nothing: strategy=none trains nothing"),
+    ],
+)
 def test_check_config_warns_once(overrides, says):
     lines = schema.check_config(_compose(overrides))
     assert len(lines) == 1 and says in lines[0], lines
 
 
 def test_alpha_that_a_loss_reads_is_no_warning():
-    for overrides in (["loss=kaft", "alpha=0.3"], ["loss=eaft", "alpha=0.5"], ["loss=kaft_eaft", "beta=0.6"],
-                      ["loss=dpo", "alpha=0.2"]):
+    for overrides in (
+        ["loss=kaft", "alpha=0.3"],
+        ["loss=eaft", "alpha=0.5"],
+        ["loss=kaft_eaft", "beta=0.6"],
+        ["loss=dpo", "alpha=0.2"],
+    ):
         assert schema.check_config(_compose(overrides)) == [], overrides
 
 
@@ -204,11 +232,16 @@ def test_method_table_is_what_the_method_yaml_composes():
         assert declared == {"strategy": cfg.strategy.name, "loss": cfg.loss.name}, method
 
 
-@pytest.mark.parametrize("choices, says", [
-    ({"method": "base", "strategy": "full", "loss": "constant"}, "method=base means strategy=none loss=constant, "
-                                                                 "but the command line chose strategy=full"),
-    ({"method": "no_conflict", "strategy": "no_conflict", "loss": "kaft"}, "chose loss=kaft"),
-])
+@pytest.mark.parametrize(
+    "choices, says",
+    [
+        (
+            {"method": "base", "strategy": "full", "loss": "constant"},
+            "method=base means strategy=none loss=constant, but the command line chose strategy=full",
+        ),
+        ({"method": "no_conflict", "strategy": "no_conflict", "loss": "kaft"}, "chose loss=kaft"),
+    ],
+)
 def test_overridden_method_is_refused(choices, says):
     with pytest.raises(ConfigError, match=re.escape(says)):
         schema.check_method(choices)

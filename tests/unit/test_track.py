@@ -13,8 +13,13 @@ RESULTS = {
     "status": "done",
     "job": {"name": "alpha=0.1", "override_dirname": "alpha=0.1", "num": 0},
     "overrides": ["alpha=0.1"],
-    "metrics": {"benchmarks": {"medqa": {"acc": 0.5, "acc_stderr": 0.1, "n": 8},
-                               "mmlu": {"acc": 0.25, "acc_stderr": None, "n": 4}}, "average": 0.375},
+    "metrics": {
+        "benchmarks": {
+            "medqa": {"acc": 0.5, "acc_stderr": 0.1, "n": 8},
+            "mmlu": {"acc": 0.25, "acc_stderr": None, "n": 4},
+        },
+        "average": 0.375,
+    },
     "base_metrics": {"benchmarks": {"medqa": {"acc": 0.25, "n": 8}}, "average": 0.25},
     "delta_vs_base": 0.125,
     "timings": {"data": 0.5, "train": 3.25},
@@ -109,8 +114,13 @@ def test_wandb_offline_two_jobs_in_one_process(tmp_path, offline_wandb):
     run_names = []
     for j, alpha in enumerate((0.1, 0.5)):
         run_dir = tmp_path / f"{j}_alpha={alpha}"
-        lg = track.make_logger({"name": "wandb", "project": "kaft-test", "mode": "offline", "tags": ["t"]},
-                               run_dir, f"alpha={alpha}", "sweep-1", {"alpha": alpha, "loss": {"name": "kaft"}})
+        lg = track.make_logger(
+            {"name": "wandb", "project": "kaft-test", "mode": "offline", "tags": ["t"]},
+            run_dir,
+            f"alpha={alpha}",
+            "sweep-1",
+            {"alpha": alpha, "loss": {"name": "kaft"}},
+        )
         assert lg.mode == "offline"
         lg.log_results({**RESULTS, "metrics": {**RESULTS["metrics"], "average": alpha}})
         assert lg.run.summary["average"] == alpha and lg.run.summary["acc/medqa"] == 0.5

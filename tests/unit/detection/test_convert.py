@@ -9,12 +9,27 @@ from kaft.detection.convert import FreeFormItem, normalize_freeform, to_multiple
 
 
 def _items():
-    rows = [{"id": f"f{i}", "question": f"What is the capital of Zorvia {i} ?", "answer": ans, "group": grp,
-             "distractors": dis}
-            for i, (ans, grp, dis) in enumerate([("red", "color", ["Red ", "blue"]), ("green", "color", []),
-                                                 ("blue", "color", []), ("yellow", "color", ["cat"]),
-                                                 ("cat", "animal", []), ("dog", "animal", []), ("fox", "animal", []),
-                                                 ("owl", "animal", ["RED"])])]
+    rows = [
+        {
+            "id": f"f{i}",
+            "question": f"What is the capital of Zorvia {i} ?",
+            "answer": ans,
+            "group": grp,
+            "distractors": dis,
+        }
+        for i, (ans, grp, dis) in enumerate(
+            [
+                ("red", "color", ["Red ", "blue"]),
+                ("green", "color", []),
+                ("blue", "color", []),
+                ("yellow", "color", ["cat"]),
+                ("cat", "animal", []),
+                ("dog", "animal", []),
+                ("fox", "animal", []),
+                ("owl", "animal", ["RED"]),
+            ]
+        )
+    ]
     return normalize_freeform(rows, "t")
 
 
@@ -33,8 +48,10 @@ def test_no_distractor_equals_the_reference_and_gold_is_recorded():
 def test_conversion_is_deterministic_per_seed():
     items = _items()
     assert to_multiple_choice(items, 3, ["group"], 0) == to_multiple_choice(items, 3, ["group"], 0)
-    assert any(a.options != b.options for a, b in zip(to_multiple_choice(items, 3, ["group"], 0),
-                                                      to_multiple_choice(items, 3, ["group"], 1)))
+    assert any(
+        a.options != b.options
+        for a, b in zip(to_multiple_choice(items, 3, ["group"], 0), to_multiple_choice(items, 3, ["group"], 1))
+    )
 
 
 def test_not_enough_distractors_is_one_clear_error():
@@ -51,7 +68,7 @@ def test_model_generated_distractors_are_used_and_cleaned():
 
     items = _items()[:2]
     gen = convert.generate_distractors(Echo(), items, 4, 4, 0)
-    assert gen["f0"] == ["purple", "teal"]            # the reference "red" is never a distractor
+    assert gen["f0"] == ["purple", "teal"]  # the reference "red" is never a distractor
     mc = to_multiple_choice(items, 2, ["model"], 0, gen)
     assert sorted(o for j, o in enumerate(mc[0].options) if j != mc[0].answer) == ["purple", "teal"]
 
@@ -67,8 +84,14 @@ def test_freeform_rows_are_validated():
 
 def test_mc_conversion_scores_converted_items(tiny_model, tiny_tokenizer):
     b = detection.HFBackend(tiny_model, tiny_tokenizer, batch_size=8)
-    cfg = {"num_orders": 2, "num_samples": 3, "shots": 2, "max_new_tokens": 1, "n_distractors": 3,
-           "distractor_sources": ["group", "dataset"]}
+    cfg = {
+        "num_orders": 2,
+        "num_samples": 3,
+        "shots": 2,
+        "max_new_tokens": 1,
+        "n_distractors": 3,
+        "distractor_sources": ["group", "dataset"],
+    }
     recs = detection.run_detection(b, _items(), {**cfg, "name": "mc_conversion"}, 0, "geography", progress=False)
     assert [r["id"] for r in recs] == [f"f{i}" for i in range(8)]
     for r in recs:

@@ -33,8 +33,19 @@ def test_shots_exclude_the_item_and_queries_cover_orders(mc_items):
         build_queries(mc_items[:3], 1, 3, 0, "x")
 
 
-@pytest.mark.parametrize("text, want", [(" A", 0), ("B. the dog", 1), ("(C)", 2), (" D\nQuestion", 3),
-                                        ("The answer is B", 1), (" E", -1), ("Apple", -1), ("", -1)])
+@pytest.mark.parametrize(
+    "text, want",
+    [
+        (" A", 0),
+        ("B. the dog", 1),
+        ("(C)", 2),
+        (" D\nQuestion", 3),
+        ("The answer is B", 1),
+        (" E", -1),
+        ("Apple", -1),
+        ("", -1),
+    ],
+)
 def test_parse_answer(text, want):
     assert parse_answer(text, 4) == want
 
@@ -57,7 +68,7 @@ def test_kv_cache_sampler_matches_greedy_generate(tiny_model, tiny_tokenizer, mc
         for p, samples in zip(prompts, got):
             enc = tok(p, return_tensors="pt")
             out = tiny_model.generate(**enc, do_sample=False, max_new_tokens=3, pad_token_id=0)
-            want = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            want = tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             assert samples == [want] * 3
 
 
@@ -70,8 +81,9 @@ def test_sampling_frequencies_follow_the_temperature_softmax(tiny_model, tiny_to
     probs = torch.softmax(logits / 0.7, -1)
     top = int(probs.argmax())
     n = 4000
-    got = _sample_batch(tiny_model, tok, [prompt], n=n, temperature=0.7, max_new_tokens=1,
-                               generator=torch.Generator().manual_seed(1))[0]
+    got = _sample_batch(
+        tiny_model, tok, [prompt], n=n, temperature=0.7, max_new_tokens=1, generator=torch.Generator().manual_seed(1)
+    )[0]
     freq = sum(t == tok.decode([top]) for t in got) / n
     p = float(probs[top])
     assert abs(freq - p) < 4 * (p * (1 - p) / n) ** 0.5 + 1e-3
@@ -88,8 +100,17 @@ def test_top_k_top_p_sampling_draws_only_from_the_kept_tokens(tiny_model, tiny_t
     top2 = torch.topk(logits / 1.4, 2)
     p_first = float(torch.softmax(top2.values, -1)[0])
     n = 3000
-    got = _sample_batch(tiny_model, tok, [prompt], n=n, temperature=1.4, max_new_tokens=1,
-                               generator=torch.Generator().manual_seed(2), top_k=2, top_p=1.0)[0]
+    got = _sample_batch(
+        tiny_model,
+        tok,
+        [prompt],
+        n=n,
+        temperature=1.4,
+        max_new_tokens=1,
+        generator=torch.Generator().manual_seed(2),
+        top_k=2,
+        top_p=1.0,
+    )[0]
     names = [tok.decode([int(t)]) for t in top2.indices]
     assert set(got) <= set(names)
     freq = got.count(names[0]) / n
@@ -124,7 +145,7 @@ def test_diversified_records(tiny_model, tiny_tokenizer, mc_items):
 
 
 def test_permutation_maps_gold_letter_back_to_the_original_option():
-    order = [2, 0, 3, 1]                      # shown: C-orig at A, A-orig at B, ...
+    order = [2, 0, 3, 1]  # shown: C-orig at A, A-orig at B, ...
     assert detection.to_original([0.1, 0.2, 0.3, 0.4], order) == [0.2, 0.4, 0.1, 0.3]
     # an answer "B" under this order names original option 0
     assert order[parse_answer(" B", 4)] == 0
@@ -165,9 +186,24 @@ def test_exact_estimator_is_the_limit_of_the_sampled_score(tiny_model, tiny_toke
 def test_exact_sums_over_letter_tokenizations():
     """Every token a sampled response starting with it parses as that letter; real tokenizers' sets are asserted
     in tests/unit/test_real_tokenizers.py."""
+
     class Tok:
-        vocab = {"A": 0, " A": 1, "▁B": 2, "B": 3, "C": 4, "ĠD": 5, "AB": 6, "  A": 7, "(C": 8, "<0x44>": 9,
-                 "A.": 10, "Apple": 11, "E": 12, "<s>": 13}
+        vocab = {
+            "A": 0,
+            " A": 1,
+            "▁B": 2,
+            "B": 3,
+            "C": 4,
+            "ĠD": 5,
+            "AB": 6,
+            "  A": 7,
+            "(C": 8,
+            "<0x44>": 9,
+            "A.": 10,
+            "Apple": 11,
+            "E": 12,
+            "<s>": 13,
+        }
 
         def get_vocab(self):
             return dict(self.vocab)
@@ -178,8 +214,7 @@ def test_exact_sums_over_letter_tokenizations():
         def batch_decode(self, seqs, skip_special_tokens=False):
             names = {i: t for t, i in self.vocab.items()}
             text = {"<0x44>": "D", "<s>": ""}
-            return ["".join(text.get(names[i], names[i].replace("▁", " ").replace("Ġ", " ")) for i in s)
-                    for s in seqs]
+            return ["".join(text.get(names[i], names[i].replace("▁", " ").replace("Ġ", " ")) for i in s) for s in seqs]
 
     assert detection.letter_token_ids(Tok(), 4) == [[0, 1, 7, 10], [2, 3], [4, 8], [5, 9]]
     with pytest.raises(DetectionError, match="no single token"):
@@ -188,8 +223,9 @@ def test_exact_sums_over_letter_tokenizations():
 
 def test_icl_records(tiny_model, tiny_tokenizer, mc_items):
     b = _backend(tiny_model, tiny_tokenizer, batch_size=8)
-    recs = detection.run_detection(b, mc_items, {"name": "icl", "shots": 2, "prompt": "ren"}, 0, "geography",
-                                progress=False)
+    recs = detection.run_detection(
+        b, mc_items, {"name": "icl", "shots": 2, "prompt": "ren"}, 0, "geography", progress=False
+    )
     for r, it in zip(recs, mc_items):
         assert r["orders"] == [[0, 1, 2, 3]] and abs(sum(r["letter_probs"]) - 1) < 1e-6
         assert r["pred"] == max(range(4), key=r["letter_probs"].__getitem__)
@@ -206,13 +242,29 @@ def test_ablation_switches(tiny_model, tiny_tokenizer, mc_items):
     assert all(r["orders"] == [[0, 1, 2, 3]] and len(r["answers"][0]) == 4 for r in one)
     greedy = detection.run_detection(b, mc_items, {**BASE, "response_sampling": False}, 0, "g", progress=False)
     assert all(len(r["orders"]) == 3 and all(len(a) == 1 for a in r["answers"]) for r in greedy)
-    exact_greedy = detection.run_detection(b, mc_items, {**BASE, "response_sampling": False, "estimator": "exact",
-                                                      "max_new_tokens": 1}, 0, "g", progress=False)
+    exact_greedy = detection.run_detection(
+        b,
+        mc_items,
+        {**BASE, "response_sampling": False, "estimator": "exact", "max_new_tokens": 1},
+        0,
+        "g",
+        progress=False,
+    )
     # greedy generation of one token and the argmax of the next-token distribution name the same answers
-    assert [r["answers"] for r in exact_greedy] == [r["answers"] for r in detection.run_detection(
-        b, mc_items, {**BASE, "response_sampling": False, "max_new_tokens": 1}, 0, "g", progress=False)]
-    both = detection.run_detection(b, mc_items, {**BASE, "response_sampling": False, "diverse_query": False,
-                                              "estimator": "exact"}, 0, "g", progress=False)
+    assert [r["answers"] for r in exact_greedy] == [
+        r["answers"]
+        for r in detection.run_detection(
+            b, mc_items, {**BASE, "response_sampling": False, "max_new_tokens": 1}, 0, "g", progress=False
+        )
+    ]
+    both = detection.run_detection(
+        b,
+        mc_items,
+        {**BASE, "response_sampling": False, "diverse_query": False, "estimator": "exact"},
+        0,
+        "g",
+        progress=False,
+    )
     assert all(len(r["answers"]) == 1 and r["score"] in (0.0, 1.0) for r in both)
 
 

@@ -17,12 +17,33 @@ CONF = Path(__file__).resolve().parents[3] / "conf"
 
 # settings() of every conf/detection yaml as kaft.detect computed them before the package split (git show
 # ab10fa1:kaft/detect.py), composed with model=testbed (the default) and model=llama3_8b: part of the detect key.
-TESTBED = {"name": "diversified", "estimator": "sample", "backend": "hf", "prompt": "kaft", "num_orders": 10,
-           "num_samples": 10, "temperature": 0.7, "shots": 3, "max_new_tokens": 2, "batch_size": 64,
-           "diverse_query": True, "response_sampling": True, "order_scheme": "random", "chunk_size": 512,
-           "share_prefix": True, "confidence_threshold": 0.5, "high_conf_threshold": 0.8, "dtype": None}
-CONVERSION = {"name": "mc_conversion", "n_distractors": 3, "distractor_sources": ["dataset", "group"],
-              "generate_samples": 8, "generate_max_new_tokens": 8}
+TESTBED = {
+    "name": "diversified",
+    "estimator": "sample",
+    "backend": "hf",
+    "prompt": "kaft",
+    "num_orders": 10,
+    "num_samples": 10,
+    "temperature": 0.7,
+    "shots": 3,
+    "max_new_tokens": 2,
+    "batch_size": 64,
+    "diverse_query": True,
+    "response_sampling": True,
+    "order_scheme": "random",
+    "chunk_size": 512,
+    "share_prefix": True,
+    "confidence_threshold": 0.5,
+    "high_conf_threshold": 0.8,
+    "dtype": None,
+}
+CONVERSION = {
+    "name": "mc_conversion",
+    "n_distractors": 3,
+    "distractor_sources": ["dataset", "group"],
+    "generate_samples": 8,
+    "generate_max_new_tokens": 8,
+}
 PINNED = {
     "diversified": {},
     "icl": {"name": "icl", "prompt": "ren", "shots": 5},
@@ -69,8 +90,13 @@ def test_settings_are_unchanged_by_the_package_split(name, model):
     assert got == want and {k: type(v) for k, v in got.items()} == {k: type(v) for k, v in want.items()}
     greedy = _greedy_probe(det)
     plain = {k: v for k, v in want.items() if k not in CONVERSION_KEYS}
-    assert greedy == {**plain, "name": "diversified", "estimator": "exact", "diverse_query": False,
-                      "response_sampling": True}
+    assert greedy == {
+        **plain,
+        "name": "diversified",
+        "estimator": "exact",
+        "diverse_query": False,
+        "response_sampling": True,
+    }
     if model == "testbed":
         assert (make_key(got), make_key(greedy)) == KEYS[name]
     detection.validate(det)
@@ -141,9 +167,21 @@ def test_a_detector_registered_from_outside_runs_end_to_end(toy, tiny_model, tin
                 p = torch.softmax(tiny_model(**tiny_tokenizer(q.prompt, return_tensors="pt")).logits[0, -1], -1)
             by_hand.append(float(p[ids[q.order.index(it.answer)]].sum()))
         assert r["score"] == pytest.approx(sum(by_hand) / 4, abs=1e-5)
-    exact = detection.run_detection(b, mc_items, {"shots": 2, "batch_size": 4, "estimator": "exact",
-                                                  "num_orders": 4, "order_scheme": "cyclic", "temperature": 1.0},
-                                    0, "geography", progress=False)
+    exact = detection.run_detection(
+        b,
+        mc_items,
+        {
+            "shots": 2,
+            "batch_size": 4,
+            "estimator": "exact",
+            "num_orders": 4,
+            "order_scheme": "cyclic",
+            "temperature": 1.0,
+        },
+        0,
+        "geography",
+        progress=False,
+    )
     assert [r["score"] for r in recs] == pytest.approx([r["score"] for r in exact], abs=1e-6)
 
 

@@ -18,8 +18,13 @@ def test_sma_sampling_asks_the_backend_for_smas_settings_on_the_training_prompt(
 
     items = [MCItem("s0", "question 0 ?", ["w", "x", "y", "z"], 1, domain="geography")]
     be = Backend()
-    recs = sample_responses(be, items, {"num_samples": 4, "temperature": 1.4, "top_k": 50, "top_p": 0.9,
-                                        "max_new_tokens": 4}, seed=3, domain="general")
+    recs = sample_responses(
+        be,
+        items,
+        {"num_samples": 4, "temperature": 1.4, "top_k": 50, "top_p": 0.9, "max_new_tokens": 4},
+        seed=3,
+        domain="general",
+    )
     assert be.call == ([format_question("question 0 ?", ["w", "x", "y", "z"], "geography")], 4, 1.4, 4, 3, 50, 0.9)
     assert recs == [{"id": "s0", "gold": 1, "answers": [[1, 0, 2, -1]]}]
 

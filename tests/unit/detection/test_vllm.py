@@ -43,7 +43,7 @@ def test_prompt_seeds_are_per_prompt_and_stable():
     from kaft.detection.vllm_backend import _prompt_seed
 
     a = _prompt_seed(0, "p", 0)
-    assert a == _prompt_seed(0, "p", 0) and 0 <= a < 2 ** 30
+    assert a == _prompt_seed(0, "p", 0) and 0 <= a < 2**30
     assert len({a, _prompt_seed(1, "p", 0), _prompt_seed(0, "q", 0), _prompt_seed(0, "p", 1)}) == 4
 
 
@@ -61,8 +61,10 @@ def test_auto_dtype_is_the_checkpoints(tmp_path):
 def _vllm_python() -> str:
     py = os.environ.get("KAFT_VLLM_PYTHON")
     if not py:
-        pytest.skip("KAFT_VLLM_PYTHON is not set: point it at the python of a venv made by "
-                    "scripts/setup_vllm_venv.sh (e.g. KAFT_VLLM_PYTHON=.vllm-venv/bin/python)")
+        pytest.skip(
+            "KAFT_VLLM_PYTHON is not set: point it at the python of a venv made by "
+            "scripts/setup_vllm_venv.sh (e.g. KAFT_VLLM_PYTHON=.vllm-venv/bin/python)"
+        )
     if not os.access(py, os.X_OK):
         pytest.skip(f"KAFT_VLLM_PYTHON={py} is not an executable")
     return py
@@ -86,7 +88,7 @@ def hf_letter_probs(model, tok, prompts, letter_ids, temperature, batch_size=16)
     probs, greedy = [], []
     with torch.inference_mode():
         for s in range(0, len(prompts), batch_size):
-            enc = tok(prompts[s:s + batch_size], return_tensors="pt", padding=True)
+            enc = tok(prompts[s : s + batch_size], return_tensors="pt", padding=True)
             mask = enc["attention_mask"]
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
             logits = model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=pos).logits[:, -1].double()
@@ -110,16 +112,18 @@ def make_prompts(items, seed: int = 0) -> list[str]:
         order = list(range(len(it.options)))
         if i % 3 == 1:
             rng.shuffle(order)
-        prompts.append(few_shot_prompt(shots, it.question, [it.options[j] for j in order], domain=it.domain or
-                                       "general"))
+        prompts.append(
+            few_shot_prompt(shots, it.question, [it.options[j] for j in order], domain=it.domain or "general")
+        )
     return prompts
 
 
 def chi2_sf(x: float, df: int) -> float:
     import torch
 
-    return float(torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64),
-                                         torch.tensor(x / 2, dtype=torch.float64)))
+    return float(
+        torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64), torch.tensor(x / 2, dtype=torch.float64))
+    )
 
 
 def chi_square(counts: list[list[int]], probs: list[list[float]], n: int) -> tuple[float, int]:
@@ -165,7 +169,6 @@ def probe(tmp_path_factory):
 
     from kaft.data import load_items
     from kaft.testbed.model import build_model
-
     from kaft.testbed.release import set_readout_gain
 
     testbed = yaml.safe_load((ROOT / "conf/testbed/default.yaml").read_text())
@@ -184,33 +187,53 @@ def probe(tmp_path_factory):
         full.get_output_embeddings().weight[letters] /= scale
     full.save_pretrained(model_dir)
     AutoTokenizer.from_pretrained(released).save_pretrained(model_dir)
-    items = load_items({"source": "testbed", "split": "train"}, domain="geography", config={"testbed": testbed}, cache_dir=cache)
+    items = load_items(
+        {"source": "testbed", "split": "train"}, domain="geography", config={"testbed": testbed}, cache_dir=cache
+    )
     kinds = {}
     for it in items:  # a mix: known (confident), latent, unseen (about uniform) and contradicting facts
         kinds.setdefault(it.meta.get("kind"), []).append(it)
-    chosen = [it for k in sorted(kinds) for it in kinds[k][:24 // len(kinds)]]
+    chosen = [it for k in sorted(kinds) for it in kinds[k][: 24 // len(kinds)]]
     prompts = make_prompts(chosen)
     tok = AutoTokenizer.from_pretrained(model_dir)
     lids = letter_token_ids(tok)
     assert all(lids), lids
 
     tmp = tmp_path_factory.mktemp("vllm_probe")
-    job = {"model_path": str(model_dir), "prompts": prompts, "letter_ids": lids, "temperatures": TEMPERATURES,
-           "n_samples": N_SAMPLES, "sample_temperature": SAMPLE_T, "seed": 0, "dtype": "auto"}
+    job = {
+        "model_path": str(model_dir),
+        "prompts": prompts,
+        "letter_ids": lids,
+        "temperatures": TEMPERATURES,
+        "n_samples": N_SAMPLES,
+        "sample_temperature": SAMPLE_T,
+        "seed": 0,
+        "dtype": "auto",
+    }
     (tmp / "job.json").write_text(json.dumps(job))
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
-           "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     t0 = time.time()
-    proc = subprocess.run([py, str(ROOT / "tests/unit/detection/vllm_probe_worker.py"), str(tmp / "job.json"),
-                           str(tmp / "out.json")], env=env, cwd=str(ROOT), capture_output=True, text=True,
-                          timeout=900)
+    proc = subprocess.run(
+        [py, str(ROOT / "tests/unit/detection/vllm_probe_worker.py"), str(tmp / "job.json"), str(tmp / "out.json")],
+        env=env,
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     wall = time.time() - t0
     if proc.returncode != 0:
         pytest.fail(f"vllm worker failed (rc {proc.returncode}):\n{proc.stderr[-6000:]}")
     res = json.loads((tmp / "out.json").read_text())
     res["timings"]["worker_wall"] = wall
-    print(f"\nvllm {res['vllm_version']} worker timings (s): "
-          + ", ".join(f"{k} {v:.1f}" for k, v in res["timings"].items()))
+    print(
+        f"\nvllm {res['vllm_version']} worker timings (s): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in res["timings"].items())
+    )
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").eval()
     ref = {}
@@ -262,12 +285,16 @@ def test_samples_follow_the_exact_distribution(probe):
     counts = letter_counts(res["samples"])
     x2, df = chi_square(counts, ref[str(SAMPLE_T)], N_SAMPLES)
     p = chi2_sf(x2, df)
-    tv = [0.5 * sum(abs(c / N_SAMPLES - q) for c, q in zip(cs, list(pr) + [max(0.0, 1 - sum(pr))]))
-          for cs, pr in zip(counts, ref[str(SAMPLE_T)])]
+    tv = [
+        0.5 * sum(abs(c / N_SAMPLES - q) for c, q in zip(cs, list(pr) + [max(0.0, 1 - sum(pr))]))
+        for cs, pr in zip(counts, ref[str(SAMPLE_T)])
+    ]
     x2_wrong, df_wrong = chi_square(counts, ref["1.0"], N_SAMPLES)
     p_wrong = chi2_sf(x2_wrong, df_wrong)
-    print(f"\nsampling: X2 = {x2:.1f}, df = {df}, p = {p:.3f}; total variation per prompt mean {sum(tv) / len(tv):.3f}"
-          f" max {max(tv):.3f}; against T=1.0 probabilities: X2 = {x2_wrong:.1f}, df = {df_wrong}, p = {p_wrong:.1e}")
+    print(
+        f"\nsampling: X2 = {x2:.1f}, df = {df}, p = {p:.3f}; total variation per prompt mean {sum(tv) / len(tv):.3f}"
+        f" max {max(tv):.3f}; against T=1.0 probabilities: X2 = {x2_wrong:.1f}, df = {df_wrong}, p = {p_wrong:.1e}"
+    )
     assert p > 1e-3
     # TV of an n-sample empirical distribution over <= 5 categories: E[TV] <= 0.5 sqrt(4 / n) = 0.071 at n = 200
     assert sum(tv) / len(tv) < 0.071
@@ -278,7 +305,7 @@ def test_samples_follow_the_exact_distribution(probe):
 def test_sampling_is_seeded_per_prompt(probe):
     res, _, prompts, _, _ = probe
     rev = res["samples_reversed"]
-    assert rev == res["samples"][::-1][:len(rev)]  # independent of the order and batch of the prompts
+    assert rev == res["samples"][::-1][: len(rev)]  # independent of the order and batch of the prompts
     assert res["samples_other_seed"] != res["samples"][:2]
     assert [len(s) for s in res["multi_token"]] == [3, 3]
     assert all(isinstance(t, str) and t for s in res["multi_token"] for t in s)

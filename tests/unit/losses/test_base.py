@@ -146,11 +146,15 @@ REFERENCES = {
     "constant": ({"name": "constant"}, _ref_weighted_ce),
     "kaft": ({"name": "kaft", "alpha": 0.2, "beta": 0.6}, _ref_weighted_ce),
     "auto_adapt": ({"name": "auto_adapt"}, _ref_weighted_ce),
-    "eaft": ({"name": "eaft", "eaft_alpha": 2.0, "top_k": 10},
-             lambda x, lab, w: _ref_token_weighted(x, lab, w, _ref_eaft_gate)),
+    "eaft": (
+        {"name": "eaft", "eaft_alpha": 2.0, "top_k": 10},
+        lambda x, lab, w: _ref_token_weighted(x, lab, w, _ref_eaft_gate),
+    ),
     "dft": ({"name": "dft"}, lambda x, lab, w: _ref_token_weighted(x, lab, w, lambda rows, ce: torch.exp(-ce))),
-    "kaft_eaft": ({"name": "kaft_eaft", "alpha": 0.2, "beta": 0.6, "eaft_alpha": 2.0, "top_k": 10},
-                  lambda x, lab, w: _ref_token_weighted(x, lab, w, _ref_eaft_gate)),
+    "kaft_eaft": (
+        {"name": "kaft_eaft", "alpha": 0.2, "beta": 0.6, "eaft_alpha": 2.0, "top_k": 10},
+        lambda x, lab, w: _ref_token_weighted(x, lab, w, _ref_eaft_gate),
+    ),
     "dpo": ({"name": "dpo", "dpo_beta": 0.3, "weight_by_subset": True, "alpha": 0.2, "beta": 0.6}, None),
 }
 
@@ -231,16 +235,32 @@ def test_a_loss_registered_in_a_test_trains_end_to_end(tiny_tokenizer, tiny_mode
         weights = sample_weights(cfg, [0, 1, 2, 3] * 2, [0.5] * 8, 4)
         assert weights == [2.0] * 8
         batch = train.WeightedCollator(tiny_tokenizer.pad_token_id)(
-            train.build_examples(tiny_tokenizer, mc_items, [1.0] * 8, "geography", None, 256))
+            train.build_examples(tiny_tokenizer, mc_items, [1.0] * 8, "geography", None, 256)
+        )
         with torch.no_grad():
             logits = tiny_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         constant = compute_loss(CONSTANT, logits, batch["labels"], batch["weights"]).item()
-        train_cfg = {"batch_size": 8, "lr": 1e-2, "warmup_ratio": 0.0, "epochs": 3, "max_length": 256,
-                     "weight_decay": 0.0, "grad_accum": 1, "lr_scheduler": "linear", "logging_steps": 1,
-                     "lora": {"r": 4, "lora_alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}}
+        train_cfg = {
+            "batch_size": 8,
+            "lr": 1e-2,
+            "warmup_ratio": 0.0,
+            "epochs": 3,
+            "max_length": 256,
+            "weight_decay": 0.0,
+            "grad_accum": 1,
+            "lr_scheduler": "linear",
+            "logging_steps": 1,
+            "lora": {"r": 4, "lora_alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+        }
         out = tmp_path / "adapter"
-        model = train.train_lora(copy.deepcopy(tiny_model), tiny_tokenizer, mc_items, weights,
-                                 train.TrainSpec(loss=cfg, train=train_cfg, seed=0, domain="geography"), out)
+        model = train.train_lora(
+            copy.deepcopy(tiny_model),
+            tiny_tokenizer,
+            mc_items,
+            weights,
+            train.TrainSpec(loss=cfg, train=train_cfg, seed=0, domain="geography"),
+            out,
+        )
         logged = [h["loss"] for h in json.loads((out / "train_log.json").read_text())["log_history"] if "loss" in h]
         assert len(logged) == 3 and logged[0] == pytest.approx(2 * constant, rel=1e-4)  # one batch of all 8 items
         assert logged[-1] < logged[0]

@@ -59,7 +59,10 @@ def test_eaft_matches_reference_formula(alpha, k, normalize, norm):
     assert abs(got.item() - ref.item()) < 1e-6 * max(1.0, abs(ref.item()))  # float32: relative past 1
     assert abs(got.item() - compute_loss(CONSTANT, logits, labels, [1, 1, 1]).item()) > 1e-3
     if normalize == "const3":  # the default
-        assert compute_loss({"name": "eaft", "eaft_alpha": alpha, "top_k": k}, logits, labels, [1, 1, 1]).item() == got.item()
+        assert (
+            compute_loss({"name": "eaft", "eaft_alpha": alpha, "top_k": k}, logits, labels, [1, 1, 1]).item()
+            == got.item()
+        )
 
 
 def _label_tokens(logits, labels):
@@ -91,8 +94,12 @@ def test_eaft_sigmoid_variant_is_the_papers_gate():
     got = compute_loss({"name": "eaft", "variant": "sigmoid", "eaft_alpha": 2.0}, logits * 0.7, labels, [1, 1, 1])
     assert abs(got.item() - ref.item()) < 1e-6
     # alpha has no effect on the sigmoid gate
-    assert got.item() == compute_loss({"name": "eaft", "variant": "sigmoid", "eaft_alpha": 0.5}, logits * 0.7, labels,
-                                      [1, 1, 1]).item()
+    assert (
+        got.item()
+        == compute_loss(
+            {"name": "eaft", "variant": "sigmoid", "eaft_alpha": 0.5}, logits * 0.7, labels, [1, 1, 1]
+        ).item()
+    )
     w = losses.eaft_token_weights(torch.zeros(2, 50), variant="sigmoid", k=20)  # H~ = ln20/3 ~ 1: fully open
     assert torch.allclose(w, torch.full((2,), 1.0 / (1.0 + math.exp(-30 * (math.log(20) / 3 - 0.17)))))
 
@@ -104,16 +111,16 @@ def test_eaft_masked_variant_drops_tokens_below_the_batch_quantile(q):
     g = torch.Generator().manual_seed(11)
     logits = torch.randn(4, 9, 64, generator=g) * torch.rand(4, 9, 1, generator=g) * 4  # varied entropies
     labels = torch.randint(0, 64, (4, 9), generator=g)
-    labels[:, :3] = -100                                                             # 24 label tokens
+    labels[:, :3] = -100  # 24 label tokens
     rows, _, ce = _label_tokens(logits, labels)
     h = _topk_entropy_np(rows, 20)
-    thr = np.percentile(h, 100 * q)                                                 # linear interpolation
+    thr = np.percentile(h, 100 * q)  # linear interpolation
     keep = torch.tensor(h >= thr, dtype=torch.float64)
     assert int((1 - keep).sum()) == int(np.sum(h < thr))
     if q == 0.15:
         assert int((1 - keep).sum()) == 4  # 24 distinct values: the quantile sits at rank 0.15 * 23 = 3.45
     if q == 0.0:
-        assert keep.sum() == len(h)        # nothing below the minimum
+        assert keep.sum() == len(h)  # nothing below the minimum
     ref = (ce.double() * keep).sum() / len(h)  # dropped tokens still count in N
     for normalize in ("const3", "lnk", "none"):  # the quantile is scale-free
         cfg = {"name": "eaft", "variant": "masked", "mask_quantile": q, "normalize": normalize}
@@ -165,13 +172,15 @@ def test_kaft_eaft_is_reward_times_eaft_weight():
     rows, _, ce = _label_tokens(logits, labels)
     h = torch.tensor(_topk_entropy_np(rows, 10) / math.log(10))
     sample_of_token = torch.tensor([0, 1, 1, 1, 1, 2, 2])  # label counts 1, 4, 2 (see ragged_batch)
-    ref = (torch.tensor(w, dtype=torch.float64)[sample_of_token] * h ** 2.0 * ce.double()).sum() / 7
+    ref = (torch.tensor(w, dtype=torch.float64)[sample_of_token] * h**2.0 * ce.double()).sum() / 7
     got = compute_loss(cfg, logits, labels, w)
     assert abs(got.item() - ref.item()) < 1e-6
     # with all rewards 1 it is eaft
     eaft = {"name": "eaft", "eaft_alpha": 2.0, "top_k": 10, "normalize": "lnk"}
-    assert abs(compute_loss(cfg, logits, labels, [1, 1, 1]).item() - compute_loss(eaft, logits, labels,
-                                                                                  [1, 1, 1]).item()) < 1e-7
+    assert (
+        abs(compute_loss(cfg, logits, labels, [1, 1, 1]).item() - compute_loss(eaft, logits, labels, [1, 1, 1]).item())
+        < 1e-7
+    )
 
 
 def test_eaft_no_gradient_through_weight():

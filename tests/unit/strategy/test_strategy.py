@@ -20,15 +20,17 @@ CONF = Path(__file__).resolve().parents[3] / "conf" / "strategy"
 
 def _world(n=40, seed=0):
     """n items with 4 options; gold = i % 4; scores i/n, so subset = i * K // n (partition is sorted by score)."""
-    items = [MCItem(id=f"q{i:03d}", question=f"question {i}", options=["a", "b", "c", "d"], answer=i % 4)
-             for i in range(n)]
+    items = [
+        MCItem(id=f"q{i:03d}", question=f"question {i}", options=["a", "b", "c", "d"], answer=i % 4) for i in range(n)
+    ]
     records = []
     for i, it in enumerate(items):
         other = (it.answer + 1) % 4  # the model's favourite wrong option
         # 2 orders x 3 samples: "other" named 4 times, gold once, one unparsable
         answers = [[other, other, -1], [other, it.answer, other]]
-        records.append({"id": it.id, "score": i / n, "gold": it.answer, "orders": [[0, 1, 2, 3], [3, 2, 1, 0]],
-                        "answers": answers})
+        records.append(
+            {"id": it.id, "score": i / n, "gold": it.answer, "orders": [[0, 1, 2, 3], [3, 2, 1, 0]], "answers": answers}
+        )
     subsets = partition([r["id"] for r in records], [r["score"] for r in records], K, seed)
     weights = [[0.1, 0.5, 1.0, 1.0][s] for s in subsets]
     return items, records, subsets, weights
@@ -89,8 +91,15 @@ def test_random_subset_has_the_subset_size_and_is_seeded():
 
 def test_random_draw_ignores_file_order():
     items, records, subsets, weights = _world()
-    rev = select({"name": "subset", "subset": "random", "data_seed": 3}, items[::-1], records[::-1], subsets[::-1],
-                 NAMES, weights[::-1], 0)
+    rev = select(
+        {"name": "subset", "subset": "random", "data_seed": 3},
+        items[::-1],
+        records[::-1],
+        subsets[::-1],
+        NAMES,
+        weights[::-1],
+        0,
+    )
     fwd = _sel({"name": "subset", "subset": "random", "data_seed": 3})
     assert sorted(_ids(rev)) == _ids(fwd)
 
@@ -110,8 +119,8 @@ def test_wrong_ratio_seeds_and_nesting():
     def wrong_ids(ratio, ds):
         return {i for i in _ids(_sel({"name": "wrong_ratio", "ratio": ratio, "data_seed": ds})) if int(i[1:]) < 10}
 
-    assert wrong_ids(0.5, 0) == wrong_ids(0.5, 0)                       # deterministic
-    assert wrong_ids(0.5, 0) != wrong_ids(0.5, 1)                       # data_seed changes the rows
+    assert wrong_ids(0.5, 0) == wrong_ids(0.5, 0)  # deterministic
+    assert wrong_ids(0.5, 0) != wrong_ids(0.5, 1)  # data_seed changes the rows
     assert wrong_ids(0.3, 7) <= wrong_ids(0.5, 7) <= wrong_ids(0.8, 7)  # nested draws under one seed
     assert _ids(_sel({"name": "wrong_ratio", "ratio": 0.0, "data_seed": 0})) == _ids(_sel({"name": "no_conflict"}))
     assert _ids(_sel({"name": "wrong_ratio", "ratio": 1.0, "data_seed": 0})) == _ids(_sel({"name": "full"}))
@@ -143,16 +152,22 @@ def test_self_align_sets_majority_on_wrong_and_never_touches_others():
 
 
 def dataclasses_equal_but_answer(a: MCItem, b: MCItem) -> bool:
-    return (a.id, a.question, a.options, a.subject, a.domain, a.meta) == (b.id, b.question, b.options, b.subject,
-                                                                          b.domain, b.meta)
+    return (a.id, a.question, a.options, a.subject, a.domain, a.meta) == (
+        b.id,
+        b.question,
+        b.options,
+        b.subject,
+        b.domain,
+        b.meta,
+    )
 
 
 def test_self_align_ties_unparsable_and_agreeing():
     items, records, subsets, weights = _world()
-    records[0]["answers"] = [[3, 1], [1, 3]]        # tie 1 vs 3 -> lowest index 1 (gold 0)
-    records[1]["answers"] = [[-1, -1], [-1, -1]]    # never parsable -> unchanged
-    records[2]["answers"] = [[2, 2], [0, -1]]       # majority = gold 2 -> unchanged
-    records[12]["answers"] = [[]]                   # not wrong: never looked at
+    records[0]["answers"] = [[3, 1], [1, 3]]  # tie 1 vs 3 -> lowest index 1 (gold 0)
+    records[1]["answers"] = [[-1, -1], [-1, -1]]  # never parsable -> unchanged
+    records[2]["answers"] = [[2, 2], [0, -1]]  # majority = gold 2 -> unchanged
+    records[12]["answers"] = [[]]  # not wrong: never looked at
     sel = select({"name": "self_align", "answer_source": "majority"}, items, records, subsets, NAMES, weights, 0)
     assert [it.answer for it in sel.items[:3]] == [1, 1, 2]
     assert sel.items[1] is items[1] and sel.items[2] is items[2] and sel.items[12] is items[12]
@@ -181,22 +196,31 @@ def test_self_align_answer_out_of_range():
 
 
 # ----------------------------------------------------------------------------------------------- validation
-@pytest.mark.parametrize("cfg, match", [
-    ({"name": "dpo"}, r"unknown strategy 'dpo'; choose one of \['full', "),
-    ({}, "unknown strategy None"),
-    ({"name": "subset", "subset": "wrongg", "data_seed": None}, r"not a subset of this partition \(k=4\).*'random'"),
-    ({"name": "subset", "data_seed": None}, "not a subset"),
-    ({"name": "subset", "subset": "wrong", "data_seed": 1.5}, "data_seed must be an integer"),
-    ({"name": "wrong_ratio", "ratio": 1.5, "data_seed": 0}, r"ratio must be in \[0, 1\], got 1.5"),
-    ({"name": "wrong_ratio", "ratio": -0.1, "data_seed": 0}, "ratio must be"),
-    ({"name": "wrong_ratio", "ratio": "half", "data_seed": 0}, "ratio must be"),
-    ({"name": "wrong_ratio", "ratio": True, "data_seed": 0}, "ratio must be"),
-    ({"name": "wrong_ratio", "ratio": math.nan, "data_seed": 0}, "ratio must be"),
-    ({"name": "wrong_ratio", "data_seed": 0}, "ratio must be"),
-    ({"name": "wrong_ratio", "ratio": 0.5, "data_seed": 0, "ration": 1}, r"does not take 'ration'; allowed keys: "
-                                                                         r"data_seed, ratio"),
-    ({"name": "full", "subset": "wrong"}, "does not take 'subset'; it takes no keys"),
-])
+@pytest.mark.parametrize(
+    "cfg, match",
+    [
+        ({"name": "dpo"}, r"unknown strategy 'dpo'; choose one of \['full', "),
+        ({}, "unknown strategy None"),
+        (
+            {"name": "subset", "subset": "wrongg", "data_seed": None},
+            r"not a subset of this partition \(k=4\).*'random'",
+        ),
+        ({"name": "subset", "data_seed": None}, "not a subset"),
+        ({"name": "subset", "subset": "wrong", "data_seed": 1.5}, "data_seed must be an integer"),
+        ({"name": "wrong_ratio", "ratio": 1.5, "data_seed": 0}, r"ratio must be in \[0, 1\], got 1.5"),
+        ({"name": "wrong_ratio", "ratio": -0.1, "data_seed": 0}, "ratio must be"),
+        ({"name": "wrong_ratio", "ratio": "half", "data_seed": 0}, "ratio must be"),
+        ({"name": "wrong_ratio", "ratio": True, "data_seed": 0}, "ratio must be"),
+        ({"name": "wrong_ratio", "ratio": math.nan, "data_seed": 0}, "ratio must be"),
+        ({"name": "wrong_ratio", "data_seed": 0}, "ratio must be"),
+        (
+            {"name": "wrong_ratio", "ratio": 0.5, "data_seed": 0, "ration": 1},
+            r"does not take 'ration'; allowed keys: "
+            r"data_seed, ratio",
+        ),
+        ({"name": "full", "subset": "wrong"}, "does not take 'subset'; it takes no keys"),
+    ],
+)
 def test_validate_errors(cfg, match):
     with pytest.raises(StrategyError, match=match) as e:
         validate(cfg, NAMES)
@@ -219,8 +243,18 @@ def test_select_rejects_misaligned_inputs():
 
 
 def test_registry_has_the_documented_strategies():
-    assert set(st.STRATEGIES) == {"full", "no_conflict", "self_align", "subset", "wrong_ratio", "wrong_only", "none",
-                                  "har", "inc", "self"}
+    assert set(st.STRATEGIES) == {
+        "full",
+        "no_conflict",
+        "self_align",
+        "subset",
+        "wrong_ratio",
+        "wrong_only",
+        "none",
+        "har",
+        "inc",
+        "self",
+    }
 
 
 def test_ren_har_inc_self_equal_sizes_and_self_relabels():
@@ -228,8 +262,10 @@ def test_ren_har_inc_self_equal_sizes_and_self_relabels():
 
     items = [MCItem(f"i{j}", "q", ["a", "b", "c", "d"], j % 4) for j in range(10)]
     # the model answers items 0..5 right, 6..9 with option (gold + 1) % 4
-    recs = [{"id": it.id, "score": 1.0, "answers": [[it.answer if j < 6 else (it.answer + 1) % 4]]}
-            for j, it in enumerate(items)]
+    recs = [
+        {"id": it.id, "score": 1.0, "answers": [[it.answer if j < 6 else (it.answer + 1) % 4]]}
+        for j, it in enumerate(items)
+    ]
     args = (items, recs, [0] * 10, 4, [1.0] * 10, 0)
     har = st.select({"name": "har", "data_seed": None}, *args)
     inc = st.select({"name": "inc", "data_seed": None}, *args)
@@ -252,8 +288,17 @@ def _ren_world(n=20):
         top = 0.4 if j in (3, 9, 10) else 0.9
         probs = [(1 - top) / 3] * 4
         probs[pred] = top
-        recs.append({"id": it.id, "score": float(pred == it.answer), "pred": pred, "letter_probs": probs,
-                     "answers": [[pred]], "confident": top > 0.5, "orders": [[0, 1, 2, 3]]})
+        recs.append(
+            {
+                "id": it.id,
+                "score": float(pred == it.answer),
+                "pred": pred,
+                "letter_probs": probs,
+                "answers": [[pred]],
+                "confident": top > 0.5,
+                "orders": [[0, 1, 2, 3]],
+            }
+        )
     return items, recs, [0] * n, 4, [1.0] * n
 
 
@@ -290,8 +335,8 @@ def test_ren_confidence_of_sampled_records_is_the_majority_share():
     items, recs, *rest = _ren_world()
     for r in recs:
         del r["confident"], r["letter_probs"]
-    recs[0]["answers"] = [[0, 1], [2, 0]]     # majority 0 (gold) with share 0.5: not > 0.5, set aside
-    recs[1]["answers"] = [[1, 1], [1, 0]]     # share 0.75: confident
+    recs[0]["answers"] = [[0, 1], [2, 0]]  # majority 0 (gold) with share 0.5: not > 0.5, set aside
+    recs[1]["answers"] = [[1, 1], [1, 0]]  # share 0.75: confident
     sel = st.select({"name": "har", "data_seed": 0}, items, recs, *rest, 0)
     assert sel.info["not_confident"] == 1 and "i00" not in _ids(sel)
 
@@ -301,18 +346,25 @@ def test_self_align_greedy_answer_source():
     identity order, from a ``greedy`` field, ICL's pred, or the exact estimator's probabilities."""
     items, records, subsets, weights = _world()
     for i, r in enumerate(records):
-        r.pop("answers")                       # greedy needs no sampled answers
+        r.pop("answers")  # greedy needs no sampled answers
         r["greedy"] = (items[i].answer + 2) % 4
-    records[0] = {"id": "q000", "score": 0.0, "orders": [[1, 0, 2, 3], [0, 1, 2, 3]],
-                  "probs": [[0.0, 0.0, 0.0, 1.0], [0.1, 0.2, 0.6, 0.1]]}   # identity order is the second: 2
+    records[0] = {
+        "id": "q000",
+        "score": 0.0,
+        "orders": [[1, 0, 2, 3], [0, 1, 2, 3]],
+        "probs": [[0.0, 0.0, 0.0, 1.0], [0.1, 0.2, 0.6, 0.1]],
+    }  # identity order is the second: 2
     records[1] = {"id": "q001", "score": 0.0, "pred": 3, "letter_probs": [0.1, 0.1, 0.1, 0.7], "answers": [[3]]}
-    records[2]["greedy"] = items[2].answer     # agrees with gold: kept
+    records[2]["greedy"] = items[2].answer  # agrees with gold: kept
     sel = select({"name": "self_align", "answer_source": "greedy"}, items, records, subsets, NAMES, weights, 0)
     assert [it.answer for it in sel.items[:3]] == [2, 3, 2] and sel.info["answer_source"] == "greedy"
     assert [it.answer for it in sel.items[3:10]] == [(items[i].answer + 2) % 4 for i in range(3, 10)]
     assert sel.items[10:] == items[10:] and sel.info["kept_gold_agrees"] == 1
-    assert not needs_samples({"name": "self_align", "answer_source": "greedy"}) and st.needs_greedy(
-        {"name": "self_align"}) and not st.needs_greedy({"name": "self_align", "answer_source": "majority"})
+    assert (
+        not needs_samples({"name": "self_align", "answer_source": "greedy"})
+        and st.needs_greedy({"name": "self_align"})
+        and not st.needs_greedy({"name": "self_align", "answer_source": "majority"})
+    )
     del records[3]["greedy"]
     with pytest.raises(StrategyError, match="holds no greedy answer"):
         select({"name": "self_align"}, items, records, subsets, NAMES, weights, 0)
@@ -353,8 +405,10 @@ def test_conf_files_compose_through_hydra():
             prefix = "" if "strategy" in base else "+"  # before / after the group joins config.yaml's defaults
             cfg = compose(config_name="config", overrides=[f"{prefix}strategy={path.stem}"])
             validate(OmegaConf.to_container(cfg.strategy, resolve=True), int(cfg.partition.k))
-        over = compose(config_name="config", overrides=[f"{prefix}strategy=wrong_ratio", "strategy.ratio=0.25",
-                                                        "strategy.data_seed=3"])
+        over = compose(
+            config_name="config",
+            overrides=[f"{prefix}strategy=wrong_ratio", "strategy.ratio=0.25", "strategy.data_seed=3"],
+        )
         assert OmegaConf.to_container(over.strategy) == {"name": "wrong_ratio", "ratio": 0.25, "data_seed": 3}
 
 
@@ -362,10 +416,15 @@ def test_conf_files_compose_through_hydra():
 def test_accuracy_by_subset_analytic():
     test_ids = ["a", "b", "c", "d", "e", "f", "g"]
     test_subsets = [0, 0, 1, 2, 2, 2, 0]
-    rows = [{"id": "a", "answer": 1, "pred": 1}, {"id": "b", "answer": 2, "pred": 0},
-            {"id": "c", "answer": 0, "pred": 3}, {"id": "d", "answer": 3, "pred": 3},
-            {"id": "e", "answer": 1, "pred": 1}, {"id": "f", "answer": 2, "pred": 0},
-            {"id": "g", "answer": 0, "pred": 0, "logprobs": [0.0]}]
+    rows = [
+        {"id": "a", "answer": 1, "pred": 1},
+        {"id": "b", "answer": 2, "pred": 0},
+        {"id": "c", "answer": 0, "pred": 3},
+        {"id": "d", "answer": 3, "pred": 3},
+        {"id": "e", "answer": 1, "pred": 1},
+        {"id": "f", "answer": 2, "pred": 0},
+        {"id": "g", "answer": 0, "pred": 0, "logprobs": [0.0]},
+    ]
     out = accuracy_by_subset(rows, test_ids, test_subsets, NAMES)
     assert list(out) == NAMES
     assert out["wrong"] == {"acc": pytest.approx(2 / 3), "n": 3}

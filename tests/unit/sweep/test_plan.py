@@ -12,18 +12,34 @@ from pathlib import Path
 
 import pytest
 
-from kaft.sweep import plan, plan_estimate as est
+from kaft.sweep import plan
+from kaft.sweep import plan_estimate as est
 
 REPO = Path(__file__).resolve().parents[3]
 MODELS = sorted(p.stem for p in (REPO / "conf" / "model").glob("*.yaml"))
 # published parameter counts (model cards / config.json), in billions
-PUBLISHED_B = {"llama3_8b": 8.03, "llama3_3b": 3.21, "mistral_7b": 7.24, "qwen1_5_7b": 7.72, "qwen2_7b_instruct": 7.62,
-               "qwen3_4b_instruct": 4.02, "glm4_9b": 9.40, "qwen2_5_32b_instruct": 32.76}
+PUBLISHED_B = {
+    "llama3_8b": 8.03,
+    "llama3_3b": 3.21,
+    "mistral_7b": 7.24,
+    "qwen1_5_7b": 7.72,
+    "qwen2_7b_instruct": 7.62,
+    "qwen3_4b_instruct": 4.02,
+    "glm4_9b": 9.40,
+    "qwen2_5_32b_instruct": 32.76,
+}
 
 
 def _env(tmp_path: Path) -> dict:
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "KAFT_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    env = {
+        **os.environ,
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "KAFT_CACHE_DIR": str(tmp_path / "cache"),
+        "OMP_NUM_THREADS": "1",
+        "WANDB_MODE": "offline",
+    }
     env.pop("HF_HUB_CACHE", None)
     return env
 
@@ -78,11 +94,21 @@ def _lora_by_hand(a: est.Arch, model: str) -> int:
     from omegaconf import OmegaConf
 
     # the train group's defaults, overridden by what the model config sets (it states only what differs)
-    lora = OmegaConf.merge(OmegaConf.load(REPO / "conf" / "train" / "lora.yaml").lora,
-                           OmegaConf.load(REPO / "conf" / "model" / f"{model}.yaml").get("train", {}).get("lora") or {})
+    lora = OmegaConf.merge(
+        OmegaConf.load(REPO / "conf" / "train" / "lora.yaml").lora,
+        OmegaConf.load(REPO / "conf" / "model" / f"{model}.yaml").get("train", {}).get("lora") or {},
+    )
     h, q, kv, i = a.hidden_size, a.num_attention_heads * a.head_dim, a.kv_dim, a.intermediate_size
-    shapes = {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h), "gate_proj": (h, i),
-              "up_proj": (h, i), "down_proj": (i, h), "gate_up_proj": (h, 2 * i)}
+    shapes = {
+        "q_proj": (h, q),
+        "k_proj": (h, kv),
+        "v_proj": (h, kv),
+        "o_proj": (q, h),
+        "gate_proj": (h, i),
+        "up_proj": (h, i),
+        "down_proj": (i, h),
+        "gate_up_proj": (h, 2 * i),
+    }
     return a.num_hidden_layers * sum(int(lora.r) * sum(shapes[m]) for m in lora.target_modules)
 
 
@@ -93,12 +119,27 @@ def _dtype(model: str) -> str:
 
 
 def test_memory_formulas_for_llama3_8b():
-    arch = est.Arch.from_fields({"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32,
-                                 "num_attention_heads": 32, "num_key_value_heads": 8, "intermediate_size": 14336,
-                                 "vocab_size": 128256}, "test")
-    prm = est.count_params(arch, {"r": 16, "lora_alpha": 32, "dropout": 0.05,
-                                  "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                                     "down_proj"]})
+    arch = est.Arch.from_fields(
+        {
+            "model_type": "llama",
+            "hidden_size": 4096,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 8,
+            "intermediate_size": 14336,
+            "vocab_size": 128256,
+        },
+        "test",
+    )
+    prm = est.count_params(
+        arch,
+        {
+            "r": 16,
+            "lora_alpha": 32,
+            "dropout": 0.05,
+            "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        },
+    )
     assert prm.lora == 32 * 16 * (2 * 8192 + 2 * 5120 + 3 * 18432)  # r × (in + out) of each adapted projection
     assert est.kv_bytes_per_token(arch, 2) == 128 * 1024  # 2 × 32 layers × 8 KV heads × 128 × 2 bytes
     det = est.detection_memory(arch, prm, 2, batch=16, seqs_per_prompt=10, prompt_tokens=1500, new_tokens=4)
@@ -114,25 +155,46 @@ def test_memory_formulas_for_llama3_8b():
 def test_wrong_lora_targets_fail_in_the_plan(monkeypatch, tmp_path):
     monkeypatch.setenv("KAFT_CACHE_DIR", str(tmp_path / "cache"))
     (glm,) = _plan(["model=glm4_9b", "train.lora.target_modules=[q_proj,gate_proj,up_proj]"])
-    assert any("['gate_proj', 'up_proj'] match no module of Glm4ForCausalLM" in p and "gate_up_proj" in p
-               for p in glm["problems"]), glm["problems"]
+    assert any(
+        "['gate_proj', 'up_proj'] match no module of Glm4ForCausalLM" in p and "gate_up_proj" in p
+        for p in glm["problems"]
+    ), glm["problems"]
     (bad,) = _plan(["model=llama3_8b", "train.lora.target_modules=[qproj]"])
     assert any("train.lora.target_modules ['qproj']" in p for p in bad["problems"]), bad["problems"]
 
 
 def test_bad_settings_are_one_line(tmp_path):
-    for args, says in ((["plan.mfu=2"], "plan.mfu must be in (0, 1], got 2"), (["plan.gpus=4"], "plan.gpus is not a plan setting"),
-                       (["--cfg", "job"], "kaft.sweep.plan takes kaft.run's overrides"), (["loss=nope"], "loss")):
-        out = subprocess.run([sys.executable, "-m", "kaft.sweep.plan", *args], cwd=tmp_path, env=_env(tmp_path),
-                             capture_output=True, text=True, timeout=300)
+    for args, says in (
+        (["plan.mfu=2"], "plan.mfu must be in (0, 1], got 2"),
+        (["plan.gpus=4"], "plan.gpus is not a plan setting"),
+        (["--cfg", "job"], "kaft.sweep.plan takes kaft.run's overrides"),
+        (["loss=nope"], "loss"),
+    ):
+        out = subprocess.run(
+            [sys.executable, "-m", "kaft.sweep.plan", *args],
+            cwd=tmp_path,
+            env=_env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert out.returncode == 2 and out.stderr.startswith("kaft: error:") and says in out.stderr, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
 @pytest.mark.slow
 def test_paper_sweep_on_slurm_prints_a_plan_per_job_offline(tmp_path):
-    cmd = [sys.executable, "-m", "kaft.sweep.plan", "-m", "+sweeps=table2_main", "model=llama3_8b", "dataset=medqa",
-           "hydra/launcher=slurm", "plan.gpu_memory_gb=36"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "kaft.sweep.plan",
+        "-m",
+        "+sweeps=table2_main",
+        "model=llama3_8b",
+        "dataset=medqa",
+        "hydra/launcher=slurm",
+        "plan.gpu_memory_gb=36",
+    ]
     out = subprocess.run(cmd, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert out.returncode == 1, out.stderr[-3000:]  # it lists problems (nothing cached offline): exit 1
     text = out.stdout
@@ -159,20 +221,40 @@ def test_paper_sweep_on_slurm_prints_a_plan_per_job_offline(tmp_path):
 @pytest.mark.slow
 def test_after_a_run_the_plan_sees_the_finished_job_and_its_cache(tiny, tmp_path):
     data = tiny / "train.jsonl"
-    common = ["model=local", f"model.path={tiny / 'model'}", "dataset=local", f"dataset.train.path={data}",
-              f"dataset.eval.test.path={data}", "experiment=smoke", "logger=none",
-              f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    common = [
+        "model=local",
+        f"model.path={tiny / 'model'}",
+        "dataset=local",
+        f"dataset.train.path={data}",
+        f"dataset.eval.test.path={data}",
+        "experiment=smoke",
+        "logger=none",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
     env = _env(tmp_path)
-    run = subprocess.run([sys.executable, "-m", "kaft.run", "-m", *common, "loss=kaft", "progress=false"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    run = subprocess.run(
+        [sys.executable, "-m", "kaft.run", "-m", *common, "loss=kaft", "progress=false"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
-    out = subprocess.run([sys.executable, "-m", "kaft.sweep.plan", "-m", *common, "loss=kaft,constant"], cwd=tmp_path,
-                         env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "kaft.sweep.plan", "-m", *common, "loss=kaft,constant"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     done, new = out.stdout.split("\njob ")[1:]
     assert "status      finished" in done and "status      to run" in new
-    assert "cache       detect: cached, partition: cached, train: cached, evaluate: cached, evaluate_base: cached" \
-        in done, done
+    assert (
+        "cache       detect: cached, partition: cached, train: cached, evaluate: cached, evaluate_base: cached" in done
+    ), done
     # the other loss shares detection and the base evaluation, and trains an adapter of its own
     assert "detect: cached, partition: cached, train: compute, evaluate: compute, evaluate_base: cached" in new, new
     assert "measured with the model's tokenizer on 12 items" in done

@@ -20,10 +20,18 @@ def tiny(tmp_path_factory):
 
 
 def _args(tiny, tmp_path, *args):
-    return ["model=local", f"model.path={tiny / 'model'}", "dataset=local",
-            f"dataset.train.path={tiny / 'train.jsonl'}",
-            f"dataset.eval.test.path={tiny / 'test.jsonl'}", f"cache_dir={tmp_path / 'cache'}", "logger=none",
-            f"hydra.sweep.dir={tmp_path / 'sweep'}", f"hydra.run.dir={tmp_path / 'run'}", *args]
+    return [
+        "model=local",
+        f"model.path={tiny / 'model'}",
+        "dataset=local",
+        f"dataset.train.path={tiny / 'train.jsonl'}",
+        f"dataset.eval.test.path={tiny / 'test.jsonl'}",
+        f"cache_dir={tmp_path / 'cache'}",
+        "logger=none",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        *args,
+    ]
 
 
 def test_every_invalid_job_of_a_sweep_in_one_line(tiny, tmp_path):
@@ -41,8 +49,9 @@ def test_check_job_config_runs_the_train_checks_before_any_data(tiny, tmp_path):
     ((_, _, cfg),) = plan.compose_jobs(_args(tiny, tmp_path, "train.lr_scheduler=cosine_typo"), False)
     with pytest.raises(Exception, match="train.lr_scheduler must be one of"):
         preflight.check_job_config(preflight.task_config(cfg))
-    ((_, _, ok),) = plan.compose_jobs(_args(tiny, tmp_path, "partition.k=100000", "loss=constant",
-                                            "detection.shots=50"), False)
+    ((_, _, ok),) = plan.compose_jobs(
+        _args(tiny, tmp_path, "partition.k=100000", "loss=constant", "detection.shots=50"), False
+    )
     preflight.check_job_config(preflight.task_config(ok))  # the data-size checks are the job's
 
 
@@ -53,8 +62,9 @@ def test_a_finished_run_dir_of_another_config_is_refused(tiny, tmp_path):
     assert preflight.job_problems(cfg, False) == (None, None, run)  # nothing there yet
     part = identity.config_part(preflight.task_config(cfg), None)
     run.mkdir()
-    (run / "results.json").write_text(json.dumps({"status": "done", "metrics": {"average": 0.5},
-                                                  "identity": identity.make(part, {}, "m")}))
+    (run / "results.json").write_text(
+        json.dumps({"status": "done", "metrics": {"average": 0.5}, "identity": identity.make(part, {}, "m")})
+    )
     assert preflight.job_problems(cfg, False) == (None, None, run)  # the same config: the job compares the rest
     ((_, _, seed1),) = plan.compose_jobs(_args(tiny, tmp_path, "seed=1"), False)
     assert preflight.job_problems(seed1, False) == (None, "seed 0 -> 1, testbed.seed 0 -> 1", run)

@@ -19,12 +19,19 @@ def _job(sweep, num, odir, status="done", accs=None, average=None, hydra=True):
     if hydra:
         (d / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
         (d / ".hydra" / "hydra.yaml").write_text(
-            "hydra:\n  overrides:\n    task:\n" + "".join(f"    - {o}\n" for o in overrides)
-            + f"  job:\n    num: {num}\n    override_dirname: {odir}\n")
+            "hydra:\n  overrides:\n    task:\n"
+            + "".join(f"    - {o}\n" for o in overrides)
+            + f"  job:\n    num: {num}\n    override_dirname: {odir}\n"
+        )
     if status != "missing":
-        res = {"overrides": overrides, "job": {"override_dirname": odir, "num": num}, "status": status,
-               "metrics": {"benchmarks": {k: {"acc": v} for k, v in (accs or {}).items()}, "average": average}
-               if accs else None}
+        res = {
+            "overrides": overrides,
+            "job": {"override_dirname": odir, "num": num},
+            "status": status,
+            "metrics": {"benchmarks": {k: {"acc": v} for k, v in (accs or {}).items()}, "average": average}
+            if accs
+            else None,
+        }
         (d / "results.json").write_text(json.dumps(res))
     return d
 
@@ -96,7 +103,7 @@ def test_callback_never_raises(tmp_path):
     SummaryCallback().on_multirun_end(config=cfg)
 
 
-APP = '''
+APP = """
 import json, os, hydra
 from hydra.core.hydra_config import HydraConfig
 
@@ -113,7 +120,7 @@ def main(cfg):
 
 if __name__ == "__main__":
     main()
-'''
+"""
 
 
 def test_hydra_multirun_end_to_end(tmp_path):
@@ -126,10 +133,22 @@ def test_hydra_multirun_end_to_end(tmp_path):
     repo = Path(__file__).resolve().parents[3]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
-        [sys.executable, "app.py", "-m", "+alpha=0.1,0.5,0.9", "+seed=0", "hydra.sweep.dir=sweep",
-         "hydra.job.config.override_dirname.exclude_keys=[seed]",
-         "+hydra.callbacks.summary._target_=kaft.sweep.summary.SummaryCallback"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "app.py",
+            "-m",
+            "+alpha=0.1,0.5,0.9",
+            "+seed=0",
+            "hydra.sweep.dir=sweep",
+            "hydra.job.config.override_dirname.exclude_keys=[seed]",
+            "+hydra.callbacks.summary._target_=kaft.sweep.summary.SummaryCallback",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "kaft sweep summary" in proc.stdout
     table = proc.stdout.split("kaft sweep summary", 1)[1].splitlines()
@@ -146,7 +165,10 @@ def test_results_contract_walks_and_reads_jobs(tmp_path, capsys):
     assert names == ["0_loss=sft", "10_alpha=0.5,loss=kaft", "1_alpha=0.1,loss=eaft", "2_alpha=0.1,loss=kaft"]
     assert results.read_results(sweep / "1_alpha=0.1,loss=eaft") is None  # no results.json (wandb/ is no job)
     assert results.hydra_job(sweep / "1_alpha=0.1,loss=eaft") == {
-        "num": 1, "override_dirname": "alpha=0.1,loss=eaft", "overrides": ["alpha=0.1", "loss=eaft"]}
+        "num": 1,
+        "override_dirname": "alpha=0.1,loss=eaft",
+        "overrides": ["alpha=0.1", "loss=eaft"],
+    }
     bad = sweep / "3_x"
     (bad / ".hydra").mkdir(parents=True)
     (bad / "results.json").write_text("[1, 2]")
@@ -158,14 +180,25 @@ def test_results_contract_walks_and_reads_jobs(tmp_path, capsys):
     # a folder holding a sweep and a single run: one row per readable results.json, the run dir found as itself
     run = tmp_path / "multirun" / "run_a"
     (run / ".hydra").mkdir(parents=True)
-    (run / "results.json").write_text(json.dumps({"status": "done", "config": {"loss": {"name": "kaft", "alpha": 0.3},
-                                                                               "seed": 1},
-                                                  "metrics": {"benchmarks": {"b": {"acc": 0.5}}, "average": 0.5},
-                                                  "timings": {"train": 2.0}, "job": {"run_dir": str(run)}}))
+    (run / "results.json").write_text(
+        json.dumps(
+            {
+                "status": "done",
+                "config": {"loss": {"name": "kaft", "alpha": 0.3}, "seed": 1},
+                "metrics": {"benchmarks": {"b": {"acc": 0.5}}, "average": 0.5},
+                "timings": {"train": 2.0},
+                "job": {"run_dir": str(run)},
+            }
+        )
+    )
     frame = results.sweep_frame(tmp_path / "multirun")
     assert "skipping" in capsys.readouterr().err  # 3_x's unreadable results.json
-    assert [p.split("/")[-1] for p in frame["job_dir"]] == ["0_loss=sft", "10_alpha=0.5,loss=kaft",
-                                                             "2_alpha=0.1,loss=kaft", "run_a"]
+    assert [p.split("/")[-1] for p in frame["job_dir"]] == [
+        "0_loss=sft",
+        "10_alpha=0.5,loss=kaft",
+        "2_alpha=0.1,loss=kaft",
+        "run_a",
+    ]
     assert list(frame["status"]) == ["done", "done", "failed", "done"]
     row = frame.iloc[3]
     assert (row["loss"], row["alpha"], row["seed"], row["acc/b"], row["time/train"]) == ("kaft", 0.3, 1, 0.5, 2.0)
@@ -182,10 +215,16 @@ def test_paper_table_callback_writes_the_table_and_never_raises(tmp_path, capsys
     for i, loss in enumerate(["constant", "kaft"]):
         d = sweep / f"{i}_loss={loss}"
         d.mkdir(parents=True)
-        (d / "results.json").write_text(json.dumps(
-            {"status": "done", "overrides": [f"loss={loss}"],
-             "config": {"loss": {"name": loss}, "strategy": {"name": "full"}, "seed": 0},
-             "metrics": {"benchmarks": {"b": {"acc": 0.5 + i / 10}}, "average": 0.5 + i / 10}}))
+        (d / "results.json").write_text(
+            json.dumps(
+                {
+                    "status": "done",
+                    "overrides": [f"loss={loss}"],
+                    "config": {"loss": {"name": loss}, "strategy": {"name": "full"}, "seed": 0},
+                    "metrics": {"benchmarks": {"b": {"acc": 0.5 + i / 10}}, "average": 0.5 + i / 10},
+                }
+            )
+        )
     cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}, "logger": {"name": "none"}})
     PaperTableCallback().on_multirun_end(config=cfg)
     assert (sweep / "paper_table.md").exists() and (sweep / "paper_table.csv").exists()

@@ -93,8 +93,9 @@ def test_items_are_valid(world):
             assert ent in it.question and set(it.options) <= set(world.pools[rel])
             mem, gold = world.memorised(ent, rel), it.options[it.answer]
             if it.meta["kind"] in ("known", "latent"):
-                assert gold == mem and world.fact(ent, rel).freq == ("frequent" if it.meta["kind"] == "known"
-                                                                     else "rare")
+                assert gold == mem and world.fact(ent, rel).freq == (
+                    "frequent" if it.meta["kind"] == "known" else "rare"
+                )
             elif it.meta["kind"] == "unseen":
                 assert mem is None and gold == world.fact(ent, rel).value
             else:
@@ -121,8 +122,14 @@ def test_corpus_never_states_unseen_facts_nor_quizzes_split_items(world):
             assert sum(any(s in p for s in said) for p in world.paragraphs if p.startswith(f.entity + " ")) == rare
             assert rel.qa.format(e=f.entity, v=f.value) not in text
         elif f.role == "train":
-            assert sum(any(s in p for s in said) or rel.qa.format(e=f.entity, v=f.value) in p
-                       for p in world.paragraphs if p.startswith(f.entity + " ")) == repeats
+            assert (
+                sum(
+                    any(s in p for s in said) or rel.qa.format(e=f.entity, v=f.value) in p
+                    for p in world.paragraphs
+                    if p.startswith(f.entity + " ")
+                )
+                == repeats
+            )
     mc = "\n".join(world.mc_docs)
     for name in world.splits():
         for it in world.split(name):
@@ -133,8 +140,9 @@ def test_corpus_never_states_unseen_facts_nor_quizzes_split_items(world):
 def test_data_source_reads_the_world(tmp_path):
     from kaft.data import load_items
 
-    items = load_items({"source": "testbed", "split": "test_ood"}, domain="geography", config={"testbed": {}},
-                       cache_dir=str(tmp_path))
+    items = load_items(
+        {"source": "testbed", "split": "test_ood"}, domain="geography", config={"testbed": {}}, cache_dir=str(tmp_path)
+    )
     assert len(items) == 200 and {it.meta["kind"] for it in items} == {"known", "latent"}
     seed1 = load_items({"source": "testbed", "split": "test_ood"}, config={"testbed": {"seed": 1}}, cache_dir="x")
     assert [it.to_dict() for it in seed1] == [it.to_dict() for it in tbw.build_world({"seed": 1}).split("test_ood")]
@@ -159,9 +167,13 @@ def test_nothing_in_kaft_imports_the_testbed():
         if "testbed" in path.relative_to(ROOT / "kaft").parts:
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
-                     if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             assert not [n for n in names if n.startswith("kaft.testbed")], f"{path} imports {names}"
 
 
@@ -192,10 +204,15 @@ def test_diagnostic_finds_the_planted_contradictions():
     scores, subsets = [0.1, 0.9, 0.6, 0.5, 0.6], [0, 1, 1, 1, 0]
     diag = DIAGNOSTICS.get("testbed")
     det = diag.compute(scores, items, subsets)
-    assert det == {"mean_by_kind": {"contradict": 0.35, "known": 0.75, "latent": 0.5},
-                   "auroc_contradict": (3 + 1 + 0.5) / 6, "contradict_in_lowest_subset": 0.5}
-    assert diag.headline({"auroc_contradict": 0.98561, "contradict_in_lowest_subset": 0.95}) == \
-        "  auroc(contradict)=0.986  contradict in lowest subset=0.950"
+    assert det == {
+        "mean_by_kind": {"contradict": 0.35, "known": 0.75, "latent": 0.5},
+        "auroc_contradict": (3 + 1 + 0.5) / 6,
+        "contradict_in_lowest_subset": 0.5,
+    }
+    assert (
+        diag.headline({"auroc_contradict": 0.98561, "contradict_in_lowest_subset": 0.95})
+        == "  auroc(contradict)=0.986  contradict in lowest subset=0.950"
+    )
     assert diag.headline({"mean": 0.5}) == ""
     assert diag.compute(scores, [item(i, None) for i in range(5)], subsets) == {}
     rest = [1, 3, 4]
@@ -219,12 +236,16 @@ def test_tokenizer_letters_and_split(world, tok, tmp_path):
         assert letter_ids(t, 4) == [t.convert_tokens_to_ids(c) for c in "ABCD"]
         for it in train[:20] + world.split("test_ood")[:5]:
             shots = [(s.question, s.options, s.answer) for s in train[-3:]]
-            for prompt in (few_shot_prompt([], it.question, it.options, "geography"),
-                           few_shot_prompt(shots, it.question, it.options, it.domain)):
+            for prompt in (
+                few_shot_prompt([], it.question, it.options, "geography"),
+                few_shot_prompt(shots, it.question, it.options, it.domain),
+            ):
                 p = t(prompt)["input_ids"]
                 assert t.unk_token_id not in p and p[0] == t.bos_token_id
-                assert t(prompt + answer_text(it.answer))["input_ids"] == p + t(answer_text(it.answer),
-                                                                                 add_special_tokens=False)["input_ids"]
+                assert (
+                    t(prompt + answer_text(it.answer))["input_ids"]
+                    == p + t(answer_text(it.answer), add_special_tokens=False)["input_ids"]
+                )
     tok2.padding_side = "left"
     batch = tok2(["Question: x", "Answer:"], padding=True)["input_ids"]
     assert batch[1][0] == tok2.pad_token_id
@@ -254,11 +275,11 @@ def test_binding_heads_bind_and_stay_fixed(world, tok):
         enc = tok(few_shot_prompt([], it.question, it.options, "geography"), return_tensors="pt")
         toks = tok.convert_ids_to_tokens(enc["input_ids"][0])
         q = toks.index("?")
-        code = model.get_output_embeddings().weight[tok.convert_tokens_to_ids(it.options[it.answer]), C:C + c]
+        code = model.get_output_embeddings().weight[tok.convert_tokens_to_ids(it.options[it.answer]), C : C + c]
 
         def inject(mod, args, kwargs, q=q, code=code):
             h = (kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]).clone()
-            h[0, q, C:C + c] += 0.5 * code.detach()
+            h[0, q, C : C + c] += 0.5 * code.detach()
             if "hidden_states" in kwargs:
                 return args, {**kwargs, "hidden_states": h}
             return (h, *args[1:]), kwargs
@@ -279,9 +300,9 @@ def test_binding_heads_bind_and_stay_fixed(world, tok):
     with torch.no_grad():
         model.model.layers[0].self_attn.q_proj.weight.add_(1.0)
         model.get_input_embeddings().weight.add_(1.0)
-    before = model.get_input_embeddings().weight[:, lay["F"]:].clone()
+    before = model.get_input_embeddings().weight[:, lay["F"] :].clone()
     restore()
-    assert torch.equal(model.get_input_embeddings().weight[:, lay["F"]:], before)
+    assert torch.equal(model.get_input_embeddings().weight[:, lay["F"] :], before)
     assert float(model.get_input_embeddings().weight[:, 0].min()) == cfg["model"]["binding"]["bias"]
 
 

@@ -1,7 +1,6 @@
 """The training tests' tokenizer, built once per module."""
 
 import pytest
-
 from helpers.train import make_tokenizer
 
 

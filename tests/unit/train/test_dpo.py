@@ -9,7 +9,6 @@ import math
 
 import pytest
 import torch
-
 from helpers.train import ITEMS, lora_state, make_model, spec, train_cfg
 
 from kaft import losses, train
@@ -21,8 +20,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # ----------------------------------------------------------------------------------------------- dpo
 def _records(items, answers_by_item):
-    return [{"id": it.id, "score": 0.0, "gold": it.answer, "orders": [[0, 1, 2, 3]], "answers": [ans]}
-            for it, ans in zip(items, answers_by_item)]
+    return [
+        {"id": it.id, "score": 0.0, "gold": it.answer, "orders": [[0, 1, 2, 3]], "answers": [ans]}
+        for it, ans in zip(items, answers_by_item)
+    ]
 
 
 def _peft_with_random_adapter(tok, seed=0):
@@ -57,8 +58,11 @@ def test_dpo_batch_loss_equals_closed_form_and_shared_rows_change_nothing(tok):
     assert shared["input_ids"].shape[0] == 6 and separate["input_ids"].shape[0] == 12  # one-letter answers share
     beta = 0.3
     with torch.no_grad():
-        got = {(share, sl): train.dpo_batch_loss(model, b, beta, sl)[0].item()
-               for share, b in (("shared", shared), ("separate", separate)) for sl in (True, False)}
+        got = {
+            (share, sl): train.dpo_batch_loss(model, b, beta, sl)[0].item()
+            for share, b in (("shared", shared), ("separate", separate))
+            for sl in (True, False)
+        }
 
         # by hand: log p(answer letter | prompt) under the adapted model and under a separate copy of the base model
         def letter_logp(m, prompt, letter):
@@ -68,8 +72,9 @@ def test_dpo_batch_loss_equals_closed_form_and_shared_rows_change_nothing(tok):
 
         want = 0.0
         for p in pairs:
-            delta = (letter_logp(model, p["prompt"], p["chosen"]) - letter_logp(ref, p["prompt"], p["chosen"])) - \
-                    (letter_logp(model, p["prompt"], p["rejected"]) - letter_logp(ref, p["prompt"], p["rejected"]))
+            delta = (letter_logp(model, p["prompt"], p["chosen"]) - letter_logp(ref, p["prompt"], p["chosen"])) - (
+                letter_logp(model, p["prompt"], p["rejected"]) - letter_logp(ref, p["prompt"], p["rejected"])
+            )
             want += [0.1, 0.5, 1.0][p["index"]] * -math.log(1.0 / (1.0 + math.exp(-beta * delta)))
         want /= len(pairs)
     assert abs(want - math.log(2) * (0.1 + 0.5 + 1.0) * 2 / 6) > 1e-3  # the adapter really moves the policy
@@ -78,10 +83,22 @@ def test_dpo_batch_loss_equals_closed_form_and_shared_rows_change_nothing(tok):
 
 
 def test_pair_collator_two_token_answers_take_two_rows(tok):
-    rows = [{"chosen_ids": [5, 6, 7, 8], "chosen_labels": [-100, -100, 7, 8],
-             "rejected_ids": [5, 6, 9, 8], "rejected_labels": [-100, -100, 9, 8], "weights": 1.0},
-            {"chosen_ids": [5, 6, 7], "chosen_labels": [-100, -100, 7],
-             "rejected_ids": [5, 6, 9], "rejected_labels": [-100, -100, 9], "weights": 0.5}]
+    rows = [
+        {
+            "chosen_ids": [5, 6, 7, 8],
+            "chosen_labels": [-100, -100, 7, 8],
+            "rejected_ids": [5, 6, 9, 8],
+            "rejected_labels": [-100, -100, 9, 8],
+            "weights": 1.0,
+        },
+        {
+            "chosen_ids": [5, 6, 7],
+            "chosen_labels": [-100, -100, 7],
+            "rejected_ids": [5, 6, 9],
+            "rejected_labels": [-100, -100, 9],
+            "weights": 0.5,
+        },
+    ]
     b = train.PairCollator(pad_id=0)(rows)
     assert b["input_ids"].tolist() == [[5, 6, 7, 8], [5, 6, 9, 8], [5, 6, 7, 0]]
     assert b["chosen_row"].tolist() == [0, 2] and b["rejected_row"].tolist() == [1, 2]
@@ -96,13 +113,23 @@ def test_train_lora_dpo_changes_adapter_and_prefers_chosen(tok, tmp_path):
     base = make_model(len(tok))
     untouched = copy.deepcopy(base)
     answers = [[3 if it.answer != 3 else 0] * 3 + [it.answer] for it in ITEMS]  # a learnable preference: not D
-    answers[5] = [ITEMS[5].answer] * 4                        # always right: no pair
+    answers[5] = [ITEMS[5].answer] * 4  # always right: no pair
     records = _records(ITEMS, answers)
-    cfg = {"name": "dpo", "dpo_beta": 0.5, "pairs": "dataset_self", "pair_source": "detection", "max_pairs": 8,
-           "weight_by_subset": False, "alpha": 0.1, "beta": 0.5, "rewards": None}
+    cfg = {
+        "name": "dpo",
+        "dpo_beta": 0.5,
+        "pairs": "dataset_self",
+        "pair_source": "detection",
+        "max_pairs": 8,
+        "weight_by_subset": False,
+        "alpha": 0.1,
+        "beta": 0.5,
+        "rewards": None,
+    }
     out = tmp_path / "dpo"
-    model = train.train_lora(base, tok, ITEMS, [1.0] * 8, spec(cfg, train_cfg(epochs=10, lr=5e-2), 0), out,
-                             records=records)
+    model = train.train_lora(
+        base, tok, ITEMS, [1.0] * 8, spec(cfg, train_cfg(epochs=10, lr=5e-2), 0), out, records=records
+    )
     assert isinstance(model, PeftModel) and not model.training
     assert any(torch.count_nonzero(v) > 0 for k, v in lora_state(model).items() if "lora_B" in k)
     log = json.loads((out / "train_log.json").read_text())
@@ -134,13 +161,15 @@ def test_train_lora_dpo_needs_records_with_wrong_samples(tok, tmp_path):
     base = make_model(len(tok))
     with pytest.raises(ValueError, match="no records were passed"):
         train.train_lora(base, tok, ITEMS, [1.0] * 8, spec(cfg, train_cfg(), 0), tmp_path)
-    exact = [{"id": it.id, "score": 0.5, "gold": it.answer, "orders": [[0, 1, 2, 3]], "probs": [[0.25] * 4]}
-             for it in ITEMS]
+    exact = [
+        {"id": it.id, "score": 0.5, "gold": it.answer, "orders": [[0, 1, 2, 3]], "probs": [[0.25] * 4]} for it in ITEMS
+    ]
     with pytest.raises(ValueError, match="no record has any.*estimator=sample"):
         train.train_lora(base, tok, ITEMS, [1.0] * 8, spec(cfg, train_cfg(), 0), tmp_path, records=exact)
     right = _records(ITEMS, [[it.answer] * 3 for it in ITEMS])
     with pytest.raises(ValueError, match="no item has both a chosen and a wrong sampled answer"):
         train.train_lora(base, tok, ITEMS, [1.0] * 8, spec(cfg, train_cfg(), 0), tmp_path, records=right)
     # other losses ignore records
-    train.train_lora(base, tok, ITEMS, [1.0] * 8, spec({"name": "constant"}, train_cfg(), 0), tmp_path / "c",
-                     records=right)
+    train.train_lora(
+        base, tok, ITEMS, [1.0] * 8, spec({"name": "constant"}, train_cfg(), 0), tmp_path / "c", records=right
+    )

@@ -6,7 +6,6 @@ import copy
 
 import pytest
 import torch
-
 from helpers.train import ITEMS
 
 from kaft import train
@@ -34,7 +33,7 @@ def test_encode_example_truncates_prompt_from_the_left(tok):
     full, _ = train.encode_example(tok, prompt, " A", 256)
     ids, labels = train.encode_example(tok, prompt, " A", 10)
     assert len(ids) == 10
-    assert ids[0] == tok.bos_token_id and ids[1:] == full[len(full) - 9:]
+    assert ids[0] == tok.bos_token_id and ids[1:] == full[len(full) - 9 :]
     assert labels[-1] == ids[-1] and set(labels[:-1]) == {-100}
     with pytest.raises(ValueError, match="max_length=2"):
         train.encode_example(tok, prompt, " A", 2)
@@ -50,8 +49,10 @@ def test_special_prefix_none_when_tokenizer_adds_nothing(tok):
 
 
 def test_collator_pads_right_and_stacks_weights():
-    rows = [{"input_ids": [5, 6, 7], "labels": [-100, -100, 7], "weights": 0.1},
-            {"input_ids": [5, 8], "labels": [-100, 8], "weights": 1.0}]
+    rows = [
+        {"input_ids": [5, 6, 7], "labels": [-100, -100, 7], "weights": 0.1},
+        {"input_ids": [5, 8], "labels": [-100, 8], "weights": 1.0},
+    ]
     b = train.WeightedCollator(pad_id=0)(rows)
     assert b["input_ids"].tolist() == [[5, 6, 7], [5, 8, 0]]
     assert b["labels"].tolist() == [[-100, -100, 7], [-100, 8, -100]]

@@ -8,7 +8,6 @@ import json
 
 import pytest
 import torch
-
 from helpers.train import ITEMS, batch_loss, lora_state, make_model, spec, train_cfg
 
 from kaft import losses, train
@@ -27,8 +26,7 @@ def test_trainer_sliced_logits_loss_equals_full_logits_loss(tok, tmp_path):
     rows[2]["input_ids"] = rows[2]["input_ids"][:-1] + [4, 5]  # a ragged two-token target in another position
     rows[2]["labels"] = rows[2]["labels"][:-1] + [4, 5]
     batch = train.WeightedCollator(tok.pad_token_id)(rows)
-    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True,
-                             remove_unused_columns=False)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, remove_unused_columns=False)
     for cfg in ({"name": "kaft", "alpha": 0.1, "beta": 0.5}, {"name": "eaft", "eaft_alpha": 1.0, "top_k": 20}):
         trainer = train.weighted_trainer_class()(model=model, args=args, data_collator=None, loss_cfg=cfg)
         assert trainer._slice_logits
@@ -49,25 +47,36 @@ def test_zero_weight_leaves_lora_unchanged_and_weight_one_changes_it(tok, tmp_pa
     init = lora_state(get_peft_model(copy.deepcopy(base), train.lora_config(cfg["lora"])))
     assert init and all(torch.count_nonzero(v) == 0 for k, v in init.items() if "lora_B" in k)
 
-    zero = train.train_lora(copy.deepcopy(base), tok, ITEMS, [0.0] * len(ITEMS),
-                            spec({"name": "kaft", "rewards": [0, 0, 0, 0]}, cfg, 7), tmp_path / "zero")
+    zero = train.train_lora(
+        copy.deepcopy(base),
+        tok,
+        ITEMS,
+        [0.0] * len(ITEMS),
+        spec({"name": "kaft", "rewards": [0, 0, 0, 0]}, cfg, 7),
+        tmp_path / "zero",
+    )
     after = lora_state(zero)
     assert after.keys() == init.keys()
     assert all(torch.equal(after[k], init[k]) for k in init)
 
-    one = train.train_lora(copy.deepcopy(base), tok, ITEMS, [1.0] * len(ITEMS), spec({"name": "constant"}, cfg, 7),
-                           tmp_path / "one")
+    one = train.train_lora(
+        copy.deepcopy(base), tok, ITEMS, [1.0] * len(ITEMS), spec({"name": "constant"}, cfg, 7), tmp_path / "one"
+    )
     changed = lora_state(one)
     assert any(not torch.equal(changed[k], init[k]) for k in init)
     assert any(torch.count_nonzero(v) > 0 for k, v in changed.items() if "lora_B" in k)
 
 
-@pytest.mark.parametrize("loss_cfg", [
-    {"name": "kaft", "alpha": 0.5, "beta": 0.5},
-    {"name": "eaft", "eaft_alpha": 1.0, "top_k": 20},
-    {"name": "kaft_eaft", "alpha": 0.5, "beta": 0.5, "eaft_alpha": 1.0, "top_k": 20, "normalize": "lnk"},
-    {"name": "dft"},
-], ids=lambda c: c["name"])
+@pytest.mark.parametrize(
+    "loss_cfg",
+    [
+        {"name": "kaft", "alpha": 0.5, "beta": 0.5},
+        {"name": "eaft", "eaft_alpha": 1.0, "top_k": 20},
+        {"name": "kaft_eaft", "alpha": 0.5, "beta": 0.5, "eaft_alpha": 1.0, "top_k": 20, "normalize": "lnk"},
+        {"name": "dft"},
+    ],
+    ids=lambda c: c["name"],
+)
 def test_train_lora_end_to_end(tok, tmp_path, loss_cfg):
     from peft import PeftModel
 
@@ -75,8 +84,18 @@ def test_train_lora_end_to_end(tok, tmp_path, loss_cfg):
     before = batch_loss(base, tok, {"name": "constant"})
     weights = losses.sample_weights(loss_cfg, [0, 1, 2, 3, 0, 1, 2, 3], [0.5] * 8, 4)
     out = tmp_path / "adapter"
-    model = train.train_lora(base, tok, ITEMS, weights, spec(loss_cfg, train_cfg(
-        epochs=15, warmup_ratio=0.1, lr_scheduler="cosine", grad_accum=2, batch_size=2, lr=3e-2), 0), out)
+    model = train.train_lora(
+        base,
+        tok,
+        ITEMS,
+        weights,
+        spec(
+            loss_cfg,
+            train_cfg(epochs=15, warmup_ratio=0.1, lr_scheduler="cosine", grad_accum=2, batch_size=2, lr=3e-2),
+            0,
+        ),
+        out,
+    )
     assert isinstance(model, PeftModel) and not model.training
     assert (out / "adapter_config.json").exists()
     assert (out / "adapter_model.safetensors").exists() or (out / "adapter_model.bin").exists()
@@ -94,8 +113,9 @@ def test_train_lora_rejects_bad_weights(tok, tmp_path):
     with pytest.raises(ValueError, match="8 items but 7 weights"):
         train.train_lora(base, tok, ITEMS, [1.0] * 7, spec({"name": "constant"}, train_cfg(), 0), tmp_path)
     with pytest.raises(ValueError, match="item 2"):
-        train.train_lora(base, tok, ITEMS, [1, 1, -1, 1, 1, 1, 1, 1], spec({"name": "constant"}, train_cfg(), 0),
-                         tmp_path)
+        train.train_lora(
+            base, tok, ITEMS, [1, 1, -1, 1, 1, 1, 1, 1], spec({"name": "constant"}, train_cfg(), 0), tmp_path
+        )
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints
@@ -120,19 +140,36 @@ def test_interrupted_training_resumes_from_its_checkpoint_to_the_same_adapter(to
     RNG states (LoRA dropout is on) and data order, and ends with the adapter of an uninterrupted run."""
     from safetensors.torch import load_file
 
-    cfg = train_cfg(epochs=15, batch_size=2, grad_accum=2, lr=3e-2, warmup_ratio=0.1, lr_scheduler="cosine",
-                    save_steps=3, save_total_limit=1,
-                    lora={"r": 4, "lora_alpha": 8, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]})
+    cfg = train_cfg(
+        epochs=15,
+        batch_size=2,
+        grad_accum=2,
+        lr=3e-2,
+        warmup_ratio=0.1,
+        lr_scheduler="cosine",
+        save_steps=3,
+        save_total_limit=1,
+        lora={"r": 4, "lora_alpha": 8, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]},
+    )
     weights = [0.1, 0.5, 1.0, 1.0, 0.1, 0.5, 1.0, 1.0]
     base = make_model(len(tok))
-    ref = lora_state(train.train_lora(copy.deepcopy(base), tok, ITEMS, weights, spec({"name": "constant"}, cfg, 3),
-                                      tmp_path / "ref"))  # no checkpoint dir: none saved
+    ref = lora_state(
+        train.train_lora(copy.deepcopy(base), tok, ITEMS, weights, spec({"name": "constant"}, cfg, 3), tmp_path / "ref")
+    )  # no checkpoint dir: none saved
     assert not list((tmp_path / "ref").glob("checkpoint-*"))
 
     ckpt = tmp_path / "scratch"
     with pytest.raises(_Interrupted):
-        train.train_lora(copy.deepcopy(base), tok, ITEMS, weights, spec({"name": "constant"}, cfg, 3), tmp_path / "a",
-                         checkpoint_dir=ckpt, callbacks=[_interrupt_after_checkpoint(9)])
+        train.train_lora(
+            copy.deepcopy(base),
+            tok,
+            ITEMS,
+            weights,
+            spec({"name": "constant"}, cfg, 3),
+            tmp_path / "a",
+            checkpoint_dir=ckpt,
+            callbacks=[_interrupt_after_checkpoint(9)],
+        )
     assert [p.name for p in ckpt.glob("checkpoint-*")] == ["checkpoint-9"]  # save_total_limit=1
     saved = sorted(p.name for p in (ckpt / "checkpoint-9").iterdir())
     assert "adapter_model.safetensors" in saved and "trainer_state.json" in saved
@@ -151,15 +188,30 @@ def test_interrupted_training_resumes_from_its_checkpoint_to_the_same_adapter(to
         def on_step_end(self, args, state, control, **kwargs):
             steps.append(state.global_step)
 
-    resumed = train.train_lora(copy.deepcopy(base), tok, ITEMS, weights, spec({"name": "constant"}, cfg, 3),
-                               tmp_path / "b", checkpoint_dir=ckpt, callbacks=[Count()])
+    resumed = train.train_lora(
+        copy.deepcopy(base),
+        tok,
+        ITEMS,
+        weights,
+        spec({"name": "constant"}, cfg, 3),
+        tmp_path / "b",
+        checkpoint_dir=ckpt,
+        callbacks=[Count()],
+    )
     got = lora_state(resumed)
     assert steps == list(range(10, 31))  # only the 21 steps after the checkpoint ran
     log = json.loads((tmp_path / "b" / "train_log.json").read_text())
     assert log["resumed_from_step"] == 9 and log["global_step"] == 30
-    init = lora_state(train.train_lora(copy.deepcopy(base), tok, ITEMS, [0.0] * 8,
-                                       spec({"name": "kaft", "rewards": [0, 0, 0, 0]}, train_cfg(), 3),
-                                       tmp_path / "zero"))
+    init = lora_state(
+        train.train_lora(
+            copy.deepcopy(base),
+            tok,
+            ITEMS,
+            [0.0] * 8,
+            spec({"name": "kaft", "rewards": [0, 0, 0, 0]}, train_cfg(), 3),
+            tmp_path / "zero",
+        )
+    )
     assert any((got[k] - init[k]).abs().max() > 1e-2 for k in got)  # it really trained
     for k in ref:
         assert torch.allclose(got[k], ref[k], atol=1e-6, rtol=1e-5), (k, (got[k] - ref[k]).abs().max())
