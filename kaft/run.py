@@ -39,6 +39,7 @@ def _main(cfg: DictConfig) -> float:
     except USER_ERRORS + status_mod.CONFIG_ERRORS as e:
         msg = status_mod.one_line(e) if isinstance(e, status_mod.CONFIG_ERRORS) else str(e)
         log.error("%s", msg)
+        _end_progress_bars()
         print(f"kaft: error: {msg}", file=sys.stderr)
         if not multirun or isinstance(e, identity.RerunError):  # never record a failure over another run's results
             sys.exit(2)
@@ -51,15 +52,28 @@ def _main(cfg: DictConfig) -> float:
         log.exception("job failed: %s", e)
         job = job_mod.job_info()
         line = status_mod.record_failure(job["run_dir"], e, job, cfg)
+        _end_progress_bars()
         print(
             f"kaft: job {job['num']} failed: {line} (traceback in {Path(job['run_dir']) / 'error.txt'})",
             file=sys.stderr,
         )
         return math.nan
     except KeyboardInterrupt as e:  # Ctrl-C: the run dir says interrupted (kaft.interrupt); the sweep stops too
+        _end_progress_bars()
         print(interrupt.line(e), file=sys.stderr)
         sys.exit(interrupt.EXIT_CODE)
     return results["metrics"]["average"]
+
+
+def _end_progress_bars() -> None:
+    """Close the progress bars a failed stage left open, so that kaft's one line starts a line of its own instead
+    of being glued to a half-drawn bar (``\r`` without a newline on stderr)."""
+    tqdm_std = sys.modules.get("tqdm.std")  # only if a stage drew one: importing tqdm here would cost a start-up
+    for bar in list(getattr(getattr(tqdm_std, "tqdm", None), "_instances", ())):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001 - a bar that cannot close must not hide the error line
+            pass
 
 
 def _resolve_cfg_job(argv: list[str]) -> list[str]:
@@ -81,6 +95,7 @@ def main() -> None:
         with hydra_errors_as_one_line():
             _main()
     except KeyboardInterrupt as e:  # before a job started (composing, the preflight)
+        _end_progress_bars()
         print(interrupt.line(e), file=sys.stderr)
         sys.exit(interrupt.EXIT_CODE)
     if LAST_SWEEP["failed"]:
