@@ -75,7 +75,9 @@ def test_cuda_device_without_a_gpu(tmp_path, good):  # noqa: F811
 
 def test_unknown_device(tmp_path, good):  # noqa: F811
     out, cache = _run(tmp_path, good, ["device=gpu0"])
-    _check(out, cache, "device=gpu0: not a torch device; use device=cpu", tmp_path)
+    _check(
+        out, cache, "device must be null (cuda if available, else cpu), cpu, cuda, cuda:N or mps, got 'gpu0'", tmp_path
+    )
 
 
 @pytest.fixture
