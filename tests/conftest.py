@@ -1,5 +1,5 @@
 """Shared test setup: everything offline, and the fixtures. The factories live in tests/helpers (``from helpers
-import ...``); conftest re-exports them for the tests that still ``from conftest import ...``."""
+import ...``): a second conftest.py (tests/unit/train) would shadow a ``from conftest import``."""
 
 from __future__ import annotations
 
@@ -72,25 +72,3 @@ def mc_items():
             )
         )
     return items
-
-
-def small_disk(path, size: str):
-    """A real filesystem of ``size`` (e.g. "64k") mounted at ``path`` for a full-disk test: a context manager
-    yielding the mount point, unmounted afterwards; the test is skipped where mounting is not permitted (not root)."""
-    import contextlib
-    import subprocess
-
-    @contextlib.contextmanager
-    def mounted():
-        path.mkdir(parents=True, exist_ok=True)
-        out = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
-        )
-        if out.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here ({out.stderr.strip()}); the raised-error cases still run")
-        try:
-            yield path
-        finally:
-            subprocess.run(["umount", "-l", str(path)], check=False)
-
-    return mounted()

@@ -82,7 +82,7 @@ def test_unknown_device(tmp_path, good):  # noqa: F811
 
 @pytest.fixture
 def small_disk(tmp_path):
-    from conftest import small_disk as mount
+    from helpers import small_disk as mount
 
     with mount(tmp_path / "small_disk", "64k") as mnt:
         yield mnt

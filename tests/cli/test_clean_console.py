@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import write_tiny_job
+from helpers import write_tiny_job
 
 pytestmark = pytest.mark.slow
 

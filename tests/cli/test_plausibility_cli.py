@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import make_model, make_tokenizer, tiny_train_rows, write_tiny_job
+from helpers import make_model, make_tokenizer, tiny_train_rows, write_tiny_job
 
 CONTEXT = 64  # the tiny model's max_position_embeddings: below one long question's prompt
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import write_tiny_job
+from helpers import write_tiny_job
 
 ARGS = [
     "experiment=smoke",

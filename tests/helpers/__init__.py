@@ -3,6 +3,7 @@ offline real tokenizers (:mod:`helpers.real_tokenizers`, imported by name: it sk
 the loss tests' inputs (:mod:`helpers.losses`). ``tests/`` is on ``sys.path`` (pytest puts the rootdir conftest's
 folder there), so tests ``from helpers import ...`` whether run as ``python -m pytest`` or ``pytest tests/unit/...``."""
 
+from helpers.disk import small_disk
 from helpers.tiny import (
     SPECIALS,
     WORDS,
@@ -15,6 +16,7 @@ from helpers.tiny import (
 )
 
 __all__ = [
+    "small_disk",
     "SPECIALS",
     "WORDS",
     "make_model",

@@ -15,7 +15,7 @@ from kaft.diskspace import DiskFullError
 
 @pytest.fixture
 def small_disk(tmp_path):
-    from conftest import small_disk as mount
+    from helpers import small_disk as mount
 
     with mount(tmp_path / "small", "256k") as mnt:
         yield mnt

@@ -16,7 +16,7 @@ from kaft.sweep import plan, preflight
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from conftest import write_tiny_job
+    from helpers import write_tiny_job
 
     return write_tiny_job(tmp_path_factory.mktemp("identity"))
 

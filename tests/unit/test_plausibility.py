@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import make_model, make_tokenizer
+from helpers import make_model, make_tokenizer
 
 from kaft import plausibility as P
 from kaft.data import MCItem
