@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from kaft import diagnostics, identity, interrupt, losses, plausibility, schema, track
+from kaft import diagnostics, identity, interrupt, plausibility, schema, track
 from kaft import partition as partition_mod
 from kaft import stages as S
 from kaft import strategy as strategy_mod
@@ -141,6 +141,8 @@ def _partition(job: Job) -> None:
 
 
 def _select(job: Job) -> strategy_mod.Selection:
+    from kaft import losses  # lazy: kaft.losses imports torch, which a skipped (finished) job never needs
+
     cfg = job.cfg
     weights = losses.sample_weights(
         S.plain(cfg.loss), job.subsets, [r["score"] for r in job.records], int(cfg.partition.k)
@@ -165,6 +167,8 @@ def _evaluate_base(job: Job, sel: strategy_mod.Selection, run_dir: Path) -> dict
 
 def _train(job: Job, sel: strategy_mod.Selection) -> S.Trained | None:
     """Fine-tunes on the selection (None when the strategy trains nothing)."""
+    from kaft import losses  # lazy: see _select
+
     if not sel.train:
         return None
     loss = S.plain(job.cfg.loss)

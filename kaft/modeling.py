@@ -28,11 +28,16 @@ class ModelError(KaftError):
     """A model config that cannot be loaded; the message says what to fix."""
 
 
-def _dtype(name: str | None):
-    import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
+DTYPES = ("float32", "bfloat16", "float16", "float64")  # what model.dtype may name besides auto / null
 
+
+def _dtype(name: str | None):
     if name in (None, "auto"):
         return "auto"
+    if name not in DTYPES:  # checked by name: a config check must not cost the seconds of a torch import
+        raise ModelError(f"unknown model dtype {name!r} (use float32, bfloat16, float16 or auto)")
+    import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
+
     try:
         return getattr(torch, name)
     except AttributeError:
@@ -171,7 +176,8 @@ def check_model_cfg(cfg: Mapping) -> None:
     SOURCES.get(src)  # an unknown name: one ModelError line listing the sources (plugins included)
     if src in ("hub", "local") and (not cfg.get("path") or cfg.get("path") == "???"):
         raise ModelError(f"model.path is required for a {src} model (a hub id or a local directory)")
-    _dtype(cfg.get("dtype"))
+    if cfg.get("dtype") not in (None, "auto", *DTYPES):
+        _dtype(cfg.get("dtype"))  # the one-line error
     trust = cfg.get("trust_remote_code", False)
     if trust is not None and not isinstance(trust, bool):
         raise ModelError(f"model.trust_remote_code must be true or false, got {trust!r}")

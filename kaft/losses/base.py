@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-import torch
-import torch.nn.functional as F
-
 from kaft.fields import suggest
+from kaft.lazy import LazyModule
 from kaft.losses.settings import LossError, NoSettings, keys_of, parse
 from kaft.registry import Registry
+
+torch = LazyModule("torch")  # imported when a loss is computed, not when it is checked (kaft/lazy.py)
+F = LazyModule("torch.nn.functional")
 
 IGNORE_INDEX = -100
 

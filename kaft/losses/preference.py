@@ -11,14 +11,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 
-import torch
-import torch.nn.functional as F
-
 from kaft.data import MCItem
+from kaft.lazy import LazyModule
 from kaft.losses.base import IGNORE_INDEX, LOSSES, Loss
 from kaft.losses.pairs import PAIR_MODES, PAIR_SOURCES, PairError, build_pairs, has_samples
 from kaft.losses.settings import LossError, choice, flag, integer, number
 from kaft.losses.weighted import KaFT, KaftSettings, kaft_rewards
+
+torch = LazyModule("torch")  # imported when a loss is computed, not when it is checked (kaft/lazy.py)
+F = LazyModule("torch.nn.functional")
 
 SMA_SAMPLING = ("num_samples", "temperature", "top_k", "top_p", "max_new_tokens")
 

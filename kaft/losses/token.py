@@ -22,13 +22,14 @@ import dataclasses
 import math
 from collections.abc import Callable
 
-import torch
-import torch.nn.functional as F
-
+from kaft.lazy import LazyModule
 from kaft.losses.base import LOSSES, Loss
 from kaft.losses.settings import LossError, choice, integer, number
 from kaft.losses.weighted import KaFT, KaftSettings
 from kaft.registry import Registry
+
+torch = LazyModule("torch")  # imported when a loss is computed, not when it is checked (kaft/lazy.py)
+F = LazyModule("torch.nn.functional")
 
 EAFT_ENTROPY_NORM = 3.0  # ~ ln(20); the EAFT paper (Eq. 3) and LLaMA-Factory, fixed whatever k
 EAFT_SIGMOID_SCALE, EAFT_SIGMOID_CENTER = 30.0, 0.17  # the EAFT paper's sigmoid gate

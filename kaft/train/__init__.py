@@ -8,6 +8,8 @@ the adapter-disabled reference policy (:func:`pair_batch_loss`). The examples an
 kaft.train reads kaft.losses, never the reverse.
 """
 
+import importlib
+
 from kaft.train.config import (
     CHECKPOINT_KEYS,
     LR_SCHEDULERS,
@@ -17,19 +19,35 @@ from kaft.train.config import (
     lora_config,
     validate_train_cfg,
 )
-from kaft.train.examples import (
-    ListDataset,
-    PairCollator,
-    WeightedCollator,
-    build_examples,
-    build_pair_examples,
-    encode_example,
-    shares_sequence,
-    special_prefix,
-)
-from kaft.train.lora import last_checkpoint, train_lora
-from kaft.train.steps import accepts_logits_to_keep, dpo_batch_loss, pair_batch_loss, sft_batch_loss
-from kaft.train.trainers import FEEDS, Feed, Prepared, pair_trainer_class, weighted_trainer_class
+
+# The training machinery imports torch (and, when it runs, transformers and peft): its names load on first use
+# (PEP 562), so that checking a train config -- every job of a sweep, before the first one starts -- costs no torch
+# import. ``from kaft.train import train_lora`` works as a plain import would.
+_LAZY = {
+    "kaft.train.examples": (
+        "ListDataset",
+        "PairCollator",
+        "WeightedCollator",
+        "build_examples",
+        "build_pair_examples",
+        "encode_example",
+        "shares_sequence",
+        "special_prefix",
+    ),
+    "kaft.train.lora": ("last_checkpoint", "train_lora"),
+    "kaft.train.steps": ("accepts_logits_to_keep", "dpo_batch_loss", "pair_batch_loss", "sft_batch_loss"),
+    "kaft.train.trainers": ("FEEDS", "Feed", "Prepared", "pair_trainer_class", "weighted_trainer_class"),
+}
+_WHERE = {name: module for module, names in _LAZY.items() for name in names}
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'kaft.train' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CHECKPOINT_KEYS",
