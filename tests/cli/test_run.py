@@ -28,7 +28,7 @@ def _kaft(args, tmp_path):
         [
             (["partition.k=1"], "partition.k must be at least 2"),
             (["partition.k=100000", "loss=constant"], "is larger than the training set"),  # kaft's rewards need K=4
-            (["detection.num_orders=0"], "detection.num_orders must be ≥ 1"),
+            (["detection.num_orders=0"], "detection.num_orders must be an integer >= 1"),
             (["alpha=1.5"], "alpha"),
             (["partition.k=8"], "rewards"),
             (
