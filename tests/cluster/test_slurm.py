@@ -120,19 +120,30 @@ def test_mission_sweep_through_sbatch_matches_basic_launcher(slurm_cluster, setu
 
 
 def test_failed_job_on_slurm_is_recorded_and_the_other_runs(slurm_cluster, setup):
-    """alpha=7 is impossible for loss=kaft: that job records its error, alpha=0.1 (all cache hits) finishes."""
-    out = _kaft(setup, "cache_slurm", "loss=kaft", "alpha=0.1,7", *SLURM, "hydra.sweep.dir=sweep_fail", expect=1)
+    """detection.shots=20 is more than the dozen training rows hold, an error only the data shows (a config error
+    fails the whole sweep before it is submitted, kaft.sweep.preflight): that job records its error on the cluster,
+    shots=2 (the mission sweep's kaft alpha=0.1 job, all cache hits) finishes."""
+    out = _kaft(
+        setup,
+        "cache_slurm",
+        "loss=kaft",
+        "alpha=0.1",
+        "detection.shots=2,20",
+        *SLURM,
+        "hydra.sweep.dir=sweep_fail",
+        expect=1,
+    )
     sweep = setup / "sweep_fail"
     res = {
-        r["config"]["alpha"] if r.get("config") else None: r
+        r["config"]["detection"]["shots"] if r.get("config") else None: r
         for r in (json.loads(p.read_text()) for p in sweep.rglob("results.json"))
     }
-    assert res[0.1]["status"] == "done"
-    assert res[7]["status"] == "failed" and "'alpha' must be in [0, 1], got 7" in res[7]["error"]
+    assert res[2]["status"] == "done"
+    assert res[20]["status"] == "failed" and "detection.shots=20 needs at least 21 training items" in res[20]["error"]
     assert list(sweep.glob("1_*/error.txt"))
     assert "(1 done, 1 failed)" in out.stdout and "failed: job 1" in out.stdout
     st = subprocess.run(
         [sys.executable, "-m", "kaft.sweep.status", str(sweep)], capture_output=True, text=True, timeout=120
     )
     assert st.returncode == 0 and "1 done, 1 failed of 2 jobs" in st.stdout, st.stdout
-    assert "must be in [0, 1], got 7" in st.stdout
+    assert "needs at least 21 training items" in st.stdout
