@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 import uuid
@@ -43,8 +44,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from kaft import diskspace
 from kaft.lock import ArtifactLock
@@ -57,11 +56,10 @@ HASH_CHUNK = 1 << 20
 
 def _canonical(obj: Any) -> Any:
     """Turn configs (OmegaConf, dataclasses, tuples) into plain JSON-able values with a stable form."""
-    try:
-        if isinstance(obj, (DictConfig, ListConfig)):
-            obj = OmegaConf.to_container(obj, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
+    omegaconf = sys.modules.get("omegaconf")  # a config object exists only if omegaconf was imported: the vLLM
+    # worker's venv (tests/unit/detection/vllm_probe_worker.py) imports kaft.detection without omegaconf installed
+    if omegaconf is not None and isinstance(obj, (omegaconf.DictConfig, omegaconf.ListConfig)):
+        obj = omegaconf.OmegaConf.to_container(obj, resolve=True)
     if isinstance(obj, dict):
         return {str(k): _canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
     if isinstance(obj, (list, tuple)):
