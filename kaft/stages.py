@@ -136,11 +136,8 @@ def load_train(cfg: DictConfig) -> list:
 
 
 def validate(cfg: DictConfig, n_train: int) -> None:
-    """The whole config (:func:`kaft.schema.check_config`) and the checks that need the data size: run before the
-    model loads."""
-    from kaft.schema import check_config
-
-    check_config(cfg)
+    """The checks that need the data size, run before the model loads. The rest of the config was checked already
+    (:func:`kaft.schema.check_config`: first thing in :func:`kaft.job.run`, and in the sweep plan's preflight)."""
     if int(cfg.detection.shots) + 1 > n_train:
         raise ConfigError(
             f"detection.shots={cfg.detection.shots} needs at least {cfg.detection.shots + 1} "
