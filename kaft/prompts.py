@@ -40,6 +40,36 @@ def answer_text(index: int) -> str:
     return " " + LETTERS[index]
 
 
+def option_text(index: int, options: Sequence[str]) -> str:
+    """The ``train.target=option`` target: the letter and the option's text (``" B. Belmora"``)."""
+    return f"{answer_text(index)}. {options[index]}"
+
+
+#: the free-form instruction (a free-form prompt has no options to choose from). Its words are the MC
+#: instruction's and the testbed templates', so the testbed's word-level tokenizer knows every one of them.
+FREEFORM_INSTRUCTION = "For the following {domain} question, answer with one correct answer."
+
+
+def format_freeform(question: str, domain: str = "general", instruction: str = FREEFORM_INSTRUCTION) -> str:
+    """A free-form question block ending in ``"Answer:"`` (the response follows after a space), the layout of
+    :func:`format_question` without the options."""
+    head = instruction.format(domain=domain, last="")
+    return "\n".join([head, f"Question: {question}", "Answer:"])
+
+
+def freeform_few_shot(
+    shots: Sequence[tuple[str, str]],
+    question: str,
+    domain: str = "general",
+    instruction: str = FREEFORM_INSTRUCTION,
+) -> str:
+    """k solved free-form examples ``(question, response)``, a blank line between each, then the open question
+    (KaFT App. A.3's few-shot layout, without options)."""
+    parts = [format_freeform(q, domain, instruction) + " " + r for q, r in shots]
+    parts.append(format_freeform(question, domain, instruction))
+    return "\n\n".join(parts)
+
+
 def format_example(
     question: str, options: Sequence[str], answer: int, domain: str = "general", instruction: str = DEFAULT_INSTRUCTION
 ) -> str:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from kaft import choices
@@ -32,26 +32,12 @@ from kaft.detection.detectors import DETECTORS, Diversified
 from kaft.detection.probing import probe
 from kaft.detection.settings import ProbeSettings
 from kaft.fields import integer, unchecked
-from kaft.items import MCItem
+from kaft.items import FreeFormItem, MCItem
 
 log = logging.getLogger(__name__)
 
 DISTRACTOR_SOURCES = ("dataset", "group", "model")
-FIELDS = ("id", "question", "answer", "distractors", "group")
-
-
-@dataclass(frozen=True)
-class FreeFormItem:
-    id: str
-    question: str
-    answer: str
-    distractors: tuple[str, ...] = ()
-    group: str | None = None
-    domain: str | None = None
-    meta: dict = field(default_factory=dict, compare=False)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+FIELDS = ("id", "question", "answer", "distractors", "group", "response", "aliases")
 
 
 def _norm(text: str) -> str:
@@ -89,6 +75,11 @@ def normalize_freeform(
         dis = raw.get(f["distractors"]) or []
         if not isinstance(dis, (list, tuple)) or not all(isinstance(d, str) for d in dis):
             raise err(f["distractors"], "must be a list of strings")
+        response, aliases = raw.get(f["response"]), raw.get(f["aliases"]) or []
+        if response is not None and (not isinstance(response, str) or not response.strip()):
+            raise err(f["response"], "must be a non-empty string (the long-form response to train on) or absent")
+        if not isinstance(aliases, (list, tuple)) or not all(isinstance(a, str) for a in aliases):
+            raise err(f["aliases"], "must be a list of strings (other accepted forms of the reference answer)")
         meta = dict(raw.get("meta") or {})
         group = raw.get(f["group"]) or meta.get("relation")
         item_id = str(raw.get(f["id"], f"{source}#{n}"))
@@ -104,6 +95,8 @@ def normalize_freeform(
                 str(group) if group is not None else None,
                 raw.get("domain") or domain,
                 meta,
+                response.strip() if response else None,
+                tuple(a.strip() for a in aliases if a.strip()),
             )
         )
     if not items:

@@ -1,0 +1,62 @@
+"""The :class:`Verifier` base class, its registry and SQuAD's answer normalisation."""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from kaft.errors import ConfigError
+from kaft.registry import Registry
+
+
+class VerifierError(ConfigError):
+    """A verifier config that cannot work (one line, before any model loads)."""
+
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = str.maketrans("", "", string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD's normalisation (also lm-eval's exact_match with ignore_case / ignore_punctuation): lower-case,
+    punctuation removed, the articles a / an / the removed, whitespace collapsed."""
+    text = str(text).lower().translate(_PUNCT)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def first_line(response: str) -> str:
+    """The response up to its first newline: generation stops there (``until: ["\\n"]``), a sampled continuation
+    past it is not part of the answer."""
+    return str(response).strip().split("\n", 1)[0]
+
+
+class Verifier:
+    """Judges responses; subclasses override :meth:`judge_one` (or :meth:`judge` to batch, as an LLM judge does).
+
+    ``needs_model`` says whether it runs a model (the pipeline loads one only then)."""
+
+    name: ClassVar[str] = ""
+    needs_model: ClassVar[bool] = False
+
+    def __init__(self, settings: Mapping[str, Any] | None = None):
+        self.settings = dict(settings or {})
+
+    def judge_one(self, question: str, references: Sequence[str], response: str) -> bool | None:
+        raise NotImplementedError
+
+    def judge(self, items: Sequence, responses: Sequence[Sequence[str]]) -> list[list[bool | None]]:
+        """Per item, per response: correct / incorrect / no verdict. ``items`` are free-form items (their
+        ``question`` and ``references``)."""
+        return [[self.judge_one(it.question, it.references, r) for r in resp] for it, resp in zip(items, responses)]
+
+
+VERIFIERS: Registry[type[Verifier]] = Registry("verifier", VerifierError)
+
+
+def make_verifier(cfg: Mapping[str, Any] | None) -> Verifier:
+    """The verifier a ``verifier`` config names (``{"name": "exact"}``; None = exact)."""
+    cfg = dict(cfg or {"name": "exact"})
+    cls = VERIFIERS.get(cfg.pop("name", "exact"))
+    return cls(cfg)
