@@ -229,6 +229,7 @@ class MCConversion(Diversified):
     """Convert free-form items to multiple choice, then score them as :class:`Diversified` does."""
 
     Settings = ConversionSettings
+    input = "freeform"
 
     def run(
         self,

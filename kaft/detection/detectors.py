@@ -49,6 +49,9 @@ class Detector(ABC):
     read more than :class:`ProbeSettings`) or :meth:`run` (when items need work before probing) as they need."""
 
     Settings: ClassVar[type[ProbeSettings]] = ProbeSettings
+    #: the training items it reads: "mc" (multiple-choice items) or "freeform" (free-form items: MC conversion,
+    #: generative detection); the data stage checks the data set against it
+    input: ClassVar[str] = "mc"
 
     def __init__(self, settings: ProbeSettings):
         self.settings = settings
