@@ -15,6 +15,12 @@ lacks keeps kaft's own task (:mod:`kaft.evaluate`), optionally with its own ``pr
 lm-eval's C-Eval layout. The choice is stored in each item's ``meta`` by :func:`tag_items` at the data stage, so it
 is part of the data fingerprint (and of every cache key), and a bad task name stops the run before a model loads.
 
+A ``format: freeform`` benchmark (:class:`~kaft.items.FreeFormItem`: question + reference answer and aliases) is
+scored by generation instead (:mod:`kaft.evaluate_generative`); its ``lm_eval.task`` must be a ``generate_until`` task
+(e.g. ``triviaqa``), its ``doc`` may nest (``answer: {value: answer, aliases: references}``) and reads the free-form
+fields ``question``, ``answer``, ``aliases``, ``references`` (answer + aliases), ``group``, ``id``; its ``prompt``
+template has only ``{question}``.
+
 lm-eval 0.4.13: a dict passed to ``TaskManager.load`` is a whole new task (not merged with a registered one), so
 :func:`task_override` loads the registered YAML itself (``_yaml_loader.load_yaml``, as lm-eval's own factory does)
 and overrides only the data source and splits.
@@ -22,18 +28,22 @@ and overrides only the data source and splits.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import string
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from kaft.data import DataError, MCItem, describe, load_items
+from kaft.data import DataError, describe, load_items
+from kaft.items import FreeFormItem, is_freeform
 from kaft.prompts import LETTERS
 
 LM_EVAL = "lm_eval"  # item.meta key: {"task": registered name, "doc": the row in the task's schema}
 PROMPT = "eval_prompt"  # item.meta key: kaft's own task's prompt for this item
 ITEM_FIELDS = ("question", "options", "answer", "answer_letter", "subject", "id")
+FREEFORM_FIELDS = ("question", "answer", "aliases", "references", "group", "id")
+FORMATS = ("mc", "freeform")
 
 
 @functools.lru_cache(maxsize=1)
@@ -86,7 +96,12 @@ def task_override(task: str, name: str, data_file: str | Path) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- spec -> items
-def _value(item: MCItem, src: str, where: str):
+def _value(item, src, where: str):
+    if isinstance(src, Mapping):  # a nested row field (triviaqa's answer: {value, aliases})
+        return {k: _value(item, v, where) for k, v in src.items()}
+    src = str(src)
+    if isinstance(item, FreeFormItem):
+        return list(getattr(item, src)) if src in ("references", "aliases") else getattr(item, src)
     if src.startswith("options."):
         k = src.split(".", 1)[1]
         if not k.isdigit() or int(k) >= len(item.options):
@@ -99,7 +114,9 @@ def _value(item: MCItem, src: str, where: str):
     return list(item.options) if src == "options" else getattr(item, src)
 
 
-def _lm_eval_meta(item: MCItem, cfg: Mapping, where: str) -> dict:
+def _lm_eval_meta(item, cfg: Mapping, where: str) -> dict:
+    if isinstance(item, FreeFormItem):
+        return _freeform_meta(item, cfg, where)
     try:
         task = str(cfg["task"]).format(subject=item.subject, id=item.id)
     except (KeyError, IndexError, ValueError) as e:
@@ -118,58 +135,96 @@ def _lm_eval_meta(item: MCItem, cfg: Mapping, where: str) -> dict:
     return {"task": task, "doc": {k: _value(item, str(v), where) for k, v in cfg["doc"].items()}}
 
 
-def _check_lm_eval(cfg, where: str) -> None:
+def _freeform_meta(item: FreeFormItem, cfg: Mapping, where: str) -> dict:
+    """A free-form item's lm-eval task (a ``generate_until`` one: it is scored by generation) and row."""
+    try:
+        task = str(cfg["task"]).format(id=item.id)
+    except (KeyError, IndexError, ValueError) as e:
+        raise DataError(
+            f"{where}: lm_eval.task {cfg['task']!r}: placeholder {e} (a free-form benchmark has only {{id}})"
+        ) from None
+    try:
+        kind = registered_config(task).get("output_type")
+    except DataError as e:
+        raise DataError(f"{where}: {e}") from None
+    if kind != "generate_until":
+        raise DataError(
+            f"{where}: lm-eval's {task} is a {kind} task; a format: freeform benchmark is scored by generation and "
+            "needs a generate_until task (e.g. triviaqa), or drop lm_eval to use kaft's own generative task"
+        )
+    return {"task": task, "doc": {k: _value(item, v, where) for k, v in cfg["doc"].items()}}
+
+
+def _check_doc(doc: Mapping, fields: Sequence[str], where: str, prefix: str = "lm_eval.doc") -> None:
+    for k, v in doc.items():
+        if isinstance(v, Mapping) and fields is FREEFORM_FIELDS:
+            _check_doc(v, fields, where, f"{prefix}.{k}")
+        elif str(v) not in fields and not (fields is ITEM_FIELDS and str(v).startswith("options.")):
+            more = " or options.<i>" if fields is ITEM_FIELDS else " (a free-form item's fields)"
+            raise DataError(f"{where}: {prefix}.{k}: {v!r} is not an item field; use one of {', '.join(fields)}{more}")
+
+
+def _check_lm_eval(cfg, where: str, freeform: bool = False) -> None:
     if not isinstance(cfg, Mapping) or not cfg.get("task") or not isinstance(cfg.get("doc"), Mapping) or not cfg["doc"]:
         raise DataError(
             f"{where}: lm_eval needs 'task' (an lm-eval task name) and 'doc' (its row fields <- item "
             f"fields), e.g. {{task: medmcqa, doc: {{question: question, opa: options.0, cop: answer}}}}"
         )
-    for k, v in cfg["doc"].items():
-        if str(v) not in ITEM_FIELDS and not str(v).startswith("options."):
-            raise DataError(
-                f"{where}: lm_eval.doc.{k}: {v!r} is not an item field; use one of "
-                f"{', '.join(ITEM_FIELDS)} or options.<i>"
-            )
+    _check_doc(cfg["doc"], FREEFORM_FIELDS if freeform else ITEM_FIELDS, where)
 
 
-def render_prompt(template: str, item: MCItem) -> str:
-    """kaft's own task's prompt from a benchmark's ``prompt`` template."""
+def render_prompt(template: str, item) -> str:
+    """kaft's own task's prompt from a benchmark's ``prompt`` template (a free-form item has only ``{question}``)."""
+    if isinstance(item, FreeFormItem):
+        return template.format(question=item.question.strip())
     opts = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(item.options))
     return template.format(question=item.question.strip(), options=opts, last=LETTERS[len(item.options) - 1])
 
 
-def _check_prompt(template, where: str) -> None:
+def _check_prompt(template, where: str, freeform: bool = False) -> None:
     names = (
         {f for _, f, _, _ in string.Formatter().parse(template) if f is not None} if isinstance(template, str) else None
     )
-    if names is None or not names <= {"question", "options", "last"} or "question" not in names:
-        raise DataError(
-            f"{where}: prompt must be a string with {{question}} (and {{options}}, {{last}}), got {template!r}"
-        )
+    allowed = {"question"} if freeform else {"question", "options", "last"}
+    if names is None or not names <= allowed or "question" not in names:
+        more = " (a free-form benchmark has no options)" if freeform else " (and {options}, {last})"
+        raise DataError(f"{where}: prompt must be a string with {{question}}{more}, got {template!r}")
 
 
-def tag_items(items: Sequence[MCItem], spec: Mapping, where: str) -> list[MCItem]:
+def tag_items(items: Sequence, spec: Mapping, where: str) -> list:
     """``items`` with the benchmark's evaluation task (``lm_eval``) or prompt (``prompt``) in their ``meta``."""
     lm, prompt = spec.get("lm_eval"), spec.get("prompt")
     if lm is None and prompt is None:
         return list(items)
     if lm is not None and prompt is not None:
         raise DataError(f"{where}: give 'lm_eval' (lm-eval's own task) or 'prompt' (kaft's own task), not both")
+    free = is_freeform(items)
     if lm is not None:
-        _check_lm_eval(lm, where)
+        _check_lm_eval(lm, where, free)
         meta = [{LM_EVAL: _lm_eval_meta(it, lm, where)} for it in items]
     else:
-        _check_prompt(prompt, where)
+        _check_prompt(prompt, where, free)
         meta = [{PROMPT: render_prompt(prompt, it)} for it in items]
-    return [MCItem(**{**it.to_dict(), "meta": {**it.meta, **m}}) for it, m in zip(items, meta)]
+    return [dataclasses.replace(it, meta={**it.meta, **m}) for it, m in zip(items, meta)]
 
 
-def load_benchmark(spec: Mapping, domain: str | None = None, **ctx) -> list[MCItem]:
-    """:func:`kaft.data.load_items` for a benchmark: its items carry the lm-eval task or prompt it is scored with."""
-    return tag_items(load_items(spec, domain, **ctx), spec, describe(spec))
+def load_benchmark(spec: Mapping, domain: str | None = None, **ctx) -> list:
+    """:func:`kaft.data.load_items` for a benchmark (free-form items for ``format: freeform``, scored by generation):
+    its items carry the lm-eval task or prompt it is scored with."""
+    fmt = spec.get("format", "mc")
+    if fmt not in FORMATS:
+        raise DataError(f"{describe(spec)}: format must be one of {list(FORMATS)}, got {fmt!r}")
+    if fmt == "freeform":
+        from kaft.detection.convert import load_freeform  # lazy: kaft.detection is needed only for free-form data
+
+        items = load_freeform(spec, domain, **ctx)
+    else:
+        items = load_items({k: v for k, v in spec.items() if k != "format"}, domain, **ctx)
+    return tag_items(items, spec, describe(spec))
 
 
 __all__ = [
+    "FORMATS",
     "LM_EVAL",
     "PROMPT",
     "load_benchmark",

@@ -8,6 +8,8 @@ accuracy is over all items). Any other benchmark becomes kaft's own task: one JS
 inline config, scoring the prompt that probing and training see (:func:`kaft.prompts.format_question`, or the
 benchmark's own ``prompt``) followed by :func:`kaft.prompts.answer_text` (``" A"``, ``" B"``, ...). Accuracy is the
 share of items whose gold letter has the highest log-likelihood (lm-eval's ``acc``, not length-normalised).
+A free-form benchmark (``format: freeform``) is scored by generation and a verifier instead, in the same lm-eval run
+(:mod:`kaft.evaluate_generative`); its entry says so (``"metric": "generative"``).
 
 lm-eval 0.4.13 notes (what this module relies on):
 
@@ -35,10 +37,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from kaft import evaluate_generative as gen_mod
 from kaft.cache import atomic_write_text
 from kaft.errors import KaftError
 from kaft.eval_tasks import LM_EVAL, PROMPT, task_override
-from kaft.items import MCItem
+from kaft.items import FreeFormItem, MCItem, is_freeform
 from kaft.prompts import DEFAULT_INSTRUCTION, LETTERS, format_question
 
 log = logging.getLogger(__name__)
@@ -96,10 +99,15 @@ def write_task_file(
 
 
 def plan_tasks(
-    sets: Mapping[str, Sequence[MCItem]], work_dir: Path, domain: str, instruction: str | None
+    sets: Mapping[str, Sequence],
+    work_dir: Path,
+    domain: str,
+    instruction: str | None,
+    generation: Mapping | None = None,
 ) -> tuple[list[dict], dict[str, list[tuple[str, list[int]]]]]:
     """lm-eval configs, and per benchmark its ``(task, item indices)``: kaft's own task for untagged items, one
-    override of lm-eval's registered task per task name that tagged items carry (MMLU*: one per subject)."""
+    override of lm-eval's registered task per task name that tagged items carry (MMLU*: one per subject). A free-form
+    benchmark's tasks are ``generate_until`` ones with ``generation`` (:mod:`kaft.evaluate_generative`)."""
     configs, plan, taken = [], {}, set()
     for name, items in sets.items():
         groups: dict[str | None, list[int]] = {}
@@ -109,14 +117,23 @@ def plan_tasks(
         for lm_task, idx in groups.items():
             task = task_name(name if lm_task is None else f"{name}__{lm_task}", taken)
             taken.add(task)
-            if lm_task is None:
-                path = write_task_file([items[i] for i in idx], work_dir, name, domain, instruction)
-                configs.append(task_config(task, path))
-            else:
-                path = write_docs([items[i].meta[LM_EVAL]["doc"] for i in idx], work_dir, task)
-                configs.append(task_override(lm_task, task, path))
+            part = [items[i] for i in idx]
+            configs.append(_config(task, lm_task, part, work_dir, name, domain, instruction, generation))
             plan[name].append((task, idx))
     return configs, plan
+
+
+def _config(task, lm_task, items, work_dir, name, domain, instruction, generation) -> dict:
+    """One task's config, its rows written under ``work_dir``."""
+    if lm_task is not None:
+        path = write_docs([it.meta[LM_EVAL]["doc"] for it in items], work_dir, task)
+        if is_freeform(items):
+            return gen_mod.shipped_config(lm_task, task, path, gen_mod.generation_settings(generation))
+        return task_override(lm_task, task, path)
+    if is_freeform(items):
+        path = write_docs([gen_mod.freeform_doc(it, domain, instruction) for it in items], work_dir, task_name(name))
+        return gen_mod.task_config(task, path, gen_mod.generation_settings(generation))
+    return task_config(task, write_task_file(items, work_dir, name, domain, instruction))
 
 
 def task_config(task: str, data_file: str | Path) -> dict:
@@ -143,19 +160,22 @@ def task_config(task: str, data_file: str | Path) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- validation
-def _check(benchmarks: Mapping[str, Sequence[MCItem]], limit: int | None) -> dict[str, list[MCItem]]:
+def _check(benchmarks: Mapping[str, Sequence], limit: int | None) -> dict[str, list]:
     if not isinstance(benchmarks, Mapping) or not benchmarks:
         raise EvalError("no benchmarks to evaluate (expected a mapping name -> items)")
     if limit is not None and int(limit) < 1:
         raise EvalError(f"limit must be a positive number of items, got {limit!r}")
-    out: dict[str, list[MCItem]] = {}
+    out: dict[str, list] = {}
     for name, items in benchmarks.items():
         items = list(items or [])
         if not items:
             raise EvalError(f"benchmark {name!r} has no items")
+        kind = FreeFormItem if isinstance(items[0], FreeFormItem) else MCItem  # one benchmark, one kind of item
         for k, it in enumerate(items):
-            if not isinstance(it, MCItem):
-                raise EvalError(f"benchmark {name!r}: item {k} is a {type(it).__name__}, not an MCItem")
+            if not isinstance(it, kind):
+                raise EvalError(f"benchmark {name!r}: item {k} is a {type(it).__name__}, not an {kind.__name__}")
+            if kind is FreeFormItem:
+                continue
             if not 2 <= len(it.options) <= len(LETTERS) or not 0 <= int(it.answer) < len(it.options):
                 raise EvalError(
                     f"benchmark {name!r}: item {it.id!r} has answer {it.answer} for {len(it.options)} options"
@@ -235,6 +255,9 @@ def _make_lm(model, tokenizer, batch_size: int, max_length: int | None, progress
         def loglikelihood(self, requests, disable_tqdm: bool = False):
             return super().loglikelihood(requests, disable_tqdm=disable_tqdm or not progress)
 
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            return super().generate_until(requests, disable_tqdm=disable_tqdm or not progress)
+
     kw: dict[str, Any] = {}
     if max_length:
         kw["max_length"] = int(max_length)
@@ -253,7 +276,7 @@ def _num(x) -> float | None:
 def evaluate(
     model,
     tokenizer,
-    benchmarks: Mapping[str, Sequence[MCItem]],
+    benchmarks: Mapping[str, Sequence],
     work_dir: str | Path,
     domain: str,
     instruction: str | None = None,
@@ -263,6 +286,8 @@ def evaluate(
     per_item: bool = False,
     progress: bool = False,
     max_length: int | None = None,
+    verifier: Mapping | None = None,
+    generation: Mapping | None = None,
 ) -> dict:
     """Zero-shot accuracy of the in-memory ``model`` on each benchmark, through lm-eval.
 
@@ -276,6 +301,12 @@ def evaluate(
     where ``average`` is the unweighted mean of the benchmarks' accuracies (the paper's Avg.). With
     ``per_item=True`` each benchmark also gets ``"items"``: ``[{"id", "answer", "pred", "logprobs"}]`` in input
     order. ``model``'s train/eval mode and the global RNG states are restored afterwards.
+
+    A free-form benchmark is scored by greedy generation (``generation``: ``max_new_tokens``, ``stop``) judged by the
+    ``verifier`` config (None = exact); its entry adds ``metric: "generative"``, ``verifier``, ``n_judged``,
+    ``no_verdict``, ``exact_match`` (lm-eval's) and per item ``{"id", "response", "correct"}``
+    (:mod:`kaft.evaluate_generative`). Its ``acc`` is None when no response got a verdict; ``average`` is then over
+    the benchmarks that have one.
     """
     # lazy: lm-eval imports torch and datasets; needed only by an uncached evaluation. Imported first, so that
     # without lm-eval no task file is written.
@@ -286,12 +317,37 @@ def evaluate(
         raise EvalError(f"batch_size must be >= 1, got {batch_size!r}")
     work_dir = Path(work_dir).expanduser().resolve()
 
-    configs, plan = plan_tasks(sets, work_dir, domain, instruction)
-    out = _simple_evaluate(model, tokenizer, configs, batch_size, max_length, per_item=per_item, progress=progress)
-    res = {name: _collect(out, parts, sets[name], per_item) for name, parts in plan.items()}
-    average = sum(v["acc"] for v in res.values()) / len(res)
-    log.info("evaluation: %s | average %.4f", ", ".join(f"{k} {v['acc']:.4f}" for k, v in res.items()), average)
+    free = {name for name, items in sets.items() if is_freeform(items)}
+    judge = None
+    if free:  # before any task file is written or the model runs: a bad verifier config is one line
+        from kaft.verifiers import make_verifier  # lazy: only free-form benchmarks are judged
+
+        judge = make_verifier(verifier)
+        generation = gen_mod.generation_settings(generation)
+    configs, plan = plan_tasks(sets, work_dir, domain, instruction, generation)
+    out = _simple_evaluate(
+        model, tokenizer, configs, batch_size, max_length, per_item=per_item or bool(free), progress=progress
+    )
+    res = _collect_all(out, plan, sets, configs, judge, per_item)
+    accs = [v["acc"] for v in res.values() if v["acc"] is not None]
+    average = sum(accs) / len(accs) if accs else None
+    log.info("evaluation: %s | average %s", ", ".join(f"{k} {_fmt(v['acc'])}" for k, v in res.items()), _fmt(average))
     return {"benchmarks": res, "average": average}
+
+
+def _collect_all(out: dict, plan: Mapping, sets: Mapping, configs: list[dict], judge, per_item: bool) -> dict:
+    """Every benchmark's entry: log-likelihood accuracy, or for a free-form one the ``judge``'s verdicts."""
+    by_task = {c["task"]: c for c in configs}
+    return {
+        name: gen_mod.collect(out, parts, by_task, sets[name], judge, per_item)
+        if is_freeform(sets[name])
+        else _collect(out, parts, sets[name], per_item)
+        for name, parts in plan.items()
+    }
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
 
 
 def _simple_evaluate(

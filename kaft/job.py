@@ -325,13 +325,28 @@ def finished(run_dir: Path) -> dict | None:
     return saved if saved.get("status") == "done" and saved.get("metrics") else None
 
 
+def _acc(x: float | None) -> str:
+    return f"{x if x is not None else float('nan'):>8.4f}"
+
+
+def _metric_kind(r: dict) -> str:
+    """A benchmark row's metric: log-likelihood accuracy, or a generative one judged by its verifier (lm-eval's
+    exact_match beside it; responses without a verdict, as an LLM judge's unparseable output, counted)."""
+    if r.get("metric") != "generative":
+        return "loglik acc"
+    em = "n/a" if r.get("exact_match") is None else f"{r['exact_match']:.4f}"
+    dropped = f", {r['no_verdict']} without verdict" if r.get("no_verdict") else ""
+    return f"generative, verifier {r.get('verifier')} (exact_match {em}{dropped})"
+
+
 def print_results(results: dict) -> None:
     m, b = results["metrics"], results.get("base_metrics")
-    lines = [f"{'benchmark':<20} {'base':>8} {'tuned':>8}"]
+    gen = any(r.get("metric") == "generative" for r in m["benchmarks"].values())
+    lines = [f"{'benchmark':<20} {'base':>8} {'tuned':>8}" + ("  metric" if gen else "")]
     for name, r in m["benchmarks"].items():
-        base = b["benchmarks"][name]["acc"] if b else float("nan")
-        lines.append(f"{name:<20} {base:>8.4f} {r['acc']:>8.4f}")
-    lines.append(f"{'average':<20} {(b['average'] if b else float('nan')):>8.4f} {m['average']:>8.4f}")
+        base = b["benchmarks"][name]["acc"] if b else None
+        lines.append(f"{name:<20} {_acc(base)} {_acc(r['acc'])}" + (f"  {_metric_kind(r)}" if gen else ""))
+    lines.append(f"{'average':<20} {_acc(b['average'] if b else None)} {_acc(m['average'])}")
     det = results["detection"]
     print("\n".join(lines))
     print(f"subsets {results['subsets']}  score mean={det['mean']:.3f}{diagnostics.headlines(det)}")

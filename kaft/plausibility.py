@@ -17,6 +17,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from kaft import targets
 from kaft.prompts import DEFAULT_INSTRUCTION, answer_text, format_question
 
 log = logging.getLogger("kaft")
@@ -88,6 +89,16 @@ def _prompt(it, dom: str, ins: str) -> str:
     return format_question(it.question, it.options, it.domain or dom, ins)
 
 
+def _eval_text(it, dom: str, ins: str, raw_ins: str | None) -> str:
+    """What evaluation feeds the model for one item: the zero-shot prompt and its answer (a free-form item's
+    generative prompt and reference; its own instruction default when the dataset sets none)."""
+    from kaft.eval_tasks import PROMPT
+
+    if not hasattr(it, "options"):
+        return (it.meta.get(PROMPT) or targets.prompt(it, dom, raw_ins)) + " " + it.answer
+    return (it.meta.get(PROMPT) or _prompt(it, dom, ins)) + answer_text(it.answer)
+
+
 def _detection_longest(cfg: Mapping, train: Sequence, count, train_lens: list[int]) -> tuple[int, str, int] | None:
     """(tokens, item id, shots) of the longest detection prompt: every item is asked behind the same k
     demonstrations (``choose_shots``), so the longest is among the longest questions and the demonstrations' own
@@ -130,7 +141,6 @@ def prompt_lengths(cfg: Mapping, train: Sequence, evals: Mapping[str, Sequence],
     answer, special prefix included, with ``n_over`` the examples over ``train.max_length``) and ``evaluation``
     (zero-shot prompt + answer; a benchmark's own ``prompt`` where it has one). Free-form training items (multiple
     choice only after detection) have no training or detection prompt yet and are left out."""
-    from kaft.eval_tasks import PROMPT
     from kaft.train.examples import special_prefix
 
     count = _counter(tokenizer)
@@ -157,7 +167,7 @@ def prompt_lengths(cfg: Mapping, train: Sequence, evals: Mapping[str, Sequence],
     best = None
     for name, items in evals.items():
         items = list(items)[: int(limit)] if limit else list(items)
-        texts = [(it.meta.get(PROMPT) or _prompt(it, dom, ins)) + answer_text(it.answer) for it in items]
+        texts = [_eval_text(it, dom, ins, cfg["dataset"].get("instruction")) for it in items]
         for it, n in zip(items, count(texts, True)):
             if best is None or n > best["tokens"]:
                 best = {"tokens": n, "id": it.id, "benchmark": name}

@@ -38,10 +38,15 @@ class Results(TypedDict, total=False):
     job: dict  # name, override_dirname, num, run_dir (Hydra's view of the job)
     overrides: list[str]  # the job's command-line overrides
     data: dict  # n_train, n_eval {benchmark: n}, fingerprints {train, <benchmark>: ...}
-    metrics: dict | None  # the evaluated model: benchmarks {name: {acc, acc_stderr, n, ...}}, average
+    metrics: dict | None  # the evaluated model: benchmarks {name: {acc, acc_stderr, n, ...}}, average. A free-form
+    # benchmark (kaft.evaluate_generative) adds metric: "generative", verifier (its name), n_judged, no_verdict
+    # (responses without a verdict, left out of acc), exact_match, exact_match_stderr (lm-eval's); its acc is the
+    # verifier's fraction correct (null when no response got a verdict; average is then over the others).
+    # Multiple-choice entries have no "metric" key: their acc is lm-eval's log-likelihood accuracy.
     base_metrics: dict | None  # the same for the base model (null when not evaluated)
     delta_vs_base: float | None  # metrics.average - base_metrics.average
-    fine_grained: dict | None  # per-subset accuracies (evaluation.fine_grained)
+    fine_grained: dict | None  # per-subset accuracies (evaluation.fine_grained); a free-form benchmark's entry is
+    # {"skipped": why} (kaft.stages.FREEFORM_FINE_GRAINED)
     strategy: dict  # what the data strategy selected
     detection: dict  # Score statistics: mean, std, min, max, histogram_10bins, mean_by_subset, flag
     # rates, and the registered diagnostics' values (testbed: auroc_contradict, ...)

@@ -76,6 +76,19 @@ class EvaluationSettings:
     )
     base: bool = fields.flag(True, help="also evaluate the base model")
     fine_grained: bool = fields.flag(False, help="KaFT Table 1: accuracy per conflict subset of each benchmark")
+    generation: dict | None = fields.unchecked(
+        None,
+        check=lambda label, value: _check_generation(value),
+        help="free-form benchmarks' greedy generation: max_new_tokens, stop (kaft.evaluate_generative)",
+    )
+
+
+def _check_generation(value: Any) -> dict:
+    from kaft.evaluate_generative import generation_settings  # lazy: the evaluation modules are not config checks'
+
+    if value is not None and not isinstance(value, Mapping):
+        raise ConfigError(f"evaluation.generation must be a mapping (max_new_tokens, stop), got {value!r}")
+    return generation_settings(value)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,8 +31,15 @@ from kaft.cache import Cache, atomic_write_json, make_key
 from kaft.detection import convert, sample_responses
 from kaft.errors import ConfigError
 from kaft.evaluate import evaluate
+from kaft.evaluate_generative import generation_settings
+from kaft.items import is_freeform
 
 log = logging.getLogger("kaft")
+
+FREEFORM_FINE_GRAINED = (
+    "a free-form benchmark is scored by generation; KaFT Table 1's subsets need it probed as multiple choice "
+    "(no free-form detector here), so it has no per-subset accuracy"
+)
 
 # bumped when a stage's code changes in a way that changes its artifact
 STAGE_VERSIONS = {"data": 1, "detect": 2, "partition": 1, "train": 1, "evaluate": 1}
@@ -339,10 +346,12 @@ def stage_evaluate(
 ) -> StageResult:
     """Accuracy on every benchmark of the model ``get_model()`` returns (called only on a cache miss), cached per
     ``tag_key`` (``("base", model id)`` or ``("tuned", train key)``). Value: the metrics."""
-    ev = {k: v for k, v in ctx.plain("evaluation").items() if k not in ("base", "fine_grained")}
+    ev = {k: v for k, v in ctx.plain("evaluation").items() if k not in ("base", "fine_grained", "generation")}
     per_item = bool(ctx.cfg.evaluation.get("fine_grained", False))
     if per_item:
         ev["per_item"] = True
+    generative = generative_settings(ctx, evals)
+    ev.update(generative)  # only with a free-form benchmark: a multiple-choice evaluation keeps its key
     key = make_key(
         "evaluate", STAGE_VERSIONS["evaluate"], tag_key, {n: ctx.fps[n] for n in evals}, ev, ctx.domain, ctx.instruction
     )
@@ -359,11 +368,23 @@ def stage_evaluate(
             batch_size=int(ctx.cfg.evaluation.batch_size),
             limit=ctx.cfg.evaluation.get("limit"),
             per_item=per_item,
+            **generative,
         )
         atomic_write_json(tmp / "metrics.json", metrics)
 
     hit = ctx.cache.get_or_create("evaluate", key, build)
     return StageResult(json.loads((hit.path / "metrics.json").read_text()), hit.cached, key)
+
+
+def generative_settings(ctx: StageContext, evals: Mapping[str, list]) -> dict:
+    """``{verifier, generation}`` when a benchmark is free-form (scored by generation and the job's verifier), else
+    ``{}``: those settings enter the evaluate key only where they change a number."""
+    if not any(is_freeform(items) for items in evals.values()):
+        return {}
+    return {
+        "verifier": plain(ctx.cfg.get("verifier")) or {"name": "exact"},
+        "generation": generation_settings(plain(ctx.cfg.evaluation.get("generation"))),
+    }
 
 
 def fine_grained(
@@ -374,6 +395,10 @@ def fine_grained(
     Returns (the table, ``detect_<benchmark>`` -> cache hit)."""
     out, hits = {}, {}
     for name, items in evals.items():
+        if is_freeform(items):  # detection here probes multiple choice: a free-form benchmark has no options
+            out[name] = {"skipped": FREEFORM_FINE_GRAINED}
+            log.warning("fine-grained evaluation: benchmark %r skipped: %s", name, FREEFORM_FINE_GRAINED)
+            continue
         det = stage_detect(ctx, items, which=name)
         hits[f"detect_{name}"] = det.cache_hit
         subsets = stage_partition(ctx, det.value, det.key).value.subsets

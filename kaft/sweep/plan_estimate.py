@@ -18,6 +18,7 @@ from kaft import stages as S
 from kaft import strategy as strategy_mod
 from kaft.errors import KaftError
 from kaft.prompts import answer_text, format_question
+from kaft.targets import prompt
 
 GB = 2**30
 OVERHEAD_GB = 1.5  # CUDA context, cuBLAS workspace and allocator slack per process
@@ -235,8 +236,8 @@ def measure(cfg, train: list | None, evals: dict | None, tok, n: int) -> Lengths
     tr = [
         count(format_question(it.question, it.options, it.domain or dom, **kw) + answer_text(it.answer)) for it in items
     ]
-    ev = [
-        count(format_question(it.question, it.options, it.domain or dom, **kw) + " " + max(it.options, key=len))
+    ev = [  # a free-form item: its generative prompt and reference answer
+        count(prompt(it, dom, ins) + " " + (max(it.options, key=len) if hasattr(it, "options") else it.answer))
         for items_b in (evals or {}).values()
         for it in items_b[:n]
     ] or tr
