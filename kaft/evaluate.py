@@ -173,7 +173,8 @@ def _check(benchmarks: Mapping[str, Sequence], limit: int | None) -> dict[str, l
         kind = FreeFormItem if isinstance(items[0], FreeFormItem) else MCItem  # one benchmark, one kind of item
         for k, it in enumerate(items):
             if not isinstance(it, kind):
-                raise EvalError(f"benchmark {name!r}: item {k} is a {type(it).__name__}, not an {kind.__name__}")
+                a = "an" if kind is MCItem else "a"
+                raise EvalError(f"benchmark {name!r}: item {k} is a {type(it).__name__}, not {a} {kind.__name__}")
             if kind is FreeFormItem:
                 continue
             if not 2 <= len(it.options) <= len(LETTERS) or not 0 <= int(it.answer) < len(it.options):
