@@ -156,9 +156,7 @@ def collect(
         "exact_match_stderr": _stderr(em, em_n) if em is not None else None,
     }
     if per_item:
-        entry["items"] = [
-            {"id": items[i].id, "response": responses[i], "correct": v} for i, v in zip(order, verdicts)
-        ]
+        entry["items"] = [{"id": items[i].id, "response": responses[i], "correct": v} for i, v in zip(order, verdicts)]
     return entry
 
 

@@ -101,6 +101,9 @@ def test_print_results_names_the_metric(capsys):
     print_results(results)
     out = capsys.readouterr().out
     assert "mc                        nan   0.5000  loglik acc" in out
-    assert "free                      nan   0.2500  generative, verifier exact (exact_match 0.3750, 1 without verdict)" in out
+    assert (
+        "free                      nan   0.2500  generative, verifier exact (exact_match 0.3750, 1 without verdict)"
+        in out
+    )
     print_results({**results, "metrics": {"benchmarks": {"mc": metrics["benchmarks"]["mc"]}, "average": 0.5}})
     assert "metric" not in capsys.readouterr().out.splitlines()[0]  # a multiple-choice table is as it was

@@ -52,7 +52,7 @@ def test_requests_are_triviaqa_prompts_with_its_stops(items, tmp_path):
     from lm_eval.tasks import TaskManager
 
     configs, plan = plan_tasks({"trivia": items}, tmp_path, "trivia", None, {"max_new_tokens": 5, "stop": ["\n"]})
-    (task, idx), = plan["trivia"]
+    ((task, idx),) = plan["trivia"]
     assert idx == list(range(len(items))) and configs[0]["generation_kwargs"]["max_gen_toks"] == 5
     loaded = TaskManager(include_defaults=False).load(configs)["tasks"][task]
     loaded.set_config(key="num_fewshot", value=0)
