@@ -37,8 +37,8 @@ from kaft.items import is_freeform
 log = logging.getLogger("kaft")
 
 FREEFORM_FINE_GRAINED = (
-    "a free-form benchmark is scored by generation; KaFT Table 1's subsets need it probed as multiple choice "
-    "(no free-form detector here), so it has no per-subset accuracy"
+    "a free-form benchmark is scored by generation; KaFT Table 1's subsets come from probing a benchmark with the "
+    "job's multiple-choice detection, which free-form items (no options) cannot take, so it has no per-subset accuracy"
 )
 
 # bumped when a stage's code changes in a way that changes its artifact
