@@ -92,7 +92,9 @@ def test_every_benchmark_file_is_used_by_a_dataset():
     for d in NEW_DATASETS:
         used |= {k for k in _compose([f"dataset={d}"]).dataset.eval}
     files = {p.stem for p in (CONF / "dataset" / "benchmark").glob("*.yaml")}
-    assert files == used
+    # composed on demand (+dataset/benchmark@dataset.eval.triviaqa=triviaqa: test_evaluate_generative_lm_eval.py)
+    opt_in = {"triviaqa"}
+    assert files - opt_in == used
 
 
 def test_a_benchmark_can_be_dropped_from_the_suite():

@@ -97,3 +97,21 @@ def test_freeform_spec_errors(tmp_path):
         load_benchmark({**SPEC, "format": "essay"})
     own = load_benchmark({k: v for k, v in SPEC.items() if k != "lm_eval"} | {"prompt": "Q: {question}\nA:"})
     assert own[0].meta[PROMPT] == "Q: Which organ pumps blood\nA:"
+
+
+def test_the_documented_override_composes_and_loads(tmp_path):
+    """`+dataset/benchmark@dataset.eval.triviaqa=triviaqa dataset.eval.triviaqa.path=...` (docs/configuration.md)
+    adds the free-form benchmark to a dataset's suite; the data stage loads it beside the multiple-choice ones."""
+    from hydra import compose, initialize_config_dir
+
+    from kaft import stages as S
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(
+            config_name="config",
+            overrides=["+dataset/benchmark@dataset.eval.triviaqa=triviaqa", f"dataset.eval.triviaqa.path={FIXTURE}"],
+        )
+    data = S.stage_data(cfg, None)
+    assert set(data.evals) == {"testbed_id", "testbed_ood", "triviaqa"}
+    assert [it.id for it in data.evals["triviaqa"]] == ["tqa_1", "tqa_2", "tqa_3", "tqa_4"]
+    assert data.evals["triviaqa"][0].meta[LM_EVAL]["task"] == "triviaqa"
