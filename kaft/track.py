@@ -137,16 +137,17 @@ def _flatten(prefix: str, obj: Any, out: dict) -> None:
 def summary_metrics(results: Mapping) -> dict[str, float | int]:
     """The flat scalar metrics a tracker shows for one job.
 
-    ``acc/<benchmark>``, ``acc_stderr/<benchmark>``, ``n/<benchmark>``, ``average`` (tuned model), the same under
-    ``base/`` for the base model, ``delta_vs_base``, ``time/<stage>`` (seconds), ``cache/<stage>`` (1 = hit) and
-    ``failed`` (0/1).
+    ``acc/<benchmark>``, ``acc_stderr/<benchmark>``, ``n/<benchmark>`` (a free-form benchmark also lm-eval's
+    ``exact_match/<benchmark>`` and the verifier's ``no_verdict/<benchmark>``), ``average`` (tuned model), the same
+    under ``base/`` for the base model, ``delta_vs_base``, ``time/<stage>`` (seconds), ``cache/<stage>`` (1 = hit)
+    and ``failed`` (0/1).
     """
     out: dict[str, float | int] = {}
     for prefix, m in (("", results.get("metrics")), ("base/", results.get("base_metrics"))):
         if not isinstance(m, Mapping):
             continue
         for name, r in (m.get("benchmarks") or {}).items():
-            for key in ("acc", "acc_stderr", "n"):
+            for key in ("acc", "acc_stderr", "n", "exact_match", "no_verdict"):
                 if (n := _number((r or {}).get(key))) is not None:
                     out[f"{prefix}{key}/{name}"] = n
         if (n := _number(m.get("average"))) is not None:

@@ -107,3 +107,12 @@ def test_print_results_names_the_metric(capsys):
     )
     print_results({**results, "metrics": {"benchmarks": {"mc": metrics["benchmarks"]["mc"]}, "average": 0.5}})
     assert "metric" not in capsys.readouterr().out.splitlines()[0]  # a multiple-choice table is as it was
+
+
+def test_tracker_gets_the_generative_numbers():
+    from kaft.track import summary_metrics
+
+    gen = {"acc": 0.25, "acc_stderr": None, "n": 8, "no_verdict": 1, "metric": "generative", "exact_match": 0.375}
+    flat = summary_metrics({"metrics": {"benchmarks": {"free": gen, "mc": {"acc": 0.5, "n": 4}}, "average": 0.375}})
+    assert flat["exact_match/free"] == 0.375 and flat["no_verdict/free"] == 1 and flat["acc/free"] == 0.25
+    assert "exact_match/mc" not in flat and "metric/free" not in flat
