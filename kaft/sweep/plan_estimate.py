@@ -236,11 +236,14 @@ def measure(cfg, train: list | None, evals: dict | None, tok, n: int) -> Lengths
     tr = [
         count(format_question(it.question, it.options, it.domain or dom, **kw) + answer_text(it.answer)) for it in items
     ]
-    ev = [  # a free-form item: its generative prompt and reference answer
-        count(prompt(it, dom, ins) + " " + (max(it.options, key=len) if hasattr(it, "options") else it.answer))
-        for items_b in (evals or {}).values()
-        for it in items_b[:n]
-    ] or tr
+    ev = (
+        [  # a free-form item: its generative prompt and reference answer
+            count(prompt(it, dom, ins) + " " + (max(it.options, key=len) if hasattr(it, "options") else it.answer))
+            for items_b in (evals or {}).values()
+            for it in items_b[:n]
+        ]
+        or tr
+    )
     return Lengths(max(probe), sum(probe) / len(probe), sum(tr) / len(tr), sum(ev) / len(ev), how)
 
 
