@@ -79,3 +79,34 @@ def test_plan_exits_non_zero_when_it_lists_a_problem(tiny, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "problem     config: loss kaft: 'alpha' must be in [0, 1], got 2" in out
     assert plan.main(_args(tiny, tmp_path, "-m", "alpha=0.1,0.5")) == 0
+
+
+def test_the_sweeper_and_launcher_reuse_the_preflight_compositions(tiny, tmp_path):
+    """Hydra composes each job again in validate_batch_is_legal and launch; after expand() the loader answers those
+    calls with a copy of the preflight's composition: equal to a fresh one, a new object each call (a job's edits do
+    not leak into the next), and overrides it did not compose are composed as before."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(plan.CONF), version_base="1.3", job_name="run"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("config", _args(tiny, tmp_path, "loss=kaft,eaft"), run_mode=RunMode.MULTIRUN)
+        jobs = preflight.expand(loader, master)
+        fresh = loader.load_sweep_config._kaft_compose
+        calls = []
+        loader.load_sweep_config._kaft_compose = lambda m, ov: calls.append(ov) or fresh(m, ov)
+        preflight.share_compositions(loader, master, {tuple(ov): cfg for _, ov, cfg in jobs})
+        for _, ov, _ in jobs:
+            a, b = loader.load_sweep_config(master, ov), loader.load_sweep_config(master, ov)
+            assert a is not b
+            want = fresh(master, ov)
+            for c in (a, b):
+                c.hydra.job.id = c.hydra.job.num = want.hydra.job.id = want.hydra.job.num = 0
+            assert OmegaConf.to_container(a) == OmegaConf.to_container(want)
+        assert calls == []  # no job was composed again
+        other = [o for o in jobs[0][1] if not o.startswith("loss=")] + ["loss=dft"]
+        assert loader.load_sweep_config(master, other).loss.name == "dft" and calls == [other]
+    GlobalHydra.instance().clear()
