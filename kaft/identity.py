@@ -36,6 +36,13 @@ log = logging.getLogger("kaft")
 #: GPU is reused on the CPU). Everything else is part of the identity.
 NOT_IN_IDENTITY = ("progress", "force", "logger", "cache_dir", "device")
 PARTS = ("config", "data", "model", "code")
+#: config keys added after results were first recorded, whose default reproduces what kaft did before them: dotted
+#: path -> that default. At its default such a key is left out of the identity's config part (and the stages leave
+#: it out of their cache keys, :func:`without_new_defaults`), so adding it changed no default job's identity or
+#: artifacts; set to anything else, it is in both. Add a key here when it is added with such a default.
+NEW_DEFAULTS: dict[str, Any] = {
+    "train.target": "auto",  # kaft.targets: auto = letter on multiple-choice data, what kaft always trained on
+}
 SHOWN = 4  # differences named in one error line
 
 
@@ -44,9 +51,22 @@ class RerunError(KaftError):
 
 
 # ----------------------------------------------------------------------------------------------- the parts
+def without_new_defaults(section: Mapping, prefix: str = "") -> dict:
+    """``section`` (the config at dotted path ``prefix``; "" = the whole config) without the :data:`NEW_DEFAULTS`
+    keys under it that hold their default (nested mappings copied, the rest as is)."""
+    out = {}
+    for k, v in section.items():
+        path = f"{prefix}.{k}" if prefix else str(k)
+        if path in NEW_DEFAULTS and v == NEW_DEFAULTS[path]:
+            continue
+        out[k] = without_new_defaults(v, path) if isinstance(v, Mapping) else v
+    return out
+
+
 def config_part(cfg: DictConfig | Mapping, method: str | None) -> dict:
     """The identity's config part: ``cfg`` resolved (a job config without Hydra's node, or results.json's ``config``)
-    without :data:`NOT_IN_IDENTITY` and train's checkpoint keys, plus the ``method`` label, as JSON would store it."""
+    without :data:`NOT_IN_IDENTITY`, train's checkpoint keys and the :data:`NEW_DEFAULTS` keys at their default,
+    plus the ``method`` label, as JSON would store it."""
     from kaft.track import redact
     from kaft.train.config import CHECKPOINT_KEYS
 
@@ -54,6 +74,7 @@ def config_part(cfg: DictConfig | Mapping, method: str | None) -> dict:
     c = {k: v for k, v in c.items() if k not in NOT_IN_IDENTITY and k != "hydra"}
     if isinstance(c.get("train"), Mapping):
         c["train"] = {k: v for k, v in c["train"].items() if k not in CHECKPOINT_KEYS}
+    c = without_new_defaults(c)
     c["method"] = method
     return json.loads(json.dumps(redact(c), default=str))  # results.json holds it redacted, as JSON
 
@@ -217,6 +238,7 @@ def reusable(run_dir: str | Path, cfg: DictConfig, method: str | None, multirun:
 
 
 __all__ = [
+    "NEW_DEFAULTS",
     "NOT_IN_IDENTITY",
     "PARTS",
     "RerunError",
@@ -231,4 +253,5 @@ __all__ = [
     "stale",
     "summary",
     "way_out",
+    "without_new_defaults",
 ]

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kaft import data as data_mod
 from kaft import detection as detect_mod
-from kaft import eval_tasks, modeling
+from kaft import eval_tasks, modeling, targets
 from kaft import partition as partition_mod
 from kaft import strategy as strategy_mod
 from kaft.cache import Cache, atomic_write_json, make_key
@@ -114,15 +114,7 @@ def stage_data(cfg: DictConfig, cache: Cache) -> Data:
     ctx = source_context(cfg)
     if not ds.get("eval"):
         raise ConfigError(f"dataset {ds.name!r} has no eval benchmarks (dataset.eval is empty)")
-    freeform = ds.train.get("format", "mc") == "freeform"
-    if freeform != (cfg.detection.name == "mc_conversion"):
-        raise ConfigError(
-            "free-form training data (dataset.train.format: freeform) needs detection=mc_conversion, "
-            "and detection=mc_conversion needs free-form training data"
-            if freeform
-            else "detection=mc_conversion needs free-form training data (dataset.train.format: freeform, "
-            "e.g. dataset=testbed_freeform)"
-        )
+    check_train_format(cfg)
     for spec in [ds.train, *ds.eval.values()]:
         data_mod.check_spec({k: v for k, v in plain(spec).items() if k != "format"})
     train = load_train(cfg)
@@ -131,6 +123,24 @@ def stage_data(cfg: DictConfig, cache: Cache) -> Data:
         evals[name] = eval_tasks.load_benchmark(plain(spec), domain=spec.get("domain", ds.domain), **ctx)
     fps = {"train": data_mod.fingerprint(train), **{n: data_mod.fingerprint(v) for n, v in evals.items()}}
     return Data(train, evals, fps)
+
+
+def check_train_format(cfg: Any) -> None:
+    """Free-form training data needs a detection that reads free-form items (its ``input``: MC conversion,
+    generative detection), and such a detection needs free-form data; a one-line ConfigError otherwise."""
+    freeform = cfg.dataset.train.get("format", "mc") == "freeform"
+    reads = detect_mod.DETECTORS.get(cfg.detection.get("name", "diversified")).input
+    if freeform == (reads == "freeform"):
+        return
+    if freeform:
+        raise ConfigError(
+            "free-form training data (dataset.train.format: freeform) needs a detection that reads free-form "
+            f"items (detection=mc_conversion), not detection={cfg.detection.name}"
+        )
+    raise ConfigError(
+        f"detection={cfg.detection.name} needs free-form training data (dataset.train.format: freeform, "
+        "e.g. dataset=testbed_freeform)"
+    )
 
 
 def load_train(cfg: DictConfig) -> list:
@@ -307,8 +317,9 @@ def stage_train(ctx: StageContext, items: list, weights: list[float], records: l
 
     # preference losses train on the detection samples: those are part of what the adapter depends on
     samples = [(r["id"], r.get("answers")) for r in records] if records is not None else None
-    # how often progress is saved does not change the adapter
-    train_cfg = {k: v for k, v in ctx.plain("train").items() if k not in CHECKPOINT_KEYS}
+    # how often progress is saved does not change the adapter; train.target enters as the kind it resolves to
+    train_cfg = {k: v for k, v in ctx.plain("train").items() if k not in (*CHECKPOINT_KEYS, "target")}
+    kind = targets.resolve(ctx.cfg.train.get("target"), items)
     key = make_key(
         "train",
         STAGE_VERSIONS["train"],
@@ -321,6 +332,7 @@ def stage_train(ctx: StageContext, items: list, weights: list[float], records: l
         ctx.seed,
         ctx.domain,
         ctx.instruction,
+        *([] if kind == "letter" else [{"target": kind}]),  # a letter target keeps the key it had before targets
     )
     tuned = {}
 
@@ -339,6 +351,18 @@ def stage_train(ctx: StageContext, items: list, weights: list[float], records: l
 
     hit = ctx.cache.get_or_create("train", key, build, meta={"n_items": len(items)})
     return StageResult(Trained(tuned.get("model"), hit.path), hit.cached, key)
+
+
+def train_target(trained: Trained | None) -> dict | None:
+    """results.json's ``train_target``: ``{kind, mean_label_tokens}`` from the adapter's ``train_log.json`` (None
+    when nothing was trained; ``mean_label_tokens`` None for an adapter trained before kaft recorded it)."""
+    if trained is None:
+        return None
+    try:
+        saved = json.loads((Path(trained.adapter_dir) / "train_log.json").read_text())
+    except (OSError, ValueError):
+        saved = {}
+    return {"kind": saved.get("target", "letter"), "mean_label_tokens": saved.get("mean_label_tokens")}
 
 
 def stage_evaluate(
