@@ -143,6 +143,32 @@ def check_train_format(cfg: Any) -> None:
     )
 
 
+def trains_converted(cfg: Any) -> bool:
+    """Whether a job whose detection converts free-form items to multiple choice (``mc_conversion``) trains on the
+    converted items: only with ``train.target=letter`` or ``option``, kaft's own reading. By default it trains on
+    the free-form responses, as ILP does: MC conversion is for detection and analysis, "it does not alter the
+    original SFT training objective" (ILP §3.1.1)."""
+    return (cfg.train.get("target") or "auto") in ("letter", "option")
+
+
+def training_items(cfg: Any, train: list, records: list[dict]) -> list:
+    """What the job partitions, selects from and trains on, aligned with the detection ``records``: the loaded
+    items; for records that carry a converted multiple-choice ``item`` (MC conversion), the free-form items in the
+    records' order (matched by id), or the converted items themselves when :func:`trains_converted`."""
+    if not (records and "item" in records[0]):
+        return train
+    if trains_converted(cfg):
+        return [data_mod.MCItem.from_dict(r["item"]) for r in records]
+    by_id = {it.id: it for it in train}
+    missing = [r["id"] for r in records if r["id"] not in by_id]
+    if missing:
+        raise ConfigError(
+            f"detection record {missing[0]!r} is not an item of the training set ({len(missing)} such); the "
+            "detection artifact is of other data: re-run with force=true"
+        )
+    return [by_id[r["id"]] for r in records]
+
+
 def load_train(cfg: DictConfig) -> list:
     """The training set as the data stage loads it (free-form items for ``format: freeform``); kaft.export reloads
     it with a finished job's config, because detection's records hold scores, not questions."""
