@@ -34,6 +34,9 @@ from kaft.evaluate import evaluate
 from kaft.evaluate_generative import generation_settings
 from kaft.items import is_freeform
 
+# what a job trains on (free-form data, MC conversion's items); kaft.job and kaft.sweep.plan reach them as S.*
+from kaft.trainset import check_train_format, train_target, training_items, trains_converted  # noqa: F401
+
 log = logging.getLogger("kaft")
 
 FREEFORM_FINE_GRAINED = (
@@ -123,50 +126,6 @@ def stage_data(cfg: DictConfig, cache: Cache) -> Data:
         evals[name] = eval_tasks.load_benchmark(plain(spec), domain=spec.get("domain", ds.domain), **ctx)
     fps = {"train": data_mod.fingerprint(train), **{n: data_mod.fingerprint(v) for n, v in evals.items()}}
     return Data(train, evals, fps)
-
-
-def check_train_format(cfg: Any) -> None:
-    """Free-form training data needs a detection that reads free-form items (its ``input``: MC conversion,
-    generative detection), and such a detection needs free-form data; a one-line ConfigError otherwise."""
-    freeform = cfg.dataset.train.get("format", "mc") == "freeform"
-    reads = detect_mod.DETECTORS.get(cfg.detection.get("name", "diversified")).input
-    if freeform == (reads == "freeform"):
-        return
-    if freeform:
-        raise ConfigError(
-            "free-form training data (dataset.train.format: freeform) needs a detection that reads free-form "
-            f"items (detection=mc_conversion), not detection={cfg.detection.name}"
-        )
-    raise ConfigError(
-        f"detection={cfg.detection.name} needs free-form training data (dataset.train.format: freeform, "
-        "e.g. dataset=testbed_freeform)"
-    )
-
-
-def trains_converted(cfg: Any) -> bool:
-    """Whether a job whose detection converts free-form items to multiple choice (``mc_conversion``) trains on the
-    converted items: only with ``train.target=letter`` or ``option``, kaft's own reading. By default it trains on
-    the free-form responses, as ILP does: MC conversion is for detection and analysis, "it does not alter the
-    original SFT training objective" (ILP §3.1.1)."""
-    return (cfg.train.get("target") or "auto") in ("letter", "option")
-
-
-def training_items(cfg: Any, train: list, records: list[dict]) -> list:
-    """What the job partitions, selects from and trains on, aligned with the detection ``records``: the loaded
-    items; for records that carry a converted multiple-choice ``item`` (MC conversion), the free-form items in the
-    records' order (matched by id), or the converted items themselves when :func:`trains_converted`."""
-    if not (records and "item" in records[0]):
-        return train
-    if trains_converted(cfg):
-        return [data_mod.MCItem.from_dict(r["item"]) for r in records]
-    by_id = {it.id: it for it in train}
-    missing = [r["id"] for r in records if r["id"] not in by_id]
-    if missing:
-        raise ConfigError(
-            f"detection record {missing[0]!r} is not an item of the training set ({len(missing)} such); the "
-            "detection artifact is of other data: re-run with force=true"
-        )
-    return [by_id[r["id"]] for r in records]
 
 
 def load_train(cfg: DictConfig) -> list:
@@ -377,18 +336,6 @@ def stage_train(ctx: StageContext, items: list, weights: list[float], records: l
 
     hit = ctx.cache.get_or_create("train", key, build, meta={"n_items": len(items)})
     return StageResult(Trained(tuned.get("model"), hit.path), hit.cached, key)
-
-
-def train_target(trained: Trained | None) -> dict | None:
-    """results.json's ``train_target``: ``{kind, mean_label_tokens}`` from the adapter's ``train_log.json`` (None
-    when nothing was trained; ``mean_label_tokens`` None for an adapter trained before kaft recorded it)."""
-    if trained is None:
-        return None
-    try:
-        saved = json.loads((Path(trained.adapter_dir) / "train_log.json").read_text())
-    except (OSError, ValueError):
-        saved = {}
-    return {"kind": saved.get("target", "letter"), "mean_label_tokens": saved.get("mean_label_tokens")}
 
 
 def stage_evaluate(

@@ -186,18 +186,9 @@ def train_lora(
     _check_inputs(model, items, weights)
     loss = make_loss(spec.loss)
     feed = FEEDS.get(loss.needs)
-    kind = targets.resolve(train_cfg.get("target"), items)
+    kind, max_length = targets.resolve(train_cfg.get("target"), items), int(train_cfg["max_length"])
     prepared = feed.prepare(
-        loss,
-        tokenizer,
-        items,
-        weights,
-        records,
-        seed,
-        spec.domain,
-        spec.instruction,
-        int(train_cfg["max_length"]),
-        target=kind,
+        loss, tokenizer, items, weights, records, seed, spec.domain, spec.instruction, max_length, target=kind
     )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
