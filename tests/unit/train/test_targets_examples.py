@@ -124,3 +124,16 @@ def test_eaft_on_a_response_gates_each_token_differently(tok):
     ce = torch.nn.functional.cross_entropy(logits[0, pos], labels[0, pos + 1], reduction="none")
     got = losses.compute_loss({"name": "eaft"}, logits, labels, [1.0])
     assert torch.allclose(got, (gate * ce).sum() / gate.numel(), atol=1e-6)
+
+
+def test_a_response_column_of_multiple_choice_data_is_what_response_trains_on(tok):
+    from kaft.data import DataError, normalize_rows
+
+    rows = [{"question": "what colour is the sky ?", "options": ["blue", "red"], "answer": 0, "why": RESPONSE}]
+    (item,) = normalize_rows(rows, "t.jsonl", {"response": "why"})
+    assert item.meta == {"response": RESPONSE}
+    (row,) = train.build_examples(tok, [item], [1.0], "general", None, 256, "response")
+    assert _target_ids(row) == [*_ids(tok, " " + RESPONSE), tok.eos_token_id]
+    assert normalize_rows(rows, "t.jsonl")[0].meta == {}  # opt-in: the item (and its fingerprint) as before
+    with pytest.raises(DataError, match="row 1: field 'why': a response must be text"):
+        normalize_rows([{**rows[0], "why": 3}], "t.jsonl", {"response": "why"})
