@@ -42,6 +42,7 @@ PARTS = ("config", "data", "model", "code")
 #: artifacts; set to anything else, it is in both. Add a key here when it is added with such a default.
 NEW_DEFAULTS: dict[str, Any] = {
     "train.target": "auto",  # kaft.targets: auto = letter on multiple-choice data, what kaft always trained on
+    "train.response_eos": False,  # only a response target ends in EOS, and only when asked
 }
 SHOWN = 4  # differences named in one error line
 

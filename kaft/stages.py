@@ -32,6 +32,7 @@ from kaft.detection import convert, sample_responses
 from kaft.errors import ConfigError
 from kaft.evaluate import evaluate
 from kaft.evaluate_generative import generation_settings
+from kaft.identity import without_new_defaults
 from kaft.items import is_freeform
 
 # what a job trains on (free-form data, MC conversion's items); kaft.job and kaft.sweep.plan reach them as S.*
@@ -304,6 +305,7 @@ def stage_train(ctx: StageContext, items: list, weights: list[float], records: l
     samples = [(r["id"], r.get("answers")) for r in records] if records is not None else None
     # how often progress is saved does not change the adapter; train.target enters as the kind it resolves to
     train_cfg = {k: v for k, v in ctx.plain("train").items() if k not in (*CHECKPOINT_KEYS, "target")}
+    train_cfg = without_new_defaults(train_cfg, "train")  # keys added since, at the default that was the behaviour
     kind = targets.resolve(ctx.cfg.train.get("target"), items)
     key = make_key(
         "train",

@@ -98,6 +98,10 @@ class TrainSettings:
         hint=" (auto: letter for multiple-choice data, response for free-form data; kaft/targets.py)",
         help="what an item trains on after its prompt: letter | option | response (kaft.targets)",
     )
+    response_eos: bool = fields.flag(
+        False,
+        help="end a response target with the tokenizer's EOS token, so that generation learns to stop there",
+    )
     lora: dict = fields.unchecked(None, check=_check_lora, help="the LoRA adapter (train.lora.*)")
 
 
@@ -105,7 +109,7 @@ class TrainSettings:
 CHECKPOINT_KEYS = ("save_steps", "save_total_limit")
 CHECKPOINT_DEFAULTS = {k: v for k, v in fields.defaults_of(TrainSettings).items() if k in CHECKPOINT_KEYS}
 #: optional keys whose default reproduces what kaft did before they existed (an older config may lack them)
-OPTIONAL_KEYS = ("gradient_checkpointing", "target")
+OPTIONAL_KEYS = ("gradient_checkpointing", "target", "response_eos")
 #: the keys every train config holds (the optional ones: the checkpoint keys and :data:`OPTIONAL_KEYS`)
 TRAIN_KEYS = tuple(k for k in fields.keys_of(TrainSettings) if k not in (*CHECKPOINT_KEYS, *OPTIONAL_KEYS))
 

@@ -3,9 +3,11 @@
 Each item becomes one example: its prompt and its target text as :mod:`kaft.targets` builds them for
 ``train.target`` — the option letter (``" A"``, KaFT's setting), the letter and the option text, or a response
 (a free-form item's reference response, a multiple-choice item's response / explanation field) — with the loss on
-every target token and on no prompt token. A response target ends with the tokenizer's EOS token (as TRL's SFT and
-DPO trainers end a completion), so a model trained on responses learns where one stops; a letter or option target
-has none (what kaft always trained on). :func:`encode_example` is that tokenisation, public so that scoring code
+every target token and on no prompt token. With ``train.response_eos`` a response target ends with the tokenizer's
+EOS token (as TRL's SFT trainer ends a completion), so a model trained on responses learns where one stops
+(generation stops at EOS as well as at ``evaluation.generation.stop``); it is off by default because a model that
+never learned to predict EOS (the testbed's: its pretraining puts no loss on it) starts with a huge CE on it that
+dominates the loss. A letter or option target never has one (what kaft always trained on). :func:`encode_example` is that tokenisation, public so that scoring code
 can use the very same token split. Preference pairs are encoded the same
 way; when chosen and rejected differ only in their last token — one-letter answers after the same prompt — both
 are read from one sequence's logits (the causal logits that score the last token do not see it), so such a pair
@@ -87,15 +89,17 @@ def build_examples(
     instruction: str | None,
     max_length: int,
     target: str | None = None,
+    response_eos: bool = False,
 ) -> list[dict]:
     """One tokenised SFT example per item (multiple-choice or free-form), carrying the item's reward as
-    ``weights``; ``target`` is ``train.target`` (None = auto: :func:`kaft.targets.resolve`)."""
+    ``weights``; ``target`` is ``train.target`` (None = auto: :func:`kaft.targets.resolve`), ``response_eos``
+    ``train.response_eos`` (EOS after a response target)."""
     kind = targets.resolve(target, items)
     out = []
     for it, w in zip(items, weights):
         prompt, text = targets.prompt_and_target(it, kind, domain, instruction)
         try:
-            ids, labels = encode_example(tokenizer, prompt, text, max_length, eos=kind == "response")
+            ids, labels = encode_example(tokenizer, prompt, text, max_length, eos=response_eos and kind == "response")
         except TrainError as e:
             raise TrainError(f"item {it.id!r} (train.target={kind}): {e}") from None
         out.append({"input_ids": ids, "labels": labels, "weights": float(w)})

@@ -188,7 +188,17 @@ def train_lora(
     feed = FEEDS.get(loss.needs)
     kind, max_length = targets.resolve(train_cfg.get("target"), items), int(train_cfg["max_length"])
     prepared = feed.prepare(
-        loss, tokenizer, items, weights, records, seed, spec.domain, spec.instruction, max_length, target=kind
+        loss,
+        tokenizer,
+        items,
+        weights,
+        records,
+        seed,
+        spec.domain,
+        spec.instruction,
+        max_length,
+        target=kind,
+        eos=bool(train_cfg.get("response_eos", False)),
     )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -98,7 +98,7 @@ class Feed:
     """How :func:`kaft.train.train_lora` trains a loss that needs one kind of input."""
 
     #: (loss, tokenizer, items, weights, records, seed, domain, instruction, max_length, target) -> Prepared, with
-    #: ``target`` the resolved ``train.target`` (:func:`kaft.targets.resolve`)
+    #: ``target`` the resolved ``train.target`` (:func:`kaft.targets.resolve`), ``eos`` ``train.response_eos``
     prepare: Callable[..., Prepared]
     collator: Callable[[int], Callable]  # pad id -> collator
     trainer: Callable[[], type]  # -> the Trainer subclass (takes ``loss_cfg=``)
@@ -115,8 +115,9 @@ def _weighted_examples(
     instruction: str | None,
     max_length: int,
     target: str = "letter",
+    eos: bool = False,
 ) -> Prepared:
-    rows = build_examples(tokenizer, items, weights, domain, instruction, max_length, target)
+    rows = build_examples(tokenizer, items, weights, domain, instruction, max_length, target, eos)
     return Prepared(rows, "items", log={"target": target, "mean_label_tokens": mean_label_tokens(rows)})
 
 
@@ -131,6 +132,7 @@ def _pair_examples(
     instruction: str | None,
     max_length: int,
     target: str = "letter",
+    eos: bool = False,
 ) -> Prepared:
     pairs = loss.make_pairs(items, records, seed, domain, instruction)
     rows = build_pair_examples(tokenizer, pairs, weights, max_length)

@@ -68,11 +68,13 @@ def test_explicit_letter_trains_the_same_adapter_and_other_kinds_another(tmp_pat
     assert option[0] == detect and option[1] != train
     free = _keys(_cfg(["train.target=response"]), tmp_path, FREE)
     assert free[1] not in (train, option[1])
+    assert _keys(_cfg(["train.target=response", "train.response_eos=true"]), tmp_path, FREE)[1] != free[1]
 
 
 def test_new_defaults_are_dropped_only_at_their_default():
     assert identity.NEW_DEFAULTS["train.target"] == "auto"
-    assert "target" not in identity.config_part(_cfg([]), None)["train"]
+    assert not {"target", "response_eos"} & set(identity.config_part(_cfg([]), None)["train"])
+    assert identity.config_part(_cfg(["train.response_eos=true"]), None)["train"]["response_eos"] is True
     assert identity.config_part(_cfg(["train.target=option"]), None)["train"]["target"] == "option"
     assert identity.without_new_defaults({"train": {"target": "auto", "lr": 1}}) == {"train": {"lr": 1}}
     assert identity.without_new_defaults({"target": "auto"}, "train") == {}

@@ -1,5 +1,6 @@
 """train.target through kaft.train.examples: a letter target is today's example token for token, option and
-response targets put a label on every target token (and EOS after a response) and on no prompt token, the prompt
+response targets put a label on every target token (and EOS after a response with train.response_eos) and on no
+prompt token, the prompt
 is cut from the left and a target never, and train_lora records what it trained on."""
 
 from __future__ import annotations
@@ -52,20 +53,24 @@ def test_option_target_labels_every_option_token(tok):
     assert row["labels"][:n_prompt] == [-100] * n_prompt and row["input_ids"][n_prompt:] == want
 
 
-def test_response_target_of_a_multiple_choice_item_ends_in_eos(tok):
+def test_response_target_of_a_multiple_choice_item_and_its_eos(tok):
     (row,) = train.build_examples(tok, [MC_RESPONSE], [1.0], "general", None, 256, "response")
+    assert _target_ids(row) == _ids(tok, " " + RESPONSE)
+    (row,) = train.build_examples(tok, [MC_RESPONSE], [1.0], "general", None, 256, "response", response_eos=True)
     assert _target_ids(row) == [*_ids(tok, " " + RESPONSE), tok.eos_token_id]
+    (row,) = train.build_examples(tok, ITEMS[:1], [1.0], "general", None, 256, "option", response_eos=True)
+    assert _target_ids(row) == _ids(tok, " A. blue")  # only a response target ends in EOS
     with pytest.raises(ConfigError, match="dataset.train.fields.response"):
         train.build_examples(tok, ITEMS[:1], [1.0], "general", None, 256, "response")
 
 
 def test_free_form_items_train_on_their_response_or_reference(tok):
     rows = train.build_examples(tok, FREE, [1.0, 1.0], "general", None, 256)  # auto = response on free-form items
-    assert _target_ids(rows[0]) == [*_ids(tok, " " + RESPONSE), tok.eos_token_id]
-    assert _target_ids(rows[1]) == [*_ids(tok, " dog"), tok.eos_token_id]
+    assert _target_ids(rows[0]) == _ids(tok, " " + RESPONSE)
+    assert _target_ids(rows[1]) == _ids(tok, " dog")
     prompt = format_freeform(FREE[0].question, "general", FREEFORM_INSTRUCTION)
     assert rows[0]["input_ids"][1 : 1 + len(_ids(tok, prompt))] == _ids(tok, prompt)  # after <s>
-    assert train.mean_label_tokens(rows) == (6 + 2) / 2
+    assert train.mean_label_tokens(rows) == (5 + 1) / 2
     for kind in ("letter", "option"):
         with pytest.raises(ConfigError, match="needs multiple-choice items"):
             train.build_examples(tok, FREE, [1.0, 1.0], "general", None, 256, kind)
@@ -92,7 +97,7 @@ def test_train_lora_records_the_target_and_its_label_tokens(tok, tmp_path):
     cfg = train_cfg(target="response", max_length=64)
     train.train_lora(make_model(len(tok)), tok, FREE, [1.0, 1.0], spec({"name": "eaft"}, cfg, 0), tmp_path)
     log = json.loads((tmp_path / "train_log.json").read_text())
-    assert log["target"] == "response" and log["mean_label_tokens"] == 4.0
+    assert log["target"] == "response" and log["mean_label_tokens"] == 3.0
 
 
 def test_eaft_on_a_response_gates_each_token_differently(tok):
@@ -120,7 +125,7 @@ def test_eaft_on_a_response_gates_each_token_differently(tok):
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"]).logits
     gate = losses.eaft_token_weights(logits[0, pos], alpha=1.0, k=20)
-    assert gate.numel() == 6 and gate.max() > 2 * gate.min(), gate
+    assert gate.numel() == 5 and gate.max() > 2 * gate.min(), gate
     ce = torch.nn.functional.cross_entropy(logits[0, pos], labels[0, pos + 1], reduction="none")
     got = losses.compute_loss({"name": "eaft"}, logits, labels, [1.0])
     assert torch.allclose(got, (gate * ce).sum() / gate.numel(), atol=1e-6)
@@ -133,7 +138,7 @@ def test_a_response_column_of_multiple_choice_data_is_what_response_trains_on(to
     (item,) = normalize_rows(rows, "t.jsonl", {"response": "why"})
     assert item.meta == {"response": RESPONSE}
     (row,) = train.build_examples(tok, [item], [1.0], "general", None, 256, "response")
-    assert _target_ids(row) == [*_ids(tok, " " + RESPONSE), tok.eos_token_id]
+    assert _target_ids(row) == _ids(tok, " " + RESPONSE)
     assert normalize_rows(rows, "t.jsonl")[0].meta == {}  # opt-in: the item (and its fingerprint) as before
     with pytest.raises(DataError, match="row 1: field 'why': a response must be text"):
         normalize_rows([{**rows[0], "why": 3}], "t.jsonl", {"response": "why"})
