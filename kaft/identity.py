@@ -26,6 +26,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from kaft.defaults import NEW_DEFAULTS, without_new_defaults
 from kaft.errors import KaftError
 from kaft.results import load_results
 
@@ -36,14 +37,7 @@ log = logging.getLogger("kaft")
 #: GPU is reused on the CPU). Everything else is part of the identity.
 NOT_IN_IDENTITY = ("progress", "force", "logger", "cache_dir", "device")
 PARTS = ("config", "data", "model", "code")
-#: config keys added after results were first recorded, whose default reproduces what kaft did before them: dotted
-#: path -> that default. At its default such a key is left out of the identity's config part (and the stages leave
-#: it out of their cache keys, :func:`without_new_defaults`), so adding it changed no default job's identity or
-#: artifacts; set to anything else, it is in both. Add a key here when it is added with such a default.
-NEW_DEFAULTS: dict[str, Any] = {
-    "train.target": "auto",  # kaft.targets: auto = letter on multiple-choice data, what kaft always trained on
-    "train.response_eos": False,  # only a response target ends in EOS, and only when asked
-}
+
 SHOWN = 4  # differences named in one error line
 
 
@@ -52,18 +46,6 @@ class RerunError(KaftError):
 
 
 # ----------------------------------------------------------------------------------------------- the parts
-def without_new_defaults(section: Mapping, prefix: str = "") -> dict:
-    """``section`` (the config at dotted path ``prefix``; "" = the whole config) without the :data:`NEW_DEFAULTS`
-    keys under it that hold their default (nested mappings copied, the rest as is)."""
-    out = {}
-    for k, v in section.items():
-        path = f"{prefix}.{k}" if prefix else str(k)
-        if path in NEW_DEFAULTS and v == NEW_DEFAULTS[path]:
-            continue
-        out[k] = without_new_defaults(v, path) if isinstance(v, Mapping) else v
-    return out
-
-
 def config_part(cfg: DictConfig | Mapping, method: str | None) -> dict:
     """The identity's config part: ``cfg`` resolved (a job config without Hydra's node, or results.json's ``config``)
     without :data:`NOT_IN_IDENTITY`, train's checkpoint keys and the :data:`NEW_DEFAULTS` keys at their default,

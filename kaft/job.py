@@ -117,6 +117,7 @@ def _data(job: Job) -> None:
     with job.timer("data"):
         job.train, job.evals, fps = S.stage_data(cfg, job.cache)
         S.validate(cfg, len(job.train))
+        S.target_kind(cfg, job.train)  # a response target without responses stops here, before the model loads
         plausibility.warn(cfg, job.train, job.evals, fps)  # legal but implausible data: one line each
     log.info("data: %d training items, benchmarks %s", len(job.train), {n: len(v) for n, v in job.evals.items()})
     with job.timer("model"):

@@ -28,15 +28,21 @@ from kaft import eval_tasks, modeling, targets
 from kaft import partition as partition_mod
 from kaft import strategy as strategy_mod
 from kaft.cache import Cache, atomic_write_json, make_key
+from kaft.defaults import without_new_defaults
 from kaft.detection import convert, sample_responses
 from kaft.errors import ConfigError
 from kaft.evaluate import evaluate
 from kaft.evaluate_generative import generation_settings
-from kaft.identity import without_new_defaults
 from kaft.items import is_freeform
 
 # what a job trains on (free-form data, MC conversion's items); kaft.job and kaft.sweep.plan reach them as S.*
-from kaft.trainset import check_train_format, train_target, training_items, trains_converted  # noqa: F401
+from kaft.trainset import (  # noqa: F401
+    check_train_format,
+    target_kind,
+    train_target,
+    training_items,
+    trains_converted,
+)
 
 log = logging.getLogger("kaft")
 

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from kaft import data as data_mod
+from kaft import targets
 from kaft.detection import DETECTORS
 from kaft.errors import ConfigError
+from kaft.items import is_freeform
 
 
 def check_train_format(cfg: Any) -> None:
@@ -41,7 +43,16 @@ def trains_converted(cfg: Any) -> bool:
     converted items: only with ``train.target=letter`` or ``option``, kaft's own reading. By default it trains on
     the free-form responses, as ILP does: MC conversion is for detection and analysis, "it does not alter the
     original SFT training objective" (ILP §3.1.1)."""
-    return (cfg.train.get("target") or "auto") in ("letter", "option")
+    return (cfg["train"].get("target") or "auto") in ("letter", "option")
+
+
+def target_kind(cfg: Any, train: list) -> str | None:
+    """The kind of target the loaded training items train on (``train.target`` resolved against them, a
+    multiple-choice ``response`` checked for its field: a one-line ConfigError before any model loads), or None
+    when training takes MC conversion's items, which exist only after detection (:func:`trains_converted`)."""
+    if is_freeform(train) and trains_converted(cfg):
+        return None
+    return targets.resolve(cfg["train"].get("target"), train)
 
 
 def training_items(cfg: Any, train: list, records: list[dict]) -> list:

@@ -186,19 +186,10 @@ def train_lora(
     _check_inputs(model, items, weights)
     loss = make_loss(spec.loss)
     feed = FEEDS.get(loss.needs)
-    kind, max_length = targets.resolve(train_cfg.get("target"), items), int(train_cfg["max_length"])
+    target = {"target": targets.resolve(train_cfg.get("target"), items), "eos": bool(train_cfg.get("response_eos"))}
+    max_length = int(train_cfg["max_length"])
     prepared = feed.prepare(
-        loss,
-        tokenizer,
-        items,
-        weights,
-        records,
-        seed,
-        spec.domain,
-        spec.instruction,
-        max_length,
-        target=kind,
-        eos=bool(train_cfg.get("response_eos", False)),
+        loss, tokenizer, items, weights, records, seed, spec.domain, spec.instruction, max_length, **target
     )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

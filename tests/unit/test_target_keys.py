@@ -137,3 +137,10 @@ def test_train_target_is_read_from_the_adapters_train_log(tmp_path):
     assert S.train_target(S.Trained(None, tmp_path)) == {"kind": "response", "mean_label_tokens": 7.5}
     (tmp_path / "train_log.json").write_text(json.dumps({"train_loss": 1.0}))  # an adapter trained before targets
     assert S.train_target(S.Trained(None, tmp_path)) == {"kind": "letter", "mean_label_tokens": None}
+
+
+def test_the_data_check_resolves_the_target_before_any_model():
+    assert S.target_kind(_cfg([]), MC) == "letter" and S.target_kind(_cfg(FREEFORM), FREE) == "response"
+    assert S.target_kind(_cfg([*FREEFORM, "train.target=option"]), FREE) is None  # MC conversion's items: later
+    with pytest.raises(ConfigError, match="map a response / explanation column with dataset.train.fields.response"):
+        S.target_kind(_cfg(["train.target=response"]), MC)
