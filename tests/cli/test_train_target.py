@@ -70,3 +70,15 @@ def test_mc_conversion_detects_and_training_keeps_the_free_form_responses(tmp_pa
     # the testbed's free-form items answer in one word today; with sentence responses (issue 21 item 7) this is > 1
     assert res["train_target"]["mean_label_tokens"] >= 1
     assert {"pass_at_n_rate", "high_conf_error_rate", "auroc_contradict"} <= set(res["detection"])
+
+
+@pytest.mark.slow
+def test_option_target_on_a_tiny_multiple_choice_job(tmp_path):
+    """``train.target=option`` trains on " B. <option text>" (several label tokens), and results.json says so."""
+    from helpers import tiny_job_args, write_tiny_job
+
+    root = write_tiny_job(tmp_path / "job")
+    out = _kaft([*tiny_job_args(root), "train.target=option", "loss=eaft"], tmp_path, str(tmp_path / "cache"))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["train_target"]["kind"] == "option" and res["train_target"]["mean_label_tokens"] > 1
