@@ -356,5 +356,8 @@ def print_results(results: dict) -> None:
     det = results["detection"]
     print("\n".join(lines))
     print(f"subsets {results['subsets']}  score mean={det['mean']:.3f}{diagnostics.headlines(det)}")
+    tt = results.get("train_target")
+    if tt and tt.get("mean_label_tokens") is not None:
+        print(f"trained on train.target={tt['kind']} ({tt['mean_label_tokens']:.1f} label tokens per example)")
     print(f"cache {results['cache']}  timings {results['timings']}")
     print(f"results: {Path(results['job']['run_dir']) / RESULTS_FILE}")
