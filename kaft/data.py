@@ -36,6 +36,9 @@ DEFAULT_FIELDS = {
     "answer": "answer",
     "subject": "subject",
     "domain": "domain",
+    # opt-in (fields.response: <column>): a response / explanation column, kept as meta["response"], what
+    # train.target=response trains a multiple-choice item on (kaft.targets)
+    "response": None,
 }
 
 
@@ -108,7 +111,11 @@ def normalize_rows(
         ans = _answer(_get(raw, f["answer"], source, row, "answer"), opts, answer_base, source, row)
         subject = raw.get(f["subject"]) if f.get("subject") else None
         dom = raw.get(f["domain"]) if f.get("domain") else None
-        meta = raw.get("meta") if isinstance(raw.get("meta"), Mapping) else {}
+        meta = dict(raw.get("meta")) if isinstance(raw.get("meta"), Mapping) else {}
+        if f.get("response") and raw.get(f["response"]) not in (None, ""):  # train.target=response trains on it
+            if not isinstance(raw[f["response"]], str):
+                raise _err(source, row, f["response"], "a response must be text")
+            meta["response"] = raw[f["response"]]
         items.append(
             MCItem(
                 id=str(item_id),

@@ -26,6 +26,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from kaft.defaults import NEW_DEFAULTS, without_new_defaults
 from kaft.errors import KaftError
 from kaft.results import load_results
 
@@ -36,6 +37,7 @@ log = logging.getLogger("kaft")
 #: GPU is reused on the CPU). Everything else is part of the identity.
 NOT_IN_IDENTITY = ("progress", "force", "logger", "cache_dir", "device")
 PARTS = ("config", "data", "model", "code")
+
 SHOWN = 4  # differences named in one error line
 
 
@@ -46,7 +48,8 @@ class RerunError(KaftError):
 # ----------------------------------------------------------------------------------------------- the parts
 def config_part(cfg: DictConfig | Mapping, method: str | None) -> dict:
     """The identity's config part: ``cfg`` resolved (a job config without Hydra's node, or results.json's ``config``)
-    without :data:`NOT_IN_IDENTITY` and train's checkpoint keys, plus the ``method`` label, as JSON would store it."""
+    without :data:`NOT_IN_IDENTITY`, train's checkpoint keys and the :data:`NEW_DEFAULTS` keys at their default,
+    plus the ``method`` label, as JSON would store it."""
     from kaft.track import redact
     from kaft.train.config import CHECKPOINT_KEYS
 
@@ -54,6 +57,7 @@ def config_part(cfg: DictConfig | Mapping, method: str | None) -> dict:
     c = {k: v for k, v in c.items() if k not in NOT_IN_IDENTITY and k != "hydra"}
     if isinstance(c.get("train"), Mapping):
         c["train"] = {k: v for k, v in c["train"].items() if k not in CHECKPOINT_KEYS}
+    c = without_new_defaults(c)
     c["method"] = method
     return json.loads(json.dumps(redact(c), default=str))  # results.json holds it redacted, as JSON
 
@@ -217,6 +221,7 @@ def reusable(run_dir: str | Path, cfg: DictConfig, method: str | None, multirun:
 
 
 __all__ = [
+    "NEW_DEFAULTS",
     "NOT_IN_IDENTITY",
     "PARTS",
     "RerunError",
@@ -231,4 +236,5 @@ __all__ = [
     "stale",
     "summary",
     "way_out",
+    "without_new_defaults",
 ]

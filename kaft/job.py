@@ -46,6 +46,7 @@ class Job:
     records: list = field(default_factory=list)
     subsets: list = field(default_factory=list)
     names: list = field(default_factory=list)
+    train_target: dict | None = None  # results.json's train_target (None: nothing trained)
 
     def hit(self, stage: str, result: S.StageResult) -> Any:
         """Record a stage's cache hit (unless it had nothing to compute) and return its value."""
@@ -116,6 +117,7 @@ def _data(job: Job) -> None:
     with job.timer("data"):
         job.train, job.evals, fps = S.stage_data(cfg, job.cache)
         S.validate(cfg, len(job.train))
+        S.target_kind(cfg, job.train)  # a response target without responses stops here, before the model loads
         plausibility.warn(cfg, job.train, job.evals, fps)  # legal but implausible data: one line each
     log.info("data: %d training items, benchmarks %s", len(job.train), {n: len(v) for n, v in job.evals.items()})
     with job.timer("model"):
@@ -127,8 +129,9 @@ def _detect(job: Job) -> None:
     with job.timer("detect"):
         det = S.stage_detect(job.ctx, job.train)
         job.records, job.keys["detect"] = job.hit("detect", det), det.key
-    if job.records and "item" in job.records[0]:  # mc_conversion: train on the multiple-choice versions
-        job.train = [MCItem.from_dict(r["item"]) for r in job.records]
+    # mc_conversion detects on multiple-choice versions; training keeps the free-form items (ILP §3.1.1) unless
+    # train.target=letter|option asks for the converted ones (kaft's own reading)
+    job.train = S.training_items(job.cfg, job.train, job.records)
 
 
 def _partition(job: Job) -> None:
@@ -179,7 +182,9 @@ def _train(job: Job, sel: strategy_mod.Selection) -> S.Trained | None:
             pair_records = job.hit("dpo_samples", S.stage_dpo_samples(job.ctx, sel.items, sampling))
         result = S.stage_train(job.ctx, sel.items, sel.weights, pair_records)
         job.keys["train"] = result.key
-        return job.hit("train", result)
+        trained = job.hit("train", result)
+    job.train_target = S.train_target(trained)
+    return trained
 
 
 def _evaluate(job: Job, trained: S.Trained | None, base: dict | None, run_dir: Path) -> dict:
@@ -261,6 +266,7 @@ def _results(job: Job, info: dict, sel, metrics: dict, base: dict | None, fine: 
         "delta_vs_base": (metrics["average"] - base["average"]) if base else None,
         "fine_grained": fine,
         "strategy": sel.info,
+        "train_target": job.train_target,
         "detection": detection,
         "subsets": partition_mod.subset_sizes(job.subsets, k),
         "weights_by_subset": {
@@ -350,5 +356,8 @@ def print_results(results: dict) -> None:
     det = results["detection"]
     print("\n".join(lines))
     print(f"subsets {results['subsets']}  score mean={det['mean']:.3f}{diagnostics.headlines(det)}")
+    tt = results.get("train_target")
+    if tt and tt.get("mean_label_tokens") is not None:
+        print(f"trained on train.target={tt['kind']} ({tt['mean_label_tokens']:.1f} label tokens per example)")
     print(f"cache {results['cache']}  timings {results['timings']}")
     print(f"results: {Path(results['job']['run_dir']) / RESULTS_FILE}")

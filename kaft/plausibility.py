@@ -140,17 +140,21 @@ def prompt_lengths(cfg: Mapping, train: Sequence, evals: Mapping[str, Sequence],
     """The longest prompt each stage builds, in the model's tokens: ``detection`` (k-shot), ``train`` (prompt +
     answer, special prefix included, with ``n_over`` the examples over ``train.max_length``) and ``evaluation``
     (zero-shot prompt + answer; a benchmark's own ``prompt`` where it has one). Free-form training items (multiple
-    choice only after detection) have no training or detection prompt yet and are left out."""
+    choice only after detection) have no detection prompt yet; their training prompt is left out too when training
+    takes MC conversion's items (``train.target=letter|option``)."""
     from kaft.train.examples import special_prefix
+    from kaft.trainset import target_kind
 
     count = _counter(tokenizer)
     dom = cfg["dataset"].get("domain", "general")
     ins = cfg["dataset"].get("instruction") or DEFAULT_INSTRUCTION
     out: dict[str, dict] = {}
-    if train and all(hasattr(it, "options") for it in train):
-        prompts = [_prompt(it, dom, ins) for it in train]
+    kind = target_kind(cfg, train) if train else None
+    if kind is not None:
+        pairs = [targets.prompt_and_target(it, kind, dom, cfg["dataset"].get("instruction")) for it in train]
+        prompts = [p for p, _ in pairs]
         special = len(special_prefix(tokenizer))
-        lens = [n + special for n in count([p + answer_text(it.answer) for p, it in zip(prompts, train)], False)]
+        lens = [n + special for n in count([p + t for p, t in pairs], False)]
         i = max(range(len(train)), key=lambda j: lens[j])
         limit = int(cfg["train"]["max_length"])
         out["train"] = {
@@ -160,7 +164,7 @@ def prompt_lengths(cfg: Mapping, train: Sequence, evals: Mapping[str, Sequence],
             "n": len(train),
             "cut": _cut_part(count, prompts[i], lens[i] - limit) if lens[i] > limit else None,
         }
-        if int(cfg["detection"].get("shots", 0)) + 1 <= len(train):
+        if all(hasattr(it, "options") for it in train) and int(cfg["detection"].get("shots", 0)) + 1 <= len(train):
             tokens, item_id, shots = _detection_longest(cfg, train, count, lens)
             out["detection"] = {"tokens": tokens, "id": item_id, "shots": shots}
     limit = (cfg.get("evaluation") or {}).get("limit")

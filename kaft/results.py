@@ -48,6 +48,8 @@ class Results(TypedDict, total=False):
     fine_grained: dict | None  # per-subset accuracies (evaluation.fine_grained); a free-form benchmark's entry is
     # {"skipped": why} (kaft.stages.FREEFORM_FINE_GRAINED)
     strategy: dict  # what the data strategy selected
+    train_target: dict | None  # what each item trained on: kind (train.target resolved: letter | option | response)
+    # and mean_label_tokens (label tokens per training example; of the chosen responses for DPO); null: no training
     detection: dict  # Score statistics: mean, std, min, max, histogram_10bins, mean_by_subset, flag
     # rates, and the registered diagnostics' values (testbed: auroc_contradict, ...)
     subsets: dict  # subset name -> items in it

@@ -139,6 +139,7 @@ def check_config(cfg: Any) -> list[str]:
         )
         if yes
     ]
+    check_target(cfg)
     if needs and not detection.saves_samples(_plain(cfg.detection)):
         raise ConfigError(
             f"{' and '.join(needs)} needs the model's sampled answers, but detection "
@@ -146,6 +147,53 @@ def check_config(cfg: Any) -> list[str]:
             f"use detection.estimator=sample or detection=icl"
         )
     return warnings(cfg)
+
+
+def trained_target(cfg: Any) -> tuple[str, bool]:
+    """``(kind, free_form)``: the target kind a job trains on as far as the config tells (``train.target`` resolved
+    against the data set's format; a multiple-choice ``response`` still needs its field, checked on the data) and
+    whether it trains on free-form items. With a detection that converts free-form items to multiple choice
+    (``mc_conversion``), ``letter`` / ``option`` train on the converted items (kaft's own reading)."""
+    from kaft.detection import DETECTORS
+    from kaft.detection.convert import MCConversion
+
+    target = cfg.train.get("target") or "auto"
+    if (cfg.dataset.train.get("format") or "mc") != "freeform":
+        return ("letter" if target == "auto" else target), False
+    if target in ("letter", "option"):
+        if not issubclass(DETECTORS.get(cfg.detection.get("name", "diversified")), MCConversion):
+            raise ConfigError(
+                f"train.target={target} needs multiple-choice items, and dataset.train.format=freeform has none: "
+                f"use train.target=response (or auto), or detection=mc_conversion to train on its converted items"
+            )
+        return target, False
+    return "response", True
+
+
+def check_target(cfg: Any) -> None:
+    """What a job trains on against what its strategy and loss can train: a strategy that relabels answers with the
+    model's own option (self_align, self) has no option to put in a response, and a loss declares its
+    ``targets``; a one-line ConfigError before any model loads."""
+    from kaft import losses, strategy
+
+    kind, free = trained_target(cfg)
+    if strategy.get(_plain(cfg.strategy)).relabels and kind == "response":
+        what = "free-form training" if free else "train.target=response"
+        raise ConfigError(
+            f"strategy={cfg.strategy.name} relabels answers with the model's own option, which {what} (a response "
+            "target) cannot take; use train.target=letter"
+            + (" (detection=mc_conversion then trains on the converted items)" if free else "")
+            + ", or another strategy"
+        )
+    loss = losses.get_loss(_plain(cfg.loss))
+    if kind not in loss.targets:
+        raise ConfigError(
+            f"loss={cfg.loss.name} trains on train.target={'|'.join(loss.targets)}, not on {kind}"
+            + (" (free-form training)" if free else "")
+            + "; set train.target="
+            + loss.targets[0]
+            + (" with detection=mc_conversion to train on its converted items" if free else "")
+        )
 
 
 def _reads(cfg: Any, key: str) -> bool:

@@ -24,15 +24,25 @@ from omegaconf import DictConfig, OmegaConf
 
 from kaft import data as data_mod
 from kaft import detection as detect_mod
-from kaft import eval_tasks, modeling
+from kaft import eval_tasks, modeling, targets
 from kaft import partition as partition_mod
 from kaft import strategy as strategy_mod
 from kaft.cache import Cache, atomic_write_json, make_key
+from kaft.defaults import without_new_defaults
 from kaft.detection import convert, sample_responses
 from kaft.errors import ConfigError
 from kaft.evaluate import evaluate
 from kaft.evaluate_generative import generation_settings
 from kaft.items import is_freeform
+
+# what a job trains on (free-form data, MC conversion's items); kaft.job and kaft.sweep.plan reach them as S.*
+from kaft.trainset import (  # noqa: F401
+    check_train_format,
+    target_kind,
+    train_target,
+    training_items,
+    trains_converted,
+)
 
 log = logging.getLogger("kaft")
 
@@ -114,15 +124,7 @@ def stage_data(cfg: DictConfig, cache: Cache) -> Data:
     ctx = source_context(cfg)
     if not ds.get("eval"):
         raise ConfigError(f"dataset {ds.name!r} has no eval benchmarks (dataset.eval is empty)")
-    freeform = ds.train.get("format", "mc") == "freeform"
-    if freeform != (cfg.detection.name == "mc_conversion"):
-        raise ConfigError(
-            "free-form training data (dataset.train.format: freeform) needs detection=mc_conversion, "
-            "and detection=mc_conversion needs free-form training data"
-            if freeform
-            else "detection=mc_conversion needs free-form training data (dataset.train.format: freeform, "
-            "e.g. dataset=testbed_freeform)"
-        )
+    check_train_format(cfg)
     for spec in [ds.train, *ds.eval.values()]:
         data_mod.check_spec({k: v for k, v in plain(spec).items() if k != "format"})
     train = load_train(cfg)
@@ -307,8 +309,10 @@ def stage_train(ctx: StageContext, items: list, weights: list[float], records: l
 
     # preference losses train on the detection samples: those are part of what the adapter depends on
     samples = [(r["id"], r.get("answers")) for r in records] if records is not None else None
-    # how often progress is saved does not change the adapter
-    train_cfg = {k: v for k, v in ctx.plain("train").items() if k not in CHECKPOINT_KEYS}
+    # how often progress is saved does not change the adapter; train.target enters as the kind it resolves to
+    train_cfg = {k: v for k, v in ctx.plain("train").items() if k not in (*CHECKPOINT_KEYS, "target")}
+    train_cfg = without_new_defaults(train_cfg, "train")  # keys added since, at the default that was the behaviour
+    kind = targets.resolve(ctx.cfg.train.get("target"), items)
     key = make_key(
         "train",
         STAGE_VERSIONS["train"],
@@ -321,6 +325,7 @@ def stage_train(ctx: StageContext, items: list, weights: list[float], records: l
         ctx.seed,
         ctx.domain,
         ctx.instruction,
+        *([] if kind == "letter" else [{"target": kind}]),  # a letter target keeps the key it had before targets
     )
     tuned = {}
 

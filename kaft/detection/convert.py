@@ -12,7 +12,8 @@ answers) and a ``group`` (relation / question type). Its multiple-choice version
 No distractor equals the reference (compared case- and whitespace-insensitively), distractors are distinct, and
 the gold position is drawn per (seed, item id): the conversion is deterministic per seed. Converted items are
 scored with diversified probing (detector ``mc_conversion``, a :class:`~kaft.detection.detectors.Diversified`
-that converts first); each record carries its multiple-choice ``item`` (what the pipeline then trains on),
+that converts first); each record carries its multiple-choice ``item`` (training keeps the free-form items unless
+``train.target=letter|option``: :mod:`kaft.trainset`),
 ``pass_at_n`` and ILP's ``high_conf_error`` flag (majority answer ≠ gold with share > τ_c).
 """
 

@@ -39,6 +39,9 @@ class Loss:
     combines: ClassVar[tuple[str, ...]] = ()
     #: old key -> its current name (an old config gets a one-line pointer instead of "unknown key")
     renamed: ClassVar[dict[str, str]] = {}
+    #: the training targets (``train.target`` resolved, :mod:`kaft.targets`) it can train on; kaft.schema refuses
+    #: the others before any model loads
+    targets: ClassVar[tuple[str, ...]] = ("letter", "option", "response")
 
     def __init__(self, name: str, settings: Any):
         self.name, self.s = name, settings

@@ -102,6 +102,8 @@ class PreferenceLoss(Loss):
 
     needs = "pairs"
     Settings = PairSettings
+    #: its pairs are answer letters of multiple-choice items (:func:`kaft.losses.pairs.build_pairs`)
+    targets = ("letter",)
 
     def batch_loss(self, logits, targets, sample_idx, weights, batch_size):
         raise LossError(

@@ -75,6 +75,9 @@ class Strategy:
     needs_samples: bool | Callable[[Mapping], bool] = False
     # needs each item's greedy answer to the original query (``records[i]["greedy"]``, kaft.stages probes for it)
     needs_greedy: bool | Callable[[Mapping], bool] = False
+    # replaces answers with the model's own option (``Pick.answers``): only multiple-choice items with a letter or
+    # option target can take that (kaft.schema refuses it on free-form training and on response targets)
+    relabels: bool = False
 
     @property
     def keys(self) -> frozenset[str]:
@@ -102,12 +105,13 @@ def register(
     train: bool = True,
     needs_samples: bool | Callable[[Mapping], bool] = False,
     needs_greedy: bool | Callable[[Mapping], bool] = False,
+    relabels: bool = False,
 ):
     """Add the decorated ``fn(ctx: Context) -> Pick`` to :data:`STRATEGIES` as ``name``; ``settings`` declares its
     keys (fields made with :mod:`kaft.fields`' helpers: type, default, help and check in one place)."""
 
     def deco(fn: Callable[[Context], Pick]) -> Callable[[Context], Pick]:
-        STRATEGIES.register(name, Strategy(name, fn, settings, check, train, needs_samples, needs_greedy))
+        STRATEGIES.register(name, Strategy(name, fn, settings, check, train, needs_samples, needs_greedy, relabels))
         return fn
 
     return deco

@@ -75,6 +75,7 @@ def _self_answer(ctx: Context, i: int, source: str) -> int:
     settings=SelfAlignSettings,
     needs_samples=lambda cfg: cfg.get("answer_source", "greedy") == "majority",
     needs_greedy=lambda cfg: cfg.get("answer_source", "greedy") == "greedy",
+    relabels=True,
 )
 def _self_align(ctx: Context) -> Pick:
     """KaFT §4.1 "Self-aligning": each wrong-subset item trained on the model's own response r_i instead of a_i, so
@@ -188,7 +189,7 @@ def _inc(ctx: Context) -> Pick:
     return _ren_pick(ctx, "inc")
 
 
-@register("self", settings=RenSettings, needs_samples=True)
+@register("self", settings=RenSettings, needs_samples=True, relabels=True)
 def _self(ctx: Context) -> Pick:
     """Ren et al. (2024) SELF: INC's items (same ids at the same ``data_seed``), each answer replaced by the model's
     own, so every training answer is wrong and consistent with the model."""

@@ -22,7 +22,6 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from kaft import data as data_mod
 from kaft import fields as kfields
 from kaft import job as job_mod
 from kaft import losses, modeling
@@ -155,8 +154,7 @@ def cache_walk(cfg: DictConfig, train: list, evals: dict, fps: dict, model_id: s
 
 def _after_detect(ctx: S.StageContext, train: list, records: list[dict], dkey: str, evals: dict) -> dict[str, str]:
     cfg, cache, p, st = ctx.cfg, ctx.cache, S.plain, {}
-    if records and "item" in records[0]:
-        train = [data_mod.MCItem.from_dict(r["item"]) for r in records]
+    train = S.training_items(cfg, train, records)
     k = int(cfg.partition.k)
     st["partition"] = "cached" if cache.has("partition", S.partition_key(dkey, k, cfg.seed)) else "compute"
     subsets, names = S.stage_partition(ctx, records, dkey).value

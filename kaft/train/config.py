@@ -15,6 +15,7 @@ from typing import Any
 
 from kaft import fields
 from kaft.errors import ConfigError
+from kaft.targets import TARGETS
 
 LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 
@@ -91,14 +92,26 @@ class TrainSettings:
     save_steps: int = fields.integer(50, 0, hint=" (0 turns checkpoints off)", help="steps between checkpoints")
     save_total_limit: int = fields.integer(1, 1, help="checkpoints kept")
     gradient_checkpointing: bool = fields.flag(False, help="recompute activations (less memory, ~1/3 slower)")
+    target: str = fields.choice(
+        "auto",
+        TARGETS,
+        hint=" (auto: letter for multiple-choice data, response for free-form data; kaft/targets.py)",
+        help="what an item trains on after its prompt: letter | option | response (kaft.targets)",
+    )
+    response_eos: bool = fields.flag(
+        False,
+        help="end a response target with the tokenizer's EOS token, so that generation learns to stop there",
+    )
     lora: dict = fields.unchecked(None, check=_check_lora, help="the LoRA adapter (train.lora.*)")
 
 
 # optional train settings that only decide how often progress is saved, not the adapter (left out of cache keys)
 CHECKPOINT_KEYS = ("save_steps", "save_total_limit")
 CHECKPOINT_DEFAULTS = {k: v for k, v in fields.defaults_of(TrainSettings).items() if k in CHECKPOINT_KEYS}
-#: the keys every train config holds (the optional ones: the checkpoint keys and gradient_checkpointing)
-TRAIN_KEYS = tuple(k for k in fields.keys_of(TrainSettings) if k not in (*CHECKPOINT_KEYS, "gradient_checkpointing"))
+#: optional keys whose default reproduces what kaft did before they existed (an older config may lack them)
+OPTIONAL_KEYS = ("gradient_checkpointing", "target", "response_eos")
+#: the keys every train config holds (the optional ones: the checkpoint keys and :data:`OPTIONAL_KEYS`)
+TRAIN_KEYS = tuple(k for k in fields.keys_of(TrainSettings) if k not in (*CHECKPOINT_KEYS, *OPTIONAL_KEYS))
 
 
 def validate_train_cfg(train_cfg: Mapping) -> None:

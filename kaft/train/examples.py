@@ -1,8 +1,14 @@
-"""Training examples and batches: the tokenisation of prompt + answer, and the collators of both kinds of batch.
+"""Training examples and batches: the tokenisation of prompt + target, and the collators of both kinds of batch.
 
-Each item becomes one example: the prompt of :func:`kaft.prompts.format_question` followed by the target
-:func:`kaft.prompts.answer_text` (``" A"``), with the loss on the target tokens only. :func:`encode_example` is that
-tokenisation, public so that scoring code can use the very same token split. Preference pairs are encoded the same
+Each item becomes one example: its prompt and its target text as :mod:`kaft.targets` builds them for
+``train.target`` — the option letter (``" A"``, KaFT's setting), the letter and the option text, or a response
+(a free-form item's reference response, a multiple-choice item's response / explanation field) — with the loss on
+every target token and on no prompt token. With ``train.response_eos`` a response target ends with the tokenizer's
+EOS token (as TRL's SFT trainer ends a completion), so a model trained on responses learns where one stops
+(generation stops at EOS as well as at ``evaluation.generation.stop``); it is off by default because a model that
+never learned to predict EOS (the testbed's: its pretraining puts no loss on it) starts with a huge CE on it that
+dominates the loss. A letter or option target never has one (what kaft always trained on). :func:`encode_example` is that tokenisation, public so that scoring code
+can use the very same token split. Preference pairs are encoded the same
 way; when chosen and rejected differ only in their last token — one-letter answers after the same prompt — both
 are read from one sequence's logits (the causal logits that score the last token do not see it), so such a pair
 costs one sequence, not two.
@@ -14,9 +20,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from kaft.data import MCItem
+from kaft import targets
 from kaft.losses import IGNORE_INDEX
-from kaft.prompts import DEFAULT_INSTRUCTION, answer_text, format_question
 from kaft.train.config import TrainError
 
 
@@ -37,14 +42,18 @@ def special_prefix(tokenizer) -> list[int]:
     return [bos] if bos is not None and full[:1] == [bos] else []
 
 
-def encode_example(tokenizer, prompt: str, target: str, max_length: int) -> tuple[list[int], list[int]]:
-    """``(input_ids, labels)`` for ``prompt + target`` with the loss on the target tokens only.
+def encode_example(
+    tokenizer, prompt: str, target: str, max_length: int, eos: bool = False
+) -> tuple[list[int], list[int]]:
+    """``(input_ids, labels)`` for ``prompt + target`` with the loss on the target tokens only (and on the
+    tokenizer's EOS after them with ``eos``, where it has one).
 
     ``input_ids = special_prefix + ids(prompt) + ids(target)``; the target ids are those of ``prompt + target``
     after the prompt's (how lm-eval splits context and continuation), which equals ``ids(target)`` on its own for
     byte-level BPE tokenizers and avoids the spurious leading "▁" of SentencePiece ones. When the joint tokenisation
     does not start with the prompt's ids, ``ids(target)`` is used. Over ``max_length`` the prompt is cut from the
-    left (the special prefix and the target are kept).
+    left (the special prefix and the target are kept); a target that does not fit on its own is a
+    :class:`TrainError`, never cut.
     """
     prefix = special_prefix(tokenizer)
     p_ids = _ids(tokenizer, prompt, False)
@@ -56,11 +65,14 @@ def encode_example(tokenizer, prompt: str, target: str, max_length: int) -> tupl
     )
     if not t_ids:
         raise TrainError(f"target {target!r} tokenizes to nothing")
+    eos_id = getattr(tokenizer, "eos_token_id", None)
+    if eos and eos_id is not None:
+        t_ids = [*t_ids, int(eos_id)]
     room = max_length - len(prefix) - len(t_ids)
     if room < 1:
         raise TrainError(
             f"train.max_length={max_length} leaves no room for the prompt (special prefix "
-            f"{len(prefix)} + target {len(t_ids)} tokens); raise train.max_length"
+            f"{len(prefix)} + target {len(t_ids)} tokens); raise train.max_length (a target is never cut)"
         )
     if len(p_ids) > room:
         p_ids = p_ids[len(p_ids) - room :]
@@ -70,16 +82,35 @@ def encode_example(tokenizer, prompt: str, target: str, max_length: int) -> tupl
 
 
 def build_examples(
-    tokenizer, items: Sequence[MCItem], weights: Sequence[float], domain: str, instruction: str | None, max_length: int
+    tokenizer,
+    items: Sequence,
+    weights: Sequence[float],
+    domain: str,
+    instruction: str | None,
+    max_length: int,
+    target: str | None = None,
+    response_eos: bool = False,
 ) -> list[dict]:
-    """One tokenised SFT example per item, carrying the item's reward as ``weights``."""
-    instruction = DEFAULT_INSTRUCTION if instruction is None else instruction
+    """One tokenised SFT example per item (multiple-choice or free-form), carrying the item's reward as
+    ``weights``; ``target`` is ``train.target`` (None = auto: :func:`kaft.targets.resolve`), ``response_eos``
+    ``train.response_eos`` (EOS after a response target)."""
+    kind = targets.resolve(target, items)
     out = []
     for it, w in zip(items, weights):
-        prompt = format_question(it.question, it.options, it.domain or domain, instruction)
-        ids, labels = encode_example(tokenizer, prompt, answer_text(it.answer), max_length)
+        prompt, text = targets.prompt_and_target(it, kind, domain, instruction)
+        try:
+            ids, labels = encode_example(tokenizer, prompt, text, max_length, eos=response_eos and kind == "response")
+        except TrainError as e:
+            raise TrainError(f"item {it.id!r} (train.target={kind}): {e}") from None
         out.append({"input_ids": ids, "labels": labels, "weights": float(w)})
     return out
+
+
+def mean_label_tokens(rows: Sequence[Mapping], key: str = "labels") -> float:
+    """The mean number of label tokens per example (results.json's ``train_target.mean_label_tokens``)."""
+    if not rows:
+        return 0.0
+    return sum(sum(t != IGNORE_INDEX for t in r[key]) for r in rows) / len(rows)
 
 
 class ListDataset(torch.utils.data.Dataset):

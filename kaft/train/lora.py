@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from kaft import targets
 from kaft.data import MCItem
 from kaft.losses import make_loss
 from kaft.train.config import CHECKPOINT_DEFAULTS, TrainError, TrainSpec, lora_config, peft_wrap, validate_train_cfg
@@ -172,7 +173,9 @@ def train_lora(
     ``gradient_checkpointing``. ``records`` hold sampled answers of ``items`` (same order): SMA's own samples or the
     detection's; a loss that needs pairs (``dpo``) builds its pairs from them and needs them; then
     ``train.batch_size`` counts pairs, the pairs go to ``out_dir/pairs.jsonl`` and their counts to
-    ``train_log.json``. Other losses ignore ``records``.
+    ``train_log.json``. Other losses ignore ``records``. ``spec.train["target"]`` (``train.target``, default auto)
+    says what each item trains on (:mod:`kaft.targets`); ``train_log.json`` records the resolved ``target`` and the
+    ``mean_label_tokens`` per example (results.json's ``train_target``).
 
     ``checkpoint_dir``: where Trainer checkpoints go every ``train.save_steps`` steps (default 50; 0 = none),
     keeping ``train.save_total_limit`` (default 1); training resumes from the newest complete one found there
@@ -183,8 +186,10 @@ def train_lora(
     _check_inputs(model, items, weights)
     loss = make_loss(spec.loss)
     feed = FEEDS.get(loss.needs)
+    target = {"target": targets.resolve(train_cfg.get("target"), items), "eos": bool(train_cfg.get("response_eos"))}
+    max_length = int(train_cfg["max_length"])
     prepared = feed.prepare(
-        loss, tokenizer, items, weights, records, seed, spec.domain, spec.instruction, int(train_cfg["max_length"])
+        loss, tokenizer, items, weights, records, seed, spec.domain, spec.instruction, max_length, **target
     )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

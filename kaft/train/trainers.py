@@ -15,7 +15,13 @@ from functools import cache
 from kaft.data import MCItem
 from kaft.losses import Loss, make_loss
 from kaft.registry import Registry
-from kaft.train.examples import PairCollator, WeightedCollator, build_examples, build_pair_examples
+from kaft.train.examples import (
+    PairCollator,
+    WeightedCollator,
+    build_examples,
+    build_pair_examples,
+    mean_label_tokens,
+)
 from kaft.train.steps import accepts_logits_to_keep, pair_batch_loss, sft_batch_loss
 
 
@@ -91,7 +97,8 @@ class Prepared:
 class Feed:
     """How :func:`kaft.train.train_lora` trains a loss that needs one kind of input."""
 
-    #: (loss, tokenizer, items, weights, records, seed, domain, instruction, max_length) -> Prepared
+    #: (loss, tokenizer, items, weights, records, seed, domain, instruction, max_length, target) -> Prepared, with
+    #: ``target`` the resolved ``train.target`` (:func:`kaft.targets.resolve`), ``eos`` ``train.response_eos``
     prepare: Callable[..., Prepared]
     collator: Callable[[int], Callable]  # pad id -> collator
     trainer: Callable[[], type]  # -> the Trainer subclass (takes ``loss_cfg=``)
@@ -107,8 +114,11 @@ def _weighted_examples(
     domain: str,
     instruction: str | None,
     max_length: int,
+    target: str = "letter",
+    eos: bool = False,
 ) -> Prepared:
-    return Prepared(build_examples(tokenizer, items, weights, domain, instruction, max_length), "items")
+    rows = build_examples(tokenizer, items, weights, domain, instruction, max_length, target, eos)
+    return Prepared(rows, "items", log={"target": target, "mean_label_tokens": mean_label_tokens(rows)})
 
 
 def _pair_examples(
@@ -121,6 +131,8 @@ def _pair_examples(
     domain: str,
     instruction: str | None,
     max_length: int,
+    target: str = "letter",
+    eos: bool = False,
 ) -> Prepared:
     pairs = loss.make_pairs(items, records, seed, domain, instruction)
     rows = build_pair_examples(tokenizer, pairs, weights, max_length)
@@ -128,7 +140,12 @@ def _pair_examples(
         rows,
         "pairs",
         files={"pairs.jsonl": "".join(json.dumps(p) + "\n" for p in pairs)},
-        log={"n_pairs": len(pairs), "n_items_with_pairs": len({p["index"] for p in pairs})},
+        log={
+            "n_pairs": len(pairs),
+            "n_items_with_pairs": len({p["index"] for p in pairs}),
+            "target": target,
+            "mean_label_tokens": mean_label_tokens(rows, "chosen_labels"),  # of the chosen responses
+        },
     )
 
 

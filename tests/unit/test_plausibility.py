@@ -147,11 +147,16 @@ def test_context_warning_is_one_line_for_every_stage(tok):
     assert [line for line in lines if "are longer than train.max_length=8" in line] == lines[-1:]
 
 
-def test_freeform_training_items_are_not_measured(tok):
+def test_freeform_training_items_are_measured_as_they_train(tok):
+    """Free-form items train on their response (train.target auto): measured; they have no detection prompt yet,
+    and with train.target=letter (MC conversion's items, built by detection) no training prompt either."""
     from kaft.detection import FreeFormItem
 
     train = [FreeFormItem(id=f"f{i}", question="What is Tarn ?", answer="red") for i in range(4)]
-    assert set(P.prompt_lengths(_cfg(), train, {"t": _items(2)}, tok)) == {"evaluation"}
+    lengths = P.prompt_lengths(_cfg(), train, {"t": _items(2)}, tok)
+    assert set(lengths) == {"train", "evaluation"} and lengths["train"]["n"] == 4
+    letters = {**_cfg(), "train": {"max_length": 2048, "target": "letter"}}
+    assert set(P.prompt_lengths(letters, train, {"t": _items(2)}, tok)) == {"evaluation"}
 
 
 # ----------------------------------------------------------------------------------------------- overlap

@@ -1,0 +1,31 @@
+"""Config keys added with a default that reproduces what kaft did before them (:data:`NEW_DEFAULTS`).
+
+Why a module of its own: the identity (:mod:`kaft.identity`, which re-exports both names) and the stages' cache keys
+(:mod:`kaft.stages`) both leave such a key out while it holds its default, and neither may import the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+#: config keys added after results were first recorded, whose default reproduces what kaft did before them: dotted
+#: path -> that default. At its default such a key is left out of the identity's config part (and the stages leave
+#: it out of their cache keys, :func:`without_new_defaults`), so adding it changed no default job's identity or
+#: artifacts; set to anything else, it is in both. Add a key here when it is added with such a default.
+NEW_DEFAULTS: dict[str, Any] = {
+    "train.target": "auto",  # kaft.targets: auto = letter on multiple-choice data, what kaft always trained on
+    "train.response_eos": False,  # only a response target ends in EOS, and only when asked
+}
+
+
+def without_new_defaults(section: Mapping, prefix: str = "") -> dict:
+    """``section`` (the config at dotted path ``prefix``; "" = the whole config) without the :data:`NEW_DEFAULTS`
+    keys under it that hold their default (nested mappings copied, the rest as is)."""
+    out = {}
+    for k, v in section.items():
+        path = f"{prefix}.{k}" if prefix else str(k)
+        if path in NEW_DEFAULTS and v == NEW_DEFAULTS[path]:
+            continue
+        out[k] = without_new_defaults(v, path) if isinstance(v, Mapping) else v
+    return out
