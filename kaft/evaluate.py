@@ -324,6 +324,8 @@ def evaluate(
         from kaft.verifiers import make_verifier  # lazy: only free-form benchmarks are judged
 
         judge = make_verifier(verifier)
+        if judge.needs_model:  # an LLM judge without a model of its own: the evaluated model (verifier.model)
+            judge.bind(lambda: (model, tokenizer))
         generation = gen_mod.generation_settings(generation)
     configs, plan = plan_tasks(sets, work_dir, domain, instruction, generation)
     out = _simple_evaluate(

@@ -115,12 +115,13 @@ def stage_data(cfg: DictConfig, cache: Cache) -> Data:
     if not ds.get("eval"):
         raise ConfigError(f"dataset {ds.name!r} has no eval benchmarks (dataset.eval is empty)")
     freeform = ds.train.get("format", "mc") == "freeform"
-    if freeform != (cfg.detection.name == "mc_conversion"):
+    reads_freeform = detect_mod.DETECTORS.get(cfg.detection.name).input == "freeform"  # mc_conversion, generative
+    if freeform != reads_freeform:
         raise ConfigError(
-            "free-form training data (dataset.train.format: freeform) needs detection=mc_conversion, "
-            "and detection=mc_conversion needs free-form training data"
+            "free-form training data (dataset.train.format: freeform) needs a free-form detection "
+            "(detection=mc_conversion or detection=generative)"
             if freeform
-            else "detection=mc_conversion needs free-form training data (dataset.train.format: freeform, "
+            else f"detection={cfg.detection.name} needs free-form training data (dataset.train.format: freeform, "
             "e.g. dataset=testbed_freeform)"
         )
     for spec in [ds.train, *ds.eval.values()]:
@@ -207,6 +208,8 @@ def stage_detect(ctx: StageContext, items: list, which: str = "train", det: Mapp
     """Probe ``items`` (the training set, or for fine-grained evaluation the benchmark ``which``) with ``det``
     (default ``cfg.detection``); cached per data fingerprint and detection settings. Value: the records."""
     det = ctx.plain("detection") if det is None else dict(det)
+    # the verifier enters the key only of a detection that reads it (generative): every other key is as before
+    judged = [plain(ctx.cfg.get("verifier")) or {"name": "exact"}] if detect_mod.reads_verifier(det) else []
     key = make_key(
         "detect",
         STAGE_VERSIONS["detect"],
@@ -216,9 +219,11 @@ def stage_detect(ctx: StageContext, items: list, which: str = "train", det: Mapp
         ctx.seed,
         ctx.domain,
         ctx.instruction,
+        *judged,
     )
 
     def build(tmp: Path):
+        verifier = _verifier(ctx, judged[0]) if judged else None
         backend = detect_mod.make_backend(det, ctx.model.get, ctx.model.path, ctx.seed)
         try:
             records = detect_mod.run_detection(
@@ -230,6 +235,7 @@ def stage_detect(ctx: StageContext, items: list, which: str = "train", det: Mapp
                 ctx.instruction,
                 progress=bool(ctx.cfg.progress),
                 work_dir=ctx.cache.scratch("detect", key),
+                verifier=verifier,
             )
         finally:
             getattr(backend, "close", lambda: None)()  # a vLLM engine frees its process and KV cache
@@ -238,6 +244,16 @@ def stage_detect(ctx: StageContext, items: list, which: str = "train", det: Mapp
     hit = ctx.cache.get_or_create("detect", key, build, meta={"n_items": len(items)})
     log.info("detection %s (%s)", "reused from cache" if hit.cached else "computed", hit.path)
     return StageResult(detect_mod.read_records(hit.path / "scores.jsonl"), hit.cached, key)
+
+
+def _verifier(ctx: StageContext, cfg: Mapping):
+    """The job's verifier; an LLM judge without a model of its own judges with the job's (loaded once, shared)."""
+    from kaft.verifiers import make_verifier  # lazy: only a detection that judges responses needs it
+
+    verifier = make_verifier(cfg)
+    if verifier.needs_model:
+        verifier.bind(ctx.model.get)
+    return verifier
 
 
 def stage_greedy(ctx: StageContext, items: list, records: list[dict]) -> StageResult:
