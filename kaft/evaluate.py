@@ -323,9 +323,7 @@ def evaluate(
     if free:  # before any task file is written or the model runs: a bad verifier config is one line
         from kaft.verifiers import make_verifier  # lazy: only free-form benchmarks are judged
 
-        judge = make_verifier(verifier)
-        if judge.needs_model:  # an LLM judge without a model of its own: the evaluated model (verifier.model)
-            judge.bind(lambda: (model, tokenizer))
+        judge = make_verifier(verifier, lambda: (model, tokenizer))  # an LLM judge's default model: this one
         generation = gen_mod.generation_settings(generation)
     configs, plan = plan_tasks(sets, work_dir, domain, instruction, generation)
     out = _simple_evaluate(

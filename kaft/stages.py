@@ -33,6 +33,7 @@ from kaft.errors import ConfigError
 from kaft.evaluate import evaluate
 from kaft.evaluate_generative import generation_settings
 from kaft.items import is_freeform
+from kaft.verifiers import make_verifier
 
 log = logging.getLogger("kaft")
 
@@ -223,7 +224,8 @@ def stage_detect(ctx: StageContext, items: list, which: str = "train", det: Mapp
     )
 
     def build(tmp: Path):
-        verifier = _verifier(ctx, judged[0]) if judged else None
+        # an LLM judge without a model of its own judges with the job's (loaded once, shared with the backend)
+        verifier = make_verifier(judged[0], ctx.model.get) if judged else None
         backend = detect_mod.make_backend(det, ctx.model.get, ctx.model.path, ctx.seed)
         try:
             records = detect_mod.run_detection(
@@ -244,16 +246,6 @@ def stage_detect(ctx: StageContext, items: list, which: str = "train", det: Mapp
     hit = ctx.cache.get_or_create("detect", key, build, meta={"n_items": len(items)})
     log.info("detection %s (%s)", "reused from cache" if hit.cached else "computed", hit.path)
     return StageResult(detect_mod.read_records(hit.path / "scores.jsonl"), hit.cached, key)
-
-
-def _verifier(ctx: StageContext, cfg: Mapping):
-    """The job's verifier; an LLM judge without a model of its own judges with the job's (loaded once, shared)."""
-    from kaft.verifiers import make_verifier  # lazy: only a detection that judges responses needs it
-
-    verifier = make_verifier(cfg)
-    if verifier.needs_model:
-        verifier.bind(ctx.model.get)
-    return verifier
 
 
 def stage_greedy(ctx: StageContext, items: list, records: list[dict]) -> StageResult:

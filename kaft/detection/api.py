@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from kaft.detection import convert as _convert  # noqa: F401  (registers detection=mc_conversion)
 from kaft.detection import generative as _generative  # noqa: F401  (registers detection=generative)
 from kaft.detection.backends import BACKENDS
-from kaft.detection.convert import CONVERSION_KEYS
 from kaft.detection.detectors import DETECTORS, Detector
 from kaft.detection.settings import ProbeSettings
 
@@ -57,7 +57,7 @@ def greedy_probe(cfg: Mapping) -> dict:
         "diverse_query": False,
         "response_sampling": True,
     }
-    return {k: v for k, v in det.items() if k not in CONVERSION_KEYS}
+    return {k: v for k, v in det.items() if k in ProbeSettings.keys()}  # a detector's own keys (CONVERSION_KEYS, ...)
 
 
 def make_backend(

@@ -10,7 +10,8 @@ a model cannot guess a free-form answer right by chance, as it can a letter.
   behind a ``shots``-shot free-form prompt of other training items (their question and training target:
   :func:`kaft.prompts.freeform_few_shot`, KaFT App. A.3's layout without options); the Nr samples of a query decode
   from one shared prefill (:func:`kaft.detection.responses.sample_prompts`). A response ends at its first newline or
-  end-of-sequence token (decoding stops when all have), at most ``max_new_tokens`` tokens.
+  end-of-sequence token (decoding stops when all have), at most ``max_response_tokens`` tokens (its own key:
+  ``max_new_tokens`` is the letter probes' length, which model configs set for multiple choice — the testbed's 2).
 * **No** (``num_orders``): a free-form item has no options to reorder, so its queries are its question and then the
   paraphrases the data set gives in ``meta.paraphrases`` (a list of questions), at most ``num_orders`` in all. Without
   a paraphrase source No = 1 (the testbed's free-form rows have none). ``diverse_query: false`` keeps the question
@@ -57,7 +58,7 @@ class GenerativeSettings(ProbeSettings):
     """Diversified probing's settings read over free-form responses (conf/detection/generative.yaml)."""
 
     num_orders: int = integer(10, 1, help="No: queries per item, its question then its meta.paraphrases (1 without)")
-    max_new_tokens: int = integer(32, 1, help="response length (a response also ends at its first newline)")
+    max_response_tokens: int = integer(32, 1, help="response length (a response also ends at its first newline)")
 
     def check(self) -> None:
         super().check()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from kaft import fields
@@ -68,10 +68,15 @@ def parse_settings(cfg: Mapping[str, Any] | None) -> tuple[type[Verifier], Any]:
     return cls, fields.parse(cls.Settings, cfg, "verifier", VerifierError)
 
 
-def make_verifier(cfg: Mapping[str, Any] | None) -> Verifier:
-    """The verifier a ``verifier`` config names (``{"name": "exact"}``; None = exact), with its checked settings."""
+def make_verifier(cfg: Mapping[str, Any] | None, model_loader: Callable[[], tuple[Any, Any]] | None = None) -> Verifier:
+    """The verifier a ``verifier`` config names (``{"name": "exact"}``; None = exact), with its checked settings;
+    one that runs a model (``needs_model``) is bound to ``model_loader`` (``() -> (model, tokenizer)``: the job's
+    model, used unless its settings name another)."""
     cls, settings = parse_settings(cfg)
-    return cls(dataclasses.asdict(settings))
+    verifier = cls(dataclasses.asdict(settings))
+    if verifier.needs_model and model_loader is not None:
+        verifier.bind(model_loader)
+    return verifier
 
 
 def no_verdicts(verdicts: Sequence[Sequence[bool | None]]) -> int:
