@@ -11,13 +11,14 @@ Nr = 10 samples per query at T = 0.7:
   tokens as ``eos_token_id``, so it stops when every sequence of a batch has ended);
 * the whole detector (sampling + the exact verifier + records), items/s.
 
-Rounds are interleaved and the median is reported; the ratio is kaft's items/s over HF's (> 1: kaft is faster).
+Rounds are interleaved (each in its own shuffled order) and the median is reported; the ratio is kaft's items/s over HF's (> 1: kaft is faster).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import time
 
@@ -90,8 +91,11 @@ def main(argv=None) -> None:
     times: dict[str, list[float]] = {k: [] for k in cases}
     torch.manual_seed(0)
     with torch.inference_mode():
-        for _ in range(rounds):
-            for name, fn in cases.items():
+        for r in range(rounds):
+            names = list(cases)
+            random.Random(r).shuffle(names)  # a different order each round: a busy machine's drift hits all alike
+            for name in names:
+                fn = cases[name]
                 t0 = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t0)

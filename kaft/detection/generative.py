@@ -41,10 +41,16 @@ from kaft.detection.detectors import DETECTORS, Detector
 from kaft.detection.probing import Layout, Need, probe
 from kaft.detection.responses import sample_prompts
 from kaft.detection.settings import ProbeSettings
+from kaft.errors import ConfigError
 from kaft.fields import integer
 from kaft.items import FreeFormItem
 from kaft.prompts import FREEFORM_INSTRUCTION, freeform_few_shot
 from kaft.verifiers.base import normalize_answer
+
+
+class EstimatorError(DetectionError, ConfigError):
+    """A detection setting generative detection cannot take (a config error, raised before any model loads)."""
+
 
 EXACT_REFUSED = (
     "detection.estimator=exact does not apply to detection=generative: a free-form answer has no finite set of "
@@ -63,7 +69,7 @@ class GenerativeSettings(ProbeSettings):
     def check(self) -> None:
         super().check()
         if self.estimator == "exact":
-            raise DetectionError(EXACT_REFUSED)
+            raise EstimatorError(EXACT_REFUSED)
         if self.prompt != "kaft":
             raise DetectionError(
                 f"detection=generative asks free-form questions in KaFT's layout (detection.prompt=kaft); "
@@ -104,11 +110,10 @@ class Generative(Detector):
 
     def need(self) -> Need:
         s = self.settings
+        n = s.max_response_tokens  # not max_new_tokens: the letter probes' length
         if s.response_sampling:
-            return Need(
-                letter_probs=False, temperature=s.temperature, samples=s.num_samples, max_new_tokens=s.max_new_tokens
-            )
-        return Need(letter_probs=False, temperature=0.0, samples=1, max_new_tokens=s.max_new_tokens)
+            return Need(letter_probs=False, temperature=s.temperature, samples=s.num_samples, max_new_tokens=n)
+        return Need(letter_probs=False, temperature=0.0, samples=1, max_new_tokens=n)
 
     def saves_samples(self) -> bool:
         return False  # records hold responses and verdicts, not the option indices self-align / pairs read

@@ -75,11 +75,19 @@ def test_generative_detection_runs_end_to_end_and_is_cached(tmp_path, verifier):
     assert "loaded model" not in again.stdout + again.stderr
 
 
-def test_generative_detection_refuses_the_exact_estimator_in_one_line(tmp_path):
-    out = _kaft(["detection.estimator=exact", "hydra.run.dir=bad"], tmp_path, ok=False)
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["detection.estimator=exact"], "detection.estimator=exact does not apply to detection=generative"),
+        (["verifier=llm_judge", "verifier.language=fr"], "verifier.language must be one of ['en', 'zh'], got 'fr'"),
+        (["+verifier.model=x"], "verifier.model is not a verifier setting"),
+    ],
+)
+def test_bad_generative_settings_stop_in_one_line(tmp_path, override, message):
+    out = _kaft([*override, "hydra.run.dir=bad"], tmp_path, ok=False)
     lines = [ln for ln in out.stderr.splitlines() if ln.startswith("kaft: error:")]
-    assert len(lines) == 1 and "detection.estimator=exact does not apply to detection=generative" in lines[0]
-    assert "loaded model" not in out.stdout + out.stderr
+    assert len(lines) == 1 and message in lines[0], out.stderr[-2000:]
+    assert "loaded model" not in out.stdout + out.stderr and not (tmp_path / "bad" / "results.json").exists()
 
 
 def test_generative_detection_needs_freeform_data(tmp_path):

@@ -21,6 +21,7 @@ from kaft.detection import (
 )
 from kaft.detection.generative import EXACT_REFUSED, majority_response, variants
 from kaft.detection.hf_backend import _until
+from kaft.errors import ConfigError
 from kaft.items import FreeFormItem
 from kaft.prompts import FREEFORM_INSTRUCTION
 from kaft.verifiers import make_verifier
@@ -55,14 +56,18 @@ def test_registered_reads_freeform_and_the_verifier():
     cls = DETECTORS.get("generative")
     assert cls.input == "freeform" and reads_verifier({"name": "generative"})
     assert not reads_verifier({"name": "diversified"}) and not reads_verifier({"name": "mc_conversion"})
+    need = detector_for({"name": "generative", "max_new_tokens": 2, "max_response_tokens": 7}).need()
+    assert (need.max_new_tokens, need.samples, need.temperature, need.letter_probs) == (7, 10, 0.7, False)
+    greedy = detector_for({"name": "generative", "response_sampling": False}).need()
+    assert (greedy.samples, greedy.temperature, greedy.max_new_tokens) == (1, 0.0, 32)
     s = settings({"name": "generative"})
     assert (s["temperature"], s["num_samples"], s["estimator"], s["max_response_tokens"]) == (0.7, 10, "sample", 32)
 
 
 def test_exact_estimator_is_refused_in_one_line():
-    with pytest.raises(DetectionError) as e:
+    with pytest.raises(ConfigError) as e:
         validate({"name": "generative", "estimator": "exact"})
-    assert str(e.value) == EXACT_REFUSED and "\n" not in EXACT_REFUSED
+    assert isinstance(e.value, DetectionError) and str(e.value) == EXACT_REFUSED and "\n" not in EXACT_REFUSED
     with pytest.raises(DetectionError, match="multiple-choice layout"):
         validate({"name": "generative", "prompt": "ren"})
 
