@@ -323,7 +323,7 @@ def evaluate(
     if free:  # before any task file is written or the model runs: a bad verifier config is one line
         from kaft.verifiers import make_verifier  # lazy: only free-form benchmarks are judged
 
-        judge = make_verifier(verifier)
+        judge = make_verifier(verifier, lambda: (model, tokenizer))  # an LLM judge's default model: this one
         generation = gen_mod.generation_settings(generation)
     configs, plan = plan_tasks(sets, work_dir, domain, instruction, generation)
     out = _simple_evaluate(

@@ -104,7 +104,7 @@ def score_stats(records: list[dict], items: list[MCItem], subsets: list[int], na
         if vals:
             out[f"{flag}_rate"] = statistics.fmean(vals)
     if any("unparsed" in r for r in records):
-        total = sum(len(a) for r in records for a in r.get("answers", []))
+        total = sum(len(a) for r in records for a in r.get("answers", r.get("verdicts", [])))  # generative: verdicts
         out["unparsed_answers"] = sum(r.get("unparsed", 0) for r in records)
         out["unparsed_rate"] = out["unparsed_answers"] / max(1, total)
     out.update(diagnostics.compute_all(scores, items, subsets))

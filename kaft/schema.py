@@ -27,7 +27,19 @@ from kaft.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 #: the config groups a composed job holds at its top level (each checked by its own schema)
-GROUPS = ("testbed", "dataset", "detection", "partition", "strategy", "loss", "train", "evaluation", "logger", "model")
+GROUPS = (
+    "testbed",
+    "dataset",
+    "detection",
+    "partition",
+    "strategy",
+    "loss",
+    "train",
+    "evaluation",
+    "verifier",
+    "logger",
+    "model",
+)
 _DEVICE = re.compile(r"^(cpu|cuda|cuda:\d+|mps)$")
 
 
@@ -121,12 +133,13 @@ def _group(settings_cls: type, group: str, cfg: Mapping) -> Any:
 def check_config(cfg: Any) -> list[str]:
     """Check a composed job config (no data, no model, fast): the first error is raised as one line; returns the
     warning lines (legal but implausible settings, settings the chosen components do not read)."""
-    from kaft import detection, losses, strategy
+    from kaft import detection, losses, strategy, verifiers
     from kaft.train import validate_train_cfg
 
     _top(cfg)
     validate_train_cfg(_plain(cfg.train))
     _group(EvaluationSettings, "evaluation", _plain(cfg.evaluation))
+    verifiers.validate(_plain(cfg.get("verifier")))  # kaft.verifiers: each verifier's Settings beside its class
     detection.validate(_plain(cfg.detection))
     k = _group(PartitionSettings, "partition", _plain(cfg.partition)).k
     strategy.validate(_plain(cfg.strategy), k)

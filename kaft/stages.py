@@ -34,6 +34,7 @@ from kaft.errors import ConfigError
 from kaft.evaluate import evaluate
 from kaft.evaluate_generative import generation_settings
 from kaft.items import is_freeform
+from kaft.verifiers import make_verifier
 
 # what a job trains on (free-form data, MC conversion's items); kaft.job and kaft.sweep.plan reach them as S.*
 from kaft.trainset import (  # noqa: F401
@@ -209,6 +210,8 @@ def stage_detect(ctx: StageContext, items: list, which: str = "train", det: Mapp
     """Probe ``items`` (the training set, or for fine-grained evaluation the benchmark ``which``) with ``det``
     (default ``cfg.detection``); cached per data fingerprint and detection settings. Value: the records."""
     det = ctx.plain("detection") if det is None else dict(det)
+    # the verifier enters the key only of a detection that reads it (generative): every other key is as before
+    judged = [plain(ctx.cfg.get("verifier")) or {"name": "exact"}] if detect_mod.reads_verifier(det) else []
     key = make_key(
         "detect",
         STAGE_VERSIONS["detect"],
@@ -218,9 +221,12 @@ def stage_detect(ctx: StageContext, items: list, which: str = "train", det: Mapp
         ctx.seed,
         ctx.domain,
         ctx.instruction,
+        *judged,
     )
 
     def build(tmp: Path):
+        # an LLM judge without a model of its own judges with the job's (loaded once, shared with the backend)
+        verifier = make_verifier(judged[0], ctx.model.get) if judged else None
         backend = detect_mod.make_backend(det, ctx.model.get, ctx.model.path, ctx.seed)
         try:
             records = detect_mod.run_detection(
@@ -232,6 +238,7 @@ def stage_detect(ctx: StageContext, items: list, which: str = "train", det: Mapp
                 ctx.instruction,
                 progress=bool(ctx.cfg.progress),
                 work_dir=ctx.cache.scratch("detect", key),
+                verifier=verifier,
             )
         finally:
             getattr(backend, "close", lambda: None)()  # a vLLM engine frees its process and KV cache

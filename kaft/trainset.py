@@ -30,7 +30,7 @@ def check_train_format(cfg: Any) -> None:
     if freeform:
         raise ConfigError(
             "free-form training data (dataset.train.format: freeform) needs a detection that reads free-form "
-            f"items (detection=mc_conversion), not detection={cfg.detection.name}"
+            f"items (detection=mc_conversion or detection=generative), not detection={cfg.detection.name}"
         )
     raise ConfigError(
         f"detection={cfg.detection.name} needs free-form training data (dataset.train.format: freeform, "

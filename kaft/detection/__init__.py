@@ -10,8 +10,9 @@ Layers, each importing only those above it:
 * :mod:`~kaft.detection.probing` — the chunked, resumable probe loop driven by what a detector declares;
 * :mod:`~kaft.detection.detectors` — the detector registry with ``diversified`` and ``icl``;
   :mod:`~kaft.detection.convert` adds ``mc_conversion`` (free-form items to multiple choice);
+  :mod:`~kaft.detection.generative` adds ``generative`` (free-form responses judged by the job's verifier);
 * :mod:`~kaft.detection.api` — the config-level entry points below; :mod:`~kaft.detection.responses` — SMA's
-  sampling for DPO pairs.
+  sampling for DPO pairs and free-form sampling (:func:`sample_freeform`).
 """
 
 from kaft.detection.api import (
@@ -19,6 +20,7 @@ from kaft.detection.api import (
     greedy_probe,
     holds_greedy,
     make_backend,
+    reads_verifier,
     run_detection,
     saves_samples,
     settings,
@@ -43,9 +45,10 @@ from kaft.detection.core import (
     write_records,
 )
 from kaft.detection.detectors import DETECTORS, ICL, Detector, Diversified
+from kaft.detection.generative import Generative, GenerativeSettings
 from kaft.detection.hf_backend import HFBackend, filter_logits
 from kaft.detection.probing import Layout, Need, probe, probe_chunk
-from kaft.detection.responses import sample_responses
+from kaft.detection.responses import sample_freeform, sample_prompts, sample_responses
 from kaft.detection.settings import ESTIMATORS, ProbeSettings
 from kaft.detection.vllm_backend import VLLMBackend
 
@@ -60,6 +63,8 @@ __all__ = [
     "Detector",
     "Diversified",
     "FreeFormItem",
+    "Generative",
+    "GenerativeSettings",
     "HFBackend",
     "Layout",
     "Need",
@@ -82,7 +87,10 @@ __all__ = [
     "probe",
     "probe_chunk",
     "read_records",
+    "reads_verifier",
     "run_detection",
+    "sample_freeform",
+    "sample_prompts",
     "sample_responses",
     "saves_samples",
     "score",

@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from kaft.detection import convert as _convert  # noqa: F401  (registers detection=mc_conversion)
+from kaft.detection import generative as _generative  # noqa: F401  (registers detection=generative)
 from kaft.detection.backends import BACKENDS
-from kaft.detection.convert import CONVERSION_KEYS
 from kaft.detection.detectors import DETECTORS, Detector
 from kaft.detection.settings import ProbeSettings
 
@@ -56,7 +57,7 @@ def greedy_probe(cfg: Mapping) -> dict:
         "diverse_query": False,
         "response_sampling": True,
     }
-    return {k: v for k, v in det.items() if k not in CONVERSION_KEYS}
+    return {k: v for k, v in det.items() if k in ProbeSettings.keys()}  # a detector's own keys (CONVERSION_KEYS, ...)
 
 
 def make_backend(
@@ -69,8 +70,25 @@ def make_backend(
     return BACKENDS.get(s["backend"]).from_settings(s, model_loader, model_path, seed)
 
 
+def reads_verifier(cfg: Mapping) -> bool:
+    """Whether the detector of ``cfg`` judges responses with the job's verifier (generative detection)."""
+    return _detector_class(cfg).reads_verifier
+
+
 def run_detection(
-    backend, items, cfg: Mapping, seed: int, domain: str, instruction=None, progress: bool = True, work_dir=None
+    backend,
+    items,
+    cfg: Mapping,
+    seed: int,
+    domain: str,
+    instruction=None,
+    progress: bool = True,
+    work_dir=None,
+    verifier=None,
 ) -> list[dict]:
-    """One record per item (in item order) by the detector of ``cfg``; ``work_dir`` makes the probing resumable."""
-    return detector_for(cfg).run(backend, items, seed, domain, instruction, progress, work_dir)
+    """One record per item (in item order) by the detector of ``cfg``; ``work_dir`` makes the probing resumable;
+    ``verifier`` (a :class:`kaft.verifiers.Verifier`) judges the responses of a detector that :func:`reads_verifier`."""
+    det = detector_for(cfg)
+    if det.reads_verifier:
+        det.verifier = verifier
+    return det.run(backend, items, seed, domain, instruction, progress, work_dir)

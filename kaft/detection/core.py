@@ -189,6 +189,25 @@ def letter_token_ids(tokenizer, n_options: int) -> list[list[int]]:
     return [sorted(ids) for ids in out]
 
 
+_STOP_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def line_stop_ids(tokenizer) -> list[int]:
+    """The token ids that end a one-line free-form answer: the end-of-sequence token and every token whose decoded
+    text holds a newline (cached per tokenizer and vocabulary size: one decode pass over the vocabulary)."""
+    cached = _STOP_TABLES.get(tokenizer)
+    if cached is not None and cached[0] == len(tokenizer):
+        return cached[1]
+    ids = sorted(tokenizer.get_vocab().values())
+    texts = tokenizer.batch_decode([[i] for i in ids])
+    stop = {i for i, t in zip(ids, texts) if "\n" in t}
+    if tokenizer.eos_token_id is not None:
+        stop.add(int(tokenizer.eos_token_id))
+    out = sorted(stop)
+    _STOP_TABLES[tokenizer] = (len(tokenizer), out)
+    return out
+
+
 def write_records(records: Sequence[dict], path: Path) -> None:
     with open(path, "w", encoding="utf-8") as fh:
         for r in records:

@@ -52,6 +52,8 @@ class Detector(ABC):
     #: the training items it reads: "mc" (multiple-choice items) or "freeform" (free-form items: MC conversion,
     #: generative detection); the data stage checks the data set against it
     input: ClassVar[str] = "mc"
+    #: whether it judges responses with the job's verifier (``verifier`` config: then part of its cache key)
+    reads_verifier: ClassVar[bool] = False
 
     def __init__(self, settings: ProbeSettings):
         self.settings = settings

@@ -12,6 +12,7 @@ import inspect
 from collections.abc import Mapping, Sequence
 
 from kaft.detection.backends import BACKENDS
+from kaft.detection.core import line_stop_ids
 
 
 @BACKENDS.register("hf")
@@ -139,18 +140,24 @@ class HFBackend:
         seed: int,
         top_k: int = 0,
         top_p: float = 1.0,
+        stop_at_line: bool = False,
     ) -> list[list[str]]:
         """``n`` continuations per prompt (temperature 0 = greedy), one prefill per prompt shared by its samples;
-        ``top_k`` > 0 / ``top_p`` < 1 restrict each draw as HF ``generate`` does (SMA's sampling)."""
+        ``top_k`` > 0 / ``top_p`` < 1 restrict each draw as HF ``generate`` does (SMA's sampling). ``stop_at_line``
+        (free-form answers): each continuation ends before its first end-of-sequence or newline token, and a batch
+        stops decoding once every continuation has ended."""
         import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
 
         gen = torch.Generator().manual_seed(int(seed))
+        stop = line_stop_ids(self.tokenizer) if stop_at_line else None
         out: list[list[str]] = [[] for _ in prompts]
         with torch.inference_mode():
             for idx, batch in self._batches(prompts):
                 for i, texts in zip(
                     idx,
-                    _sample_batch(self.model, self.tokenizer, batch, n, temperature, max_new_tokens, gen, top_k, top_p),
+                    _sample_batch(
+                        self.model, self.tokenizer, batch, n, temperature, max_new_tokens, gen, top_k, top_p, stop
+                    ),
                 ):
                     out[i] = texts
         return out
@@ -191,8 +198,10 @@ def _sample_batch(
     generator,
     top_k: int = 0,
     top_p: float = 1.0,
+    stop_ids: Sequence[int] | None = None,
 ) -> list[list[str]]:
-    """``n`` sampled continuations per prompt, decoding from one shared prefill per prompt (temperature 0: greedy)."""
+    """``n`` sampled continuations per prompt, decoding from one shared prefill per prompt (temperature 0: greedy);
+    with ``stop_ids`` each ends before its first stop token and decoding ends when all have stopped."""
     import torch  # lazy: torch takes seconds to import; a cached re-run never needs it
 
     enc = tokenizer(list(prompts), return_tensors="pt", padding=True)
@@ -208,6 +217,8 @@ def _sample_batch(
     mask = mask.repeat_interleave(n, dim=0)
     last_pos = pos[:, -1].repeat_interleave(n, dim=0)
     generated = []
+    stop = torch.tensor(list(stop_ids), device=device) if stop_ids else None
+    done = torch.zeros(logits.shape[0], dtype=torch.bool, device=device)
     for step in range(max_new_tokens):
         if temperature > 0:
             probs = torch.softmax(filter_logits(logits / temperature, top_k, top_p), dim=-1)
@@ -215,13 +226,22 @@ def _sample_batch(
         else:
             tok = logits.argmax(-1, keepdim=True)
         generated.append(tok)
-        if step == max_new_tokens - 1:
+        if stop is not None:
+            done |= torch.isin(tok[:, 0], stop)
+        if step == max_new_tokens - 1 or (stop is not None and bool(done.all())):
             break
         mask = torch.cat([mask, torch.ones_like(tok)], dim=1)
         last_pos = last_pos + 1
         out = model(input_ids=tok, attention_mask=mask, position_ids=last_pos[:, None], cache=cache, use_cache=True)
         cache = out.cache
         logits = out.logits[:, -1, :].float()
-    gen = torch.cat(generated, dim=1).cpu()
+    gen = torch.cat(generated, dim=1).cpu().tolist()
+    if stop is not None:
+        gen = [_until(row, set(stop_ids)) for row in gen]
     texts = tokenizer.batch_decode(gen, skip_special_tokens=True)
     return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+
+def _until(row: list[int], stop: set[int]) -> list[int]:
+    """``row`` up to (without) its first token in ``stop``."""
+    return next((row[:i] for i, t in enumerate(row) if t in stop), row)

@@ -148,9 +148,9 @@ def probe(
             chunk = read_records(path)
             resumed += 1
         else:
-            chunk = probe_chunk(
-                detector, backend, items[a:b], seed, domain, instruction, items, a, chunk_seed=_chunk_seed(seed, c)
-            )
+            # a detector with queries of its own (generative: free-form prompts) probes its chunk itself
+            one = getattr(detector, "probe_chunk", None) or (lambda *args, **kw: probe_chunk(detector, *args, **kw))
+            chunk = one(backend, items[a:b], seed, domain, instruction, items, a, chunk_seed=_chunk_seed(seed, c))
             if path is not None:
                 atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in chunk))
         records += chunk

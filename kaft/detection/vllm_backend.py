@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from kaft.detection.backends import BACKENDS
-from kaft.detection.core import DetectionError
+from kaft.detection.core import DetectionError, line_stop_ids
 
 _CPU_DEFAULTS = {
     # torch.compile / graph capture on a CPU costs minutes on 2 cores and buys little for probing
@@ -220,16 +220,20 @@ class VLLMBackend:
         seed: int,
         top_k: int = 0,
         top_p: float = 1.0,
+        stop_at_line: bool = False,
     ) -> list[list[str]]:
         """``n`` continuations per prompt (decoded, special tokens skipped); temperature 0 = greedy (``n`` copies
-        of the one greedy continuation); ``top_k`` (0 = off) / ``top_p`` restrict the draws (SMA's sampling)."""
+        of the one greedy continuation); ``top_k`` (0 = off) / ``top_p`` restrict the draws (SMA's sampling);
+        ``stop_at_line``: each ends before its first end-of-sequence or newline token (vLLM's ``stop_token_ids``)."""
         from vllm import SamplingParams  # lazy: optional (its own venv); needed only with detection.backend=vllm
 
         if not prompts:
             return []
         n, t = int(n), float(temperature)
+        self._stop = set(line_stop_ids(self.tokenizer)) if stop_at_line else None
+        stop_kw = {"stop_token_ids": sorted(self._stop)} if self._stop else {}
         if t <= 0:
-            params = SamplingParams(n=1, max_tokens=int(max_new_tokens), temperature=0.0, detokenize=False)
+            params = SamplingParams(n=1, max_tokens=int(max_new_tokens), temperature=0.0, detokenize=False, **stop_kw)
             outs = self._generate(prompts, params)
             return [self._decode([out.outputs[0].token_ids]) * n for out in outs]
         seen: dict[str, int] = {}
@@ -245,6 +249,7 @@ class VLLMBackend:
                     top_k=int(top_k),
                     seed=_prompt_seed(seed, p, k),
                     detokenize=False,
+                    **stop_kw,
                 )
             )
         outs = self._generate(prompts, params)
@@ -264,4 +269,8 @@ class VLLMBackend:
         gc.collect()
 
     def _decode(self, token_ids: Sequence[Sequence[int]]) -> list[str]:
-        return self.tokenizer.batch_decode([list(t) for t in token_ids], skip_special_tokens=True)
+        stop = getattr(self, "_stop", None)
+        rows = [list(t) for t in token_ids]
+        if stop:  # vLLM keeps the stop token in the output: cut before it, as the hf backend does
+            rows = [next((r[:i] for i, x in enumerate(r) if x in stop), r) for r in rows]
+        return self.tokenizer.batch_decode(rows, skip_special_tokens=True)

@@ -9,7 +9,35 @@ and count. A new verifier is one class registered in :data:`VERIFIERS`.
 
 from __future__ import annotations
 
-from kaft.verifiers.base import VERIFIERS, Verifier, VerifierError, make_verifier, normalize_answer
+from kaft.verifiers.base import (
+    VERIFIERS,
+    Verifier,
+    VerifierError,
+    make_verifier,
+    no_verdicts,
+    normalize_answer,
+    parse_settings,
+)
+from kaft.verifiers.judge import LLMJudge, parse_verdict
 from kaft.verifiers.match import Contains, Exact
 
-__all__ = ["VERIFIERS", "Contains", "Exact", "Verifier", "VerifierError", "make_verifier", "normalize_answer"]
+
+def validate(cfg) -> None:
+    """Check a ``verifier`` config (name, keys, values) in one line, before any model loads."""
+    parse_settings(cfg)
+
+
+__all__ = [
+    "VERIFIERS",
+    "Contains",
+    "Exact",
+    "LLMJudge",
+    "Verifier",
+    "VerifierError",
+    "make_verifier",
+    "no_verdicts",
+    "normalize_answer",
+    "parse_settings",
+    "parse_verdict",
+    "validate",
+]
