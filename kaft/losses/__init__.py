@@ -36,6 +36,7 @@ from kaft.losses.base import (
     sma_sampling,
     validate_loss_cfg,
 )
+from kaft.losses.kl import SFTKL, sft_kl_loss, token_kl
 from kaft.losses.preference import DPO, SMA_SAMPLING, PreferenceLoss, dpo_loss, dpo_pair_loss, sequence_logps
 from kaft.losses.settings import LossError
 from kaft.losses.token import (
@@ -66,6 +67,7 @@ __all__ = [
     "Loss",
     "LossError",
     "PreferenceLoss",
+    "SFTKL",
     "SMA_SAMPLING",
     "TokenWeighted",
     "compute_loss",
@@ -80,7 +82,9 @@ __all__ = [
     "needs_samples",
     "sample_weights",
     "sequence_logps",
+    "sft_kl_loss",
     "sma_sampling",
+    "token_kl",
     "topk_entropy",
     "validate_loss_cfg",
 ]

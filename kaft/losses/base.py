@@ -31,7 +31,8 @@ class Loss:
     label: ClassVar[str] = ""
     #: the config keys of the hyperparameters a results table shows for this loss (its swept settings)
     reads: ClassVar[tuple[str, ...]] = ()
-    #: what training feeds it: "weights" (SFT batches with per-sample rewards) or "pairs" (preference pairs)
+    #: what training feeds it: "weights" (SFT batches with per-sample rewards), "reference" (the same, plus the
+    #: reference model's logits: SFT_KL) or "pairs" (preference pairs)
     needs: ClassVar[str] = "weights"
     #: the typed settings (a frozen dataclass whose fields are the config keys besides ``name``)
     Settings: ClassVar[type] = NoSettings
@@ -156,13 +157,19 @@ def sample_weights(loss_cfg: Mapping, subsets: Sequence[int], scores: Sequence[f
 
 
 def compute_loss(
-    loss_cfg: Mapping, logits: torch.Tensor, labels: torch.Tensor, weights: Any, labels_shifted: bool = False
+    loss_cfg: Mapping,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    weights: Any,
+    labels_shifted: bool = False,
+    ref_logits: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The scalar training loss of one batch.
 
     ``logits`` [B, T, V] (any float dtype), ``labels`` [B, T] with ``-100`` where there is no loss, aligned with the
     input ids (HF causal-LM convention; shifted here unless ``labels_shifted``), ``weights`` [B] the per-sample
     rewards (a tensor or a sequence). Only the label positions' logits are gathered and upcast to float32.
+    ``ref_logits`` (same shape as ``logits``): the reference model's, for a loss that ``needs = "reference"``.
     """
     loss = make_loss(loss_cfg)
     if logits.dim() != 3 or labels.shape != logits.shape[:2]:
@@ -177,8 +184,12 @@ def compute_loss(
     labels = labels.to(logits.device)
     if not labels_shifted:
         logits, labels = logits[:, :-1], labels[:, 1:]
+        ref_logits = None if ref_logits is None else ref_logits[:, :-1]
     mask = labels != IGNORE_INDEX
     if not bool(mask.any()):
         return logits.sum() * 0.0  # keeps the graph: backward works and changes nothing
     sample_idx, pos = mask.nonzero(as_tuple=True)
-    return loss.batch_loss(logits[sample_idx, pos].float(), labels[sample_idx, pos], sample_idx, weights, batch_size)
+    ref = {} if ref_logits is None else {"ref_logits": ref_logits.to(logits.device)[sample_idx, pos].float()}
+    return loss.batch_loss(
+        logits[sample_idx, pos].float(), labels[sample_idx, pos], sample_idx, weights, batch_size, **ref
+    )

@@ -16,6 +16,7 @@ from kaft.data import MCItem
 from kaft.losses import Loss, make_loss
 from kaft.registry import Registry
 from kaft.train.examples import PairCollator, WeightedCollator, build_examples, build_pair_examples
+from kaft.train.reference import reference_trainer_class
 from kaft.train.steps import accepts_logits_to_keep, pair_batch_loss, sft_batch_loss
 
 
@@ -135,4 +136,5 @@ def _pair_examples(
 #: a loss's ``needs`` -> its :class:`Feed`
 FEEDS: Registry[Feed] = Registry("training input")
 FEEDS.register("weights", Feed(_weighted_examples, WeightedCollator, weighted_trainer_class))
+FEEDS.register("reference", Feed(_weighted_examples, WeightedCollator, reference_trainer_class))  # SFT_KL
 FEEDS.register("pairs", Feed(_pair_examples, PairCollator, pair_trainer_class))
