@@ -54,6 +54,10 @@ def config_part(cfg: DictConfig | Mapping, method: str | None) -> dict:
     c = {k: v for k, v in c.items() if k not in NOT_IN_IDENTITY and k != "hydra"}
     if isinstance(c.get("train"), Mapping):
         c["train"] = {k: v for k, v in c["train"].items() if k not in CHECKPOINT_KEYS}
+    if isinstance(c.get("loss"), Mapping):  # a loss key added later is left out at its default (kaft.losses)
+        from kaft.losses import key_config
+
+        c["loss"] = key_config(c["loss"])
     c["method"] = method
     return json.loads(json.dumps(redact(c), default=str))  # results.json holds it redacted, as JSON
 

@@ -24,7 +24,7 @@ from kaft import partition as partition_mod
 from kaft import stages as S
 from kaft import strategy as strategy_mod
 from kaft.cache import Cache
-from kaft.items import MCItem
+from kaft.items import MCItem, is_freeform
 from kaft.results import RESULTS_FILE
 
 log = logging.getLogger("kaft")
@@ -46,6 +46,7 @@ class Job:
     records: list = field(default_factory=list)
     subsets: list = field(default_factory=list)
     names: list = field(default_factory=list)
+    loaded: list = field(default_factory=list)  # the training set as loaded (free-form before MC conversion)
 
     def hit(self, stage: str, result: S.StageResult) -> Any:
         """Record a stage's cache hit (unless it had nothing to compute) and return its value."""
@@ -115,6 +116,7 @@ def _data(job: Job) -> None:
     cfg = job.cfg
     with job.timer("data"):
         job.train, job.evals, fps = S.stage_data(cfg, job.cache)
+        job.loaded = job.train
         S.validate(cfg, len(job.train))
         plausibility.warn(cfg, job.train, job.evals, fps)  # legal but implausible data: one line each
     log.info("data: %d training items, benchmarks %s", len(job.train), {n: len(v) for n, v in job.evals.items()})
@@ -174,10 +176,11 @@ def _train(job: Job, sel: strategy_mod.Selection) -> S.Trained | None:
     loss = S.plain(job.cfg.loss)
     with job.timer("train"):
         pair_records = sel.records if losses.is_pairwise(loss) else None
-        sampling = losses.sma_sampling(loss)
+        items = S.sma_items(loss, job.loaded, sel.items)  # SMA on free-form data: responses, not letters
+        sampling = losses.sma_sampling(loss, is_freeform(items))
         if sampling is not None:  # DPO as SMA builds it: its own samples, not detection's
-            pair_records = job.hit("dpo_samples", S.stage_dpo_samples(job.ctx, sel.items, sampling))
-        result = S.stage_train(job.ctx, sel.items, sel.weights, pair_records)
+            pair_records = job.hit("dpo_samples", S.stage_dpo_samples(job.ctx, items, sampling))
+        result = S.stage_train(job.ctx, items, sel.weights, pair_records)
         job.keys["train"] = result.key
         return job.hit("train", result)
 

@@ -27,9 +27,11 @@ from kaft.losses.base import (
     IGNORE_INDEX,
     LOSSES,
     Loss,
+    builds_own_data,
     compute_loss,
     get_loss,
     is_pairwise,
+    key_config,
     make_loss,
     needs_samples,
     sample_weights,
@@ -37,7 +39,16 @@ from kaft.losses.base import (
     validate_loss_cfg,
 )
 from kaft.losses.kl import SFTKL, sft_kl_loss, token_kl
-from kaft.losses.preference import DPO, SMA_SAMPLING, PreferenceLoss, dpo_loss, dpo_pair_loss, sequence_logps
+from kaft.losses.preference import (
+    DPO,
+    SMA_SAMPLING,
+    PreferenceLoss,
+    chosen_nll,
+    dpo_loss,
+    dpo_pair_loss,
+    sequence_logps,
+)
+from kaft.losses.self_sft import SFTSelf
 from kaft.losses.settings import LossError
 from kaft.losses.token import (
     DFT,
@@ -68,8 +79,11 @@ __all__ = [
     "LossError",
     "PreferenceLoss",
     "SFTKL",
+    "SFTSelf",
     "SMA_SAMPLING",
     "TokenWeighted",
+    "builds_own_data",
+    "chosen_nll",
     "compute_loss",
     "dft_token_weights",
     "dpo_loss",
@@ -78,6 +92,7 @@ __all__ = [
     "get_loss",
     "is_pairwise",
     "kaft_rewards",
+    "key_config",
     "make_loss",
     "needs_samples",
     "sample_weights",

@@ -40,6 +40,9 @@ class Loss:
     combines: ClassVar[tuple[str, ...]] = ()
     #: old key -> its current name (an old config gets a one-line pointer instead of "unknown key")
     renamed: ClassVar[dict[str, str]] = {}
+    #: keys added after its configs were first cached, whose default reproduces what it did before -> that default:
+    #: left out of the train key and the job identity while at it (:func:`key_config`)
+    new_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, name: str, settings: Any):
         self.name, self.s = name, settings
@@ -76,9 +79,15 @@ class Loss:
         """Whether it builds its training data from the *detection's* sampled answers."""
         return False
 
-    def sampling(self) -> dict | None:
-        """The settings of the responses it samples itself before training (None: it samples none)."""
+    def sampling(self, freeform: bool = False) -> dict | None:
+        """The settings of the responses it samples itself before training (None: it samples none); ``freeform``:
+        for free-form items (whole responses, not a letter)."""
         return None
+
+    def builds_own_data(self) -> bool:
+        """Whether it builds its training data itself from the items (its own samples, or a data set's wrong
+        answers): on free-form data it then reads the free-form items, not MC conversion's."""
+        return self.sampling() is not None
 
 
 #: ``name -> Loss subclass``; add one with ``@LOSSES.register("name")``
@@ -140,9 +149,23 @@ def needs_samples(loss_cfg: Mapping) -> bool:
     return make_loss(loss_cfg).needs_detection_samples()
 
 
-def sma_sampling(loss_cfg: Mapping) -> dict | None:
-    """The sampling settings of a loss that draws its own responses (DPO ``pair_source=sma``), else None."""
-    return make_loss(loss_cfg).sampling()
+def sma_sampling(loss_cfg: Mapping, freeform: bool = False) -> dict | None:
+    """The sampling settings of a loss that draws its own responses (DPO ``pair_source=sma``, ``sft_self``) for
+    multiple-choice or (``freeform``) free-form items, else None."""
+    return make_loss(loss_cfg).sampling(freeform)
+
+
+def key_config(loss_cfg: Mapping) -> dict:
+    """The loss config as cache keys and the job identity see it: its :attr:`Loss.new_defaults` keys left out while
+    they hold their default, so adding such a key changed no existing job's key. An unknown loss is returned as is
+    (its error comes from the config check)."""
+    cls = LOSSES.get(loss_cfg.get("name")) if loss_cfg.get("name") in LOSSES else Loss
+    return {k: v for k, v in loss_cfg.items() if not (k in cls.new_defaults and v == cls.new_defaults[k])}
+
+
+def builds_own_data(loss_cfg: Mapping) -> bool:
+    """Whether the loss builds its training data from the items itself (:meth:`Loss.builds_own_data`)."""
+    return make_loss(loss_cfg).builds_own_data()
 
 
 def sample_weights(loss_cfg: Mapping, subsets: Sequence[int], scores: Sequence[float], k: int) -> list[float]:

@@ -17,6 +17,7 @@ from kaft.losses import Loss, make_loss
 from kaft.registry import Registry
 from kaft.train.examples import PairCollator, WeightedCollator, build_examples, build_pair_examples
 from kaft.train.reference import reference_trainer_class
+from kaft.train.self_answers import self_answer_rows
 from kaft.train.steps import accepts_logits_to_keep, pair_batch_loss, sft_batch_loss
 
 
@@ -133,8 +134,14 @@ def _pair_examples(
     )
 
 
+def _self_answer_examples(loss: Loss, tokenizer, items, weights, records, seed, domain, instruction, max_length):
+    rows, text = self_answer_rows(loss, tokenizer, items, weights, records, seed, domain, instruction, max_length)
+    return Prepared(rows, "self answers", files={"self_answers.jsonl": text}, log={"n_self_answers": len(rows)})
+
+
 #: a loss's ``needs`` -> its :class:`Feed`
 FEEDS: Registry[Feed] = Registry("training input")
 FEEDS.register("weights", Feed(_weighted_examples, WeightedCollator, weighted_trainer_class))
 FEEDS.register("reference", Feed(_weighted_examples, WeightedCollator, reference_trainer_class))  # SFT_KL
+FEEDS.register("self_answers", Feed(_self_answer_examples, WeightedCollator, weighted_trainer_class))  # sft_self
 FEEDS.register("pairs", Feed(_pair_examples, PairCollator, pair_trainer_class))

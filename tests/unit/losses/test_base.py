@@ -156,6 +156,7 @@ REFERENCES = {
         lambda x, lab, w: _ref_token_weighted(x, lab, w, _ref_eaft_gate),
     ),
     "sft_kl": ({"name": "sft_kl", "kl_beta": 0.7}, None),
+    "sft_self": ({"name": "sft_self"}, _ref_weighted_ce),  # plain weighted SFT, on its own correct answers
     "dpo": ({"name": "dpo", "dpo_beta": 0.3, "weight_by_subset": True, "alpha": 0.2, "beta": 0.6}, None),
 }
 
