@@ -4,7 +4,9 @@ The losses differ only in *where* the down-weighting of conflicting data happens
 stage (:mod:`~kaft.losses.weighted`: ``constant``, ``kaft``, ``auto_adapt``), per token from the model's own
 confidence (:mod:`~kaft.losses.token`: ``eaft``, ``dft``), both (``kaft_eaft``), or by turning the model's own
 wrong answers into rejected responses (:mod:`~kaft.losses.preference`: ``dpo``, pairs from
-:mod:`~kaft.losses.pairs`). Each is a :class:`Loss` in the :data:`LOSSES` registry that declares its table
+:mod:`~kaft.losses.pairs` for answer letters and :mod:`~kaft.losses.response_pairs` for free-form responses, SMA
+Table 5's data sources); EAFT's baseline SFT_KL penalises the KL to the base model (:mod:`~kaft.losses.kl`:
+``sft_kl``) and ``sft_self`` trains on the model's own correct answers (:mod:`~kaft.losses.self_sft`). Each is a :class:`Loss` in the :data:`LOSSES` registry that declares its table
 ``label``, the hyperparameters it ``reads``, what it ``needs`` ("weights" or "pairs"), whether it needs sampled
 answers, and a typed settings dataclass (:mod:`~kaft.losses.settings`); the functions below read those
 declarations, so adding a loss is one class in one file. Every half is a pure function on plain numbers or
