@@ -36,6 +36,26 @@ METHOD_LABELS = {
     "kaft": "KaFT (Ours)",
     "random_subset": "Random subset",
 }
+# SMA's Tables 5 / 6 (conf/method/sma_*.yaml; vanilla is Table 5's "SFT / dataset"), in the paper's order
+SMA_ORDER = (
+    "base",
+    "sma_sft_self",
+    "sma_sft_self_all",
+    "vanilla",
+    "sma_dpo",
+    "sma_dpo_dataset_self",
+    "sma_dpo_dataset_dataset",
+    "sma_sft_plus_dpo",
+)
+SMA_LABELS = {
+    "sma_sft_self": "SFT / self (single label)",
+    "sma_sft_self_all": "SFT / self (all labels)",
+    "vanilla": "SFT / dataset",
+    "sma_dpo": "DPO / self / self",
+    "sma_dpo_dataset_self": "DPO / dataset / self",
+    "sma_dpo_dataset_dataset": "DPO / dataset / dataset",
+    "sma_sft_plus_dpo": "SFT + DPO",
+}
 SETTING_NAMES = {"alpha": "α", "beta": "β", "eaft_alpha": "eaft_alpha"}  # loss settings a row can be split by
 ANY = object()  # a Rule condition: the column has a value
 
@@ -279,6 +299,16 @@ for _layout in (
         name_settings=True,
     ),
     Layout(
+        "sma",
+        "Data sources and losses (SMA Tables 5 / 6)",
+        "Loss / chosen / rejected",
+        SMA_ORDER,
+        ("sma5", "sma6"),
+        ("sma", "sma5", "sma6"),
+        SMA_LABELS,
+        base_from_metrics=True,
+    ),
+    Layout(
         "13",
         "KaFT rewards α (wrong) × β (might-wrong) (KaFT Table 13, Fig. 4)",
         "Rewards",
@@ -333,6 +363,8 @@ def infer_layout(jobs: pd.DataFrame) -> Layout:
         name = "9"
     elif jobs["k"].nunique() > 1:
         name = "5"
+    elif jobs["method"].fillna("").astype(str).str.startswith("sma_").any():  # configured SMA rows
+        name = "sma"
     elif strategies <= {"full", "none"} and full["loss"].nunique() > 1:
         name = "12" if set(full["loss"]) <= {"constant", "kaft", "auto_adapt"} else "losses"
     elif kaft["alpha"].nunique() > 1 or kaft["beta"].nunique() > 1:

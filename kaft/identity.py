@@ -36,10 +36,6 @@ log = logging.getLogger("kaft")
 #: (content-addressed) cache lives, and the device (the stage cache keys leave it out too: an adapter trained on a
 #: GPU is reused on the CPU). Everything else is part of the identity.
 NOT_IN_IDENTITY = ("progress", "force", "logger", "cache_dir", "device")
-#: config keys added after jobs were recorded, with the default that reproduces what those jobs did: a key equal to its
-#: default is left out of the identity's config part, so adding it changed no recorded identity (dotted path -> the
-#: composed default). The stage cache keys leave them out the same way (each stage reads only what changes it).
-NEW_DEFAULTS: dict[str, Any] = {"verifier": {"name": "exact"}}
 PARTS = ("config", "data", "model", "code")
 
 SHOWN = 4  # differences named in one error line
@@ -62,20 +58,12 @@ def config_part(cfg: DictConfig | Mapping, method: str | None) -> dict:
     if isinstance(c.get("train"), Mapping):
         c["train"] = {k: v for k, v in c["train"].items() if k not in CHECKPOINT_KEYS}
     c = without_new_defaults(c)
+    if isinstance(c.get("loss"), Mapping):  # a loss key added later is left out at its default (kaft.losses)
+        from kaft.losses import key_config
+
+        c["loss"] = key_config(c["loss"])
     c["method"] = method
-    _drop_new_defaults(c)
     return json.loads(json.dumps(redact(c), default=str))  # results.json holds it redacted, as JSON
-
-
-def _drop_new_defaults(c: dict) -> None:
-    """Remove each :data:`NEW_DEFAULTS` key whose value equals its default (in place)."""
-    for path, default in NEW_DEFAULTS.items():
-        *parents, leaf = path.split(".")
-        node = c
-        for p in parents:
-            node = node.get(p) if isinstance(node, Mapping) else None
-        if isinstance(node, dict) and leaf in node and node[leaf] == default:
-            del node[leaf]
 
 
 def code_part() -> dict:

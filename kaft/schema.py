@@ -199,6 +199,16 @@ def check_target(cfg: Any) -> None:
             + ", or another strategy"
         )
     loss = losses.get_loss(_plain(cfg.loss))
+    if loss.needs == "pairs" and kind == "response" and not free:
+        raise ConfigError(
+            f"loss={cfg.loss.name} compares whole responses only on free-form data (its own sampled responses); "
+            "on multiple-choice data its pairs are answer letters: use train.target=letter"
+        )
+    if loss.needs == "pairs" and free and cfg.loss.get("pair_source") == "detection":
+        raise ConfigError(
+            f"loss={cfg.loss.name} loss.pair_source=detection pairs detection's sampled letters, which free-form "
+            "training has none of; use loss.pair_source=sma (SMA's sampled responses) or loss.pairs=dataset_dataset"
+        )
     if kind not in loss.targets:
         raise ConfigError(
             f"loss={cfg.loss.name} trains on train.target={'|'.join(loss.targets)}, not on {kind}"

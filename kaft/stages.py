@@ -268,10 +268,22 @@ def stage_greedy(ctx: StageContext, items: list, records: list[dict]) -> StageRe
 
 
 def stage_dpo_samples(ctx: StageContext, items: list, sampling: Mapping) -> StageResult:
-    """SMA's diversity sampling for ``loss=dpo pair_source=sma``: ``num_samples`` responses per training item (after
-    the strategy: answers as trained) to its training prompt; cached per model, items and sampling settings."""
+    """SMA's diversity sampling for ``loss=dpo pair_source=sma`` (and ``sft_self``): ``num_samples`` responses per
+    training item (after the strategy: answers as trained) to its training prompt; free-form items' responses judged
+    by the job's verifier (:func:`kaft.losses.response_pairs.sample_and_judge`). Cached per model, items, sampling
+    settings (and verifier)."""
+    freeform = is_freeform(items)
+    verifier = plain(ctx.cfg.get("verifier")) or {"name": "exact"}
     key = make_key(
-        "dpo_samples", 1, ctx.model_id, data_mod.fingerprint(items), sampling, ctx.seed, ctx.domain, ctx.instruction
+        "dpo_samples",
+        1,
+        ctx.model_id,
+        data_mod.fingerprint(items),
+        sampling,
+        ctx.seed,
+        ctx.domain,
+        ctx.instruction,
+        *([{"verifier": verifier}] if freeform else []),  # multiple-choice samples keep the key they had
     )
 
     def build(tmp: Path):  # zero-shot prompts share no demonstrations: batch them without prefix grouping
@@ -279,7 +291,14 @@ def stage_dpo_samples(ctx: StageContext, items: list, sampling: Mapping) -> Stag
             {**ctx.plain("detection"), "share_prefix": False}, ctx.model.get, ctx.model.path, ctx.seed
         )
         try:
-            recs = sample_responses(backend, items, sampling, ctx.seed, ctx.domain, ctx.instruction)
+            if freeform:
+                from kaft.losses.response_pairs import sample_and_judge
+                from kaft.verifiers import make_verifier
+
+                judge = make_verifier(verifier)
+                recs = sample_and_judge(backend, items, sampling, ctx.seed, judge, ctx.domain, ctx.instruction)
+            else:
+                recs = sample_responses(backend, items, sampling, ctx.seed, ctx.domain, ctx.instruction)
         finally:
             getattr(backend, "close", lambda: None)()
         detect_mod.write_records(recs, tmp / "samples.jsonl")
@@ -312,10 +331,13 @@ def stage_partition(ctx: StageContext, records: list[dict], detect_key: str) -> 
 def stage_train(ctx: StageContext, items: list, weights: list[float], records: list[dict] | None = None) -> StageResult:
     """LoRA fine-tuning on ``items`` weighted by ``weights`` (``records``: the sampled answers a preference loss
     builds its pairs from). Value: a :class:`Trained` (the model in memory only when trained in this process)."""
+    from kaft.losses import key_config
     from kaft.train import CHECKPOINT_KEYS, TrainSpec, train_lora  # lazy: kaft.train imports torch
 
     # preference losses train on the detection samples: those are part of what the adapter depends on
     samples = [(r["id"], r.get("answers")) for r in records] if records is not None else None
+    if records is not None and any("responses" in r for r in records):  # free-form samples and their verdicts
+        samples = [(r["id"], r.get("responses"), r.get("verdicts")) for r in records]
     # how often progress is saved does not change the adapter; train.target enters as the kind it resolves to
     train_cfg = {k: v for k, v in ctx.plain("train").items() if k not in (*CHECKPOINT_KEYS, "target")}
     train_cfg = without_new_defaults(train_cfg, "train")  # keys added since, at the default that was the behaviour
@@ -327,7 +349,7 @@ def stage_train(ctx: StageContext, items: list, weights: list[float], records: l
         data_mod.fingerprint(items),
         [round(w, 8) for w in weights],
         samples,
-        ctx.plain("loss"),
+        key_config(ctx.plain("loss")),  # a loss key added later enters only when set off its default
         train_cfg,
         ctx.seed,
         ctx.domain,

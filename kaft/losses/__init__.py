@@ -4,7 +4,9 @@ The losses differ only in *where* the down-weighting of conflicting data happens
 stage (:mod:`~kaft.losses.weighted`: ``constant``, ``kaft``, ``auto_adapt``), per token from the model's own
 confidence (:mod:`~kaft.losses.token`: ``eaft``, ``dft``), both (``kaft_eaft``), or by turning the model's own
 wrong answers into rejected responses (:mod:`~kaft.losses.preference`: ``dpo``, pairs from
-:mod:`~kaft.losses.pairs`). Each is a :class:`Loss` in the :data:`LOSSES` registry that declares its table
+:mod:`~kaft.losses.pairs` for answer letters and :mod:`~kaft.losses.response_pairs` for free-form responses, SMA
+Table 5's data sources); EAFT's baseline SFT_KL penalises the KL to the base model (:mod:`~kaft.losses.kl`:
+``sft_kl``) and ``sft_self`` trains on the model's own correct answers (:mod:`~kaft.losses.self_sft`). Each is a :class:`Loss` in the :data:`LOSSES` registry that declares its table
 ``label``, the hyperparameters it ``reads``, what it ``needs`` ("weights" or "pairs"), whether it needs sampled
 answers, and a typed settings dataclass (:mod:`~kaft.losses.settings`); the functions below read those
 declarations, so adding a loss is one class in one file. Every half is a pure function on plain numbers or
@@ -27,16 +29,28 @@ from kaft.losses.base import (
     IGNORE_INDEX,
     LOSSES,
     Loss,
+    builds_own_data,
     compute_loss,
     get_loss,
     is_pairwise,
+    key_config,
     make_loss,
     needs_samples,
     sample_weights,
     sma_sampling,
     validate_loss_cfg,
 )
-from kaft.losses.preference import DPO, SMA_SAMPLING, PreferenceLoss, dpo_loss, dpo_pair_loss, sequence_logps
+from kaft.losses.kl import SFTKL, sft_kl_loss, token_kl
+from kaft.losses.preference import (
+    DPO,
+    SMA_SAMPLING,
+    PreferenceLoss,
+    chosen_nll,
+    dpo_loss,
+    dpo_pair_loss,
+    sequence_logps,
+)
+from kaft.losses.self_sft import SFTSelf
 from kaft.losses.settings import LossError
 from kaft.losses.token import (
     DFT,
@@ -66,8 +80,12 @@ __all__ = [
     "Loss",
     "LossError",
     "PreferenceLoss",
+    "SFTKL",
+    "SFTSelf",
     "SMA_SAMPLING",
     "TokenWeighted",
+    "builds_own_data",
+    "chosen_nll",
     "compute_loss",
     "dft_token_weights",
     "dpo_loss",
@@ -76,11 +94,14 @@ __all__ = [
     "get_loss",
     "is_pairwise",
     "kaft_rewards",
+    "key_config",
     "make_loss",
     "needs_samples",
     "sample_weights",
     "sequence_logps",
+    "sft_kl_loss",
     "sma_sampling",
+    "token_kl",
     "topk_entropy",
     "validate_loss_cfg",
 ]

@@ -31,7 +31,8 @@ class Loss:
     label: ClassVar[str] = ""
     #: the config keys of the hyperparameters a results table shows for this loss (its swept settings)
     reads: ClassVar[tuple[str, ...]] = ()
-    #: what training feeds it: "weights" (SFT batches with per-sample rewards) or "pairs" (preference pairs)
+    #: what training feeds it: "weights" (SFT batches with per-sample rewards), "reference" (the same, plus the
+    #: reference model's logits: SFT_KL) or "pairs" (preference pairs)
     needs: ClassVar[str] = "weights"
     #: the typed settings (a frozen dataclass whose fields are the config keys besides ``name``)
     Settings: ClassVar[type] = NoSettings
@@ -42,6 +43,10 @@ class Loss:
     #: the training targets (``train.target`` resolved, :mod:`kaft.targets`) it can train on; kaft.schema refuses
     #: the others before any model loads
     targets: ClassVar[tuple[str, ...]] = ("letter", "option", "response")
+    #: keys added after its configs were first cached, whose default reproduces what it did before -> that default:
+    #: left out of the train key and the job identity while at it (:func:`key_config`; the loss-level counterpart of
+    #: :data:`kaft.defaults.NEW_DEFAULTS`, declared by the loss that owns the key)
+    new_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, name: str, settings: Any):
         self.name, self.s = name, settings
@@ -78,9 +83,15 @@ class Loss:
         """Whether it builds its training data from the *detection's* sampled answers."""
         return False
 
-    def sampling(self) -> dict | None:
-        """The settings of the responses it samples itself before training (None: it samples none)."""
+    def sampling(self, freeform: bool = False) -> dict | None:
+        """The settings of the responses it samples itself before training (None: it samples none); ``freeform``:
+        for free-form items (whole responses, not a letter)."""
         return None
+
+    def builds_own_data(self) -> bool:
+        """Whether it builds its training data itself from the items (its own samples, or a data set's wrong
+        answers): on free-form data it then reads the free-form items, not MC conversion's."""
+        return self.sampling() is not None
 
 
 #: ``name -> Loss subclass``; add one with ``@LOSSES.register("name")``
@@ -142,9 +153,23 @@ def needs_samples(loss_cfg: Mapping) -> bool:
     return make_loss(loss_cfg).needs_detection_samples()
 
 
-def sma_sampling(loss_cfg: Mapping) -> dict | None:
-    """The sampling settings of a loss that draws its own responses (DPO ``pair_source=sma``), else None."""
-    return make_loss(loss_cfg).sampling()
+def sma_sampling(loss_cfg: Mapping, freeform: bool = False) -> dict | None:
+    """The sampling settings of a loss that draws its own responses (DPO ``pair_source=sma``, ``sft_self``) for
+    multiple-choice or (``freeform``) free-form items, else None."""
+    return make_loss(loss_cfg).sampling(freeform)
+
+
+def key_config(loss_cfg: Mapping) -> dict:
+    """The loss config as cache keys and the job identity see it: its :attr:`Loss.new_defaults` keys left out while
+    they hold their default, so adding such a key changed no existing job's key. An unknown loss is returned as is
+    (its error comes from the config check)."""
+    cls = LOSSES.get(loss_cfg.get("name")) if loss_cfg.get("name") in LOSSES else Loss
+    return {k: v for k, v in loss_cfg.items() if not (k in cls.new_defaults and v == cls.new_defaults[k])}
+
+
+def builds_own_data(loss_cfg: Mapping) -> bool:
+    """Whether the loss builds its training data from the items itself (:meth:`Loss.builds_own_data`)."""
+    return make_loss(loss_cfg).builds_own_data()
 
 
 def sample_weights(loss_cfg: Mapping, subsets: Sequence[int], scores: Sequence[float], k: int) -> list[float]:
@@ -159,13 +184,19 @@ def sample_weights(loss_cfg: Mapping, subsets: Sequence[int], scores: Sequence[f
 
 
 def compute_loss(
-    loss_cfg: Mapping, logits: torch.Tensor, labels: torch.Tensor, weights: Any, labels_shifted: bool = False
+    loss_cfg: Mapping,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    weights: Any,
+    labels_shifted: bool = False,
+    ref_logits: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The scalar training loss of one batch.
 
     ``logits`` [B, T, V] (any float dtype), ``labels`` [B, T] with ``-100`` where there is no loss, aligned with the
     input ids (HF causal-LM convention; shifted here unless ``labels_shifted``), ``weights`` [B] the per-sample
     rewards (a tensor or a sequence). Only the label positions' logits are gathered and upcast to float32.
+    ``ref_logits`` (same shape as ``logits``): the reference model's, for a loss that ``needs = "reference"``.
     """
     loss = make_loss(loss_cfg)
     if logits.dim() != 3 or labels.shape != logits.shape[:2]:
@@ -180,8 +211,12 @@ def compute_loss(
     labels = labels.to(logits.device)
     if not labels_shifted:
         logits, labels = logits[:, :-1], labels[:, 1:]
+        ref_logits = None if ref_logits is None else ref_logits[:, :-1]
     mask = labels != IGNORE_INDEX
     if not bool(mask.any()):
         return logits.sum() * 0.0  # keeps the graph: backward works and changes nothing
     sample_idx, pos = mask.nonzero(as_tuple=True)
-    return loss.batch_loss(logits[sample_idx, pos].float(), labels[sample_idx, pos], sample_idx, weights, batch_size)
+    ref = {} if ref_logits is None else {"ref_logits": ref_logits.to(logits.device)[sample_idx, pos].float()}
+    return loss.batch_loss(
+        logits[sample_idx, pos].float(), labels[sample_idx, pos], sample_idx, weights, batch_size, **ref
+    )

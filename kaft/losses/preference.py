@@ -12,9 +12,11 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 
 from kaft.data import MCItem
+from kaft.items import is_freeform
 from kaft.lazy import LazyModule
 from kaft.losses.base import IGNORE_INDEX, LOSSES, Loss
-from kaft.losses.pairs import PAIR_MODES, PAIR_SOURCES, PairError, build_pairs, has_samples
+from kaft.losses.pairs import PAIR_SOURCES, PairError, build_pairs, has_samples
+from kaft.losses.response_pairs import RESPONSE_MODES, records_of, response_pairs
 from kaft.losses.settings import LossError, choice, flag, integer, number
 from kaft.losses.weighted import KaFT, KaftSettings, kaft_rewards
 
@@ -44,6 +46,13 @@ def dpo_loss(
     return (weights.to(per_pair) * per_pair).sum() / per_pair.numel()
 
 
+def chosen_nll(policy_chosen: torch.Tensor, chosen_tokens: torch.Tensor, weights: torch.Tensor | None = None):
+    """SMA Table 6's "SFT + DPO" term (He et al. 2024; TRL's ``rpo_alpha``): the chosen responses' per-token mean
+    NLL ``-log pi(chosen) / |chosen|``, averaged over the P pairs (weighted like the DPO term)."""
+    nll = -policy_chosen / chosen_tokens.to(policy_chosen).clamp(min=1)
+    return nll.mean() if weights is None else (weights.to(nll) * nll).sum() / nll.numel()
+
+
 def dpo_pair_loss(
     policy_chosen: torch.Tensor,
     policy_rejected: torch.Tensor,
@@ -51,8 +60,10 @@ def dpo_pair_loss(
     ref_rejected: torch.Tensor,
     weights: torch.Tensor | None,
     beta: float,
+    chosen_tokens: torch.Tensor | None = None,
 ):
-    """``(loss, margin)``: :func:`dpo_loss` and the detached implicit reward margin of each pair (for logging)."""
+    """``(loss, margin)``: :func:`dpo_loss` and the detached implicit reward margin of each pair (for logging);
+    ``chosen_tokens`` is accepted and unused (the signature of :meth:`PreferenceLoss.pair_loss`)."""
     loss = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta, weights)
     with torch.no_grad():
         margin = beta * ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected))
@@ -86,14 +97,17 @@ class PairSettings:
     T = 1.4 for Qwen2, top-k 50, top-p 0.9) are checked whatever ``pair_source`` is, so a typo is caught either
     way."""
 
-    pairs: str = choice("self_self", PAIR_MODES, help="chosen response: a correct self-sample or the reference")
+    pairs: str = choice(
+        "self_self", RESPONSE_MODES, help="chosen ≻ rejected: self ≻ self | dataset ≻ self | dataset ≻ dataset"
+    )
     pair_source: str = choice("sma", PAIR_SOURCES, help="sma: fresh samples | detection: detection's own")
     max_pairs: int = integer(8, 1, "pairs per item")
     num_samples: int = integer(8, 1, "SMA responses per query")
     temperature: float = number(1.4, lo=0.0, lo_open=True, help="SMA sampling temperature")
     top_k: int = integer(50, 0, "top-k of the sampling, 0 = off")
     top_p: float = number(0.9, 0.0, 1.0, lo_open=True, help="SMA nucleus sampling")
-    max_new_tokens: int = integer(4, 1, "tokens per sampled response")
+    max_new_tokens: int = integer(4, 1, "tokens per sampled response (multiple choice: the letter is parsed)")
+    response_tokens: int = integer(32, 1, "tokens per sampled free-form response (its first line is judged)")
 
 
 class PreferenceLoss(Loss):
@@ -102,8 +116,9 @@ class PreferenceLoss(Loss):
 
     needs = "pairs"
     Settings = PairSettings
-    #: its pairs are answer letters of multiple-choice items (:func:`kaft.losses.pairs.build_pairs`)
-    targets = ("letter",)
+    #: its pairs: answer letters of multiple-choice items (:func:`kaft.losses.pairs.build_pairs`), whole responses
+    #: of free-form items (:mod:`kaft.losses.response_pairs`; kaft.schema.check_target refuses the other pairings)
+    targets = ("letter", "response")
 
     def batch_loss(self, logits, targets, sample_idx, weights, batch_size):
         raise LossError(
@@ -112,12 +127,16 @@ class PreferenceLoss(Loss):
         )
 
     def needs_detection_samples(self) -> bool:
-        return not PAIR_SOURCES.get(self.s.pair_source).own_sampling
+        return self.s.pairs != "dataset_dataset" and not PAIR_SOURCES.get(self.s.pair_source).own_sampling
 
-    def sampling(self) -> dict | None:
-        if not PAIR_SOURCES.get(self.s.pair_source).own_sampling:
+    def sampling(self, freeform: bool = False) -> dict | None:
+        if self.s.pairs == "dataset_dataset" or not PAIR_SOURCES.get(self.s.pair_source).own_sampling:
             return None
-        return {k: getattr(self.s, k) for k in SMA_SAMPLING}
+        out = {k: getattr(self.s, k) for k in SMA_SAMPLING}
+        return {**out, "max_new_tokens": self.s.response_tokens} if freeform else out
+
+    def builds_own_data(self) -> bool:
+        return self.s.pairs == "dataset_dataset" or super().builds_own_data()
 
     def make_pairs(
         self,
@@ -127,7 +146,20 @@ class PreferenceLoss(Loss):
         domain: str,
         instruction: str | None,
     ) -> list[dict]:
-        """The preference pairs of ``items`` from their sampled answers ``records`` (same order)."""
+        """The preference pairs of ``items`` from their sampled answers ``records`` (same order): free-form items'
+        from their judged responses (:mod:`kaft.losses.response_pairs`), multiple-choice items' from their letters
+        (:mod:`kaft.losses.pairs`); ``pairs=dataset_dataset`` from the data set alone."""
+        s = self.s
+        if is_freeform(items) or s.pairs == "dataset_dataset":
+            responses, verdicts = records_of(items, records) if s.pairs != "dataset_dataset" else (None, None)
+            pairs = response_pairs(items, responses, verdicts, seed, s.max_pairs, s.pairs, domain, instruction)
+            if not pairs:
+                raise PairError(
+                    f"train_lora: loss {self.name} (pairs={s.pairs}): no item has both a chosen and a rejected "
+                    f"response, so there is no preference pair to train on"
+                    + ("" if s.pairs == "dataset_dataset" else " (raise loss.num_samples or loss.temperature)")
+                )
+            return pairs
         if not has_samples(records):
             raise PairError(
                 f"train_lora: loss {self.name} builds its pairs from the detection's sampled answers, "
@@ -135,7 +167,6 @@ class PreferenceLoss(Loss):
                 f"records= (kaft.detection.sample_responses, or a detection that saves samples: "
                 f"estimator=sample or icl)"
             )
-        s = self.s
         pairs = build_pairs(
             items, records, s.pairs, s.max_pairs, seed, domain=domain, instruction=instruction, source=s.pair_source
         )
@@ -153,9 +184,11 @@ class PreferenceLoss(Loss):
         ref_chosen: torch.Tensor,
         ref_rejected: torch.Tensor,
         weights: torch.Tensor,
+        chosen_tokens: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(loss, margin)`` of a batch of P pairs from their [P] sequence log-probabilities under the policy and
-        the reference, and the detached [P] implicit reward margins that training logs."""
+        the reference (``chosen_tokens`` [P]: the chosen responses' label token counts), and the detached [P]
+        implicit reward margins that training logs."""
         raise NotImplementedError
 
 
@@ -166,6 +199,7 @@ class DpoSettings(PairSettings, KaftSettings):
 
     dpo_beta: float = number(0.1, lo=0.0, lo_open=True, help="DPO's beta (KL strength)")
     weight_by_subset: bool = flag(False, help="weight each pair by its item's KaFT reward")
+    sft_weight: float = number(0.0, lo=0.0, help="SMA Table 6's SFT + DPO: weight of the chosen responses' CE")
 
 
 @LOSSES.register("dpo")
@@ -177,6 +211,7 @@ class DPO(PreferenceLoss):
 
     label = "DPO"
     Settings = DpoSettings
+    new_defaults = {"sft_weight": 0.0, "response_tokens": 32}  # plain DPO; free-form sampling only
 
     def check(self, k: int) -> None:
         if self.s.weight_by_subset:
@@ -187,5 +222,10 @@ class DPO(PreferenceLoss):
             return KaFT.weights(self, subsets, scores, k)
         return [1.0] * len(subsets)
 
-    def pair_loss(self, policy_chosen, policy_rejected, ref_chosen, ref_rejected, weights):
-        return dpo_pair_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, weights, self.s.dpo_beta)
+    def pair_loss(self, policy_chosen, policy_rejected, ref_chosen, ref_rejected, weights, chosen_tokens=None):
+        loss, margin = dpo_pair_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, weights, self.s.dpo_beta)
+        if self.s.sft_weight > 0:
+            if chosen_tokens is None:
+                raise LossError(f"loss {self.name}: sft_weight > 0 needs the chosen responses' token counts")
+            loss = loss + self.s.sft_weight * chosen_nll(policy_chosen, chosen_tokens, weights)
+        return loss, margin

@@ -29,6 +29,7 @@ from kaft import stages as S
 from kaft import strategy as strategy_mod
 from kaft.cache import Cache, Hit
 from kaft.errors import KaftError
+from kaft.items import is_freeform
 from kaft.sweep import plan_estimate as est
 from kaft.sweep import preflight
 from kaft.sweep.status import hydra_errors_as_one_line
@@ -169,9 +170,10 @@ def _after_detect(ctx: S.StageContext, train: list, records: list[dict], dkey: s
         if not sel.train:
             return {**st, "train": "none (strategy)", "evaluate": "the base model's"}
         pairs = sel.records if losses.is_pairwise(p(cfg.loss)) else None
-        sampling = losses.sma_sampling(p(cfg.loss))
+        items = sel.items
+        sampling = losses.sma_sampling(p(cfg.loss), is_freeform(items))
         if sampling is not None:
-            pairs = S.stage_dpo_samples(ctx, sel.items, sampling).value
+            pairs = S.stage_dpo_samples(ctx, items, sampling).value
             st["dpo_samples"] = "cached"
     except Missing as m:
         return {
@@ -181,7 +183,7 @@ def _after_detect(ctx: S.StageContext, train: list, records: list[dict], dkey: s
             "evaluate": "after train",
         }
     try:
-        tkey = S.stage_train(ctx, sel.items, sel.weights, pairs).key
+        tkey = S.stage_train(ctx, items, sel.weights, pairs).key
         st["train"] = "cached"
     except Missing as m:
         st["train"], tkey = "compute", m.key

@@ -72,7 +72,8 @@ def pair_batch_loss(
     policy_c, policy_r = _pair_logps(model, inputs, slice_logits)
     with torch.no_grad(), (peft_model or model).disable_adapter():
         ref_c, ref_r = _pair_logps(model, inputs, slice_logits)
-    loss, margin = pair_loss(policy_c, policy_r, ref_c, ref_r, inputs["weights"])
+    n_chosen = (inputs["chosen_labels"] != IGNORE_INDEX).sum(-1)  # SFT + DPO's per-token mean (sft_weight)
+    loss, margin = pair_loss(policy_c, policy_r, ref_c, ref_r, inputs["weights"], chosen_tokens=n_chosen)
     return loss, {"reward_margin": margin.mean(), "reward_accuracy": (margin > 0).float().mean()}
 
 

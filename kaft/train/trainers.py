@@ -22,6 +22,8 @@ from kaft.train.examples import (
     build_pair_examples,
     mean_label_tokens,
 )
+from kaft.train.reference import reference_trainer_class
+from kaft.train.self_answers import self_answer_rows
 from kaft.train.steps import accepts_logits_to_keep, pair_batch_loss, sft_batch_loss
 
 
@@ -149,7 +151,19 @@ def _pair_examples(
     )
 
 
+def _self_answer_examples(
+    loss: Loss, tokenizer, items, weights, records, seed, domain, instruction, max_length, target="letter", eos=False
+) -> Prepared:
+    """SMA's "SFT self": the model's own correct answers are the targets (``train.target`` is not read: the answers
+    are whole responses on free-form data, letters on multiple-choice data)."""
+    rows, text = self_answer_rows(loss, tokenizer, items, weights, records, seed, domain, instruction, max_length)
+    log = {"n_self_answers": len(rows), "target": "self answers", "mean_label_tokens": mean_label_tokens(rows)}
+    return Prepared(rows, "self answers", files={"self_answers.jsonl": text}, log=log)
+
+
 #: a loss's ``needs`` -> its :class:`Feed`
 FEEDS: Registry[Feed] = Registry("training input")
 FEEDS.register("weights", Feed(_weighted_examples, WeightedCollator, weighted_trainer_class))
+FEEDS.register("reference", Feed(_weighted_examples, WeightedCollator, reference_trainer_class))  # SFT_KL
+FEEDS.register("self_answers", Feed(_self_answer_examples, WeightedCollator, weighted_trainer_class))  # sft_self
 FEEDS.register("pairs", Feed(_pair_examples, PairCollator, pair_trainer_class))

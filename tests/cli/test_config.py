@@ -120,6 +120,21 @@ def test_every_sweep_file_composes(name):
         }
     if name == "table7_domains":  # KaFT Table 7: each Xiezhi domain's training set, all three test sets
         assert params["dataset"] == "xiezhi_history,xiezhi_engineering,xiezhi_law" and jobs == 15
+    if name in ("sma_table5", "sma_table6"):  # SMA's tables: free-form responses on the free-form testbed
+        assert (params["dataset"], params["detection"]) == ("testbed_freeform", "mc_conversion")
+        rows = {
+            m: _compose([f"method={m}", "dataset=testbed_freeform", "detection=mc_conversion"]).loss
+            for m in params["method"].split(",")
+        }
+        if name == "sma_table5":
+            assert jobs == 5 and rows["vanilla"].name == "constant" and rows["sma_sft_self"].name == "sft_self"
+            assert {rows[m].pairs for m in rows if rows[m].name == "dpo"} == {
+                "self_self",
+                "dataset_self",
+                "dataset_dataset",
+            }
+        else:
+            assert rows["sma_sft_plus_dpo"].sft_weight > 0 and rows["sma_sft_self_all"].labels == "all"
     if name == "table2_main":  # both readings of self-aligning's r_i
         assert {"self_align", "self_align_majority"} <= set(params["method"].split(","))
 

@@ -163,16 +163,19 @@ def test_strategies_and_fine_grained_evaluation(setup):
 
 @pytest.mark.slow
 def test_every_loss_runs_end_to_end(setup):
-    """dft, kaft_eaft and dpo (SMA's own samples; and pairs from the probe's samples) through the CLI; dpo on the
-    probe's samples with an estimator that saves none is a config error before any model loads."""
+    """dft, kaft_eaft, sft_kl, sft_self and dpo (SMA's own samples; and pairs from the probe's samples) through the
+    CLI; dpo on the probe's samples with an estimator that saves none is a config error before any model loads."""
     sweep = "sweep_losses"
-    _kaft(setup, "-m", "loss=dft,kaft_eaft,dpo,auto_adapt", f"hydra.sweep.dir={sweep}")
+    _kaft(setup, "-m", "loss=dft,kaft_eaft,dpo,auto_adapt,sft_kl,sft_self", f"hydra.sweep.dir={sweep}")
     res = {
         r["config"]["loss"]["name"]: r
         for r in (json.loads(p.read_text()) for p in (setup / sweep).rglob("results.json"))
     }
-    assert set(res) == {"dft", "kaft_eaft", "dpo", "auto_adapt"} and all(r["status"] == "done" for r in res.values())
-    assert res["dpo"]["cache"]["dpo_samples"] == "miss" and "dpo_samples" not in res["dft"]["cache"]
+    assert set(res) == {"dft", "kaft_eaft", "dpo", "auto_adapt", "sft_kl", "sft_self"}
+    assert all(r["status"] == "done" for r in res.values())
+    assert "dpo_samples" not in res["dft"]["cache"]
+    # sft_self samples at DPO's settings: one of the two computes the samples, the other reuses them
+    assert {res["dpo"]["cache"]["dpo_samples"], res["sft_self"]["cache"]["dpo_samples"]} == {"miss", "hit"}
     _kaft(setup, "loss=dpo", "loss.pair_source=detection", "loss.pairs=dataset_self", "hydra.run.dir=dpo_detection")
     det = json.loads((setup / "dpo_detection" / "results.json").read_text())
     assert det["status"] == "done" and "dpo_samples" not in det["cache"]

@@ -155,8 +155,18 @@ REFERENCES = {
         {"name": "kaft_eaft", "alpha": 0.2, "beta": 0.6, "eaft_alpha": 2.0, "top_k": 10},
         lambda x, lab, w: _ref_token_weighted(x, lab, w, _ref_eaft_gate),
     ),
+    "sft_kl": ({"name": "sft_kl", "kl_beta": 0.7}, None),
+    "sft_self": ({"name": "sft_self"}, _ref_weighted_ce),  # plain weighted SFT, on its own correct answers
     "dpo": ({"name": "dpo", "dpo_beta": 0.3, "weight_by_subset": True, "alpha": 0.2, "beta": 0.6}, None),
 }
+
+
+def _ref_sft_kl(x, ref_logits, labels, w, beta):
+    b, ce, rows = _ref_label_tokens(x, labels)
+    _, _, ref_rows = _ref_label_tokens(ref_logits, labels)
+    kl = (rows.exp() * (rows - ref_rows)).sum(-1)
+    per_sample = torch.stack([(ce + beta * kl)[b == i].mean() for i in range(x.size(0))])
+    return (torch.tensor(w, dtype=torch.float64) * per_sample).sum() / x.size(0)
 
 
 def _ref_dpo(policy, ref, chosen, rejected, w, beta):
@@ -186,6 +196,9 @@ def test_every_loss_matches_an_independent_computation_with_detached_weights(nam
         rc, rr = (losses.sequence_logps(ref_logits, lab) for lab in (chosen, rejected))
         got, _ = losses.make_loss(cfg).pair_loss(pc, pr, rc, rr, torch.tensor(w))
         want = _ref_dpo(x2, ref_logits, chosen, rejected, w, cfg["dpo_beta"])
+    elif LOSSES.get(name).needs == "reference":
+        got = compute_loss(cfg, x1, labels, w, ref_logits=logits.flip(0))
+        want = _ref_sft_kl(x2, logits.flip(0), labels, w, cfg["kl_beta"])
     else:
         got = compute_loss(cfg, x1, labels, w)
         want = ref(x2, labels, w)

@@ -79,6 +79,8 @@ def test_dpo_config_and_needs_samples():
         "top_k": 50,
         "top_p": 0.9,
         "max_new_tokens": 4,
+        "response_tokens": 32,
+        "sft_weight": 0.0,
         "alpha": 0.1,
         "beta": 0.5,
         "rewards": None,
