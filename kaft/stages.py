@@ -293,9 +293,8 @@ def stage_dpo_samples(ctx: StageContext, items: list, sampling: Mapping) -> Stag
         try:
             if freeform:
                 from kaft.losses.response_pairs import sample_and_judge
-                from kaft.verifiers import make_verifier
 
-                judge = make_verifier(verifier)
+                judge = make_verifier(verifier, ctx.model.get)  # an LLM judge's default model: the job's own
                 recs = sample_and_judge(backend, items, sampling, ctx.seed, judge, ctx.domain, ctx.instruction)
             else:
                 recs = sample_responses(backend, items, sampling, ctx.seed, ctx.domain, ctx.instruction)
