@@ -92,8 +92,9 @@ FREEFORM = ["dataset=testbed_freeform", "detection=mc_conversion"]
         ([*FREEFORM, "strategy=self_align"], "strategy=self_align relabels answers"),
         ([*FREEFORM, "strategy=self"], "strategy=self relabels answers"),
         (["train.target=response", "strategy=self_align"], "which train.target=response (a response target)"),
-        ([*FREEFORM, "loss=dpo"], "loss=dpo trains on train.target=letter, not on response"),
-        (["train.target=option", "loss=dpo"], "loss=dpo trains on train.target=letter, not on option"),
+        ([*FREEFORM, "loss=dpo", "loss.pair_source=detection"], "loss.pair_source=detection pairs detection's"),
+        (["train.target=response", "loss=dpo"], "compares whole responses only on free-form data"),
+        (["train.target=option", "loss=dpo"], "loss=dpo trains on train.target=letter|response, not on option"),
         (["train.target=sentence"], "train.target"),
     ],
 )
