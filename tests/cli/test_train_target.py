@@ -42,7 +42,10 @@ BAD = {
         "train.target=option needs multiple-choice items",
     ),
     "relabel_on_free_form_training": ([*FREEFORM, "strategy=self_align"], "strategy=self_align relabels answers"),
-    "dpo_on_free_form_training": ([*FREEFORM, "loss=dpo"], "loss=dpo trains on train.target=letter"),
+    "detection_pairs_on_free_form_training": (
+        [*FREEFORM, "loss=dpo", "loss.pair_source=detection"],
+        "loss.pair_source=detection pairs detection's sampled letters",
+    ),
 }
 
 
