@@ -166,3 +166,20 @@ def test_until_cuts_before_the_first_stop_token():
     assert _until([5, 6, 2, 7], {2}) == [5, 6]
     assert _until([5, 6], {2}) == [5, 6]
     assert _until([2, 5], {2, 9}) == []
+
+
+def test_vllm_free_form_decoding_cuts_at_the_stop_token(backend):
+    """The vllm backend's free-form path without vllm: its decoding cuts each output before the first stop token, as
+    the hf backend does (the engine itself runs only in the ``vllm``-marked tests, with vLLM's own venv)."""
+    from kaft.detection.core import line_stop_ids
+    from kaft.detection.vllm_backend import VLLMBackend
+
+    vb = object.__new__(VLLMBackend)  # no engine: only the decoding is under test
+    vb.tokenizer = backend.tokenizer
+    ids = backend.tokenizer(["red green", "blue"], add_special_tokens=False)["input_ids"]
+    eos = backend.tokenizer.eos_token_id
+    vb._stop = set(line_stop_ids(backend.tokenizer))
+    assert eos in vb._stop
+    assert vb._decode([ids[0] + [eos] + ids[1], ids[1]]) == ["red green", "blue"]
+    vb._stop = None
+    assert vb._decode([ids[0] + [eos] + ids[1]]) == ["red green blue"]
