@@ -155,3 +155,23 @@ def test_mixed_kinds_in_one_benchmark_are_refused(tmp_path):
 
     with pytest.raises(EvalError, match="not a FreeFormItem"):
         evaluate(None, None, {"b": [*_free(2), *_mc(1)]}, tmp_path, DOMAIN)
+
+
+def test_llm_judge_judges_with_the_evaluated_model(tiny, graded, tmp_path):
+    """``verifier=llm_judge`` without a model of its own judges with the model under evaluation; its unparseable
+    verdicts are counted in no_verdict and left out of acc's denominator."""
+    model, tok = tiny
+    items, _ = graded
+    res = evaluate(
+        model,
+        tok,
+        {"free": items[:2]},
+        tmp_path / "eval",
+        DOMAIN,
+        batch_size=2,
+        generation={"max_new_tokens": MAX_NEW},
+        verifier={"name": "llm_judge", "max_new_tokens": 3, "batch_size": 2},
+    )
+    r = res["benchmarks"]["free"]
+    assert r["verifier"] == "llm_judge" and r["n"] == 2 and r["n_judged"] + r["no_verdict"] == 2
+    assert (r["acc"] is None) == (r["n_judged"] == 0)

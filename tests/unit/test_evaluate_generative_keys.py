@@ -59,8 +59,13 @@ def test_freeform_key_holds_verifier_and_generation(tmp_path):
     assert _keys(_cfg(["evaluation.generation.max_new_tokens=5"]), evals, tmp_path) != base
     assert _keys(_cfg(["evaluation.generation.stop=[.]"]), evals, tmp_path) != base
     assert _keys(_with_verifier({"name": "contains"}), evals, tmp_path) != base
-    if _cfg([]).get("verifier") is None:  # before the verifier config group: no verifier config = exact
-        assert _keys(_with_verifier({"name": "exact"}), evals, tmp_path) == base
+    # the verifier group's default (verifier=exact) is what no verifier config meant before the group existed
+    assert _cfg([]).verifier == {"name": "exact"}
+    assert _keys(_with_verifier({"name": "exact"}), evals, tmp_path) == base
+    without = _cfg([])
+    with open_dict(without):
+        del without["verifier"]
+    assert _keys(without, evals, tmp_path) == base
 
 
 def _with_verifier(verifier: dict):

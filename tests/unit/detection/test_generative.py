@@ -166,3 +166,44 @@ def test_until_cuts_before_the_first_stop_token():
     assert _until([5, 6, 2, 7], {2}) == [5, 6]
     assert _until([5, 6], {2}) == [5, 6]
     assert _until([2, 5], {2, 9}) == []
+
+
+def test_vllm_free_form_decoding_cuts_at_the_stop_token(backend):
+    """The vllm backend's free-form path without vllm: its decoding cuts each output before the first stop token, as
+    the hf backend does (the engine itself runs only in the ``vllm``-marked tests, with vLLM's own venv)."""
+    from kaft.detection.core import line_stop_ids
+    from kaft.detection.vllm_backend import VLLMBackend
+
+    vb = object.__new__(VLLMBackend)  # no engine: only the decoding is under test
+    vb.tokenizer = backend.tokenizer
+    ids = backend.tokenizer(["red green", "blue"], add_special_tokens=False)["input_ids"]
+    eos = backend.tokenizer.eos_token_id
+    vb._stop = set(line_stop_ids(backend.tokenizer))
+    assert eos in vb._stop
+    assert vb._decode([ids[0] + [eos] + ids[1], ids[1]]) == ["red green", "blue"]
+    vb._stop = None
+    assert vb._decode([ids[0] + [eos] + ids[1]]) == ["red green blue"]
+
+
+def test_stopping_at_a_line_is_the_fixed_length_draw_cut_at_its_first_stop_token(backend):
+    """Early stopping changes no draw: each continuation is the fixed-length one (same seed) cut before its first stop
+    token, and a batch whose continuations have all stopped decodes no further."""
+    import torch
+
+    from kaft.detection.hf_backend import _sample_batch
+
+    tok = backend.tokenizer
+    stop = sorted({tok.convert_tokens_to_ids(w) for w in ("red", "blue", "cat", "?", "Answer", "the")})
+    prompts = ["Question : What is the capital of Zorvia ? Answer :", "Options : red green Answer :"]
+
+    def run(stop_ids):
+        return _sample_batch(
+            backend.model, tok, prompts, 4, 1.0, 12, torch.Generator().manual_seed(5), stop_ids=stop_ids
+        )
+
+    full, cut = run(None), run(stop)
+    for per_full, per_cut in zip(full, cut):
+        for f, c in zip(per_full, per_cut):
+            ids = tok(f, add_special_tokens=False)["input_ids"]
+            assert c == tok.decode(_until(ids, set(stop)), skip_special_tokens=True)
+    assert any(f != c for pf, pc in zip(full, cut) for f, c in zip(pf, pc))  # some continuation did stop early
