@@ -34,7 +34,6 @@ from kaft.errors import ConfigError
 from kaft.evaluate import evaluate
 from kaft.evaluate_generative import generation_settings
 from kaft.items import is_freeform
-from kaft.verifiers import make_verifier
 
 # what a job trains on (free-form data, MC conversion's items); kaft.job and kaft.sweep.plan reach them as S.*
 from kaft.trainset import (  # noqa: F401
@@ -44,6 +43,7 @@ from kaft.trainset import (  # noqa: F401
     training_items,
     trains_converted,
 )
+from kaft.verifiers import make_verifier
 
 log = logging.getLogger("kaft")
 

@@ -182,21 +182,24 @@ def sample_and_judge(
     instruction: str | None = None,
 ) -> list[dict]:
     """``sampling["num_samples"]`` responses per item to its free-form training prompt at SMA's ``temperature`` /
-    ``top_k`` / ``top_p`` (``max_new_tokens`` each; the backend's ``sample``: one prefill per prompt shared by its
-    samples, seeded), judged by ``verifier``. Records ``{"id", "responses", "verdicts", "n_correct",
-    "no_verdict"}``. A minimal sampler of kaft's own; generative detection's ``sample_freeform`` samples the same
-    way (to be unified)."""
-    prompts = [item_prompt(it, domain, instruction) for it in items]
-    texts = backend.sample(
-        prompts,
+    ``top_k`` / ``top_p`` (``max_new_tokens`` each), judged by ``verifier``: the sampler of generative detection
+    (:func:`kaft.detection.responses.sample_freeform` on ``backend``: one prefill per prompt shared by its samples,
+    each ending at its first line, seeded). Records ``{"id", "responses", "verdicts", "n_correct", "no_verdict"}``."""
+    from kaft.detection.responses import sample_freeform  # lazy: it imports the HF backend (torch)
+
+    texts = sample_freeform(
+        backend,
+        None,
+        items,
         int(sampling["num_samples"]),
         float(sampling["temperature"]),
+        int(sampling["top_k"]),
+        float(sampling["top_p"]),
         int(sampling["max_new_tokens"]),
         int(seed),
-        top_k=int(sampling["top_k"]),
-        top_p=float(sampling["top_p"]),
+        domain=domain,
+        instruction=instruction,
     )
-    texts = [[first_line(t) for t in resp] for resp in texts]
     verdicts = verifier.judge(items, texts)
     return [
         {

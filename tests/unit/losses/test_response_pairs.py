@@ -114,8 +114,8 @@ class _Backend:
     def __init__(self, texts):
         self.texts, self.calls = texts, []
 
-    def sample(self, prompts, n, temperature, max_new_tokens, seed, top_k=0, top_p=1.0):
-        self.calls.append((len(prompts), n, temperature, max_new_tokens, seed, top_k, top_p))
+    def sample(self, prompts, n, temperature, max_new_tokens, seed, top_k=0, top_p=1.0, stop_at_line=False):
+        self.calls.append((len(prompts), n, temperature, max_new_tokens, seed, top_k, top_p, stop_at_line))
         return [self.texts[i % len(self.texts)][:n] for i in range(len(prompts))]
 
 
@@ -124,7 +124,7 @@ def test_sample_and_judge_keeps_first_lines_and_verdicts():
     sampling = losses.sma_sampling({"name": "dpo"}, freeform=True)
     assert sampling == {"num_samples": 8, "temperature": 1.4, "top_k": 50, "top_p": 0.9, "max_new_tokens": 32}
     recs = sample_and_judge(backend, ITEMS[:1], sampling, 3, make_verifier(None))
-    assert backend.calls == [(1, 8, 1.4, 32, 3, 50, 0.9)]
+    assert backend.calls == [(1, 8, 1.4, 32, 3, 50, 0.9, True)]  # generative detection's sampler: stops at a line
     assert recs == [
         {
             "id": "a",
