@@ -16,7 +16,9 @@ training split (:mod:`kaft.testbed.sentences`) and each kind of fact (``known`` 
 
 Each kind gets its mean and a Student-t 95 % interval over items (:func:`analysis.stats.t_interval`). The claim is
 ``contradict``'s p far below ``known``'s (intervals apart) *and* its h far below ``unseen``'s: a confident conflict
-rather than mere ignorance. What the testbed shows is printed either way.
+rather than mere ignorance. Beside it, the share of each kind's value tokens that EAFT's pilot (Fig. 2a) would mask:
+the bottom 15 % in both probability and entropy of all response tokens. What the testbed shows is printed either
+way.
 
     python -m analysis.confident_conflicts [--seed 0] [--split train] [--response sentence] [--json out.json]
 """
@@ -77,6 +79,9 @@ def item_stats(model, tok, item, domain: str = "general", top_k: int = TOP_K) ->
         "w_value": statistics.fmean(float(w[j]) for j in at),
         "w_min": float(w.min()),
         "w_max": float(w.max()),
+        "token_p": [float(x) for x in probs],
+        "token_h": [float(x) for x in h],
+        "value_at": at,
     }
 
 
@@ -116,11 +121,30 @@ def verdict(summary: Mapping, rows: Sequence[Mapping], spread: float = 0.01) -> 
     }
 
 
+def bottom_share(rows: Sequence[Mapping], q: float = 0.15) -> dict:
+    """Per kind, the share of its value tokens in EAFT Fig. 2a's masked region: the bottom ``q`` of *both*
+    probability and entropy, the quantiles taken over every response token of ``rows``."""
+    import numpy as np
+
+    p_cut = float(np.quantile([x for r in rows for x in r["token_p"]], q))
+    h_cut = float(np.quantile([x for r in rows for x in r["token_h"]], q))
+    out: dict = {"q": q, "p_cut": p_cut, "h_cut": h_cut}
+    for kind in [k for k in KINDS if any(r["kind"] == k for r in rows)]:
+        hits = [
+            all(r["token_p"][j] <= p_cut and r["token_h"][j] <= h_cut for j in r["value_at"])
+            for r in rows
+            if r["kind"] == kind
+        ]
+        out[kind] = statistics.fmean(float(x) for x in hits)
+    return out
+
+
 def measure(model, tok, items: Sequence, domain: str = "general", top_k: int = TOP_K) -> dict:
-    """``{"rows": per item, "by_kind": summarise(rows), "claims": verdict(...)}`` over items with a kind."""
+    """``{"rows": per item, "by_kind": summarise(rows), "claims": verdict(...), "bottom15": bottom_share(rows)}``
+    over the items with a kind."""
     rows = [item_stats(model, tok, it, it.domain or domain, top_k) for it in items if (it.meta or {}).get("kind")]
     by_kind = summarise(rows)
-    return {"rows": rows, "by_kind": by_kind, "claims": verdict(by_kind, rows)}
+    return {"rows": rows, "by_kind": by_kind, "claims": verdict(by_kind, rows), "bottom15": bottom_share(rows)}
 
 
 def table(result: Mapping) -> str:
@@ -135,13 +159,15 @@ def table(result: Mapping) -> str:
     for kind, e in result["by_kind"].items():
         cells = " ".join(f"{cell(e[m]):<22}" for m in ("p", "p_top", "h", "w_value"))
         lines.append(f"{kind:<11} {e['n']:>4}  {cells} {e['w_range_mean']:.3f}")
-    c = result["claims"]
+    c, b = result["claims"], result["bottom15"]
+    shares = ", ".join(f"{k} {b[k]:.2f}" for k in result["by_kind"])
     lines += [
         "",
         f"p(contradict) below p(known), intervals apart:   {c['p_contradict_below_known']}",
         f"h(contradict) below h(unseen), intervals apart:  {c['h_contradict_below_unseen']}",
         f"confident conflict (both):                       {c['confident_conflict']}",
         f"responses whose EAFT weights differ (> 0.01):    {c['weights_vary_within_response']:.3f}",
+        f"value tokens in the bottom 15 % of both p and H (EAFT Fig. 2a, over all response tokens): {shares}",
     ]
     return "\n".join(lines)
 

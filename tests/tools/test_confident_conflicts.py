@@ -66,6 +66,9 @@ def test_measure_summarises_by_kind_and_writes_json(tiny, tmp_path):
     for e in result["by_kind"].values():
         assert e["p"]["low"] <= e["p"]["mean"] <= e["p"]["high"]
     assert 0 <= result["claims"]["weights_vary_within_response"] <= 1
+    b = result["bottom15"]
+    assert b["q"] == 0.15 and all(0 <= b[k] <= 1 for k in cc.KINDS)
+    assert all(len(r["token_p"]) == r["n_tokens"] == 7 and r["value_at"] == [5] for r in result["rows"])
     assert "confident conflict (both)" in cc.table(result)
     (tmp_path / "r.json").write_text(json.dumps(result))  # what --json writes: plain JSON
 
