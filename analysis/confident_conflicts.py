@@ -11,6 +11,7 @@ training split (:mod:`kaft.testbed.sentences`) and each kind of fact (``known`` 
 * ``p_top`` - the probability of the model's own top token there (for a ``contradict`` item: the memorised value);
 * ``h``     - the normalised top-20 entropy ``H_top20 / ln 20`` (EAFT Eq. 3 with ln K; kaft's
   :func:`kaft.losses.token.topk_entropy`);
+* ``p_first`` / ``h_first`` - the same at the response's first token (right after "Answer:");
 * ``w_min`` / ``w_max`` - EAFT's token weights (:func:`kaft.losses.token.eaft_token_weights`, the defaults
   ``loss=eaft`` trains with) over all tokens of one response: the gate differs within a response when they differ.
 
@@ -36,7 +37,7 @@ from pathlib import Path
 from analysis.stats import t_interval
 
 KINDS = ("known", "latent", "unseen", "contradict")
-METRICS = ("p", "p_top", "h", "w_value", "w_min", "w_max")
+METRICS = ("p", "p_top", "h", "w_value", "w_min", "w_max", "p_first", "h_first")
 TOP_K = 20
 
 
@@ -77,6 +78,8 @@ def item_stats(model, tok, item, domain: str = "general", top_k: int = TOP_K) ->
         "p_top": statistics.fmean(float(top[j]) for j in at),
         "h": statistics.fmean(float(h[j]) for j in at),
         "w_value": statistics.fmean(float(w[j]) for j in at),
+        "p_first": float(probs[0]),
+        "h_first": float(h[0]),
         "w_min": float(w.min()),
         "w_max": float(w.max()),
         "token_p": [float(x) for x in probs],
@@ -122,13 +125,23 @@ def verdict(summary: Mapping, rows: Sequence[Mapping], spread: float = 0.01) -> 
 
 
 def bottom_share(rows: Sequence[Mapping], q: float = 0.15) -> dict:
-    """Per kind, the share of its value tokens in EAFT Fig. 2a's masked region: the bottom ``q`` of *both*
-    probability and entropy, the quantiles taken over every response token of ``rows``."""
+    """EAFT Fig. 2a's masked region: the response tokens in the bottom ``q`` of *both* probability and entropy (the
+    quantiles taken over every response token of ``rows``): the cuts, the region's size, the share of it that is a
+    response's first token, and per kind the share of its value tokens inside it."""
     import numpy as np
 
     p_cut = float(np.quantile([x for r in rows for x in r["token_p"]], q))
     h_cut = float(np.quantile([x for r in rows for x in r["token_h"]], q))
-    out: dict = {"q": q, "p_cut": p_cut, "h_cut": h_cut}
+    region = [
+        (r, j) for r in rows for j in range(r["n_tokens"]) if r["token_p"][j] <= p_cut and r["token_h"][j] <= h_cut
+    ]
+    out: dict = {
+        "q": q,
+        "p_cut": p_cut,
+        "h_cut": h_cut,
+        "n_region": len(region),
+        "first_token_share": statistics.fmean(float(j == 0) for _, j in region) if region else None,
+    }
     for kind in [k for k in KINDS if any(r["kind"] == k for r in rows)]:
         hits = [
             all(r["token_p"][j] <= p_cut and r["token_h"][j] <= h_cut for j in r["value_at"])
@@ -168,6 +181,9 @@ def table(result: Mapping) -> str:
         f"confident conflict (both):                       {c['confident_conflict']}",
         f"responses whose EAFT weights differ (> 0.01):    {c['weights_vary_within_response']:.3f}",
         f"value tokens in the bottom 15 % of both p and H (EAFT Fig. 2a, over all response tokens): {shares}",
+        f"  that region: {b['n_region']} tokens, {b['first_token_share'] or 0:.2f} of them a response's first token",
+        "first response token, by kind (p, H): "
+        + ", ".join(f"{k} {e['p_first']['mean']:.2g} {e['h_first']['mean']:.2g}" for k, e in result["by_kind"].items()),
     ]
     return "\n".join(lines)
 

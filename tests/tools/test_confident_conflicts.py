@@ -49,7 +49,8 @@ def test_value_token_probability_and_entropy_are_the_logits(tiny):
     ids = tok(prompt + " " + it.response)["input_ids"]  # <s> prompt response, the same split for word-level pieces
     at = ids.index(tok.convert_tokens_to_ids(it.answer))
     with torch.no_grad():
-        logits = model(input_ids=torch.tensor([ids])).logits[0, at - 1].float()
+        all_logits = model(input_ids=torch.tensor([ids])).logits[0].float()
+    logits = all_logits[at - 1]
     p = torch.softmax(logits, -1)
     top = torch.softmax(torch.topk(logits, 20).values, -1)
     h = float(-(top * top.log()).sum()) / math.log(20)
@@ -57,6 +58,8 @@ def test_value_token_probability_and_entropy_are_the_logits(tiny):
     assert row["p_top"] == pytest.approx(float(p.max()), rel=1e-4) and 0 < row["h"] <= 1
     assert row["w_value"] == pytest.approx(h * math.log(20) / 3.0, rel=1e-4)  # loss=eaft's default gate: H / 3.0
     assert row["n_tokens"] == 7 and row["w_min"] <= row["w_value"] <= row["w_max"]
+    first = torch.softmax(all_logits[len(ids) - 8], -1)[ids[-7]]
+    assert row["p_first"] == pytest.approx(float(first), rel=1e-4) and row["token_p"][0] == row["p_first"]
 
 
 def test_measure_summarises_by_kind_and_writes_json(tiny, tmp_path):
@@ -67,14 +70,16 @@ def test_measure_summarises_by_kind_and_writes_json(tiny, tmp_path):
         assert e["p"]["low"] <= e["p"]["mean"] <= e["p"]["high"]
     assert 0 <= result["claims"]["weights_vary_within_response"] <= 1
     b = result["bottom15"]
-    assert b["q"] == 0.15 and all(0 <= b[k] <= 1 for k in cc.KINDS)
+    assert b["q"] == 0.15 and all(0 <= b[k] <= 1 for k in cc.KINDS) and b["n_region"] >= 1
+    assert 0 <= b["first_token_share"] <= 1
     assert all(len(r["token_p"]) == r["n_tokens"] == 7 and r["value_at"] == [5] for r in result["rows"])
     assert "confident conflict (both)" in cc.table(result)
     (tmp_path / "r.json").write_text(json.dumps(result))  # what --json writes: plain JSON
 
 
 def _row(kind, p, h):
-    return {"kind": kind, "n_tokens": 6, "p": p, "p_top": 0.9, "h": h, "w_value": h, "w_min": 0.0, "w_max": 0.5}
+    row = {"kind": kind, "n_tokens": 6, "p": p, "p_top": 0.9, "h": h, "w_value": h, "w_min": 0.0, "w_max": 0.5}
+    return {**row, "p_first": 0.0, "h_first": 0.0}
 
 
 @pytest.mark.parametrize(
