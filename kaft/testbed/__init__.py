@@ -8,6 +8,7 @@ registries do when a config names ``source: testbed``. Layers, each importing on
   seeded draws that fill them in);
 * :mod:`~kaft.testbed.world` - :func:`~kaft.testbed.world.build_world` -> :class:`~kaft.testbed.world.World` with
   ``splits()`` / ``split(name)`` (``train``, ``test_id``, ``test_ood``: lists of :class:`kaft.items.MCItem`);
+* :mod:`~kaft.testbed.sentences` - the splits' free-form responses, built from the world's templates;
 * :mod:`~kaft.testbed.tokenizer`, :mod:`~kaft.testbed.binding` (the built-in heads), :mod:`~kaft.testbed.accuracy`,
   :mod:`~kaft.testbed.release` (the released readout), :mod:`~kaft.testbed.cpu`;
 * :mod:`~kaft.testbed.model` - :func:`~kaft.testbed.model.build_model` (``cfg``, ``cache_root``) -> directory for

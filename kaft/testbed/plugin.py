@@ -2,7 +2,8 @@
 import.
 
 * data source ``testbed``: ``{source: testbed, split: train | test_id | test_ood}`` reads a split of the world of the
-  job's ``testbed`` config;
+  job's ``testbed`` config; ``response: sentence | sentence+evidence`` gives each row a free-form response built from
+  the world's templates (:mod:`kaft.testbed.sentences`; default ``answer``: the rows as they always were);
 * model source ``testbed``: the model pretrained on that world (built on first use, cached), and its preview (the
   tokenizer and context length, without building it: what kaft.plausibility measures prompts with);
 * diagnostic ``testbed``: how well detection finds the contradicting items the world planted (items whose ``meta``
@@ -23,15 +24,17 @@ from kaft.items import MCItem
 from kaft.results import auroc
 from kaft.testbed.config import resolve_config
 from kaft.testbed.model import VERSION, build_model
+from kaft.testbed.sentences import check_response, with_response
 from kaft.testbed.tokenizer import build_tokenizer
 from kaft.testbed.world import build_world
 
 
 @data.SOURCES.register("testbed")
-def read_split(split: str, config: Mapping, **_) -> Iterator[Mapping]:
-    """Rows of one split of the world of the job config's ``testbed`` section."""
+def read_split(split: str, config: Mapping, response: str = "answer", **_) -> Iterator[Mapping]:
+    """Rows of one split of the world of the job config's ``testbed`` section, with ``response`` sentences."""
+    check_response(response)
     world = build_world(config.get("testbed"))
-    yield from (it.to_dict() for it in world.split(split))
+    yield from (with_response(it.to_dict(), world.relations, response) for it in world.split(split))
 
 
 @modeling.SOURCES.register("testbed")
