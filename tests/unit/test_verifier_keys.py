@@ -20,11 +20,13 @@ FREE = [FreeFormItem(id=f"f{i}", question="q ?", answer="x") for i in range(8)]
 FPS = {"train": "fp-t", "bench_a": "fp-a"}
 
 # (detect, evaluate base, evaluate tuned, train, identity sha256[:20]), computed on h-generative before the verifier
-# group was added (commit 09f7730), with the fake fingerprints and model id above
+# group was added (commit 09f7730), with the fake fingerprints and model id above. The testbed_freeform identity
+# changed on purpose since (its dataset config trains on sentence responses and gained the free-form benchmark
+# testbed_ff); its keys, with the fake fingerprints here, did not
 PINNED = {
     (): ("630d0cbed0cf29ff9e95", "c216d8412535e042cb91", "510e64cedd04d8db8103", "5539ff1c71243ba744f5", "f2e9c4d7c250714c9794"),
     ("dataset=testbed_freeform", "detection=mc_conversion"): (
-        "a1c6d596b7cb166a8ccc", "c216d8412535e042cb91", "510e64cedd04d8db8103", "5539ff1c71243ba744f5", "b54cfa2a6806d3eea1a4",
+        "a1c6d596b7cb166a8ccc", "c216d8412535e042cb91", "510e64cedd04d8db8103", "5539ff1c71243ba744f5", "e0369c1aa25e03830827",
     ),
     ("model=llama3_8b", "dataset=medqa"): (
         "dbb4a6aa02b05af9cfdb", "da562177a504f34cd61c", "3fbfc338762dd0c41bdc", "559d70b89a33a37124a9", "408ae282cd88c48a657d",
