@@ -19,7 +19,7 @@ FREE = "+dataset.eval.testbed_ff={source: testbed, split: test_id, format: freef
 def _kaft(args, cwd: Path, ok: bool = True):
     env = {
         **os.environ,
-        "KAFT_CACHE_DIR": os.environ.get("KAFT_CACHE_DIR") or str(Path.home() / ".cache" / "kaft"),
+        "KAFT_CACHE_DIR": str(cwd / "cache"),  # the test's own (fixture below): it asserts misses
         "WANDB_MODE": "offline",
         "HF_HUB_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
@@ -32,7 +32,15 @@ def _kaft(args, cwd: Path, ok: bool = True):
     return out
 
 
-def test_freeform_benchmark_is_scored_generatively(tmp_path):
+@pytest.fixture()
+def own_cache(tmp_path):
+    """The testbed model, in a cache of this test's own."""
+    from helpers.testbed_cache import private_testbed_cache
+
+    return private_testbed_cache(tmp_path / "cache")
+
+
+def test_freeform_benchmark_is_scored_generatively(tmp_path, own_cache):
     out = _kaft(["hydra.run.dir=run", "evaluation.generation.max_new_tokens=6"], tmp_path)
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     for m in (res["metrics"], res["base_metrics"]):
@@ -70,7 +78,7 @@ def test_freeform_benchmark_is_scored_generatively(tmp_path):
         ("evaluation.generation.max_new_tokens=0", "evaluation.generation.max_new_tokens must be an integer >= 1"),
     ],
 )
-def test_bad_generative_settings_stop_in_one_line(tmp_path, override, message):
+def test_bad_generative_settings_stop_in_one_line(tmp_path, override, message):  # fails before any cache use
     out = _kaft(["hydra.run.dir=bad", override], tmp_path, ok=False)
     lines = [ln for ln in out.stderr.splitlines() if ln.startswith("kaft: error:")]
     assert len(lines) == 1 and message in lines[0], out.stderr[-2000:]

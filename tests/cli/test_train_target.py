@@ -70,8 +70,10 @@ def test_mc_conversion_detects_and_training_keeps_the_free_form_responses(tmp_pa
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     assert res["status"] == "done" and res["data"]["n_train"] == 200
     assert res["train_target"]["kind"] == "response"
-    # the testbed's free-form items answer in one word today; with sentence responses (issue 21 item 7) this is > 1
-    assert res["train_target"]["mean_label_tokens"] >= 1
+    # testbed_freeform's responses are sentences of the world's templates: 6-8 tokens each (7.1 on average)
+    assert 6 <= res["train_target"]["mean_label_tokens"] <= 8
+    assert "testbed_ff" in res["metrics"]["benchmarks"]  # the free-form benchmark, scored generatively
+    assert res["metrics"]["benchmarks"]["testbed_ff"]["metric"] == "generative"
     assert {"pass_at_n_rate", "high_conf_error_rate", "auroc_contradict"} <= set(res["detection"])
 
 
