@@ -78,7 +78,8 @@ def test_margin_below_zero_is_contradicted_below_it(tmp_path):
 def test_full_report_leaves_the_responses_sweep_out(tmp_path):
     out = _responses(tmp_path / "sweeps")
     text = R.render(out, list(SEEDS), {"responses": 600.0}, tmp_path / "REPORT.md")
-    assert "EAFT" not in text and "responses" not in text and "No results yet" in text
+    assert "No results yet" in text and "### `sweeps/responses.yaml`" not in text and "testbed_ood), EAFT" not in text
+    assert R.OWN_FILE_LINE in text  # linked: its own command writes it
 
 
 def test_section_renders_the_given_sweeps_only(tmp_path, monkeypatch):
