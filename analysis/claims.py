@@ -338,13 +338,24 @@ EAFT_PAPER = 'EAFT "consistently matches the downstream performance of standard 
 RESPONSE_CLAIMS: tuple[Claim, ...] = (
     Claim(
         "responses",
-        "In domain (testbed_id), EAFT does not lose to vanilla SFT by more than 2 points",
+        "In domain, multiple choice (testbed_id), EAFT does not lose to vanilla SFT by more than 2 points",
         EAFT_PAPER + ' the degradation of general capabilities" (Abstract; §4.2: "competitive performance on target '
         'domain", Tab. 1)',
         (("eaft", "vanilla"),),
         labels=RESPONSES,
         margin=-2.0,
         metric="testbed_id",
+    ),
+    Claim(
+        "responses",
+        "In domain, in the trained format (testbed_ff, free-form), EAFT does not lose to vanilla SFT by more than 2 "
+        "points",
+        EAFT_PAPER + ' the degradation of general capabilities" (Abstract; Tab. 1: the target domain in its own '
+        "format)",
+        (("eaft", "vanilla"),),
+        labels=RESPONSES,
+        margin=-2.0,
+        metric="testbed_ff",
     ),
     Claim(
         "responses",

@@ -13,6 +13,11 @@ BASE = {"testbed_id": 0.5, "testbed_ood": 0.6, "testbed_ff": 0.0}
 # per seed: (offset of every row, EAFT's in-domain gap to SFT (small, negative), EAFT's out-of-domain gain)
 SEEDS = {0: (0.00, -0.004, 0.05), 1: (0.02, -0.006, 0.04), 2: (0.01, -0.002, 0.06), 3: (-0.01, -0.005, 0.05)}
 
+IN_MC = "In domain, multiple choice (testbed_id), EAFT does not lose to vanilla SFT by more than 2 points"
+IN_FF = (
+    "In domain, in the trained format (testbed_ff, free-form), EAFT does not lose to vanilla SFT by more than 2 points"
+)
+
 
 def _accs(idd, ood, ff=0.1):
     return {"testbed_id": idd, "testbed_ood": ood, "testbed_ff": ff}
@@ -52,10 +57,12 @@ def test_a_claim_compares_one_benchmark(tmp_path):
 
 def test_eaft_claims_in_and_out_of_domain(tmp_path):
     f = _by_claim(_responses(tmp_path))
-    ind = f["In domain (testbed_id), EAFT does not lose to vanilla SFT by more than 2 points"]
+    ind = f[IN_MC]
     assert ind.diffs == pytest.approx([-0.4, -0.6, -0.2, -0.5]) and ind.margin == -2.0
     assert ind.verdict == "reproduced"  # EAFT is below SFT on every seed, but by far less than 2 points
     assert ind.paper.startswith("EAFT − vanilla SFT > -2: ")
+    ff = f[IN_FF]
+    assert ff.verdict == "reproduced" and ff.diffs == pytest.approx([0.0] * 4)
     ood = f["Out of domain (testbed_ood), EAFT forgets less than vanilla SFT"]
     assert ood.verdict == "reproduced" and ood.interval.mean == pytest.approx(5.0)
 
@@ -70,9 +77,7 @@ def test_sma_and_kaft_orderings(tmp_path):
 def test_margin_below_zero_is_contradicted_below_it(tmp_path):
     seeds = {s: (b, -0.05 - 0.001 * s, g) for s, (b, _, g) in SEEDS.items()}  # EAFT loses 5 points in domain
     f = _by_claim(_responses(tmp_path, seeds))
-    assert f["In domain (testbed_id), EAFT does not lose to vanilla SFT by more than 2 points"].verdict == (
-        "contradicted"
-    )
+    assert f[IN_MC].verdict == ("contradicted")
 
 
 def test_full_report_leaves_the_responses_sweep_out(tmp_path):
