@@ -16,24 +16,35 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import stats as S
-from analysis.jobs import jobs_frame, num
+from analysis.jobs import ACC, BASE_ACC, jobs_frame, num
 from analysis.layouts import layout_of
 
 Rows = dict  # {row id: {seed: Avg. (%)}}
+AVG = "avg"  #: a claim's metric: the average over the benchmarks, else one benchmark's accuracy (``acc/<name>``)
 
 
 # ----------------------------------------------------------------------------------------------- numbers
-def per_seed(jobs: pd.DataFrame, layout: str) -> Rows:
-    """``{row id: {seed: Avg. (%)}}`` over finished jobs in ``layout`` (data seeds of one seed averaged); ``base``
-    also from the jobs' own base evaluation where the sweep has no base job."""
-    done = jobs[(jobs["status"] == "done") & jobs["avg"].notna()]
+def _columns(metric: str) -> tuple[str, str]:
+    """The jobs-frame columns of ``metric`` (:data:`AVG` or a benchmark name): fine-tuned, base model."""
+    return ("avg", "base_avg") if metric == AVG else (f"{ACC}{metric}", f"{BASE_ACC}{metric}")
+
+
+def per_seed(jobs: pd.DataFrame, layout: str, metric: str = AVG) -> Rows:
+    """``{row id: {seed: value (%)}}`` over finished jobs in ``layout`` (data seeds of one seed averaged), the value
+    being Avg. or, with ``metric`` a benchmark's name, that benchmark's accuracy (an EAFT-style claim is about the
+    in-domain and the out-of-domain benchmark apart); ``base`` also from the jobs' own base evaluation where the
+    sweep has no base job."""
+    col, base_col = _columns(metric)
+    if col not in jobs:
+        return {}
+    done = jobs[(jobs["status"] == "done") & jobs[col].notna()]
     if done.empty:
         return {}
     seeds = done["seed"].map(str)
-    keyed = pd.DataFrame({"row": layout_of(layout).row_keys(done), "seed": seeds, "avg": done["avg"]})
-    base = done["base_avg"].notna()
+    keyed = pd.DataFrame({"row": layout_of(layout).row_keys(done), "seed": seeds, "avg": done[col]})
+    base = done[base_col].notna() if base_col in done else pd.Series(False, index=done.index)
     keyed = pd.concat(
-        [keyed, pd.DataFrame({"row": "_base_metrics", "seed": seeds[base], "avg": done.loc[base, "base_avg"]})]
+        [keyed, pd.DataFrame({"row": "_base_metrics", "seed": seeds[base], "avg": done.loc[base, base_col]})]
     )
     out: Rows = {}
     for (row, seed), vals in keyed.groupby(["row", "seed"], sort=False)["avg"]:
@@ -106,7 +117,9 @@ class Claim:
     """The paper says row ``hi`` beats row ``lo`` by more than ``margin`` points, for each (hi, lo) of ``pairs``
     (or of ``pairs(rows)``, a rule over the rows the sweep has). ``text`` and ``requires`` may name the pair's rows
     as ``{hi}`` / ``{lo}`` (text: their labels); a pair is checked only when the sweep has every row of
-    ``requires``. ``view`` reads the sweep's rows first (:data:`VIEWS`)."""
+    ``requires``. ``view`` reads the sweep's rows first (:data:`VIEWS`). ``metric`` is what is compared: the
+    average over the benchmarks (:data:`AVG`) or one benchmark's accuracy by name; a negative ``margin`` states
+    "does not lose more than |margin| points" (``hi − lo > margin``)."""
 
     sweep: str
     text: str
@@ -116,6 +129,7 @@ class Claim:
     labels: dict | Callable[[str], str] | None = None
     view: str = "rows"
     margin: float = 0.0
+    metric: str = AVG
 
     def label(self, row: str) -> str:
         if callable(self.labels):
@@ -311,21 +325,108 @@ CLAIMS: tuple[Claim, ...] = (
 )
 
 
-def sweep_rows(out: Path, sweep: str, layout: str) -> Rows | None:
-    """The per-seed rows of ``out/<sweep>`` in ``layout``; None without results."""
+# issue 21: the claims on responses (sweeps/responses.yaml: the free-form testbed, detection=mc_conversion)
+RESPONSES = {
+    "base": "base",
+    "vanilla": "vanilla SFT",
+    "eaft": "EAFT",
+    "kaft": "KaFT",
+    "no_conflict": "no-conflict",
+    "sma_dpo_dataset_self": "DPO dataset/self",
+}
+EAFT_PAPER = 'EAFT "consistently matches the downstream performance of standard SFT while significantly mitigating'
+RESPONSE_CLAIMS: tuple[Claim, ...] = (
+    Claim(
+        "responses",
+        "In domain, multiple choice (testbed_id), EAFT does not lose to vanilla SFT by more than 2 points",
+        EAFT_PAPER + ' the degradation of general capabilities" (Abstract; §4.2: "competitive performance on target '
+        'domain", Tab. 1)',
+        (("eaft", "vanilla"),),
+        labels=RESPONSES,
+        margin=-2.0,
+        metric="testbed_id",
+    ),
+    Claim(
+        "responses",
+        "In domain, in the trained format (testbed_ff, free-form), EAFT does not lose to vanilla SFT by more than 2 "
+        "points",
+        EAFT_PAPER + ' the degradation of general capabilities" (Abstract; Tab. 1: the target domain in its own '
+        "format)",
+        (("eaft", "vanilla"),),
+        labels=RESPONSES,
+        margin=-2.0,
+        metric="testbed_ff",
+    ),
+    Claim(
+        "responses",
+        "Out of domain (testbed_ood), EAFT forgets less than vanilla SFT",
+        EAFT_PAPER + ' the degradation of general capabilities" (Abstract; §4.2 "significantly mitigating '
+        'catastrophic forgetting on general capabilities", Tab. 1)',
+        (("eaft", "vanilla"),),
+        labels=RESPONSES,
+        metric="testbed_ood",
+    ),
+    Claim(
+        "responses",
+        "SMA: SFT on the data set (vanilla) beats DPO dataset/self",
+        "Baichuan1-Chat Δ Avg. −10.18 vs −21.56, FactualBench 55.86 vs 5.40 (SMA Table 5; Qwen2 has no "
+        "dataset/self row; self/self, the paper's best, has no pairs on the testbed)",
+        (("vanilla", "sma_dpo_dataset_self"),),
+        labels=RESPONSES,
+    ),
+    Claim(
+        "responses",
+        "Free-form testbed, MC-conversion detection: KaFT beats vanilla SFT",
+        "all models (KaFT Tables 2/3)",
+        (("kaft", "vanilla"),),
+        labels=RESPONSES,
+    ),
+    Claim(
+        "responses",
+        "Free-form testbed, MC-conversion detection: KaFT beats no-conflict",
+        "all models, by 0.6-1.3 points (KaFT Table 2)",
+        (("kaft", "no_conflict"),),
+        labels=RESPONSES,
+    ),
+)
+
+CLAIMS += RESPONSE_CLAIMS
+# what a sweep's own report (analysis.report --section) says beside its claims: the rows and detectors it cannot have
+SECTION_NOTES: dict[str, tuple[str, ...]] = {
+    "responses": (
+        "## What the free-form testbed cannot test",
+        "",
+        "- **Generative detection** (`detection=generative`, KaFT Eq. 1 over sampled responses judged by a "
+        "verifier) cannot split the testbed's items: its base model was pretrained on multiple-choice prompts and "
+        "answers a free-form question with an options list, never with the fact, so every item's Score is 0 and "
+        "every item is *wrong*. KaFT's ordering is therefore checked with MC-conversion detection (ILP §3.1.1: "
+        "the items converted to multiple choice for detection only; training stays on the responses).",
+        "- **SMA's self/self DPO and SFT on self answers** (SMA Table 5's best rows) need correct self-generated "
+        "responses, which the testbed's base model never gives for the same reason (`pairs=self_self` stops with "
+        "a one-line error): only the data set's rows (SFT / dataset = vanilla SFT, DPO dataset / self) are run.",
+        "",
+    ),
+}
+
+
+def sweep_rows(out: Path, sweep: str, layout: str, metric: str = AVG) -> Rows | None:
+    """The per-seed rows of ``out/<sweep>`` in ``layout`` (``metric``: :func:`per_seed`); None without results."""
     d = out / sweep
     jobs = jobs_frame(d) if d.exists() else None
-    return per_seed(jobs, layout) if jobs is not None and not jobs.empty else None
+    return per_seed(jobs, layout, metric) if jobs is not None and not jobs.empty else None
 
 
 def findings(out: Path, layouts: dict[str, str], claims: Sequence[Claim] = CLAIMS) -> list[Finding]:
     """Every claim whose sweep has results, as findings in the order of ``claims``; ``layouts`` gives each
     sweep's table layout."""
-    rows: dict[str, Rows | None] = {}
+    rows: dict[tuple[str, str], Rows | None] = {}
     found = []
     for c in claims:
-        if c.sweep not in rows:
-            rows[c.sweep] = sweep_rows(out, c.sweep, layouts[c.sweep])
-        if rows[c.sweep]:
-            found += c.check(rows[c.sweep])
+        if c.sweep not in layouts:
+            continue
+        key = (c.sweep, c.metric)
+        if key not in rows:
+            rows[key] = sweep_rows(out, c.sweep, layouts[c.sweep], c.metric)
+        if rows[key]:
+            found += c.check(rows[key])
     return found

@@ -309,6 +309,16 @@ for _layout in (
         base_from_metrics=True,
     ),
     Layout(
+        "responses",
+        "Responses: the free-form testbed, MC conversion for detection only (issue 21)",
+        "Method",
+        ("base", "vanilla", "eaft", "kaft", "no_conflict", "sma_dpo_dataset_self"),
+        (),
+        ("responses",),
+        {"base": "Base", "vanilla": "Vanilla SFT", "eaft": "EAFT", "sma_dpo_dataset_self": "DPO / dataset / self"},
+        base_from_metrics=True,
+    ),
+    Layout(
         "13",
         "KaFT rewards α (wrong) × β (might-wrong) (KaFT Table 13, Fig. 4)",
         "Rewards",

@@ -58,9 +58,10 @@ OWN_DATA = {
 # a random tiny model answers nothing with confidence > 0.5: Ren et al.'s filter would leave no item (unit-tested in
 # test_strategy.py), so the plumbing runs with it off
 EXTRA = {"ren_har_inc_self": ["++strategy.confident_only=false"]}
-# composed only (tests/cli/test_config.py): SMA's tables sample 8 free-form responses per item on the free-form testbed
-# (minutes on 2 cores); their free-form DPO path runs end to end in tests/cli/test_sma_freeform.py
-COMPOSE_ONLY = {"sma_table5", "sma_table6"}
+# composed only (tests/cli/test_config.py): SMA's tables and sweeps/responses (its DPO row) sample 8 free-form
+# responses per item on the free-form testbed (minutes on 2 cores); their free-form DPO path runs end to end in
+# tests/cli/test_sma_freeform.py
+COMPOSE_ONLY = {"sma_table5", "sma_table6", "responses"}
 
 
 @pytest.fixture(scope="module")
