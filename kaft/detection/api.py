@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from kaft.detection import convert as _convert  # noqa: F401  (registers detection=mc_conversion)
-from kaft.detection import generative as _generative  # noqa: F401  (registers detection=generative)
+import kaft.detection.convert  # noqa: F401  (registers detection=mc_conversion)
+import kaft.detection.generative  # noqa: F401  (registers detection=generative)
 from kaft.detection.backends import BACKENDS
 from kaft.detection.detectors import DETECTORS, Detector
 from kaft.detection.settings import ProbeSettings
