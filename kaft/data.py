@@ -173,6 +173,11 @@ def check_spec(spec: Mapping) -> None:
         if path.is_dir() and not spec.get("subsets") and path.suffix.lower() != ".parquet":
             raise DataError(folder_message(path))
     _base(spec)
+    if src in ("local", "hub") and "response" in spec:  # only the testbed's source builds responses
+        raise DataError(
+            f"{describe(spec)}: 'response' ({spec['response']!r}) is read only by the testbed source; map a data "
+            "set's response / explanation column with fields: {response: <column>}"
+        )
     if src == "hub" and not spec.get("path"):
         raise DataError("a hub data set needs 'path' (the hub id, e.g. GBaker/MedQA-USMLE-4-options)")
 

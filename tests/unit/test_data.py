@@ -179,3 +179,16 @@ def test_model_sources_are_a_registry():
     assert issubclass(modeling.ModelError, KaftError)
     with pytest.raises(modeling.ModelError, match=r"unknown model source 'fake'; choose one of \[.*'hub', 'local'"):
         modeling.check_model_cfg({"source": "fake"})
+
+
+def test_a_response_key_on_a_local_spec_is_an_error_not_ignored(tmp_path):
+    """Only the testbed source builds responses (``response: sentence``); on a local file the key would be
+    silently dropped, so it is one DataError line pointing to ``fields.response``."""
+    from kaft.data import check_spec
+
+    path = tmp_path / "train.jsonl"
+    path.write_text("")
+    with pytest.raises(DataError, match=r"'response' \('sentence'\) is read only by the testbed source") as e:
+        check_spec({"source": "local", "path": str(path), "response": "sentence"})
+    assert "\n" not in str(e.value) and "fields: {response: <column>}" in str(e.value)
+    check_spec({"source": "local", "path": str(path)})
