@@ -65,7 +65,7 @@ class SftKlSettings:
 @LOSSES.register("sft_kl")
 class SFTKL(Loss):
     """SFT + ``kl_beta`` · KL(π_θ ‖ π_ref) at every label position; π_ref is the base model (adapter disabled).
-    It ``needs`` a reference forward: the trainer of :mod:`kaft.train.reference` runs one per batch."""
+    It ``needs`` a reference forward: the trainer of :func:`kaft.train.trainers.reference_trainer_class` runs one per batch."""
 
     label = "SFT_KL"
     reads = ("kl_beta",)

@@ -4,7 +4,7 @@
 :class:`transformers.Trainer` of the feed its loss declares it needs (:mod:`~kaft.train.trainers`): weighted SFT
 batches whose loss is :func:`kaft.losses.compute_loss` (:func:`sft_batch_loss`), or preference pairs scored against
 the adapter-disabled reference policy (:func:`pair_batch_loss`); SFT batches scored with that reference's logits
-too (``needs = "reference"``, SFT_KL: :mod:`~kaft.train.reference`), or SFT examples built from the model's own
+too (``needs = "reference"``, SFT_KL: :func:`~kaft.train.trainers.reference_trainer_class`), or SFT examples built from the model's own
 correct answers (``needs = "self_answers"``: :mod:`~kaft.train.self_answers`). The examples and collators are in
 :mod:`~kaft.train.examples`, the ``train`` config checks in :mod:`~kaft.train.config`. Imports point down:
 kaft.train reads kaft.losses, never the reverse.

@@ -26,21 +26,28 @@ def accepts_logits_to_keep(model) -> bool:
         return False
 
 
-def sft_batch_loss(model, inputs: Mapping, loss_cfg: Mapping, slice_logits: bool):
+def sft_batch_loss(model, inputs: Mapping, loss_cfg: Mapping, slice_logits: bool, reference=None):
     """``(loss, outputs)`` of one SFT batch (``input_ids``, ``attention_mask``, ``labels``, ``weights``).
 
     With ``slice_logits`` (the model takes ``logits_to_keep``) only the logits of positions that predict a label
-    token are computed: the union over the batch of such positions.
+    token are computed: the union over the batch of such positions. ``reference``: the peft model whose
+    adapter-disabled forward, without gradient and on the same positions, gives the reference logits a loss that
+    ``needs = "reference"`` reads (SFT_KL) — the base model without a second copy of its weights, as DPO's reference
+    is computed (:func:`pair_batch_loss`).
     """
     labels, weights = inputs["labels"], inputs["weights"]
     fwd = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
     if slice_logits:
         # position t predicts labels[:, t + 1]: keep the union over the batch of positions that do
         pos = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero(as_tuple=True)[0]
-        outputs = model(**fwd, logits_to_keep=pos)
-        return compute_loss(loss_cfg, outputs.logits, labels[:, pos + 1], weights, labels_shifted=True), outputs
+        fwd["logits_to_keep"] = pos
+        labels = labels[:, pos + 1]
     outputs = model(**fwd)
-    return compute_loss(loss_cfg, outputs.logits, labels, weights), outputs
+    ref = {}
+    if reference is not None:
+        with torch.no_grad(), reference.disable_adapter():
+            ref["ref_logits"] = model(**fwd).logits
+    return compute_loss(loss_cfg, outputs.logits, labels, weights, labels_shifted=slice_logits, **ref), outputs
 
 
 def _pair_logps(model, inputs: Mapping, slice_logits: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,7 +22,6 @@ from kaft.train.examples import (
     build_pair_examples,
     mean_label_tokens,
 )
-from kaft.train.reference import reference_trainer_class
 from kaft.train.self_answers import self_answer_rows
 from kaft.train.steps import accepts_logits_to_keep, pair_batch_loss, sft_batch_loss
 
@@ -45,11 +44,22 @@ def weighted_trainer_class() -> type:
             self.loss_cfg = loss_cfg
             self._slice_logits = accepts_logits_to_keep(self.model)
 
+        #: a loss that ``needs = "reference"`` (SFT_KL) also reads the adapter-disabled base model's logits
+        with_reference = False
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            loss, outputs = sft_batch_loss(model, inputs, self.loss_cfg, self._slice_logits)
+            reference = self.accelerator.unwrap_model(model) if self.with_reference else None
+            loss, outputs = sft_batch_loss(model, inputs, self.loss_cfg, self._slice_logits, reference)
             return (loss, outputs) if return_outputs else loss
 
     return WeightedLossTrainer
+
+
+@cache
+def reference_trainer_class() -> type:
+    """The weighted trainer with a reference forward per batch (SFT_KL): the base model is the LoRA-wrapped policy
+    with its adapter disabled, so no second set of weights is held (:func:`kaft.train.steps.sft_batch_loss`)."""
+    return type("ReferenceLossTrainer", (weighted_trainer_class(),), {"with_reference": True})
 
 
 @cache
