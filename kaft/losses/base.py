@@ -88,11 +88,6 @@ class Loss:
         for free-form items (whole responses, not a letter)."""
         return None
 
-    def builds_own_data(self) -> bool:
-        """Whether it builds its training data itself from the items (its own samples, or a data set's wrong
-        answers): on free-form data it then reads the free-form items, not MC conversion's."""
-        return self.sampling() is not None
-
 
 #: ``name -> Loss subclass``; add one with ``@LOSSES.register("name")``
 LOSSES: Registry[type[Loss]] = Registry("loss")
@@ -165,11 +160,6 @@ def key_config(loss_cfg: Mapping) -> dict:
     (its error comes from the config check)."""
     cls = LOSSES.get(loss_cfg.get("name")) if loss_cfg.get("name") in LOSSES else Loss
     return {k: v for k, v in loss_cfg.items() if not (k in cls.new_defaults and v == cls.new_defaults[k])}
-
-
-def builds_own_data(loss_cfg: Mapping) -> bool:
-    """Whether the loss builds its training data from the items itself (:meth:`Loss.builds_own_data`)."""
-    return make_loss(loss_cfg).builds_own_data()
 
 
 def sample_weights(loss_cfg: Mapping, subsets: Sequence[int], scores: Sequence[float], k: int) -> list[float]:

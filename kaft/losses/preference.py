@@ -135,9 +135,6 @@ class PreferenceLoss(Loss):
         out = {k: getattr(self.s, k) for k in SMA_SAMPLING}
         return {**out, "max_new_tokens": self.s.response_tokens} if freeform else out
 
-    def builds_own_data(self) -> bool:
-        return self.s.pairs == "dataset_dataset" or super().builds_own_data()
-
     def make_pairs(
         self,
         items: Sequence[MCItem],

@@ -146,7 +146,7 @@ def test_dpo_on_free_form_items_builds_response_pairs_and_sft_plus_dpo_adds_the_
     pairs = loss.make_pairs(ITEMS, recs, 0, "general", None)
     assert [(p["chosen"], p["rejected"]) for p in pairs] == [(" Belmora", " Oskel")]
     dd = losses.make_loss({"name": "dpo", "pairs": "dataset_dataset"})
-    assert dd.sampling() is None and not dd.needs_detection_samples() and dd.builds_own_data()
+    assert dd.sampling() is None and not dd.needs_detection_samples()
     assert len(dd.make_pairs(ITEMS, None, 0, "general", None)) == 3
     pc, pr, rc, rr = (torch.tensor(v) for v in ([-2.0, -6.0], [-3.0, -1.0], [-2.5, -5.0], [-2.0, -2.0]))
     w, n = torch.tensor([1.0, 0.5]), torch.tensor([2, 3])
