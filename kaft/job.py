@@ -177,11 +177,10 @@ def _train(job: Job, sel: strategy_mod.Selection) -> S.Trained | None:
     loss = S.plain(job.cfg.loss)
     with job.timer("train"):
         pair_records = sel.records if losses.is_pairwise(loss) else None
-        items = sel.items  # free-form items unless the job trains on MC conversion's items (kaft.trainset)
-        sampling = losses.sma_sampling(loss, is_freeform(items))
+        sampling = losses.sma_sampling(loss, is_freeform(sel.items))  # free-form: whole responses (kaft.trainset)
         if sampling is not None:  # DPO as SMA builds it: its own samples, not detection's
-            pair_records = job.hit("dpo_samples", S.stage_dpo_samples(job.ctx, items, sampling))
-        result = S.stage_train(job.ctx, items, sel.weights, pair_records)
+            pair_records = job.hit("dpo_samples", S.stage_dpo_samples(job.ctx, sel.items, sampling))
+        result = S.stage_train(job.ctx, sel.items, sel.weights, pair_records)
         job.keys["train"] = result.key
         trained = job.hit("train", result)
     job.train_target = S.train_target(trained)

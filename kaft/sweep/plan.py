@@ -170,10 +170,9 @@ def _after_detect(ctx: S.StageContext, train: list, records: list[dict], dkey: s
         if not sel.train:
             return {**st, "train": "none (strategy)", "evaluate": "the base model's"}
         pairs = sel.records if losses.is_pairwise(p(cfg.loss)) else None
-        items = sel.items
-        sampling = losses.sma_sampling(p(cfg.loss), is_freeform(items))
+        sampling = losses.sma_sampling(p(cfg.loss), is_freeform(sel.items))
         if sampling is not None:
-            pairs = S.stage_dpo_samples(ctx, items, sampling).value
+            pairs = S.stage_dpo_samples(ctx, sel.items, sampling).value
             st["dpo_samples"] = "cached"
     except Missing as m:
         return {
@@ -183,7 +182,7 @@ def _after_detect(ctx: S.StageContext, train: list, records: list[dict], dkey: s
             "evaluate": "after train",
         }
     try:
-        tkey = S.stage_train(ctx, items, sel.weights, pairs).key
+        tkey = S.stage_train(ctx, sel.items, sel.weights, pairs).key
         st["train"] = "cached"
     except Missing as m:
         st["train"], tkey = "compute", m.key
