@@ -89,6 +89,25 @@ DEFAULT_CONFIG: dict[str, Any] = {
 }
 
 
+#: testbed keys added after models were first built, whose default reproduces the world and model built before them:
+#: dotted path (under the testbed section) -> that default. At its default such a key is left out of the model's
+#: build key (:func:`key_config`), so adding it rebuilt no cached model; set to anything else, it is in the key.
+#: Add a key here (and to DEFAULT_CONFIG and conf/testbed/default.yaml) when it is added with such a default.
+NEW_KEYS: dict[str, Any] = {}
+
+
+def key_config(full: Mapping, prefix: str = "") -> dict:
+    """The resolved config ``full`` without the :data:`NEW_KEYS` that hold their default: what a model's build key
+    hashes."""
+    out = {}
+    for k, v in full.items():
+        path = f"{prefix}.{k}" if prefix else str(k)
+        if path in NEW_KEYS and v == NEW_KEYS[path]:
+            continue
+        out[k] = key_config(v, path) if isinstance(v, Mapping) and not k.endswith("_mix") else v
+    return out
+
+
 class WorldConfigError(ConfigError):
     """A testbed config that cannot produce a world; the message names the key."""
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from kaft.cache import Cache, make_key
 from kaft.testbed.binding import install_binding_heads
-from kaft.testbed.config import WorldConfigError, resolve_config
+from kaft.testbed.config import WorldConfigError, key_config, resolve_config
 from kaft.testbed.cpu import build_env
 from kaft.testbed.release import calibrate_letters, release_readout
 from kaft.testbed.tokenizer import build_tokenizer
@@ -271,7 +271,7 @@ def build_into(out_dir: str | Path, cfg: Mapping | None = None, progress: bool =
 
 
 def model_key(cfg: Mapping | None = None) -> str:
-    return make_key(resolve_config(cfg), VERSION)
+    return make_key(key_config(resolve_config(cfg)), VERSION)
 
 
 def build_model(cfg: Mapping | None, cache_root: str, progress: bool = True) -> Path:

@@ -22,7 +22,7 @@ from kaft.cache import make_key
 from kaft.diagnostics import DIAGNOSTICS
 from kaft.items import MCItem
 from kaft.results import auroc
-from kaft.testbed.config import resolve_config
+from kaft.testbed.config import key_config, resolve_config
 from kaft.testbed.model import VERSION, build_model
 from kaft.testbed.sentences import check_response, with_response
 from kaft.testbed.tokenizer import build_tokenizer
@@ -40,10 +40,10 @@ def read_split(split: str, config: Mapping, response: str = "answer", **_) -> It
 @modeling.SOURCES.register("testbed")
 def resolve_model(model_cfg: Mapping, cache_root: str, config: Mapping, build: bool = True) -> tuple[str, str]:
     """The testbed model's directory (built on first use; "" with ``build=False``) and identity: the ``testbed``
-    section as configured (not as resolved) and the build's code version, so the key of every model built so far
-    stays what it was."""
+    section as configured (not as resolved; :data:`~kaft.testbed.config.NEW_KEYS` at their default left out) and the
+    build's code version, so the key of every model built so far stays what it was."""
     testbed = config.get("testbed") or {}
-    return (str(build_model(testbed, cache_root)) if build else ""), make_key("testbed", testbed, VERSION)
+    return (str(build_model(testbed, cache_root)) if build else ""), make_key("testbed", key_config(testbed), VERSION)
 
 
 @modeling.PREVIEWS.register("testbed")

@@ -193,6 +193,26 @@ def test_model_source_keeps_the_cache_key(monkeypatch, tmp_path):
     assert VERSION == "3" and model_key({}) == "ccf2a38133ce7c786537"
 
 
+def test_a_new_key_at_its_default_changes_no_model_key(monkeypatch):
+    """A testbed key added with a default that reproduces the old world (config.NEW_KEYS) leaves the model's build
+    key and identity as they were while it holds that default, and enters both once set."""
+    from kaft import modeling
+    from kaft.testbed import config as tbc
+    from kaft.testbed import model as tbm
+
+    def ident(section):
+        return modeling.resolve({"source": "testbed"}, "c", {"testbed": section}, build=False)[1]
+
+    testbed = yaml.safe_load((ROOT / "conf/testbed/default.yaml").read_text())  # what a job passes: the whole yaml
+    before_build, before_id = tbm.model_key(testbed), ident(testbed)
+    monkeypatch.setitem(tbc.DEFAULT_CONFIG["world"], "new_knob", 0.0)
+    monkeypatch.setattr(tbc, "NEW_KEYS", {"world.new_knob": 0.0})
+    at_default = {**testbed, "world": {**testbed["world"], "new_knob": 0.0}}
+    assert (tbm.model_key(at_default), ident(at_default)) == (before_build, before_id)
+    set_ = {**testbed, "world": {**testbed["world"], "new_knob": 0.5}}
+    assert tbm.model_key(set_) != before_build and ident(set_) != before_id
+
+
 def test_diagnostic_finds_the_planted_contradictions():
     from kaft.diagnostics import DIAGNOSTICS
     from kaft.items import MCItem
