@@ -26,7 +26,7 @@ from kaft.schema import method_spec
 CONF = Path(__file__).resolve().parents[1] / "conf"
 ACC, BASE_ACC = "acc/", "base/"  # column prefixes: accuracy (%) per benchmark, fine-tuned and base model
 # strategies whose rows are named by one of their settings besides the strategy's name (an unnamed row's id)
-ID_SETTINGS = {"subset": "subset", "wrong_ratio": "ratio"}
+ID_SETTINGS = {"subset": "subset", "wrong_ratio": "ratio", "ren_ratio": "ratio"}
 # the old-results defaults of settings a results.json may lack (before each setting existed)
 LEGACY = {"strategy": "full", "loss": "kaft", "model": "testbed", "dataset": "testbed", "seed": 0}
 

@@ -189,6 +189,10 @@ def _lambda_label(key: str) -> str | None:
     return f"λ = {100 * float(key):g}%" if num(key) is not None else None
 
 
+def _ratio_label(key: str) -> str | None:
+    return f"r = {float(key):g}" if num(key) is not None else None
+
+
 def _alpha_beta_label(key: str) -> str | None:
     m = re.fullmatch(r"a(.+)_b(.+)", key)
     return f"α={m[1]}, β={m[2]}" if m else None
@@ -341,6 +345,22 @@ for _layout in (
         {"base": "Base", "har": "HAR", "inc": "INC", "self": "SELF"},
         (Rule({"strategy": ("har", "inc", "self"), "loss": "constant"}, "{strategy}"),),
     ),
+    Layout(
+        "ren_ratio",
+        "Consistency ratio r: INC's queries, a share r answered as SELF (Ren et al. 2024, Exp-III, Figs. 2/4)",
+        "Ratio",
+        ("base",),
+        (),  # Ren et al. give Exp-III as figures only: no published numbers to show beside
+        ("ren_ratio",),
+        {"base": "Base"},
+        (
+            Rule({"strategy": "ren_ratio", "loss": "constant", "ratio": ANY}, "{ratio:g}"),
+            Rule({"strategy": "inc", "loss": "constant"}, "0"),
+            Rule({"strategy": "self", "loss": "constant"}, "1"),
+        ),
+        label_of=_ratio_label,
+        sort=_by_number,
+    ),
 ):
     LAYOUTS.register(_layout.name, _layout)
 
@@ -365,6 +385,8 @@ def infer_layout(jobs: pd.DataFrame) -> Layout:
     kaft = full[full["loss"] == "kaft"]
     if "wrong_ratio" in strategies:
         name = "10"
+    elif "ren_ratio" in strategies:
+        name = "ren_ratio"
     elif strategies & {"har", "inc", "self"}:
         name = "ren"
     elif jobs["detection"].nunique() > 1 or ("wrong_only" in strategies and subsets and subsets <= {"random"}):

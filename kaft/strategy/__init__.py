@@ -17,6 +17,7 @@ wrong_ratio    round(λ·|wrong|) wrong items (seeded) + every other item       
 none           nothing: the base model is only evaluated                        the "base" rows
 har / inc      items the model answers right / wrong, confidently (equal sizes) Ren et al. (2024) HAR / INC
 self           INC's items with the model's own answers                         Ren et al. (2024) SELF (§3.3)
+ren_ratio      INC's items, a share ``ratio`` of them with the model's answers  Ren et al. (2024) Exp-III (§6)
 =============  ===============================================================  ==================================
 
 Strategies live in the registry :data:`STRATEGIES`; add one with ``@register(name, settings=...)`` in any module

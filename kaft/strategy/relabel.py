@@ -1,4 +1,5 @@
-"""Strategies that train on the model's own answers: KaFT's self-aligning baseline and Ren et al.'s HAR / INC / SELF."""
+"""Strategies that train on the model's own answers: KaFT's self-aligning baseline, Ren et al.'s HAR / INC / SELF
+and their Exp-III mixture of INC and SELF at a consistency ratio (``ren_ratio``)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,17 @@ class RenSettings:
         True,
         hint=" (Ren et al. App. A.1: true keeps answers with confidence > 0.5)",
         help="keep only answers with confidence > 0.5",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class RenRatioSettings(RenSettings):
+    ratio: float = fields.number(
+        0.5,
+        0.0,
+        1.0,
+        hint=" (Ren et al. Exp-III, Fig. 2: the share of self-aligning samples; 0 = INC, 1 = SELF)",
+        help="consistency ratio: the share of INC's queries that carry the model's own answer",
     )
 
 
@@ -173,6 +185,11 @@ def _ren_pick(ctx: Context, name: str) -> Pick:
     keep = draw(ctx, inc, n, "ren-inc", ctx.data_seed())
     if name == "inc":
         return Pick(keep, info=info)
+    if name == "ren_ratio":  # a seeded share of INC's draw relabelled; the rest keeps gold
+        ratio = float(ctx.cfg.get("ratio", 0.5))
+        keep_self = draw(ctx, keep, round(ratio * len(keep)), "ren-ratio", ctx.data_seed())
+        answers = {i: preds[i] for i in keep_self}
+        return Pick(keep, answers, info={**info, "ratio": ratio, "replaced": len(answers)})
     answers = {i: preds[i] for i in keep}
     return Pick(keep, answers, info={**info, "replaced": len(answers)})
 
@@ -194,6 +211,16 @@ def _self(ctx: Context) -> Pick:
     """Ren et al. (2024) SELF: INC's items (same ids at the same ``data_seed``), each answer replaced by the model's
     own, so every training answer is wrong and consistent with the model."""
     return _ren_pick(ctx, "self")
+
+
+@register("ren_ratio", settings=RenRatioSettings, needs_samples=True, relabels=True)
+def _ren_ratio(ctx: Context) -> Pick:
+    """Ren et al. (2024) Exp-III (§6, Figs. 2/4): INC's queries (same ids at the same ``data_seed``), a share
+    ``ratio`` of them answered with the model's own (incompatible) answer as SELF does and the rest with gold as INC
+    does. Ren et al. say only "the proportion of samples derived from the incompatible and the self-aligning group";
+    kaft's reading: one query set (so only the answers differ between ratios), the relabelled share drawn by a seeded
+    hash rank of the ids, ``round(ratio * n)`` of them. ``ratio=0`` is exactly INC, ``ratio=1`` exactly SELF."""
+    return _ren_pick(ctx, "ren_ratio")
 
 
 @register("none", train=False)

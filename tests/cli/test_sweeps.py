@@ -26,6 +26,7 @@ LAYOUT = {
     "table13_alpha_beta": "13",
     "losses": "losses",
     "ren_har_inc_self": "ren",
+    "ren_ratio": "ren_ratio",
     "mission": "losses",
     "table3_ood": "main",
     "table7_domains": "main",
@@ -57,7 +58,7 @@ OWN_DATA = {
 }  # 3 domains x 2 methods: every config, fewer jobs
 # a random tiny model answers nothing with confidence > 0.5: Ren et al.'s filter would leave no item (unit-tested in
 # test_strategy.py), so the plumbing runs with it off
-EXTRA = {"ren_har_inc_self": ["++strategy.confident_only=false"]}
+EXTRA = {"ren_har_inc_self": ["++strategy.confident_only=false"], "ren_ratio": ["++strategy.confident_only=false"]}
 # composed only (tests/cli/test_config.py): SMA's tables and sweeps/responses (its DPO row) sample 8 free-form
 # responses per item on the free-form testbed (minutes on 2 cores); their free-form DPO path runs end to end in
 # tests/cli/test_sma_freeform.py

@@ -249,6 +249,13 @@ def test_subsets_detection_partitions_losses_ren_layouts(tmp_path):
     assert secs[0].layout == "ren" and [r["id"] for r in _ours(secs)] == ["har", "inc", "self"]
     assert _rows(secs[0])[1]["xiezhi_history"] == 46.80
 
+    # Ren et al. Exp-III: a ratio sweep lays out one row per r (INC / SELF jobs beside it are r = 0 / 1)
+    rr = [_res(strategy="ren_ratio", ratio=r, detection="icl", acc=0.3 + r / 10) for r in (0.5, 0.25)]
+    ratio = _write(tmp_path / "ren_ratio", [*rr, _res(strategy="inc", detection="icl", acc=0.2)])
+    secs = T.build_table(jobs_frame(ratio))
+    assert secs[0].layout == "ren_ratio" and [r["id"] for r in _ours(secs)] == ["0", "0.25", "0.5"]
+    assert [r["label"] for r in _ours(secs)] == ["r = 0", "r = 0.25", "r = 0.5"]
+
 
 def test_self_align_answer_sources_are_rows_of_their_own(tmp_path):
     def job(method, source, acc):

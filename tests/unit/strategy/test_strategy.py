@@ -254,6 +254,7 @@ def test_registry_has_the_documented_strategies():
         "har",
         "inc",
         "self",
+        "ren_ratio",
     }
 
 
@@ -383,7 +384,12 @@ def test_conf_files_validate_with_k4(path):
     if cfg["name"] == "self_align":
         for i, rec in enumerate(world[1]):
             rec["greedy"] = (world[0][i].answer + 1) % 4
-    if cfg["name"] in ("har", "inc", "self"):  # Ren's sets need items the model answers right as well as wrong
+    if cfg["name"] in (
+        "har",
+        "inc",
+        "self",
+        "ren_ratio",
+    ):  # Ren's sets need items the model answers right as well as wrong
         for i, rec in enumerate(world[1]):
             if i % 2:
                 rec["answers"] = [[rec["gold"]]]
