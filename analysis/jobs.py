@@ -199,6 +199,8 @@ def job_record(flat: dict, res: dict) -> dict:
         or ov.get("strategy.answer_source")
         or ("majority" if job["strategy"] == "self_align" else None)
     )  # older: majority
+    context = dig(cfg, ("train", "context"))  # Ren et al.'s contextualized IFT (absent before it existed: off)
+    job["context"] = str(ov.get("train.context", context)).lower() == "true"
     job["alpha"], job["beta"], job["eaft_alpha"] = loss_params(flat, cfg, ov, job["loss"])
     k = flat.get("partition")
     job["k"] = int(ov.get("partition.k") or partition_k(ov.get("partition", "default")) if k is None else k)

@@ -346,6 +346,19 @@ for _layout in (
         (Rule({"strategy": ("har", "inc", "self"), "loss": "constant"}, "{strategy}"),),
     ),
     Layout(
+        "ren2",
+        "Vanilla vs contextualized IFT on INC (Ren et al. 2024, Exp-II, Table 2)",
+        "IFT",
+        ("base", "vanilla", "contextualized"),
+        (),  # Ren et al.'s Table 2 averages domains per model: no per-dataset number to show beside (docs quote it)
+        ("ren2",),
+        {"base": "Base", "vanilla": "Vanilla (INC)", "contextualized": "Contextualized (INC)"},
+        (
+            Rule({"strategy": "inc", "loss": "constant", "context": True}, "contextualized"),
+            Rule({"strategy": "inc", "loss": "constant"}, "vanilla"),
+        ),
+    ),
+    Layout(
         "ren_ratio",
         "Consistency ratio r: INC's queries, a share r answered as SELF (Ren et al. 2024, Exp-III, Figs. 2/4)",
         "Ratio",
@@ -387,6 +400,8 @@ def infer_layout(jobs: pd.DataFrame) -> Layout:
         name = "10"
     elif "ren_ratio" in strategies:
         name = "ren_ratio"
+    elif "context" in jobs and jobs["context"].any():
+        name = "ren2"
     elif strategies & {"har", "inc", "self"}:
         name = "ren"
     elif jobs["detection"].nunique() > 1 or ("wrong_only" in strategies and subsets and subsets <= {"random"}):

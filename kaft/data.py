@@ -39,6 +39,9 @@ DEFAULT_FIELDS = {
     # opt-in (fields.response: <column>): a response / explanation column, kept as meta["response"], what
     # train.target=response trains a multiple-choice item on (kaft.targets)
     "response": None,
+    # opt-in (fields.context: <column>): the knowledge an item needs, kept as meta["context"], what train.context=true
+    # prepends to its question at training time (Ren et al. Exp-II, kaft.trainset.contextualize)
+    "context": None,
 }
 
 
@@ -116,6 +119,10 @@ def normalize_rows(
             if not isinstance(raw[f["response"]], str):
                 raise _err(source, row, f["response"], "a response must be text")
             meta["response"] = raw[f["response"]]
+        if f.get("context") and raw.get(f["context"]) not in (None, ""):  # train.context=true prepends it
+            if not isinstance(raw[f["context"]], str):
+                raise _err(source, row, f["context"], "a context must be text")
+            meta["context"] = raw[f["context"]]
         items.append(
             MCItem(
                 id=str(item_id),
@@ -173,6 +180,11 @@ def check_spec(spec: Mapping) -> None:
         if path.is_dir() and not spec.get("subsets") and path.suffix.lower() != ".parquet":
             raise DataError(folder_message(path))
     _base(spec)
+    if src in ("local", "hub") and "context" in spec:  # only the testbed's source writes contexts
+        raise DataError(
+            f"{describe(spec)}: 'context' ({spec['context']!r}) is read only by the testbed source; map a data "
+            "set's knowledge / evidence column with fields: {context: <column>}"
+        )
     if src in ("local", "hub") and "response" in spec:  # only the testbed's source builds responses
         raise DataError(
             f"{describe(spec)}: 'response' ({spec['response']!r}) is read only by the testbed source; map a data "

@@ -16,6 +16,7 @@ from typing import Any
 NEW_DEFAULTS: dict[str, Any] = {
     "train.target": "auto",  # kaft.targets: auto = letter on multiple-choice data, what kaft always trained on
     "train.response_eos": False,  # only a response target ends in EOS, and only when asked
+    "train.context": False,  # kaft.trainset.contextualize: Ren et al.'s contextualized IFT, only when asked
     "verifier": {"name": "exact"},  # kaft.verifiers: read only by generative detection / evaluation and SMA's DPO
 }
 

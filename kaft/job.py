@@ -118,6 +118,7 @@ def _data(job: Job) -> None:
         job.train, job.evals, fps = S.stage_data(cfg, job.cache)
         S.validate(cfg, len(job.train))
         S.target_kind(cfg, job.train)  # a response target without responses stops here, before the model loads
+        S.check_context(cfg, job.train)  # so does train.context=true without contexts
         plausibility.warn(cfg, job.train, job.evals, fps)  # legal but implausible data: one line each
     log.info("data: %d training items, benchmarks %s", len(job.train), {n: len(v) for n, v in job.evals.items()})
     with job.timer("model"):
@@ -180,7 +181,8 @@ def _train(job: Job, sel: strategy_mod.Selection) -> S.Trained | None:
         sampling = losses.sma_sampling(loss, is_freeform(sel.items))  # free-form: whole responses (kaft.trainset)
         if sampling is not None:  # DPO as SMA builds it: its own samples, not detection's
             pair_records = job.hit("dpo_samples", S.stage_dpo_samples(job.ctx, sel.items, sampling))
-        result = S.stage_train(job.ctx, sel.items, sel.weights, pair_records)
+        items = S.contextualize(job.cfg, sel.items)  # Ren et al.'s contextualized IFT: training prompts only
+        result = S.stage_train(job.ctx, items, sel.weights, pair_records)
         job.keys["train"] = result.key
         trained = job.hit("train", result)
     job.train_target = S.train_target(trained)

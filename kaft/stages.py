@@ -37,7 +37,9 @@ from kaft.items import is_freeform
 
 # what a job trains on (free-form data, MC conversion's items); kaft.job and kaft.sweep.plan reach them as S.*
 from kaft.trainset import (  # noqa: F401
+    check_context,
     check_train_format,
+    contextualize,
     target_kind,
     train_target,
     training_items,

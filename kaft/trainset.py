@@ -9,7 +9,9 @@ converted multiple-choice items stays available as kaft's own reading: ``train.t
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +73,35 @@ def training_items(cfg: Any, train: list, records: list[dict]) -> list:
             "detection artifact is of other data: re-run with force=true"
         )
     return [by_id[r["id"]] for r in records]
+
+
+def check_context(cfg: Any, train: Sequence) -> None:
+    """``train.context=true`` needs every training item's context (``meta["context"]``): one ConfigError line naming
+    how to provide it, before any model loads."""
+    if not cfg["train"].get("context", False):
+        return
+    missing = [it.id for it in train if not (it.meta or {}).get("context")]
+    if missing:
+        raise ConfigError(
+            f"train.context=true prepends each training item's context, but {len(missing)} of {len(train)} items "
+            f"have none (first: {missing[0]!r}); map a knowledge / evidence column with "
+            "dataset.train.fields.context=<column> (on the testbed: ++dataset.train.context=evidence)"
+        )
+
+
+CONTEXT_SEPARATOR = " "  # the testbed tokenizer has no newline token; a space keeps every word a known one
+
+
+def contextualize(cfg: Any, items: Sequence) -> list:
+    """The items a job trains on under ``train.context=true``: each question preceded by its context (Ren et al.
+    Exp-II, §5: "the knowledge is then concatenated with the original instruction, as well as the answer, to
+    construct an augmented instance"; App. Table 13 puts it before the question). kaft's reading: the context opens
+    the question text, so the prompt layout, the instruction and the target stay what they are and only training
+    sees it: evaluation prompts carry no context (App. B: "we do not provide the knowledge required for the
+    instruction during the testing phase"). The items unchanged otherwise."""
+    if not cfg["train"].get("context", False):
+        return list(items)
+    return [dataclasses.replace(it, question=it.meta["context"] + CONTEXT_SEPARATOR + it.question) for it in items]
 
 
 def train_target(trained: Any) -> dict | None:

@@ -24,17 +24,20 @@ from kaft.items import MCItem
 from kaft.results import auroc
 from kaft.testbed.config import key_config, resolve_config
 from kaft.testbed.model import VERSION, build_model
-from kaft.testbed.sentences import check_response, with_response
+from kaft.testbed.sentences import check_context, check_response, with_context, with_response
 from kaft.testbed.tokenizer import build_tokenizer
 from kaft.testbed.world import build_world
 
 
 @data.SOURCES.register("testbed")
-def read_split(split: str, config: Mapping, response: str = "answer", **_) -> Iterator[Mapping]:
-    """Rows of one split of the world of the job config's ``testbed`` section, with ``response`` sentences."""
+def read_split(split: str, config: Mapping, response: str = "answer", context: str = "none", **_) -> Iterator[Mapping]:
+    """Rows of one split of the world of the job config's ``testbed`` section, with ``response`` sentences and, with
+    ``context: evidence``, each fact's evidence sentence as ``meta["context"]`` (Ren et al. Exp-II)."""
     check_response(response)
+    check_context(context)
     world = build_world(config.get("testbed"))
-    yield from (with_response(it.to_dict(), world.relations, response) for it in world.split(split))
+    for it in world.split(split):
+        yield with_context(with_response(it.to_dict(), world.relations, response), world.relations, context)
 
 
 @modeling.SOURCES.register("testbed")

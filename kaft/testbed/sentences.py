@@ -29,6 +29,9 @@ from kaft.datafiles import DataError
 from kaft.testbed.templates import Relation
 
 RESPONSES = ("answer", "sentence", "sentence+evidence")
+#: ``context`` of a ``source: testbed`` spec: none, or each fact's evidence sentence as ``meta["context"]`` (what
+#: ``train.context=true`` prepends at training time: Ren et al.'s contextualized IFT, Exp-II §5)
+CONTEXTS = ("none", "evidence")
 
 
 def check_response(mode: object) -> str:
@@ -68,3 +71,22 @@ def with_response(row: Mapping, relations: Mapping[str, Relation], mode: str) ->
     text = response_text(rel, meta["entity"], value, mode)
     aliases = list(dict.fromkeys([answer_sentence(rel, meta["entity"], value), text]))
     return {**row, "meta": {**meta, "response": text}, "response": text, "aliases": aliases}
+
+
+def check_context(mode: object) -> str:
+    """The context mode, or one DataError line naming the key and the choices."""
+    if mode not in CONTEXTS:
+        raise DataError(f"testbed data: context must be one of {list(CONTEXTS)}, got {mode!r}")
+    return str(mode)
+
+
+def with_context(row: Mapping, relations: Mapping[str, Relation], mode: str) -> dict:
+    """A split row with ``meta["context"]``: the fact with the item's gold value in the relation's evidence template.
+    Ren et al. had GPT-3.5 write "the world knowledge that is required to answer this question" (§5, App. Table 12);
+    the testbed knows it exactly: for a contradicting item it states the item's gold value, not the memorised one.
+    The row unchanged for ``none``."""
+    if check_context(mode) == "none":
+        return dict(row)
+    meta = dict(row["meta"])
+    value = row["options"][row["answer"]]
+    return {**row, "meta": {**meta, "context": evidence_sentence(relations[meta["relation"]], meta["entity"], value)}}

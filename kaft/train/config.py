@@ -102,6 +102,11 @@ class TrainSettings:
         False,
         help="end a response target with the tokenizer's EOS token, so that generation learns to stop there",
     )
+    context: bool = fields.flag(
+        False,
+        hint=" (Ren et al. Exp-II, §5: each training item's context, meta['context'], precedes its question)",
+        help="contextualized IFT: prepend each training item's context (its supporting evidence) at training time",
+    )
     lora: dict = fields.unchecked(None, check=_check_lora, help="the LoRA adapter (train.lora.*)")
 
 
@@ -109,7 +114,7 @@ class TrainSettings:
 CHECKPOINT_KEYS = ("save_steps", "save_total_limit")
 CHECKPOINT_DEFAULTS = {k: v for k, v in fields.defaults_of(TrainSettings).items() if k in CHECKPOINT_KEYS}
 #: optional keys whose default reproduces what kaft did before they existed (an older config may lack them)
-OPTIONAL_KEYS = ("gradient_checkpointing", "target", "response_eos")
+OPTIONAL_KEYS = ("gradient_checkpointing", "target", "response_eos", "context")
 #: the keys every train config holds (the optional ones: the checkpoint keys and :data:`OPTIONAL_KEYS`)
 TRAIN_KEYS = tuple(k for k in fields.keys_of(TrainSettings) if k not in (*CHECKPOINT_KEYS, *OPTIONAL_KEYS))
 

@@ -27,6 +27,7 @@ LAYOUT = {
     "losses": "losses",
     "ren_har_inc_self": "ren",
     "ren_ratio": "ren_ratio",
+    "ren_contextualized": "ren2",
     "mission": "losses",
     "table3_ood": "main",
     "table7_domains": "main",
@@ -58,7 +59,16 @@ OWN_DATA = {
 }  # 3 domains x 2 methods: every config, fewer jobs
 # a random tiny model answers nothing with confidence > 0.5: Ren et al.'s filter would leave no item (unit-tested in
 # test_strategy.py), so the plumbing runs with it off
-EXTRA = {"ren_har_inc_self": ["++strategy.confident_only=false"], "ren_ratio": ["++strategy.confident_only=false"]}
+EXTRA = {
+    "ren_har_inc_self": ["++strategy.confident_only=false"],
+    "ren_ratio": ["++strategy.confident_only=false"],
+    # the tiny local rows have no knowledge column: the plumbing maps each question as its own context
+    "ren_contextualized": [
+        "++strategy.confident_only=false",
+        "~dataset.train.context",
+        "++dataset.train.fields.context=question",
+    ],
+}
 # composed only (tests/cli/test_config.py): SMA's tables and sweeps/responses (its DPO row) sample 8 free-form
 # responses per item on the free-form testbed (minutes on 2 cores); their free-form DPO path runs end to end in
 # tests/cli/test_sma_freeform.py

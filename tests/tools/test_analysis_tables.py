@@ -256,6 +256,15 @@ def test_subsets_detection_partitions_losses_ren_layouts(tmp_path):
     assert secs[0].layout == "ren_ratio" and [r["id"] for r in _ours(secs)] == ["0", "0.25", "0.5"]
     assert [r["label"] for r in _ours(secs)] == ["r = 0", "r = 0.25", "r = 0.5"]
 
+    # Ren et al. Exp-II: INC with and without its contexts at training time
+    ctx = [_res(strategy="inc", detection="icl", acc=a) for a in (0.3, 0.4)]
+    ctx[1]["config"]["train"] = {"context": True}
+    secs = T.build_table(jobs_frame(_write(tmp_path / "ren2", ctx)))
+    assert secs[0].layout == "ren2" and [r["label"] for r in _ours(secs)] == [
+        "Vanilla (INC)",
+        "Contextualized (INC)",
+    ]
+
 
 def test_self_align_answer_sources_are_rows_of_their_own(tmp_path):
     def job(method, source, acc):
