@@ -241,7 +241,7 @@ def test_subsets_detection_partitions_losses_ren_layouts(tmp_path):
     ren = _write(
         tmp_path / "ren",
         [
-            _res(strategy=s, detection="icl", model="mistral_7b", dataset="xiezhi_history", acc={"xiezhi_history": a})
+            _res(strategy=s, detection="icl", model="mistral_7b", dataset="ren_history", acc={"xiezhi_history": a})
             for s, a in (("self", 0.4), ("har", 0.47), ("inc", 0.33))
         ],
     )

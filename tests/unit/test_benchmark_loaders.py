@@ -5,6 +5,7 @@ composed with Hydra, only `source`/`path` (and a join file) are pointed at the f
 fields, subsets, filter, adapter, answer_base — stays as configured, so a schema mistake fails here.
 """
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,17 @@ ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
 HUB = ROOT / "tests" / "fixtures" / "hub"
 
-NEW_DATASETS = ["medqa", "medqa_mmedbench", "medqa_halueval", "xiezhi_history", "xiezhi_engineering", "xiezhi_law"]
+NEW_DATASETS = [
+    "medqa",
+    "medqa_mmedbench",
+    "medqa_halueval",
+    "xiezhi_history",
+    "xiezhi_engineering",
+    "xiezhi_law",
+    "ren_history",
+    "ren_engineering",
+    "ren_law",
+]
 NEW_MODELS = [
     "llama3_8b",
     "llama3_3b",
@@ -89,11 +100,15 @@ def test_dataset_configs_compose(dataset):
 
 def test_every_benchmark_file_is_used_by_a_dataset():
     used = set()
-    for d in NEW_DATASETS:
-        used |= {k for k in _compose([f"dataset={d}"]).dataset.eval}
+    for d in NEW_DATASETS:  # each dataset's defaults list: benchmark@eval.<name>: <file>
+        for entry in OmegaConf.load(CONF / "dataset" / f"{d}.yaml").get("defaults", []):
+            if isinstance(entry, Mapping) or hasattr(entry, "items"):
+                used |= {v for k, v in entry.items() if str(k).startswith("benchmark@eval.")}
+        assert set(_compose([f"dataset={d}"]).dataset.eval)  # and it composes with benchmarks
     files = {p.stem for p in (CONF / "dataset" / "benchmark").glob("*.yaml")}
     # composed on demand (+dataset/benchmark@dataset.eval.triviaqa=triviaqa: test_evaluate_generative_lm_eval.py)
-    opt_in = {"triviaqa"}
+    # Ren et al.'s medicine ID / OOD splits: their medicine IFT set (MedMCQA's) has no kaft dataset config
+    opt_in = {"triviaqa", "mmlu_id_medicine", "mmlu_ood_medicine"}
     assert files - opt_in == used
 
 
@@ -266,3 +281,41 @@ def test_hub_data_files_path_is_real_code(tmp_path):
     spec = {**_spec("medqa_mmedbench", "mmedbench_en", tmp_path), "source": "hub"}
     items = _load(spec)
     assert [it.answer for it in items] == [0, 0, 1] and [len(it.options) for it in items] == [5, 4, 4]
+
+
+# Ren et al. App. Table 11, verbatim: the in-domain MMLU subcategories of each domain
+REN_ID = {
+    "engineering": ["electrical_engineering"],
+    "history": ["high_school_european_history", "high_school_us_history", "high_school_world_history", "prehistory"],
+    "law": [
+        *("econometrics", "high_school_geography", "high_school_government_and_politics"),
+        *("high_school_macroeconomics", "high_school_microeconomics", "high_school_psychology", "human_sexuality"),
+        *("international_law", "jurisprudence", "professional_law", "sociology", "public_relations"),
+        *("professional_psychology", "security_studies", "us_foreign_policy"),
+    ],
+    "medicine": [
+        *("anatomy", "clinical_knowledge", "college_medicine", "human_aging", "medical_genetics", "nutrition"),
+        *("professional_medicine", "virology"),
+    ],
+}
+
+
+@pytest.mark.parametrize("domain", sorted(REN_ID))
+def test_ren_id_and_ood_split_mmlu_as_app_table_11_does(domain):
+    """ID = Table 11's subcategories; OOD = "the remaining subcategories": together exactly lm-eval's 57 MMLU tasks."""
+    import lm_eval
+
+    tasks = Path(lm_eval.__file__).parent / "tasks" / "mmlu" / "default"
+    mmlu = {p.stem.removeprefix("mmlu_") for p in tasks.glob("mmlu_*.yaml")}
+    assert len(mmlu) == 57
+    bench = CONF / "dataset" / "benchmark"
+    ids = OmegaConf.load(bench / f"mmlu_id_{domain}.yaml").subsets
+    ood = OmegaConf.load(bench / f"mmlu_ood_{domain}.yaml").subsets
+    assert sorted(ids) == sorted(REN_ID[domain]) and set(ids) | set(ood) == mmlu and not set(ids) & set(ood)
+
+
+@pytest.mark.parametrize("domain", ["history", "engineering", "law"])
+def test_ren_datasets_evaluate_homo_id_and_ood(domain):
+    c = _compose([f"dataset=ren_{domain}"])
+    assert list(c.dataset.eval) == [f"xiezhi_{domain}", "mmlu_id", "mmlu_ood"]
+    assert c.dataset.train.path.endswith(f"xiezhi/{domain}_train.json")

@@ -32,6 +32,11 @@ LM_EVAL_BENCHMARKS = {
     "medmcqa": "medmcqa",
     "mmlu_star": "mmlu_{subject}",
     "cmmlu_star": "cmmlu_{subject}",
+    **{
+        f"mmlu_{part}_{d}": "mmlu_{subject}"
+        for part in ("id", "ood")
+        for d in ("history", "engineering", "law", "medicine")
+    },
     "triviaqa": "triviaqa",  # free-form: lm-eval's generate_until task (tests/unit/test_evaluate_generative_lm_eval.py)
 }
 ZH = "以下是中国关于{}的单项选择题，请选出其中的正确答案。\n\n"
