@@ -246,7 +246,10 @@ def _schema():
         "dist_source": s,
         "n_samples": i,
         "n_unparsed": i,
-        **{c: {"float": f, "int": i, "bool": pa.bool_()}[t] for c, (_, t, _) in diagnosis_columns.EXPORT_COLUMNS.items()},
+        **{
+            c: {"float": f, "int": i, "bool": pa.bool_()}[t]
+            for c, (_, t, _) in diagnosis_columns.EXPORT_COLUMNS.items()
+        },
     }
     return pa.schema([(name, types[name]) for name in COLUMNS])
 

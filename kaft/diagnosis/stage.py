@@ -136,9 +136,7 @@ def stage_diagnose(ctx, items: Sequence[MCItem], train_key: str, get_tuned: Call
     def build(tmp: Path):
         model, tok = get_tuned()
         dists = probe(model, tok, items, s, ctx.seed, ctx.domain, ctx.instruction)
-        rows = [
-            item_row(i, it, {k: v[i] for k, v in dists.items()}, s, ctx.seed) for i, it in enumerate(items)
-        ]
+        rows = [item_row(i, it, {k: v[i] for k, v in dists.items()}, s, ctx.seed) for i, it in enumerate(items)]
         write_records(rows, tmp / "items.jsonl")
 
     hit = ctx.cache.get_or_create("diagnose", key, build, meta={"n_items": len(items)})

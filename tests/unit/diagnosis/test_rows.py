@@ -42,9 +42,21 @@ def test_row_of_an_unlearned_item():
 
 
 def _rows(spec):
-    return [{"kind": k, "unlearned": u, "train_correct": not u, "bon_correct": not u, "pass_rate": 0.0 if u else 1.0,
-             "base_correct": True, "base_high_conf_error": False, "js": 0.1, "ren_consistency": None, "ren_kl": 0.5}
-            for k, u in spec]
+    return [
+        {
+            "kind": k,
+            "unlearned": u,
+            "train_correct": not u,
+            "bon_correct": not u,
+            "pass_rate": 0.0 if u else 1.0,
+            "base_correct": True,
+            "base_high_conf_error": False,
+            "js": 0.1,
+            "ren_consistency": None,
+            "ren_kl": 0.5,
+        }
+        for k, u in spec
+    ]
 
 
 def test_summary_by_kind_by_hand():
