@@ -101,3 +101,17 @@ def test_bad_settings_are_one_line_errors(cfg, message):
     with pytest.raises(ConfigError, match=message) as e:
         settings.parse(cfg)
     assert "\n" not in str(e.value)
+
+
+def test_cached_records_with_pass_at_n_are_read_as_any_correct(tmp_path):
+    """The rename of detection's flag changed no detect key: a record cached before it reads under the new name."""
+    from kaft.detection.core import read_records, write_records
+    from kaft.job import score_stats
+
+    write_records([{"id": "a", "score": 0.5, "pass_at_n": True}, {"id": "b", "score": 0.0, "any_correct": False}],
+                  tmp_path / "scores.jsonl")  # fmt: skip
+    records = read_records(tmp_path / "scores.jsonl")
+    assert [r.get("any_correct") for r in records] == [True, False] and all("pass_at_n" not in r for r in records)
+    items = [MCItem(id=i, question="q ?", options=["a", "b"], answer=0) for i in "ab"]
+    stats = score_stats(records, items, [0, 1], ["low", "high"])
+    assert stats["any_correct_rate"] == 0.5 and "pass_at_n_rate" not in stats
