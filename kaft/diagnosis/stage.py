@@ -63,12 +63,14 @@ def probe(model, tokenizer, items: Sequence[MCItem], s, seed: int, domain: str, 
         raise TypeError("the diagnosis needs the tuned peft model (its adapter disabled is the base model)")
     zero = prompts(items, 0, "kaft", seed, domain, instruction)
     icl = prompts(items, s.icl_shots, "ren", seed, domain, instruction)
-    backend = HFBackend(model, tokenizer, s.batch_size, share_prefix=True)
-    out = {"sft": letter_dists(backend, zero, items, 1.0)}
-    out["sft_t"] = out["sft"] if s.temperature == 1.0 else letter_dists(backend, zero, items, s.temperature)
+    # zero-shot prompts share no demonstrations: batched without prefix grouping (as SMA's sampling is)
+    plain = HFBackend(model, tokenizer, s.batch_size, share_prefix=False)
+    shared = HFBackend(model, tokenizer, s.batch_size, share_prefix=True)
+    out = {"sft": letter_dists(plain, zero, items, 1.0)}
+    out["sft_t"] = out["sft"] if s.temperature == 1.0 else letter_dists(plain, zero, items, s.temperature)
     with model.disable_adapter():
-        out["base"] = letter_dists(backend, zero, items, 1.0)
-        out["icl"] = letter_dists(backend, icl, items, 1.0)
+        out["base"] = letter_dists(plain, zero, items, 1.0)
+        out["icl"] = letter_dists(shared, icl, items, 1.0)
     return out
 
 
