@@ -67,3 +67,14 @@ def test_the_diagnose_key_holds_what_changes_the_rows():
     assert key(batch_size=4) == base and key(enabled=False) == base  # they change no row
     assert len({base, key(tau=0.3), key(n_runs=10), key(temperature=1.0), key(icl_shots=3)}) == 5
     assert stage.diagnose_key(ctx, MC, "other-train-key", settings.parse(S.plain(cfg.diagnosis))) != base
+
+
+def test_the_group_is_checked_with_the_config_before_any_model():
+    from kaft import fields
+    from kaft.errors import ConfigError
+
+    assert all(fields.help_of(settings.DiagnosisSettings).values())
+    with pytest.raises(ConfigError, match=r"diagnosis\.tau"):
+        schema.check_config(_cfg(["diagnosis.tau=2"]))
+    with pytest.raises(ConfigError, match="diagnosis.n_run"):
+        schema.check_config(_cfg(["+diagnosis.n_run=3"]))
