@@ -18,6 +18,17 @@ NEW_DEFAULTS: dict[str, Any] = {
     "train.response_eos": False,  # only a response target ends in EOS, and only when asked
     "train.context": False,  # kaft.trainset.contextualize: Ren et al.'s contextualized IFT, only when asked
     "verifier": {"name": "exact"},  # kaft.verifiers: read only by generative detection / evaluation and SMA's DPO
+    # kaft.diagnosis (conf/diagnosis/default.yaml): off, the job runs no diagnosis stage (the whole group at its
+    # defaults is left out; tests/unit/diagnosis/test_keys.py keeps this copy equal to the schema's defaults)
+    "diagnosis": {
+        "enabled": False,
+        "n_runs": 5,
+        "tau": 0.5,
+        "tau_c": 0.8,
+        "temperature": 0.7,
+        "icl_shots": 5,
+        "batch_size": 16,
+    },
 }
 
 

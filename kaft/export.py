@@ -35,6 +35,7 @@ from omegaconf import OmegaConf
 from kaft import data as data_mod
 from kaft import detection as detect_mod
 from kaft.cache import atomic_write_json, verify
+from kaft.diagnosis import columns as diagnosis_columns
 from kaft.prompts import DEFAULT_INSTRUCTION, LETTERS, answer_text, format_question
 from kaft.results import RESULTS_FILE, load_results, result_dirs
 from kaft.stages import load_train, partition_key
@@ -62,6 +63,8 @@ COLUMNS = {
     "dist_source": "samples | exact | letter_probs (icl)",
     "n_samples": "sampled answers behind answer_dist (0 for exact)",
     "n_unparsed": "sampled answers that named no option",
+    # the post-training diagnosis (diagnosis.enabled=true; null otherwise): kaft.diagnosis.columns
+    **{col: what for col, (_, _, what) in diagnosis_columns.EXPORT_COLUMNS.items()},
 }
 
 
@@ -161,9 +164,10 @@ def job_rows(run_dir: Path, results: dict, cache_root: Path | None) -> tuple[lis
     scores = [float(r["score"]) for r in records]
     rewards = losses.sample_weights(config["loss"], part["subsets"], scores, k)
     kaft_rewards = list((config.get("partition") or {}).get("rewards") or [])
-    rows = []
+    rows, diagnosed = [], diagnosis_columns.by_id(results)
     for it, rec, sub, rew in zip(items, records, part["subsets"], rewards):
-        rows.append(_row(it, rec, sub, part["names"], rew, kaft_rewards, config))
+        row = _row(it, rec, sub, part["names"], rew, kaft_rewards, config)
+        rows.append({**row, **diagnosis_columns.values(diagnosed.get(it.id))})
     info = {
         "run_dir": str(run_dir),
         "job": (results.get("job") or {}).get("name"),
@@ -242,6 +246,10 @@ def _schema():
         "dist_source": s,
         "n_samples": i,
         "n_unparsed": i,
+        **{
+            c: {"float": f, "int": i, "bool": pa.bool_()}[t]
+            for c, (_, t, _) in diagnosis_columns.EXPORT_COLUMNS.items()
+        },
     }
     return pa.schema([(name, types[name]) for name in COLUMNS])
 

@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ class Job:
     subsets: list = field(default_factory=list)
     names: list = field(default_factory=list)
     train_target: dict | None = None  # results.json's train_target (None: nothing trained)
+    tuned: Any = None  # the tuned peft model once a stage loaded it (kaft.job._tuned_model)
 
     def hit(self, stage: str, result: S.StageResult) -> Any:
         """Record a stage's cache hit (unless it had nothing to compute) and return its value."""
@@ -99,7 +100,7 @@ def score_stats(records: list[dict], items: list[MCItem], subsets: list[int], na
             for k in range(len(names))
         },
     }
-    for flag in ("pass_at_n", "high_conf_error", "confident"):  # strategy-specific per-item flags, as rates
+    for flag in ("any_correct", "high_conf_error", "confident"):  # strategy-specific per-item flags, as rates
         vals = [float(r[flag]) for r in records if flag in r]
         if vals:
             out[f"{flag}_rate"] = statistics.fmean(vals)
@@ -189,29 +190,58 @@ def _train(job: Job, sel: strategy_mod.Selection) -> S.Trained | None:
     return trained
 
 
+def _tuned_model(job: Job, trained: S.Trained):
+    """``get()`` of the tuned model and tokenizer: the one trained in this process, else its cached adapter loaded
+    once onto the base model (kept on the job: evaluation and diagnosis share it; a second load would wrap the
+    already wrapped base model)."""
+
+    def get():
+        if job.tuned is None:
+            job.tuned = trained.model
+        if job.tuned is None:
+            from peft import PeftModel  # lazy: only a cached adapter with an uncached stage needs peft
+
+            from kaft.train.config import peft_wrap  # lazy: kaft.train imports torch
+
+            with peft_wrap():
+                job.tuned = PeftModel.from_pretrained(job.ctx.model.get()[0], str(trained.adapter_dir))
+            job.tuned.eval()
+        return job.tuned, job.ctx.model.get()[1]
+
+    return get
+
+
 def _evaluate(job: Job, trained: S.Trained | None, base: dict | None, run_dir: Path) -> dict:
     """The tuned model's metrics (the base model's when nothing was trained); its adapter loads only when the
     evaluation is not cached."""
     if trained is None:
         return base
-    tuned = trained.model
-
-    def tuned_model():
-        nonlocal tuned
-        if tuned is None:
-            from peft import PeftModel  # lazy: only a cached adapter with an uncached evaluation needs peft
-
-            from kaft.train.config import peft_wrap  # lazy: kaft.train imports torch
-
-            with peft_wrap():
-                tuned = PeftModel.from_pretrained(job.ctx.model.get()[0], str(trained.adapter_dir))
-            tuned.eval()
-        return tuned, job.ctx.model.get()[1]
-
     with job.timer("evaluate"):
         return job.hit(
-            "evaluate", S.stage_evaluate(job.ctx, tuned_model, job.evals, ("tuned", job.keys["train"]), run_dir)
+            "evaluate",
+            S.stage_evaluate(job.ctx, _tuned_model(job, trained), job.evals, ("tuned", job.keys["train"]), run_dir),
         )
+
+
+def _diagnose_training(job: Job, sel: strategy_mod.Selection, trained: S.Trained | None) -> dict | None:
+    """results.json's ``diagnosis`` block (``diagnosis.enabled=true``; :mod:`kaft.diagnosis`): the tuned model
+    re-answers the items it trained on (ILP §3.1.2), against its base model; None when off."""
+    from kaft.diagnosis import settings as diag_settings
+    from kaft.diagnosis import stage as diag
+
+    s = diag_settings.parse(S.plain(job.cfg.get("diagnosis")))
+    if not s.enabled:
+        return None
+    items = diag.diagnosis_items(sel.items, job.records) if trained is not None else None
+    if items is None:
+        why = "nothing was trained" if trained is None else "the training items have no multiple-choice version"
+        log.warning("diagnosis skipped: %s", why)
+        return {"skipped": why, "settings": asdict(s)}
+    with job.timer("diagnose"):
+        result = diag.stage_diagnose(job.ctx, items, job.keys["train"], _tuned_model(job, trained))
+        job.keys["diagnose"] = result.key
+        rows = job.hit("diagnose", result)
+    return {**diag.summarize(rows, s), "items": rows}
 
 
 def _fine_grained(job: Job, metrics: dict, base: dict | None) -> dict | None:
@@ -251,7 +281,7 @@ def _drop_items(metrics: dict | None) -> dict | None:
 
 
 def _results(job: Job, info: dict, sel, metrics: dict, base: dict | None, fine: dict | None, detection: dict) -> dict:
-    """The job's results.json (schema: :mod:`kaft.results`)."""
+    """The job's results.json (schema: :mod:`kaft.results`); ``diagnosis`` is added by :func:`_execute`."""
     k = int(job.cfg.partition.k)
     names = job.names
     return {
@@ -277,7 +307,12 @@ def _results(job: Job, info: dict, sel, metrics: dict, base: dict | None, fine: 
             if s in sel.subsets
         },
         "cache": {stage: ("hit" if hit else "miss") for stage, hit in job.cache_hits.items()},
-        "cache_keys": {"detect": job.keys["detect"], "train": job.keys.get("train"), "model": job.keys["model"]},
+        "cache_keys": {
+            "detect": job.keys["detect"],
+            "train": job.keys.get("train"),
+            "model": job.keys["model"],
+            **({"diagnose": job.keys["diagnose"]} if "diagnose" in job.keys else {}),
+        },
         "timings": job.timer.seconds,
         "versions": track.package_versions(),
         "choices": info["choices"],  # the config group options this job composed (model, dataset, method, ...)
@@ -317,8 +352,11 @@ def _execute(job: Job, info: dict, run_dir: Path) -> dict:
     trained = _train(job, sel)
     metrics = _evaluate(job, trained, base, run_dir)
     fine = _fine_grained(job, metrics, base)
+    diagnosis = _diagnose_training(job, sel, trained)
     detection = _diagnose(job)
     results = _results(job, info, sel, metrics, base, fine, detection)
+    if diagnosis is not None:  # only with diagnosis.enabled=true: a default job's results.json is as before
+        results["diagnosis"] = diagnosis
     _track(job, info, results, run_dir)
     print_results(results)
     return results
@@ -347,6 +385,12 @@ def _metric_kind(r: dict) -> str:
     return f"generative, verifier {r.get('verifier')} (exact_match {em}{dropped})"
 
 
+def _diagnosis_line(block: dict | None) -> str | None:
+    from kaft.diagnosis.stage import headline  # lazy: read only when a job ran the diagnosis
+
+    return headline(block) if block else None
+
+
 def print_results(results: dict) -> None:
     m, b = results["metrics"], results.get("base_metrics")
     gen = any(r.get("metric") == "generative" for r in m["benchmarks"].values())
@@ -358,6 +402,8 @@ def print_results(results: dict) -> None:
     det = results["detection"]
     print("\n".join(lines))
     print(f"subsets {results['subsets']}  score mean={det['mean']:.3f}{diagnostics.headlines(det)}")
+    if (line := _diagnosis_line(results.get("diagnosis"))) is not None:
+        print(line)
     tt = results.get("train_target")
     if tt and tt.get("mean_label_tokens") is not None:
         print(f"trained on train.target={tt['kind']} ({tt['mean_label_tokens']:.1f} label tokens per example)")

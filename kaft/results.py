@@ -52,10 +52,17 @@ class Results(TypedDict, total=False):
     # and mean_label_tokens (label tokens per training example; of the chosen responses for DPO); null: no training
     detection: dict  # Score statistics: mean, std, min, max, histogram_10bins, mean_by_subset, flag
     # rates, and the registered diagnostics' values (testbed: auroc_contradict, ...)
+    diagnosis: dict  # only with diagnosis.enabled=true (kaft.diagnosis, docs/diagnosis.md): n_items, unlearned,
+    # unlearned_rate, unlearned_by_kind {kind: rate within the kind}, unlearned_share_by_kind {kind: share of the
+    # unlearned set}, kinds {kind: {n, unlearned, rate, share}}, train_accuracy, bon_accuracy, pass_rate_mean,
+    # base_accuracy, base_high_conf_error_rate, js_mean, ren {consistency_mean, kl_mean}, settings, and items: one
+    # row per trained item in training order (index, id, kind, gold, pass_rate, runs, bon_pred, bon_correct,
+    # unlearned, train_pred, train_correct, base_pred, base_conf, base_correct, base_high_conf_error, js,
+    # ren_consistency, ren_kl, p_sft, p_base, p_icl); {"skipped": why, "settings"} when nothing could be diagnosed
     subsets: dict  # subset name -> items in it
     weights_by_subset: dict  # mean sample weight per subset name
     cache: dict  # stage -> "hit" | "miss"
-    cache_keys: dict  # detect, train, model: the artifacts behind the result (kaft.export reads them)
+    cache_keys: dict  # detect, train, model (and diagnose): the artifacts behind the result (kaft.export reads them)
     timings: dict  # stage -> seconds
     versions: dict  # package -> version
     choices: dict  # config group -> option the job composed (model, dataset, method, ...)

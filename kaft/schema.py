@@ -23,6 +23,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from kaft import fields
+from kaft.diagnosis import settings as diagnosis_settings
 from kaft.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -36,6 +37,7 @@ GROUPS = (
     "loss",
     "train",
     "evaluation",
+    "diagnosis",
     "verifier",
     "logger",
     "model",
@@ -139,6 +141,7 @@ def check_config(cfg: Any) -> list[str]:
     _top(cfg)
     validate_train_cfg(_plain(cfg.train))
     _group(EvaluationSettings, "evaluation", _plain(cfg.evaluation))
+    diagnosis_settings.parse(_plain(cfg.get("diagnosis")))  # kaft.diagnosis.settings: off by default
     verifiers.validate(_plain(cfg.get("verifier")))  # kaft.verifiers: each verifier's Settings beside its class
     detection.validate(_plain(cfg.detection))
     k = _group(PartitionSettings, "partition", _plain(cfg.partition)).k

@@ -13,8 +13,9 @@ No distractor equals the reference (compared case- and whitespace-insensitively)
 the gold position is drawn per (seed, item id): the conversion is deterministic per seed. Converted items are
 scored with diversified probing (detector ``mc_conversion``, a :class:`~kaft.detection.detectors.Diversified`
 that converts first); each record carries its multiple-choice ``item`` (training keeps the free-form items unless
-``train.target=letter|option``: :mod:`kaft.trainset`),
-``pass_at_n`` and ILP's ``high_conf_error`` flag (majority answer ≠ gold with share > τ_c).
+``train.target=letter|option``: :mod:`kaft.trainset`), ``any_correct`` (any of the No × Nr answers gold: SMA's
+BO-N, not ILP's post-SFT pass@N, :mod:`kaft.diagnosis`) and ILP's ``high_conf_error`` flag (majority answer ≠ gold
+with share > τ_c).
 """
 
 from __future__ import annotations

@@ -214,6 +214,20 @@ def write_records(records: Sequence[dict], path: Path) -> None:
             fh.write(json.dumps(r) + "\n")
 
 
+#: record fields renamed since records were first cached: old name -> new (a cached artifact keeps its key and is
+#: read with the new name). ``pass_at_n`` was never ILP's post-SFT pass@N rate (:mod:`kaft.diagnosis`): it is the
+#: base model's "any of the No × Nr answers correct", SMA's BO-N notion.
+RENAMED_FIELDS = {"pass_at_n": "any_correct"}
+
+
+def _renamed(record: dict) -> dict:
+    for old, new in RENAMED_FIELDS.items():
+        if old in record and new not in record:
+            record[new] = record.pop(old)
+    return record
+
+
 def read_records(path: Path) -> list[dict]:
+    """The records of a detection artifact (fields of :data:`RENAMED_FIELDS` under their new names)."""
     with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+        return [_renamed(json.loads(line)) for line in fh if line.strip()]

@@ -126,12 +126,12 @@ class Diversified(Detector):
             "score": score(answers, gold),
             "unparsed": sum(a == -1 for per in answers for a in per),
             "pred": pred,
-            "pass_at_n": any(a == gold for per in answers for a in per),
+            "any_correct": any(a == gold for per in answers for a in per),
             "high_conf_error": pred != gold and conf > self.settings.high_conf_threshold,
         }
 
     def _expected(self, item: MCItem, probs: list[list[float]]) -> dict[str, Any]:
-        """The exact estimator under sampling: the expected Score, and pass@N = P(one of No × Nr samples is gold)."""
+        """The exact estimator under sampling: the expected Score, and any_correct = P(one of No × Nr samples is gold)."""
         gold, n, nr = item.answer, len(probs), self.settings.num_samples
         mean = [sum(p[a] for p in probs) / n for a in range(len(item.options))]
         pred = max(range(len(mean)), key=lambda a: (mean[a], -a))
@@ -139,7 +139,7 @@ class Diversified(Detector):
             "probs": probs,
             "score": sum(p[gold] for p in probs) / n,
             "pred": pred,
-            "pass_at_n": 1.0 - math.prod((1.0 - p[gold]) ** nr for p in probs),
+            "any_correct": 1.0 - math.prod((1.0 - p[gold]) ** nr for p in probs),
             "high_conf_error": pred != gold and mean[pred] > self.settings.high_conf_threshold,
             "n_equivalent_samples": nr * n,
         }

@@ -23,7 +23,7 @@ a model cannot guess a free-form answer right by chance, as it can a letter.
   from an unbounded set, whose correctness only a verifier decides after decoding — there is no finite answer set to
   sum over in one forward pass.
 
-Records hold ``responses`` and ``verdicts`` per query, ``score``, ``n_judged``, ``unparsed``, ``pass_at_n`` (a
+Records hold ``responses`` and ``verdicts`` per query, ``score``, ``n_judged``, ``unparsed``, ``any_correct`` (a
 response judged correct), ``pred`` (the most frequent normalised response) and ILP's ``high_conf_error`` (that
 response judged wrong with a share above ``high_conf_threshold``). Chunks are cached and resumed as for every
 detector (:func:`kaft.detection.probing.probe`); the verifier's settings are part of the detect cache key.
@@ -163,7 +163,7 @@ class Generative(Detector):
             "score": sum(judged) / len(judged) if judged else 0.0,
             "n_judged": len(judged),
             "unparsed": len(flat_v) - len(judged),
-            "pass_at_n": any(v is True for v in flat_v),
+            "any_correct": any(v is True for v in flat_v),
             "pred": pred,
             "high_conf_error": flat_v[first] is False and share > self.settings.high_conf_threshold,
         }

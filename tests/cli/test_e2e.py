@@ -92,4 +92,4 @@ def test_mc_conversion_exact_on_free_form_testbed(tmp_path):
     )
     (res,) = _results(tmp_path / "run")
     assert res["status"] == "done" and res["data"]["n_train"] == 200
-    assert {"pass_at_n_rate", "high_conf_error_rate", "auroc_contradict"} <= set(res["detection"])
+    assert {"any_correct_rate", "high_conf_error_rate", "auroc_contradict"} <= set(res["detection"])

@@ -74,7 +74,7 @@ def test_mc_conversion_detects_and_training_keeps_the_free_form_responses(tmp_pa
     assert 6 <= res["train_target"]["mean_label_tokens"] <= 8
     assert "testbed_ff" in res["metrics"]["benchmarks"]  # the free-form benchmark, scored generatively
     assert res["metrics"]["benchmarks"]["testbed_ff"]["metric"] == "generative"
-    assert {"pass_at_n_rate", "high_conf_error_rate", "auroc_contradict"} <= set(res["detection"])
+    assert {"any_correct_rate", "high_conf_error_rate", "auroc_contradict"} <= set(res["detection"])
 
 
 @pytest.mark.slow

@@ -96,4 +96,4 @@ def test_mc_conversion_scores_converted_items(tiny_model, tiny_tokenizer):
     assert [r["id"] for r in recs] == [f"f{i}" for i in range(8)]
     for r in recs:
         assert r["item"]["answer"] == r["gold"] and len(r["item"]["options"]) == 4
-        assert "pass_at_n" in r and "high_conf_error" in r
+        assert "any_correct" in r and "high_conf_error" in r

@@ -98,7 +98,7 @@ def test_generative_records_score_the_verdicts_and_resume(backend, tmp_path):
         assert r["verdicts"] == verifier.judge([it] * n_queries, r["responses"])
         flat = [v for per in r["verdicts"] for v in per]
         assert r["score"] == pytest.approx(sum(flat) / len(flat)) and r["unparsed"] == 0 and r["n_judged"] == len(flat)
-        assert r["pass_at_n"] == any(flat) and r["gold"] == it.answer
+        assert r["any_correct"] == any(flat) and r["gold"] == it.answer
         assert all("\n" not in x and x == x.strip() for per in r["responses"] for x in per)
     assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["chunk_00000.jsonl", "chunk_00001.jsonl"]
 
@@ -127,7 +127,7 @@ def test_no_verdicts_are_discarded_and_counted():
     rec = det.record(it, [{"responses": ["a", "b", "c"], "verdicts": [True, None, False]}])
     assert (rec["score"], rec["n_judged"], rec["unparsed"]) == (0.5, 2, 1)
     none = det.record(it, [{"responses": ["a"], "verdicts": [None]}])
-    assert (none["score"], none["n_judged"], none["unparsed"], none["pass_at_n"]) == (0.0, 0, 1, False)
+    assert (none["score"], none["n_judged"], none["unparsed"], none["any_correct"]) == (0.0, 0, 1, False)
 
 
 def test_majority_response_and_high_confidence_error():
@@ -135,7 +135,7 @@ def test_majority_response_and_high_confidence_error():
     det = detector_for({**DET, "high_conf_threshold": 0.6})
     it = _items(1)[0]
     rec = det.record(it, [{"responses": ["blue", "Blue", "red"], "verdicts": [False, False, True]}])
-    assert rec["pred"] == "blue" and rec["high_conf_error"] and rec["pass_at_n"]
+    assert rec["pred"] == "blue" and rec["high_conf_error"] and rec["any_correct"]
 
 
 def test_freeform_items_required():

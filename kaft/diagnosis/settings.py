@@ -1,0 +1,48 @@
+"""``diagnosis.*`` (conf/diagnosis/default.yaml): the typed settings of the post-training diagnosis.
+
+The extraction of ILP (seeds/002) lost the values of τ (§3.1.3: "we set τ = _ under BoN-5") and τ_c (Eq. 6), and
+never names the sampling temperature of the runs; kaft's choices, each a setting:
+
+* ``n_runs = 5`` — "BoN-5 sampling" and pass@5 (§3.1.3–3.1.4) survived the extraction;
+* ``tau = 0.5`` — unlearned when the tuned model recovers the gold option in fewer than half of its runs;
+* ``tau_c = 0.8`` — the same τ_c as detection's ``high_conf_threshold`` (one threshold across kaft);
+* ``temperature = 0.7`` — the runs are sampled at KaFT's probing temperature (detection's default);
+* ``icl_shots = 5`` — Ren et al.'s 5-shot ICL probing (their Table 6 layout) for the base distribution of Exp-IV.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from kaft import fields
+
+
+@dataclasses.dataclass(frozen=True)
+class DiagnosisSettings:
+    """``diagnosis.*``: off by default (adding the group changed no job's identity or cache key)."""
+
+    enabled: bool = fields.flag(False, help="run the diagnosis after training (ILP §3.1, Ren Exp-IV)")
+    n_runs: int = fields.integer(5, 1, help="N: independent sampled runs per training item (ILP BoN-5)")
+    tau: float = fields.number(0.5, 0.0, 1.0, help="unlearned when the pass@N rate is below tau (ILP §3.1.3)")
+    tau_c: float = fields.number(0.8, 0.0, 1.0, help="tau_c of the base model's high-confidence error (ILP Eq. 6)")
+    temperature: float = fields.number(0.7, 0.0, lo_open=True, help="sampling temperature of the runs")
+    icl_shots: int = fields.integer(5, 0, help="demonstrations of the base model's ICL probe (Ren Exp-IV)")
+    batch_size: int = fields.integer(16, 1, help="prompts per forward pass")
+
+
+def defaults() -> dict[str, Any]:
+    return fields.defaults_of(DiagnosisSettings)
+
+
+def parse(cfg: Mapping | None) -> DiagnosisSettings:
+    """The checked settings (a config without the group -- an older results.json -- takes the defaults)."""
+    cfg = dict(cfg or {})
+    fields.reject_unknown(DiagnosisSettings, "diagnosis", cfg)
+    return fields.parse(DiagnosisSettings, cfg, "diagnosis")
+
+
+def key_settings(s: DiagnosisSettings) -> dict[str, Any]:
+    """What enters the diagnosis cache key: everything but the switch and the batch size (which change nothing)."""
+    return {k: v for k, v in dataclasses.asdict(s).items() if k not in ("enabled", "batch_size")}
