@@ -391,6 +391,17 @@ RESPONSE_CLAIMS: tuple[Claim, ...] = (
 )
 
 CLAIMS += RESPONSE_CLAIMS
+# issue 22: Ren et al.'s Exp-II (sweeps/ren_contextualized.yaml; its own file, analysis/REPORT_ren.md)
+CLAIMS += (
+    Claim(
+        "ren_contextualized",
+        "Ren et al.: contextualized IFT beats vanilla IFT on the incompatible set (INC)",
+        "+3.98 to +9.48 points overall, every model (Ren et al. Table 2)",
+        (("contextualized", "vanilla"),),
+        BOTH,
+        {"contextualized": "contextualized INC", "vanilla": "INC"},
+    ),
+)
 # what a sweep's own report (analysis.report --section) says beside its claims: the rows and detectors it cannot have
 SECTION_NOTES: dict[str, tuple[str, ...]] = {
     "responses": (
