@@ -17,6 +17,7 @@ NEW_DEFAULTS: dict[str, Any] = {
     "train.target": "auto",  # kaft.targets: auto = letter on multiple-choice data, what kaft always trained on
     "train.response_eos": False,  # only a response target ends in EOS, and only when asked
     "verifier": {"name": "exact"},  # kaft.verifiers: read only by generative detection / evaluation and SMA's DPO
+    "testbed.world.internal_pairs": 0,  # kaft.testbed: planted internal conflicts (issue 22); 0 = the world as before
 }
 
 

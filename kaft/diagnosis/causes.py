@@ -31,7 +31,7 @@ chooses 0.9 (``tfidf``: a near-duplicate question; a different relation of the s
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
 from typing import Any
 
@@ -41,7 +41,13 @@ from kaft.errors import ConfigError
 from kaft.registry import Registry
 
 #: ILP's order (§3.2.1-3.2.5, Fig. 3, App. Table 10 types I-V)
-ILP_ORDER = ("missing_knowledge", "pretraining_conflict", "internal_conflict", "forgetting", "insufficient_optimisation")
+ILP_ORDER = (
+    "missing_knowledge",
+    "pretraining_conflict",
+    "internal_conflict",
+    "forgetting",
+    "insufficient_optimisation",
+)
 UNATTRIBUTED = "unattributed"
 
 
@@ -268,8 +274,23 @@ def precision_recall(
     return out
 
 
+#: data sets that know why their items would not be learned (the embedded testbed plants every cause) register
+#: ``items -> [cause | None per item]`` here, returning ``None`` for items that are not theirs
+GROUND_TRUTH: Registry[Callable[[Sequence[Any]], list | None]] = Registry("ground truth of causes")
+
+
+def ground_truth(items: Sequence[Any]) -> tuple[str, list] | None:
+    """The first registered ground truth that knows these items: ``(its name, planted cause per item)``."""
+    for name, truth in GROUND_TRUTH.items():
+        labels = truth(items)
+        if labels is not None:
+            return name, labels
+    return None
+
+
 __all__ = [
     "CAUSES",
+    "GROUND_TRUTH",
     "ILP_ORDER",
     "UNATTRIBUTED",
     "Cause",
@@ -277,6 +298,7 @@ __all__ = [
     "Context",
     "attribute",
     "gold_text",
+    "ground_truth",
     "parse_settings",
     "precision_recall",
     "question_of",
