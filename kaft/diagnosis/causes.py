@@ -288,6 +288,27 @@ def ground_truth(items: Sequence[Any]) -> tuple[str, list] | None:
     return None
 
 
+def causes_block(
+    rows: Sequence[Mapping], items: Sequence[Any], settings: Mapping | CauseSettings | None = None
+) -> dict:
+    """What results.json's ``diagnosis.causes`` holds: :func:`attribute`'s counts, proportions, what did not apply,
+    the settings, and -- for items whose data set knows why (:data:`GROUND_TRUTH`: the testbed) -- the planted
+    causes' counts and each cause's :func:`precision_recall`. ``per_item`` beside it: one cause (or ``None``) per
+    row, for the per-item rows (``row["cause"]``)."""
+    s = parse_settings(settings)
+    out = attribute(rows, items, s)
+    block = {k: v for k, v in out.items() if k != "per_item"}
+    block["settings"] = dataclasses.asdict(s)
+    truth = ground_truth(items)
+    if truth is not None:
+        name, planted = truth
+        walked = [p for a, p in zip(out["per_item"], planted) if a is not None]
+        block["ground_truth"] = name
+        block["planted_unlearned"] = {c: walked.count(c) for c in s.order}
+        block["precision_recall"] = precision_recall(out["per_item"], planted, s.order)
+    return {"per_item": out["per_item"], "block": block}
+
+
 __all__ = [
     "CAUSES",
     "GROUND_TRUTH",
@@ -297,6 +318,7 @@ __all__ = [
     "CauseSettings",
     "Context",
     "attribute",
+    "causes_block",
     "gold_text",
     "ground_truth",
     "parse_settings",

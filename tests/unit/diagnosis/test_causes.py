@@ -140,3 +140,12 @@ def test_every_cause_is_registered_and_documented():
     for name in C.ILP_ORDER:
         cls = C.CAUSES.get(name)
         assert cls.name == name and cls.title and cls.paper.startswith("ILP") and cls.__doc__
+
+
+def test_causes_block_without_ground_truth_holds_counts_and_settings():
+    rows = [row(base_correct=False), row(unlearned=False)]
+    out = C.causes_block(rows, [mc(0), mc(1)])
+    assert out["per_item"] == ["missing_knowledge", None]
+    block = out["block"]
+    assert block["counts"]["missing_knowledge"] == 1 and block["unlearned"] == 1
+    assert block["settings"]["similarity"] == "tfidf" and "precision_recall" not in block

@@ -12,7 +12,7 @@ import json
 import pytest
 
 from kaft.defaults import NEW_DEFAULTS
-from kaft.diagnosis.causes import GROUND_TRUTH, attribute, ground_truth, precision_recall
+from kaft.diagnosis.causes import GROUND_TRUTH, attribute, causes_block, ground_truth, precision_recall
 from kaft.testbed import config as tbc
 from kaft.testbed import model as tbm
 from kaft.testbed.config import WorldConfigError
@@ -94,3 +94,6 @@ def test_ground_truth_is_the_testbeds_and_attribution_finds_the_pairs():
     out = attribute(rows, train, {"similarity": "exact"})
     assert out["counts"]["internal_conflict"] == 6
     assert precision_recall(out["per_item"], labels)["internal_conflict"]["recall"] == 1.0
+    block = causes_block(rows, train, {"similarity": "exact"})["block"]
+    assert block["ground_truth"] == "testbed" and block["planted_unlearned"]["internal_conflict"] == 6
+    assert block["precision_recall"]["internal_conflict"]["precision"] == 1.0
