@@ -28,7 +28,9 @@ NEW_DEFAULTS: dict[str, Any] = {
         "temperature": 0.7,
         "icl_shots": 5,
         "batch_size": 16,
+        "causes": None,
     },
+    "testbed.world.internal_pairs": 0,  # kaft.testbed: planted internal conflicts (issue 22); 0 = the world as before
 }
 
 

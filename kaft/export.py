@@ -247,7 +247,7 @@ def _schema():
         "n_samples": i,
         "n_unparsed": i,
         **{
-            c: {"float": f, "int": i, "bool": pa.bool_()}[t]
+            c: {"float": f, "int": i, "bool": pa.bool_(), "str": s}[t]
             for c, (_, t, _) in diagnosis_columns.EXPORT_COLUMNS.items()
         },
     }

@@ -241,7 +241,11 @@ def _diagnose_training(job: Job, sel: strategy_mod.Selection, trained: S.Trained
         result = diag.stage_diagnose(job.ctx, items, job.keys["train"], _tuned_model(job, trained))
         job.keys["diagnose"] = result.key
         rows = job.hit("diagnose", result)
-    return {**diag.summarize(rows, s), "items": rows}
+    from kaft.diagnosis import causes  # lazy: numpy, only with the diagnosis on
+
+    attributed = causes.causes_block(rows, items, s.causes)  # ILP's five causes, each unlearned item's first match
+    rows = [{**row, "cause": cause} for row, cause in zip(rows, attributed["per_item"])]
+    return {**diag.summarize(rows, s), "causes": attributed["block"], "items": rows}
 
 
 def _fine_grained(job: Job, metrics: dict, base: dict | None) -> dict | None:

@@ -18,6 +18,7 @@ EXPORT_COLUMNS: dict[str, tuple[str, str, str]] = {
     "diag_js": ("js", "float", "ILP Eq. 3: JS(P_base || P_sft) over the options (nats)"),
     "ren_consistency": ("ren_consistency", "float", "Ren Exp-IV: rank correlation, base ICL vs tuned zero-shot"),
     "ren_kl": ("ren_kl", "float", "Ren Table 4: KL(tuned zero-shot || base ICL) over the options (nats)"),
+    "diag_cause": ("cause", "str", "ILP §3.2: the first of the five causes whose test an unlearned item meets"),
 }
 
 

@@ -17,6 +17,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from kaft import fields
+from kaft.errors import ConfigError
+
+
+def _check_causes(label: str, value: Any) -> Any:
+    """``diagnosis.causes`` checked by the attribution's own schema (:class:`kaft.diagnosis.causes.CauseSettings`)."""
+    from kaft.diagnosis.causes import parse_settings  # lazy: the attribution's similarities import numpy
+
+    if value is not None and not isinstance(value, Mapping):
+        raise ConfigError(f"{label} must be a mapping of the attribution's settings, got {value!r}")
+    parse_settings(value)
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +41,11 @@ class DiagnosisSettings:
     temperature: float = fields.number(0.7, 0.0, lo_open=True, help="sampling temperature of the runs")
     icl_shots: int = fields.integer(5, 0, help="demonstrations of the base model's ICL probe (Ren Exp-IV)")
     batch_size: int = fields.integer(16, 1, help="prompts per forward pass")
+    causes: dict | None = fields.unchecked(
+        None,
+        check=_check_causes,
+        help="ILP's five-cause attribution (diagnosis.causes.*: order, similarity, ...; null = ILP's order, defaults)",
+    )
 
 
 def defaults() -> dict[str, Any]:
@@ -44,5 +60,6 @@ def parse(cfg: Mapping | None) -> DiagnosisSettings:
 
 
 def key_settings(s: DiagnosisSettings) -> dict[str, Any]:
-    """What enters the diagnosis cache key: everything but the switch and the batch size (which change nothing)."""
-    return {k: v for k, v in dataclasses.asdict(s).items() if k not in ("enabled", "batch_size")}
+    """What enters the diagnosis cache key: everything but the switch, the batch size (which change nothing) and the
+    attribution's settings (computed from the cached rows on every run: cheap, not cached)."""
+    return {k: v for k, v in dataclasses.asdict(s).items() if k not in ("enabled", "batch_size", "causes")}

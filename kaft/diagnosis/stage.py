@@ -200,7 +200,18 @@ def headline(block: dict | None) -> str | None:
         + (f"  by kind: {kinds}" if kinds else "")
         + f"  train acc {block['train_accuracy']:.3f}  Ren consistency {_fmt(ren['consistency_mean'])}"
         + f" KL {_fmt(ren['kl_mean'])}"
+        + _causes_text(block.get("causes"))
     )
+
+
+def _causes_text(block: dict | None) -> str:
+    """The causes' counts, and on data that knows why (the testbed) each cause's precision against the planted."""
+    if not block:
+        return ""
+    counts = "  ".join(f"{c} {n}" for c, n in block["counts"].items() if n)
+    pr = block.get("precision_recall") or {}
+    prec = "  ".join(f"{c} {_fmt(v.get('precision'))}" for c, v in pr.items() if v.get("precision") is not None)
+    return f"\n           causes: {counts or 'none'}" + (f"\n           precision vs planted: {prec}" if prec else "")
 
 
 def _fmt(x: float | None) -> str:

@@ -41,6 +41,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "zero_shot_frac": 0.4,
         "shot_noise": 0.25,  # probability that a demonstration's answer letter is wrong
         "own_domain_prob": 0.5,  # MC docs name their own domain, else another one (or "general")
+        "internal_pairs": 0,  # train twins: same question, different gold (ILP's internal conflicts; 0 = none)
     },
     "model": {  # LlamaForCausalLM; head_dim is fixed at 64
         "hidden_size": 128,
@@ -93,7 +94,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
 #: dotted path (under the testbed section) -> that default. At its default such a key is left out of the model's
 #: build key (:func:`key_config`), so adding it rebuilt no cached model; set to anything else, it is in the key.
 #: Add a key here (and to DEFAULT_CONFIG and conf/testbed/default.yaml) when it is added with such a default.
-NEW_KEYS: dict[str, Any] = {}
+NEW_KEYS: dict[str, Any] = {
+    "world.internal_pairs": 0,  # issue 22: planted internal conflicts (kaft.testbed.worldgen.plant_internal_pairs)
+}
 
 
 def key_config(full: Mapping, prefix: str = "") -> dict:

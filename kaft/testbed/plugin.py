@@ -6,6 +6,8 @@ import.
   the world's templates (:mod:`kaft.testbed.sentences`; default ``answer``: the rows as they always were);
 * model source ``testbed``: the model pretrained on that world (built on first use, cached), and its preview (the
   tokenizer and context length, without building it: what kaft.plausibility measures prompts with);
+* ground truth ``testbed``: the cause each training item was planted with (:mod:`kaft.testbed.planted`), for the
+  attribution's precision / recall (:mod:`kaft.diagnosis.causes`); ``None`` for items without kinds;
 * diagnostic ``testbed``: how well detection finds the contradicting items the world planted (items whose ``meta``
   names a ``kind``); ``{}`` for items without kinds.
 
@@ -19,11 +21,13 @@ from collections.abc import Iterator, Mapping, Sequence
 
 from kaft import data, modeling
 from kaft.cache import make_key
+from kaft.diagnosis.causes import GROUND_TRUTH
 from kaft.diagnostics import DIAGNOSTICS
 from kaft.items import MCItem
 from kaft.results import auroc
 from kaft.testbed.config import key_config, resolve_config
 from kaft.testbed.model import VERSION, build_model
+from kaft.testbed.planted import planted_causes
 from kaft.testbed.sentences import check_context, check_response, with_context, with_response
 from kaft.testbed.tokenizer import build_tokenizer
 from kaft.testbed.world import build_world
@@ -88,3 +92,12 @@ class ContradictionDiagnostic:
 
 
 DIAGNOSTICS.register("testbed", ContradictionDiagnostic())
+
+
+@GROUND_TRUTH.register("testbed")
+def testbed_truth(items: Sequence) -> list | None:
+    """The planted causes of testbed items (items whose ``meta`` names a ``kind``), else ``None``."""
+    metas = [it.get("meta") if isinstance(it, Mapping) else getattr(it, "meta", None) for it in items]
+    if not items or not all(isinstance(m, Mapping) and m.get("kind") for m in metas):
+        return None
+    return planted_causes(items)

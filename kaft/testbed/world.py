@@ -27,6 +27,9 @@ Splits (all 4-option :class:`~kaft.items.MCItem` with ``meta = {"kind", "relatio
 * ``test_id``  - held-out facts of the in-domain relations (``known``, ``latent``, ``unseen``);
 * ``test_ood`` - facts of the out-of-domain relations (``known``, ``latent``).
 
+``internal_pairs`` (default 0: none) adds to ``train`` that many *twins* of known items -- the same question, a
+different gold -- of kind ``internal`` (ILP's internal conflicts; :func:`~kaft.testbed.worldgen.plant_internal_pairs`).
+
 This module is the world's API (:class:`World`, :func:`generate`, :func:`build_world`); what the world is written
 in (relations, templates, made-up words) lives in :mod:`kaft.testbed.templates` and the draws that fill it in
 :mod:`kaft.testbed.worldgen`. Their public names are importable from here too.
@@ -50,6 +53,7 @@ from kaft.testbed.worldgen import (
     draw_options,
     entity_paragraphs,
     mc_documents,
+    plant_internal_pairs,
     seeded_rng,
     split_items,
 )
@@ -156,7 +160,12 @@ def generate(cfg: Mapping | None = None) -> World:
         facts=facts,
         paragraphs=entity_paragraphs(facts, entities, rels, w, seeded_rng(seed, "paragraphs")),
         mc_docs=mc_documents(facts, pools, rels, domain_of, w, seeded_rng(seed, "mc")),
-        _splits=split_items(facts, pools, rels, domain_of, seeded_rng(seed, "splits")),
+        _splits=plant_internal_pairs(
+            split_items(facts, pools, rels, domain_of, seeded_rng(seed, "splits")),
+            pools,
+            w,
+            seeded_rng(seed, "internal-pairs"),
+        ),
     )
 
 

@@ -219,3 +219,40 @@ def mc_documents(
         q, o, a = qs[0]
         docs.append(few_shot_prompt(shots, q, o, dom) + answer_text(a))
     return docs
+
+
+def plant_internal_pairs(
+    splits: dict[str, list[MCItem]], pools: Mapping[str, list[str]], w: Mapping, rng: random.Random
+) -> dict[str, list[MCItem]]:
+    """ILP's third cause planted (seeds/002 §3.2.3: "semantically similar inputs ... associated with contradictory
+    labels"): ``internal_pairs`` training items of kind ``known`` each get a *twin* -- the same question, freshly
+    drawn options, a different gold (the original's gold one of its distractors) -- inserted at a random place in
+    ``train``. The twin has kind ``internal``; both carry ``meta["pair"]`` = the other's id. The train split grows
+    by ``internal_pairs`` items (``n_train`` counts the original facts). At 0 (the default) nothing is drawn and the
+    splits are returned as they are: the default world is byte-identical to the one before the knob."""
+    n = w.get("internal_pairs", 0)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise WorldConfigError(f"testbed world.internal_pairs must be an integer >= 0, got {n!r}")
+    if n == 0:
+        return splits
+    train = list(splits["train"])
+    known = [i for i, it in enumerate(train) if it.meta.get("kind") == "known"]
+    if n > len(known):
+        raise WorldConfigError(
+            f"testbed world.internal_pairs={n} but the train split has {len(known)} known items to pair; "
+            "lower it or raise n_train / train_mix.known"
+        )
+    twins = []
+    for i in sorted(rng.sample(known, n)):
+        orig = train[i]
+        gold = orig.options[orig.answer]
+        twin_gold = rng.choice([v for v in pools[orig.meta["relation"]] if v != gold])
+        opts, ans = draw_options(rng, pools[orig.meta["relation"]], twin_gold, must=(gold,))
+        twin_id = f"{orig.id}-twin"
+        meta = {"kind": "internal", "relation": orig.meta["relation"], "entity": orig.meta["entity"], "pair": orig.id}
+        twins.append(MCItem(twin_id, orig.question, opts, ans, orig.subject, orig.domain, meta))
+        train[i] = MCItem(orig.id, orig.question, orig.options, orig.answer, orig.subject, orig.domain,
+                          {**orig.meta, "pair": twin_id})  # fmt: skip
+    for twin in twins:
+        train.insert(rng.randint(0, len(train)), twin)
+    return {**splits, "train": train}

@@ -206,7 +206,7 @@ def test_a_new_key_at_its_default_changes_no_model_key(monkeypatch):
     testbed = yaml.safe_load((ROOT / "conf/testbed/default.yaml").read_text())  # what a job passes: the whole yaml
     before_build, before_id = tbm.model_key(testbed), ident(testbed)
     monkeypatch.setitem(tbc.DEFAULT_CONFIG["world"], "new_knob", 0.0)
-    monkeypatch.setattr(tbc, "NEW_KEYS", {"world.new_knob": 0.0})
+    monkeypatch.setattr(tbc, "NEW_KEYS", {**tbc.NEW_KEYS, "world.new_knob": 0.0})
     at_default = {**testbed, "world": {**testbed["world"], "new_knob": 0.0}}
     assert (tbm.model_key(at_default), ident(at_default)) == (before_build, before_id)
     set_ = {**testbed, "world": {**testbed["world"], "new_knob": 0.5}}
