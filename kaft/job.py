@@ -188,11 +188,16 @@ def _train(job: Job, sel: strategy_mod.Selection) -> S.Trained | None:
 
 
 def _evaluate(job: Job, trained: S.Trained | None, base: dict | None, run_dir: Path) -> dict:
-    """The tuned model's metrics (the base model's when nothing was trained); its adapter loads only when the
-    evaluation is not cached."""
+    """The tuned model's metrics (the base model's when nothing was trained); its adapter (under ``train=full`` the
+    saved model) loads only when the evaluation is not cached."""
     if trained is None:
         return base
     tuned = trained.model
+
+    def full_model():  # train=full: the saved model, not an adapter on the base (kaft.train.full)
+        from kaft.train.full import tuned_pair  # lazy: kaft.train imports torch
+
+        return tuned_pair(tuned, S.plain(job.cfg.model), trained.adapter_dir, job.cfg.get("device"))
 
     def tuned_model():
         nonlocal tuned
@@ -208,7 +213,14 @@ def _evaluate(job: Job, trained: S.Trained | None, base: dict | None, run_dir: P
 
     with job.timer("evaluate"):
         return job.hit(
-            "evaluate", S.stage_evaluate(job.ctx, tuned_model, job.evals, ("tuned", job.keys["train"]), run_dir)
+            "evaluate",
+            S.stage_evaluate(
+                job.ctx,
+                full_model if job.cfg.train.get("finetune") == "full" else tuned_model,
+                job.evals,
+                ("tuned", job.keys["train"]),
+                run_dir,
+            ),
         )
 
 

@@ -82,6 +82,10 @@ class LazyModel:
             self._pair = modeling.load(self.cfg, self.path, self.device)
         return self._pair
 
+    def release(self) -> None:
+        """Forget the loaded model (full fine-tuning trained it in place): the next :meth:`get` loads the base again."""
+        self._pair = None
+
     @property
     def loaded(self) -> bool:
         return self._pair is not None
@@ -202,8 +206,8 @@ class Partition(NamedTuple):
 
 
 class Trained(NamedTuple):
-    model: Any  # the tuned peft model in memory, or None when the adapter came from the cache
-    adapter_dir: Path
+    model: Any  # the tuned peft (or fully fine-tuned) model in memory, or None when it came from the cache
+    adapter_dir: Path  # the adapter, or under train.finetune=full the saved model and its tokenizer
 
 
 def stage_detect(ctx: StageContext, items: list, which: str = "train", det: Mapping | None = None) -> StageResult:
@@ -330,8 +334,8 @@ def stage_partition(ctx: StageContext, records: list[dict], detect_key: str) -> 
 def stage_train(ctx: StageContext, items: list, weights: list[float], records: list[dict] | None = None) -> StageResult:
     """LoRA fine-tuning on ``items`` weighted by ``weights`` (``records``: the sampled answers a preference loss
     builds its pairs from). Value: a :class:`Trained` (the model in memory only when trained in this process)."""
-    from kaft.losses import key_config
-    from kaft.train import CHECKPOINT_KEYS, TrainSpec, train_lora  # lazy: kaft.train imports torch
+    from kaft.losses import get_loss, key_config
+    from kaft.train import CHECKPOINT_KEYS, TrainSpec, reference_kind, train_lora  # lazy: kaft.train imports torch
 
     # preference losses train on the detection samples: those are part of what the adapter depends on
     samples = [(r["id"], r.get("answers")) for r in records] if records is not None else None
@@ -340,6 +344,9 @@ def stage_train(ctx: StageContext, items: list, weights: list[float], records: l
     # how often progress is saved does not change the adapter; train.target enters as the kind it resolves to
     train_cfg = {k: v for k, v in ctx.plain("train").items() if k not in (*CHECKPOINT_KEYS, "target")}
     train_cfg = without_new_defaults(train_cfg, "train")  # keys added since, at the default that was the behaviour
+    if train_cfg.get("finetune") == "full":  # a model config's LoRA settings are not read by full fine-tuning
+        train_cfg.pop("lora", None)
+        train_cfg["reference"] = reference_kind(train_cfg, get_loss(ctx.plain("loss")).needs)  # auto resolved
     kind = targets.resolve(ctx.cfg.train.get("target"), items)
     key = make_key(
         "train",
@@ -369,6 +376,8 @@ def stage_train(ctx: StageContext, items: list, weights: list[float], records: l
         tuned["model"] = train_lora(
             m, tok, items, weights, spec, tmp, records=records, checkpoint_dir=ctx.cache.scratch("train", key)
         )
+        if train_cfg.get("finetune") == "full":  # the base model was trained in place: a later get() reloads it
+            ctx.model.release()
 
     hit = ctx.cache.get_or_create("train", key, build, meta={"n_items": len(items)})
     return StageResult(Trained(tuned.get("model"), hit.path), hit.cached, key)
