@@ -181,6 +181,8 @@ def _train(job: Job, sel: strategy_mod.Selection) -> S.Trained | None:
         if sampling is not None:  # DPO as SMA builds it: its own samples, not detection's
             pair_records = job.hit("dpo_samples", S.stage_dpo_samples(job.ctx, sel.items, sampling))
         result = S.stage_train(job.ctx, sel.items, sel.weights, pair_records)
+        if job.cfg.train.get("finetune") == "full" and result.value.model is not None:
+            job.ctx.model.release()  # train=full trained the base model in place: a later get() loads it again
         job.keys["train"] = result.key
         trained = job.hit("train", result)
     job.train_target = S.train_target(trained)

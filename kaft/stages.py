@@ -335,7 +335,7 @@ def stage_train(ctx: StageContext, items: list, weights: list[float], records: l
     """LoRA fine-tuning on ``items`` weighted by ``weights`` (``records``: the sampled answers a preference loss
     builds its pairs from). Value: a :class:`Trained` (the model in memory only when trained in this process)."""
     from kaft.losses import get_loss, key_config
-    from kaft.train import CHECKPOINT_KEYS, TrainSpec, reference_kind, train_lora  # lazy: kaft.train imports torch
+    from kaft.train import CHECKPOINT_KEYS, TrainSpec, full_key_settings, train_lora  # lazy: kaft.train imports torch
 
     # preference losses train on the detection samples: those are part of what the adapter depends on
     samples = [(r["id"], r.get("answers")) for r in records] if records is not None else None
@@ -344,9 +344,7 @@ def stage_train(ctx: StageContext, items: list, weights: list[float], records: l
     # how often progress is saved does not change the adapter; train.target enters as the kind it resolves to
     train_cfg = {k: v for k, v in ctx.plain("train").items() if k not in (*CHECKPOINT_KEYS, "target")}
     train_cfg = without_new_defaults(train_cfg, "train")  # keys added since, at the default that was the behaviour
-    if train_cfg.get("finetune") == "full":  # a model config's LoRA settings are not read by full fine-tuning
-        train_cfg.pop("lora", None)
-        train_cfg["reference"] = reference_kind(train_cfg, get_loss(ctx.plain("loss")).needs)  # auto resolved
+    train_cfg = full_key_settings(train_cfg, get_loss(ctx.plain("loss")).needs)  # train=full: no lora, the reference
     kind = targets.resolve(ctx.cfg.train.get("target"), items)
     key = make_key(
         "train",
@@ -376,8 +374,6 @@ def stage_train(ctx: StageContext, items: list, weights: list[float], records: l
         tuned["model"] = train_lora(
             m, tok, items, weights, spec, tmp, records=records, checkpoint_dir=ctx.cache.scratch("train", key)
         )
-        if train_cfg.get("finetune") == "full":  # the base model was trained in place: a later get() reloads it
-            ctx.model.release()
 
     hit = ctx.cache.get_or_create("train", key, build, meta={"n_items": len(items)})
     return StageResult(Trained(tuned.get("model"), hit.path), hit.cached, key)

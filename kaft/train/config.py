@@ -175,6 +175,16 @@ def reference_kind(train_cfg: Mapping, needs: str) -> str | None:
     return kind
 
 
+def full_key_settings(train_cfg: Mapping, needs: str) -> dict:
+    """The train settings that enter a train cache key (kaft/stages.py): under ``train.finetune: full`` without the
+    LoRA settings (a model config may give them; full fine-tuning does not read them) and with the reference
+    :func:`reference_kind` resolves ``auto`` to for the loss; a LoRA job's settings as they are."""
+    if not is_full(train_cfg):
+        return dict(train_cfg)
+    out = {k: v for k, v in train_cfg.items() if k != "lora"}
+    return {**out, "reference": reference_kind(train_cfg, needs)}
+
+
 @contextmanager
 def peft_wrap() -> Iterator[None]:
     """Around a peft wrap (``get_peft_model``, ``PeftModel.from_pretrained``): peft reads the model's
