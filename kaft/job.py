@@ -312,11 +312,16 @@ def run(cfg: DictConfig) -> dict:
     if done is not None:
         print_results(done)
         return done
-    job = Job(cfg, Cache(cfg.cache_dir))
+    from kaft.train import distributed  # torch is imported only under train.distributed=ddp
+
+    distributed.setup(S.plain(cfg.train))  # torchrun's ranks: torch.distributed before any stage
+    job = Job(cfg, distributed.job_cache(Cache(cfg.cache_dir)))  # ranks > 0 read what rank 0 builds
     try:
-        return _execute(job, info, run_dir)
+        results = _execute(job, info, run_dir)
     except KeyboardInterrupt:
         raise interrupt.record(run_dir, job, info) from None
+    distributed.finish()
+    return results
 
 
 def _execute(job: Job, info: dict, run_dir: Path) -> dict:
@@ -331,9 +336,16 @@ def _execute(job: Job, info: dict, run_dir: Path) -> dict:
     fine = _fine_grained(job, metrics, base)
     detection = _diagnose(job)
     results = _results(job, info, sel, metrics, base, fine, detection)
-    _track(job, info, results, run_dir)
+    if distributed_main():
+        _track(job, info, results, run_dir)  # one rank writes results.json and the logger's run
     print_results(results)
     return results
+
+
+def distributed_main() -> bool:
+    from kaft.train.distributed import is_main
+
+    return is_main()
 
 
 def finished(run_dir: Path) -> dict | None:

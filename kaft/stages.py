@@ -335,7 +335,8 @@ def stage_train(ctx: StageContext, items: list, weights: list[float], records: l
     """LoRA fine-tuning on ``items`` weighted by ``weights`` (``records``: the sampled answers a preference loss
     builds its pairs from). Value: a :class:`Trained` (the model in memory only when trained in this process)."""
     from kaft.losses import get_loss, key_config
-    from kaft.train import CHECKPOINT_KEYS, TrainSpec, full_key_settings, train_lora  # lazy: kaft.train imports torch
+    from kaft.train import CHECKPOINT_KEYS, TrainSpec, key_settings, train_lora  # lazy: kaft.train imports torch
+    from kaft.train.distributed import get_or_create_train, world_size
 
     # preference losses train on the detection samples: those are part of what the adapter depends on
     samples = [(r["id"], r.get("answers")) for r in records] if records is not None else None
@@ -344,7 +345,7 @@ def stage_train(ctx: StageContext, items: list, weights: list[float], records: l
     # how often progress is saved does not change the adapter; train.target enters as the kind it resolves to
     train_cfg = {k: v for k, v in ctx.plain("train").items() if k not in (*CHECKPOINT_KEYS, "target")}
     train_cfg = without_new_defaults(train_cfg, "train")  # keys added since, at the default that was the behaviour
-    train_cfg = full_key_settings(train_cfg, get_loss(ctx.plain("loss")).needs)  # train=full: no lora, the reference
+    train_cfg = key_settings(train_cfg, get_loss(ctx.plain("loss")).needs, world_size())  # train=full, ddp ranks
     kind = targets.resolve(ctx.cfg.train.get("target"), items)
     key = make_key(
         "train",
@@ -375,7 +376,7 @@ def stage_train(ctx: StageContext, items: list, weights: list[float], records: l
             m, tok, items, weights, spec, tmp, records=records, checkpoint_dir=ctx.cache.scratch("train", key)
         )
 
-    hit = ctx.cache.get_or_create("train", key, build, meta={"n_items": len(items)})
+    hit = get_or_create_train(ctx.cache, key, build, {"n_items": len(items)})  # under ddp every rank trains
     return StageResult(Trained(tuned.get("model"), hit.path), hit.cached, key)
 
 

@@ -116,6 +116,12 @@ class TrainSettings:
         hint=" (conf/train/lora.yaml or conf/train/full.yaml: train=full)",
         help="what training changes: a LoRA adapter (lora) or every parameter of the model (full)",
     )
+    distributed: str = fields.choice(
+        "none",
+        ("none", "ddp"),
+        hint=" (ddp: launch with torchrun --nproc-per-node N -m kaft.run; kaft/train/distributed.py)",
+        help="one process, or DDP over torchrun's ranks (global batch = batch_size x grad_accum x ranks)",
+    )
     reference: str = fields.choice(
         "auto",
         REFERENCES,
@@ -128,7 +134,7 @@ class TrainSettings:
 CHECKPOINT_KEYS = ("save_steps", "save_total_limit")
 CHECKPOINT_DEFAULTS = {k: v for k, v in fields.defaults_of(TrainSettings).items() if k in CHECKPOINT_KEYS}
 #: optional keys whose default reproduces what kaft did before they existed (an older config may lack them)
-OPTIONAL_KEYS = ("gradient_checkpointing", "target", "response_eos", "finetune", "reference")
+OPTIONAL_KEYS = ("gradient_checkpointing", "target", "response_eos", "finetune", "reference", "distributed")
 #: the keys every train config holds (the optional ones: the checkpoint keys and :data:`OPTIONAL_KEYS`); ``lora``
 #: only under ``finetune: lora``
 TRAIN_KEYS = tuple(k for k in fields.keys_of(TrainSettings) if k not in (*CHECKPOINT_KEYS, *OPTIONAL_KEYS))
@@ -175,14 +181,18 @@ def reference_kind(train_cfg: Mapping, needs: str) -> str | None:
     return kind
 
 
-def full_key_settings(train_cfg: Mapping, needs: str) -> dict:
+def key_settings(train_cfg: Mapping, needs: str, ranks: int = 1) -> dict:
     """The train settings that enter a train cache key (kaft/stages.py): under ``train.finetune: full`` without the
     LoRA settings (a model config may give them; full fine-tuning does not read them) and with the reference
-    :func:`reference_kind` resolves ``auto`` to for the loss; a LoRA job's settings as they are."""
-    if not is_full(train_cfg):
-        return dict(train_cfg)
-    out = {k: v for k, v in train_cfg.items() if k != "lora"}
-    return {**out, "reference": reference_kind(train_cfg, needs)}
+    :func:`reference_kind` resolves ``auto`` to for the loss; under ``train.distributed: ddp`` with the number of
+    ``ranks`` (the global batch is ``batch_size x grad_accum x ranks``). A one-process LoRA job's settings as they are."""
+    out = dict(train_cfg)
+    if is_full(train_cfg):
+        out = {k: v for k, v in out.items() if k != "lora"}
+        out["reference"] = reference_kind(train_cfg, needs)
+    if train_cfg.get("distributed", "none") != "none":
+        out["ranks"] = ranks
+    return out
 
 
 @contextmanager

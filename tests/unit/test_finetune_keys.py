@@ -1,4 +1,4 @@
-"""``train.finetune`` / ``train.reference`` (full fine-tuning, kaft.train.full) leave every LoRA job where it was: the
+"""``train.finetune`` / ``train.reference`` (full fine-tuning, kaft.train.full) and ``train.distributed`` leave every LoRA job where it was: the
 detect and train cache keys and identities of tests/unit/test_target_keys.py's pinned jobs (computed with the code
 before either key existed) hold with ``train=lora`` as composed and with ``train.finetune=lora`` written out
 (kaft.defaults.NEW_DEFAULTS). Under ``train=full`` the train key holds the choice and the resolved reference, and
@@ -16,6 +16,7 @@ from kaft.errors import ConfigError
 
 def test_new_defaults_hold_the_keys():
     assert NEW_DEFAULTS["train.finetune"] == "lora" and NEW_DEFAULTS["train.reference"] == "auto"
+    assert NEW_DEFAULTS["train.distributed"] == "none"
 
 
 @pytest.mark.parametrize("overrides", sorted(PINNED))
@@ -25,6 +26,7 @@ def test_lora_jobs_keep_their_keys_and_identity(overrides, tmp_path):
     assert _keys(cfg, tmp_path) == PINNED[overrides]
     assert _keys(_cfg([*overrides, "train.finetune=lora"]), tmp_path) == PINNED[overrides]
     assert _keys(_cfg([*overrides, "+train.reference=auto"]), tmp_path) == PINNED[overrides]
+    assert _keys(_cfg([*overrides, "train.distributed=none"]), tmp_path) == PINNED[overrides]
 
 
 def test_full_fine_tuning_has_keys_of_its_own(tmp_path):
