@@ -17,8 +17,8 @@ NEW_DEFAULTS: dict[str, Any] = {
     "train.target": "auto",  # kaft.targets: auto = letter on multiple-choice data, what kaft always trained on
     "train.response_eos": False,  # only a response target ends in EOS, and only when asked
     "train.finetune": "lora",  # kaft.train.full: every job trained a LoRA adapter before train=full existed
-    "train.reference": "auto",
-    "train.distributed": "none",  # kaft.train.distributed: one process, as every job ran before torchrun  # full fine-tuning's reference (auto: precomputed for dpo, copy for sft_kl)
+    "train.reference": "auto",  # full fine-tuning's reference (auto: precomputed for dpo, copy for sft_kl)
+    "train.distributed": "none",  # kaft.train.distributed: one process, as every job ran before torchrun
     "verifier": {"name": "exact"},  # kaft.verifiers: read only by generative detection / evaluation and SMA's DPO
 }
 

@@ -336,13 +336,14 @@ def _execute(job: Job, info: dict, run_dir: Path) -> dict:
     fine = _fine_grained(job, metrics, base)
     detection = _diagnose(job)
     results = _results(job, info, sel, metrics, base, fine, detection)
-    if distributed_main():
+    if _writes_outputs():
         _track(job, info, results, run_dir)  # one rank writes results.json and the logger's run
     print_results(results)
     return results
 
 
-def distributed_main() -> bool:
+def _writes_outputs() -> bool:
+    """Whether this process writes results.json and the logger's run: the only process, or rank 0 of torchrun's."""
     from kaft.train.distributed import is_main
 
     return is_main()

@@ -332,8 +332,8 @@ def stage_partition(ctx: StageContext, records: list[dict], detect_key: str) -> 
 
 
 def stage_train(ctx: StageContext, items: list, weights: list[float], records: list[dict] | None = None) -> StageResult:
-    """LoRA fine-tuning on ``items`` weighted by ``weights`` (``records``: the sampled answers a preference loss
-    builds its pairs from). Value: a :class:`Trained` (the model in memory only when trained in this process)."""
+    """Fine-tuning (LoRA or ``train=full``) on ``items`` weighted by ``weights`` (``records``: the sampled answers a
+    preference loss pairs). Value: a :class:`Trained` (the model in memory only when trained in this process)."""
     from kaft.losses import get_loss, key_config
     from kaft.train import CHECKPOINT_KEYS, TrainSpec, key_settings, train_lora  # lazy: kaft.train imports torch
     from kaft.train.distributed import get_or_create_train, world_size

@@ -185,7 +185,7 @@ def key_settings(train_cfg: Mapping, needs: str, ranks: int = 1) -> dict:
     """The train settings that enter a train cache key (kaft/stages.py): under ``train.finetune: full`` without the
     LoRA settings (a model config may give them; full fine-tuning does not read them) and with the reference
     :func:`reference_kind` resolves ``auto`` to for the loss; under ``train.distributed: ddp`` with the number of
-    ``ranks`` (the global batch is ``batch_size x grad_accum x ranks``). A one-process LoRA job's settings as they are."""
+    ``ranks`` (the global batch is ``batch_size x grad_accum x ranks``). A one-process LoRA job's settings as is."""
     out = dict(train_cfg)
     if is_full(train_cfg):
         out = {k: v for k, v in out.items() if k != "lora"}

@@ -3,7 +3,8 @@
 :data:`FEEDS` is keyed by what a loss declares it ``needs`` ("weights": SFT batches with per-sample rewards;
 "pairs": preference pairs), so :func:`kaft.train.train_lora` picks the feed from the declaration and never names a
 loss. Each Trainer takes ``reference_model=``: under full fine-tuning the frozen copy of :mod:`kaft.train.full`
-(None: LoRA's adapter-disabled base, or precomputed reference log-probs in the batch). The Trainer classes are built on first use: importing kaft.train must not import transformers.
+(None: LoRA's adapter-disabled base, or precomputed reference log-probs in the batch). The Trainer classes are
+built on first use: importing kaft.train must not import transformers.
 """
 
 from __future__ import annotations
