@@ -17,6 +17,9 @@ NEW_DEFAULTS: dict[str, Any] = {
     "train.target": "auto",  # kaft.targets: auto = letter on multiple-choice data, what kaft always trained on
     "train.response_eos": False,  # only a response target ends in EOS, and only when asked
     "train.context": False,  # kaft.trainset.contextualize: Ren et al.'s contextualized IFT, only when asked
+    "train.finetune": "lora",  # kaft.train.full: every job trained a LoRA adapter before train=full existed
+    "train.reference": "auto",  # full fine-tuning's reference (auto: precomputed for dpo, copy for sft_kl)
+    "train.distributed": "none",  # kaft.train.distributed: one process, as every job ran before torchrun
     "verifier": {"name": "exact"},  # kaft.verifiers: read only by generative detection / evaluation and SMA's DPO
     # kaft.diagnosis (conf/diagnosis/default.yaml): off, the job runs no diagnosis stage (the whole group at its
     # defaults is left out; tests/unit/diagnosis/test_keys.py keeps this copy equal to the schema's defaults)

@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from kaft import diagnostics, identity, interrupt, plausibility, schema, track
+from kaft import diagnostics, identity, interrupt, plausibility, schema, track, trainset
 from kaft import partition as partition_mod
 from kaft import stages as S
 from kaft import strategy as strategy_mod
@@ -119,7 +119,7 @@ def _data(job: Job) -> None:
         job.train, job.evals, fps = S.stage_data(cfg, job.cache)
         S.validate(cfg, len(job.train))
         S.target_kind(cfg, job.train)  # a response target without responses stops here, before the model loads
-        S.check_context(cfg, job.train)  # so does train.context=true without contexts
+        trainset.check_context(cfg, job.train)  # so does train.context=true without contexts
         plausibility.warn(cfg, job.train, job.evals, fps)  # legal but implausible data: one line each
     log.info("data: %d training items, benchmarks %s", len(job.train), {n: len(v) for n, v in job.evals.items()})
     with job.timer("model"):
@@ -182,8 +182,10 @@ def _train(job: Job, sel: strategy_mod.Selection) -> S.Trained | None:
         sampling = losses.sma_sampling(loss, is_freeform(sel.items))  # free-form: whole responses (kaft.trainset)
         if sampling is not None:  # DPO as SMA builds it: its own samples, not detection's
             pair_records = job.hit("dpo_samples", S.stage_dpo_samples(job.ctx, sel.items, sampling))
-        items = S.contextualize(job.cfg, sel.items)  # Ren et al.'s contextualized IFT: training prompts only
+        items = trainset.contextualize(job.cfg, sel.items)  # Ren et al.'s contextualized IFT: training prompts only
         result = S.stage_train(job.ctx, items, sel.weights, pair_records)
+        if job.cfg.train.get("finetune") == "full" and result.value.model is not None:
+            job.ctx.model.release()  # train=full trained the base model in place: a later get() loads it again
         job.keys["train"] = result.key
         trained = job.hit("train", result)
     job.train_target = S.train_target(trained)
@@ -193,9 +195,16 @@ def _train(job: Job, sel: strategy_mod.Selection) -> S.Trained | None:
 def _tuned_model(job: Job, trained: S.Trained):
     """``get()`` of the tuned model and tokenizer: the one trained in this process, else its cached adapter loaded
     once onto the base model (kept on the job: evaluation and diagnosis share it; a second load would wrap the
-    already wrapped base model)."""
+    already wrapped base model); under ``train=full`` the saved model with its tokenizer (kaft.train.full)."""
 
     def get():
+        if job.cfg.train.get("finetune") == "full":  # the saved model and its tokenizer, no adapter on the base
+            if job.tuned is None:
+                from kaft.train.full import tuned_pair  # lazy: kaft.train imports torch
+
+                model_cfg, device = S.plain(job.cfg.model), job.cfg.get("device")
+                job.tuned = tuned_pair(trained.model, model_cfg, trained.adapter_dir, device)
+            return job.tuned
         if job.tuned is None:
             job.tuned = trained.model
         if job.tuned is None:
@@ -212,8 +221,8 @@ def _tuned_model(job: Job, trained: S.Trained):
 
 
 def _evaluate(job: Job, trained: S.Trained | None, base: dict | None, run_dir: Path) -> dict:
-    """The tuned model's metrics (the base model's when nothing was trained); its adapter loads only when the
-    evaluation is not cached."""
+    """The tuned model's metrics (the base model's when nothing was trained); its adapter (under ``train=full`` the
+    saved model) loads only when the evaluation is not cached."""
     if trained is None:
         return base
     with job.timer("evaluate"):
@@ -339,11 +348,16 @@ def run(cfg: DictConfig) -> dict:
     if done is not None:
         print_results(done)
         return done
-    job = Job(cfg, Cache(cfg.cache_dir))
+    from kaft.train import distributed  # torch is imported only under train.distributed=ddp
+
+    distributed.setup(S.plain(cfg.train))  # torchrun's ranks: torch.distributed before any stage
+    job = Job(cfg, distributed.job_cache(Cache(cfg.cache_dir)))  # ranks > 0 read what rank 0 builds
     try:
-        return _execute(job, info, run_dir)
+        results = _execute(job, info, run_dir)
     except KeyboardInterrupt:
         raise interrupt.record(run_dir, job, info) from None
+    distributed.finish()
+    return results
 
 
 def _execute(job: Job, info: dict, run_dir: Path) -> dict:
@@ -361,9 +375,17 @@ def _execute(job: Job, info: dict, run_dir: Path) -> dict:
     results = _results(job, info, sel, metrics, base, fine, detection)
     if diagnosis is not None:  # only with diagnosis.enabled=true: a default job's results.json is as before
         results["diagnosis"] = diagnosis
-    _track(job, info, results, run_dir)
+    if _writes_outputs():
+        _track(job, info, results, run_dir)  # one rank writes results.json and the logger's run
     print_results(results)
     return results
+
+
+def _writes_outputs() -> bool:
+    """Whether this process writes results.json and the logger's run: the only process, or rank 0 of torchrun's."""
+    from kaft.train.distributed import is_main
+
+    return is_main()
 
 
 def finished(run_dir: Path) -> dict | None:

@@ -136,17 +136,19 @@ def check_config(cfg: Any) -> list[str]:
     """Check a composed job config (no data, no model, fast): the first error is raised as one line; returns the
     warning lines (legal but implausible settings, settings the chosen components do not read)."""
     from kaft import detection, losses, strategy, verifiers
-    from kaft.train import validate_train_cfg
+    from kaft.train import reference_kind, validate_train_cfg
 
     _top(cfg)
     validate_train_cfg(_plain(cfg.train))
     _group(EvaluationSettings, "evaluation", _plain(cfg.evaluation))
-    diagnosis_settings.parse(_plain(cfg.get("diagnosis")))  # kaft.diagnosis.settings: off by default
+    diag = diagnosis_settings.parse(_plain(cfg.get("diagnosis")))  # kaft.diagnosis.settings: off by default
+    diagnosis_settings.check_training(diag, _plain(cfg.train))
     verifiers.validate(_plain(cfg.get("verifier")))  # kaft.verifiers: each verifier's Settings beside its class
     detection.validate(_plain(cfg.detection))
     k = _group(PartitionSettings, "partition", _plain(cfg.partition)).k
     strategy.validate(_plain(cfg.strategy), k)
     losses.validate_loss_cfg(_plain(cfg.loss), k)
+    reference_kind(_plain(cfg.train), losses.get_loss(_plain(cfg.loss)).needs)  # full FT's reference (kaft.train)
     needs = [
         what
         for what, yes in (

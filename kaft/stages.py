@@ -37,9 +37,7 @@ from kaft.items import is_freeform
 
 # what a job trains on (free-form data, MC conversion's items); kaft.job and kaft.sweep.plan reach them as S.*
 from kaft.trainset import (  # noqa: F401
-    check_context,
     check_train_format,
-    contextualize,
     target_kind,
     train_target,
     training_items,
@@ -83,6 +81,10 @@ class LazyModel:
         if self._pair is None:
             self._pair = modeling.load(self.cfg, self.path, self.device)
         return self._pair
+
+    def release(self) -> None:
+        """Forget the loaded model (full fine-tuning trained it in place): the next :meth:`get` loads the base again."""
+        self._pair = None
 
     @property
     def loaded(self) -> bool:
@@ -204,8 +206,8 @@ class Partition(NamedTuple):
 
 
 class Trained(NamedTuple):
-    model: Any  # the tuned peft model in memory, or None when the adapter came from the cache
-    adapter_dir: Path
+    model: Any  # the tuned peft (or fully fine-tuned) model in memory, or None when it came from the cache
+    adapter_dir: Path  # the adapter, or under train.finetune=full the saved model and its tokenizer
 
 
 def stage_detect(ctx: StageContext, items: list, which: str = "train", det: Mapping | None = None) -> StageResult:
@@ -330,10 +332,11 @@ def stage_partition(ctx: StageContext, records: list[dict], detect_key: str) -> 
 
 
 def stage_train(ctx: StageContext, items: list, weights: list[float], records: list[dict] | None = None) -> StageResult:
-    """LoRA fine-tuning on ``items`` weighted by ``weights`` (``records``: the sampled answers a preference loss
-    builds its pairs from). Value: a :class:`Trained` (the model in memory only when trained in this process)."""
-    from kaft.losses import key_config
-    from kaft.train import CHECKPOINT_KEYS, TrainSpec, train_lora  # lazy: kaft.train imports torch
+    """Fine-tuning (LoRA or ``train=full``) on ``items`` weighted by ``weights`` (``records``: the sampled answers a
+    preference loss pairs). Value: a :class:`Trained` (the model in memory only when trained in this process)."""
+    from kaft.losses import get_loss, key_config
+    from kaft.train import CHECKPOINT_KEYS, TrainSpec, key_settings, train_lora  # lazy: kaft.train imports torch
+    from kaft.train.distributed import get_or_create_train, world_size
 
     # preference losses train on the detection samples: those are part of what the adapter depends on
     samples = [(r["id"], r.get("answers")) for r in records] if records is not None else None
@@ -342,6 +345,7 @@ def stage_train(ctx: StageContext, items: list, weights: list[float], records: l
     # how often progress is saved does not change the adapter; train.target enters as the kind it resolves to
     train_cfg = {k: v for k, v in ctx.plain("train").items() if k not in (*CHECKPOINT_KEYS, "target")}
     train_cfg = without_new_defaults(train_cfg, "train")  # keys added since, at the default that was the behaviour
+    train_cfg = key_settings(train_cfg, get_loss(ctx.plain("loss")).needs, world_size())  # train=full, ddp ranks
     kind = targets.resolve(ctx.cfg.train.get("target"), items)
     key = make_key(
         "train",
@@ -372,7 +376,7 @@ def stage_train(ctx: StageContext, items: list, weights: list[float], records: l
             m, tok, items, weights, spec, tmp, records=records, checkpoint_dir=ctx.cache.scratch("train", key)
         )
 
-    hit = ctx.cache.get_or_create("train", key, build, meta={"n_items": len(items)})
+    hit = get_or_create_train(ctx.cache, key, build, {"n_items": len(items)})  # under ddp every rank trains
     return StageResult(Trained(tuned.get("model"), hit.path), hit.cached, key)
 
 

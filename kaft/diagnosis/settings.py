@@ -59,6 +59,16 @@ def parse(cfg: Mapping | None) -> DiagnosisSettings:
     return fields.parse(DiagnosisSettings, cfg, "diagnosis")
 
 
+def check_training(s: DiagnosisSettings, train: Mapping) -> None:
+    """The diagnosis reads the base model as the tuned model with its LoRA adapter disabled (one copy in memory);
+    a fully fine-tuned model has no adapter to disable: refused in one line until a base copy is wired in."""
+    if s.enabled and (train or {}).get("finetune", "lora") == "full":
+        raise ConfigError(
+            "diagnosis.enabled=true needs train.finetune=lora: its base-model signals (K(x), JS, Ren's ICL ranking) "
+            "read the tuned model with its adapter disabled, which a train=full model does not have"
+        )
+
+
 def key_settings(s: DiagnosisSettings) -> dict[str, Any]:
     """What enters the diagnosis cache key: everything but the switch, the batch size (which change nothing) and the
     attribution's settings (computed from the cached rows on every run: cheap, not cached)."""

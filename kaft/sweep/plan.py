@@ -7,7 +7,8 @@ FLOP-based times, whether the model and data sets load here (kaft/hub.py), which
 (kaft.stages' own stage functions over a cache that never builds) and whether the job already finished.
 
 Plan settings are given as ``plan.KEY=VALUE`` (not Hydra overrides, so they do not change job directories):
-``gpu_memory_gb`` (80), ``peak_tflops`` (989, H100 dense bf16), ``mfu`` (0.35), ``probe_items`` (32).
+``gpu_memory_gb`` (80), ``peak_tflops`` (989, H100 dense bf16), ``mfu`` (0.35), ``probe_items`` (32), ``gpus`` (8:
+the per-GPU training memory and time under DDP and FSDP for 1, 2, 4 ... gpus, :mod:`kaft.sweep.plan_parallel`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from kaft.cache import Cache, Hit
 from kaft.errors import KaftError
 from kaft.items import is_freeform
 from kaft.sweep import plan_estimate as est
+from kaft.sweep import plan_parallel as par
 from kaft.sweep import preflight
 from kaft.sweep.status import hydra_errors_as_one_line
 
@@ -47,6 +49,7 @@ class Settings:
     peak_tflops: float = kfields.number(989.0, 0.0, lo_open=True, help="dense bf16 peak (A100: 312, H200: 989)")
     mfu: float = kfields.number(0.35, 0.0, 1.0, lo_open=True, help="model FLOP utilisation assumed for every stage")
     probe_items: int = kfields.integer(32, 1, help="items whose prompts are tokenised to measure prompt lengths")
+    gpus: int = kfields.integer(8, 1, help="GPUs per job the DDP / FSDP rows go up to (kaft/sweep/plan_parallel.py)")
 
     @classmethod
     def parse(cls, args: list[str]) -> Settings:
@@ -254,7 +257,8 @@ def plan_job(num: int, overrides: list[str], cfg: DictConfig, multirun: bool, s:
     path = str(mcfg.get("path")) if mcfg.get("path") not in (None, "???") else None
     try:
         arch = memo(["arch", mcfg], lambda: est.arch_of(mcfg, path))
-        prm = memo(["params", mcfg, plain(cfg.train.lora)], lambda: est.count_params(arch, plain(cfg.train.lora)))
+        lora = par.counted_lora(plain(cfg.train))
+        prm = memo(["params", mcfg, lora], lambda: est.count_params(arch, lora))
     except est.PlanError as e:
         out["problems"].append(f"model: {e}")
         return out
@@ -281,6 +285,7 @@ def plan_job(num: int, overrides: list[str], cfg: DictConfig, multirun: bool, s:
         times=est.job_times(cfg, arch, prm, ln, len(train) if train else None, n_eval, s),
         ckpt=bool(cfg.train.get("gradient_checkpointing")),
     )
+    out["parallel"] = par.job_parallel(cfg, arch, prm, out, s.gpus)  # DDP / FSDP on 1 ... plan.gpus GPUs
     out["cache"], out["cache_why"] = None, "needs the model and data loadable here"
     if model_id and train is not None and not data_problems:
         try:
@@ -317,7 +322,8 @@ def render(j: dict, s: Settings) -> list[str]:
     lines.append(
         f"  model       {p.model_class}: {_count(p.total)} parameters ({a.num_hidden_layers} layers, hidden "
         f"{a.hidden_size}, {a.num_attention_heads} heads / {a.num_key_value_heads} KV, vocab {a.vocab_size}); "
-        f"LoRA trainable {_count(p.lora)} ({100 * p.lora / p.total:.2f}%)"
+        + ("trainable: all (train=full)" if j["parallel"]["full"] else f"LoRA trainable {_count(p.lora)} ")
+        + ("" if j["parallel"]["full"] else f"({100 * p.lora / p.total:.2f}%)")
     )
     lines.append(
         f"  prompts     probe {ln.probe} tokens (longest; mean {ln.probe_mean:.0f}), training {ln.train:.0f}, "
@@ -341,11 +347,12 @@ def render(j: dict, s: Settings) -> list[str]:
         total = sum(mem[key].values())
         fits = f"fits {s.gpu_memory_gb:g} GB" if total <= s.gpu_memory_gb else f"DOES NOT FIT {s.gpu_memory_gb:g} GB"
         if total > s.gpu_memory_gb:
-            fixed = sum(v for k, v in mem[key].items() if k in ("weights", "overhead", "lora_optimizer"))
+            fixed = sum(v for k, v in mem[key].items() if k in ("overhead", *par.STATE_KEYS))
             group = key.split("_")[0]
             most = est.max_batch(total, fixed, s.gpu_memory_gb, j["batch"][group])
             fits += f" (at most {group}.batch_size={most} fits)" if most >= 1 else " (not even batch 1)"
         lines.append(f"  {label:<11} {_gb(mem[key])} - {note}; {fits}")
+    lines += par.render_lines(j, s.gpu_memory_gb, _dur)
     t = j["times"]
     per = "" if j["n_train"] else " per 1,000 training / benchmark items (data not loaded)"
     lines.append(

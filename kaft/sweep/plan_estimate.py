@@ -24,6 +24,8 @@ GB = 2**30
 OVERHEAD_GB = 1.5  # CUDA context, cuBLAS workspace and allocator slack per process
 ANSWER_TOKENS = 4  # label tokens per training sample that get logits (the letter, and what follows it)
 LORA_STATE_BYTES = 16  # per trainable LoRA parameter: fp32 weight, fp32 gradient, Adam's two fp32 moments
+ADAM_MOMENT_BYTES = 8  # Adam's two fp32 moments per trained parameter
+MASTER_BYTES = 4  # the fp32 master copy of a 16-bit weight under mixed precision (ZeRO §3.1: K = 12 with the moments)
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 CHARS_PER_TOKEN = 4.0  # when no tokenizer is available locally
 ASSUMED_QUESTION_CHARS = 1000  # one question block (question + options) when the data cannot be loaded here
@@ -284,18 +286,30 @@ def activations_per_token_layer(arch: Arch, nbytes: int, lora_dropout: float) ->
     return saved
 
 
-def training_memory(arch: Arch, p: Params, nbytes: int, batch: int, max_length: int, lora_dropout: float) -> dict:
-    """Weights, LoRA + AdamW state, and activations at ``batch × max_length`` tokens without and with gradient
-    checkpointing (then: each layer's input, plus one layer's activations recomputed during backward)."""
+def model_states(p: Params, nbytes: int, full: bool) -> dict[str, float]:
+    """Bytes of the model states of one unsharded replica. LoRA: the frozen weights and 16 bytes per adapter
+    parameter (:data:`LORA_STATE_BYTES`). Full fine-tuning (``train=full``): weights and gradients in the model's
+    dtype, Adam's moments in fp32 and, for 16-bit weights, an fp32 master copy: 16 bytes per parameter either way
+    (2 + 2 + 12 in bfloat16, ZeRO's mixed-precision Adam; 4 + 4 + 8 in float32)."""
+    if not full:
+        return {"weights": p.total * nbytes, "lora_optimizer": p.lora * LORA_STATE_BYTES}
+    master = MASTER_BYTES if nbytes < 4 else 0
+    return {
+        "weights": p.total * nbytes,
+        "gradients": p.total * nbytes,
+        "optimizer": p.total * (ADAM_MOMENT_BYTES + master),
+    }
+
+
+def training_memory(
+    arch: Arch, p: Params, nbytes: int, batch: int, max_length: int, lora_dropout: float, full: bool = False
+) -> dict:
+    """Model states (:func:`model_states`), and activations at ``batch × max_length`` tokens without and with
+    gradient checkpointing (then: each layer's input, plus one layer's activations recomputed during backward)."""
     tokens = batch * max_length
     layer = activations_per_token_layer(arch, nbytes, lora_dropout) * tokens
     logits = batch * ANSWER_TOKENS * arch.vocab_size * (nbytes + 4 + 4)  # logits, fp32 upcast, its gradient
-    base = {
-        "weights": p.total * nbytes,
-        "lora_optimizer": p.lora * LORA_STATE_BYTES,
-        "logits": logits,
-        "overhead": OVERHEAD_GB * GB,
-    }
+    base = {**model_states(p, nbytes, full), "logits": logits, "overhead": OVERHEAD_GB * GB}
     plain = {**base, "activations": layer * arch.num_hidden_layers}
     ckpt = {**base, "activations": tokens * arch.num_hidden_layers * arch.hidden_size * nbytes + layer}
     return {
@@ -352,7 +366,9 @@ def job_memory(cfg, arch: Arch, prm: Params, ln: Lengths) -> dict[str, dict]:
     nb = dtype_bytes(cfg.model.get("dtype"))
     _, seqs, new = probe_shape(det)
     d = detection_memory(arch, prm, nb, int(det.batch_size), seqs, ln.probe, new)
-    t = training_memory(arch, prm, nb, int(tr.batch_size), int(tr.max_length), float(tr.lora.dropout))
+    full = tr.get("finetune") == "full"  # train=full: no LoRA dropout, all of the model trains
+    dropout = 0.0 if full else float(tr.lora.dropout)
+    t = training_memory(arch, prm, nb, int(tr.batch_size), int(tr.max_length), dropout, full)
     e = evaluation_memory(arch, prm, nb, int(cfg.evaluation.batch_size), math.ceil(ln.eval))
     return {
         "detection": d,
@@ -379,6 +395,7 @@ def job_times(
         flops += forward_flops(arch, prm, n * ln.probe_mean, ln.probe_mean)
     out = {"detection": seconds(flops, s.peak_tflops, s.mfu)}
     passes = 3 if cfg.train.get("gradient_checkpointing") else 2  # forward, input gradients, recompute
+    passes += cfg.train.get("finetune") == "full"  # full fine-tuning: the weight gradients, one more forward's FLOPs
     trains = strategy_mod.trains(S.plain(cfg.strategy))
     tokens = n * float(cfg.train.epochs) * ln.train if trains else 0
     out["train"] = seconds(passes * forward_flops(arch, prm, tokens, ln.train), s.peak_tflops, s.mfu)

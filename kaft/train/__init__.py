@@ -1,4 +1,7 @@
-"""Stage 4 — LoRA fine-tuning with the loss a config names (:mod:`kaft.losses`).
+"""Stage 4 — LoRA or full fine-tuning with the loss a config names (:mod:`kaft.losses`).
+
+``train.finetune`` picks what trains: a LoRA adapter (conf/train/lora.yaml) or every parameter (``train=full``,
+conf/train/full.yaml, with its reference model for DPO / SFT_KL: :mod:`~kaft.train.full`).
 
 :func:`train_lora` (:mod:`~kaft.train.lora`) wraps a causal LM in a peft LoRA adapter and trains it with the
 :class:`transformers.Trainer` of the feed its loss declares it needs (:mod:`~kaft.train.trainers`): weighted SFT
@@ -18,7 +21,10 @@ from kaft.train.config import (
     TRAIN_KEYS,
     TrainError,
     TrainSpec,
+    is_full,
+    key_settings,
     lora_config,
+    reference_kind,
     validate_train_cfg,
 )
 
@@ -37,8 +43,9 @@ _LAZY = {
         "shares_sequence",
         "special_prefix",
     ),
+    "kaft.train.full": ("frozen_copy", "load_tuned", "precompute_pair_reference"),
     "kaft.train.lora": ("last_checkpoint", "train_lora"),
-    "kaft.train.steps": ("accepts_logits_to_keep", "dpo_batch_loss", "pair_batch_loss", "sft_batch_loss"),
+    "kaft.train.steps": ("accepts_logits_to_keep", "dpo_batch_loss", "pair_batch_loss", "pair_logps", "sft_batch_loss"),
     "kaft.train.trainers": ("FEEDS", "Feed", "Prepared", "pair_trainer_class", "weighted_trainer_class"),
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
@@ -69,11 +76,18 @@ __all__ = [
     "build_pair_examples",
     "dpo_batch_loss",
     "encode_example",
+    "frozen_copy",
+    "is_full",
+    "key_settings",
     "last_checkpoint",
+    "load_tuned",
     "lora_config",
     "mean_label_tokens",
     "pair_batch_loss",
+    "pair_logps",
     "pair_trainer_class",
+    "precompute_pair_reference",
+    "reference_kind",
     "sft_batch_loss",
     "shares_sequence",
     "special_prefix",

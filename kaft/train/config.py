@@ -1,5 +1,8 @@
 """The ``train`` config: its keys, the checks run before any model loads, and the LoRA config it names.
 
+``train.finetune`` (``lora`` | ``full``) says what training changes; under ``full`` the ``lora`` settings (a model
+config may still give some) are not read, not checked and not part of the train cache key (kaft/stages.py).
+
 ``train.save_steps`` and ``train.save_total_limit`` (:data:`CHECKPOINT_KEYS`) only decide how often progress is
 saved, not the adapter, so the train stage (kaft/stages.py) leaves them out of the train cache key.
 """
@@ -18,6 +21,10 @@ from kaft.errors import ConfigError
 from kaft.targets import TARGETS
 
 LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
+#: ``train.finetune``: a LoRA adapter on the frozen base model, or every parameter (:mod:`kaft.train.full`)
+FINETUNES = ("lora", "full")
+#: ``train.reference`` (full fine-tuning only): the reference policy of DPO / SFT_KL (:mod:`kaft.train.full`)
+REFERENCES = ("auto", "copy", "precomputed")
 
 
 @dataclass(frozen=True)
@@ -107,26 +114,98 @@ class TrainSettings:
         hint=" (Ren et al. Exp-II, §5: each training item's context, meta['context'], precedes its question)",
         help="contextualized IFT: prepend each training item's context (its supporting evidence) at training time",
     )
-    lora: dict = fields.unchecked(None, check=_check_lora, help="the LoRA adapter (train.lora.*)")
+    lora: dict = fields.unchecked(None, help="the LoRA adapter (train.lora.*; checked under finetune=lora)")
+    finetune: str = fields.choice(
+        "lora",
+        FINETUNES,
+        hint=" (conf/train/lora.yaml or conf/train/full.yaml: train=full)",
+        help="what training changes: a LoRA adapter (lora) or every parameter of the model (full)",
+    )
+    distributed: str = fields.choice(
+        "none",
+        ("none", "ddp"),
+        hint=" (ddp: launch with torchrun --nproc-per-node N -m kaft.run; kaft/train/distributed.py)",
+        help="one process, or DDP over torchrun's ranks (global batch = batch_size x grad_accum x ranks)",
+    )
+    reference: str = fields.choice(
+        "auto",
+        REFERENCES,
+        hint=" (auto: precomputed for DPO, copy for SFT_KL; kaft/train/full.py)",
+        help="full fine-tuning's reference model for dpo / sft_kl: a frozen copy or log-probs computed before training",
+    )
 
 
 # optional train settings that only decide how often progress is saved, not the adapter (left out of cache keys)
 CHECKPOINT_KEYS = ("save_steps", "save_total_limit")
 CHECKPOINT_DEFAULTS = {k: v for k, v in fields.defaults_of(TrainSettings).items() if k in CHECKPOINT_KEYS}
 #: optional keys whose default reproduces what kaft did before they existed (an older config may lack them)
-OPTIONAL_KEYS = ("gradient_checkpointing", "target", "response_eos", "context")
-#: the keys every train config holds (the optional ones: the checkpoint keys and :data:`OPTIONAL_KEYS`)
+OPTIONAL_KEYS = (
+    "gradient_checkpointing",
+    "target",
+    "response_eos",
+    "context",
+    "finetune",
+    "reference",
+    "distributed",
+)
+#: the keys every train config holds (the optional ones: the checkpoint keys and :data:`OPTIONAL_KEYS`); ``lora``
+#: only under ``finetune: lora``
 TRAIN_KEYS = tuple(k for k in fields.keys_of(TrainSettings) if k not in (*CHECKPOINT_KEYS, *OPTIONAL_KEYS))
+
+
+def is_full(train_cfg: Mapping) -> bool:
+    """Whether ``train_cfg`` fine-tunes every parameter (``train.finetune: full``) rather than a LoRA adapter."""
+    return train_cfg.get("finetune", "lora") == "full"
 
 
 def validate_train_cfg(train_cfg: Mapping) -> None:
     """Raise :class:`TrainError` (one actionable line) for an impossible training config; call before models
     load. Every key but the checkpoint ones is required: the config is part of the train cache key as written."""
     fields.reject_unknown(TrainSettings, "train", train_cfg, error=TrainError)
-    missing = [k for k in TRAIN_KEYS if k not in train_cfg]
+    fields.parse(TrainSettings, train_cfg, "train", TrainError)  # first: finetune decides which keys are required
+    full = is_full(train_cfg)
+    missing = [k for k in TRAIN_KEYS if k not in train_cfg and not (full and k == "lora")]
     if missing:
         raise TrainError(f"train config is missing {missing}")
-    fields.parse(TrainSettings, train_cfg, "train", TrainError)
+    if not full:
+        _check_lora("train.lora", train_cfg["lora"])
+        if train_cfg.get("reference", "auto") != "auto":
+            raise TrainError(
+                f"train.reference={train_cfg['reference']} is read only under train.finetune=full (train=full): "
+                "LoRA's reference model is the base model with the adapter disabled"
+            )
+
+
+def reference_kind(train_cfg: Mapping, needs: str) -> str | None:
+    """Full fine-tuning's reference for a loss that ``needs`` one (``"pairs"``: DPO, ``"reference"``: SFT_KL):
+    ``"copy"`` or ``"precomputed"`` (``train.reference``, auto resolved: :mod:`kaft.train.full`); None under LoRA
+    (the adapter-disabled base model) or for a loss that reads no reference. An impossible pairing raises
+    :class:`TrainError` (the config check calls this before any model loads)."""
+    if not is_full(train_cfg) or needs not in ("pairs", "reference"):
+        return None
+    kind = train_cfg.get("reference", "auto")
+    if kind == "auto":
+        return "precomputed" if needs == "pairs" else "copy"
+    if kind == "precomputed" and needs == "reference":
+        raise TrainError(
+            "train.reference=precomputed cannot serve loss=sft_kl: its KL reads the reference's whole distribution "
+            "at every label position; use train.reference=copy (or auto)"
+        )
+    return kind
+
+
+def key_settings(train_cfg: Mapping, needs: str, ranks: int = 1) -> dict:
+    """The train settings that enter a train cache key (kaft/stages.py): under ``train.finetune: full`` without the
+    LoRA settings (a model config may give them; full fine-tuning does not read them) and with the reference
+    :func:`reference_kind` resolves ``auto`` to for the loss; under ``train.distributed: ddp`` with the number of
+    ``ranks`` (the global batch is ``batch_size x grad_accum x ranks``). A one-process LoRA job's settings as is."""
+    out = dict(train_cfg)
+    if is_full(train_cfg):
+        out = {k: v for k, v in out.items() if k != "lora"}
+        out["reference"] = reference_kind(train_cfg, needs)
+    if train_cfg.get("distributed", "none") != "none":
+        out["ranks"] = ranks
+    return out
 
 
 @contextmanager

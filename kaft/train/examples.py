@@ -189,7 +189,8 @@ class PairCollator:
 
     Returns ``input_ids`` / ``attention_mask`` [M, T], ``chosen_labels`` / ``rejected_labels`` [P, T] aligned with
     sequence rows ``chosen_row`` / ``rejected_row`` [P], and ``weights`` [P]. A pair whose answers differ only in the
-    last token takes one row (M < 2P) unless ``share=False``.
+    last token takes one row (M < 2P) unless ``share=False``. Rows that carry precomputed reference log-probs
+    (full fine-tuning, :mod:`kaft.train.full`) add ``ref_chosen`` / ``ref_rejected`` [P].
     """
 
     def __init__(self, pad_id: int, share: bool = True):
@@ -215,4 +216,12 @@ class PairCollator:
             "chosen_row": torch.tensor(c_row),
             "rejected_row": torch.tensor(r_row),
             "weights": torch.tensor([float(r["weights"]) for r in rows], dtype=torch.float32),
+            **_precomputed_reference(rows),
         }
+
+
+def _precomputed_reference(rows: Sequence[Mapping]) -> dict[str, torch.Tensor]:
+    """Full fine-tuning's precomputed reference log-probs of the pairs (kaft.train.full), if the rows carry them."""
+    if "ref_chosen" not in rows[0]:
+        return {}
+    return {k: torch.tensor([float(r[k]) for r in rows], dtype=torch.float32) for k in ("ref_chosen", "ref_rejected")}

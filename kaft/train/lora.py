@@ -1,4 +1,5 @@
-""":func:`train_lora`: wrap a causal LM in a peft LoRA adapter and train it with the feed its loss needs.
+""":func:`train_lora`: wrap a causal LM in a peft LoRA adapter (or, ``train.finetune: full``, train all of it:
+:mod:`kaft.train.full`) and train it with the feed its loss needs.
 
 **Checkpoints and resume.** With a ``checkpoint_dir`` (the train stage in kaft/stages.py passes the train key's
 scratch dir in the cache, ``<cache>/train/.partial-<key>/``, removed once the adapter is in the cache) the Trainer
@@ -22,7 +23,16 @@ import torch
 from kaft import targets
 from kaft.data import MCItem
 from kaft.losses import make_loss
-from kaft.train.config import CHECKPOINT_DEFAULTS, TrainError, TrainSpec, lora_config, peft_wrap, validate_train_cfg
+from kaft.train import full as full_ft
+from kaft.train.config import (
+    CHECKPOINT_DEFAULTS,
+    TrainError,
+    TrainSpec,
+    is_full,
+    lora_config,
+    peft_wrap,
+    validate_train_cfg,
+)
 from kaft.train.examples import ListDataset
 from kaft.train.trainers import FEEDS, Prepared
 
@@ -128,11 +138,14 @@ def _run(trainer, checkpoint_dir: str | Path | None, checkpointing: bool):
     return result, resumed_from
 
 
-def _finish(trainer, result, resumed_from: int | None, prepared: Prepared, out_dir: Path):
-    """Save the adapter and ``train_log.json``; return the trained peft model in eval mode."""
+def _finish(trainer, result, resumed_from: int | None, prepared: Prepared, out_dir: Path, tokenizer=None):
+    """Save the adapter (or, with a ``tokenizer``, the fully fine-tuned model and it) and ``train_log.json``;
+    return the trained model in eval mode."""
     model = trainer.model
     model.eval()
     model.save_pretrained(str(out_dir))
+    if tokenizer is not None:  # full fine-tuning: the saved model loads on its own (kaft.train.full.load_tuned)
+        tokenizer.save_pretrained(str(out_dir))
     history = [dict(h) for h in trainer.state.log_history]
     summary = {
         "train_loss": result.training_loss,
@@ -143,11 +156,12 @@ def _finish(trainer, result, resumed_from: int | None, prepared: Prepared, out_d
     }
     (out_dir / "train_log.json").write_text(json.dumps(summary, indent=1, default=float))
     log.info(
-        "trained %d %s for %d steps, final train loss %.4f; adapter in %s",
+        "trained %d %s for %d steps, final train loss %.4f; %s in %s",
         len(prepared.rows),
         prepared.unit,
         result.global_step,
         result.training_loss,
+        "model" if tokenizer is not None else "adapter",
         out_dir,
     )
     return model
@@ -166,7 +180,8 @@ def train_lora(
     callbacks: Sequence | None = None,
 ):
     """Fine-tune ``model`` with LoRA on ``items`` weighted by ``weights``, as ``spec`` says; return the peft model
-    (in memory, in eval mode) after saving its adapter to ``out_dir``.
+    (in memory, in eval mode) after saving its adapter to ``out_dir``. With ``train.finetune: full`` every
+    parameter of ``model`` trains instead (in place) and the model and tokenizer are saved (:mod:`kaft.train.full`).
 
     ``weights[i]`` is item i's reward from :func:`kaft.losses.sample_weights`. ``spec.train`` holds
     :data:`~kaft.train.config.TRAIN_KEYS` (``lora`` = ``{r, lora_alpha, dropout, target_modules}``); optional
@@ -195,7 +210,9 @@ def train_lora(
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, text in prepared.files.items():
         (out_dir / name).write_text(text)
-    model = _add_adapter(model, train_cfg, seed)
+    full = is_full(train_cfg)
+    model = full_ft.prepare(model, train_cfg, seed) if full else _add_adapter(model, train_cfg, seed)
+    reference = full_ft.reference_for(loss, train_cfg, model, prepared.rows, _pad_id(tokenizer)) if full else None
     args, checkpointing = _training_args(train_cfg, out_dir, checkpoint_dir, seed)
     trainer = feed.trainer()(
         model=model,
@@ -203,7 +220,8 @@ def train_lora(
         train_dataset=ListDataset(prepared.rows),
         data_collator=feed.collator(_pad_id(tokenizer)),
         loss_cfg=spec.loss,
+        reference_model=reference,
         callbacks=list(callbacks or []) or None,
     )
     result, resumed_from = _run(trainer, checkpoint_dir, checkpointing)
-    return _finish(trainer, result, resumed_from, prepared, out_dir)
+    return _finish(trainer, result, resumed_from, prepared, out_dir, tokenizer if full else None)

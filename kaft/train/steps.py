@@ -26,14 +26,15 @@ def accepts_logits_to_keep(model) -> bool:
         return False
 
 
-def sft_batch_loss(model, inputs: Mapping, loss_cfg: Mapping, slice_logits: bool, reference=None):
+def sft_batch_loss(model, inputs: Mapping, loss_cfg: Mapping, slice_logits: bool, reference=None, ref_model=None):
     """``(loss, outputs)`` of one SFT batch (``input_ids``, ``attention_mask``, ``labels``, ``weights``).
 
     With ``slice_logits`` (the model takes ``logits_to_keep``) only the logits of positions that predict a label
     token are computed: the union over the batch of such positions. ``reference``: the peft model whose
     adapter-disabled forward, without gradient and on the same positions, gives the reference logits a loss that
     ``needs = "reference"`` reads (SFT_KL) — the base model without a second copy of its weights, as DPO's reference
-    is computed (:func:`pair_batch_loss`).
+    is computed (:func:`pair_batch_loss`). ``ref_model``: under full fine-tuning, the frozen copy that gives them
+    instead (:mod:`kaft.train.full`).
     """
     labels, weights = inputs["labels"], inputs["weights"]
     fwd = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
@@ -44,13 +45,17 @@ def sft_batch_loss(model, inputs: Mapping, loss_cfg: Mapping, slice_logits: bool
         labels = labels[:, pos + 1]
     outputs = model(**fwd)
     ref = {}
-    if reference is not None:
+    if ref_model is not None:
+        with torch.no_grad():
+            ref["ref_logits"] = ref_model(**fwd).logits
+    elif reference is not None:
         with torch.no_grad(), reference.disable_adapter():
             ref["ref_logits"] = model(**fwd).logits
     return compute_loss(loss_cfg, outputs.logits, labels, weights, labels_shifted=slice_logits, **ref), outputs
 
 
-def _pair_logps(model, inputs: Mapping, slice_logits: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_logps(model, inputs: Mapping, slice_logits: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``([P], [P])``: the summed log-probs of each pair's chosen and rejected answer under ``model``."""
     c_lab, r_lab = inputs["chosen_labels"], inputs["rejected_labels"]
     fwd = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
     if slice_logits:
@@ -66,7 +71,7 @@ def _pair_logps(model, inputs: Mapping, slice_logits: bool) -> tuple[torch.Tenso
 
 
 def pair_batch_loss(
-    model, inputs: Mapping, pair_loss: Callable, slice_logits: bool, peft_model=None
+    model, inputs: Mapping, pair_loss: Callable, slice_logits: bool, peft_model=None, ref_model=None
 ) -> tuple[torch.Tensor, dict]:
     """``(loss, stats)`` of one batch of :class:`~kaft.train.examples.PairCollator` pairs under ``pair_loss``
     (a preference loss's ``pair_loss(pc, pr, rc, rr, weights) -> (loss, margin)``).
@@ -74,11 +79,18 @@ def pair_batch_loss(
     ``model`` is a peft model (or a wrapper of one: then pass the unwrapped ``peft_model``): the reference
     log-probabilities come from it with the adapter disabled, without gradient. ``stats`` holds the mean implicit
     reward margin and the fraction of pairs ranked right (detached 0-d tensors: reading them is left to logging, so
-    there is no device sync per step).
+    there is no device sync per step). Under full fine-tuning (:mod:`kaft.train.full`) the reference is the batch's
+    precomputed ``ref_chosen`` / ``ref_rejected``, or the frozen copy ``ref_model``.
     """
-    policy_c, policy_r = _pair_logps(model, inputs, slice_logits)
-    with torch.no_grad(), (peft_model or model).disable_adapter():
-        ref_c, ref_r = _pair_logps(model, inputs, slice_logits)
+    policy_c, policy_r = pair_logps(model, inputs, slice_logits)
+    if "ref_chosen" in inputs:  # precomputed before training
+        ref_c, ref_r = inputs["ref_chosen"].to(policy_c), inputs["ref_rejected"].to(policy_r)
+    elif ref_model is not None:
+        with torch.no_grad():
+            ref_c, ref_r = pair_logps(ref_model, inputs, slice_logits)
+    else:
+        with torch.no_grad(), (peft_model or model).disable_adapter():
+            ref_c, ref_r = pair_logps(model, inputs, slice_logits)
     n_chosen = (inputs["chosen_labels"] != IGNORE_INDEX).sum(-1)  # SFT + DPO's per-token mean (sft_weight)
     loss, margin = pair_loss(policy_c, policy_r, ref_c, ref_r, inputs["weights"], chosen_tokens=n_chosen)
     return loss, {"reward_margin": margin.mean(), "reward_accuracy": (margin > 0).float().mean()}

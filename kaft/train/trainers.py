@@ -2,7 +2,9 @@
 
 :data:`FEEDS` is keyed by what a loss declares it ``needs`` ("weights": SFT batches with per-sample rewards;
 "pairs": preference pairs), so :func:`kaft.train.train_lora` picks the feed from the declaration and never names a
-loss. The Trainer classes are built on first use: importing kaft.train must not import transformers.
+loss. Each Trainer takes ``reference_model=``: under full fine-tuning the frozen copy of :mod:`kaft.train.full`
+(None: LoRA's adapter-disabled base, or precomputed reference log-probs in the batch). The Trainer classes are
+built on first use: importing kaft.train must not import transformers.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ from kaft.train.self_answers import self_answer_rows
 from kaft.train.steps import accepts_logits_to_keep, pair_batch_loss, sft_batch_loss
 
 
+def _on_device(model, device):
+    """Full fine-tuning's frozen reference copy on the policy's device (the Trainer moves only the policy)."""
+    return None if model is None else model.to(device)
+
+
 @cache
 def weighted_trainer_class() -> type:
     from transformers import Trainer  # lazy: transformers imports torch; needed only to build or load a model
@@ -39,17 +46,19 @@ def weighted_trainer_class() -> type:
 
         loss_is_scaled_for_ga = False
 
-        def __init__(self, *args, loss_cfg: Mapping, **kwargs):
+        def __init__(self, *args, loss_cfg: Mapping, reference_model=None, **kwargs):
             super().__init__(*args, **kwargs)
             self.loss_cfg = loss_cfg
             self._slice_logits = accepts_logits_to_keep(self.model)
+            self.reference_model = _on_device(reference_model, self.args.device)
 
         #: a loss that ``needs = "reference"`` (SFT_KL) also reads the adapter-disabled base model's logits
         with_reference = False
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            reference = self.accelerator.unwrap_model(model) if self.with_reference else None
-            loss, outputs = sft_batch_loss(model, inputs, self.loss_cfg, self._slice_logits, reference)
+            ref_model = self.reference_model  # full fine-tuning's frozen copy (kaft.train.full), else None
+            reference = self.accelerator.unwrap_model(model) if self.with_reference and ref_model is None else None
+            loss, outputs = sft_batch_loss(model, inputs, self.loss_cfg, self._slice_logits, reference, ref_model)
             return (loss, outputs) if return_outputs else loss
 
     return WeightedLossTrainer
@@ -72,15 +81,17 @@ def pair_trainer_class() -> type:
 
         loss_is_scaled_for_ga = False
 
-        def __init__(self, *args, loss_cfg: Mapping, **kwargs):
+        def __init__(self, *args, loss_cfg: Mapping, reference_model=None, **kwargs):
             super().__init__(*args, **kwargs)
+            self.reference_model = _on_device(reference_model, self.args.device)
             self.pair_loss = make_loss(loss_cfg).pair_loss
             self._slice_logits = accepts_logits_to_keep(self.model)
             self._stats: list[dict] = []
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            peft_model = None if self.reference_model is not None else self.accelerator.unwrap_model(model)
             loss, stats = pair_batch_loss(
-                model, inputs, self.pair_loss, self._slice_logits, peft_model=self.accelerator.unwrap_model(model)
+                model, inputs, self.pair_loss, self._slice_logits, peft_model=peft_model, ref_model=self.reference_model
             )
             self._stats.append(stats)
             return (loss, None) if return_outputs else loss

@@ -83,7 +83,10 @@ def test_train_evaluation_and_top_level_yaml_are_their_schemas():
     train = _yaml(CONF / "train" / "lora.yaml")
     _in_step(CONF / "train" / "lora.yaml", TrainSettings, variant=False, group="train")
     assert train["lora"] == fields.defaults_of(LoraSettings)
-    assert set(fields.keys_of(TrainSettings)) - set(train) == {"gradient_checkpointing"}  # the one optional key
+    # the optional keys lora.yaml leaves out: gradient checkpointing, and full fine-tuning's reference (not read by LoRA)
+    assert set(fields.keys_of(TrainSettings)) - set(train) == {"gradient_checkpointing", "reference"}
+    for path in _files("train"):  # train=full and the paper recipes: variants of the same schema
+        _in_step(path, TrainSettings, variant=True, group="train")
     _in_step(CONF / "evaluation" / "default.yaml", schema.EvaluationSettings, variant=False, group="evaluation")
     top = _yaml(CONF / "config.yaml")
     top = {k: v for k, v in top.items() if k in fields.keys_of(schema.TopSettings) and k != "cache_dir"}

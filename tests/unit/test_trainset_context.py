@@ -10,8 +10,7 @@ import pytest
 from test_target_keys import MC, PINNED, _cfg, _keys
 
 from kaft import data as data_mod
-from kaft import identity
-from kaft import stages as S
+from kaft import identity, trainset
 from kaft.datafiles import DataError
 from kaft.errors import ConfigError
 from kaft.items import MCItem
@@ -23,8 +22,8 @@ def _with_context(items):
 
 def test_context_opens_the_question_only_when_asked():
     items = _with_context(MC)
-    assert S.contextualize(_cfg([]), items) == items
-    out = S.contextualize(_cfg(["train.context=true"]), items)
+    assert trainset.contextualize(_cfg([]), items) == items
+    out = trainset.contextualize(_cfg(["train.context=true"]), items)
     assert [it.question for it in out] == [f"fact i{i}. q{i} ?" for i in range(4)]
     assert [(it.id, it.options, it.answer) for it in out] == [(it.id, it.options, it.answer) for it in items]
 
@@ -33,15 +32,15 @@ def test_context_off_keeps_every_key_and_on_trains_another_adapter(tmp_path):
     detect, train, ident = PINNED[()]
     assert "context" not in identity.config_part(_cfg([]), None)["train"]  # a new default, left out
     cfg = _cfg(["train.context=true"])
-    on = _keys(cfg, tmp_path, S.contextualize(cfg, _with_context(MC)))
+    on = _keys(cfg, tmp_path, trainset.contextualize(cfg, _with_context(MC)))
     assert on[0] == detect and on[1] != train and on[2] != ident
 
 
 def test_a_context_run_without_contexts_stops_with_one_line():
-    S.check_context(_cfg([]), MC)  # off: nothing needed
+    trainset.check_context(_cfg([]), MC)  # off: nothing needed
     with pytest.raises(ConfigError, match=r"4 of 4 items have none \(first: 'i0'\).*fields.context=<column>"):
-        S.check_context(_cfg(["train.context=true"]), MC)
-    S.check_context(_cfg(["train.context=true"]), _with_context(MC))
+        trainset.check_context(_cfg(["train.context=true"]), MC)
+    trainset.check_context(_cfg(["train.context=true"]), _with_context(MC))
 
 
 def test_a_mapped_context_column_is_kept_as_meta(tmp_path):

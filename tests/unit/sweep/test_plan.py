@@ -166,7 +166,7 @@ def test_wrong_lora_targets_fail_in_the_plan(monkeypatch, tmp_path):
 def test_bad_settings_are_one_line(tmp_path):
     for args, says in (
         (["plan.mfu=2"], "plan.mfu must be in (0, 1], got 2"),
-        (["plan.gpus=4"], "plan.gpus is not a plan setting"),
+        (["plan.nodes=4"], "plan.nodes is not a plan setting"),
         (["--cfg", "job"], "kaft.sweep.plan takes kaft.run's overrides"),
         (["loss=nope"], "loss"),
     ):
