@@ -27,6 +27,10 @@ Splits (all 4-option :class:`~kaft.items.MCItem` with ``meta = {"kind", "relatio
 * ``test_id``  - held-out facts of the in-domain relations (``known``, ``latent``, ``unseen``);
 * ``test_ood`` - facts of the out-of-domain relations (``known``, ``latent``).
 
+:mod:`kaft.testbed.knobs` then applies issue 24's knobs (all off by default): ``contradict_keep`` (how many planted
+contradictions still contradict) and ``test_on_train_frac`` (a share of ``test_id`` that re-asks training facts in
+other words).
+
 This module is the world's API (:class:`World`, :func:`generate`, :func:`build_world`); what the world is written
 in (relations, templates, made-up words) lives in :mod:`kaft.testbed.templates` and the draws that fill it in
 :mod:`kaft.testbed.worldgen`. Their public names are importable from here too.
@@ -41,6 +45,7 @@ from kaft.cache import make_key
 from kaft.items import MCItem
 from kaft.prompts import few_shot_prompt
 from kaft.testbed.config import resolve_config
+from kaft.testbed.knobs import apply_knobs
 from kaft.testbed.templates import INTROS, RELATIONS, Names, Relation
 from kaft.testbed.worldgen import (
     KINDS,
@@ -156,7 +161,9 @@ def generate(cfg: Mapping | None = None) -> World:
         facts=facts,
         paragraphs=entity_paragraphs(facts, entities, rels, w, seeded_rng(seed, "paragraphs")),
         mc_docs=mc_documents(facts, pools, rels, domain_of, w, seeded_rng(seed, "mc")),
-        _splits=split_items(facts, pools, rels, domain_of, seeded_rng(seed, "splits")),
+        _splits=apply_knobs(
+            split_items(facts, pools, rels, domain_of, seeded_rng(seed, "splits")), facts, pools, rels, w, seed
+        ),
     )
 
 
