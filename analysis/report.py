@@ -49,7 +49,19 @@ SWEEPS: dict[str, tuple[str, list[str]]] = {
     "losses": ("losses", []),
     "ren_har_inc_self": ("ren", []),
     "responses": ("responses", []),  # issue 21: free-form training; its own file (--only responses --section)
+    "kaft_vs_dropping": ("map", []),  # issue 24: a map, not a paper table (MAPS); --only kaft_vs_dropping --section
 }
+# sweeps drawn by a section of their own instead of a paper table and claims: sweep -> (sweep dir, figures dir|None)
+# -> Markdown lines
+MAPS = {"kaft_vs_dropping": lambda d, figs: _dropping_map().section(d, figs)}
+
+
+def _dropping_map():
+    from analysis import dropping_map
+
+    return dropping_map
+
+
 # sweeps a full report leaves out: each is its own report (``--only NAME --out FILE``), linked from the full one
 OWN_FILE = ("responses",)
 OWN_FILE_LINE = (
@@ -218,9 +230,12 @@ def render(out: Path, seeds: list[int], timings: dict, report: Path, models: Seq
     return "\n".join(lines) + "\n"
 
 
-def render_section(out: Path, seeds: list[int], timings: dict, names: Sequence[str], command: str) -> str:
+def render_section(
+    out: Path, seeds: list[int], timings: dict, names: Sequence[str], command: str, figs: Path | None = None
+) -> str:
     """A report of ``names`` only (``--section``): its header (the command, CPU, torch, date), their claims and
-    their tables, without the other sweeps, the testbed models or the figures."""
+    their tables, without the other sweeps, the testbed models or the paper's figures (a map's figure goes to
+    ``figs``)."""
     from analysis.claims import SECTION_NOTES
 
     lines = [
@@ -235,19 +250,26 @@ def render_section(out: Path, seeds: list[int], timings: dict, names: Sequence[s
     spent = {n: timings[n] for n in names if n in timings}
     if spent:
         lines += [f"Wall time of the sweeps: {', '.join(f'{k} {v / 60:.1f} min' for k, v in spent.items())}.", ""]
-    rows = findings(out, names)
-    lines += claims_table(rows) + disagreements(rows, out)
+    if any(n not in MAPS for n in names):  # a map has no paper claims: its section says what it resolves
+        rows = findings(out, [n for n in names if n not in MAPS])
+        lines += claims_table(rows) + disagreements(rows, out)
     lines += [x for n in names for x in SECTION_NOTES.get(n, ())]
-    return "\n".join(lines + tables_and_figures(out, None, names)) + "\n"
+    return "\n".join(lines + tables_and_figures(out, None, names, map_figs=figs)) + "\n"
 
 
-def tables_and_figures(out: Path, figs: Path | None, names: Sequence[str] | None = None) -> list[str]:
-    """One table per sweep (of ``names``; default all but :data:`OWN_FILE`) in its paper layout, then the paper's
-    figures (drawn into ``figs``; None: none)."""
+def tables_and_figures(
+    out: Path, figs: Path | None, names: Sequence[str] | None = None, map_figs: Path | None = None
+) -> list[str]:
+    """One table per sweep (of ``names``; default all but :data:`OWN_FILE`) in its paper layout (a :data:`MAPS`
+    sweep: its section, its figure into ``map_figs`` or else ``figs``), then the paper's figures (drawn into
+    ``figs``; None: none)."""
     from analysis import figures as F
 
     lines = ["## Tables", ""]
     for name in names or [n for n in SWEEPS if n not in OWN_FILE]:
+        if name in MAPS:
+            lines += MAPS[name](out / name, map_figs if map_figs is not None else figs)
+            continue
         tab = SWEEPS[name][0]
         jobs = jobs_frame(out / name) if (out / name).exists() else None
         if jobs is not None and not jobs.empty:
@@ -313,7 +335,7 @@ def main(argv=None) -> int:
     report = Path(args.out)
     if args.section or all(n in OWN_FILE for n in names):  # a sweep with its own file renders alone
         command = "python -m analysis.report " + " ".join(sys.argv[1:] if argv is None else argv)
-        text = render_section(out, seeds, timings, names, command)
+        text = render_section(out, seeds, timings, names, command, report.parent / "figures")
     else:
         text = render(out, seeds, timings, report, testbed_models(seeds, cache_dir))
     write_text(report, text, "analysis.report", legacy_header=REPORT_HEADER)
