@@ -29,6 +29,7 @@ LAYOUT = {
     "mission": "losses",
     "table3_ood": "main",
     "table7_domains": "main",
+    "kaft_vs_dropping": "main",  # one alpha and one detector at smoke size (EXTRA): the main table's rows
 }
 COLORS = ["red", "green", "blue", "yellow"]
 
@@ -57,7 +58,11 @@ OWN_DATA = {
 }  # 3 domains x 2 methods: every config, fewer jobs
 # a random tiny model answers nothing with confidence > 0.5: Ren et al.'s filter would leave no item (unit-tested in
 # test_strategy.py), so the plumbing runs with it off
-EXTRA = {"ren_har_inc_self": ["++strategy.confident_only=false"]}
+EXTRA = {
+    "ren_har_inc_self": ["++strategy.confident_only=false"],
+    # issue 24's grid (64 jobs) cut to one purity, one detector and one alpha: its 5 arms x 2 tested shares run
+    "kaft_vs_dropping": ["++testbed.world.contradict_keep=1.0", "detection=diversified", "alpha=0.1"],
+}
 # composed only (tests/cli/test_config.py): SMA's tables and sweeps/responses (its DPO row) sample 8 free-form
 # responses per item on the free-form testbed (minutes on 2 cores); their free-form DPO path runs end to end in
 # tests/cli/test_sma_freeform.py

@@ -79,7 +79,11 @@ def test_each_cell_is_a_paired_interval_resolved_by_its_side(tmp_path):
     for (frac, keep), diffs in GAPS.items():
         c = grid[(frac, keep, det)]
         want = S.t_interval(diffs)
-        assert (c.interval.mean, c.interval.half) == pytest.approx((want.mean, want.half)) and c.recall == pytest.approx(90) and c.precision == pytest.approx(70)
+        assert (
+            (c.interval.mean, c.interval.half) == pytest.approx((want.mean, want.half))
+            and c.recall == pytest.approx(90)
+            and c.precision == pytest.approx(70)
+        )
     assert [grid[(f, k, det)].winner for f, k in GAPS] == ["dropping", "KaFT", "not resolved"]
     assert all(c.winner == "dropping" for c in M.cells(runs, "kaft α=0.5", "no_conflict").values())
     assert all(c.interval.mean == pytest.approx(10) for c in M.cells(runs, "no_conflict", "vanilla").values())
