@@ -48,6 +48,7 @@ class Run:
     average: float  # %
     recall: float | None  # % of the planted contradictions in the wrong subset
     precision: float | None  # % of the wrong subset's items that are contradictions
+    confident: float | None = None  # % of the wrong subset's items the base model confidently answers wrongly
 
 
 def arm(cfg: Mapping) -> str | None:
@@ -102,7 +103,9 @@ def read_runs(sweep_dir: str | Path) -> list[Run]:
         name = arm(cfg)
         if res.get("status") != "done" or name is None or avg is None:
             continue
-        run = Run(_cell(cfg), name, int(cfg.get("seed", 0)), 100 * float(avg), *_wrong_subset(res))
+        conf = dig(res, ("detection", "high_conf_error_by_subset", "wrong"))
+        conf = None if conf is None or conf != conf else 100 * float(conf)  # NaN: an empty subset
+        run = Run(_cell(cfg), name, int(cfg.get("seed", 0)), 100 * float(avg), *_wrong_subset(res), conf)
         if (run.cell, run.arm, run.seed) not in seen:
             seen.add((run.cell, run.arm, run.seed))
             out.append(run)
@@ -116,6 +119,7 @@ class Cell:
     interval: S.Interval | None
     recall: float | None  # mean over seeds, %
     precision: float | None
+    confident: float | None = None  # mean over seeds, %: what a user can read on their own data
 
     @property
     def winner(self) -> str:
@@ -146,6 +150,7 @@ def cells(runs: Sequence[Run], a: str, b: str) -> dict[tuple, Cell]:
             S.t_interval(diffs),
             _mean([p.recall for p in probe if p]),
             _mean([p.precision for p in probe if p]),
+            _mean([p.confident for p in probe if p]),
         )
     return out
 
@@ -157,7 +162,8 @@ def _pct(x: float | None) -> str:
 def cell_text(c: Cell) -> str:
     if c.interval is None:
         return "–"
-    return f"{c.interval.text()} · **{c.winner}** · R {_pct(c.recall)}, P {_pct(c.precision)}"
+    conf = "" if c.confident is None else f", C {_pct(c.confident)}"
+    return f"{c.interval.text()} · **{c.winner}** · R {_pct(c.recall)}, P {_pct(c.precision)}{conf}"
 
 
 def map_tables(runs: Sequence[Run], a: str, b: str, title: str) -> list[str]:
@@ -206,7 +212,9 @@ def section(sweep_dir: str | Path, figs: Path | None = None) -> list[str]:
         f"{len(runs)} jobs over {len({r.cell for r in runs})} cells, seeds {', '.join(map(str, seeds))}. Each cell: "
         "the paired difference in average accuracy (points, mean ± 95 % t half-width [low, high] over seeds), the "
         "side its interval resolves (KaFT, dropping, or not resolved), and the wrong subset's recall (R: planted "
-        "contradictions it holds) and precision (P: its items that are contradictions), mean over seeds."
+        "contradictions it holds) and precision (P: its items that are contradictions), mean over seeds, which only "
+        "a world that knows its contradictions can give; C: its items whose base answer is a high-confidence error "
+        "(`detection.high_conf_error_by_subset`, majority answer wrong with share > τ_c), which any data set gives."
         + (" **One seed: a preview, no cell is resolved.**" if len(seeds) < 2 else ""),
         "",
     ]

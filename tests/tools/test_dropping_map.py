@@ -18,7 +18,7 @@ GAPS = {  # (tested share, purity) -> KaFT(α=0.1) − no-conflict per seed, in 
 
 
 def _res(seed, strategy, loss, avg, world, alpha=None, recall=0.9, precision=0.7, det=None, old=False):
-    detection = {"contradict_in_lowest_subset": recall, "mean": 0.5}
+    detection = {"contradict_in_lowest_subset": recall, "mean": 0.5, "high_conf_error_by_subset": {"wrong": 0.4}}
     if old:  # results from before the diagnostic reported precision: from recall, n_by_kind and the sizes
         detection["n_by_kind"] = {"contradict": 40}
     else:
@@ -105,7 +105,7 @@ def test_the_section_maps_every_comparison_and_says_when_it_is_one_seed(tmp_path
     assert "#### KaFT (α = 0.1) − vanilla" in text and "| tested share \\ purity | 1 | 0.5 |" in text
     iv = M.cells(M.read_runs(tmp_path / M.SWEEP), "kaft α=0.1", "no_conflict")[(0.2, 1.0, "diversified")].interval
     assert iv.text() == S.t_interval(GAPS[(0.2, 1.0)]).text()
-    assert f"| 0.2 | {iv.text()} · **KaFT** · R 90 %, P 70 % | – |" in text
+    assert f"| 0.2 | {iv.text()} · **KaFT** · R 90 %, P 70 %, C 40 % | – |" in text
     pytest.importorskip("matplotlib")
     assert (tmp_path / "figs" / "fig_kaft_vs_dropping.png").exists()
     one = M.section(_sweep(tmp_path / "s1", seeds=[0]))
