@@ -301,6 +301,13 @@ def main(argv=None) -> int:
     ap.add_argument("--only", help="comma-separated sweep names (default: all)")
     ap.add_argument("--no-run", action="store_true", help="only render from existing results")
     ap.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        help="a Hydra override added to every sweep's command (repeatable), e.g. a reduced preview: "
+        "--override detection=diversified",
+    )
+    ap.add_argument(
         "--section",
         action="store_true",
         help="render only the --only sweeps (claims, tables); implied for sweeps with their own file (OWN_FILE)",
@@ -327,7 +334,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     if not args.no_run:
         for n in names:
-            timings[n] = run_sweep(n, out, seeds, SWEEPS[n][1])
+            timings[n] = run_sweep(n, out, seeds, SWEEPS[n][1] + args.override)
             atomic_write_text(tfile, json.dumps(timings, indent=1))
             print(f"[report] {n}: {timings[n] / 60:.1f} min", flush=True)
     timings = {n: timings[n] for n in SWEEPS if n in timings}

@@ -122,3 +122,12 @@ def test_the_report_writes_the_section_alone(tmp_path):
     text = out.read_text()
     assert text.startswith(R.REPORT_HEADER) and "## When does down-weighting beat dropping?" in text
     assert "paper's claims" not in text and "#### KaFT (α = 0.5) − no-conflict" in text
+
+
+def test_report_overrides_reach_every_sweep_command(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(R, "run_sweep", lambda name, out, seeds, extra: seen.append((name, seeds, extra)) or 1.0)
+    argv = ["--seeds", "0", "--only", "kaft_vs_dropping", "--section", "--override", "detection=diversified"]
+    assert R.main([*argv, "--sweeps-dir", str(tmp_path / "s"), "--out", str(tmp_path / "r.md")]) == 0
+    assert seen == [("kaft_vs_dropping", [0], ["detection=diversified"])]
+    assert "--override detection=diversified" in (tmp_path / "r.md").read_text()
