@@ -265,8 +265,9 @@ def tables_and_figures(
     ``figs``; None: none)."""
     from analysis import figures as F
 
-    lines = ["## Tables", ""]
-    for name in names or [n for n in SWEEPS if n not in OWN_FILE]:
+    names = list(names or [n for n in SWEEPS if n not in OWN_FILE])
+    lines = ["## Tables", ""] if any(n not in MAPS for n in names) else []
+    for name in names:
         if name in MAPS:
             lines += MAPS[name](out / name, map_figs if map_figs is not None else figs)
             continue
