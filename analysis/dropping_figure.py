@@ -62,6 +62,8 @@ def draw(panels: Sequence[tuple[str, Mapping[tuple, Cell]]], out: Path) -> list[
     im = None
     for ax, (title, grid, det) in zip(axes[0], todo):
         im = _panel(ax, grid, det, title, lim)
+    for ax in axes[0][1:]:  # one y label for the row of panels
+        ax.set_ylabel("")
     fig.colorbar(im, ax=list(axes[0]), label="points (paired mean over seeds)")
     paths = [Path(out) / f"{NAME}.{ext}" for ext in ("png", "pdf")]
     for p in paths:
