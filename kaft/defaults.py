@@ -34,16 +34,24 @@ NEW_DEFAULTS: dict[str, Any] = {
         "causes": None,
     },
     "testbed.world.internal_pairs": 0,  # kaft.testbed: planted internal conflicts (issue 22); 0 = the world as before
+    # the testbed world's issue-24 knobs (kaft/testbed/knobs.py): at these defaults the world is as it always was
+    "testbed.world.contradict_keep": 1.0,
+    "testbed.world.test_on_train_frac": 0.0,
+    "testbed.world.test_on_train_kinds": ["unseen", "latent"],
 }
 
 
 def without_new_defaults(section: Mapping, prefix: str = "") -> dict:
     """``section`` (the config at dotted path ``prefix``; "" = the whole config) without the :data:`NEW_DEFAULTS`
-    keys under it that hold their default (nested mappings copied, the rest as is)."""
+    keys under it that hold their default (nested mappings copied, the rest as is; a mapping that held only such keys
+    left out too, so ``testbed: {world: {<new key>: <default>}}`` reads as no ``world`` at all)."""
     out = {}
     for k, v in section.items():
         path = f"{prefix}.{k}" if prefix else str(k)
         if path in NEW_DEFAULTS and v == NEW_DEFAULTS[path]:
             continue
-        out[k] = without_new_defaults(v, path) if isinstance(v, Mapping) else v
+        sub = without_new_defaults(v, path) if isinstance(v, Mapping) else v
+        if isinstance(v, Mapping) and v and not sub:  # held only such keys: as if never written
+            continue
+        out[k] = sub
     return out

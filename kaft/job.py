@@ -104,6 +104,14 @@ def score_stats(records: list[dict], items: list[MCItem], subsets: list[int], na
         vals = [float(r[flag]) for r in records if flag in r]
         if vals:
             out[f"{flag}_rate"] = statistics.fmean(vals)
+    if all("high_conf_error" in r for r in records):  # per subset: how much of the wrong subset the base model
+        # confidently contradicts rather than is unsure of (issue 24: what a user can read off their own data)
+        out["high_conf_error_by_subset"] = {
+            names[k]: statistics.fmean(
+                [float(r["high_conf_error"]) for r, g in zip(records, subsets) if g == k] or [math.nan]
+            )
+            for k in range(len(names))
+        }
     if any("unparsed" in r for r in records):
         total = sum(len(a) for r in records for a in r.get("answers", r.get("verdicts", [])))  # generative: verdicts
         out["unparsed_answers"] = sum(r.get("unparsed", 0) for r in records)

@@ -42,6 +42,10 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "shot_noise": 0.25,  # probability that a demonstration's answer letter is wrong
         "own_domain_prob": 0.5,  # MC docs name their own domain, else another one (or "general")
         "internal_pairs": 0,  # train twins: same question, different gold (ILP's internal conflicts; 0 = none)
+        # issue 24's knobs (kaft.testbed.knobs): what the wrong subset holds; the defaults are the world as it was
+        "contradict_keep": 1.0,  # share of planted contradictions that keep their contradicting gold (purity)
+        "test_on_train_frac": 0.0,  # share of test_id items re-asking training facts in other words
+        "test_on_train_kinds": ["unseen", "latent"],  # the kinds of training facts they re-ask
     },
     "model": {  # LlamaForCausalLM; head_dim is fixed at 64
         "hidden_size": 128,
@@ -96,18 +100,36 @@ DEFAULT_CONFIG: dict[str, Any] = {
 #: Add a key here (and to DEFAULT_CONFIG and conf/testbed/default.yaml) when it is added with such a default.
 NEW_KEYS: dict[str, Any] = {
     "world.internal_pairs": 0,  # issue 22: planted internal conflicts (kaft.testbed.worldgen.plant_internal_pairs)
+    "world.contradict_keep": 1.0,  # issue 24 (kaft.testbed.knobs)
+    "world.test_on_train_frac": 0.0,
+    "world.test_on_train_kinds": ["unseen", "latent"],
 }
+
+#: world keys that change only the split items (their labels, which facts a test item asks and how), never the
+#: corpus, the vocabulary or the format facts, so the pretrained model is the same at every value
+#: (tests/unit/testbed/test_knobs.py builds both worlds and compares): left out of the model's build key at any value,
+#: so a sweep over them pretrains one model per seed. The data they change reaches every stage's cache key through
+#: the items' fingerprints, and the job's identity through its config.
+SPLIT_ONLY: frozenset[str] = frozenset(
+    {"world.contradict_keep", "world.test_on_train_frac", "world.test_on_train_kinds", "world.internal_pairs"}
+)
 
 
 def key_config(full: Mapping, prefix: str = "") -> dict:
-    """The resolved config ``full`` without the :data:`NEW_KEYS` that hold their default: what a model's build key
-    hashes."""
+    """The resolved config ``full`` without the :data:`NEW_KEYS` that hold their default and the :data:`SPLIT_ONLY`
+    keys: what a model's build key hashes."""
     out = {}
     for k, v in full.items():
         path = f"{prefix}.{k}" if prefix else str(k)
-        if path in NEW_KEYS and v == NEW_KEYS[path]:
+        if path in SPLIT_ONLY or (path in NEW_KEYS and v == NEW_KEYS[path]):
             continue
-        out[k] = key_config(v, path) if isinstance(v, Mapping) and not k.endswith("_mix") else v
+        if isinstance(v, Mapping) and not k.endswith("_mix"):
+            sub = key_config(v, path)
+            if v and not sub:  # held only keys left out: as if never written (`world: {}` was never configured)
+                continue
+            out[k] = sub
+        else:
+            out[k] = v
     return out
 
 

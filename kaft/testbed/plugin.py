@@ -64,7 +64,8 @@ def preview_model(model_cfg: Mapping, config: Mapping) -> tuple[object, int]:
 
 class ContradictionDiagnostic:
     """Detection against the truth the world knows: the mean score by kind of fact, the AUROC of a low score for the
-    ``contradict`` items, and the share of them that the lowest-scoring subset holds (recall)."""
+    ``contradict`` items, the share of them that the lowest-scoring subset holds (recall) and the share of that
+    subset's items that are contradictions (precision; None for an empty subset)."""
 
     def compute(self, scores: Sequence[float], items: Sequence[MCItem], subsets: Sequence[int]) -> dict:
         kinds = sorted({it.meta.get("kind") for it in items if it.meta.get("kind")})
@@ -79,15 +80,18 @@ class ContradictionDiagnostic:
             pos = [s for s, it in zip(scores, items) if it.meta.get("kind") == "contradict"]
             neg = [s for s, it in zip(scores, items) if it.meta.get("kind") != "contradict"]
             out["auroc_contradict"] = auroc(pos, neg)
-            out["contradict_in_lowest_subset"] = sum(
-                1 for it, g in zip(items, subsets) if it.meta.get("kind") == "contradict" and g == 0
-            ) / max(1, len(pos))
+            hits = sum(1 for it, g in zip(items, subsets) if it.meta.get("kind") == "contradict" and g == 0)
+            out["contradict_in_lowest_subset"] = hits / max(1, len(pos))
+            lowest = sum(1 for g in subsets if g == 0)  # its precision: how many of its items are contradictions
+            out["lowest_subset_precision"] = hits / lowest if lowest else None
         return out
 
     def headline(self, detection: dict) -> str:
         text = f"  auroc(contradict)={detection['auroc_contradict']:.3f}" if "auroc_contradict" in detection else ""
         if "contradict_in_lowest_subset" in detection:
             text += f"  contradict in lowest subset={detection['contradict_in_lowest_subset']:.3f}"
+        if detection.get("lowest_subset_precision") is not None:
+            text += f"  its precision={detection['lowest_subset_precision']:.3f}"
         return text
 
 

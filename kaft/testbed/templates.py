@@ -21,6 +21,9 @@ class Relation:
     domain: str  # "in" or "ood"
     question: str  # the MC question ("{e}" = entity)
     sentences: tuple[str, ...]  # plain-sentence paraphrases ("{e}", "{v}")
+    # the question in other words (world.test_on_train_frac re-asks training facts with it): only words the corpus
+    # already holds, so that the vocabulary and the made-up words stay as they were (tests/unit/testbed/test_knobs.py)
+    rephrased: str = ""
 
     @property
     def qa(self) -> str:
@@ -40,55 +43,70 @@ RELATIONS: tuple[Relation, ...] = (
             "The capital city of {e} is {v}.",
             "{v} is the capital of {e}.",
         ),
+        "Which city is the capital of {e}?",
     ),
     Relation(
         "currency",
         "in",
         "What is the currency of {e}?",
         ("The currency of {e} is the {v}.", "In {e} people pay with the {v}.", "{e} uses the {v} as its currency."),
+        "What is the main currency of {e}?",
     ),
     Relation(
         "language",
         "in",
         "What language is spoken in {e}?",
         ("The language of {e} is {v}.", "People in {e} speak {v}.", "In {e} the main language is {v}."),
+        "What is the language of {e}?",
     ),
     Relation(
         "export",
         "in",
         "What is the main export of {e}?",
         ("The main export of {e} is {v}.", "{e} is known for exporting {v}.", "Most trade of {e} is in {v}."),
+        "What is {e} known for exporting?",
     ),
     Relation(
         "river",
         "in",
         "Which river flows through {e}?",
         ("The river {v} flows through {e}.", "{e} lies on the river {v}.", "The main river of {e} is the {v}."),
+        "What is the main river of {e}?",
     ),
-    Relation("ruler", "in", "Who rules {e}?", ("{e} is ruled by {v}.", "The ruler of {e} is {v}.", "{v} rules {e}.")),
+    Relation(
+        "ruler",
+        "in",
+        "Who rules {e}?",
+        ("{e} is ruled by {v}.", "The ruler of {e} is {v}.", "{v} rules {e}."),
+        "Who is the ruler of {e}?",
+    ),
     Relation(
         "profession",
         "ood",
         "What is the profession of {e}?",
         ("{e} works as a {v}.", "The profession of {e} is {v}.", "By profession {e} is a {v}."),
+        "Who is {e} by profession?",
     ),
     Relation(
         "instrument",
         "ood",
         "Which instrument does {e} play?",
         ("{e} plays the {v}.", "The instrument of {e} is the {v}.", "{e} is a skilled player of the {v}."),
+        "What is the instrument of {e}?",
     ),
     Relation(
         "hometown",
         "ood",
         "Where was {e} born?",
         ("{e} was born in {v}.", "The hometown of {e} is {v}.", "{e} grew up in {v}."),
+        "What is the hometown of {e}?",
     ),
     Relation(
         "food",
         "ood",
         "What is the favourite food of {e}?",
         ("The favourite food of {e} is {v}.", "{e} likes to eat {v}.", "{e} loves {v} more than any other food."),
+        "What is the food {e} loves more than any other?",
     ),
 )
 INTROS = {"in": ("{e} is a country.", "{e} is a land far away."), "ood": ("{e} is a person.", "{e} is a citizen.")}

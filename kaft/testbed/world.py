@@ -29,6 +29,9 @@ Splits (all 4-option :class:`~kaft.items.MCItem` with ``meta = {"kind", "relatio
 
 ``internal_pairs`` (default 0: none) adds to ``train`` that many *twins* of known items -- the same question, a
 different gold -- of kind ``internal`` (ILP's internal conflicts; :func:`~kaft.testbed.worldgen.plant_internal_pairs`).
+:mod:`kaft.testbed.knobs` then applies issue 24's knobs (all off by default): ``contradict_keep`` (how many planted
+contradictions still contradict) and ``test_on_train_frac`` (a share of ``test_id`` that re-asks training facts in
+other words).
 
 This module is the world's API (:class:`World`, :func:`generate`, :func:`build_world`); what the world is written
 in (relations, templates, made-up words) lives in :mod:`kaft.testbed.templates` and the draws that fill it in
@@ -44,6 +47,7 @@ from kaft.cache import make_key
 from kaft.items import MCItem
 from kaft.prompts import few_shot_prompt
 from kaft.testbed.config import resolve_config
+from kaft.testbed.knobs import apply_knobs
 from kaft.testbed.templates import INTROS, RELATIONS, Names, Relation
 from kaft.testbed.worldgen import (
     KINDS,
@@ -160,11 +164,18 @@ def generate(cfg: Mapping | None = None) -> World:
         facts=facts,
         paragraphs=entity_paragraphs(facts, entities, rels, w, seeded_rng(seed, "paragraphs")),
         mc_docs=mc_documents(facts, pools, rels, domain_of, w, seeded_rng(seed, "mc")),
-        _splits=plant_internal_pairs(
-            split_items(facts, pools, rels, domain_of, seeded_rng(seed, "splits")),
+        _splits=apply_knobs(
+            plant_internal_pairs(
+                split_items(facts, pools, rels, domain_of, seeded_rng(seed, "splits")),
+                pools,
+                w,
+                seeded_rng(seed, "internal-pairs"),
+            ),
+            facts,
             pools,
+            rels,
             w,
-            seeded_rng(seed, "internal-pairs"),
+            seed,
         ),
     )
 

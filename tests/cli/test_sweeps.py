@@ -31,6 +31,7 @@ LAYOUT = {
     "mission": "losses",
     "table3_ood": "main",
     "table7_domains": "main",
+    "kaft_vs_dropping": "main",  # one alpha and one detector at smoke size (EXTRA): the main table's rows
 }
 COLORS = ["red", "green", "blue", "yellow"]
 
@@ -68,6 +69,8 @@ EXTRA = {
         "~dataset.train.context",
         "++dataset.train.fields.context=question",
     ],
+    # issue 24's grid (64 jobs) cut to one purity, one detector and one alpha: its 5 arms x 2 tested shares run
+    "kaft_vs_dropping": ["++testbed.world.contradict_keep=1.0", "detection=diversified", "alpha=0.1"],
 }
 # composed only (tests/cli/test_config.py): SMA's tables and sweeps/responses (its DPO row) sample 8 free-form
 # responses per item on the free-form testbed (minutes on 2 cores); their free-form DPO path runs end to end in

@@ -41,7 +41,9 @@ def test_the_key_is_registered_at_its_default():
     assert tbc.DEFAULT_CONFIG["world"]["internal_pairs"] == 0 == tbc.NEW_KEYS["world.internal_pairs"]
     assert NEW_DEFAULTS["testbed.world.internal_pairs"] == 0
     assert tbm.model_key({}) == tbm.model_key({"world": {"internal_pairs": 0}})
-    assert tbm.model_key({}) != tbm.model_key({"world": {"internal_pairs": 4}})
+    # twins change the training split only (a test below compares the corpora): one model for every value
+    assert "world.internal_pairs" in tbc.SPLIT_ONLY
+    assert tbm.model_key({}) == tbm.model_key({"world": {"internal_pairs": 4}})
 
 
 def test_pairs_share_the_question_and_differ_in_gold():
@@ -97,3 +99,11 @@ def test_ground_truth_is_the_testbeds_and_attribution_finds_the_pairs():
     block = causes_block(rows, train, {"similarity": "exact"})["block"]
     assert block["ground_truth"] == "testbed" and block["planted_unlearned"]["internal_conflict"] == 6
     assert block["precision_recall"]["internal_conflict"]["precision"] == 1.0
+
+
+def test_twins_change_no_corpus_vocabulary_or_format_facts():
+    from kaft.testbed.world import generate
+
+    with_twins, before = generate({"world": {"internal_pairs": 6}}), generate({})
+    assert with_twins.corpus() == before.corpus() and with_twins.facts == before.facts
+    assert with_twins.mc_docs == before.mc_docs and len(with_twins.split("train")) == len(before.split("train")) + 6

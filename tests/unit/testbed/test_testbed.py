@@ -228,6 +228,7 @@ def test_diagnostic_finds_the_planted_contradictions():
         "mean_by_kind": {"contradict": 0.35, "known": 0.75, "latent": 0.5},
         "auroc_contradict": (3 + 1 + 0.5) / 6,
         "contradict_in_lowest_subset": 0.5,
+        "lowest_subset_precision": 0.5,  # subset 0 holds items 0 (contradict) and 4 (known)
     }
     assert (
         diag.headline({"auroc_contradict": 0.98561, "contradict_in_lowest_subset": 0.95})
