@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from analysis.dropping_map import AXIS_NAMES, COLS, ROWS, Cell  # noqa: E402
+from analysis.figures import save_figure  # noqa: E402
 
 NAME = "fig_kaft_vs_dropping"
 
@@ -51,8 +52,6 @@ def _panel(ax, grid: Mapping[tuple, Cell], det: str, title: str, lim: float) -> 
 
 def draw(panels: Sequence[tuple[str, Mapping[tuple, Cell]]], out: Path) -> list[Path]:
     """One panel per (comparison, detector); PNG and PDF in ``out``; [] without any interval."""
-    from kaft.outputs import write_file
-
     todo = [(t, g, d) for t, g in panels for d in sorted({c[2] for c in g}) if any(v.interval for v in g.values())]
     if not todo:
         return []
@@ -65,15 +64,4 @@ def draw(panels: Sequence[tuple[str, Mapping[tuple, Cell]]], out: Path) -> list[
     for ax in axes[0][1:]:  # one y label for the row of panels
         ax.set_ylabel("")
     fig.colorbar(im, ax=list(axes[0]), label="points (paired mean over seeds)")
-    paths = [Path(out) / f"{NAME}.{ext}" for ext in ("png", "pdf")]
-    for p in paths:
-        ext = p.suffix[1:]
-        write_file(
-            p,
-            "analysis.figures",
-            lambda tmp, ext=ext: fig.savefig(
-                tmp, format=ext, dpi=150, bbox_inches="tight", metadata={"CreationDate": None} if ext == "pdf" else None
-            ),
-        )
-    plt.close(fig)
-    return paths
+    return save_figure(fig, [Path(out) / f"{NAME}.{ext}" for ext in ("png", "pdf")])

@@ -49,9 +49,13 @@ def _paths(out: Path, fid: str) -> list[Path]:
 
 
 def _save(fig, out: Path, fid: str) -> list[Path]:
+    return save_figure(fig, _paths(Path(out), fid))
+
+
+def save_figure(fig, paths: list[Path]) -> list[Path]:
+    """Write ``fig`` to each of ``paths`` (its format from the suffix) through kaft.outputs, then close it."""
     from kaft.outputs import write_file
 
-    paths = _paths(Path(out), fid)
     for p in paths:
         ext = p.suffix[1:]
         # no creation date in the PDF: re-rendering the same results gives the same file
