@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 
 from kaft import fields as kfields
 from kaft import job as job_mod
-from kaft import losses, modeling
+from kaft import losses, modeling, trainset
 from kaft import stages as S
 from kaft import strategy as strategy_mod
 from kaft.cache import Cache, Hit
@@ -185,7 +185,7 @@ def _after_detect(ctx: S.StageContext, train: list, records: list[dict], dkey: s
             "evaluate": "after train",
         }
     try:
-        tkey = S.stage_train(ctx, sel.items, sel.weights, pairs).key
+        tkey = S.stage_train(ctx, trainset.contextualize(cfg, sel.items), sel.weights, pairs).key  # what _train keys
         st["train"] = "cached"
     except Missing as m:
         st["train"], tkey = "compute", m.key
