@@ -14,28 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
-
-
-def spearman(a, b) -> float:
-    def ranks(x):
-        order = sorted(range(len(x)), key=x.__getitem__)
-        r = [0.0] * len(x)
-        i = 0
-        while i < len(order):
-            j = i
-            while j + 1 < len(order) and x[order[j + 1]] == x[order[i]]:
-                j += 1
-            for k in range(i, j + 1):
-                r[order[k]] = (i + j) / 2
-            i = j + 1
-        return r
-
-    ra, rb = ranks(a), ranks(b)
-    ma, mb = statistics.fmean(ra), statistics.fmean(rb)
-    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
-    return cov / (sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb)) ** 0.5
 
 
 def main(argv=None) -> None:
@@ -49,6 +28,7 @@ def main(argv=None) -> None:
 
     from kaft import detection, modeling
     from kaft.data import load_items
+    from kaft.diagnosis.signals import rank_consistency
     from kaft.results import auroc
     from kaft.testbed.model import build_model
 
@@ -128,7 +108,7 @@ def main(argv=None) -> None:
     )
     print(f"{'detector':<42} {'wall s':>8} {'vs sample':>10} {'ρ vs ref':>9} {'AUROC':>7} {'unparsed':>9}")
     for r in [ref, *rows]:
-        rho = spearman(r["scores"], ref["scores"]) if r is not ref else 1.0
+        rho = rank_consistency(r["scores"], ref["scores"]) if r is not ref else 1.0  # Spearman's rho
         print(
             f"{r['label']:<42} {r['seconds']:>8.2f} {sample_s / r['seconds']:>9.1f}x {rho:>9.3f} "
             f"{r['auroc']:>7.3f} {r['unparsed']:>9d}"

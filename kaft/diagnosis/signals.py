@@ -59,17 +59,9 @@ def js_divergence(p: Sequence[float], q: Sequence[float]) -> float:
 
 def ranks(values: Sequence[float]) -> list[float]:
     """Rank of each value, 1 = largest, ties sharing their average rank."""
-    order = sorted(range(len(values)), key=lambda i: -values[i])
-    out = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            out[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return out
+    from scipy.stats import rankdata  # lazy: only the diagnosis ranks
+
+    return [float(r) for r in rankdata([-v for v in values])]
 
 
 def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
