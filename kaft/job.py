@@ -47,7 +47,7 @@ class Job:
     subsets: list = field(default_factory=list)
     names: list = field(default_factory=list)
     train_target: dict | None = None  # results.json's train_target (None: nothing trained)
-    tuned: Any = None  # the tuned peft model once a stage loaded it (kaft.job._tuned_model)
+    tuned: tuple | None = None  # (tuned model, tokenizer) once a stage loaded them (kaft.job._tuned_model)
 
     def hit(self, stage: str, result: S.StageResult) -> Any:
         """Record a stage's cache hit (unless it had nothing to compute) and return its value."""
@@ -201,31 +201,34 @@ def _train(job: Job, sel: strategy_mod.Selection) -> S.Trained | None:
 
 
 def _tuned_model(job: Job, trained: S.Trained):
-    """``get()`` of the tuned model and tokenizer: the one trained in this process, else its cached adapter loaded
-    once onto the base model (kept on the job: evaluation and diagnosis share it; a second load would wrap the
-    already wrapped base model); under ``train=full`` the saved model with its tokenizer (kaft.train.full)."""
+    """``get()`` of the tuned model and tokenizer, loaded once and kept on the job (evaluation and diagnosis share
+    it; a second adapter load would wrap the already wrapped base model)."""
 
     def get():
-        if job.cfg.train.get("finetune") == "full":  # the saved model and its tokenizer, no adapter on the base
-            if job.tuned is None:
-                from kaft.train.full import tuned_pair  # lazy: kaft.train imports torch
-
-                model_cfg, device = S.plain(job.cfg.model), job.cfg.get("device")
-                job.tuned = tuned_pair(trained.model, model_cfg, trained.adapter_dir, device)
-            return job.tuned
         if job.tuned is None:
-            job.tuned = trained.model
-        if job.tuned is None:
-            from peft import PeftModel  # lazy: only a cached adapter with an uncached stage needs peft
-
-            from kaft.train.config import peft_wrap  # lazy: kaft.train imports torch
-
-            with peft_wrap():
-                job.tuned = PeftModel.from_pretrained(job.ctx.model.get()[0], str(trained.adapter_dir))
-            job.tuned.eval()
-        return job.tuned, job.ctx.model.get()[1]
+            job.tuned = _load_tuned(job, trained)
+        return job.tuned
 
     return get
+
+
+def _load_tuned(job: Job, trained: S.Trained) -> tuple[Any, Any]:
+    """The model trained in this process, else its cached adapter loaded onto the base model; under ``train=full``
+    the saved model with its tokenizer (kaft.train.full), no adapter on the base."""
+    if job.cfg.train.get("finetune") == "full":
+        from kaft.train.full import tuned_pair  # lazy: kaft.train imports torch
+
+        return tuned_pair(trained.model, S.plain(job.cfg.model), trained.adapter_dir, job.cfg.get("device"))
+    model = trained.model
+    if model is None:
+        from peft import PeftModel  # lazy: only a cached adapter with an uncached stage needs peft
+
+        from kaft.train.config import peft_wrap  # lazy: kaft.train imports torch
+
+        with peft_wrap():
+            model = PeftModel.from_pretrained(job.ctx.model.get()[0], str(trained.adapter_dir))
+        model.eval()
+    return model, job.ctx.model.get()[1]
 
 
 def _evaluate(job: Job, trained: S.Trained | None, base: dict | None, run_dir: Path) -> dict:
