@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
+from kaft.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class MCItem:
@@ -70,6 +72,17 @@ class FreeFormItem:
     def references(self) -> tuple[str, ...]:
         """Every answer a verifier accepts: the reference and its aliases."""
         return (self.answer, *self.aliases)
+
+
+def require_meta(items, name: str, *, needed_by: str, fix: str) -> None:
+    """One ``ConfigError`` line when some items lack ``meta[name]`` (a mapped column such as a context or a
+    response), naming how many, the first, and the setting that provides it: the one check behind every setting
+    that reads a per-item field, before any model loads."""
+    missing = [it.id for it in items if not (it.meta or {}).get(name)]
+    if missing:
+        raise ConfigError(
+            f"{needed_by}, but {len(missing)} of {len(items)} items have no {name} (first: {missing[0]!r}); {fix}"
+        )
 
 
 def is_freeform(items) -> bool:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from kaft.errors import ConfigError
-from kaft.items import FreeFormItem, MCItem, is_freeform
+from kaft.items import FreeFormItem, MCItem, is_freeform, require_meta
 from kaft.prompts import (
     DEFAULT_INSTRUCTION,
     FREEFORM_INSTRUCTION,
@@ -44,13 +44,12 @@ def resolve(kind: str | None, items: Sequence) -> str:
             f"train.target={kind} needs multiple-choice items; free-form items train on train.target=response"
         )
     if kind == "response" and not free:
-        missing = [it.id for it in items if not (it.meta or {}).get("response")]
-        if missing:
-            raise ConfigError(
-                f"train.target=response: {len(missing)} multiple-choice items have no response (first: "
-                f"{missing[0]!r}); map a response / explanation column with dataset.train.fields.response, or use "
-                "train.target=letter"
-            )
+        require_meta(
+            items,
+            "response",
+            needed_by="train.target=response trains on each multiple-choice item's response",
+            fix="map a response / explanation column with dataset.train.fields.response, or use train.target=letter",
+        )
     return kind
 
 

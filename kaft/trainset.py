@@ -19,7 +19,7 @@ from kaft import data as data_mod
 from kaft import targets
 from kaft.detection import DETECTORS
 from kaft.errors import ConfigError
-from kaft.items import is_freeform
+from kaft.items import is_freeform, require_meta
 
 
 def check_train_format(cfg: Any) -> None:
@@ -80,13 +80,13 @@ def check_context(cfg: Any, train: Sequence) -> None:
     how to provide it, before any model loads."""
     if not cfg["train"].get("context", False):
         return
-    missing = [it.id for it in train if not (it.meta or {}).get("context")]
-    if missing:
-        raise ConfigError(
-            f"train.context=true prepends each training item's context, but {len(missing)} of {len(train)} items "
-            f"have none (first: {missing[0]!r}); map a knowledge / evidence column with "
-            "dataset.train.fields.context=<column> (on the testbed: ++dataset.train.context=evidence)"
-        )
+    require_meta(
+        train,
+        "context",
+        needed_by="train.context=true prepends each training item's context",
+        fix="map a knowledge / evidence column with dataset.train.fields.context=<column> (on the testbed: "
+        "++dataset.train.context=evidence)",
+    )
 
 
 CONTEXT_SEPARATOR = " "  # the testbed tokenizer has no newline token; a space keeps every word a known one

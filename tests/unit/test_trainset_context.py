@@ -38,7 +38,7 @@ def test_context_off_keeps_every_key_and_on_trains_another_adapter(tmp_path):
 
 def test_a_context_run_without_contexts_stops_with_one_line():
     trainset.check_context(_cfg([]), MC)  # off: nothing needed
-    with pytest.raises(ConfigError, match=r"4 of 4 items have none \(first: 'i0'\).*fields.context=<column>"):
+    with pytest.raises(ConfigError, match=r"4 of 4 items have no context \(first: 'i0'\).*fields.context=<column>"):
         trainset.check_context(_cfg(["train.context=true"]), MC)
     trainset.check_context(_cfg(["train.context=true"]), _with_context(MC))
 
