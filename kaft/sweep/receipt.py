@@ -140,13 +140,13 @@ def _intact(rec: dict) -> bool:
     return all(_digest(Path(p)) == d for p, d in rec["results"].items())
 
 
-def serve(argv: list[str]) -> None:
+def serve(argv: list[str], root: Path = ROOT) -> None:
     """Exit with the finished sweep's status and its printed summary when a receipt vouches for it; return (and
     remember the key for :func:`write`) to let the normal path run."""
     if not eligible(argv):
         return
     try:
-        STATE.update(key=key(argv), start_ns=time.time_ns())
+        STATE.update(key=key(argv, root), start_ns=time.time_ns())
         path = receipts_dir() / f"{STATE['key']}.json"
         rec = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
         if not rec or rec.get("version") != VERSION or rec.get("key") != STATE["key"] or not _intact(rec):
