@@ -4,21 +4,27 @@ it, and user errors end in one ``kaft: error: ...`` line.
 
 from __future__ import annotations
 
-import logging
-import math
 import sys
-from pathlib import Path
 
-import hydra
-from omegaconf import DictConfig
+from kaft.sweep import receipt
 
-import kaft.resolvers  # noqa: F401  (the resolvers conf/ uses)
-from kaft import identity, interrupt
-from kaft import job as job_mod
-from kaft.errors import KaftError
-from kaft.sweep import status as status_mod
-from kaft.sweep.status import hydra_errors_as_one_line
-from kaft.sweep.summary import LAST_SWEEP
+if __name__ == "__main__":  # a finished sweep's re-run is answered from its receipt before Hydra is even imported
+    receipt.serve(sys.argv)
+
+import logging  # noqa: E402
+import math  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+import kaft.resolvers  # noqa: E402, F401  (the resolvers conf/ uses)
+from kaft import identity, interrupt  # noqa: E402
+from kaft import job as job_mod  # noqa: E402
+from kaft.errors import KaftError  # noqa: E402
+from kaft.sweep import status as status_mod  # noqa: E402
+from kaft.sweep.status import hydra_errors_as_one_line  # noqa: E402
+from kaft.sweep.summary import LAST_SWEEP  # noqa: E402
 
 log = logging.getLogger("kaft")
 
@@ -98,6 +104,9 @@ def main() -> None:
         _end_progress_bars()
         print(interrupt.line(e), file=sys.stderr)
         sys.exit(interrupt.EXIT_CODE)
+    finally:
+        printed = receipt.stop_capture()
+    receipt.write(LAST_SWEEP["sweep_dir"], printed, timeless=LAST_SWEEP["timeless"], failed=LAST_SWEEP["failed"])
     if LAST_SWEEP["failed"]:
         sys.exit(1)
 

@@ -24,6 +24,7 @@ from hydra.experimental.callback import Callback
 from kaft.errors import KaftError
 from kaft.outputs import write_text
 from kaft.results import ERROR_FILE, SUMMARY_CSV, SUMMARY_MD, error_last_line, hydra_job, job_dirs, load_results
+from kaft.sweep import receipt
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +221,18 @@ def format_failures(rows: Sequence[dict]) -> str:
 
 
 # the number of failed jobs of the last sweep summarised in this process: ``python -m kaft.run -m`` exits 1 if > 0
-LAST_SWEEP: dict[str, Any] = {"failed": 0, "sweep_dir": None}
+LAST_SWEEP: dict[str, Any] = {"failed": 0, "sweep_dir": None, "timeless": False}
+
+
+def _timeless(config) -> bool:
+    """Whether the sweep's config holds no ``${now:...}``: a sweep dir named by the time is another sweep when run
+    again, so no receipt may vouch for it (kaft/sweep/receipt.py)."""
+    from omegaconf import OmegaConf
+
+    try:
+        return "now:" not in OmegaConf.to_yaml(config, resolve=False)
+    except Exception:  # noqa: BLE001 - in doubt, no receipt
+        return False
 
 
 class SummaryCallback(Callback):
@@ -231,8 +243,9 @@ class SummaryCallback(Callback):
         self.print_table = print_table
 
     def on_multirun_end(self, config, **kwargs: Any) -> None:
+        receipt.start_capture()  # the first sweep-end callback: what the sweep's end prints, a receipt replays
         failed = self._summarize(config)
-        LAST_SWEEP.update(failed=failed, sweep_dir=str(config.hydra.sweep.dir))
+        LAST_SWEEP.update(failed=failed, sweep_dir=str(config.hydra.sweep.dir), timeless=_timeless(config))
         if failed:
             print(
                 f"kaft: {failed} job(s) of the sweep failed (error.txt in their run dirs; "
