@@ -23,7 +23,7 @@ the gradients are averaged. kaft adds what a whole *job* needs around that:
   leaves :data:`FAILED` in the run dir, so that the followers waiting for its artifacts stop with its error
   instead of waiting until the time limit (an srun task that ends does not end the others);
 - under submitit, a rank > 0 writes no ``.hydra/`` and logs into ``run.rank<N>.log``
-  (kaft/sweep/submitit_ranks.py), so the N tasks of a job leave one run dir as one job does.
+  (hydra_plugins/kaft_submitit/__init__.py), so the N tasks of a job leave one run dir as one job does.
 
 Everything but :func:`active` imports torch lazily: a config check costs no torch import.
 """

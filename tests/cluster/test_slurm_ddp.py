@@ -7,7 +7,7 @@ global batch is the whole training set (12 items: 1 process x 12 vs 2 ranks x 6)
 in both runs; the loss is a per-micro-batch mean and DDP averages the ranks' gradients, so only the float32
 summation order differs (LoRA dropout off: its masks are random per rank). The test allows 1e-5 on the adapter
 weights (magnitude ~0.1) and wants the same metrics. Also: one results.json (rank 0's, every stage built by it),
-one artifact per stage, one ``.hydra/`` (rank 1 writes none, kaft/sweep/submitit_ranks.py) and rank 1's log
+one artifact per stage, one ``.hydra/`` (rank 1 writes none, hydra_plugins/kaft_submitit/__init__.py) and rank 1's log
 apart, two task results in submitit's folder, and ``kaft.sweep.status`` counting the two tasks as one done job.
 """
 

@@ -1,7 +1,7 @@
 """A submitit job's tasks as torch.distributed ranks, without a cluster: fake SLURM variables in, torch.distributed's
 ``env://`` variables out (kaft/train/distributed.py ``launcher_env``, through submitit's own
 ``TorchDistributedEnvironment``); the launcher check before a sweep is submitted; a rank > 0's Hydra overrides
-(kaft/sweep/submitit_ranks.py); a follower that stops when rank 0 failed; ``kaft.sweep.status`` reading a job's
+(hydra_plugins/kaft_submitit/__init__.py); a follower that stops when rank 0 failed; ``kaft.sweep.status`` reading a job's
 two task results as one job."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import types
 
 import pytest
 
+from hydra_plugins.kaft_submitit import rank_overrides
 from kaft.cache import Cache
 from kaft.sweep import status as status_mod
-from kaft.sweep.submitit_ranks import rank_overrides
 from kaft.train import TrainError
 from kaft.train import distributed as dist_mod
 

@@ -8,7 +8,8 @@ empty file) and log into the same ``run.log``. Here a task of rank > 0 (``SLURM_
 ``JobEnvironment``) runs the same job with two Hydra overrides: ``hydra.output_subdir=null`` (Hydra writes no
 ``.hydra/``) and its job log in ``run.rank<N>.log``. Both are ``hydra.*`` overrides, so the job's config, its
 run dir (derived from the task overrides) and its identity are rank 0's. Results: only rank 0 writes results.json
-(kaft/train/distributed.py). ``conf/hydra/launcher/slurm.yaml`` names :class:`SlurmLauncher`.
+(kaft/train/distributed.py). ``conf/hydra/launcher/slurm.yaml`` names :class:`SlurmLauncher`; it lives in the
+``hydra_plugins`` package because Hydra instantiates launchers from there only.
 """
 
 from __future__ import annotations
