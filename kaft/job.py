@@ -368,8 +368,7 @@ def run(cfg: DictConfig) -> dict:
     except KeyboardInterrupt:
         raise interrupt.record(run_dir, job, info) from None
     except Exception as e:  # rank 0 of several: the followers waiting for its artifacts stop too
-        distributed.failed(run_dir, f"{type(e).__name__}: {e}".splitlines()[0])
-        raise
+        raise distributed.failed(run_dir, e)  # noqa: B904 - e itself, re-raised
     distributed.finish()
     return results
 
@@ -396,8 +395,7 @@ def _execute(job: Job, info: dict, run_dir: Path) -> dict:
 
 
 def writes_outputs() -> bool:
-    """Whether this process writes results.json and the logger's run: the only process, or rank 0 of torchrun's or
-    of a submitit job's tasks."""
+    """Whether this process writes results.json and the logger's run: the only process, or rank 0 of several."""
     from kaft.train.distributed import is_main
 
     return is_main()

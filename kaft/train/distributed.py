@@ -161,10 +161,12 @@ def check_launch(train_cfg: Mapping, launcher_cfg: Mapping | None) -> None:
         )
 
 
-def failed(run_dir: str | os.PathLike, line: str) -> None:
-    """Rank 0 of a distributed job failed: leave its error line for the followers (:class:`FollowerCache`)."""
+def failed(run_dir: str | os.PathLike, error: BaseException) -> BaseException:
+    """A job failed with ``error``: on rank 0 of several, leave its line for the followers (:class:`FollowerCache`);
+    returns ``error`` to raise."""
     if active() and is_main():
-        (Path(run_dir) / FAILED).write_text(line + "\n")
+        (Path(run_dir) / FAILED).write_text((f"{type(error).__name__}: {error}".splitlines() or [""])[0] + "\n")
+    return error
 
 
 class FollowerCache:
