@@ -122,3 +122,15 @@ def test_status_reads_the_tasks_of_one_job_as_one(tmp_path):
     assert list(jobs) == [0] and jobs[0]["finished"] and jobs[0]["error"] is None
     (sub / "77_1_result.pkl").write_bytes(pickle.dumps(("error", "Traceback ...\nRuntimeError: peer gone")))
     assert status_mod._submitit_jobs(tmp_path)[0]["error"] == "RuntimeError: peer gone"
+
+
+def test_rank_0_leaves_its_error_line_only_when_distributed(tmp_path, monkeypatch):
+    err = ValueError("bad rows\nsecond line")
+    assert dist_mod.failed(tmp_path, err) is err and not (tmp_path / dist_mod.FAILED).exists()  # one process
+    monkeypatch.setattr(dist_mod, "active", lambda: True)
+    monkeypatch.setattr(dist_mod, "is_main", lambda: False)
+    dist_mod.failed(tmp_path, err)
+    assert not (tmp_path / dist_mod.FAILED).exists()  # a follower: rank 0 records the job
+    monkeypatch.setattr(dist_mod, "is_main", lambda: True)
+    dist_mod.failed(tmp_path, err)
+    assert (tmp_path / dist_mod.FAILED).read_text() == "ValueError: bad rows\n"
