@@ -361,12 +361,14 @@ def run(cfg: DictConfig) -> dict:
         return done
     from kaft.train import distributed  # torch is imported only under train.distributed=ddp
 
-    distributed.setup(S.plain(cfg.train))  # torchrun's ranks: torch.distributed before any stage
-    job = Job(cfg, distributed.job_cache(Cache(cfg.cache_dir)))  # ranks > 0 read what rank 0 builds
+    distributed.setup(S.plain(cfg.train), run_dir)  # torchrun's / submitit's ranks: before any stage
+    job = Job(cfg, distributed.job_cache(Cache(cfg.cache_dir), run_dir))  # ranks > 0 read what rank 0 builds
     try:
         results = _execute(job, info, run_dir)
     except KeyboardInterrupt:
         raise interrupt.record(run_dir, job, info) from None
+    except Exception as e:  # rank 0 of several: the followers waiting for its artifacts stop too
+        raise distributed.failed(run_dir, e)  # noqa: B904 - e itself, re-raised
     distributed.finish()
     return results
 
@@ -386,14 +388,14 @@ def _execute(job: Job, info: dict, run_dir: Path) -> dict:
     results = _results(job, info, sel, metrics, base, fine, detection)
     if diagnosis is not None:  # only with diagnosis.enabled=true: a default job's results.json is as before
         results["diagnosis"] = diagnosis
-    if _writes_outputs():
+    if writes_outputs():
         _track(job, info, results, run_dir)  # one rank writes results.json and the logger's run
     print_results(results)
     return results
 
 
-def _writes_outputs() -> bool:
-    """Whether this process writes results.json and the logger's run: the only process, or rank 0 of torchrun's."""
+def writes_outputs() -> bool:
+    """Whether this process writes results.json and the logger's run: the only process, or rank 0 of several."""
     from kaft.train.distributed import is_main
 
     return is_main()

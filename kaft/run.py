@@ -49,6 +49,8 @@ def _main(cfg: DictConfig) -> float:
         print(f"kaft: error: {msg}", file=sys.stderr)
         if not multirun or isinstance(e, identity.RerunError):  # never record a failure over another run's results
             sys.exit(2)
+        if not job_mod.writes_outputs():  # a rank > 0 of a submitit job's tasks: rank 0 records the job
+            return math.nan
         job = job_mod.job_info()
         status_mod.record_failure(job["run_dir"], e, job, cfg)
         return math.nan
@@ -56,6 +58,8 @@ def _main(cfg: DictConfig) -> float:
         if not multirun:
             raise
         log.exception("job failed: %s", e)
+        if not job_mod.writes_outputs():  # rank 0 records the job (and fails too: a collective loses this rank)
+            return math.nan
         job = job_mod.job_info()
         line = status_mod.record_failure(job["run_dir"], e, job, cfg)
         _end_progress_bars()

@@ -131,6 +131,10 @@ def job_problems(cfg: DictConfig, multirun: bool) -> tuple[str | None, str | Non
             rdir = run_dir(cfg, multirun)
             task = task_config(cfg)
             check_job_config(task)
+            if multirun:  # a submitit launcher's tasks per job against train.distributed (issue 23)
+                from kaft.train.distributed import check_launch
+
+                check_launch(task.train, OmegaConf.select(cfg, "hydra.launcher"))
             part = identity.config_part(task, cfg.hydra.runtime.choices.get("method"))
     except CONFIG_ERRORS as e:
         return one_line(e), None, None

@@ -250,13 +250,15 @@ def _submitit_jobs(sweep_dir: Path) -> dict[int, dict]:
             info = {"job_id": stem, "started": False, "error": None, "finished": False}
             logs = sorted(sub.glob(f"{stem}_*_log.*"))
             info["started"] = any(p.stat().st_size > 0 or p.suffix == ".out" for p in logs)
-            result = next(iter(sorted(sub.glob(f"{stem}_*_result.pkl"))), None)
-            if result is not None:
-                info["finished"] = True
+            # one result per task: a job of several tasks (tasks_per_node, one rank each) is one job, finished
+            # once a task's result is there, failed if any task failed
+            results = sorted(sub.glob(f"{stem}_*_result.pkl"))
+            info["finished"] = bool(results)
+            for result in results:
                 try:
                     with result.open("rb") as fh:
                         outcome, value = pickle.load(fh)
-                    if outcome != "success":
+                    if outcome != "success" and info["error"] is None:
                         info["error"] = _last_line(str(value))
                 except Exception:  # noqa: BLE001
                     pass

@@ -124,8 +124,10 @@ class TrainSettings:
     distributed: str = fields.choice(
         "none",
         ("none", "ddp"),
-        hint=" (ddp: launch with torchrun --nproc-per-node N -m kaft.run; kaft/train/distributed.py)",
-        help="one process, or DDP over torchrun's ranks (global batch = batch_size x grad_accum x ranks)",
+        hint=" (ddp: torchrun --nproc-per-node N -m kaft.run, or hydra.launcher.tasks_per_node=N on SLURM;"
+        " kaft/train/distributed.py)",
+        help="one process, or DDP over torchrun's ranks or a submitit job's tasks (global batch = batch_size x"
+        " grad_accum x ranks)",
     )
     reference: str = fields.choice(
         "auto",

@@ -6,7 +6,7 @@ one this module started earlier and left running) or else starts one on this mac
 1. installs Debian's ``slurmctld slurmd munge slurm-client`` with apt-get if they are missing (root only; the test
    is skipped with the reason when that is not possible);
 2. writes a ``slurm.conf`` under ``$KAFT_SLURM_DIR`` (default ``/tmp/kaft-slurm``): one node ``localhost`` with
-   this machine's CPUs and 80 % of its memory, partition ``debug``, no accounting, no cgroups, private ports;
+   this machine's CPUs (at least 2) and 80 % of its memory, partition ``debug``, no accounting, no cgroups, private ports;
 3. starts ``munged`` as the munge user (creating ``/run/munge`` and a key if missing), ``slurmctld`` and
    ``slurmd -N localhost`` (no systemd needed), and waits until ``sinfo`` shows the node idle;
 4. exports ``SLURM_CONF`` so that sbatch / squeue (and submitit) in this process and its children find it;
@@ -75,7 +75,9 @@ def _mem_mb() -> int:
 
 
 def write_conf(root: Path) -> Path:
-    cpus = len(os.sched_getaffinity(0))
+    # at least 2 CPUs, so that a job of tasks_per_node=2 (cpus_per_task=1, test_slurm_ddp.py) fits the node even on a
+    # 1-CPU machine: config_overrides makes slurmd take these numbers instead of the hardware's (the tasks share)
+    cpus = max(len(os.sched_getaffinity(0)), 2)
     for d in ("state", "spool", "log"):
         (root / d).mkdir(parents=True, exist_ok=True)
     conf = root / "slurm.conf"
@@ -103,6 +105,7 @@ SelectTypeParameters=CR_CPU_Memory
 SchedulerType=sched/backfill
 MpiDefault=none
 ReturnToService=2
+SlurmdParameters=config_overrides
 SlurmctldTimeout=30
 SlurmdTimeout=30
 InactiveLimit=0
