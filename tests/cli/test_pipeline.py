@@ -69,12 +69,14 @@ def test_pipeline_runs_caches_and_logs(setup):
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["basic", "submitit_local"])
 def test_two_by_two_multirun_shares_detection(setup, launcher):
-    """The mission command's shape (-m loss=kaft,eaft alpha=0.1,0.5) on both launchers: 4 jobs, one detection."""
+    """The mission command's shape (-m loss=kaft,eaft alpha=0.1,0.5) on both launchers: 4 jobs, one detection.
+    On the basic launcher it comes from sweeps/mission.yaml (+sweeps=mission: the same four jobs, so this is also
+    that file's run of tests/cli/test_sweeps.py, which leaves it out): its paper table is the losses layout."""
     sweep = f"sweep_{launcher}"
+    grid = ["+sweeps=mission"] if launcher == "basic" else ["loss=kaft,eaft", "alpha=0.1,0.5"]
     args = [
         "-m",
-        "loss=kaft,eaft",
-        "alpha=0.1,0.5",
+        *grid,
         f"hydra/launcher={launcher}",
         f"hydra.sweep.dir={sweep}",
         "logger=wandb",
@@ -105,6 +107,8 @@ def test_two_by_two_multirun_shares_detection(setup, launcher):
     assert len([r for r in runs if r.parent.parent != setup / sweep]) == 4  # one W&B run per job
     assert len(list((setup / sweep / "wandb").glob("offline-run-*"))) == 1  # and one for the sweep's paper table
     assert "logged to W&B as table_losses" in out.stdout
+    table = (setup / sweep / "paper_table.md").read_text()  # the sweep-end callback's table, one row per job
+    assert (setup / sweep / "summary.md").exists() and "losses layout" in out.stdout and table.count("\n| ") >= 5
 
 
 @pytest.mark.slow

@@ -53,6 +53,33 @@ def train_cfg(**over):
     return cfg
 
 
+#: the DPO loss of the training tests: dataset_self pairs from the detection's sampled answers, unweighted
+DPO = {
+    "name": "dpo",
+    "dpo_beta": 0.5,
+    "pairs": "dataset_self",
+    "pair_source": "detection",
+    "max_pairs": 8,
+    "weight_by_subset": False,
+    "alpha": 0.1,
+    "beta": 0.5,
+    "rewards": None,
+}
+
+
+def preference_answers(items=ITEMS) -> list[list[int]]:
+    """Per item three sampled answers that are not D (A where D is gold) and one right one: a learnable preference."""
+    return [[3 if it.answer != 3 else 0] * 3 + [it.answer] for it in items]
+
+
+def sampled_records(items, answers_by_item) -> list[dict]:
+    """Detection records holding ``answers_by_item`` as each item's sampled answers (one order, score 0)."""
+    return [
+        {"id": it.id, "score": 0.0, "gold": it.answer, "orders": [[0, 1, 2, 3]], "answers": [ans]}
+        for it, ans in zip(items, answers_by_item)
+    ]
+
+
 def spec(loss: dict, cfg: dict, seed: int) -> train.TrainSpec:
     """The :class:`kaft.train.TrainSpec` of a test run (domain "general", no instruction)."""
     return train.TrainSpec(loss=loss, train=cfg, seed=seed, domain="general")

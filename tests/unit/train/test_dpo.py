@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from helpers.train import ITEMS, lora_state, make_model, spec, train_cfg
+from helpers.train import DPO, ITEMS, lora_state, make_model, preference_answers, sampled_records, spec, train_cfg
 
 from kaft import losses, train
 
@@ -19,13 +19,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------------------------- dpo
-def _records(items, answers_by_item):
-    return [
-        {"id": it.id, "score": 0.0, "gold": it.answer, "orders": [[0, 1, 2, 3]], "answers": [ans]}
-        for it, ans in zip(items, answers_by_item)
-    ]
-
-
 def _peft_with_random_adapter(tok, seed=0):
     from peft import get_peft_model
 
@@ -45,7 +38,7 @@ def _pairs(n=3):
 
     # item i answered wrong with option (gold + 1) % 4 twice and (gold + 2) % 4 once
     answers = [[(it.answer + 1) % 4, (it.answer + 1) % 4, (it.answer + 2) % 4, it.answer] for it in ITEMS[:n]]
-    return build_pairs(ITEMS[:n], _records(ITEMS[:n], answers), "dataset_self", 8, seed=0, domain="general")
+    return build_pairs(ITEMS[:n], sampled_records(ITEMS[:n], answers), "dataset_self", 8, seed=0, domain="general")
 
 
 def test_dpo_batch_loss_equals_closed_form_and_shared_rows_change_nothing(tok):
@@ -112,20 +105,10 @@ def test_train_lora_dpo_changes_adapter_and_prefers_chosen(tok, tmp_path):
 
     base = make_model(len(tok))
     untouched = copy.deepcopy(base)
-    answers = [[3 if it.answer != 3 else 0] * 3 + [it.answer] for it in ITEMS]  # a learnable preference: not D
+    answers = preference_answers()  # a learnable preference: not D
     answers[5] = [ITEMS[5].answer] * 4  # always right: no pair
-    records = _records(ITEMS, answers)
-    cfg = {
-        "name": "dpo",
-        "dpo_beta": 0.5,
-        "pairs": "dataset_self",
-        "pair_source": "detection",
-        "max_pairs": 8,
-        "weight_by_subset": False,
-        "alpha": 0.1,
-        "beta": 0.5,
-        "rewards": None,
-    }
+    records = sampled_records(ITEMS, answers)
+    cfg = dict(DPO)
     out = tmp_path / "dpo"
     model = train.train_lora(
         base, tok, ITEMS, [1.0] * 8, spec(cfg, train_cfg(epochs=10, lr=5e-2), 0), out, records=records
@@ -166,7 +149,7 @@ def test_train_lora_dpo_needs_records_with_wrong_samples(tok, tmp_path):
     ]
     with pytest.raises(ValueError, match="no record has any.*estimator=sample"):
         train.train_lora(base, tok, ITEMS, [1.0] * 8, spec(cfg, train_cfg(), 0), tmp_path, records=exact)
-    right = _records(ITEMS, [[it.answer] * 3 for it in ITEMS])
+    right = sampled_records(ITEMS, [[it.answer] * 3 for it in ITEMS])
     with pytest.raises(ValueError, match="no item has both a chosen and a wrong sampled answer"):
         train.train_lora(base, tok, ITEMS, [1.0] * 8, spec(cfg, train_cfg(), 0), tmp_path, records=right)
     # other losses ignore records

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from helpers.train import ITEMS, make_model, spec, train_cfg
+from helpers.train import DPO, ITEMS, make_model, preference_answers, sampled_records, spec, train_cfg
 
 from kaft import train
 from kaft.train import full as full_ft
@@ -17,17 +17,6 @@ pytest.importorskip("peft")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-DPO = {
-    "name": "dpo",
-    "dpo_beta": 0.5,
-    "pairs": "dataset_self",
-    "pair_source": "detection",
-    "max_pairs": 8,
-    "weight_by_subset": False,
-    "alpha": 0.1,
-    "beta": 0.5,
-    "rewards": None,
-}
 LOSSES = {
     "constant": {"name": "constant"},
     "kaft": {"name": "kaft", "alpha": 0.5, "beta": 0.5},
@@ -43,11 +32,7 @@ def full_cfg(**over):
 
 
 def _records():
-    answers = [[3 if it.answer != 3 else 0] * 3 + [it.answer] for it in ITEMS]  # a learnable preference: not D
-    return [
-        {"id": it.id, "score": 0.0, "gold": it.answer, "orders": [[0, 1, 2, 3]], "answers": [a]}
-        for it, a in zip(ITEMS, answers)
-    ]
+    return sampled_records(ITEMS, preference_answers())
 
 
 def _state(model) -> dict[str, torch.Tensor]:
