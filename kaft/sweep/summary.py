@@ -225,12 +225,16 @@ LAST_SWEEP: dict[str, Any] = {"failed": 0, "sweep_dir": None, "timeless": False}
 
 
 def _timeless(config) -> bool:
-    """Whether the sweep's config holds no ``${now:...}``: a sweep dir named by the time is another sweep when run
-    again, so no receipt may vouch for it (kaft/sweep/receipt.py)."""
+    """Whether the same command would run the same jobs again, so that a receipt may vouch for it
+    (kaft/sweep/receipt.py): the config holds no ``${now:...}`` (a sweep dir named by the time is another sweep when
+    run again) and the sweeper is Hydra's basic one (a search sweeper such as Optuna picks its next trials from what
+    it saw, so its jobs are not a function of the command line)."""
     from omegaconf import OmegaConf
 
     try:
-        return "now:" not in OmegaConf.to_yaml(config, resolve=False)
+        sweeper = str(OmegaConf.select(config, "hydra.sweeper._target_", default=""))
+        basic = sweeper.endswith(".BasicSweeper")
+        return basic and "now:" not in OmegaConf.to_yaml(config, resolve=False)
     except Exception:  # noqa: BLE001 - in doubt, no receipt
         return False
 

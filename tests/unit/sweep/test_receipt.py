@@ -173,3 +173,22 @@ def test_the_served_rerun_imports_neither_hydra_nor_torch(tmp_path):
         assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.startswith("TABLE\n") and "heavy: []" in out.stdout, out.stdout + out.stderr
     assert "served from the sweep receipt" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("sweeper", "dir_name", "vouchable"),
+    [
+        ("hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "multirun/s", True),
+        ("hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "multirun/${now:%H-%M-%S}", False),
+        ("hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper", "multirun/s", False),
+    ],
+)
+def test_only_a_basic_sweepers_timeless_sweep_gets_a_receipt(sweeper, dir_name, vouchable):
+    """A search sweeper (Optuna) picks its trials from what it saw, and a dir named by the time is a new sweep:
+    neither is the same jobs again, so neither may be answered from a receipt."""
+    from omegaconf import OmegaConf
+
+    from kaft.sweep.summary import _timeless
+
+    cfg = OmegaConf.create({"hydra": {"sweeper": {"_target_": sweeper}, "sweep": {"dir": dir_name}}})
+    assert _timeless(cfg) is vouchable
