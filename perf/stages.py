@@ -144,6 +144,11 @@ def med(xs) -> float:
     return statistics.median(xs)
 
 
+def _ratio_text(r: float) -> str:
+    """``0.42x``; a ratio below 0.01 (a served re-run) keeps two significant digits (``4.7e-03x``), not ``0.00x``."""
+    return f"{r:.2f}x" if r >= 0.01 or r <= 0 else f"{r:.1e}x"
+
+
 def ratio_median(num: list[float], den: list[float]) -> float:
     """Median over rounds of num[i] / den[i] (both lists in round order)."""
     return statistics.median(a / b for a, b in zip(num, den))
@@ -965,7 +970,7 @@ def print_table(rows: list[Row]) -> None:
             r["what"],
             fmt(r["value"]),
             fmt(r["reference"]),
-            "" if r["ratio"] is None else f"{r['ratio']:.2f}x",
+            "" if r["ratio"] is None else _ratio_text(r["ratio"]),
             r["target"],
             r["status"],
         ]

@@ -167,7 +167,17 @@ def test_ctrl_c_marks_the_job_interrupted_and_a_rerun_resumes(root):
     checkpoint: one line, exit 130, results.json interrupted, shown so; the same command resumes the training."""
     cache, sweep = root / "cache_int", root / "int_sweep"
     cmd = _cmd(root, "-m", "hydra.sweep.dir=int_sweep", "train.epochs=20", "train.save_steps=5")
-    proc = subprocess.Popen(cmd, cwd=root, env=_env(cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=root,
+        env=_env(cache),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # a shell's background job (``pytest ... &``) starts with SIGINT ignored, and Python keeps an ignored
+        # SIGINT: the job would never see the Ctrl-C. The default disposition lets Python install its handler.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     t0 = time.time()
     try:
         while not _checkpointed(cache):
