@@ -12,6 +12,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # a worker per core (-n auto): torch's threads and the jobs' subprocesses
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # keep to it, else two workers run four threads on two cores
+    os.environ.setdefault("MKL_NUM_THREADS", "1")  # (measured: the AVX2 build took 3.5x longer, the run no faster)
 
 import pytest
 from helpers import make_model, make_tokenizer, save_tiny_model, tiny_job_args, tiny_train_rows, write_tiny_job  # noqa: F401
@@ -30,6 +33,13 @@ def pytest_collection_modifyitems(config, items):
     if out:
         config.hook.pytest_deselected(items=out)
         items[:] = [it for it in items if not any(it.get_closest_marker(t) for t in tiers)]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (setup.cfg's addopts): one worker per core this process may use, at most 4 — each worker imports
+    torch and transformers (~0.5 GiB), and beyond 4 the slowest files, not the worker count, set the wall time."""
+    return max(1, min(len(os.sched_getaffinity(0)), 4))
 
 
 @pytest.fixture(scope="module")

@@ -53,7 +53,7 @@ def prepare(model, train_cfg: Mapping, seed: int):
     for p in model.parameters():
         p.requires_grad_(True)
     if train_cfg.get("gradient_checkpointing"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         if getattr(model, "config", None) is not None:
             model.config.use_cache = False  # the KV cache is useless while training and conflicts with checkpointing
     return model
