@@ -73,6 +73,15 @@ def _kaft(root, cache, *args, expect=0):
     return out
 
 
+def _status(sweep) -> str:
+    """What ``python -m kaft.sweep.status SWEEP`` prints (it must exit 0)."""
+    st = subprocess.run(
+        [sys.executable, "-m", "kaft.sweep.status", str(sweep)], capture_output=True, text=True, timeout=120
+    )
+    assert st.returncode == 0, st.stdout + st.stderr
+    return st.stdout
+
+
 SLURM = [
     "hydra/launcher=slurm",
     "hydra.launcher.cpus_per_task=1",
@@ -110,13 +119,7 @@ def test_mission_sweep_through_sbatch_matches_basic_launcher(slurm_cluster, setu
     assert (setup / "cache_slurm" / "detect").is_dir() and (setup / "cache_basic" / "detect").is_dir()
     assert "kaft sweep summary" in out.stdout and "(4 done)" in out.stdout
 
-    st = subprocess.run(
-        [sys.executable, "-m", "kaft.sweep.status", str(setup / "sweep_slurm")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert st.returncode == 0 and "4 done of 4 jobs" in st.stdout, st.stdout + st.stderr
+    assert "4 done of 4 jobs" in _status(setup / "sweep_slurm")
 
 
 def test_failed_job_on_slurm_is_recorded_and_the_other_runs(slurm_cluster, setup):
@@ -142,8 +145,5 @@ def test_failed_job_on_slurm_is_recorded_and_the_other_runs(slurm_cluster, setup
     assert res[20]["status"] == "failed" and "detection.shots=20 needs at least 21 training items" in res[20]["error"]
     assert list(sweep.glob("1_*/error.txt"))
     assert "(1 done, 1 failed)" in out.stdout and "failed: job 1" in out.stdout
-    st = subprocess.run(
-        [sys.executable, "-m", "kaft.sweep.status", str(sweep)], capture_output=True, text=True, timeout=120
-    )
-    assert st.returncode == 0 and "1 done, 1 failed of 2 jobs" in st.stdout, st.stdout
-    assert "needs at least 21 training items" in st.stdout
+    st = _status(sweep)
+    assert "1 done, 1 failed of 2 jobs" in st and "needs at least 21 training items" in st, st

@@ -14,11 +14,9 @@ apart, two task results in submitit's folder, and ``kaft.sweep.status`` counting
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
-from test_slurm import SLURM, _kaft, setup, slurm_cluster  # noqa: F401  (fixtures)
+from test_slurm import SLURM, _kaft, _status, setup, slurm_cluster  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.slurm
 
@@ -70,13 +68,7 @@ def test_two_tasks_per_node_give_one_results_json_and_the_one_process_model(slur
     script = next(sub.glob("*/*_submission.sh")).read_text()
     assert "#SBATCH --ntasks-per-node=2" in script and "torch.distributed.run" not in script
     assert "(1 done)" in out.stdout
-    st = subprocess.run(
-        [sys.executable, "-m", "kaft.sweep.status", str(setup / "sweep_ddp2")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert st.returncode == 0 and "1 done of 1 jobs" in st.stdout, st.stdout + st.stderr
+    assert "1 done of 1 jobs" in _status(setup / "sweep_ddp2")
     print(f"tasks_per_node=2 vs one process: max |adapter difference| {diff:.3g}")
 
 
